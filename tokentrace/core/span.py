@@ -1,0 +1,143 @@
+"""The span: one inference call. One msgspec schema for every transport, the HTTP API and Kafka.
+
+Validation happens while decoding (``__post_init__`` runs for decoded and constructed spans alike), so a
+bad span is reported with msgspec's path, e.g. ``prompt_tokens must be a whole number >= 0 - at `$[3]```.
+"""
+
+from __future__ import annotations
+
+import math
+import uuid
+from typing import Literal
+
+import msgspec
+
+from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
+
+__all__ = [
+    "EVAL_SCORE",
+    "STATUSES",
+    "AttributeValue",
+    "Span",
+    "Status",
+    "new_id",
+    "span_time_ms",
+]
+
+Status = Literal["ok", "error", "timeout"]
+STATUSES: tuple[Status, ...] = ("ok", "error", "timeout")
+AttributeValue = str | int | float | bool
+#: The attribute whose numeric value is the span's quality score.
+EVAL_SCORE = "eval.score"
+
+
+def new_id() -> str:
+    """A new random trace or span id (UUID 4, as in spec 002)."""
+    return str(uuid.uuid4())
+
+
+def _whole_tokens(value: int | float | None, field: str) -> int | None:
+    if value is None:
+        return None
+    if isinstance(value, float):
+        if not value.is_integer():
+            raise ValueError(f"{field} must be a whole number, got {value!r}")
+        value = int(value)
+    if value < 0:
+        raise ValueError(f"{field} must be >= 0, got {value!r}")
+    return value
+
+
+def _non_negative(value: int | float | None, field: str) -> None:
+    if value is not None and not (value >= 0 and math.isfinite(value)):
+        raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+
+
+def _timestamp(value: str | None, field: str) -> tuple[str | None, int | None]:
+    if value is None:
+        return None, None
+    try:
+        millis = parse_rfc3339_ms(value)
+    except ValueError as exc:
+        raise ValueError(f"{field}: {exc}") from None
+    return format_ms(millis), millis
+
+
+class Span(msgspec.Struct, kw_only=True):
+    """A single inference call.
+
+    Required: ``model`` and at least one of the token counts. ``total_tokens`` is derived when absent,
+    ``latency_ms`` is derived from the timestamps when absent, ids are generated when absent, and
+    timestamps are normalised to UTC with millisecond precision. ``cost_usd`` of ``None`` means
+    "not known yet": the ingest side prices it from the model table, and it stays ``None`` for a model
+    the table does not know (never a silent 0).
+    """
+
+    trace_id: str = ""
+    span_id: str = ""
+    parent_span_id: str | None = None
+    name: str = ""
+    model: str
+    provider: str = ""
+    prompt_tokens: int | float | None = None
+    comp_tokens: int | float | None = None
+    total_tokens: int | float | None = None
+    cost_usd: int | float | None = None
+    latency_ms: int | float | None = None
+    status: Status = "ok"
+    error: str | None = None
+    caller: str = ""
+    started_at: str | None = None
+    ended_at: str | None = None
+    attributes: dict[str, AttributeValue] = {}
+
+    def __post_init__(self) -> None:
+        if not self.model:
+            raise ValueError("model must be a non-empty string")
+        prompt = _whole_tokens(self.prompt_tokens, "prompt_tokens")
+        comp = _whole_tokens(self.comp_tokens, "comp_tokens")
+        total = _whole_tokens(self.total_tokens, "total_tokens")
+        if prompt is None and comp is None and total is None:
+            raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
+        if total is None:
+            total = (prompt or 0) + (comp or 0)
+        self.prompt_tokens, self.comp_tokens, self.total_tokens = prompt, comp, total
+        _non_negative(self.cost_usd, "cost_usd")
+        _non_negative(self.latency_ms, "latency_ms")
+        self.started_at, started = _timestamp(self.started_at, "started_at")
+        self.ended_at, ended = _timestamp(self.ended_at, "ended_at")
+        if started is not None and ended is not None:
+            if ended < started:
+                raise ValueError("ended_at is before started_at")
+            if self.latency_ms is None:
+                self.latency_ms = ended - started
+        score = self.attributes.get(EVAL_SCORE)
+        if score is not None and (isinstance(score, (bool, str)) or not math.isfinite(score)):
+            raise ValueError(f"attributes.{EVAL_SCORE} must be a finite number, got {score!r}")
+        if not self.trace_id:
+            self.trace_id = new_id()
+        if not self.span_id:
+            self.span_id = new_id()
+
+    @property
+    def score(self) -> float | None:
+        """The ``eval.score`` attribute as a float, or None when the span is not scored."""
+        value = self.attributes.get(EVAL_SCORE)
+        return None if value is None else float(value)
+
+    def stamp(self, arrival_ms: int) -> None:
+        """Give a span without timestamps its arrival time (it counts at the time it arrived)."""
+        if self.started_at is None:
+            if self.ended_at is not None and self.latency_ms is not None:
+                self.started_at = format_ms(parse_rfc3339_ms(self.ended_at) - round(self.latency_ms))
+            else:
+                self.started_at = format_ms(arrival_ms)
+        if self.ended_at is None:
+            self.ended_at = format_ms(parse_rfc3339_ms(self.started_at) + round(self.latency_ms or 0))
+
+
+def span_time_ms(span: Span) -> int:
+    """The event time a span counts at: its ``started_at`` (call ``Span.stamp`` first)."""
+    if span.started_at is None:
+        raise ValueError("span has no started_at; stamp it with its arrival time first")
+    return parse_rfc3339_ms(span.started_at)
