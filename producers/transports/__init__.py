@@ -1,2 +1,5 @@
-"""x."""
-X = 1
+"""Transports: where finished spans go (stdout, JSONL files, HTTP, fan-out, nowhere)."""
+
+from tokentrace.producers.transports.base import BaseTransport, Transport, TransportStats
+
+__all__ = ["BaseTransport", "Transport", "TransportStats"]
