@@ -86,7 +86,7 @@ def evaluate(
             continue
         cooldown_s = rule.cooldown_s(default_cooldown_s)
         silenced_until = silences.get(rule.name)
-        value = reading.value if reading.value is None or math.isfinite(reading.value) else None
+        value = None if reading.value is None or not math.isfinite(reading.value) else float(reading.value)
         outcome = step(
             previous,
             breached=breaches(rule, reading),

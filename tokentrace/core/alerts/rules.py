@@ -27,6 +27,7 @@ __all__ = [
     "InvalidRule",
     "Level",
     "decode_rule",
+    "describe_validation_error",
     "encode_rule",
     "rules_from_config",
 ]
@@ -118,7 +119,7 @@ _FIELD_MESSAGE = re.compile(r"[a-z_]+: ")
 _MISSING_OR_UNKNOWN = re.compile(r"Object (missing required|contains unknown) field `(.+)`")
 
 
-def _describe(exc: msgspec.ValidationError) -> str:
+def describe_validation_error(exc: msgspec.ValidationError) -> str:
     """Turn msgspec's ``msg - at `$.a.b``` into ``a.b: msg``, so every message starts with the field."""
     message, sep, path = str(exc).rpartition(" - at `")
     if not sep:
@@ -141,7 +142,7 @@ def decode_rule(body: bytes) -> AlertRule:
     try:
         return _decoder.decode(body)
     except msgspec.ValidationError as exc:
-        raise InvalidRule(_describe(exc)) from None
+        raise InvalidRule(describe_validation_error(exc)) from None
     except msgspec.DecodeError as exc:
         raise InvalidRule(f"malformed JSON: {exc}") from None
 
@@ -179,7 +180,7 @@ def rules_from_config(items: Iterable[Any]) -> list[AlertRule]:
         try:
             rules.append(msgspec.convert(_config_item(item, index), AlertRule))
         except msgspec.ValidationError as exc:
-            raise InvalidRule(f"alerts[{index}].{_describe(exc)}") from None
+            raise InvalidRule(f"alerts[{index}].{describe_validation_error(exc)}") from None
     return rules
 
 
