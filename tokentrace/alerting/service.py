@@ -185,7 +185,7 @@ class AlertService:
         """Wait until every queued notification was delivered or given up on."""
         await self._dispatcher.drain()
 
-    def firings_total(self) -> dict[tuple[str, str], int]:
+    def firing_counts(self) -> dict[tuple[str, str], int]:
         """``tokentrace_alert_firings_total`` by ``(alert, level)``: times each rule entered firing."""
         return dict(self._firings)
 
