@@ -1,0 +1,27 @@
+"""The aiohttp application: one route table over the store, the same for every deployment mode."""
+
+from __future__ import annotations
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+from tokentrace.api.context import CONTEXT, ServerContext
+from tokentrace.api.middleware import auth_middleware, error_middleware
+from tokentrace.api.prometheus import handle_prometheus
+from tokentrace.api.routes import docs, health, metrics, spans, traces
+
+__all__ = ["create_app"]
+
+
+def create_app(ctx: ServerContext) -> web.Application:
+    """Build the application; the caller owns the store's lifecycle."""
+    server = ctx.config.http_server
+    middlewares: list[Middleware] = [error_middleware]
+    if server.auth_token:
+        middlewares.append(auth_middleware(server.auth_token))
+    app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
+    app[CONTEXT] = ctx
+    # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
+    app.router.add_get(server.prometheus_path, handle_prometheus)
+    for table in (spans.routes, metrics.routes, traces.routes, health.routes, docs.routes):
+        app.router.add_routes(table)
+    return app

@@ -1,0 +1,42 @@
+"""What every handler can reach: the store, the configuration, the price table and ingest counters."""
+
+from __future__ import annotations
+
+import time
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from aiohttp import web
+from tokentrace.api.stores.base import Store
+
+from tokentrace.config import Config
+from tokentrace.core.ingest import Pricer
+
+if TYPE_CHECKING:
+    from tokentrace.alerting.service import AlertService
+
+__all__ = ["CONTEXT", "ServerContext"]
+
+VERSION = "0.4.0"
+
+
+@dataclass
+class ServerContext:
+    store: Store
+    config: Config
+    pricer: Pricer | None
+    alerts: AlertService | None = None
+    started_monotonic: float = field(default_factory=time.monotonic)
+    #: Ingest requests rejected, by reason (invalid, too_old, future, too_large, unavailable).
+    rejected: Counter[str] = field(default_factory=Counter)
+    #: Extra Prometheus families contributed by the deployment (e.g. poison messages in distributed mode).
+    extra_counters: dict[str, Any] = field(default_factory=dict)
+    version: str = VERSION
+
+    @property
+    def uptime_s(self) -> int:
+        return int(time.monotonic() - self.started_monotonic)
+
+
+CONTEXT = web.AppKey("tokentrace_context", ServerContext)

@@ -1,0 +1,88 @@
+"""The embedded default: ingest, aggregation, alerts and the API in one process, no Kafka or Redis."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import msgspec
+from tokentrace.api.app import create_app
+from tokentrace.api.context import ServerContext
+from tokentrace.api.server import run_until_stopped
+from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
+
+from tokentrace.config import Config
+from tokentrace.core.buckets import Caps
+from tokentrace.core.pricing import PriceTable
+from tokentrace.core.timefmt import parse_duration
+from tokentrace.core.timeline import TimelineSettings
+
+__all__ = ["embedded_settings", "price_table", "serve_embedded"]
+
+log = logging.getLogger(__name__)
+
+
+def _ms(duration: str) -> int:
+    return round(parse_duration(duration) * 1000)
+
+
+def embedded_settings(config: Config) -> EmbeddedSettings:
+    """Store settings from the ``storage`` and ``aggregation`` sections."""
+    storage, aggregation = config.storage, config.aggregation
+    timeline = TimelineSettings(
+        bucket_ms=_ms(aggregation.bucket),
+        fine_retention_ms=_ms(storage.fine_retention),
+        retention_ms=_ms(storage.retention),
+        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values),
+    )
+    return EmbeddedSettings(
+        timeline=timeline,
+        max_spans=storage.max_spans,
+        trace_retention_ms=_ms(storage.trace_retention),
+        snapshot_interval_s=parse_duration(storage.snapshot_interval),
+    )
+
+
+def price_table(config: Config) -> PriceTable:
+    """The bundled price table with the ``prices`` overrides of the configuration."""
+    overrides = {
+        model: {k: v for k, v in msgspec.structs.asdict(prices).items() if v is not None}
+        for model, prices in config.prices.items()
+    }
+    return PriceTable(overrides=overrides)
+
+
+async def serve_embedded(
+    config: Config,
+    data_dir: Path,
+    demo_rate: float | None = None,
+    on_started: Callable[[str], Awaitable[None]] | None = None,
+    stop: asyncio.Event | None = None,
+) -> None:
+    """Run the embedded server until stopped; with ``demo_rate``, feed it demo traffic over HTTP."""
+    store = EmbeddedStore(data_dir, embedded_settings(config))
+    await store.open()
+    ctx = ServerContext(store=store, config=config, pricer=price_table(config))
+    background: list[asyncio.Task[None]] = []
+
+    async def started(url: str) -> None:
+        if demo_rate:
+            from tokentrace.producers.demo import post_demo_traffic
+
+            local = url.replace("0.0.0.0", "127.0.0.1")
+            token = config.http_server.auth_token
+            background.append(asyncio.create_task(post_demo_traffic(local, demo_rate, token)))
+        if on_started is not None:
+            await on_started(url)
+
+    try:
+        await run_until_stopped(create_app(ctx), config.http_server.addr, started, stop)
+    finally:
+        for task in background:
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
+        await store.close()

@@ -1,0 +1,169 @@
+"""``/metrics/prometheus``: the aggregates as Prometheus families, built per scrape from a snapshot.
+
+A custom collector turns the store's lifetime aggregates into metric families, so there is no second set
+of global counters to keep in step and no stale label set (the prometheus-client ``Collector`` pattern).
+Counters are lifetime totals (retired buckets included), so they never go down. Label sets are the
+series (model, provider, caller), which the store already bounds.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+
+from aiohttp import web
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+    Metric,
+)
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
+from tokentrace.api.context import CONTEXT
+
+from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
+from tokentrace.core.buckets import SEP, SERIES, Projection
+from tokentrace.core.timefmt import now_ms
+
+__all__ = ["QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
+
+#: ``tokentrace_quality_score`` is the average eval score over this trailing window.
+QUALITY_WINDOW_MS = 5 * 60_000
+
+
+@dataclass
+class ExpositionSnapshot:
+    """Everything one scrape shows, gathered from the store before rendering."""
+
+    series: Projection
+    quality_by_model: Projection
+    alert_firings: Mapping[tuple[str, str], int] = field(default_factory=dict)
+    rejected: Mapping[str, int] = field(default_factory=dict)
+    unknown_models: Mapping[str, int] = field(default_factory=dict)
+    extra: Mapping[str, Mapping[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
+
+
+def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
+    out: list[tuple[str, float]] = []
+    running = 0
+    for bound, count in zip(bounds, counts, strict=False):
+        running += count
+        out.append((_le(bound), running))
+    running += counts[-1]
+    out.append(("+Inf", running))
+    return out
+
+
+def _le(bound: float) -> str:
+    return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+class _SnapshotCollector:
+    def __init__(self, snapshot: ExpositionSnapshot) -> None:
+        self.snapshot = snapshot
+
+    def collect(self) -> Iterator[Metric]:
+        snap = self.snapshot
+        cost = CounterMetricFamily("tokentrace_cost", "Total cost in USD.", labels=["model", "provider", "caller"])
+        spans = CounterMetricFamily("tokentrace_spans", "Total spans recorded.", labels=["status", "model", "provider"])
+        tokens = CounterMetricFamily(
+            "tokentrace_tokens", "Total tokens, by type (prompt or completion).", labels=["model", "provider", "type"]
+        )
+        unpriced = CounterMetricFamily(
+            "tokentrace_unpriced_spans",
+            "Spans whose cost is unknown (model not in the price table and no cost_usd sent).",
+            labels=["model", "provider"],
+        )
+        latency = HistogramMetricFamily(
+            "tokentrace_latency_ms", "Inference latency in milliseconds.", labels=["model", "provider"]
+        )
+        prompt = HistogramMetricFamily(
+            "tokentrace_prompt_tokens", "Prompt tokens per inference call.", labels=["model", "provider"]
+        )
+        by_model_provider: dict[tuple[str, str], Aggregate] = {}
+        for key, aggregate in sorted(snap.series.items()):
+            model, provider, caller = key.split(SEP)
+            cost.add_metric([model, provider, caller], from_nanos(aggregate.cost_nanos))
+            mine = by_model_provider.get((model, provider))
+            if mine is None:
+                by_model_provider[(model, provider)] = aggregate.copy()
+            else:
+                mine.merge(aggregate)
+        for (model, provider), a in sorted(by_model_provider.items()):
+            for status, count in (("ok", a.ok), ("error", a.errors), ("timeout", a.timeouts)):
+                if count:
+                    spans.add_metric([status, model, provider], count)
+            tokens.add_metric([model, provider, "prompt"], a.prompt_tokens)
+            tokens.add_metric([model, provider, "completion"], a.comp_tokens)
+            if a.unpriced:
+                unpriced.add_metric([model, provider], a.unpriced)
+            if a.latency_count:
+                latency.add_metric(
+                    [model, provider], _cumulative(a.latency_buckets, LATENCY_BUCKETS_MS), a.latency_sum_us / 1000
+                )
+            prompt.add_metric([model, provider], _cumulative(a.prompt_buckets, PROMPT_TOKEN_BUCKETS), a.prompt_tokens)
+        yield from (cost, spans, tokens, unpriced, latency, prompt)
+
+        quality = GaugeMetricFamily(
+            "tokentrace_quality_score",
+            "Average eval.score of the spans that started in the last 5 minutes.",
+            labels=["model"],
+        )
+        for model, a in sorted(snap.quality_by_model.items()):
+            if a.score_avg is not None:
+                quality.add_metric([model], a.score_avg)
+        yield quality
+
+        firings = CounterMetricFamily(
+            "tokentrace_alert_firings", "Times an alert rule started firing.", labels=["alert", "level"]
+        )
+        for (alert, level), count in sorted(snap.alert_firings.items()):
+            firings.add_metric([alert, level], count)
+        yield firings
+
+        rejected = CounterMetricFamily(
+            "tokentrace_ingest_rejections", "Ingest requests rejected, by reason.", labels=["reason"]
+        )
+        for reason, count in sorted(snap.rejected.items()):
+            rejected.add_metric([reason], count)
+        yield rejected
+
+        unknown = CounterMetricFamily(
+            "tokentrace_price_lookup_misses", "Price lookups for models missing from the price table.", labels=["model"]
+        )
+        for model, count in sorted(snap.unknown_models.items()):
+            unknown.add_metric([model], count)
+        yield unknown
+
+        for name, samples in sorted(snap.extra.items()):
+            labels = sorted({k for sample in samples for k, _ in sample})
+            family = CounterMetricFamily(name, f"{name.replace('_', ' ')}.", labels=labels)
+            for sample, value in sorted(samples.items()):
+                values = dict(sample)
+                family.add_metric([values.get(label, "") for label in labels], value)
+            yield family
+
+
+def render(snapshot: ExpositionSnapshot) -> bytes:
+    """The text exposition (format 0.0.4) of one snapshot."""
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(_SnapshotCollector(snapshot))
+    return generate_latest(registry)
+
+
+async def handle_prometheus(request: web.Request) -> web.Response:
+    ctx = request.app[CONTEXT]
+    store = ctx.store
+    now = now_ms()
+    bucket = store.settings.bucket_ms
+    end = now - now % bucket + bucket
+    snapshot = ExpositionSnapshot(
+        series=await store.lifetime(SERIES),
+        quality_by_model=await store.query(end - max(QUALITY_WINDOW_MS, bucket), end, "model", {}),
+        alert_firings=ctx.alerts.firing_counts() if ctx.alerts is not None else {},
+        rejected=dict(ctx.rejected),
+        unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
+        extra=ctx.extra_counters,
+    )
+    return web.Response(body=render(snapshot), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

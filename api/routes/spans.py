@@ -1,0 +1,60 @@
+"""``POST /spans``: validate a span or a batch, make it durable, answer 202."""
+
+from __future__ import annotations
+
+import logging
+
+import msgspec
+from aiohttp import web
+from tokentrace.api.context import CONTEXT
+from tokentrace.api.responses import APIError, json_response
+from tokentrace.api.stores.base import StoreUnavailable
+
+from tokentrace.core.codec import decode_json_spans
+from tokentrace.core.ingest import SpanRejected, prepare_batch
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import now_ms, parse_duration
+
+__all__ = ["accept_spans", "routes"]
+
+log = logging.getLogger(__name__)
+routes = web.RouteTableDef()
+
+
+async def accept_spans(request: web.Request, spans: list[Span]) -> int:
+    """Check the batch size, stamp, price and store ``spans``; the shared tail of every ingest path."""
+    ctx = request.app[CONTEXT]
+    limit = ctx.config.http_server.max_batch_size
+    if len(spans) > limit:
+        ctx.rejected["too_large"] += 1
+        raise APIError(413, f"batch of {len(spans)} spans exceeds max_batch_size {limit}")
+    arrival = now_ms()
+    skew_ms = round(parse_duration(ctx.config.aggregation.max_future_skew) * 1000)
+    try:
+        prepare_batch(spans, arrival, ctx.pricer, ctx.store.oldest_allowed_ms(arrival), skew_ms)
+    except SpanRejected as exc:
+        ctx.rejected[exc.reason] += 1
+        raise APIError(400, str(exc)) from None
+    try:
+        await ctx.store.ingest(spans)
+    except StoreUnavailable as exc:
+        ctx.rejected["unavailable"] += 1
+        raise APIError(503, f"spans not accepted: {exc}") from None
+    return len(spans)
+
+
+@routes.post("/spans")
+async def post_spans(request: web.Request) -> web.Response:
+    body = await request.read()
+    if not body.strip():
+        raise APIError(400, "empty request body: send a span object or an array of spans")
+    try:
+        spans = decode_json_spans(body)
+    except msgspec.ValidationError as exc:
+        request.app[CONTEXT].rejected["invalid"] += 1
+        raise APIError(400, f"invalid span: {exc}") from None
+    except msgspec.DecodeError as exc:
+        request.app[CONTEXT].rejected["invalid"] += 1
+        raise APIError(400, f"malformed JSON: {exc}") from None
+    accepted = await accept_spans(request, spans)
+    return json_response({"accepted": accepted}, status=202)

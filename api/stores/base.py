@@ -1,0 +1,56 @@
+"""The store interface the HTTP handlers use; they never know which implementation they have."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import msgspec
+
+from tokentrace.core.buckets import Projection
+from tokentrace.core.span import Span
+from tokentrace.core.timeline import TimelineSettings
+from tokentrace.core.traces import TraceFilter
+
+__all__ = ["Store", "StoreHealth", "StoreUnavailable"]
+
+
+class StoreUnavailable(Exception):
+    """The store cannot accept or serve data right now (disk failure, broker unreachable, ...)."""
+
+
+class StoreHealth(msgspec.Struct):
+    healthy: bool
+    reason: str | None
+    span_count: int
+    queue_depth: int
+    transport: str
+
+
+class Store(Protocol):
+    """State behind the API: spans in, aggregates and traces out."""
+
+    settings: TimelineSettings
+
+    async def ingest(self, spans: list[Span]) -> None:
+        """Make ``spans`` durable and counted; return only once they are. Raises StoreUnavailable."""
+
+    def oldest_allowed_ms(self, now_ms: int) -> int:
+        """Spans that started before this are outside retention and are rejected."""
+
+    async def query(self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]) -> Projection:
+        """Aggregates of ``[start_ms, end_ms)`` grouped by ``groupby``, filtered by ``where``."""
+
+    async def lifetime(self, groupby: str | None) -> Projection:
+        """Everything ever counted (monotonic, for Prometheus counters)."""
+
+    async def trace(self, trace_id: str) -> dict[str, Any] | None:
+        """One trace with its spans, or None."""
+
+    async def search_traces(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        """Trace summaries matching ``where``, newest first: (total, page)."""
+
+    async def recent_spans(self, limit: int) -> list[Span]:
+        """The newest spans."""
+
+    async def health(self) -> StoreHealth:
+        """Whether the store can take writes, and its counters."""

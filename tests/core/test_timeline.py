@@ -1,0 +1,128 @@
+"""Window queries against a brute-force recount of the raw spans."""
+
+from __future__ import annotations
+
+import math
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokentrace.core.aggregate import to_nanos
+from tokentrace.core.sketch import RELATIVE_ACCURACY
+from tokentrace.core.span import Span
+from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
+
+NOW = 1_780_000_000_000 + 17 * MINUTE_MS + 12_345  # mid-bucket, mid-hour
+MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet")
+
+span_strategy = st.builds(
+    lambda model, caller, prompt, comp, latency, cost, status, score, workflow: Span(
+        model=model,
+        provider="openai" if model.startswith("gpt") else "anthropic",
+        caller=caller,
+        prompt_tokens=prompt,
+        comp_tokens=comp,
+        latency_ms=latency,
+        cost_usd=cost,
+        status=status,
+        attributes={"workflow": workflow} | ({"eval.score": score} if score is not None else {}),
+    ),
+    st.sampled_from(MODELS),
+    st.sampled_from(("", "svc-a", "svc-b")),
+    st.integers(0, 20_000),
+    st.integers(0, 4_000),
+    st.floats(0.5, 60_000),
+    st.one_of(st.none(), st.floats(0, 0.5)),
+    st.sampled_from(("ok", "ok", "ok", "error", "timeout")),
+    st.one_of(st.none(), st.floats(0, 1)),
+    st.sampled_from(("summarize", "chat", "agent")),
+)
+timed_spans = st.lists(st.tuples(span_strategy, st.integers(0, 3 * DAY_MS)), min_size=1, max_size=120)
+windows = st.sampled_from((MINUTE_MS, 5 * MINUTE_MS, HOUR_MS, 90 * MINUTE_MS, 6 * HOUR_MS, DAY_MS, 7 * DAY_MS))
+
+
+def oracle_quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[math.floor(q * (len(ordered) - 1))]
+
+
+@given(timed_spans, windows, st.sampled_from((None, "model", "caller", "provider", "workflow")))
+@settings(max_examples=120, deadline=None)
+def test_window_query_matches_recount(data: list[tuple[Span, int]], window_ms: int, groupby: str | None) -> None:
+    timeline = Timeline(TimelineSettings(fine_retention_ms=30 * DAY_MS))
+    for span, age in data:
+        timeline.add(span, NOW - age)
+    start, end = timeline.window_start(NOW, window_ms), timeline.window_end(NOW)
+    assert end - start == math.ceil(window_ms / MINUTE_MS) * MINUTE_MS
+    # Query twice: the second answer comes from the rollup memos and must be identical.
+    first = timeline.query(start, end, groupby)
+    assert timeline.query(start, end, groupby) == first
+    inside = [span for span, age in data if start <= NOW - age < end]
+
+    def group_of(span: Span) -> str:
+        if groupby is None:
+            return ""
+        if groupby in ("model", "caller", "provider"):
+            return str(getattr(span, groupby))
+        return str(span.attributes[groupby])
+
+    expected_groups = {group_of(s) for s in inside}
+    assert set(first) == expected_groups
+    for group, aggregate in first.items():
+        spans = [s for s in inside if group_of(s) == group]
+        assert aggregate.count == len(spans)
+        assert aggregate.errors == sum(s.status == "error" for s in spans)
+        assert aggregate.timeouts == sum(s.status == "timeout" for s in spans)
+        assert aggregate.cost_nanos == sum(to_nanos(s.cost_usd) for s in spans if s.cost_usd is not None)
+        assert aggregate.unpriced == sum(s.cost_usd is None for s in spans)
+        assert aggregate.prompt_tokens == sum(s.prompt_tokens or 0 for s in spans)
+        assert aggregate.comp_tokens == sum(s.comp_tokens or 0 for s in spans)
+        latencies = [float(s.latency_ms or 0) for s in spans]
+        for q in (0.5, 0.95, 0.99):
+            got = aggregate.latency.quantile(q)
+            want = oracle_quantile(latencies, q)
+            assert got is not None and abs(got - want) <= RELATIVE_ACCURACY * want + 1e-9
+        scores = [s.score for s in spans if s.score is not None]
+        assert aggregate.score_count == len(scores)
+        if scores:
+            got_p10 = aggregate.score.quantile(0.10)
+            want_p10 = oracle_quantile(scores, 0.10)
+            assert got_p10 is not None and abs(got_p10 - want_p10) <= RELATIVE_ACCURACY * abs(want_p10) + 1e-9
+
+
+@given(timed_spans)
+@settings(max_examples=60, deadline=None)
+def test_compaction_and_retirement_keep_lifetime_totals(data: list[tuple[Span, int]]) -> None:
+    timeline = Timeline(TimelineSettings(fine_retention_ms=6 * HOUR_MS, retention_ms=2 * DAY_MS))
+    for span, age in data:
+        timeline.add(span, NOW - age)
+    before = total(timeline.lifetime())
+    timeline.compact(NOW)
+    after = total(timeline.lifetime())
+    assert after == before
+    assert after.count == len(data)
+    # Nothing older than retention is still queryable; everything is in the lifetime totals.
+    horizon = timeline.oldest_allowed_ms(NOW)
+    kept = total(timeline.query(0, timeline.window_end(NOW)))
+    assert kept.count == sum(1 for _, age in data if NOW - age >= horizon)
+
+
+def test_compacted_hours_count_at_their_start() -> None:
+    timeline = Timeline(TimelineSettings(fine_retention_ms=HOUR_MS))
+    old = NOW - 5 * HOUR_MS
+    timeline.add(Span(model="m", prompt_tokens=1), old)
+    timeline.compact(NOW)
+    hour = old - old % HOUR_MS
+    assert total(timeline.query(hour, hour + MINUTE_MS)).count == 1
+    assert total(timeline.query(hour + MINUTE_MS, NOW)).count == 0
+
+
+def test_filters_combine_attribute_and_model() -> None:
+    timeline = Timeline()
+    timeline.add(Span(model="a", prompt_tokens=1, attributes={"workflow": "x"}), NOW)
+    timeline.add(Span(model="b", prompt_tokens=1, attributes={"workflow": "x"}), NOW)
+    timeline.add(Span(model="a", prompt_tokens=1, attributes={"workflow": "y"}), NOW)
+    start, end = timeline.window_start(NOW, HOUR_MS), timeline.window_end(NOW)
+    assert total(timeline.query(start, end, where={"model": "a", "workflow": "x"})).count == 1
+    assert total(timeline.query(start, end, where={"model": "a"})).count == 2
+    assert timeline.query(start, end, "workflow", {"model": "a"}).keys() == {"x", "y"}

@@ -1,0 +1,95 @@
+"""The ``tokentrace`` command."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.console import Console
+
+from tokentrace.config import Config, ConfigError, load_config
+
+__all__ = ["app", "main"]
+
+app = typer.Typer(help="Token-level observability for LLM inference.", no_args_is_help=True, add_completion=False)
+console = Console(stderr=True)
+
+ConfigOption = Annotated[
+    Path | None, typer.Option("--config", "-c", help="tokentrace.yml to read.", dir_okay=False, exists=False)
+]
+
+
+def _load(config_path: Path | None) -> Config:
+    try:
+        return load_config(config_path)
+    except ConfigError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+@app.command()
+def serve(
+    config_path: ConfigOption = None,
+    addr: Annotated[str | None, typer.Option(help="Listen address, e.g. :9090 or 127.0.0.1:9090.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Where the log and snapshots live.")] = None,
+    max_spans: Annotated[int | None, typer.Option(help="Spans kept for /traces (oldest traces go first).")] = None,
+    demo: Annotated[bool, typer.Option(help="Also generate demo traffic into this server.")] = False,
+    demo_rate: Annotated[float, typer.Option(help="Demo spans per second.")] = 20.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Run the embedded server: ingest, aggregation, alerts and the HTTP API in one process."""
+    _logging(verbose)
+    config = _load(config_path)
+    if addr is not None:
+        config.http_server.addr = addr
+    if data_dir is not None:
+        config.storage.data_dir = str(data_dir)
+    if max_spans is not None:
+        if max_spans < 1:
+            console.print("[red]error:[/red] --max-spans must be >= 1")
+            raise typer.Exit(2)
+        config.storage.max_spans = max_spans
+    from tokentrace.api.embedded import serve_embedded
+    from tokentrace.api.server import parse_addr
+
+    try:
+        parse_addr(config.http_server.addr)
+    except ValueError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(2) from None
+
+    async def started(url: str) -> None:
+        console.print(f"[bold green]tokentrace[/bold green] serving on {url}  (data: {config.storage.data_dir})")
+        local = url.replace("0.0.0.0", "127.0.0.1")
+        console.print(f"  try: curl {local}/metrics?window=1h   ·   {local}/metrics/prometheus   ·   {local}/health")
+        if demo:
+            console.print(f"  demo traffic: ~{demo_rate:g} spans/s")
+
+    try:
+        asyncio.run(serve_embedded(config, Path(config.storage.data_dir), demo_rate if demo else None, started))
+    except OSError as exc:
+        console.print(f"[red]error:[/red] {exc}")
+        raise typer.Exit(1) from None
+
+
+@app.command("check-config")
+def check_config(path: Annotated[Path, typer.Argument(help="tokentrace.yml to check.")]) -> None:
+    """Check a configuration file and print the effective settings."""
+    import msgspec
+
+    config = _load(path)
+    typer.echo(msgspec.json.format(msgspec.json.encode(config)).decode())
+
+
+def main() -> None:
+    app()

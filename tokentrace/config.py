@@ -1,0 +1,159 @@
+"""``tokentrace.yml``: the server's configuration file.
+
+Keys follow spec 003/004 (``http_server.addr``, ``http_server.auth_token``, ``prometheus_path``,
+``max_batch_size``). ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment. An unknown key
+or a bad value is an error that names it (``unknown field `adr` - at `$.http_server```).
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import yaml
+
+from tokentrace.core.timefmt import parse_duration
+
+__all__ = [
+    "AggregationConfig",
+    "Config",
+    "ConfigError",
+    "HTTPServerConfig",
+    "KafkaConfig",
+    "PriceOverride",
+    "RedisConfig",
+    "StorageConfig",
+    "load_config",
+    "parse_config",
+]
+
+_ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+class ConfigError(ValueError):
+    """The configuration cannot be used; the message names the key."""
+
+
+class _Section(msgspec.Struct, forbid_unknown_fields=True, kw_only=True):
+    pass
+
+
+class HTTPServerConfig(_Section):
+    enabled: bool = True
+    addr: str = ":9090"
+    auth_token: str | None = None
+    prometheus_path: str = "/metrics/prometheus"
+    max_batch_size: int = 1000
+    max_body_bytes: int = 32 * 1024 * 1024
+
+    def __post_init__(self) -> None:
+        if self.max_batch_size < 1:
+            raise ValueError("max_batch_size must be >= 1")
+        if not self.prometheus_path.startswith("/"):
+            raise ValueError("prometheus_path must start with /")
+        if self.auth_token == "":
+            self.auth_token = None
+
+
+class StorageConfig(_Section):
+    data_dir: str = "./data"
+    retention: str = "30d"
+    fine_retention: str = "48h"
+    trace_retention: str = "7d"
+    max_spans: int = 100_000
+    snapshot_interval: str = "5m"
+
+    def __post_init__(self) -> None:
+        for name in ("retention", "fine_retention", "trace_retention", "snapshot_interval"):
+            parse_duration(getattr(self, name))
+        if self.max_spans < 1:
+            raise ValueError("max_spans must be >= 1")
+
+
+class AggregationConfig(_Section):
+    bucket: str = "1m"
+    max_attribute_keys: int = 32
+    max_attribute_values: int = 100
+    max_future_skew: str = "5m"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.bucket)
+        parse_duration(self.max_future_skew)
+
+
+class PriceOverride(_Section):
+    """USD per million tokens."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+
+class KafkaConfig(_Section):
+    bootstrap_servers: str = "127.0.0.1:9092"
+    topic: str = "tokentrace.spans"
+    partitions: int = 4
+    replication_factor: int = 1
+
+
+class RedisConfig(_Section):
+    url: str = "redis://127.0.0.1:6379/0"
+
+
+class AlertingConfig(_Section):
+    interval: str = "15s"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.interval)
+
+
+class Config(_Section):
+    http_server: HTTPServerConfig = msgspec.field(default_factory=HTTPServerConfig)
+    storage: StorageConfig = msgspec.field(default_factory=StorageConfig)
+    aggregation: AggregationConfig = msgspec.field(default_factory=AggregationConfig)
+    prices: dict[str, PriceOverride] = {}
+    alerting: AlertingConfig = msgspec.field(default_factory=AlertingConfig)
+    alerts: list[dict[str, Any]] = []
+    kafka: KafkaConfig = msgspec.field(default_factory=KafkaConfig)
+    redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
+
+
+def _expand(value: Any) -> Any:
+    if isinstance(value, str):
+        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+    if isinstance(value, list):
+        return [_expand(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _expand(v) for k, v in value.items()}
+    return value
+
+
+def parse_config(text: str, source: str = "tokentrace.yml") -> Config:
+    """Parse YAML text into a Config; ConfigError says which key is wrong."""
+    try:
+        raw = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{source}: not valid YAML: {exc}") from None
+    if raw is None:
+        raw = {}
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{source}: the top level must be a mapping of keys")
+    try:
+        return msgspec.convert(_expand(raw), Config, strict=False)
+    except (msgspec.ValidationError, ValueError) as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+
+
+def load_config(path: Path | None) -> Config:
+    """Load ``path`` (or defaults when None)."""
+    if path is None:
+        return Config()
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
+    return parse_config(text, str(path))

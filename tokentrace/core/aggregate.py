@@ -1,0 +1,140 @@
+"""The mergeable aggregate of a set of spans: counts, exact sums and sketches.
+
+Sums that users read as money or counts are integers: cost in nano-dollars, tokens, latency in
+microseconds, quality scores in billionths. Integer sums are exact and merge identically in any order,
+so the embedded server and any number of distributed workers agree to the last digit.
+"""
+
+from __future__ import annotations
+
+from bisect import bisect_left
+from typing import cast
+
+import msgspec
+
+from tokentrace.core.sketch import Sketch
+from tokentrace.core.span import Span
+
+__all__ = [
+    "LATENCY_BUCKETS_MS",
+    "PROMPT_TOKEN_BUCKETS",
+    "Aggregate",
+    "from_nanos",
+    "to_nanos",
+]
+
+NANO = 1_000_000_000
+#: Upper bounds of the Prometheus latency histogram (spec 003: 100 ms, 500 ms, 1000 ms, ...); +Inf implied.
+LATENCY_BUCKETS_MS: tuple[float, ...] = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+#: Upper bounds of the Prometheus prompt-token histogram; +Inf implied.
+PROMPT_TOKEN_BUCKETS: tuple[float, ...] = (64, 256, 1024, 4096, 16384, 65536, 262144)
+
+
+def to_nanos(value: float) -> int:
+    """A float amount (USD, score) as integer billionths, rounded half away from zero."""
+    return int(value * NANO + (0.5 if value >= 0 else -0.5))
+
+
+def from_nanos(value: int) -> float:
+    """Integer billionths back to a float, as close as a float gets."""
+    return value / NANO
+
+
+class Aggregate(msgspec.Struct, array_like=True):
+    """Everything the metrics need about a set of spans, mergeable without loss."""
+
+    count: int = 0
+    ok: int = 0
+    errors: int = 0
+    timeouts: int = 0
+    cost_nanos: int = 0
+    unpriced: int = 0
+    prompt_tokens: int = 0
+    comp_tokens: int = 0
+    total_tokens: int = 0
+    latency_count: int = 0
+    latency_sum_us: int = 0
+    latency: Sketch = msgspec.field(default_factory=Sketch)
+    latency_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * (len(LATENCY_BUCKETS_MS) + 1))
+    prompt_buckets: list[int] = msgspec.field(default_factory=lambda: [0] * (len(PROMPT_TOKEN_BUCKETS) + 1))
+    score_count: int = 0
+    score_sum_nanos: int = 0
+    score: Sketch = msgspec.field(default_factory=Sketch)
+
+    def add(self, span: Span) -> None:
+        """Count one span."""
+        self.count += 1
+        status = span.status
+        if status == "ok":
+            self.ok += 1
+        elif status == "error":
+            self.errors += 1
+        else:
+            self.timeouts += 1
+        if span.cost_usd is None:
+            self.unpriced += 1
+        else:
+            self.cost_nanos += int(span.cost_usd * NANO + 0.5)
+        # Span.__post_init__ made the token counts whole ints.
+        prompt = cast(int, span.prompt_tokens or 0)
+        self.prompt_tokens += prompt
+        self.comp_tokens += cast(int, span.comp_tokens or 0)
+        self.total_tokens += cast(int, span.total_tokens or 0)
+        self.prompt_buckets[bisect_left(PROMPT_TOKEN_BUCKETS, prompt)] += 1
+        latency = span.latency_ms
+        if latency is not None:
+            self.latency_count += 1
+            self.latency_sum_us += round(latency * 1000)
+            self.latency.add(latency)
+            self.latency_buckets[bisect_left(LATENCY_BUCKETS_MS, latency)] += 1
+        score = span.score
+        if score is not None:
+            self.score_count += 1
+            self.score_sum_nanos += int(score * NANO + (0.5 if score >= 0 else -0.5))
+            self.score.add(score)
+
+    def merge(self, other: Aggregate) -> None:
+        """Add ``other`` into this aggregate."""
+        self.count += other.count
+        self.ok += other.ok
+        self.errors += other.errors
+        self.timeouts += other.timeouts
+        self.cost_nanos += other.cost_nanos
+        self.unpriced += other.unpriced
+        self.prompt_tokens += other.prompt_tokens
+        self.comp_tokens += other.comp_tokens
+        self.total_tokens += other.total_tokens
+        self.latency_count += other.latency_count
+        self.latency_sum_us += other.latency_sum_us
+        self.latency.merge(other.latency)
+        for i, n in enumerate(other.latency_buckets):
+            self.latency_buckets[i] += n
+        for i, n in enumerate(other.prompt_buckets):
+            self.prompt_buckets[i] += n
+        self.score_count += other.score_count
+        self.score_sum_nanos += other.score_sum_nanos
+        self.score.merge(other.score)
+
+    def copy(self) -> Aggregate:
+        """An independent copy."""
+        out = Aggregate()
+        out.merge(self)
+        return out
+
+    # Derived values, as the API reports them.
+    @property
+    def cost_usd(self) -> float:
+        return from_nanos(self.cost_nanos)
+
+    @property
+    def error_rate(self) -> float:
+        """Share of spans with status ``error`` (as spec 003's PromQL computes it; timeouts are apart)."""
+        return self.errors / self.count if self.count else 0.0
+
+    @property
+    def score_avg(self) -> float | None:
+        return from_nanos(self.score_sum_nanos) / self.score_count if self.score_count else None
+
+    @property
+    def latency_avg_ms(self) -> float | None:
+        return self.latency_sum_us / 1000 / self.latency_count if self.latency_count else None

@@ -1,0 +1,163 @@
+"""One time bucket's aggregates, kept per series and per attribute value.
+
+A *series* is a (model, provider, caller) triple: every built-in dimension is a merge of series, so a span
+updates one series aggregate plus one aggregate per grouped attribute, whatever the query later asks for.
+Attribute groups are crossed with the series so an alert can filter on an attribute and a model at once.
+Cardinality is capped per bucket: past ``max_attribute_keys`` keys an attribute is not grouped, past
+``max_attribute_values`` values of one key the rest share the value ``OVERFLOW``; both are counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+
+import msgspec
+
+from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.span import EVAL_SCORE, Span
+
+__all__ = [
+    "BUILTIN_DIMENSIONS",
+    "OVERFLOW",
+    "SEP",
+    "SERIES",
+    "BucketState",
+    "Caps",
+    "Projection",
+    "attribute_dimension",
+    "series_key",
+]
+
+SEP = "\x1f"
+OVERFLOW = "__overflow__"
+#: ``groupby`` value that groups by whole series keys (``model SEP provider SEP caller``).
+SERIES = "__series__"
+BUILTIN_DIMENSIONS = ("model", "provider", "caller")
+_DIMENSION_INDEX = {name: i for i, name in enumerate(BUILTIN_DIMENSIONS)}
+#: Grouped values by dimension value ("" for the whole bucket when ungrouped).
+Projection = dict[str, Aggregate]
+
+
+class Caps(msgspec.Struct, frozen=True):
+    """Bounds on attribute grouping per bucket."""
+
+    max_attribute_keys: int = 32
+    max_attribute_values: int = 100
+
+
+def series_key(span: Span) -> str:
+    return f"{span.model}{SEP}{span.provider}{SEP}{span.caller}"
+
+
+def attribute_dimension(name: str) -> str | None:
+    """The attribute key a ``groupby`` names, or None for a built-in dimension."""
+    return None if name in _DIMENSION_INDEX or name == SERIES else name
+
+
+def _attribute_text(value: object) -> str | None:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (str, int)):
+        return str(value)
+    return None  # floats are measurements, not groups
+
+
+class BucketState(msgspec.Struct):
+    """Aggregates of one bucket: ``series[model SEP provider SEP caller]`` and
+    ``attributes[key][value][model SEP provider SEP caller]``."""
+
+    series: dict[str, Aggregate] = {}
+    attributes: dict[str, dict[str, dict[str, Aggregate]]] = {}
+    overflowed: int = 0
+
+    def add(self, span: Span, caps: Caps) -> None:
+        """Count one span in its series and in each groupable attribute."""
+        key = series_key(span)
+        aggregate = self.series.get(key)
+        if aggregate is None:
+            aggregate = self.series[key] = Aggregate()
+        aggregate.add(span)
+        for name, raw in span.attributes.items():
+            if name == EVAL_SCORE:
+                continue
+            value = _attribute_text(raw)
+            if value is None:
+                continue
+            values = self.attributes.get(name)
+            if values is None:
+                if len(self.attributes) >= caps.max_attribute_keys:
+                    self.overflowed += 1
+                    continue
+                values = self.attributes[name] = {}
+            by_series = values.get(value)
+            if by_series is None:
+                if len(values) >= caps.max_attribute_values:
+                    self.overflowed += 1
+                    value = OVERFLOW
+                    by_series = values.get(value)
+                if by_series is None:
+                    by_series = values[value] = {}
+            group = by_series.get(key)
+            if group is None:
+                group = by_series[key] = Aggregate()
+            group.add(span)
+
+    def merge(self, other: BucketState) -> None:
+        """Add another bucket's aggregates into this one."""
+        _merge_groups(self.series, other.series)
+        for name, values in other.attributes.items():
+            mine = self.attributes.setdefault(name, {})
+            for value, by_series in values.items():
+                _merge_groups(mine.setdefault(value, {}), by_series)
+        self.overflowed += other.overflowed
+
+    def project(self, groupby: str | None, where: Mapping[str, str]) -> Projection:
+        """Aggregates grouped by ``groupby`` (None: one group ``""``), over spans matching ``where``.
+
+        ``where`` maps built-in dimensions and at most one attribute key to required values.
+        """
+        attribute_filters = [(k, v) for k, v in where.items() if k not in _DIMENSION_INDEX]
+        if len(attribute_filters) > 1:
+            raise ValueError("a filter may name at most one attribute key")
+        builtin_filters = [(_DIMENSION_INDEX[k], v) for k, v in where.items() if k in _DIMENSION_INDEX]
+        group_attribute = attribute_dimension(groupby) if groupby else None
+        if group_attribute is not None and attribute_filters and attribute_filters[0][0] != group_attribute:
+            raise ValueError("groupby on one attribute cannot be combined with a filter on another")
+
+        out: Projection = {}
+        if group_attribute is not None or attribute_filters:
+            name = group_attribute if group_attribute is not None else attribute_filters[0][0]
+            wanted = attribute_filters[0][1] if attribute_filters else None
+            for value, by_series in self.attributes.get(name, {}).items():
+                if wanted is not None and value != wanted:
+                    continue
+                for key, aggregate in by_series.items():
+                    if builtin_filters and not _matches(key.split(SEP), builtin_filters):
+                        continue
+                    _add_into(out, value if group_attribute is not None else "", aggregate)
+            return out
+        index = _DIMENSION_INDEX[groupby] if groupby and groupby != SERIES else None
+        for key, aggregate in self.series.items():
+            parts = key.split(SEP)
+            if builtin_filters and not _matches(parts, builtin_filters):
+                continue
+            group = parts[index] if index is not None else (key if groupby == SERIES else "")
+            _add_into(out, group, aggregate)
+        return out
+
+
+def _matches(parts: tuple[str, ...] | list[str], filters: list[tuple[int, str]]) -> bool:
+    return all(parts[i] == v for i, v in filters)
+
+
+def _add_into(out: Projection, group: str, aggregate: Aggregate) -> None:
+    mine = out.get(group)
+    if mine is None:
+        out[group] = aggregate.copy()
+    else:
+        mine.merge(aggregate)
+
+
+def _merge_groups(into: dict[str, Aggregate], other: dict[str, Aggregate]) -> None:
+    for key, aggregate in other.items():
+        _add_into(into, key, aggregate)

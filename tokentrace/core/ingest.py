@@ -1,0 +1,95 @@
+"""What happens to a decoded batch before it is accepted: timestamps, time bounds, prices.
+
+A batch is accepted whole or rejected whole with the index and field at fault, so a client never has to
+guess which of its spans were counted.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Protocol
+
+from tokentrace.core.span import Span, span_time_ms
+from tokentrace.core.timefmt import format_duration, format_ms
+
+__all__ = ["CACHE_READ_ATTRIBUTE", "CACHE_WRITE_ATTRIBUTE", "Pricer", "SpanRejected", "prepare_batch"]
+
+#: Attributes (OpenTelemetry GenAI names) carrying cached prompt tokens, priced at the cache rates.
+CACHE_READ_ATTRIBUTE = "gen_ai.usage.cache_read_input_tokens"
+CACHE_WRITE_ATTRIBUTE = "gen_ai.usage.cache_creation_input_tokens"
+
+
+class Pricer(Protocol):
+    """Anything that prices a call: ``None`` when the model is unknown."""
+
+    def cost(
+        self,
+        model: str,
+        prompt_tokens: int,
+        comp_tokens: int,
+        provider: str | None = None,
+        cache_read_tokens: int = 0,
+        cache_write_tokens: int = 0,
+    ) -> float | None: ...
+
+
+class SpanRejected(ValueError):
+    """A span of the batch cannot be accepted; ``reason`` is a short label for counters."""
+
+    def __init__(self, message: str, reason: str) -> None:
+        super().__init__(message)
+        self.reason = reason
+
+
+def _int_attribute(span: Span, key: str) -> int:
+    value = span.attributes.get(key)
+    return int(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else 0
+
+
+def prepare_batch(
+    spans: Sequence[Span],
+    arrival_ms: int,
+    pricer: Pricer | None,
+    oldest_allowed_ms: int,
+    max_future_ms: int,
+) -> None:
+    """Stamp, bound-check and price ``spans`` in place; raise SpanRejected naming the first bad span.
+
+    - a span without timestamps counts at its arrival time;
+    - a span that started before ``oldest_allowed_ms`` (outside aggregate retention) or more than
+      ``max_future_ms`` after arrival (clock skew) is rejected rather than mis-bucketed;
+    - a span without ``cost_usd`` is priced from the table; it stays ``None`` for an unknown model or
+      when only ``total_tokens`` is known (the split between input and output decides the price).
+    """
+    for index, span in enumerate(spans):
+        span.stamp(arrival_ms)
+        at = span_time_ms(span)
+        if at < oldest_allowed_ms:
+            raise SpanRejected(
+                f"span {index}: started_at {span.started_at} is older than the aggregate retention "
+                f"(oldest accepted: {format_ms(oldest_allowed_ms)})",
+                "too_old",
+            )
+        if at > arrival_ms + max_future_ms:
+            raise SpanRejected(
+                f"span {index}: started_at {span.started_at} is more than "
+                f"{format_duration(max_future_ms / 1000)} in the future (check the sender's clock)",
+                "future",
+            )
+        priceable = span.prompt_tokens is not None or span.comp_tokens is not None
+        if span.cost_usd is None and pricer is not None and priceable:
+            try:
+                span.cost_usd = _price(pricer, span)
+            except ValueError as exc:
+                raise SpanRejected(f"span {index}: {exc}", "invalid") from None
+
+
+def _price(pricer: Pricer, span: Span) -> float | None:
+    return pricer.cost(
+        span.model,
+        int(span.prompt_tokens or 0),
+        int(span.comp_tokens or 0),
+        provider=span.provider or None,
+        cache_read_tokens=_int_attribute(span, CACHE_READ_ATTRIBUTE),
+        cache_write_tokens=_int_attribute(span, CACHE_WRITE_ATTRIBUTE),
+    )

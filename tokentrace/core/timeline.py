@@ -1,0 +1,232 @@
+"""Bucketed aggregates over time, with rollups that keep long-window queries cheap.
+
+Spans count at their event time in fixed buckets (one minute by default). Buckets older than
+``fine_retention`` are compacted into hour buckets; buckets older than ``retention`` retire into a
+per-series lifetime total, so counters exported to Prometheus never go down. Memory is
+O(buckets x groups), never O(spans).
+
+A window query ``[start, end)`` is answered from memoised day and hour projections for the blocks it
+fully covers and from single buckets at its edges; a write into a block invalidates its memo. Query
+results are independent of how the window is split, because merging is exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import msgspec
+
+from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.buckets import BucketState, Caps, Projection
+from tokentrace.core.span import Span
+
+__all__ = ["DAY_MS", "HOUR_MS", "MINUTE_MS", "Timeline", "TimelineSettings", "TimelineSnapshot", "total"]
+
+MINUTE_MS = 60_000
+HOUR_MS = 3_600_000
+DAY_MS = 86_400_000
+
+
+class TimelineSettings(msgspec.Struct, frozen=True):
+    """Bucket size and retention, all in milliseconds."""
+
+    bucket_ms: int = MINUTE_MS
+    fine_retention_ms: int = 48 * HOUR_MS
+    retention_ms: int = 30 * DAY_MS
+    caps: Caps = Caps()
+
+    def __post_init__(self) -> None:
+        if self.bucket_ms <= 0 or HOUR_MS % self.bucket_ms:
+            raise ValueError("bucket must divide one hour evenly (e.g. 1m, 5m, 10s)")
+        if self.fine_retention_ms > self.retention_ms:
+            raise ValueError("fine retention cannot exceed retention")
+
+
+class TimelineSnapshot(msgspec.Struct):
+    """The timeline's whole state, for snapshots and materialised views."""
+
+    fine: dict[int, BucketState]
+    coarse: dict[int, BucketState]
+    retired: BucketState
+
+
+_QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
+
+
+class Timeline:
+    """Per-bucket aggregates with rollup memos and retention."""
+
+    def __init__(self, settings: TimelineSettings | None = None) -> None:
+        self.settings = settings or TimelineSettings()
+        self._fine: dict[int, BucketState] = {}
+        self._coarse: dict[int, BucketState] = {}
+        self._retired = BucketState()
+        self._versions: dict[tuple[int, int], int] = {}
+        self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
+
+    # ----------------------------------------------------------------- writes
+    def add(self, span: Span, at_ms: int) -> None:
+        """Count ``span`` at event time ``at_ms`` (the caller has checked it is within retention)."""
+        bucket_ms = self.settings.bucket_ms
+        start = at_ms - at_ms % bucket_ms
+        state = self._fine.get(start)
+        if state is None:
+            hour = at_ms - at_ms % HOUR_MS
+            state = self._coarse.get(hour)
+            if state is None:
+                state = self._fine[start] = BucketState()
+        state.add(span, self.settings.caps)
+        self._touch(at_ms)
+
+    def merge_bucket(self, start_ms: int, state: BucketState) -> None:
+        """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""
+        self._fine.setdefault(start_ms, BucketState()).merge(state)
+        self._touch(start_ms)
+
+    def compact(self, now_ms: int) -> None:
+        """Fold buckets older than the fine retention into hours; retire those past retention."""
+        settings = self.settings
+        fine_cutoff = now_ms - settings.fine_retention_ms
+        for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
+            state = self._fine.pop(start)
+            self._coarse.setdefault(start - start % HOUR_MS, BucketState()).merge(state)
+        horizon = self.oldest_allowed_ms(now_ms)
+        for table in (self._fine, self._coarse):
+            for start in [s for s in table if s < horizon]:
+                self._retired.merge(table.pop(start))
+        for key in [k for k in self._versions if k[1] < horizon - DAY_MS]:
+            del self._versions[key]
+        for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
+            del self._memo[memo_key]
+
+    def oldest_allowed_ms(self, now_ms: int) -> int:
+        """Start of the oldest bucket still kept: spans before it are outside retention."""
+        horizon = now_ms - self.settings.retention_ms
+        return horizon - horizon % HOUR_MS + HOUR_MS
+
+    def _touch(self, at_ms: int) -> None:
+        versions = self._versions
+        for size in (DAY_MS, HOUR_MS):
+            key = (size, at_ms - at_ms % size)
+            versions[key] = versions.get(key, 0) + 1
+
+    # ------------------------------------------------------------------ reads
+    def window_start(self, now_ms: int, window_ms: int) -> int:
+        """Start of a window of ``window_ms`` ending with the bucket that holds ``now_ms``.
+
+        The window is whole buckets: the current one and the ``ceil(window / bucket) - 1`` before it.
+        """
+        bucket_ms = self.settings.bucket_ms
+        buckets = max(1, -(-window_ms // bucket_ms))
+        return now_ms - now_ms % bucket_ms - (buckets - 1) * bucket_ms
+
+    def window_end(self, now_ms: int) -> int:
+        """Exclusive end of any window at ``now_ms``: the end of the current bucket."""
+        bucket_ms = self.settings.bucket_ms
+        return now_ms - now_ms % bucket_ms + bucket_ms
+
+    def query(
+        self,
+        start_ms: int,
+        end_ms: int,
+        groupby: str | None = None,
+        where: Mapping[str, str] | None = None,
+    ) -> Projection:
+        """Aggregates of the spans counted in ``[start_ms, end_ms)``, grouped and filtered."""
+        spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
+        out: Projection = {}
+        self._collect(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS))
+        return out
+
+    def lifetime(self, groupby: str | None = None) -> Projection:
+        """Everything ever counted, including retired buckets (for monotonic counters)."""
+        out = self._retired.project(groupby, {})
+        starts = list(self._fine) + list(self._coarse)
+        if starts:
+            first = min(starts)
+            first -= first % DAY_MS
+            last = max(starts) + HOUR_MS
+            _merge_projection(out, self.query(first, last, groupby))
+        return out
+
+    def _collect(self, start: int, end: int, spec: _QuerySpec, out: Projection, sizes: tuple[int, ...]) -> None:
+        if start >= end:
+            return
+        if not sizes:
+            for state in self._states_between(start, end):
+                _merge_projection(out, state.project(spec[0], dict(spec[1])))
+            return
+        size, finer = sizes[0], sizes[1:]
+        first_block = start - start % size
+        if first_block < start:
+            first_block += size
+        if first_block + size > end:
+            self._collect(start, end, spec, out, finer)
+            return
+        self._collect(start, first_block, spec, out, finer)
+        block = first_block
+        while block + size <= end:
+            _merge_projection(out, self._block(size, block, spec, finer))
+            block += size
+        self._collect(block, end, spec, out, finer)
+
+    def _block(self, size: int, block: int, spec: _QuerySpec, finer: tuple[int, ...]) -> Projection:
+        version = self._versions.get((size, block))
+        if version is None:
+            return {}
+        memo_key = (size, block, spec)
+        cached = self._memo.get(memo_key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        projection: Projection = {}
+        self._collect(block, block + size, spec, projection, finer)
+        self._memo[memo_key] = (version, projection)
+        return projection
+
+    def _states_between(self, start: int, end: int) -> Iterable[BucketState]:
+        bucket_ms = self.settings.bucket_ms
+        fine = self._fine
+        coarse = self._coarse
+        if len(fine) < (end - start) // bucket_ms:
+            yield from (state for s, state in fine.items() if start <= s < end)
+        else:
+            for s in range(start - start % bucket_ms, end, bucket_ms):
+                if s >= start and (state := fine.get(s)) is not None:
+                    yield state
+        # Compacted hours count where they start (their resolution is one hour).
+        first_hour = start - start % HOUR_MS
+        if first_hour < start:
+            first_hour += HOUR_MS
+        for hour in range(first_hour, end, HOUR_MS):
+            if (state := coarse.get(hour)) is not None:
+                yield state
+
+    # ------------------------------------------------------------ persistence
+    def snapshot(self) -> TimelineSnapshot:
+        return TimelineSnapshot(fine=self._fine, coarse=self._coarse, retired=self._retired)
+
+    def restore(self, snapshot: TimelineSnapshot) -> None:
+        self._fine = dict(snapshot.fine)
+        self._coarse = dict(snapshot.coarse)
+        self._retired = snapshot.retired
+        self._versions.clear()
+        self._memo.clear()
+        for start in list(self._fine) + list(self._coarse):
+            self._touch(start)
+
+
+def _merge_projection(into: Projection, other: Projection) -> None:
+    for group, aggregate in other.items():
+        mine = into.get(group)
+        if mine is None:
+            into[group] = aggregate.copy()
+        else:
+            mine.merge(aggregate)
+
+
+def total(projection: Projection) -> Aggregate:
+    """Merge all groups of a projection into one aggregate."""
+    out = Aggregate()
+    for aggregate in projection.values():
+        out.merge(aggregate)
+    return out

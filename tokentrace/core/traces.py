@@ -1,0 +1,173 @@
+"""A bounded index of recent traces: spans grouped by trace id, newest first, with filters.
+
+Bounded two ways: at most ``max_spans`` spans (whole traces are evicted, oldest first, so a trace is
+never shown half), and traces that ended more than ``retention_ms`` ago are dropped.
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Iterator, Mapping
+from typing import Any
+
+import msgspec
+
+from tokentrace.core.aggregate import from_nanos, to_nanos
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
+
+__all__ = ["Trace", "TraceFilter", "TraceIndex"]
+
+_STATUS_RANK = {"ok": 0, "timeout": 1, "error": 2}
+
+
+class TraceFilter(msgspec.Struct, frozen=True):
+    """``GET /traces`` filters: a trace matches when one of its spans matches all span-level filters."""
+
+    attributes: tuple[tuple[str, str], ...] = ()
+    model: str | None = None
+    caller: str | None = None
+    status: str | None = None
+    since_ms: int | None = None
+    until_ms: int | None = None
+
+    def matches_span(self, span: Span) -> bool:
+        if self.model is not None and span.model != self.model:
+            return False
+        if self.caller is not None and span.caller != self.caller:
+            return False
+        if self.status is not None and span.status != self.status:
+            return False
+        for key, value in self.attributes:
+            raw = span.attributes.get(key)
+            if raw is None or _text(raw) != value:
+                return False
+        return True
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return str(value)
+
+
+class Trace:
+    """The spans of one trace and running totals over them."""
+
+    __slots__ = ("cost_nanos", "ended_ms", "spans", "started_ms", "status", "total_tokens", "trace_id")
+
+    def __init__(self, trace_id: str) -> None:
+        self.trace_id = trace_id
+        self.spans: list[Span] = []
+        self.started_ms = 2**62
+        self.ended_ms = 0
+        self.cost_nanos = 0
+        self.total_tokens = 0
+        self.status = "ok"
+
+    def add(self, span: Span) -> None:
+        self.spans.append(span)
+        if span.started_at is not None:
+            self.started_ms = min(self.started_ms, parse_rfc3339_ms(span.started_at))
+        if span.ended_at is not None:
+            self.ended_ms = max(self.ended_ms, parse_rfc3339_ms(span.ended_at))
+        if span.cost_usd is not None:
+            self.cost_nanos += to_nanos(span.cost_usd)
+        self.total_tokens += int(span.total_tokens or 0)
+        if _STATUS_RANK[span.status] > _STATUS_RANK[self.status]:
+            self.status = span.status
+
+    @property
+    def name(self) -> str:
+        for span in self.spans:
+            if span.parent_span_id is None:
+                return span.name
+        return self.spans[0].name if self.spans else ""
+
+    def summary(self) -> dict[str, Any]:
+        """The trace without its spans, as ``GET /traces`` lists it."""
+        return {
+            "trace_id": self.trace_id,
+            "name": self.name,
+            "started_at": format_ms(self.started_ms) if self.spans else None,
+            "ended_at": format_ms(self.ended_ms) if self.ended_ms else None,
+            "total_cost_usd": round(from_nanos(self.cost_nanos), 9),
+            "total_tokens": self.total_tokens,
+            "span_count": len(self.spans),
+            "status": self.status,
+        }
+
+    def body(self) -> dict[str, Any]:
+        """The trace with its spans in start order, as ``GET /traces/{id}`` returns it."""
+        spans = sorted(self.spans, key=lambda s: s.started_at or "")
+        return {**self.summary(), "spans": spans}
+
+
+class TraceIndex:
+    """Recent traces, bounded by span count and retention."""
+
+    def __init__(self, max_spans: int = 100_000, retention_ms: int = 7 * 86_400_000) -> None:
+        self.max_spans = max_spans
+        self.retention_ms = retention_ms
+        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self.span_count = 0
+        self.evicted_traces = 0
+
+    def add(self, span: Span) -> None:
+        trace = self._traces.get(span.trace_id)
+        if trace is None:
+            trace = self._traces[span.trace_id] = Trace(span.trace_id)
+        trace.add(span)
+        self.span_count += 1
+        while self.span_count > self.max_spans and len(self._traces) > 1:
+            self._evict_oldest()
+
+    def _evict_oldest(self) -> None:
+        _, trace = self._traces.popitem(last=False)
+        self.span_count -= len(trace.spans)
+        self.evicted_traces += 1
+
+    def expire(self, now_ms: int) -> None:
+        """Drop traces (oldest first) that ended before the retention horizon."""
+        horizon = now_ms - self.retention_ms
+        while self._traces:
+            trace = next(iter(self._traces.values()))
+            if max(trace.ended_ms, trace.started_ms) >= horizon:
+                break
+            self._evict_oldest()
+
+    def get(self, trace_id: str) -> Trace | None:
+        return self._traces.get(trace_id)
+
+    def __len__(self) -> int:
+        return len(self._traces)
+
+    def spans(self) -> Iterator[Span]:
+        """Every span kept, oldest trace first (for snapshots)."""
+        for trace in self._traces.values():
+            yield from trace.spans
+
+    def search(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[Trace]]:
+        """Matching traces, newest start first: (total matches, the requested page)."""
+        matched = [t for t in self._traces.values() if _trace_matches(t, where)]
+        matched.sort(key=lambda t: t.started_ms, reverse=True)
+        return len(matched), matched[offset : offset + limit]
+
+    def recent_spans(self, limit: int) -> list[Span]:
+        """The newest spans by start time (seed 001 ``/traces/recent``)."""
+        spans = [s for t in self._traces.values() for s in t.spans]
+        spans.sort(key=lambda s: s.started_at or "", reverse=True)
+        return spans[:limit]
+
+
+def _trace_matches(trace: Trace, where: TraceFilter) -> bool:
+    if where.since_ms is not None and trace.started_ms < where.since_ms:
+        return False
+    if where.until_ms is not None and trace.started_ms >= where.until_ms:
+        return False
+    return any(where.matches_span(span) for span in trace.spans)
+
+
+def attribute_filters(query: Mapping[str, str]) -> tuple[tuple[str, str], ...]:
+    """The ``attr.{key}`` parameters of a query string as (key, value) pairs."""
+    return tuple(sorted((k[5:], v) for k, v in query.items() if k.startswith("attr.") and len(k) > 5))
