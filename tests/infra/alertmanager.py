@@ -101,9 +101,7 @@ class Alertmanager:
             "--cluster.listen-address=",
             "--log.level=debug",
         ]
-        self._process = ServerProcess(
-            f"alertmanager :{self.port}", argv, self.dir / "alertmanager.log", cwd=self.dir
-        )
+        self._process = ServerProcess(f"alertmanager :{self.port}", argv, self.dir / "alertmanager.log", cwd=self.dir)
         try:
             self._process.start()
             wait_for(

@@ -105,9 +105,7 @@ class Dispatcher:
         self._pending += 1
         self._queues.setdefault(name, collections.deque()).append((note, delivery))
         if name not in self._tasks:
-            self._tasks[name] = asyncio.get_running_loop().create_task(
-                self._drain(name), name=f"alert-delivery:{name}"
-            )
+            self._tasks[name] = asyncio.get_running_loop().create_task(self._drain(name), name=f"alert-delivery:{name}")
         return True
 
     async def _drain(self, name: str) -> None:

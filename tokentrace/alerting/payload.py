@@ -59,9 +59,7 @@ def alertmanager_alert(note: Notification, generator_url: str) -> dict[str, Any]
     """
     rule = note.rule
     value = "no data" if note.value is None else f"{note.value:g}"
-    ends_ms = (
-        note.at_ms if note.status == "resolved" else note.at_ms + round(keep_alive_s(note.cooldown_s) * 1000)
-    )
+    ends_ms = note.at_ms if note.status == "resolved" else note.at_ms + round(keep_alive_s(note.cooldown_s) * 1000)
     scope = ", ".join(f"{k}={v}" for k, v in sorted(rule.filter.items()))
     condition = f"{rule.metric} {rule.op} {rule.threshold:g} over {rule.window}"
     return {

@@ -110,9 +110,7 @@ class AlertService:
         self._silences: dict[str, int] = {}
         self._firings: collections.Counter[tuple[str, str]] = collections.Counter()
         self._factory = SinkFactory(generator_url=external_url.rstrip("/") + "/alerts", stream=stream)
-        self._dispatcher = Dispatcher(
-            sinks or self._factory, retry=retry, clock=clock, max_pending=max_pending
-        )
+        self._dispatcher = Dispatcher(sinks or self._factory, retry=retry, clock=clock, max_pending=max_pending)
         self._lock = asyncio.Lock()
         self._loaded = False
         #: Wall time of the last evaluation round in seconds (None before the first).
@@ -298,11 +296,7 @@ class AlertService:
     async def _save(self, entries: dict[str, _Entry], silences: dict[str, int]) -> None:
         now = self._clock()
         snapshot = Snapshot(
-            rules=[
-                StoredRule(e.rule_id, e.rule, e.created_ms or now)
-                for e in entries.values()
-                if e.source == "api"
-            ],
+            rules=[StoredRule(e.rule_id, e.rule, e.created_ms or now) for e in entries.values() if e.source == "api"],
             silences={n: t for n, t in silences.items() if t > now},
         )
         try:

@@ -121,9 +121,7 @@ class WebhookSink:
 class AlertmanagerSink:
     """POSTs one alert to ``<url>/api/v2/alerts`` (see :func:`.payload.alertmanager_alert`)."""
 
-    def __init__(
-        self, session: aiohttp.ClientSession, delivery: AlertmanagerDelivery, generator_url: str
-    ) -> None:
+    def __init__(self, session: aiohttp.ClientSession, delivery: AlertmanagerDelivery, generator_url: str) -> None:
         self._session = session
         self._delivery = delivery
         self._url = delivery.url.rstrip("/") + "/api/v2/alerts"

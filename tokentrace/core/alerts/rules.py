@@ -80,9 +80,7 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if not number or not math.isfinite(threshold):
             raise ValueError(f"threshold: must be a finite number, got {threshold!r}")
         if self.metric in RATIO_METRICS and not 0 <= threshold <= 1:
-            raise ValueError(
-                f"threshold: {self.metric} is a fraction from 0 to 1 (0.05 = 5%), got {threshold!r}"
-            )
+            raise ValueError(f"threshold: {self.metric} is a fraction from 0 to 1 (0.05 = 5%), got {threshold!r}")
         set_field(self, "threshold", float(threshold))
         set_field(self, "window", duration_text(self.window, "window"))
         if self.cooldown is not None:

@@ -68,11 +68,7 @@ def step(
         started = state.status != "firing"
         since = now_ms if started else state.firing_since_ms
         last_fired = now_ms if started else state.last_fired_ms
-        due = (
-            not state.announced
-            or state.last_notified_ms is None
-            or now_ms - state.last_notified_ms >= cooldown_ms
-        )
+        due = not state.announced or state.last_notified_ms is None or now_ms - state.last_notified_ms >= cooldown_ms
         if due and not silenced:
             nxt = msgspec.structs.replace(
                 state,
@@ -84,9 +80,7 @@ def step(
                 **seen,
             )
             return Step(nxt, "firing", started)
-        nxt = msgspec.structs.replace(
-            state, status="firing", firing_since_ms=since, last_fired_ms=last_fired, **seen
-        )
+        nxt = msgspec.structs.replace(state, status="firing", firing_since_ms=since, last_fired_ms=last_fired, **seen)
         return Step(nxt, None, started)
     status: Status = "resolved" if state.status in ("firing", "resolved") else "ok"
     if state.announced and not silenced:
