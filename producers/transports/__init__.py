@@ -1,5 +1,26 @@
-"""Transports: where finished spans go (stdout, JSONL files, HTTP, fan-out, nowhere)."""
+"""Transports: where finished spans go (stdout, JSON Lines files, HTTP, fan-out, nowhere).
 
-from tokentrace.producers.transports.base import BaseTransport, Transport, TransportStats
+The Kafka transport lives in ``tokentrace.producers.transports.kafka`` (import it from there; it needs
+aiokafka).
+"""
 
-__all__ = ["BaseTransport", "Transport", "TransportStats"]
+from .base import BaseTransport, Transport, TransportStats
+from .file import FileTransport, ReadResult, read_spans
+from .http import MAX_BATCH, HTTPTransport
+from .multi import MultiTransport
+from .noop import NoopTransport
+from .stdout import StdoutTransport
+
+__all__ = [
+    "MAX_BATCH",
+    "BaseTransport",
+    "FileTransport",
+    "HTTPTransport",
+    "MultiTransport",
+    "NoopTransport",
+    "ReadResult",
+    "StdoutTransport",
+    "Transport",
+    "TransportStats",
+    "read_spans",
+]

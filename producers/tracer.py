@@ -1,0 +1,113 @@
+"""The tracer: starts traces and hands their finished spans to one transport."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from types import TracebackType
+from typing import Self
+
+from tokentrace.core.pricing import PriceTable, default_table
+from tokentrace.core.span import AttributeValue, Span
+
+from .budget import Budget
+from .build import check_attributes
+from .ids import new_id
+from .trace import Trace
+from .transports.base import Transport
+from .transports.stdout import StdoutTransport
+
+__all__ = ["Tracer", "TracerConfig"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class TracerConfig:
+    """Tracer settings. ``transport`` defaults to ``StdoutTransport()``, ``prices`` to the library table.
+
+    ``caller`` names the service on every span; ``attributes`` are added to every span;
+    ``max_buffered_spans`` bounds how many spans a trace holds before ``end`` (then they are sent early).
+    """
+
+    transport: Transport | None = None
+    caller: str = ""
+    prices: PriceTable | None = None
+    attributes: Mapping[str, AttributeValue] = field(default_factory=dict)
+    max_buffered_spans: int = 1000
+
+
+class Tracer:
+    """Starts traces. ``Tracer(TracerConfig(...))`` or ``Tracer(transport=..., caller=..., prices=...)``.
+
+    Thread-safe; one tracer per process is typical. ``close()`` (or ``with Tracer(...)``) flushes and
+    closes the transport.
+    """
+
+    def __init__(
+        self,
+        config: TracerConfig | None = None,
+        *,
+        transport: Transport | None = None,
+        caller: str | None = None,
+        prices: PriceTable | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        max_buffered_spans: int | None = None,
+    ) -> None:
+        config = config or TracerConfig()
+        self.transport: Transport = transport or config.transport or StdoutTransport()
+        self.caller: str = config.caller if caller is None else caller
+        self.prices: PriceTable = prices or config.prices or default_table()
+        self.attributes = check_attributes(config.attributes if attributes is None else attributes)
+        self.max_buffered_spans = (
+            config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
+        )
+        if self.max_buffered_spans < 1:
+            raise ValueError("max_buffered_spans must be >= 1")
+
+    def start(
+        self,
+        name: str,
+        *,
+        caller: str | None = None,
+        attributes: Mapping[str, AttributeValue] | None = None,
+        budget: Budget | None = None,
+        trace_id: str | None = None,
+    ) -> Trace:
+        """Start a trace named after the workflow; ``budget`` caps what its calls may cost."""
+        attrs = self.attributes
+        if attributes:
+            attrs = {**attrs, **check_attributes(attributes)}
+        return Trace(
+            self,
+            name,
+            trace_id or new_id(),
+            self.caller if caller is None else caller,
+            attrs,
+            budget,
+        )
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until the transport delivered what it was given (at most ``timeout`` seconds)."""
+        self.transport.flush(timeout)
+
+    def close(self) -> None:
+        """Flush and close the transport."""
+        self.transport.close()
+
+    def _send(self, spans: Sequence[Span]) -> None:
+        try:
+            self.transport.send(spans)
+        except Exception:  # a transport must not raise; if one does, the traced code still must not fail
+            log.exception(
+                "transport %r raised while sending %d spans; they are lost", self.transport, len(spans)
+            )
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.close()

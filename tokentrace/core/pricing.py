@@ -1,0 +1,391 @@
+"""What an inference call cost, in USD: an override table first, then genai-prices' bundled snapshot.
+
+Token conventions (OpenAI's): ``prompt_tokens`` *includes* cache-read and cache-write tokens, which are
+priced at their own rates instead of the input rate (never counted twice); ``comp_tokens`` includes
+reasoning tokens. For Anthropic, whose ``input_tokens`` excludes cached tokens, pass
+``prompt_tokens = input_tokens + cache_read_input_tokens + cache_creation_input_tokens``.
+
+Only the price data bundled with genai-prices is used; nothing is fetched from the network. Looking a
+price up in the library is slow (~120 µs), so for each ``(model, provider)`` the table derives per-token
+rates once and prices later calls with a few multiplications. Models whose price is not linear in the
+token counts (tiered prices, time-of-day prices) are priced exactly by the library on every call. A model
+neither table knows costs ``None`` (never 0): the lookup is counted in ``PriceTable.unknown_models`` and
+logged once per model.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import threading
+import time
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING, Any, Final
+
+if TYPE_CHECKING:
+    from genai_prices.data_snapshot import DataSnapshot
+
+__all__ = ["ModelPrices", "PriceTable", "cost", "default_table"]
+
+log = logging.getLogger(__name__)
+
+_PER_MILLION: Final = 1_000_000
+#: Costs are rounded to 1e-10 USD so that 512 * 2.5e-6 prints as 0.00128, not 0.0012800000000000001.
+_SCALE: Final = 1e10
+_OVERRIDE_KEYS: Final = frozenset({"input", "output", "cache_read", "cache_write"})
+
+
+@dataclass(frozen=True, slots=True)
+class ModelPrices:
+    """Prices in USD per million tokens. Cache prices default to the input price."""
+
+    input: float
+    output: float
+    cache_read: float | None = None
+    cache_write: float | None = None
+
+    def __post_init__(self) -> None:
+        for field in ("input", "output", "cache_read", "cache_write"):
+            value = getattr(self, field)
+            if value is not None and (
+                isinstance(value, bool)
+                or not isinstance(value, int | float)
+                or not (math.isfinite(value) and value >= 0)
+            ):
+                raise ValueError(
+                    f"{field} price must be a finite number >= 0 (USD per million tokens), got {value!r}"
+                )
+
+    @classmethod
+    def parse(cls, value: ModelPrices | Mapping[str, Any]) -> ModelPrices:
+        """Accept a ``ModelPrices`` or a config mapping such as ``{"input": 2.5, "output": 10}``."""
+        if isinstance(value, ModelPrices):
+            return value
+        unknown = set(value) - _OVERRIDE_KEYS
+        if unknown:
+            raise ValueError(f"unknown price keys {sorted(unknown)}; use {sorted(_OVERRIDE_KEYS)}")
+        missing = {"input", "output"} - set(value)
+        if missing:
+            raise ValueError(f"price override needs {sorted(missing)} (USD per million tokens)")
+        return cls(**value)
+
+
+@dataclass(frozen=True, slots=True)
+class _Linear:
+    """Per-token rates: cost = per_call + uncached input * input + cache reads * cache_read + ..."""
+
+    per_call: float
+    input: float
+    output: float
+    cache_read: float
+    cache_write: float
+    #: Epoch seconds after which the rates must be derived again (a dated price change), or inf.
+    expires: float = math.inf
+
+    @classmethod
+    def from_prices(cls, prices: ModelPrices) -> _Linear:
+        cache_read = prices.input if prices.cache_read is None else prices.cache_read
+        cache_write = prices.input if prices.cache_write is None else prices.cache_write
+        return cls(
+            0.0,
+            prices.input / _PER_MILLION,
+            prices.output / _PER_MILLION,
+            cache_read / _PER_MILLION,
+            cache_write / _PER_MILLION,
+        )
+
+    def price(self, prompt: int, comp: int, cache_read: int, cache_write: int) -> float:
+        return (
+            self.per_call
+            + (prompt - cache_read - cache_write) * self.input
+            + comp * self.output
+            + cache_read * self.cache_read
+            + cache_write * self.cache_write
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class _Exact:
+    """The library prices every call (tiered or time-of-day prices)."""
+
+    expires: float = math.inf
+
+
+@dataclass(frozen=True, slots=True)
+class _Unknown:
+    """Neither the override table nor the library knows this model (with this provider)."""
+
+    reason: str
+    expires: float = math.inf
+
+
+_Entry = _Linear | _Exact | _Unknown
+
+_snapshot_lock = threading.Lock()
+_snapshot: DataSnapshot | None = None
+
+
+def _bundled_snapshot() -> DataSnapshot:
+    """genai-prices' bundled data in a snapshot of our own, so a process-wide ``UpdatePrices`` elsewhere
+    cannot make this module use downloaded prices."""
+    global _snapshot
+    with _snapshot_lock:
+        if _snapshot is None:
+            from genai_prices.data import providers
+            from genai_prices.data_snapshot import DataSnapshot
+
+            _snapshot = DataSnapshot(providers=providers, from_auto_update=False)
+        return _snapshot
+
+
+def _calc(
+    model: str, provider: str | None, input_tokens: int, output_tokens: int, cache_read: int, cache_write: int
+) -> Any:
+    """One exact library lookup (a ``genai_prices.types.PriceCalculation``). Raises LookupError if unknown."""
+    from genai_prices import Usage
+
+    usage = Usage(
+        input_tokens=input_tokens,
+        output_tokens=output_tokens,
+        cache_read_tokens=cache_read or None,
+        cache_write_tokens=cache_write or None,
+    )
+    return _bundled_snapshot().calc(usage, model, provider, None, datetime.now(UTC))
+
+
+def _is_nonlinear(calculation: Any) -> bool:
+    """Tiered prices or time-of-day prices cannot be reduced to fixed per-token rates."""
+    from genai_prices.types import TieredPrices, TimeOfDateConstraint
+
+    if any(isinstance(value, TieredPrices) for value in vars(calculation.model_price).values()):
+        return True
+    prices = calculation.model.prices
+    return isinstance(prices, list) and any(isinstance(p.constraint, TimeOfDateConstraint) for p in prices)
+
+
+def _next_price_change(calculation: Any, now: float) -> float:
+    """Epoch seconds of the model's next dated price change after ``now``, or inf."""
+    from genai_prices.types import StartDateConstraint
+
+    prices = calculation.model.prices
+    if not isinstance(prices, list):
+        return math.inf
+    upcoming = [
+        datetime(c.start_date.year, c.start_date.month, c.start_date.day, tzinfo=UTC).timestamp()
+        for c in (p.constraint for p in prices)
+        if isinstance(c, StartDateConstraint)
+    ]
+    return min((t for t in upcoming if t > now), default=math.inf)
+
+
+def _derive(model: str, provider: str | None) -> _Entry:
+    """Derive per-token rates from a handful of library lookups, or decide the model needs exact pricing."""
+    million = _PER_MILLION
+    try:
+        first = _calc(model, provider, 0, 0, 0, 0)
+    except LookupError as exc:
+        return _Unknown(str(exc))
+    expires = _next_price_change(first, time.time())
+    if _is_nonlinear(first):
+        return _Exact(expires)
+    try:
+        per_call = float(first.total_price)
+        rates = _Linear(
+            per_call,
+            float(_calc(model, provider, million, 0, 0, 0).total_price - first.total_price) / million,
+            float(_calc(model, provider, 0, million, 0, 0).total_price - first.total_price) / million,
+            float(_calc(model, provider, million, 0, million, 0).total_price - first.total_price) / million,
+            float(_calc(model, provider, million, 0, 0, million).total_price - first.total_price) / million,
+            expires,
+        )
+        # A mixed probe must agree with the rates; anything else the library does is priced exactly.
+        probe = (1_234_567, 76_543, 234_567, 12_345)
+        exact = float(_calc(model, provider, probe[0], probe[1], probe[2], probe[3]).total_price)
+    except (ValueError, ArithmeticError) as exc:
+        log.debug("pricing %s (%s) exactly: rates could not be derived: %s", model, provider, exc)
+        return _Exact(expires)
+    if not math.isclose(rates.price(*probe), exact, rel_tol=1e-9, abs_tol=1e-12):
+        return _Exact(expires)
+    return rates
+
+
+def _round(usd: float) -> float:
+    """Round a non-negative cost to 1e-10 USD (``round(x, 10)`` is five times slower)."""
+    return int(usd * _SCALE + 0.5) / _SCALE
+
+
+def _tokens(value: int | float | None, field: str) -> int:
+    if type(value) is int and value >= 0:
+        return value
+    if value is None:
+        return 0
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value >= 0
+        or (isinstance(value, float) and not value.is_integer())
+    ):
+        raise ValueError(f"{field} must be a whole number >= 0, got {value!r}")
+    return int(value)
+
+
+class PriceTable:
+    """Prices inference calls; thread-safe.
+
+    ``overrides`` maps a model name to its prices (a ``ModelPrices`` or a config mapping with the keys
+    ``input``, ``output``, ``cache_read``, ``cache_write`` in USD per million tokens); an override wins over
+    the library for every provider. ``use_library=False`` prices from the overrides alone.
+    """
+
+    def __init__(
+        self,
+        overrides: Mapping[str, ModelPrices | Mapping[str, Any]] | None = None,
+        *,
+        use_library: bool = True,
+    ) -> None:
+        self._overrides = {
+            name.lower(): _Linear.from_prices(ModelPrices.parse(p)) for name, p in (overrides or {}).items()
+        }
+        self._use_library = use_library
+        self._cache: dict[tuple[str, str | None], _Entry] = {}
+        self._lock = threading.Lock()
+        #: Lookups of models no table knows, by model name (read by the server; copy under ``stats``).
+        self.unknown_models: dict[str, int] = {}
+
+    def cost(
+        self,
+        model: str,
+        prompt_tokens: int | float | None,
+        comp_tokens: int | float | None,
+        provider: str | None = None,
+        cache_read_tokens: int | float | None = 0,
+        cache_write_tokens: int | float | None = 0,
+    ) -> float | None:
+        """The call's cost in USD, or ``None`` when the model's price is unknown.
+
+        Raises ValueError for negative or fractional token counts, or cached tokens exceeding the prompt.
+        """
+        provider = provider or None
+        entry = self._cache.get((model, provider))
+        # Fast path: whole-number counts and cached linear rates (one dict lookup, a few multiplications).
+        if (
+            type(entry) is _Linear
+            and entry.expires == math.inf
+            and type(prompt_tokens) is int
+            and type(comp_tokens) is int
+            and type(cache_read_tokens) is int
+            and type(cache_write_tokens) is int
+            and comp_tokens >= 0
+            and cache_read_tokens >= 0
+            and cache_write_tokens >= 0
+            and prompt_tokens >= cache_read_tokens + cache_write_tokens
+        ):
+            return _round(
+                entry.per_call
+                + (prompt_tokens - cache_read_tokens - cache_write_tokens) * entry.input
+                + comp_tokens * entry.output
+                + cache_read_tokens * entry.cache_read
+                + cache_write_tokens * entry.cache_write
+            )
+        return self._cost(model, provider, prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens)
+
+    def _cost(
+        self,
+        model: str,
+        provider: str | None,
+        prompt_tokens: int | float | None,
+        comp_tokens: int | float | None,
+        cache_read_tokens: int | float | None,
+        cache_write_tokens: int | float | None,
+    ) -> float | None:
+        prompt = _tokens(prompt_tokens, "prompt_tokens")
+        comp = _tokens(comp_tokens, "comp_tokens")
+        cache_read = _tokens(cache_read_tokens, "cache_read_tokens")
+        cache_write = _tokens(cache_write_tokens, "cache_write_tokens")
+        if cache_read + cache_write > prompt:
+            raise ValueError(
+                f"cache_read_tokens + cache_write_tokens ({cache_read + cache_write}) exceed prompt_tokens "
+                f"({prompt}); prompt_tokens must include cached tokens"
+            )
+        entry = self._entry(model, provider)
+        if isinstance(entry, _Linear):
+            return _round(entry.price(prompt, comp, cache_read, cache_write))
+        if isinstance(entry, _Exact):
+            return self._exact(model, provider, prompt, comp, cache_read, cache_write)
+        self._count_unknown(model, provider, entry)
+        return None
+
+    def knows(self, model: str, provider: str | None = None) -> bool:
+        """Whether ``cost`` can price this model (does not count as an unknown lookup)."""
+        return type(self._entry(model, provider or None)) is not _Unknown
+
+    def stats(self) -> dict[str, int]:
+        """A copy of ``unknown_models``, safe to read from another thread."""
+        with self._lock:
+            return dict(self.unknown_models)
+
+    def _entry(self, model: str, provider: str | None) -> _Entry:
+        key = (model, provider)
+        entry = self._cache.get(key)
+        if entry is None or (entry.expires != math.inf and time.time() >= entry.expires):
+            entry = self._resolve(model, provider)
+            self._cache[key] = entry
+        return entry
+
+    def _resolve(self, model: str, provider: str | None) -> _Entry:
+        override = self._overrides.get(model.lower())
+        if override is not None:
+            return override
+        if not model:
+            return _Unknown("empty model name")
+        if not self._use_library:
+            return _Unknown("not in the override table")
+        return _derive(model, provider)
+
+    def _exact(
+        self, model: str, provider: str | None, prompt: int, comp: int, cache_read: int, cache_write: int
+    ) -> float | None:
+        try:
+            calculation = _calc(model, provider, prompt, comp, cache_read, cache_write)
+        except (LookupError, ValueError, ArithmeticError) as exc:
+            log.warning("cannot price %s (%s): %s", model, provider, exc)
+            return None
+        return _round(float(calculation.total_price))
+
+    def _count_unknown(self, model: str, provider: str | None, entry: _Unknown) -> None:
+        with self._lock:
+            seen = self.unknown_models.get(model, 0)
+            self.unknown_models[model] = seen + 1
+        if not seen:
+            where = f" (provider {provider!r})" if provider else ""
+            log.warning("no price for model %r%s: cost_usd stays null (%s)", model, where, entry.reason)
+
+
+_default_lock = threading.Lock()
+_default: PriceTable | None = None
+
+
+def default_table() -> PriceTable:
+    """The process-wide table (library prices, no overrides) used by ``cost`` and by default tracers."""
+    global _default
+    if _default is None:
+        with _default_lock:
+            if _default is None:
+                _default = PriceTable()
+    return _default
+
+
+def cost(
+    model: str,
+    prompt_tokens: int | float | None,
+    comp_tokens: int | float | None,
+    provider: str | None = None,
+    cache_read_tokens: int | float | None = 0,
+    cache_write_tokens: int | float | None = 0,
+) -> float | None:
+    """The call's cost in USD from the default table, or ``None`` for an unknown model."""
+    return default_table().cost(
+        model, prompt_tokens, comp_tokens, provider, cache_read_tokens, cache_write_tokens
+    )
