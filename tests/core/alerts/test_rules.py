@@ -79,6 +79,7 @@ def test_seed_001_names_are_aliases() -> None:
         ({"min_spans": 1.5}, "min_spans:"),
         ({"level": "info"}, "level:"),
         ({"filter": {"model": 4}}, "filter"),
+        ({"filter": {"model": "gpt-4o", "tier": "gold", "workflow": "x"}}, "filter:"),
         ({"name": "has space"}, "name:"),
         ({"name": "a/b"}, "name:"),
         ({"name": ...}, "name:"),
@@ -128,13 +129,14 @@ def test_config_rules_seed_style_without_names() -> None:
                 "metric": "span_count",
                 "op": "<",
                 "threshold": 1,
-                "filter": {"tier": 1, "beta": True},
+                "filter": {"tier": 1, "model": "gpt-4o"},
             },
+            {"name": "beta", "metric": "span_count", "op": "<", "threshold": 1, "filter": {"beta": True}},
         ]
     )
-    assert [r.name for r in rules] == ["error_rate_gt_0.05", "latency_p99_gt_5000", "gold"]
+    assert [r.name for r in rules] == ["error_rate_gt_0.05", "latency_p99_gt_5000", "gold", "beta"]
     assert rules[1].level == "critical"
-    assert rules[2].filter == {"tier": "1", "beta": "true"}
+    assert rules[2].filter == {"tier": "1", "model": "gpt-4o"} and rules[3].filter == {"beta": "true"}
 
 
 def test_config_errors_name_item_and_field() -> None:

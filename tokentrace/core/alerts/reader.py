@@ -21,8 +21,8 @@ class MetricReader(Protocol):
     """Reads one metric over the ``window_s`` seconds ending at ``now_ms``, for the spans ``filter`` selects.
 
     ``metric`` is one of :data:`tokentrace.core.alerts.metrics.READER_METRICS`. ``filter`` keys ``model``,
-    ``provider`` and ``caller`` match those span fields; any other key is an attribute key whose value
-    compares as text (``{"tier": "1"}`` matches the attribute 1). Sums and counts are 0 over an empty
+    ``provider`` and ``caller`` match those span fields; any other key (at most one) is an attribute key
+    whose value compares as text (``{"tier": "1"}`` matches the attribute 1). Sums and counts are 0 over an empty
     window; averages, rates and percentiles are None. A reader may raise; the engine records the error
     on the rule and leaves its state as it was.
     """

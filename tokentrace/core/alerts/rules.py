@@ -34,6 +34,9 @@ __all__ = [
 
 Level = Literal["warning", "critical"]
 LEVELS: tuple[Level, ...] = ("warning", "critical")
+#: Filter keys that match span fields; any other key is an attribute key (at most one per rule, as the
+#: aggregates index one attribute at a time).
+SPAN_FIELDS: tuple[str, ...] = ("model", "provider", "caller")
 DEFAULT_WINDOW = "1h"
 #: Rule names appear in URL paths (``/alerts/{name}``) and Alertmanager labels.
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -49,7 +52,7 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``cooldown`` is the minimum time between repeated notifications while the rule keeps firing (None:
     the service default, 5m as in seed 001). ``min_spans`` is the least number of spans in the window
     for the rule to fire at all. ``filter`` narrows the spans: keys ``model``, ``provider`` and
-    ``caller`` match those fields, any other key is a span attribute. ``delivery`` None means the
+    ``caller`` match those fields, any other key is a span attribute (one at most). ``delivery`` None means the
     service's default delivery.
     """
 
@@ -90,6 +93,11 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         for key, value in self.filter.items():
             if not isinstance(key, str) or not key or not isinstance(value, str):
                 raise ValueError(f"filter: keys and values must be strings, got {key!r}: {value!r}")
+        attribute_keys = sorted(set(self.filter) - set(SPAN_FIELDS))
+        if len(attribute_keys) > 1:
+            raise ValueError(
+                f"filter: at most one attribute key besides {', '.join(SPAN_FIELDS)}, got {', '.join(attribute_keys)}"
+            )
         if self.level not in LEVELS:
             raise ValueError(f"level: must be warning or critical, got {self.level!r}")
 
