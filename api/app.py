@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus

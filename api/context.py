@@ -8,8 +8,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from aiohttp import web
-from tokentrace.api.stores.base import Store
 
+from tokentrace.api.stores.base import Store
 from tokentrace.config import Config
 from tokentrace.core.ingest import Pricer
 

@@ -9,11 +9,11 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import msgspec
+
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
 from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
-
 from tokentrace.config import Config
 from tokentrace.core.buckets import Caps
 from tokentrace.core.pricing import PriceTable
@@ -43,6 +43,7 @@ def embedded_settings(config: Config) -> EmbeddedSettings:
         max_spans=storage.max_spans,
         trace_retention_ms=_ms(storage.trace_retention),
         snapshot_interval_s=parse_duration(storage.snapshot_interval),
+        maintenance_interval_s=min(30.0, parse_duration(storage.snapshot_interval)),
     )
 
 

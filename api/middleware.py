@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Middleware
+
 from tokentrace.api.responses import APIError, error_response
 
 __all__ = ["auth_middleware", "error_middleware"]

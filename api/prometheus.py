@@ -20,8 +20,8 @@ from prometheus_client.core import (
     Metric,
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
-from tokentrace.api.context import CONTEXT
 
+from tokentrace.api.context import CONTEXT
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
 from tokentrace.core.timefmt import now_ms

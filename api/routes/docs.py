@@ -8,6 +8,7 @@ from typing import Any
 
 import yaml
 from aiohttp import web
+
 from tokentrace.api.responses import json_response
 
 __all__ = ["openapi_document", "routes"]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import json_response
 

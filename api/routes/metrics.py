@@ -9,9 +9,9 @@ from __future__ import annotations
 from typing import Any
 
 from aiohttp import web
+
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.responses import APIError, json_response
-
 from tokentrace.core.buckets import Projection
 from tokentrace.core.metrics import (
     GROUP_METRICS,

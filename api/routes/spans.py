@@ -6,10 +6,10 @@ import logging
 
 import msgspec
 from aiohttp import web
+
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.stores.base import StoreUnavailable
-
 from tokentrace.core.codec import decode_json_spans
 from tokentrace.core.ingest import SpanRejected, prepare_batch
 from tokentrace.core.span import Span

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 from aiohttp import web
+
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
-
 from tokentrace.core.span import STATUSES
 from tokentrace.core.timefmt import parse_rfc3339_ms
 from tokentrace.core.traces import TraceFilter, attribute_filters

@@ -16,9 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import msgspec
+
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.wal import WriteAheadLog
-
 from tokentrace.core.buckets import Projection
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span, span_time_ms

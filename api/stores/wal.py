@@ -119,6 +119,10 @@ class WriteAheadLog:
         """Wait for pending flushes, then close the segment."""
         if self._flushing is not None:
             await asyncio.gather(self._flushing, return_exceptions=True)
-        self._file.flush()
-        os.fsync(self._file.fileno())
-        self._file.close()
+        try:
+            self._file.flush()
+            os.fsync(self._file.fileno())
+        except OSError as exc:
+            log.error("write-ahead log: final flush failed: %s", exc)
+        finally:
+            self._file.close()

@@ -1,0 +1,60 @@
+"""GET /health, authentication, the error envelope on unknown routes."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp.test_utils import TestClient
+
+from tests.api.conftest import MakeClient
+from tokentrace.api.context import CONTEXT
+
+
+async def test_health_body(client: TestClient[Any, Any]) -> None:
+    await client.post("/spans", json={"model": "m", "prompt_tokens": 1})
+    response = await client.get("/health")
+    assert response.status == 200
+    body = await response.json()
+    assert body["status"] == "ok" and body["span_count"] == 1
+    assert set(body) == {"status", "version", "uptime_s", "span_count", "transport", "queue_depth"}
+
+
+async def test_unknown_route_uses_the_envelope(client: TestClient[Any, Any]) -> None:
+    response = await client.get("/nothing-here")
+    assert response.status == 404
+    assert "error" in await response.json()
+    response = await client.delete("/spans")
+    assert response.status == 405
+    assert "error" in await response.json()
+
+
+async def test_bearer_token_required_everywhere(make_client: MakeClient, monkeypatch: Any) -> None:
+    monkeypatch.setenv("TT_TEST_TOKEN", "s3cret")
+    client = await make_client('http_server:\n  auth_token: "${TT_TEST_TOKEN}"\n')
+    for method, path in (("GET", "/health"), ("GET", "/metrics"), ("POST", "/spans"), ("GET", "/metrics/prometheus")):
+        response = await client.request(method, path)
+        assert response.status == 401, path
+        assert response.headers["WWW-Authenticate"].startswith("Bearer")
+        assert "token" in (await response.json())["error"]
+    wrong = await client.get("/health", headers={"Authorization": "Bearer nope"})
+    assert wrong.status == 401
+    right = await client.get("/health", headers={"Authorization": "Bearer s3cret"})
+    assert right.status == 200
+
+
+async def test_empty_token_means_no_auth(make_client: MakeClient, monkeypatch: Any) -> None:
+    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
+    client = await make_client('http_server:\n  auth_token: "${TT_UNSET_TOKEN}"\n')
+    assert (await client.get("/health")).status == 200
+
+
+async def test_health_is_503_when_the_disk_fails(make_client: MakeClient, tmp_path: Any) -> None:
+    client = await make_client(data_dir=tmp_path / "d")
+    wal = client.app[CONTEXT].store._wal  # type: ignore[attr-defined]
+    wal._file = open("/dev/full", "wb", buffering=0)  # noqa: ASYNC230, SIM115 - every write now fails (ENOSPC)
+    response = await client.post("/spans", json={"model": "m", "prompt_tokens": 1})
+    assert response.status == 503
+    assert "not accepted" in (await response.json())["error"]
+    health = await client.get("/health")
+    assert health.status == 503
+    assert (await health.json())["status"] == "unhealthy"
