@@ -7,6 +7,7 @@ import json
 import os
 import re
 import stat
+import time
 from pathlib import Path
 from typing import Any
 
@@ -283,3 +284,56 @@ async def test_duplicate_config_names_are_rejected() -> None:
 async def test_default_delivery_is_used_for_rules_without_one() -> None:
     service = AlertService(FakeReader(), rules=CONFIG_RULES, default_delivery=StdoutDelivery())
     assert {a["delivery"] for a in service.list_alerts()} == {"stdout"}
+
+
+class SlowReader(FakeReader):
+    """Every read takes ``delay_s`` of blocking work, like a reader over large aggregates."""
+
+    def __init__(self, delay_s: float) -> None:
+        super().__init__()
+        self.delay_s = delay_s
+
+    def read(self, metric: str, window_s: float, filter: Any, now_ms: int) -> Any:
+        time.sleep(self.delay_s)
+        return super().read(metric, window_s, filter, now_ms)
+
+
+def distinct_rules(count: int) -> list[AlertRule]:
+    return [AlertRule(f"r{i}", "total_cost", "gt", 1, filter={"caller": f"c{i}"}) for i in range(count)]
+
+
+async def test_async_round_yields_to_the_loop_between_slow_reads() -> None:
+    reader = SlowReader(0.005)
+    service = AlertService(reader, rules=distinct_rules(20), sinks=QuietSinks())
+    ticks: list[float] = []
+
+    async def ticker() -> None:
+        while True:
+            ticks.append(time.perf_counter())
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    ticks.clear()
+    service.evaluate()  # the whole round in one go: nothing else runs meanwhile
+    assert ticks == []
+    await service.evaluate_async(slice_s=0.01)
+    task.cancel()
+    assert len(ticks) >= 5  # the ticker ran between slices of ~2 reads
+    assert len(reader.calls) == 40
+
+
+async def test_rule_deleted_during_an_async_round_keeps_no_state_and_sends_nothing() -> None:
+    reader, sinks = SlowReader(0.005), QuietSinks()
+    reader.set("total_cost", 9.0)
+    service = AlertService(reader, sinks=sinks)
+    for i in range(10):
+        await service.create(f'{{"name": "r{i}", "metric": "total_cost", "op": "gt", "threshold": 1}}'.encode())
+    evaluating = asyncio.create_task(service.evaluate_async(slice_s=0.001))
+    await asyncio.sleep(0)
+    await service.delete("r9")
+    await evaluating
+    await service.drain()
+    assert "r9" not in {name for name, _ in sinks.sent} and len(sinks.sent) == 9
+    assert service.firing_counts().get(("r9", "warning")) is None
+    assert [a["name"] for a in service.list_alerts()] == [f"r{i}" for i in range(9)]

@@ -33,9 +33,9 @@ from tokentrace.core.alerts import (
     RuleState,
     StdoutDelivery,
     decode_rule,
-    evaluate,
 )
 from tokentrace.core.alerts.durations import duration_text, seconds
+from tokentrace.core.alerts.engine import Round
 from tokentrace.core.alerts.rules import describe_validation_error
 from tokentrace.core.timefmt import format_ms, now_ms
 
@@ -151,7 +151,7 @@ class AlertService:
         deadline = loop.time()
         while True:
             try:
-                self.evaluate()
+                await self.evaluate_async()
             except Exception:
                 logger.exception("alert evaluation round failed")
             deadline += interval_s
@@ -166,17 +166,43 @@ class AlertService:
     # --- evaluation ----------------------------------------------------------------------------------
 
     def evaluate(self, now: int | None = None) -> Evaluation:
-        """Run one round at ``now`` (default: the clock) and queue its notifications. Call from the loop."""
-        started = time.perf_counter()
+        """Run one whole round at ``now`` (default: the clock) and queue its notifications. Call from the loop."""
+        began = time.perf_counter()
+        round_, rules = self._begin(now)
+        for rule in rules.values():
+            round_.add(rule)
+        return self._finish(round_, rules, began)
+
+    async def evaluate_async(self, now: int | None = None, *, slice_s: float = 0.02) -> Evaluation:
+        """Like :meth:`evaluate`, but yields to the event loop whenever reads have taken ``slice_s``, so a
+        slow reader delays requests by one slice, not a whole round. Rules deleted meanwhile are dropped."""
+        began = time.perf_counter()
+        round_, rules = self._begin(now)
+        slice_began = began
+        for rule in rules.values():
+            round_.add(rule)
+            if time.perf_counter() - slice_began >= slice_s:
+                await asyncio.sleep(0)
+                slice_began = time.perf_counter()
+        return self._finish(round_, rules, began)
+
+    def _begin(self, now: int | None) -> tuple[Round, dict[str, AlertRule]]:
         at = self._clock() if now is None else now
-        rules = [entry.rule for entry in self._entries.values()]
-        result = evaluate(rules, self._states, self._silences, self._reader, at, self._default_cooldown_s)
-        self._states = result.states
+        rules = {name: entry.rule for name, entry in self._entries.items()}
+        return Round(self._states, dict(self._silences), self._reader, at, self._default_cooldown_s), rules
+
+    def _finish(self, round_: Round, rules: dict[str, AlertRule], began: float) -> Evaluation:
+        result = round_.result()
+        current = {name: entry.rule for name, entry in self._entries.items()}
+        alive = {name for name, rule in rules.items() if current.get(name) is rule}
+        self._states = {name: state for name, state in result.states.items() if name in alive}
         for rule in result.started:
-            self._firings[(rule.name, rule.level)] += 1
+            if rule.name in alive:
+                self._firings[(rule.name, rule.level)] += 1
         for note in result.notifications:
-            self._dispatcher.submit(note, note.rule.delivery or self._default_delivery)
-        self.last_round_s = time.perf_counter() - started
+            if note.rule.name in alive:
+                self._dispatcher.submit(note, note.rule.delivery or self._default_delivery)
+        self.last_round_s = time.perf_counter() - began
         return result
 
     async def drain(self) -> None:

@@ -1,7 +1,8 @@
 """One evaluation round: every rule against the reader at ``now_ms``, giving new states and notifications.
 
 Pure apart from the reader: no clock, no I/O. Rules that ask for the same metric, window and filter share
-one read per round.
+one read per round. :class:`Round` evaluates rule by rule, so the service can yield to its event loop
+between rules when reads are slow.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from tokentrace.core.alerts.reader import MetricReader, MetricReading
 from tokentrace.core.alerts.rules import AlertRule
 from tokentrace.core.alerts.state import RuleState, step
 
-__all__ = ["DEFAULT_COOLDOWN_S", "Evaluation", "Notification", "breaches", "evaluate"]
+__all__ = ["DEFAULT_COOLDOWN_S", "Evaluation", "Notification", "Round", "breaches", "evaluate"]
 
 #: Seed 001's ``AlertCooldown`` default.
 DEFAULT_COOLDOWN_S = 300.0
@@ -57,35 +58,48 @@ def breaches(rule: AlertRule, reading: MetricReading) -> bool:
     return compare(rule.comparison, value, rule.threshold)
 
 
-def evaluate(
-    rules: Sequence[AlertRule],
-    states: Mapping[str, RuleState],
-    silences: Mapping[str, int],
-    reader: MetricReader,
-    now_ms: int,
-    default_cooldown_s: float = DEFAULT_COOLDOWN_S,
-) -> Evaluation:
-    """Evaluate ``rules`` (keyed by name in ``states`` and ``silences``, silences as epoch-ms ends)."""
-    new_states: dict[str, RuleState] = {}
-    notifications: list[Notification] = []
-    started: list[AlertRule] = []
-    reads: dict[_ReadKey, MetricReading | Exception] = {}
-    for rule in rules:
-        previous = states.get(rule.name) or RuleState()
+class Round:
+    """One round in progress: feed it rules one at a time (so a caller can yield between them), then
+    take :meth:`result`. Reads are shared between rules of the round."""
+
+    def __init__(
+        self,
+        states: Mapping[str, RuleState],
+        silences: Mapping[str, int],
+        reader: MetricReader,
+        now_ms: int,
+        default_cooldown_s: float = DEFAULT_COOLDOWN_S,
+    ) -> None:
+        self._states = states
+        self._silences = silences
+        self._reader = reader
+        self.now_ms = now_ms
+        self._default_cooldown_s = default_cooldown_s
+        self._reads: dict[_ReadKey, MetricReading | Exception] = {}
+        self._result = Evaluation(states={}, notifications=[], started=[])
+
+    def _read(self, rule: AlertRule) -> MetricReading | Exception:
         key = (rule.reader_metric, rule.window_s, tuple(sorted(rule.filter.items())))
-        reading = reads.get(key)
+        reading = self._reads.get(key)
         if reading is None:
             try:
-                reading = reader.read(key[0], key[1], rule.filter, now_ms)
+                reading = self._reader.read(key[0], key[1], rule.filter, self.now_ms)
             except Exception as exc:  # a broken read must not stop the other rules
                 reading = exc
-            reads[key] = reading
+            self._reads[key] = reading
+        return reading
+
+    def add(self, rule: AlertRule) -> None:
+        """Evaluate one rule."""
+        now_ms, result = self.now_ms, self._result
+        previous = self._states.get(rule.name) or RuleState()
+        reading = self._read(rule)
         if isinstance(reading, Exception):
             error = f"{type(reading).__name__}: {reading}"
-            new_states[rule.name] = msgspec.structs.replace(previous, last_evaluated_ms=now_ms, error=error)
-            continue
-        cooldown_s = rule.cooldown_s(default_cooldown_s)
-        silenced_until = silences.get(rule.name)
+            result.states[rule.name] = msgspec.structs.replace(previous, last_evaluated_ms=now_ms, error=error)
+            return
+        cooldown_s = rule.cooldown_s(self._default_cooldown_s)
+        silenced_until = self._silences.get(rule.name)
         value = None if reading.value is None or not math.isfinite(reading.value) else float(reading.value)
         outcome = step(
             previous,
@@ -96,12 +110,12 @@ def evaluate(
             cooldown_ms=round(cooldown_s * 1000),
             silenced=silenced_until is not None and now_ms < silenced_until,
         )
-        new_states[rule.name] = outcome.state
+        result.states[rule.name] = outcome.state
         if outcome.started:
-            started.append(rule)
+            result.started.append(rule)
         if outcome.notify is not None:
             fired_at = outcome.state.last_fired_ms
-            notifications.append(
+            result.notifications.append(
                 Notification(
                     rule=rule,
                     status=outcome.notify,
@@ -111,4 +125,22 @@ def evaluate(
                     cooldown_s=cooldown_s,
                 )
             )
-    return Evaluation(states=new_states, notifications=notifications, started=started)
+
+    def result(self) -> Evaluation:
+        """States of the rules added so far, their notifications and the rules that started firing."""
+        return self._result
+
+
+def evaluate(
+    rules: Sequence[AlertRule],
+    states: Mapping[str, RuleState],
+    silences: Mapping[str, int],
+    reader: MetricReader,
+    now_ms: int,
+    default_cooldown_s: float = DEFAULT_COOLDOWN_S,
+) -> Evaluation:
+    """Evaluate ``rules`` (keyed by name in ``states`` and ``silences``, silences as epoch-ms ends)."""
+    round_ = Round(states, silences, reader, now_ms, default_cooldown_s)
+    for rule in rules:
+        round_.add(rule)
+    return round_.result()
