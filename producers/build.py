@@ -70,9 +70,7 @@ def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Attribut
         if type(key) is not str:
             raise TypeError(f"attribute keys must be strings, got {key!r}")
         if not isinstance(value, _ATTRIBUTE_TYPES):
-            raise TypeError(
-                f"attribute {key!r} must be a str, int, float or bool, got {type(value).__name__}"
-            )
+            raise TypeError(f"attribute {key!r} must be a str, int, float or bool, got {type(value).__name__}")
     score = checked.get(EVAL_SCORE)
     if score is not None and (isinstance(score, bool | str) or not math.isfinite(score)):
         raise ValueError(f"attributes.{EVAL_SCORE} must be a finite number, got {score!r}")
@@ -110,9 +108,7 @@ def make_span(
             raise ValueError("ended_at is before started_at")
     if total_tokens is None:
         if prompt_tokens is None and comp_tokens is None:
-            raise ValueError(
-                "at least one token count is required (prompt_tokens, comp_tokens or total_tokens)"
-            )
+            raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
         total_tokens = (prompt_tokens or 0) + (comp_tokens or 0)
     span = _copy()
     span.trace_id = trace_id

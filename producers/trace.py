@@ -149,9 +149,7 @@ class Trace:
         if total_tokens is not None:
             total_tokens = check_tokens(total_tokens, "total_tokens")
         elif prompt_tokens is None and comp_tokens is None:
-            raise ValueError(
-                "at least one token count is required (prompt_tokens, comp_tokens or total_tokens)"
-            )
+            raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
         if latency_ms is not None:
             latency_ms = check_number(latency_ms, "latency_ms")
         if status != "ok":

@@ -60,9 +60,7 @@ class Tracer:
         self.caller: str = config.caller if caller is None else caller
         self.prices: PriceTable = prices or config.prices or default_table()
         self.attributes = check_attributes(config.attributes if attributes is None else attributes)
-        self.max_buffered_spans = (
-            config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
-        )
+        self.max_buffered_spans = config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
         if self.max_buffered_spans < 1:
             raise ValueError("max_buffered_spans must be >= 1")
 
@@ -100,9 +98,7 @@ class Tracer:
         try:
             self.transport.send(spans)
         except Exception:  # a transport must not raise; if one does, the traced code still must not fail
-            log.exception(
-                "transport %r raised while sending %d spans; they are lost", self.transport, len(spans)
-            )
+            log.exception("transport %r raised while sending %d spans; they are lost", self.transport, len(spans))
 
     def __enter__(self) -> Self:
         return self

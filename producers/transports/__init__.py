@@ -4,7 +4,7 @@ The Kafka transport lives in ``tokentrace.producers.transports.kafka`` (import i
 aiokafka).
 """
 
-from .base import BaseTransport, Transport, TransportStats
+from .base import BaseTransport, SupportsStats, Transport, TransportStats
 from .file import FileTransport, ReadResult, read_spans
 from .http import MAX_BATCH, HTTPTransport
 from .multi import MultiTransport
@@ -20,6 +20,7 @@ __all__ = [
     "NoopTransport",
     "ReadResult",
     "StdoutTransport",
+    "SupportsStats",
     "Transport",
     "TransportStats",
     "read_spans",

@@ -23,7 +23,7 @@ from typing import Protocol, Self, runtime_checkable
 
 from tokentrace.core.span import Span
 
-__all__ = ["BaseTransport", "Transport", "TransportStats"]
+__all__ = ["BaseTransport", "SupportsStats", "Transport", "TransportStats"]
 
 
 @runtime_checkable
@@ -60,6 +60,13 @@ class TransportStats:
     failed_attempts: int = 0
     retries: int = 0
     queue_depth: int = 0
+
+
+@runtime_checkable
+class SupportsStats(Protocol):
+    """A transport that reports counters (all of ours do; ``/health`` and ``MultiTransport`` read them)."""
+
+    def stats(self) -> TransportStats: ...
 
 
 class BaseTransport:

@@ -147,9 +147,7 @@ class HTTPTransport(BaseTransport):
                     self._cond.notify_all()
         if dropped:
             self._count("dropped", dropped)
-            self._log(
-                "queue", logging.WARNING, "http transport: queue full or closed, dropped %d spans", dropped
-            )
+            self._log("queue", logging.WARNING, "http transport: queue full or closed, dropped %d spans", dropped)
 
     def flush(self, timeout: float | None = None) -> None:
         """Post what is queued now and wait (at most ``timeout`` s) until it is delivered or given up on."""
@@ -288,9 +286,7 @@ class HTTPTransport(BaseTransport):
         self._count("sent", accepted)
         if accepted < len(spans):
             self._count("rejected", len(spans) - accepted)
-            self._log(
-                "partial", logging.WARNING, "http transport: server accepted %d of %d", accepted, len(spans)
-            )
+            self._log("partial", logging.WARNING, "http transport: server accepted %d of %d", accepted, len(spans))
 
     def _delay(self, attempt: int, retry_after: float | None) -> float:
         if retry_after is not None:

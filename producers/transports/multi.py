@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 from tokentrace.core.span import Span
 
-from .base import BaseTransport, Transport, TransportStats
+from .base import BaseTransport, SupportsStats, Transport, TransportStats
 
 __all__ = ["MultiTransport"]
 
@@ -50,7 +50,7 @@ class MultiTransport(BaseTransport):
 
     def children_stats(self) -> list[TransportStats]:
         """Counters of the transports that report them."""
-        return [t.stats() for t in self.transports if isinstance(t, BaseTransport)]
+        return [t.stats() for t in self.transports if isinstance(t, SupportsStats)]
 
     def _queue_depth(self) -> int:
         return sum(s.queue_depth for s in self.children_stats())

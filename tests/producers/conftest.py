@@ -6,29 +6,35 @@ import threading
 from collections.abc import Iterator, Sequence
 
 import pytest
-from tokentrace.producers import BaseTransport, Tracer
 
 from tests.producers.spanserver import SpanServer
 from tokentrace.core.pricing import ModelPrices, PriceTable
 from tokentrace.core.span import Span
+from tokentrace.producers import Tracer, TransportStats
 
 #: Prices the tests can compute by hand: $1 / $2 per million input / output tokens, cache reads $0.5.
 TEST_PRICES = {"test-model": ModelPrices(input=1.0, output=2.0, cache_read=0.5, cache_write=1.25)}
 
 
-class RecordingTransport(BaseTransport):
+class RecordingTransport:
     """Keeps every batch it is sent (in order)."""
 
-    name = "recording"
-
     def __init__(self) -> None:
-        super().__init__()
         self.batches: list[list[Span]] = []
         self._lock = threading.Lock()
 
     def send(self, spans: Sequence[Span]) -> None:
         with self._lock:
             self.batches.append(list(spans))
+
+    def flush(self, timeout: float | None = None) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+    def stats(self) -> TransportStats:
+        return TransportStats(name="recording", sent=len(self.spans))
 
     @property
     def spans(self) -> list[Span]:

@@ -7,9 +7,9 @@ import random
 import threading
 
 import pytest
-from tokentrace.producers import Budget, BudgetExceeded, Tracer
 
 from tests.producers.conftest import RecordingTransport
+from tokentrace.producers import Budget, BudgetExceeded, Tracer
 
 
 def test_reserve_settle_release() -> None:

@@ -5,9 +5,15 @@ from __future__ import annotations
 import io
 import json
 import uuid
+from typing import Any
 
 import msgspec
 import pytest
+
+from tests.producers.conftest import RecordingTransport
+from tokentrace.core.codec import decode_json_spans, encode_json
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import parse_rfc3339_ms
 from tokentrace.producers import (
     PriceTable,
     StdoutTransport,
@@ -16,11 +22,6 @@ from tokentrace.producers import (
     current_span,
     current_trace,
 )
-
-from tests.producers.conftest import RecordingTransport
-from tokentrace.core.codec import decode_json_spans, encode_json
-from tokentrace.core.span import Span
-from tokentrace.core.timefmt import parse_rfc3339_ms
 
 
 def is_uuid4(value: str) -> bool:
@@ -95,14 +96,15 @@ def test_record_without_latency_has_only_a_start_time(tracer: Tracer) -> None:
         ({"attributes": {"nested": {"a": 1}}}, TypeError),
     ],
 )
-def test_invalid_values_are_rejected_like_span_does(tracer: Tracer, fields: dict[str, object], error: type) -> None:
-    args: dict[str, object] = {"model": "test-model", "prompt_tokens": 3, **fields}
+def test_invalid_values_are_rejected_like_span_does(tracer: Tracer, fields: dict[str, Any], error: type) -> None:
+    args: dict[str, Any] = {"model": "test-model", "prompt_tokens": 3, **fields}
     with pytest.raises(error):
-        tracer.start("t").record(**args)  # type: ignore[arg-type]
+        tracer.start("t").record(**args)
 
 
 def test_whole_float_token_counts_become_ints(tracer: Tracer) -> None:
-    span = tracer.start("t").record(model="test-model", prompt_tokens=3.0, comp_tokens=2)  # type: ignore[arg-type]
+    three: Any = 3.0
+    span = tracer.start("t").record(model="test-model", prompt_tokens=three, comp_tokens=2)
     assert span.prompt_tokens == 3 and type(span.prompt_tokens) is int and span.total_tokens == 5
 
 

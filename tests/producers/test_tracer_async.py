@@ -6,9 +6,9 @@ import asyncio
 import threading
 
 import pytest
-from tokentrace.producers import Tracer, current_span, current_trace
 
 from tests.producers.conftest import RecordingTransport
+from tokentrace.producers import Tracer, current_span, current_trace
 
 
 async def test_async_context_managers(tracer: Tracer, recording: RecordingTransport) -> None:
@@ -33,7 +33,8 @@ async def test_concurrent_tasks_get_their_own_parents(tracer: Tracer, recording:
             trace.record(model="test-model", prompt_tokens=1, name=f"{trace_step_name}/call")
             await asyncio.sleep(0.01)
             step.record(prompt_tokens=2)
-            return step.span_id
+            span_id: str = step.span_id
+            return span_id
 
     async with tracer.start("fan-out") as trace, trace.span("root") as root:
         ids = await asyncio.gather(*(worker(f"w{i}") for i in range(5)))

@@ -54,9 +54,7 @@ class ModelPrices:
                 or not isinstance(value, int | float)
                 or not (math.isfinite(value) and value >= 0)
             ):
-                raise ValueError(
-                    f"{field} price must be a finite number >= 0 (USD per million tokens), got {value!r}"
-                )
+                raise ValueError(f"{field} price must be a finite number >= 0 (USD per million tokens), got {value!r}")
 
     @classmethod
     def parse(cls, value: ModelPrices | Mapping[str, Any]) -> ModelPrices:
@@ -386,6 +384,4 @@ def cost(
     cache_write_tokens: int | float | None = 0,
 ) -> float | None:
     """The call's cost in USD from the default table, or ``None`` for an unknown model."""
-    return default_table().cost(
-        model, prompt_tokens, comp_tokens, provider, cache_read_tokens, cache_write_tokens
-    )
+    return default_table().cost(model, prompt_tokens, comp_tokens, provider, cache_read_tokens, cache_write_tokens)
