@@ -34,7 +34,8 @@ class Received:
 
 
 class Receiver:
-    """Answers request n with ``statuses[n]`` after ``delays[n]`` seconds (then 200 at once)."""
+    """Answers request n with ``statuses[n]`` after ``delays[n]`` seconds (then 200 at once); error answers
+    carry ``Retry-After: retry_after`` when given."""
 
     def __init__(
         self,
@@ -42,11 +43,13 @@ class Receiver:
         *,
         delays: Iterable[float] = (),
         secret: str | None = None,
+        retry_after: int | None = None,
         port: int = 0,
     ) -> None:
         self.statuses = collections.deque(statuses)
         self.delays = collections.deque(delays)
         self.secret = secret
+        self.retry_after = retry_after
         self.port = port
         self.requests: list[Received] = []
         self._arrived = asyncio.Event()
@@ -76,7 +79,8 @@ class Receiver:
         status = self.statuses.popleft() if self.statuses else 200
         if delay:
             await asyncio.sleep(delay)
-        return web.json_response({"status": status}, status=status)
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None and status >= 400 else None
+        return web.json_response({"status": status}, status=status, headers=headers)
 
     async def wait_for(self, count: int, within_s: float = 10.0) -> list[Received]:
         """Wait until at least ``count`` requests arrived; the requests so far."""

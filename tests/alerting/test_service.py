@@ -337,3 +337,17 @@ async def test_rule_deleted_during_an_async_round_keeps_no_state_and_sends_nothi
     assert "r9" not in {name for name, _ in sinks.sent} and len(sinks.sent) == 9
     assert service.firing_counts().get(("r9", "warning")) is None
     assert [a["name"] for a in service.list_alerts()] == [f"r{i}" for i in range(9)]
+
+
+async def test_deleting_an_announced_firing_rule_sends_its_resolution() -> None:
+    reader, clock, sinks = FakeReader(), ManualClock(), QuietSinks()
+    service = AlertService(reader, clock=clock, sinks=sinks)
+    await service.create(LATENCY_RULE)
+    await service.create(b'{"name": "quiet", "metric": "error_count", "op": "gt", "threshold": 100}')
+    reader.set("latency_p95", 9000.0, span_count=50)
+    reader.set("error_count", 1.0)
+    service.evaluate()
+    await service.delete("model-latency-alert")
+    await service.delete("quiet")  # never fired: nothing to close
+    await service.drain()
+    assert sinks.sent == [("model-latency-alert", "firing"), ("model-latency-alert", "resolved")]

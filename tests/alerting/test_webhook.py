@@ -79,6 +79,17 @@ async def test_gives_up_after_max_retries_and_shows_the_failure() -> None:
     assert shown["firing"] is True  # a failed delivery does not change the rule's state
 
 
+async def test_retry_after_from_the_server_is_respected() -> None:
+    async with Receiver([429, 200], retry_after=1) as receiver:
+        service, reader, _ = await service_with(receiver.url)
+        reader.set("total_cost", 9.0)
+        service.evaluate()
+        await service.drain()
+        await service.aclose()
+    first, second = receiver.requests
+    assert 0.95 <= second.at - first.at < 1.5  # not the 25-50 ms backoff
+
+
 async def test_client_error_is_not_retried() -> None:
     async with Receiver([400, 200]) as receiver:
         service, reader, _ = await service_with(receiver.url, max_retries=3)

@@ -30,6 +30,7 @@ from tokentrace.core.alerts import (
     Evaluation,
     InvalidRule,
     MetricReader,
+    Notification,
     RuleState,
     StdoutDelivery,
     decode_rule,
@@ -297,7 +298,10 @@ class AlertService:
         return {"silenced_until": format_ms(until)}
 
     async def delete(self, name: str) -> None:
-        """``DELETE /alerts/{name}`` (answer 204). 404 unknown, 409 for a rule from config or code."""
+        """``DELETE /alerts/{name}`` (answer 204). 404 unknown, 409 for a rule from config or code.
+
+        If the rule's firing was announced and not yet resolved, a resolution is sent so receivers close it.
+        """
         async with self._lock:
             await self._load()
             entry = self._require(name)
@@ -311,7 +315,12 @@ class AlertService:
             silences = {n: t for n, t in self._silences.items() if n != name}
             await self._save(entries, silences)
             self._entries, self._silences = entries, silences
-            self._states.pop(name, None)
+            state = self._states.pop(name, None)
+        if state is not None and state.announced and state.last_fired_ms is not None:
+            cooldown_s = entry.rule.cooldown_s(self._default_cooldown_s)
+            now = self._clock()
+            closing = Notification(entry.rule, "resolved", state.value, state.last_fired_ms, now, cooldown_s)
+            self._dispatcher.submit(closing, entry.rule.delivery or self._default_delivery)
 
     def _require(self, name: str) -> _Entry:
         entry = self._entries.get(name)
