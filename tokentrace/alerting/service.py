@@ -131,7 +131,7 @@ class AlertService:
         for stored in snapshot.rules:
             name = stored.rule.name
             if name in self._entries:
-                logger.warning("alert rule %r from the API is shadowed by the config rule of that name", name)
+                logger.warning("API alert rule %r is shadowed by the config rule of that name; dropping it", name)
                 continue
             self._entries[name] = _Entry(stored.rule_id, stored.rule, "api", stored.created_ms)
         now = self._clock()
