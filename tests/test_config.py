@@ -1,0 +1,55 @@
+"""tokentrace.yml: spec keys, env expansion, clear errors for unknown keys and bad values."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from tokentrace.config import ConfigError, load_config, parse_config
+
+
+def test_defaults_match_the_spec() -> None:
+    config = parse_config("")
+    assert config.http_server.addr == ":9090"
+    assert config.http_server.prometheus_path == "/metrics/prometheus"
+    assert config.http_server.max_batch_size == 1000
+    assert config.storage.retention == "30d"
+
+
+def test_spec_003_example_parses_with_env_expansion(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TOKENTRACE_API_TOKEN", "abc")
+    config = parse_config(
+        'http_server:\n  enabled: true\n  addr: ":9090"\n  prometheus_path: /metrics/prometheus\n'
+        '  auth_token: "${TOKENTRACE_API_TOKEN}"\n'
+    )
+    assert config.http_server.auth_token == "abc"
+
+
+def test_env_default_value(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_ADDR", raising=False)
+    assert parse_config('http_server:\n  addr: "${TT_ADDR:-127.0.0.1:7000}"\n').http_server.addr == "127.0.0.1:7000"
+
+
+@pytest.mark.parametrize(
+    ("text", "fragment"),
+    [
+        ("http_server:\n  adr: x\n", "adr"),
+        ("nonsense: 1\n", "nonsense"),
+        ("http_server:\n  max_batch_size: 0\n", "max_batch_size"),
+        ("http_server:\n  max_batch_size: many\n", "max_batch_size"),
+        ("storage:\n  retention: forever\n", "forever"),
+        ("prices:\n  m:\n    input: 1\n", "output"),
+        ("- a\n- b\n", "mapping"),
+        ("http_server: [\n", "YAML"),
+    ],
+)
+def test_errors_name_the_key(text: str, fragment: str) -> None:
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert fragment in str(raised.value)
+
+
+def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.yml")
