@@ -10,17 +10,21 @@ from pathlib import Path
 
 import msgspec
 
+from tokentrace.alerting.repository import FileRuleRepository
+from tokentrace.alerting.service import AlertService
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
-from tokentrace.api.server import run_until_stopped
+from tokentrace.api.server import parse_addr, run_until_stopped
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
 from tokentrace.config import Config
+from tokentrace.core.alert_reader import TimelineReader
+from tokentrace.core.alerts.rules import rules_from_config
 from tokentrace.core.buckets import Caps
 from tokentrace.core.pricing import PriceTable
 from tokentrace.core.timefmt import parse_duration
 from tokentrace.core.timeline import TimelineSettings
 
-__all__ = ["embedded_settings", "price_table", "serve_embedded"]
+__all__ = ["alert_service", "embedded_settings", "price_table", "serve_embedded"]
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +51,16 @@ def embedded_settings(config: Config) -> EmbeddedSettings:
     )
 
 
+def alert_service(config: Config, store: EmbeddedStore, external_url: str) -> AlertService:
+    """Config rules plus API rules and silences persisted next to the store's data."""
+    return AlertService(
+        TimelineReader(store.timeline),
+        rules=rules_from_config(config.alerts),
+        repository=FileRuleRepository(store.data_dir),
+        external_url=external_url,
+    )
+
+
 def price_table(config: Config) -> PriceTable:
     """The bundled price table with the ``prices`` overrides of the configuration."""
     overrides = {
@@ -66,8 +80,11 @@ async def serve_embedded(
     """Run the embedded server until stopped; with ``demo_rate``, feed it demo traffic over HTTP."""
     store = EmbeddedStore(data_dir, embedded_settings(config))
     await store.open()
-    ctx = ServerContext(store=store, config=config, pricer=price_table(config))
-    background: list[asyncio.Task[None]] = []
+    host, port = parse_addr(config.http_server.addr)
+    alerts = alert_service(config, store, f"http://{'localhost' if host == '0.0.0.0' else host}:{port}")
+    await alerts.start()
+    ctx = ServerContext(store=store, config=config, pricer=price_table(config), alerts=alerts)
+    background: list[asyncio.Task[None]] = [asyncio.create_task(alerts.run(parse_duration(config.alerting.interval)))]
 
     async def started(url: str) -> None:
         if demo_rate:
@@ -86,4 +103,5 @@ async def serve_embedded(
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
+        await alerts.aclose()
         await store.close()

@@ -15,6 +15,7 @@ from typing import Any
 import msgspec
 import yaml
 
+from tokentrace.core.alerts.rules import rules_from_config
 from tokentrace.core.timefmt import parse_duration
 
 __all__ = [
@@ -143,9 +144,11 @@ def parse_config(text: str, source: str = "tokentrace.yml") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        return msgspec.convert(_expand(raw), Config, strict=False)
+        config = msgspec.convert(_expand(raw), Config, strict=False)
+        rules_from_config(config.alerts)  # validated now so a bad rule stops start-up with its index
     except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None
+    return config
 
 
 def load_config(path: Path | None) -> Config:

@@ -70,6 +70,7 @@ class EmbeddedStore:
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
+        self._closed = False
 
     # --------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -88,7 +89,10 @@ class EmbeddedStore:
         self._maintenance = asyncio.create_task(self._maintain())
 
     async def close(self) -> None:
-        """Stop maintenance, take a final snapshot (fast restart), close the log."""
+        """Stop maintenance, take a final snapshot (fast restart), close the log. Idempotent."""
+        if self._closed:
+            return
+        self._closed = True
         if self._maintenance is not None:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):

@@ -86,7 +86,7 @@ def format_duration(seconds: float) -> str:
     """Format seconds compactly: ``1h``, ``1h30m``, ``45s``, ``7d``, ``250ms``."""
     if seconds < 1:
         return f"{round(seconds * 1000)}ms"
-    whole = int(round(seconds))
+    whole = round(seconds)
     if whole % 86400 == 0 and whole >= 2 * 86400:
         return f"{whole // 86400}d"
     hours, rest = divmod(whole, 3600)

@@ -1,0 +1,289 @@
+"""The distributed store: spans go to Kafka, aggregates and traces come from the Redis view.
+
+Stateless apart from caches that Redis can always rebuild, so any number of replicas answer alike:
+
+* ``ingest`` publishes the batch to the span topic (``acks=all``, idempotent producer, partitioned by
+  trace id exactly like the SDK's ``KafkaTransport``) and returns once the broker acknowledged every
+  message — a 202 means "in Kafka", and the workers count it exactly once from there.
+* Reads first catch up with the view's change feed (``redis_view``): only the entries written since the
+  last read are fetched, each replacing its (partition, bucket) version; a bucket's partitions are
+  merged with ``BucketState.merge`` into a local ``Timeline``, whose rollup memos keep long windows
+  (``/metrics?window=30d``) cheap. A changed or missing epoch (Redis flushed or restarted) drops the
+  cache and starts over, while the workers re-materialize.
+* ``/traces`` reads the trace index the workers write (spans by trace id, a sorted set by start time).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import Any
+
+import redis.asyncio as aioredis
+from aiokafka import AIOKafkaProducer
+
+from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
+from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
+from tokentrace.core.buckets import BucketState, Projection
+from tokentrace.core.span import Span
+from tokentrace.core.timeline import Timeline, TimelineSettings
+from tokentrace.core.traces import Trace, TraceFilter
+from tokentrace.processors.state import BucketEntry, PartitionMeta, decode_entry
+from tokentrace.producers.transports.kafka import split_messages
+
+__all__ = ["POISON_COUNTER", "RedisStore"]
+
+log = logging.getLogger(__name__)
+
+POISON_COUNTER = "tokentrace_poison_messages"
+REJECTED_COUNTER = "tokentrace_worker_rejected_spans"
+_FETCH_CHUNK = 500
+
+
+class _View(Timeline):
+    """A Timeline whose buckets are replaced whole (a bucket is the merge of its partitions' versions)."""
+
+    def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
+        if state is None:
+            self._fine.pop(start_ms, None)
+        else:
+            self._fine[start_ms] = state
+        self._touch(start_ms)
+
+
+class RedisStore:
+    """``Store`` over Kafka (writes) and the Redis view (reads)."""
+
+    transport = "kafka"
+
+    def __init__(
+        self,
+        redis_url: str,
+        bootstrap_servers: str,
+        topic: str,
+        settings: TimelineSettings | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        max_batch_spans: int = 500,
+        max_message_bytes: int = 900_000,
+        max_trace_scan: int = 100_000,
+        producer_options: dict[str, Any] | None = None,
+    ) -> None:
+        self.settings = settings or TimelineSettings()
+        self.redis_url = redis_url
+        self.bootstrap_servers = bootstrap_servers
+        self.topic = topic
+        self.keys = Keys(prefix)
+        self.max_batch_spans = max_batch_spans
+        self.max_message_bytes = max_message_bytes
+        self.max_trace_scan = max_trace_scan
+        self._producer_options = {
+            "bootstrap_servers": bootstrap_servers,
+            "acks": "all",
+            "enable_idempotence": True,
+            "linger_ms": 0,
+            "max_request_size": max(1 << 20, max_message_bytes + 4096),
+            "request_timeout_ms": 30_000,
+            **(producer_options or {}),
+        }
+        #: Prometheus families the deployment adds (``ServerContext.extra_counters``), refreshed on sync.
+        self.counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        self._redis: aioredis.Redis | None = None
+        self._producer: AIOKafkaProducer | None = None
+        self._partitions: list[int] = []
+        self._view = _View(self.settings)
+        self._parts: dict[int, dict[int, BucketState]] = {}
+        self._meta: dict[int, PartitionMeta] = {}
+        self._epoch: bytes | None = None
+        self._seq = 0.0
+        self._sync_lock = asyncio.Lock()
+
+    # --------------------------------------------------------------- lifecycle
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            raise StoreUnavailable("store not opened")
+        return self._redis
+
+    async def open(self) -> None:
+        self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        producer = AIOKafkaProducer(**self._producer_options)
+        await producer.start()
+        self._producer = producer
+        self._partitions = sorted(await producer.partitions_for(self.topic))
+
+    async def close(self) -> None:
+        if self._producer is not None:
+            with contextlib.suppress(Exception):
+                await self._producer.stop()
+            self._producer = None
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # ------------------------------------------------------------------ writes
+    async def ingest(self, spans: list[Span]) -> None:
+        producer = self._producer
+        if producer is None:
+            raise StoreUnavailable("not connected to Kafka")
+        messages, too_large = split_messages(spans, self._partitions, self.max_batch_spans, self.max_message_bytes)
+        if too_large:
+            raise StoreUnavailable(f"{len(too_large)} spans are larger than a Kafka message may be")
+        try:
+            futures = [await producer.send(self.topic, m.value, key=m.key, partition=m.partition) for m in messages]
+            await asyncio.gather(*futures)
+        except Exception as exc:
+            raise StoreUnavailable(f"Kafka did not acknowledge the spans: {exc!r}") from exc
+
+    def oldest_allowed_ms(self, now_ms: int) -> int:
+        return self._view.oldest_allowed_ms(now_ms)
+
+    # ------------------------------------------------------------------- reads
+    async def query(self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]) -> Projection:
+        await self.sync()
+        return self._view.query(start_ms, end_ms, groupby, where)
+
+    async def lifetime(self, groupby: str | None) -> Projection:
+        await self.sync()
+        return self._view.lifetime(groupby)
+
+    async def sync(self) -> None:
+        """Catch up with the view's change feed (one round trip when nothing changed)."""
+        async with self._sync_lock:
+            try:
+                await self._sync()
+            except aioredis.RedisError as exc:
+                raise StoreUnavailable(f"Redis: {exc}") from exc
+
+    async def _sync(self) -> None:
+        keys = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.epoch)
+            pipe.zrangebyscore(keys.changes, f"({self._seq}", "+inf", withscores=True)
+            epoch, changes = await pipe.execute()
+        if epoch != self._epoch:
+            log.info("redis view: new epoch %r, reloading", epoch)
+            self._epoch = epoch
+            self._view = _View(self.settings)
+            self._parts.clear()
+            self._meta.clear()
+            self._seq = 0.0
+            changes = await self.redis.zrangebyscore(keys.changes, "-inf", "+inf", withscores=True)
+        if not changes:
+            return
+        touched: set[int] = set()
+        for i in range(0, len(changes), _FETCH_CHUNK):
+            chunk = changes[i : i + _FETCH_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, _ in chunk:
+                    pipe.hget(keys.entry(member.decode()), "d")
+                values = await pipe.execute()
+            for (member, _), data in zip(chunk, values, strict=True):
+                self._apply(member.decode(), data, touched)
+        self._seq = max(self._seq, max(score for _, score in changes))
+        for start in touched:
+            states = self._parts.get(start)
+            if not states:
+                self._parts.pop(start, None)
+                self._view.replace_bucket(start, None)
+                continue
+            merged = BucketState()
+            for state in states.values():
+                merged.merge(state)
+            self._view.replace_bucket(start, merged)
+        self._refresh_counters()
+
+    def _apply(self, member: str, data: bytes | None, touched: set[int]) -> None:
+        partition_text, _, rest = member.partition(":")
+        partition = int(partition_text)
+        entry = decode_entry(data) if data else None
+        if rest == "meta":
+            if isinstance(entry, PartitionMeta):
+                self._meta[partition] = entry
+            else:
+                self._meta.pop(partition, None)
+            return
+        start = int(rest)
+        touched.add(start)
+        if isinstance(entry, BucketEntry):
+            self._parts.setdefault(start, {})[partition] = entry.state
+        else:
+            self._parts.get(start, {}).pop(partition, None)
+
+    def _refresh_counters(self) -> None:
+        metas = self._meta.values()
+        self.counters[POISON_COUNTER] = {(): float(sum(m.poison for m in metas))}
+        self.counters[REJECTED_COUNTER] = {
+            (("reason", "too_old"),): float(sum(m.too_old for m in metas)),
+            (("reason", "future"),): float(sum(m.future for m in metas)),
+            (("reason", "invalid"),): float(sum(m.invalid for m in metas)),
+        }
+
+    # ------------------------------------------------------------------ traces
+    async def _load_traces(self, trace_ids: list[str]) -> list[Trace]:
+        traces: list[Trace] = []
+        for i in range(0, len(trace_ids), _FETCH_CHUNK):
+            chunk = trace_ids[i : i + _FETCH_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for trace_id in chunk:
+                    pipe.hvals(self.keys.trace(trace_id))
+                rows = await pipe.execute()
+            for trace_id, values in zip(chunk, rows, strict=True):
+                if not values:
+                    continue
+                spans = sorted((decode_span(v) for v in values), key=lambda s: (s.started_at or "", s.span_id))
+                trace = Trace(trace_id)
+                for span in spans:
+                    trace.add(span)
+                traces.append(trace)
+        return traces
+
+    async def trace(self, trace_id: str) -> dict[str, Any] | None:
+        try:
+            found = await self._load_traces([trace_id])
+        except aioredis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        return found[0].body() if found else None
+
+    async def search_traces(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        low = "-inf" if where.since_ms is None else str(where.since_ms)
+        high = "+inf" if where.until_ms is None else f"({where.until_ms}"
+        redis = self.redis
+        try:
+            if not (where.attributes or where.model or where.caller or where.status):
+                total = int(await redis.zcount(self.keys.traces, low, high))
+                ids = await redis.zrevrangebyscore(self.keys.traces, high, low, start=offset, num=limit)
+                page = await self._load_traces(_texts(ids))
+                return total, [t.summary() for t in page]
+            ids = await redis.zrevrangebyscore(self.keys.traces, high, low, start=0, num=self.max_trace_scan)
+            matched = [t for t in await self._load_traces(_texts(ids)) if any(where.matches_span(s) for s in t.spans)]
+        except aioredis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        matched.sort(key=lambda t: t.started_ms, reverse=True)
+        return len(matched), [t.summary() for t in matched[offset : offset + limit]]
+
+    async def recent_spans(self, limit: int) -> list[Span]:
+        try:
+            ids = await self.redis.zrevrange(self.keys.traces, 0, limit - 1)
+            traces = await self._load_traces(_texts(ids))
+        except aioredis.RedisError as exc:
+            raise StoreUnavailable(f"Redis: {exc}") from exc
+        spans = [s for t in traces for s in t.spans]
+        spans.sort(key=lambda s: s.started_at or "", reverse=True)
+        return spans[:limit]
+
+    async def health(self) -> StoreHealth:
+        reason = None
+        try:
+            await self.sync()
+        except StoreUnavailable as exc:
+            reason = str(exc)
+        if self._producer is None:
+            reason = reason or "not connected to Kafka"
+        span_count = sum(m.spans for m in self._meta.values())
+        return StoreHealth(reason is None, reason, span_count, 0, self.transport)
+
+
+def _texts(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]

@@ -1,0 +1,77 @@
+"""The materialized view in Redis: its key layout, the idempotent writes and the change feed.
+
+Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
+
+* ``{p}e:<partition>:<bucket start | meta>`` — hash ``o`` (the highest source offset the entry has
+  counted) and ``d`` (the worker's msgpack entry, ``tokentrace.processors.state``). Written only through
+  ``WRITE_ENTRY``: a compare-and-set that keeps the entry with the highest offset, so a replay, a
+  rebalance or a re-materialization can never move the view back or count anything twice.
+* ``{p}seq`` and ``{p}changes`` — every accepted write takes the next sequence number and records
+  ``<partition>:<start>`` in the sorted set with that score, atomically (one script). Readers keep the
+  highest score they have seen and fetch only what changed since.
+* ``{p}epoch`` — a random id set (``NX``) by the first worker that finds it missing. A reader that sees
+  it change (or vanish) starts over; a worker that sees it change re-materializes its partitions: that
+  is how a flushed or restarted Redis is rebuilt from the workers' tables.
+* ``{p}t:<trace id>`` — hash ``span_id`` → msgpack span, with a TTL (trace retention); ``{p}traces`` —
+  sorted set trace id → earliest start (ms). Both keyed by ids, so rewriting a span is harmless.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from tokentrace.core.span import Span
+
+__all__ = [
+    "DEFAULT_PREFIX",
+    "WRITE_ENTRY",
+    "Keys",
+    "decode_span",
+    "encode_span",
+]
+
+DEFAULT_PREFIX = "tt:"
+
+#: KEYS: entry, seq, changes. ARGV: offset, data (empty: delete), member. Returns 1 if written.
+WRITE_ENTRY = """
+local current = redis.call('HGET', KEYS[1], 'o')
+if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
+if ARGV[2] == '' then
+  redis.call('DEL', KEYS[1])
+  redis.call('HSET', KEYS[1], 'o', ARGV[1])
+else
+  redis.call('HSET', KEYS[1], 'o', ARGV[1], 'd', ARGV[2])
+end
+local seq = redis.call('INCR', KEYS[2])
+redis.call('ZADD', KEYS[3], seq, ARGV[3])
+return 1
+"""
+
+_span_encoder = msgspec.msgpack.Encoder()
+_span_decoder = msgspec.msgpack.Decoder(Span)
+
+
+def encode_span(span: Span) -> bytes:
+    return _span_encoder.encode(span)
+
+
+def decode_span(data: bytes) -> Span:
+    return _span_decoder.decode(data)
+
+
+class Keys:
+    """Key names under one prefix."""
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+        self.prefix = prefix
+        self.seq = f"{prefix}seq"
+        self.changes = f"{prefix}changes"
+        self.epoch = f"{prefix}epoch"
+        self.traces = f"{prefix}traces"
+
+    def entry(self, member: str) -> str:
+        """The entry of ``member`` (``"<partition>:<start>"`` or ``"<partition>:meta"``)."""
+        return f"{self.prefix}e:{member}"
+
+    def trace(self, trace_id: str) -> str:
+        return f"{self.prefix}t:{trace_id}"
