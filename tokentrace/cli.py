@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 from pathlib import Path
 from typing import Annotated
@@ -80,6 +81,21 @@ def serve(
     except OSError as exc:
         console.print(f"[red]error:[/red] {exc}")
         raise typer.Exit(1) from None
+
+
+@app.command()
+def demo(
+    url: Annotated[str, typer.Option(help="Base URL of a running tokentrace server or API.")] = "http://127.0.0.1:9090",
+    rate: Annotated[float, typer.Option(help="Spans per second.")] = 20.0,
+    token: Annotated[str | None, typer.Option(envvar="TOKENTRACE_API_TOKEN", help="Bearer token.")] = None,
+) -> None:
+    """Send realistic demo traffic (models, callers, errors, agent traces, eval scores) to a server."""
+    _logging(False)
+    from tokentrace.producers.demo import post_demo_traffic
+
+    console.print(f"sending ~{rate:g} spans/s to {url}/spans (Ctrl-C to stop)")
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(post_demo_traffic(url.rstrip("/"), rate, token))
 
 
 @app.command("check-config")
