@@ -102,14 +102,20 @@ def _cost_panels() -> list[Any]:
     ).with_target(
         _query(
             f"sum by (model) (rate(tokentrace_cost_total{{{SERIES}}}[$__rate_interval]))"
-            f' / sum by (model) (rate(tokentrace_spans_total{{status="ok", {SERIES}}}[$__rate_interval]))',
+            f' / (sum by (model) (rate(tokentrace_spans_total{{status="ok", {SERIES}}}[$__rate_interval])) > 0)',
             "{{model}}",
         )
     )
     by_caller = _series(
-        "Cost by caller", "USD per minute by calling service (the span's caller).", "currencyUSD"
+        "Cost by caller",
+        "USD per minute by calling service (the span's caller; spans without one: none).",
+        "currencyUSD",
     ).with_target(
-        _query(f"sum by (caller) (rate(tokentrace_cost_total{{{COST}}}[$__rate_interval])) * 60", "{{caller}}")
+        _query(
+            f"label_replace(sum by (caller) (rate(tokentrace_cost_total{{{COST}}}[$__rate_interval])) * 60,"
+            ' "caller", "none", "caller", "")',
+            "{{caller}}",
+        )
     )
     tokens = _series(
         "Tokens per model", "Tokens per minute by model and type (prompt or completion).", "short"
@@ -180,7 +186,7 @@ def _traffic_panels() -> list[Any]:
         .with_target(
             _query(
                 f'sum by (model) (rate(tokentrace_spans_total{{status!="ok", {SERIES}}}[$__rate_interval]))'
-                f" / sum by (model) (rate(tokentrace_spans_total{{{SERIES}}}[$__rate_interval]))",
+                f" / (sum by (model) (rate(tokentrace_spans_total{{{SERIES}}}[$__rate_interval])) > 0)",
                 "{{model}}",
             )
         )
