@@ -16,7 +16,16 @@ from typing import Any
 from tokentrace.core.span import EVAL_SCORE, STATUSES, AttributeValue, Span, Status
 from tokentrace.core.timefmt import parse_rfc3339_ms
 
-__all__ = ["check_attributes", "check_model", "check_number", "check_status", "check_tokens", "make_span"]
+__all__ = [
+    "check_attributes",
+    "check_model",
+    "check_number",
+    "check_status",
+    "check_text",
+    "check_tokens",
+    "make_span",
+    "span_factory",
+]
 
 _TEMPLATE = Span(trace_id="-", span_id="-", model="-", prompt_tokens=0)
 _copy: Callable[[], Span] = _TEMPLATE.__copy__  # type: ignore[attr-defined]  # msgspec: no __post_init__
@@ -28,6 +37,13 @@ def check_model(model: object) -> str:
     if type(model) is str and model:
         return model
     raise ValueError(f"model must be a non-empty string, got {model!r}")
+
+
+def check_text(value: object, field: str) -> str:
+    """``name``, ``provider``, ``caller``, ``error``: a string."""
+    if type(value) is str:
+        return value
+    raise TypeError(f"{field} must be a string, got {type(value).__name__}")
 
 
 def check_tokens(value: object, field: str) -> int | None:
@@ -75,6 +91,21 @@ def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Attribut
     if score is not None and (isinstance(score, bool | str) or not math.isfinite(score)):
         raise ValueError(f"attributes.{EVAL_SCORE} must be a finite number, got {score!r}")
     return checked
+
+
+def span_factory(trace_id: str, name: str, caller: str) -> Callable[[], Span]:
+    """Makes copies of a span holding a trace's constant fields, to fill per call.
+
+    Fields left at the template's values: ``parent_span_id``/``error``/``cost_usd``/``latency_ms``/
+    ``ended_at`` ``None``, ``status`` ``"ok"``, ``provider`` ``""``; ``attributes`` must always be set
+    (the template's dict is shared).
+    """
+    span = _copy()
+    span.trace_id = check_text(trace_id, "trace_id")
+    span.name = check_text(name, "name")
+    span.caller = check_text(caller, "caller")
+    copy: Callable[[], Span] = span.__copy__  # type: ignore[attr-defined]
+    return copy
 
 
 def make_span(

@@ -1,7 +1,8 @@
 """Wall-clock timestamps for spans, formatted like ``timefmt.format_ms`` but cached per second.
 
 ``format_ms`` calls ``time.strftime`` every time (~3 µs on a slow core); spans recorded within the same
-second share the ``YYYY-MM-DDTHH:MM:SS`` prefix, so only the milliseconds are formatted per span.
+second share the ``YYYY-MM-DDTHH:MM:SS`` prefix, so only the milliseconds are formatted per span. A few
+recent seconds are cached, since a span's start (now minus its latency) is often in an earlier second.
 """
 
 from __future__ import annotations
@@ -12,8 +13,9 @@ from tokentrace.core.timefmt import format_ms
 
 __all__ = ["now_ms", "stamp"]
 
-# (second, "YYYY-MM-DDTHH:MM:SS") of the last formatted timestamp; replaced as a whole, so thread-safe.
-_last: tuple[int, str] = (-1, "")
+# second -> "YYYY-MM-DDTHH:MM:SS"; dict reads and writes are atomic, so this is thread-safe.
+_prefixes: dict[int, str] = {}
+_MAX_CACHED = 256
 
 
 def now_ms() -> int:
@@ -23,10 +25,10 @@ def now_ms() -> int:
 
 def stamp(epoch_ms: int) -> str:
     """Exactly ``format_ms(epoch_ms)``: ``2026-03-15T14:23:01.441Z``."""
-    global _last
     seconds, millis = divmod(epoch_ms, 1000)
-    cached_second, prefix = _last
-    if seconds != cached_second:
-        prefix = format_ms(seconds * 1000)[:-5]
-        _last = (seconds, prefix)
+    prefix = _prefixes.get(seconds)
+    if prefix is None:
+        if len(_prefixes) >= _MAX_CACHED:
+            _prefixes.clear()
+        prefix = _prefixes[seconds] = format_ms(seconds * 1000)[:-5]
     return f"{prefix}.{millis:03d}Z"

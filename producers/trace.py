@@ -29,8 +29,10 @@ from .build import (
     check_model,
     check_number,
     check_status,
+    check_text,
     check_tokens,
     make_span,
+    span_factory,
 )
 from .clock import now_ms, stamp
 from .context import SCOPE, TRACE
@@ -43,6 +45,7 @@ __all__ = ["SpanScope", "Trace", "error_status"]
 
 log = logging.getLogger(__name__)
 
+_INF = float("inf")
 CACHE_READ_ATTRIBUTE = "cache_read_tokens"
 CACHE_WRITE_ATTRIBUTE = "cache_write_tokens"
 
@@ -72,6 +75,7 @@ class Trace:
         "_attributes",
         "_budget",
         "_caller",
+        "_copy_template",
         "_ended",
         "_lock",
         "_recorded_exc",
@@ -103,6 +107,7 @@ class Trace:
         self._ended = False
         self._token: Token[Trace | None] | None = None
         self._recorded_exc: BaseException | None = None
+        self._copy_template = span_factory(trace_id, name, caller)
 
     @property
     def budget(self) -> Budget | None:
@@ -138,59 +143,96 @@ class Trace:
         raises ``BudgetExceeded`` (recording nothing) if the cost does not fit. Raises ValueError/TypeError
         for invalid values.
         """
-        scope = SCOPE.get()
-        parent = scope.span_id if scope is not None and scope.trace is self else None
+        # The hot path: every check is inlined for the common case and falls back to the check_* helpers,
+        # which raise the same errors ``Span`` would. ``build.make_span`` is the readable equivalent.
         if type(model) is not str or not model:
             model = check_model(model)
+        if type(provider) is not str:
+            provider = check_text(provider, "provider")
         if type(prompt_tokens) is not int or prompt_tokens < 0:
             prompt_tokens = check_tokens(prompt_tokens, "prompt_tokens")
         if type(comp_tokens) is not int or comp_tokens < 0:
             comp_tokens = check_tokens(comp_tokens, "comp_tokens")
-        if total_tokens is not None:
+        if total_tokens is None:
+            if prompt_tokens is None:
+                if comp_tokens is None:
+                    raise ValueError(
+                        "at least one token count is required (prompt_tokens, comp_tokens or total_tokens)"
+                    )
+                total_tokens = comp_tokens
+            else:
+                total_tokens = prompt_tokens if comp_tokens is None else prompt_tokens + comp_tokens
+        else:
             total_tokens = check_tokens(total_tokens, "total_tokens")
-        elif prompt_tokens is None and comp_tokens is None:
-            raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
-        if latency_ms is not None:
+        if latency_ms is not None and not (
+            (type(latency_ms) is int or type(latency_ms) is float) and 0 <= latency_ms < _INF
+        ):
             latency_ms = check_number(latency_ms, "latency_ms")
         if status != "ok":
             status = check_status(status)
-        attrs = self._merge(attributes)
+        if error is not None and type(error) is not str:
+            error = check_text(error, "error")
+        if name is not None and type(name) is not str:
+            name = check_text(name, "name")
+        if attributes:
+            attrs = check_attributes(attributes)
+            if self._attributes:
+                attrs = {**self._attributes, **attrs}
+        else:
+            attrs = dict(self._attributes) if self._attributes else {}
         if cache_read_tokens or cache_write_tokens:
             _cache_attributes(attrs, cache_read_tokens, cache_write_tokens)
-        if cost_usd is None:
-            if prompt_tokens is not None or comp_tokens is not None:
-                cost_usd = self._tracer.prices.cost(
-                    model, prompt_tokens, comp_tokens, provider or None, cache_read_tokens, cache_write_tokens
-                )
-        else:
+        if cost_usd is not None:
             cost_usd = check_number(cost_usd, "cost_usd")
+        elif prompt_tokens is not None or comp_tokens is not None:
+            tracer = self._tracer
+            rates = None if cache_read_tokens or cache_write_tokens else tracer._rates.get((model, provider))
+            if rates is not None:  # inlined PriceTable.cost for cached linear rates, same arithmetic
+                cost_usd = (
+                    int(
+                        (rates.per_call + (prompt_tokens or 0) * rates.input + (comp_tokens or 0) * rates.output) * 1e10
+                        + 0.5
+                    )
+                    / 1e10
+                )
+            else:
+                cost_usd = tracer._price(
+                    model, provider, prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens
+                )
         if self._budget is not None and cost_usd is not None:
             self._budget.charge(cost_usd)
-        now = now_ms()
+        span = self._copy_template()
+        span.span_id = new_id()
+        scope = SCOPE.get()
+        if scope is not None and scope.trace is self:
+            span.parent_span_id = scope.span_id
+        if name is not None:
+            span.name = name
+        span.model = model
+        span.provider = provider
+        span.prompt_tokens = prompt_tokens
+        span.comp_tokens = comp_tokens
+        span.total_tokens = total_tokens
+        span.cost_usd = cost_usd
+        now = time.time_ns() // 1_000_000
         if latency_ms is None:
-            started, ended = stamp(now), None
+            span.started_at = stamp(now)
         else:
-            started, ended = stamp(now - round(latency_ms)), stamp(now)
-        span = make_span(
-            self.id,
-            new_id(),
-            parent,
-            self.name if name is None else name,
-            model,
-            provider,
-            prompt_tokens,
-            comp_tokens,
-            total_tokens,
-            cost_usd,
-            latency_ms,
-            status,
-            error,
-            self._caller,
-            started,
-            ended,
-            attrs,
-        )
-        self._append(span)
+            span.latency_ms = latency_ms
+            span.started_at = stamp(now - round(latency_ms))
+            span.ended_at = stamp(now)
+        if status != "ok":
+            span.status = status
+        if error is not None:
+            span.error = error
+        span.attributes = attrs
+        with self._lock:
+            if not self._ended:
+                self._spans.append(span)
+                if len(self._spans) < self._tracer.max_buffered_spans:
+                    return span
+            batch, self._spans = self._spans or [span], []
+        self._tracer._send(batch)
         return span
 
     def span(

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import Self
 
-from tokentrace.core.pricing import PriceTable, default_table
+from tokentrace.core.pricing import PriceTable, Rates, default_table
 from tokentrace.core.span import AttributeValue, Span
 
 from .budget import Budget
@@ -63,6 +63,8 @@ class Tracer:
         self.max_buffered_spans = config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
         if self.max_buffered_spans < 1:
             raise ValueError("max_buffered_spans must be >= 1")
+        # (model, provider) -> per-token rates of linearly priced models, for Trace.record's hot path.
+        self._rates: dict[tuple[str, str], Rates] = {}
 
     def start(
         self,
@@ -93,6 +95,17 @@ class Tracer:
     def close(self) -> None:
         """Flush and close the transport."""
         self.transport.close()
+
+    def _price(
+        self, model: str, provider: str, prompt: int | None, comp: int | None, cache_read: int, cache_write: int
+    ) -> float | None:
+        """Price a call through the table, and remember the model's rates when they are linear."""
+        cost = self.prices.cost(model, prompt, comp, provider or None, cache_read, cache_write)
+        if cost is not None and (model, provider) not in self._rates:
+            rates = self.prices.linear_rates(model, provider or None)
+            if rates is not None:
+                self._rates[(model, provider)] = rates
+        return cost
 
     def _send(self, spans: Sequence[Span]) -> None:
         try:

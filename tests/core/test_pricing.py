@@ -148,7 +148,7 @@ def test_price_change_dates_expire_cached_rates(monkeypatch: pytest.MonkeyPatch)
     table = PriceTable()
     table.cost("gpt-4o", 1, 1, "openai")
     key = ("gpt-4o", "openai")
-    stale = pricing._Linear(0.0, 1.0, 1.0, 1.0, 1.0, expires=1.0)  # expired long ago
+    stale = pricing.Rates(0.0, 1.0, 1.0, 1.0, 1.0, expires=1.0)  # expired long ago
     table._cache[key] = stale
     assert table.cost("gpt-4o", 1_000_000, 0, "openai") == pytest.approx(2.5)
     assert table._cache[key] is not stale

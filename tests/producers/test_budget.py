@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import random
 import threading
+from typing import Any
 
 import pytest
 
@@ -181,3 +182,12 @@ def test_failed_step_releases_its_reservation(tracer: Tracer) -> None:
     with pytest.raises(ConnectionError), trace.span("call", estimate_usd=0.5):  # no model: no span
         raise ConnectionError("refused")
     assert budget.reserved_usd == 0 and budget.spent_usd == 0
+
+
+def test_invalid_record_charges_nothing(tracer: Tracer) -> None:
+    budget = Budget(1.0)
+    trace = tracer.start("t", budget=budget)
+    weird: Any = "weird"
+    with pytest.raises(ValueError):
+        trace.record(model="test-model", prompt_tokens=10, status=weird)
+    assert budget.spent_usd == 0

@@ -277,3 +277,32 @@ def test_spans_encode_with_exact_field_names(tracer: Tracer) -> None:
         "ended_at",
         "attributes",
     ]
+
+
+def test_hot_path_cost_equals_the_price_table(recording: RecordingTransport) -> None:
+    import random
+
+    table = PriceTable()
+    tracer = Tracer(transport=recording, prices=table)
+    trace = tracer.start("t")
+    rng = random.Random(3)
+    for model, provider in [("gpt-4o", "openai"), ("gpt-4o-mini", ""), ("claude-3-5-haiku-latest", "anthropic")]:
+        for _ in range(50):  # the first call learns the rates, later calls use the inlined arithmetic
+            prompt, comp = rng.randint(0, 10**6), rng.randint(0, 10**5)
+            span = trace.record(model=model, provider=provider, prompt_tokens=prompt, comp_tokens=comp)
+            assert span.cost_usd == table.cost(model, prompt, comp, provider or None)
+            only_comp = trace.record(model=model, provider=provider, comp_tokens=comp)
+            assert only_comp.cost_usd == table.cost(model, None, comp, provider or None)
+    assert len(tracer._rates) == 3
+
+
+def test_wrong_types_for_text_fields(tracer: Tracer) -> None:
+    trace = tracer.start("t")
+    bad: Any = None
+    with pytest.raises(TypeError, match="provider"):
+        trace.record(model="test-model", provider=bad, prompt_tokens=1)
+    number: Any = 42
+    with pytest.raises(TypeError, match="name"):
+        trace.record(model="test-model", name=number, prompt_tokens=1)
+    with pytest.raises(TypeError, match="name"):
+        tracer.start(bad)

@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any, Final
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
 
-__all__ = ["ModelPrices", "PriceTable", "cost", "default_table"]
+__all__ = ["ModelPrices", "PriceTable", "Rates", "cost", "default_table"]
 
 log = logging.getLogger(__name__)
 
@@ -71,8 +71,12 @@ class ModelPrices:
 
 
 @dataclass(frozen=True, slots=True)
-class _Linear:
-    """Per-token rates: cost = per_call + uncached input * input + cache reads * cache_read + ..."""
+class Rates:
+    """Per-token USD rates of a linearly priced model.
+
+    cost = per_call + uncached prompt tokens * input + comp tokens * output + cache-read tokens * cache_read
+    + cache-write tokens * cache_write, rounded to 1e-10 USD.
+    """
 
     per_call: float
     input: float
@@ -83,7 +87,7 @@ class _Linear:
     expires: float = math.inf
 
     @classmethod
-    def from_prices(cls, prices: ModelPrices) -> _Linear:
+    def from_prices(cls, prices: ModelPrices) -> Rates:
         cache_read = prices.input if prices.cache_read is None else prices.cache_read
         cache_write = prices.input if prices.cache_write is None else prices.cache_write
         return cls(
@@ -119,7 +123,7 @@ class _Unknown:
     expires: float = math.inf
 
 
-_Entry = _Linear | _Exact | _Unknown
+_Entry = Rates | _Exact | _Unknown
 
 _snapshot_lock = threading.Lock()
 _snapshot: DataSnapshot | None = None
@@ -190,7 +194,7 @@ def _derive(model: str, provider: str | None) -> _Entry:
         return _Exact(expires)
     try:
         per_call = float(first.total_price)
-        rates = _Linear(
+        rates = Rates(
             per_call,
             float(_calc(model, provider, million, 0, 0, 0).total_price - first.total_price) / million,
             float(_calc(model, provider, 0, million, 0, 0).total_price - first.total_price) / million,
@@ -244,7 +248,7 @@ class PriceTable:
         use_library: bool = True,
     ) -> None:
         self._overrides = {
-            name.lower(): _Linear.from_prices(ModelPrices.parse(p)) for name, p in (overrides or {}).items()
+            name.lower(): Rates.from_prices(ModelPrices.parse(p)) for name, p in (overrides or {}).items()
         }
         self._use_library = use_library
         self._cache: dict[tuple[str, str | None], _Entry] = {}
@@ -269,7 +273,7 @@ class PriceTable:
         entry = self._cache.get((model, provider))
         # Fast path: whole-number counts and cached linear rates (one dict lookup, a few multiplications).
         if (
-            type(entry) is _Linear
+            type(entry) is Rates
             and entry.expires == math.inf
             and type(prompt_tokens) is int
             and type(comp_tokens) is int
@@ -308,12 +312,21 @@ class PriceTable:
                 f"({prompt}); prompt_tokens must include cached tokens"
             )
         entry = self._entry(model, provider)
-        if isinstance(entry, _Linear):
+        if isinstance(entry, Rates):
             return _round(entry.price(prompt, comp, cache_read, cache_write))
         if isinstance(entry, _Exact):
             return self._exact(model, provider, prompt, comp, cache_read, cache_write)
         self._count_unknown(model, provider, entry)
         return None
+
+    def linear_rates(self, model: str, provider: str | None = None) -> Rates | None:
+        """The model's per-token rates if its price is linear and not about to change, else ``None``.
+
+        For callers that price many calls of one model themselves (the SDK's hot path); a ``None`` model
+        still has to go through ``cost`` (which counts unknown models).
+        """
+        entry = self._entry(model, provider or None)
+        return entry if isinstance(entry, Rates) and entry.expires == math.inf else None
 
     def knows(self, model: str, provider: str | None = None) -> bool:
         """Whether ``cost`` can price this model (does not count as an unknown lookup)."""

@@ -154,7 +154,7 @@ def test_endpoint_that_comes_back(span_server: SpanServer) -> None:
 
 
 def test_slow_server_does_not_slow_the_caller(span_server: SpanServer) -> None:
-    span_server.delay = 0.3
+    span_server.delay = 0.1
     transport = fast(span_server.url, batch_size=10)
     started = time.perf_counter()
     for i in range(20):

@@ -1,0 +1,177 @@
+"""SDK overhead: recording one span through tokentrace (no-op transport) beside one OpenTelemetry span.
+
+Both run in the same process, in interleaved rounds, so machine noise hits them alike. Each figure is the
+median (and the best) over rounds of the mean cost per span within a round. tokentrace work per span:
+validate the call, price it from the cached rates, generate a UUID 4 span id, stamp RFC 3339 times, build
+the ``Span`` and hand it to the transport. OpenTelemetry work per span: ``start_span`` with the same
+fields as attributes, then ``end`` through a ``SimpleSpanProcessor`` into an exporter that does nothing.
+
+    .venv/bin/python bench/sdk_overhead.py            # figures
+    .venv/bin/python bench/sdk_overhead.py --markdown # a section for bench/RESULTS.md
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import gc
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Sequence
+from importlib.metadata import version
+
+from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
+from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
+
+from tokentrace.producers import NoopTransport, Tracer
+
+Case = Callable[[int], None]
+
+
+class _NoopExporter(SpanExporter):
+    def export(self, spans: Sequence[ReadableSpan]) -> SpanExportResult:
+        return SpanExportResult.SUCCESS
+
+
+def tokentrace_cases() -> dict[str, Case]:
+    tracer = Tracer(transport=NoopTransport(), caller="bench")
+
+    def record(n: int) -> None:
+        """``trace.record`` into an open trace, ended every 100 spans."""
+        trace = tracer.start("bench")
+        for i in range(n):
+            trace.record(model="gpt-4o", provider="openai", prompt_tokens=512, comp_tokens=128, latency_ms=1240)
+            if i % 100 == 99:
+                trace.end()
+                trace = tracer.start("bench")
+        trace.end()
+
+    def trace_per_span(n: int) -> None:
+        """A whole one-span trace: ``with tracer.start(...)`` + ``record``."""
+        for _ in range(n):
+            with tracer.start("bench") as trace:
+                trace.record(model="gpt-4o", provider="openai", prompt_tokens=512, comp_tokens=128, latency_ms=1240)
+
+    def step(n: int) -> None:
+        """A timed child step: ``with trace.span(...) as s: s.record(...)`` (context var, perf counter)."""
+        trace = tracer.start("bench")
+        for i in range(n):
+            with trace.span("step", model="gpt-4o", provider="openai") as s:
+                s.record(prompt_tokens=512, comp_tokens=128)
+            if i % 100 == 99:
+                trace.end()
+                trace = tracer.start("bench")
+        trace.end()
+
+    return {"tt_record": record, "tt_trace": trace_per_span, "tt_step": step}
+
+
+def otel_cases() -> dict[str, Case]:
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(_NoopExporter()))
+    otel = provider.get_tracer("bench")
+    attributes: dict[str, str | int] = {"gen_ai.request.model": "gpt-4o", "gen_ai.system": "openai"}
+    attributes |= {"prompt_tokens": 512, "comp_tokens": 128, "latency_ms": 1240}
+
+    def span(n: int) -> None:
+        """``start_span(name, attributes=...)`` + ``end()``."""
+        for _ in range(n):
+            otel.start_span("bench", attributes=attributes).end()
+
+    def current_span(n: int) -> None:
+        """``with start_as_current_span(...)`` + ``set_attributes`` (context propagation, like a step)."""
+        for _ in range(n):
+            with otel.start_as_current_span("bench") as s:
+                s.set_attributes(attributes)
+
+    return {"otel_span": span, "otel_current": current_span}
+
+
+def measure(cases: dict[str, Case], spans_per_round: int, rounds: int) -> dict[str, list[float]]:
+    """ns per span for each case and round; cases interleave within each round."""
+    for case in cases.values():  # warm up: imports, price-rate derivation, caches
+        case(spans_per_round // 10 or 1)
+    results: dict[str, list[float]] = {name: [] for name in cases}
+    for _ in range(rounds):
+        for name, case in cases.items():
+            gc.collect()
+            started = time.perf_counter_ns()
+            case(spans_per_round)
+            results[name].append((time.perf_counter_ns() - started) / spans_per_round)
+    return results
+
+
+def machine() -> str:
+    try:
+        lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=True).stdout
+        model = next(line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name"))
+    except (OSError, subprocess.CalledProcessError, StopIteration):
+        model = platform.processor() or "unknown CPU"
+    return f"{model}, {os.cpu_count()} cores"
+
+
+def report(results: dict[str, list[float]], spans_per_round: int, rounds: int, markdown: bool) -> str:
+    median = {name: statistics.median(values) for name, values in results.items()}
+    best = {name: min(values) for name, values in results.items()}
+    pairs = [("tt_record", "otel_span"), ("tt_trace", "otel_span"), ("tt_step", "otel_current")]
+    load = os.getloadavg()[0]
+    header = (
+        f"{datetime.date.today().isoformat()} · {machine()} · load avg {load:.2f} · Python "
+        f"{platform.python_version()} · opentelemetry-sdk {version('opentelemetry-sdk')} · "
+        f"{rounds} rounds x {spans_per_round} spans"
+    )
+    rows = [f"| {name} | {median[name]:,.0f} | {best[name]:,.0f} | {case_doc(name)} |" for name in results]
+    ratios = [
+        f"| {ours} / {theirs} | {median[ours] / median[theirs]:.3f} | {best[ours] / best[theirs]:.3f} |"
+        for ours, theirs in pairs
+    ]
+    if markdown:
+        return "\n".join(
+            [
+                header,
+                "",
+                "| case | median ns/span | best ns/span | what |",
+                "|---|---:|---:|---|",
+                *rows,
+                "",
+                "| ratio | median | best |",
+                "|---|---:|---:|",
+                *ratios,
+            ]
+        )
+    lines = [header, ""]
+    lines += [f"{name:13s} {median[name]:9,.0f} ns/span (best {best[name]:,.0f})" for name in results]
+    lines += [""] + [
+        f"{ours} / {theirs}: {median[ours] / median[theirs]:.3f}x (best {best[ours] / best[theirs]:.3f}x)"
+        for ours, theirs in pairs
+    ]
+    return "\n".join(lines)
+
+
+_DOCS: dict[str, str] = {}
+
+
+def case_doc(name: str) -> str:
+    return _DOCS.get(name, "")
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0] if __doc__ else None)
+    parser.add_argument("--spans", type=int, default=20_000, help="spans per case per round")
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--markdown", action="store_true", help="print a bench/RESULTS.md section")
+    args = parser.parse_args(argv)
+    cases = tokentrace_cases() | otel_cases()
+    for name, case in cases.items():
+        _DOCS[name] = " ".join((case.__doc__ or "").split())
+    results = measure(cases, args.spans, args.rounds)
+    print(report(results, args.spans, args.rounds, args.markdown))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
