@@ -21,6 +21,7 @@ from contextvars import Token
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
+from tokentrace.core.ingest import CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE
 from tokentrace.core.span import AttributeValue, Span, Status
 
 from .budget import Budget, BudgetExceeded, Reservation
@@ -46,8 +47,6 @@ __all__ = ["SpanScope", "Trace", "error_status"]
 log = logging.getLogger(__name__)
 
 _INF = float("inf")
-CACHE_READ_ATTRIBUTE = "cache_read_tokens"
-CACHE_WRITE_ATTRIBUTE = "cache_write_tokens"
 
 
 def error_status(exc: BaseException) -> tuple[Status, str]:
@@ -137,7 +136,9 @@ class Trace:
         """Record one inference call as a span and return it.
 
         ``cost_usd`` defaults to the tracer's price table (``None`` for an unknown model). ``prompt_tokens``
-        includes ``cache_read_tokens``/``cache_write_tokens`` (priced at cache rates, kept as attributes).
+        includes ``cache_read_tokens``/``cache_write_tokens`` (priced at cache rates, kept as the attributes
+        ``gen_ai.usage.cache_read_input_tokens``/``gen_ai.usage.cache_creation_input_tokens`` that the
+        server's ingest reads too).
         With ``latency_ms`` the span ends now and started ``latency_ms`` ago; without, it only has
         ``started_at`` (now). Inside a step of this trace the span's parent is that step. With a budget,
         raises ``BudgetExceeded`` (recording nothing) if the cost does not fit. Raises ValueError/TypeError

@@ -81,6 +81,13 @@ def test_overrides_win_over_the_library() -> None:
     assert table.cost("gpt-4o-mini", 1000, 0) == pytest.approx(library("gpt-4o-mini", 1000, 0))
 
 
+def test_overrides_from_config_objects() -> None:
+    from types import SimpleNamespace
+
+    table = PriceTable({"m": SimpleNamespace(input=1.0, output=2.0, cache_read=None, cache_write=None)})
+    assert table.cost("m", 1_000_000, 1_000_000) == pytest.approx(3.0)
+
+
 def test_override_config_is_validated() -> None:
     with pytest.raises(ValueError, match="unknown price keys"):
         PriceTable({"m": {"input": 1, "output": 2, "cached": 1}})

@@ -72,7 +72,7 @@ def test_explicit_cost_wins_and_unknown_model_costs_none(tracer: Tracer) -> None
 def test_cached_tokens_are_priced_at_the_cache_rate_and_kept(tracer: Tracer) -> None:
     span = tracer.start("t").record(model="test-model", prompt_tokens=1000, comp_tokens=0, cache_read_tokens=400)
     assert span.cost_usd == pytest.approx(600e-6 + 400 * 0.5e-6)
-    assert span.attributes == {"cache_read_tokens": 400}
+    assert span.attributes == {"gen_ai.usage.cache_read_input_tokens": 400}
 
 
 def test_record_without_latency_has_only_a_start_time(tracer: Tracer) -> None:

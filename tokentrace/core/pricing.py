@@ -57,10 +57,14 @@ class ModelPrices:
                 raise ValueError(f"{field} price must be a finite number >= 0 (USD per million tokens), got {value!r}")
 
     @classmethod
-    def parse(cls, value: ModelPrices | Mapping[str, Any]) -> ModelPrices:
-        """Accept a ``ModelPrices`` or a config mapping such as ``{"input": 2.5, "output": 10}``."""
+    def parse(cls, value: object) -> ModelPrices:
+        """Accept a ``ModelPrices``, a config mapping such as ``{"input": 2.5, "output": 10}``, or any object
+        with ``input``/``output`` (and optional ``cache_read``/``cache_write``) attributes."""
         if isinstance(value, ModelPrices):
             return value
+        if not isinstance(value, Mapping):
+            fields = ("input", "output", "cache_read", "cache_write")
+            value = {k: getattr(value, k) for k in fields if getattr(value, k, None) is not None}
         unknown = set(value) - _OVERRIDE_KEYS
         if unknown:
             raise ValueError(f"unknown price keys {sorted(unknown)}; use {sorted(_OVERRIDE_KEYS)}")
@@ -236,14 +240,14 @@ def _tokens(value: int | float | None, field: str) -> int:
 class PriceTable:
     """Prices inference calls; thread-safe.
 
-    ``overrides`` maps a model name to its prices (a ``ModelPrices`` or a config mapping with the keys
-    ``input``, ``output``, ``cache_read``, ``cache_write`` in USD per million tokens); an override wins over
-    the library for every provider. ``use_library=False`` prices from the overrides alone.
+    ``overrides`` maps a model name to its prices (a ``ModelPrices``, a config mapping with the keys
+    ``input``, ``output``, ``cache_read``, ``cache_write`` in USD per million tokens, or an object with those
+    attributes); an override wins over the library for every provider. ``use_library=False`` prices from the overrides alone.
     """
 
     def __init__(
         self,
-        overrides: Mapping[str, ModelPrices | Mapping[str, Any]] | None = None,
+        overrides: Mapping[str, object] | None = None,
         *,
         use_library: bool = True,
     ) -> None:
