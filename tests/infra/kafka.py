@@ -66,8 +66,7 @@ log4j.logger.kafka.server.ControllerServer=INFO
 
 def kafka_version() -> str:
     """The Kafka version pinned in kafka-pom.xml."""
-    ns = {"m": "http://maven.apache.org/POM/4.0.0"}
-    node = ET.parse(POM).getroot().find("m:properties/m:kafka.version", ns)
+    node = ET.parse(POM).getroot().find("properties/kafka.version")
     if node is None or not node.text:
         raise InfraError(f"{POM} has no <kafka.version> property")
     return node.text.strip()
