@@ -1,0 +1,168 @@
+"""``tokentrace worker`` and ``tokentrace api``: the distributed deployment's two commands.
+
+Both read ``tokentrace.yml`` (``kafka.*``, ``redis.url``, ``storage.*``, ``aggregation.*``), then flags and
+``TOKENTRACE_*`` environment variables override it. ``python -m tokentrace.processors.cli worker|api``
+runs them without the top-level command.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Annotated
+
+import typer
+
+from tokentrace.config import Config, ConfigError, load_config
+
+if TYPE_CHECKING:
+    from tokentrace.processors.worker import WorkerSettings
+
+__all__ = ["api", "cli", "worker", "worker_settings"]
+
+cli = typer.Typer(help="tokentrace distributed mode.", no_args_is_help=True, add_completion=False)
+
+ConfigOption = Annotated[Path | None, typer.Option("--config", "-c", help="tokentrace.yml to read.", dir_okay=False)]
+BootstrapOption = Annotated[
+    str | None,
+    typer.Option(
+        help="Kafka bootstrap servers (kafka.bootstrap_servers).", envvar="TOKENTRACE_KAFKA_BOOTSTRAP_SERVERS"
+    ),
+]
+RedisOption = Annotated[str | None, typer.Option(help="Redis URL (redis.url).", envvar="TOKENTRACE_REDIS_URL")]
+TopicOption = Annotated[str | None, typer.Option(help="Span topic (kafka.topic).", envvar="TOKENTRACE_KAFKA_TOPIC")]
+PartitionsOption = Annotated[
+    int | None,
+    typer.Option(help="Partitions when creating the topic (kafka.partitions).", envvar="TOKENTRACE_KAFKA_PARTITIONS"),
+]
+VerboseOption = Annotated[bool, typer.Option("--verbose", "-v")]
+
+
+def _config(
+    path: Path | None, bootstrap: str | None, redis_url: str | None, topic: str | None, partitions: int | None
+) -> Config:
+    try:
+        config = load_config(path)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
+    if bootstrap:
+        config.kafka.bootstrap_servers = bootstrap
+    if redis_url:
+        config.redis.url = redis_url
+    if topic:
+        config.kafka.topic = topic
+    if partitions:
+        config.kafka.partitions = partitions
+    return config
+
+
+def _logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+
+
+def worker_settings(config: Config, app_id: str = "tokentrace", prefix: str | None = None) -> WorkerSettings:
+    """The worker's settings from a configuration."""
+    from tokentrace.api.embedded import embedded_settings
+    from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
+    from tokentrace.core.timefmt import parse_duration
+    from tokentrace.processors.worker import WorkerSettings
+
+    store = embedded_settings(config)
+    return WorkerSettings(
+        bootstrap_servers=config.kafka.bootstrap_servers,
+        redis_url=config.redis.url,
+        topic=config.kafka.topic,
+        partitions=config.kafka.partitions,
+        replication_factor=config.kafka.replication_factor,
+        app_id=app_id,
+        prefix=prefix or DEFAULT_PREFIX,
+        timeline=store.timeline,
+        max_future_ms=round(parse_duration(config.aggregation.max_future_skew) * 1000),
+        trace_retention_ms=store.trace_retention_ms,
+    )
+
+
+@cli.command("worker")
+def worker(
+    config_path: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+    redis_url: RedisOption = None,
+    topic: TopicOption = None,
+    partitions: PartitionsOption = None,
+    app_id: Annotated[
+        str, typer.Option(help="Consumer group and table namespace (one per deployment).", envvar="TOKENTRACE_APP_ID")
+    ] = "tokentrace",
+    prefix: Annotated[
+        str | None, typer.Option(help="Redis key prefix of the view.", envvar="TOKENTRACE_REDIS_PREFIX")
+    ] = None,
+    session_timeout: Annotated[
+        float, typer.Option(help="Seconds before a silent worker's partitions move to the others.")
+    ] = 10.0,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run a stream worker: consume the span topic, keep exact aggregates, materialize them into Redis."""
+    import faust
+
+    from tokentrace.api.embedded import price_table
+    from tokentrace.processors.topics import KafkaUnreachable, ensure_topic
+    from tokentrace.processors.worker import build_app
+
+    _logging(verbose)
+    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions)
+    settings = worker_settings(config, app_id, prefix)
+    settings.session_timeout_s = session_timeout
+    try:
+        settings.partitions = asyncio.run(
+            ensure_topic(settings.bootstrap_servers, settings.topic, settings.partitions, settings.replication_factor)
+        )
+    except KafkaUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+    asyncio.set_event_loop(asyncio.new_event_loop())
+    app = build_app(settings, price_table(config))
+    faust.Worker(app, loglevel="debug" if verbose else "info", quiet=True).execute_from_commandline()
+
+
+@cli.command("api")
+def api(
+    config_path: ConfigOption = None,
+    bootstrap_servers: BootstrapOption = None,
+    redis_url: RedisOption = None,
+    topic: TopicOption = None,
+    partitions: PartitionsOption = None,
+    addr: Annotated[str | None, typer.Option(help="Listen address, e.g. :9090 or 127.0.0.1:9090.")] = None,
+    prefix: Annotated[
+        str | None, typer.Option(help="Redis key prefix of the view.", envvar="TOKENTRACE_REDIS_PREFIX")
+    ] = None,
+    verbose: VerboseOption = False,
+) -> None:
+    """Run a stateless API replica: POST /spans to Kafka (acks=all), queries from the Redis view."""
+    from tokentrace.api.distributed import serve_distributed
+    from tokentrace.processors.topics import KafkaUnreachable
+
+    _logging(verbose)
+    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions)
+    if addr is not None:
+        config.http_server.addr = addr
+
+    async def started(url: str) -> None:
+        typer.echo(
+            f"tokentrace api serving on {url} (kafka {config.kafka.bootstrap_servers}, redis {config.redis.url})",
+            err=True,
+        )
+
+    try:
+        asyncio.run(serve_distributed(config, prefix=prefix, on_started=started))
+    except KafkaUnreachable as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+if __name__ == "__main__":
+    sys.exit(cli())

@@ -1,0 +1,160 @@
+"""Writes a worker's state into the Redis view (``tokentrace.api.stores.redis_view``), idempotently.
+
+Entries go through the view's compare-and-set script, so they can be written again at any time: after
+a crash, after a rebalance, or after Redis lost everything. ``Materializer`` keeps the newest encoded
+version of each entry until Redis has taken it (a Redis outage delays the view, it never loses it:
+the worker's tables still hold the state) and re-queues every entry of the partitions it owns when it
+finds the view's epoch changed (a flushed or restarted Redis).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import uuid
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from tokentrace.api.stores.redis_view import WRITE_ENTRY, Keys, encode_span
+from tokentrace.core.span import Span, span_time_ms
+
+__all__ = ["Materializer"]
+
+log = logging.getLogger(__name__)
+
+#: (key, offset, encoded entry or b"" for a deleted one)
+Pending = tuple[bytes, int, bytes]
+
+
+class Materializer:
+    """Background writer of entries, plus synchronous trace writes and the epoch watch."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        keys: Keys,
+        trace_retention_ms: int,
+        snapshot_all: Callable[[], Iterable[Pending]],
+        batch: int = 500,
+    ) -> None:
+        self.redis_url = redis_url
+        self.keys = keys
+        self.trace_retention_ms = trace_retention_ms
+        self.snapshot_all = snapshot_all
+        self.batch = batch
+        self.epoch: str | None = None
+        self.written = 0
+        self.trace_failures = 0
+        self._redis: aioredis.Redis | None = None
+        self._script: Any = None
+        self._pending: dict[bytes, tuple[int, bytes]] = {}
+        self._wake = asyncio.Event()
+        self._idle = asyncio.Event()
+        self._idle.set()
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self._redis is None:
+            self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
+            self._script = self._redis.register_script(WRITE_ENTRY)
+        return self._redis
+
+    async def close(self) -> None:
+        if self._redis is not None:
+            await self._redis.aclose()
+            self._redis = None
+
+    # ----------------------------------------------------------------- entries
+    def submit(self, items: Iterable[Pending]) -> None:
+        """Queue entries (keeping only the newest version of each) for the background writer."""
+        pending = self._pending
+        for key, offset, data in items:
+            current = pending.get(key)
+            if current is None or current[0] < offset:
+                pending[key] = (offset, data)
+        if pending:
+            self._idle.clear()
+            self._wake.set()
+
+    async def run(self) -> None:
+        """The background writer: drain the queue into Redis, retrying with backoff while it is down."""
+        delay = 0.1
+        while True:
+            await self._wake.wait()
+            self._wake.clear()
+            while self._pending:
+                items = list(self._pending.items())[: self.batch]
+                try:
+                    await self._write(items)
+                except Exception as exc:  # Redis down or restarting: keep the entries, retry
+                    log.warning("redis view: write failed (%r), retrying in %.1fs", exc, delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 2.0)
+                    continue
+                delay = 0.1
+                for key, version in items:
+                    if self._pending.get(key) == version:
+                        del self._pending[key]
+            self._idle.set()
+
+    @property
+    def idle(self) -> bool:
+        """Whether everything submitted has been written."""
+        return self._idle.is_set()
+
+    async def _write(self, items: list[tuple[bytes, tuple[int, bytes]]]) -> None:
+        redis = self.redis
+        keys = self.keys
+        async with redis.pipeline(transaction=False) as pipe:
+            for key, (offset, data) in items:
+                member = key.decode()
+                await self._script(
+                    keys=[keys.entry(member), keys.seq, keys.changes], args=[offset, data, member], client=pipe
+                )
+            await pipe.execute()
+        self.written += len(items)
+
+    # ------------------------------------------------------------------ epoch
+    async def check_epoch(self) -> bool:
+        """Make sure the view has an epoch; re-queue everything if it is not the one we wrote to."""
+        redis = self.redis
+        epoch = await redis.get(self.keys.epoch)
+        if epoch is None:
+            await redis.set(self.keys.epoch, uuid.uuid4().hex, nx=True)
+            epoch = await redis.get(self.keys.epoch)
+        text = epoch.decode() if isinstance(epoch, bytes) else str(epoch)
+        if text == self.epoch:
+            return False
+        if self.epoch is not None:
+            log.warning("redis view: epoch changed (Redis flushed or restarted): re-materializing")
+        self.epoch = text
+        self.submit(self.snapshot_all())
+        return True
+
+    # ----------------------------------------------------------------- traces
+    async def write_traces(self, spans: list[Span]) -> None:
+        """Index spans for ``/traces`` (by span id, so a replay rewrites the same fields)."""
+        if not spans:
+            return
+        keys = self.keys
+        ttl = max(1, self.trace_retention_ms // 1000)
+        by_trace: dict[str, list[Span]] = {}
+        for span in spans:
+            by_trace.setdefault(span.trace_id, []).append(span)
+        try:
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for trace_id, group in by_trace.items():
+                    key = keys.trace(trace_id)
+                    pipe.hset(key, mapping={s.span_id: encode_span(s) for s in group})
+                    pipe.expire(key, ttl)
+                    pipe.zadd(keys.traces, {trace_id: min(span_time_ms(s) for s in group)}, lt=True)
+                await pipe.execute()
+        except Exception as exc:
+            self.trace_failures += len(spans)
+            log.warning("redis view: could not index %d spans for /traces: %r", len(spans), exc)
+
+    async def expire_traces(self, horizon_ms: int) -> None:
+        """Drop trace ids that started before ``horizon_ms`` from the listing (their hashes expire by TTL)."""
+        await self.redis.zremrangebyscore(self.keys.traces, "-inf", f"({horizon_ms}")

@@ -1,0 +1,195 @@
+"""A worker's state: per (source partition, bucket) aggregates that know which source offset they reached.
+
+Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
+
+* The state of source partition ``p`` is a set of entries keyed ``b"p:<bucket start ms>"`` (a
+  ``BucketEntry``: the core's ``BucketState`` plus the highest source offset applied to it) and one
+  ``b"p:meta"`` entry (``PartitionMeta``: counters of spans, poison messages and out-of-bounds spans, with
+  its own offset).
+* ``Applier.apply`` applies one Kafka message to the entries it touches and skips every entry whose
+  offset is already >= the message's offset. Replaying a message — after a crash, a rebalance or a
+  changelog write that got ahead of the committed source offset — changes nothing, and since each entry
+  is always an exact prefix of its partition's events, whichever version of an entry survives, replay
+  from the committed source offset makes it exact again.
+* Every decision is a function of the message alone (its bytes, offset and timestamp), never of the
+  wall clock, so a replay decides exactly as the first run did. Spans without timestamps count at the
+  message's timestamp; spans older than aggregate retention or too far in the future of the message's
+  timestamp are counted as rejected, never mis-bucketed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from dataclasses import dataclass, field
+
+import msgspec
+
+from tokentrace.core.buckets import BucketState
+from tokentrace.core.codec import decode_wire
+from tokentrace.core.ingest import Pricer, SpanRejected, prepare_batch
+from tokentrace.core.span import Span, span_time_ms
+from tokentrace.core.timeline import Timeline, TimelineSettings
+
+__all__ = [
+    "META",
+    "Applied",
+    "Applier",
+    "BucketEntry",
+    "Entry",
+    "PartitionMeta",
+    "bucket_key",
+    "decode_entry",
+    "encode_entry",
+    "meta_key",
+    "parse_key",
+]
+
+META = "meta"
+
+
+class BucketEntry(msgspec.Struct, array_like=True, tag="b"):
+    """One bucket of one source partition, and the highest source offset counted in it."""
+
+    offset: int
+    state: BucketState
+
+
+class PartitionMeta(msgspec.Struct, array_like=True, tag="m"):
+    """Per-partition counters (exact, with their own offset): what the partition's messages held."""
+
+    offset: int = -1
+    messages: int = 0
+    spans: int = 0
+    poison: int = 0
+    too_old: int = 0
+    future: int = 0
+    invalid: int = 0
+
+
+Entry = BucketEntry | PartitionMeta
+_encoder = msgspec.msgpack.Encoder()
+_decoder = msgspec.msgpack.Decoder(Entry)
+
+
+def encode_entry(entry: Entry) -> bytes:
+    return _encoder.encode(entry)
+
+
+def decode_entry(data: bytes) -> Entry:
+    entry: Entry = _decoder.decode(data)
+    return entry
+
+
+def bucket_key(partition: int, start_ms: int) -> bytes:
+    return f"{partition}:{start_ms}".encode()
+
+
+def meta_key(partition: int) -> bytes:
+    return f"{partition}:{META}".encode()
+
+
+def parse_key(key: bytes | str) -> tuple[int, int | None]:
+    """``(partition, bucket start)``; the start is None for the partition's meta entry."""
+    text = key.decode() if isinstance(key, bytes) else key
+    partition, _, rest = text.partition(":")
+    return int(partition), None if rest == META else int(rest)
+
+
+@dataclass
+class Applied:
+    """What one message did: the keys it changed, the spans it accepted (for the trace index)."""
+
+    dirty: list[bytes] = field(default_factory=list)
+    spans: list[Span] = field(default_factory=list)
+    poison: str | None = None
+
+
+class Applier:
+    """Applies Kafka messages of the span topic to a partition's entries (see the module docstring)."""
+
+    def __init__(self, settings: TimelineSettings, pricer: Pricer | None, max_future_ms: int) -> None:
+        self.settings = settings
+        self.pricer = pricer
+        self.max_future_ms = max_future_ms
+        self._timeline = Timeline(settings)  # only for its retention rule
+
+    def oldest_allowed_ms(self, at_ms: int) -> int:
+        return self._timeline.oldest_allowed_ms(at_ms)
+
+    def apply(
+        self,
+        entries: MutableMapping[bytes, Entry],
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        payload: bytes | None,
+    ) -> Applied:
+        """Apply one message; entries that already reached ``offset`` are left alone."""
+        out = Applied()
+        mkey = meta_key(partition)
+        meta = entries.get(mkey)
+        if not isinstance(meta, PartitionMeta):
+            meta = PartitionMeta()
+        fresh = offset > meta.offset
+        try:
+            if payload is None:
+                raise ValueError("empty message value")
+            spans = decode_wire(payload)
+        except (msgspec.DecodeError, ValueError) as exc:
+            out.poison = str(exc) or type(exc).__name__
+            if fresh:
+                meta.poison += 1
+                meta.messages += 1
+                meta.offset = offset
+                entries[mkey] = meta
+                out.dirty.append(mkey)
+            return out
+
+        rejected = {"too_old": 0, "future": 0, "invalid": 0}
+        by_bucket: dict[int, list[Span]] = {}
+        bucket_ms = self.settings.bucket_ms
+        oldest = self.oldest_allowed_ms(timestamp_ms)
+        for span in spans:
+            reason = self._prepare(span, timestamp_ms, oldest)
+            if reason is not None:
+                rejected[reason] += 1
+                continue
+            at = span_time_ms(span)
+            by_bucket.setdefault(at - at % bucket_ms, []).append(span)
+            out.spans.append(span)
+
+        caps = self.settings.caps
+        for start, group in by_bucket.items():
+            key = bucket_key(partition, start)
+            entry = entries.get(key)
+            if not isinstance(entry, BucketEntry):
+                entry = BucketEntry(-1, BucketState())
+                entries[key] = entry
+            elif entry.offset >= offset:
+                continue
+            state = entry.state
+            for span in group:
+                state.add(span, caps)
+            entry.offset = offset
+            out.dirty.append(key)
+
+        if fresh:
+            meta.messages += 1
+            meta.spans += len(out.spans)
+            meta.too_old += rejected["too_old"]
+            meta.future += rejected["future"]
+            meta.invalid += rejected["invalid"]
+            meta.offset = offset
+            entries[mkey] = meta
+            out.dirty.append(mkey)
+        return out
+
+    def _prepare(self, span: Span, arrival_ms: int, oldest_ms: int) -> str | None:
+        """Stamp, bound-check and price one span with the API's own ``prepare_batch``; the reject reason."""
+        try:
+            prepare_batch((span,), arrival_ms, self.pricer, oldest_ms, self.max_future_ms)
+        except SpanRejected as exc:
+            return exc.reason if exc.reason in ("too_old", "future") else "invalid"
+        except ValueError:
+            return "invalid"
+        return None

@@ -1,0 +1,286 @@
+"""The Faust worker: span topic → exact per (partition, bucket) aggregates in a table → Redis view.
+
+Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 0.15 actually does:
+
+* ``processing_guarantee="at_least_once"``, one agent with ``concurrency=1`` on ``stream.noack()``:
+  Faust commits a source offset only once its event is acked, and this worker acks an event only after
+  every changelog record covering it has been acknowledged by the broker (``acks=all``). Faust's own
+  ``table[key] = value`` drops the changelog send future and its commit path does not wait for the
+  producer buffer to drain, so the worker writes the memory store itself and sends the changelog with
+  ``Table.send_changelog``, keeping the future. A failed or stuck changelog write ends the process
+  (``os._exit``): raising would let Faust ack and commit the event.
+* A plain table (``memory://``) keyed ``b"<source partition>:<bucket start>"`` whose value carries the
+  highest source offset it has counted (``processors.state``); any replayed event is skipped per entry.
+  No windowed tables, no ``take()``, no ``group_by``.
+* Table writes are coalesced: every ``flush_interval`` (or ``flush_events`` events) each changed entry
+  is encoded once and sent once; the events since the last flush are acked when those sends are acked.
+* Spans are indexed for ``/traces`` before their events are acked (idempotent writes by span id).
+  Aggregates are materialized after the changelog ack, by a background writer that retries while
+  Redis is down and re-materializes everything the worker owns after a rebalance or a Redis flush.
+* Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
+  partition's meta entry; they never stop the partition.
+
+Not yet: expiry of buckets past retention (tombstones on a timer) and the leader-timer hook for alert
+evaluation (see ``on_leader_tick``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import tempfile
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+import faust
+from faust.serializers import codecs
+
+from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
+from tokentrace.core.ingest import Pricer
+from tokentrace.core.timefmt import now_ms
+from tokentrace.core.timeline import TimelineSettings
+from tokentrace.processors.materialize import Materializer, Pending
+from tokentrace.processors.state import Applier, decode_entry, encode_entry, parse_key
+
+__all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
+
+log = logging.getLogger(__name__)
+
+TABLE_NAME = "buckets"
+ENTRY_CODEC = "tokentrace-entry"
+#: Exit status when a changelog write fails (the events it covers were not acked).
+EXIT_CHANGELOG_FAILED = 70
+
+
+class _EntryCodec(codecs.Codec):
+    """Faust codec for table values: the worker's msgpack entries."""
+
+    def _dumps(self, obj: Any) -> bytes:
+        return encode_entry(obj)
+
+    def _loads(self, s: bytes) -> Any:
+        return decode_entry(s)
+
+
+codecs.register(ENTRY_CODEC, _EntryCodec())
+
+
+class _EntryValue:
+    """The table's value type as Faust wants it: names the entry codec, passes decoded entries through."""
+
+    class _options:  # read by faust.tables.base.Collection._serializer_from_type
+        serializer = ENTRY_CODEC
+
+    @classmethod
+    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
+        return data
+
+
+@dataclass
+class WorkerSettings:
+    bootstrap_servers: str
+    redis_url: str
+    topic: str = "tokentrace.spans"
+    partitions: int = 4
+    replication_factor: int = 1
+    app_id: str = "tokentrace"
+    prefix: str = DEFAULT_PREFIX
+    timeline: TimelineSettings = field(default_factory=TimelineSettings)
+    max_future_ms: int = 5 * 60_000
+    trace_retention_ms: int = 7 * 86_400_000
+    flush_interval_s: float = 0.1
+    flush_events: int = 1000
+    changelog_timeout_s: float = 60.0
+    commit_interval_s: float = 1.0
+    #: How long the group waits for a crashed worker before rebalancing its partitions (Faust's default: 60 s).
+    session_timeout_s: float = 10.0
+    datadir: str | None = None
+    faust_options: dict[str, Any] = field(default_factory=dict)
+
+
+class _Flusher:
+    """Coalesces table writes: encode each changed entry once, send its changelog, ack after the acks."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        self.events: list[Any] = []
+        self.dirty: set[bytes] = set()
+        self.spans: list[Any] = []
+        self.last = time.monotonic()
+        self.lock = asyncio.Lock()
+        self.stream: Any = None
+
+    def due(self) -> bool:
+        if not self.events and not self.dirty:
+            return False
+        return len(self.events) >= self.worker.settings.flush_events or (
+            time.monotonic() - self.last >= self.worker.settings.flush_interval_s
+        )
+
+    async def flush(self) -> None:
+        async with self.lock:
+            self.last = time.monotonic()
+            if not self.events and not self.dirty:
+                return
+            events, self.events = self.events, []
+            dirty, self.dirty = self.dirty, set()
+            spans, self.spans = self.spans, []
+            worker = self.worker
+            entries = worker.entries
+            futures = []
+            written: list[Pending] = []
+            for key in dirty:
+                entry = entries.get(key)
+                if entry is None:
+                    continue
+                data = encode_entry(entry)
+                partition, _ = parse_key(key)
+                futures.append(
+                    worker.table.send_changelog(partition, key, data, key_serializer="raw", value_serializer="raw")
+                )
+                written.append((key, entry.offset, data))
+            await worker.materializer.write_traces(spans)
+            try:
+                await asyncio.wait_for(asyncio.gather(*futures), worker.settings.changelog_timeout_s)
+            except BaseException as exc:
+                log.critical("changelog write failed (%r): exiting without acking %d events", exc, len(events))
+                logging.shutdown()
+                os._exit(EXIT_CHANGELOG_FAILED)
+            stream = self.stream
+            for event in events:
+                await stream.ack(event)
+            worker.materializer.submit(written)
+            worker.flushes += 1
+
+
+class _Worker:
+    """Everything the agent, timers and rebalance hooks share."""
+
+    def __init__(self, settings: WorkerSettings, pricer: Pricer | None) -> None:
+        self.settings = settings
+        self.applier = Applier(settings.timeline, pricer, settings.max_future_ms)
+        self.keys = Keys(settings.prefix)
+        self.app = _new_app(settings)
+        self.topic = self.app.topic(
+            settings.topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
+        )
+        self.table = self.app.Table(
+            TABLE_NAME,
+            default=None,
+            key_type=bytes,
+            value_type=_EntryValue,
+            partitions=settings.partitions,
+        )
+        self.materializer = Materializer(
+            settings.redis_url, self.keys, settings.trace_retention_ms, self.snapshot_owned
+        )
+        self.flusher = _Flusher(self)
+        self.events = 0
+        self.spans = 0
+        self.poison = 0
+        self.flushes = 0
+
+    @property
+    def entries(self) -> Any:
+        """The table's store itself: writing it does not send a changelog record (the flusher does)."""
+        return self.table.data
+
+    def owned_partitions(self) -> set[int]:
+        return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.topic}
+
+    def snapshot_owned(self) -> Iterable[Pending]:
+        owned = self.owned_partitions()
+        for key, entry in list(self.entries.items()):
+            if parse_key(key)[0] in owned:
+                yield key, entry.offset, encode_entry(entry)
+
+    async def process(self, stream: Any) -> None:
+        """The agent: apply each message to the table store; flush when due."""
+        noack = stream.noack()
+        flusher = self.flusher
+        flusher.stream = noack
+        entries = self.entries
+        apply = self.applier.apply
+        async for event in noack.events():
+            message = event.message
+            applied = apply(entries, message.partition, message.offset, round(message.timestamp * 1000), event.value)
+            if applied.poison is not None:
+                self.poison += 1
+                log.warning(
+                    "poison message at %s[%d]@%d skipped: %s",
+                    message.topic,
+                    message.partition,
+                    message.offset,
+                    applied.poison[:200],
+                )
+            self.events += 1
+            self.spans += len(applied.spans)
+            flusher.events.append(event)
+            flusher.dirty.update(applied.dirty)
+            flusher.spans.extend(applied.spans)
+            if flusher.due():
+                await flusher.flush()
+
+    async def tick(self) -> None:
+        if self.flusher.due():
+            await self.flusher.flush()
+
+    async def on_recovered(self) -> None:
+        """After a rebalance's table recovery: forget partitions we lost, re-materialize what we own."""
+        owned = self.owned_partitions()
+        entries = self.entries
+        for key in [k for k in list(entries.keys()) if parse_key(k)[0] not in owned]:
+            del entries[key]
+        log.info("recovered partitions %s (%d entries)", sorted(owned), len(entries))
+        self.materializer.submit(self.snapshot_owned())
+
+    async def housekeeping(self) -> None:
+        try:
+            await self.materializer.check_epoch()
+            await self.materializer.expire_traces(now_ms() - self.settings.trace_retention_ms)
+        except Exception as exc:
+            log.warning("redis view: housekeeping failed: %r", exc)
+
+    async def on_leader_tick(self) -> None:
+        """Hook for cluster-wide work (alert evaluation) on the leader timer. Not yet used."""
+
+
+def _new_app(settings: WorkerSettings) -> faust.App:
+    datadir = settings.datadir or tempfile.mkdtemp(prefix="tokentrace-worker-")
+    options: dict[str, Any] = {
+        "broker": [f"kafka://{server.strip()}" for server in settings.bootstrap_servers.split(",")],
+        "store": "memory://",
+        "processing_guarantee": "at_least_once",
+        "topic_partitions": settings.partitions,
+        "topic_replication_factor": settings.replication_factor,
+        "table_standby_replicas": 0,
+        "consumer_auto_offset_reset": "earliest",
+        "broker_commit_interval": settings.commit_interval_s,
+        "broker_session_timeout": settings.session_timeout_s,
+        "broker_heartbeat_interval": max(0.5, settings.session_timeout_s / 5),
+        "producer_acks": -1,
+        "web_enabled": False,
+        "autodiscover": False,
+        "datadir": datadir,
+    }
+    options.update(settings.faust_options)
+    return faust.App(settings.app_id, **options)
+
+
+def build_app(settings: WorkerSettings, pricer: Pricer | None = None) -> faust.App:
+    """A Faust app running the worker (start it with ``faust.Worker(app).execute_from_commandline()``)."""
+    worker = _Worker(settings, pricer)
+    app = worker.app
+    app.agent(worker.topic, name="tokentrace-aggregate", concurrency=1)(worker.process)
+    app.timer(settings.flush_interval_s / 2, name="tokentrace-flush")(worker.tick)
+    app.timer(1.0, name="tokentrace-housekeeping")(worker.housekeeping)
+    app.timer(15.0, on_leader=True, name="tokentrace-leader")(worker.on_leader_tick)
+    worker.table.on_recover(worker.on_recovered)
+
+    app.task(worker.materializer.run)
+
+    app.tokentrace_worker = worker  # type: ignore[attr-defined]
+    return app
