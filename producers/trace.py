@@ -380,7 +380,7 @@ class SpanScope:
         estimate_usd: float | None,
     ) -> None:
         self.trace = trace
-        self.name = name
+        self.name = check_text(name, "name")
         #: This step's span id; spans recorded inside the step name it as their parent.
         self.span_id = new_id()
         self.parent_span_id: str | None = None
@@ -388,7 +388,7 @@ class SpanScope:
         self.span: Span | None = None
         self.done = False
         self._model = None if model is None else check_model(model)
-        self._provider = provider
+        self._provider = check_text(provider, "provider")
         self._attributes = check_attributes(attributes)
         self._estimate = None if estimate_usd is None else check_number(estimate_usd, "estimate_usd")
         self._prompt: int | None = None
@@ -444,7 +444,7 @@ class SpanScope:
         if model is not None:
             self._model = check_model(model)
         if provider is not None:
-            self._provider = provider
+            self._provider = check_text(provider, "provider")
         if prompt_tokens is not None:
             self._prompt = check_tokens(prompt_tokens, "prompt_tokens")
         if comp_tokens is not None:
@@ -458,7 +458,7 @@ class SpanScope:
         if status is not None:
             self._status = check_status(status)
         if error is not None:
-            self._error = error
+            self._error = check_text(error, "error")
         if attributes:
             self._attributes.update(check_attributes(attributes))
         if cache_read_tokens is not None:
@@ -525,8 +525,8 @@ class SpanScope:
             prompt = 0  # a failed call that consumed nothing
         cost = self._cost
         if cost is None and (prompt is not None or comp is not None):
-            cost = self.trace._tracer.prices.cost(
-                self._model, prompt, comp, self._provider or None, self._cache_read, self._cache_write
+            cost = self.trace._tracer._price(
+                self._model, self._provider, prompt, comp, self._cache_read, self._cache_write
             )
         latency = self._latency
         if latency is None and elapsed_ms is not None:

@@ -99,7 +99,11 @@ class Tracer:
     def _price(
         self, model: str, provider: str, prompt: int | None, comp: int | None, cache_read: int, cache_write: int
     ) -> float | None:
-        """Price a call through the table, and remember the model's rates when they are linear."""
+        """Price a call: from remembered linear rates (the arithmetic of ``PriceTable.cost``), else through
+        the table, remembering the model's rates when they are linear."""
+        rates = None if cache_read or cache_write else self._rates.get((model, provider))
+        if rates is not None:
+            return int((rates.per_call + (prompt or 0) * rates.input + (comp or 0) * rates.output) * 1e10 + 0.5) / 1e10
         cost = self.prices.cost(model, prompt, comp, provider or None, cache_read, cache_write)
         if cost is not None and (model, provider) not in self._rates:
             rates = self.prices.linear_rates(model, provider or None)

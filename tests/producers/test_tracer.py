@@ -293,6 +293,9 @@ def test_hot_path_cost_equals_the_price_table(recording: RecordingTransport) -> 
             assert span.cost_usd == table.cost(model, prompt, comp, provider or None)
             only_comp = trace.record(model=model, provider=provider, comp_tokens=comp)
             assert only_comp.cost_usd == table.cost(model, None, comp, provider or None)
+            with trace.span("step", model=model, provider=provider) as step:
+                step.record(prompt_tokens=prompt, comp_tokens=comp)
+            assert step.span is not None and step.span.cost_usd == span.cost_usd
     assert len(tracer._rates) == 3
 
 
