@@ -75,8 +75,9 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config.write_text(CONFIG)
     server = ServerProcess(root / "data", config, ["--demo", "--demo-rate", "200"])
     server.start()
-    prometheus = Prometheus(root / "prometheus", [f"127.0.0.1:{server.port}"], PROMETHEUS_PATH, [RULES])
+    prometheus: Prometheus | None = None
     try:
+        prometheus = Prometheus(root / "prometheus", [f"127.0.0.1:{server.port}"], PROMETHEUS_PATH, [RULES])
         checked = prometheus.check_config()
         assert checked.returncode == 0, checked.stdout + checked.stderr
         prometheus.start()
@@ -97,7 +98,8 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         )
         yield Stack(server, prometheus, checked.stdout)
     finally:
-        prometheus.stop()
+        if prometheus is not None:
+            prometheus.stop()
         server.stop()
 
 
@@ -156,6 +158,8 @@ def test_values_are_plausible(stack: Stack) -> None:
         assert 0 <= float(series["value"][1]) <= 1
     unpriced = prometheus.query(f'tokentrace_unpriced_spans_total{{model="{UNPRICED_MODEL}"}}')
     assert [float(s["value"][1]) for s in unpriced] == [1.0]
+    firings = prometheus.query('tokentrace_alert_firings_total{alert="e2e-always"}')
+    assert firings and float(firings[0]["value"][1]) >= 1 and firings[0]["metric"]["level"] == "warning"
 
 
 def test_prometheus_config_passes_promtool(stack: Stack) -> None:
