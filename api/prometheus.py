@@ -21,6 +21,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
+from tokentrace.alerting.service import AlertService
 from tokentrace.api.context import CONTEXT
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
@@ -152,6 +153,16 @@ def render(snapshot: ExpositionSnapshot) -> bytes:
     return generate_latest(registry)
 
 
+def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
+    """Firings per (rule, level), with 0 for every rule that has not fired, so that Prometheus sees the
+    first firing as an increase rather than a series appearing at 1."""
+    if alerts is None:
+        return {}
+    counts = {(rule["name"], rule["level"]): 0 for rule in alerts.list_alerts()}
+    counts.update(alerts.firing_counts())
+    return counts
+
+
 async def handle_prometheus(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     store = ctx.store
@@ -161,7 +172,7 @@ async def handle_prometheus(request: web.Request) -> web.Response:
     snapshot = ExpositionSnapshot(
         series=await store.lifetime(SERIES),
         quality_by_model=await store.query(end - max(QUALITY_WINDOW_MS, bucket), end, "model", {}),
-        alert_firings=ctx.alerts.firing_counts() if ctx.alerts is not None else {},
+        alert_firings=_alert_firings(ctx.alerts),
         rejected=dict(ctx.rejected),
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
         extra=ctx.extra_counters,

@@ -94,6 +94,8 @@ async def test_rule_fires_from_ingested_spans(client: TestClient[Any, Any]) -> N
     rule["filter"] = {}
     rule["delivery"] = {"type": "stdout"}
     assert (await client.post("/alerts", json=rule)).status == 201
+    exposition = await (await client.get("/metrics/prometheus")).text()
+    assert 'tokentrace_alert_firings_total{alert="errors",level="warning"} 0.0' in exposition
     spans = [{"model": "gpt-4o", "prompt_tokens": 1, "status": "error"}] * 3
     assert (await client.post("/spans", json=spans)).status == 202
     client.app[CONTEXT].alerts.evaluate()  # type: ignore[union-attr]
