@@ -107,5 +107,16 @@ def check_config(path: Annotated[Path, typer.Argument(help="tokentrace.yml to ch
     typer.echo(msgspec.json.format(msgspec.json.encode(config)).decode())
 
 
+def _register_distributed() -> None:
+    """``tokentrace worker`` and ``tokentrace api`` (distributed mode; heavy imports happen inside them)."""
+    from tokentrace.processors.cli import api, worker
+
+    app.command("worker")(worker)
+    app.command("api")(api)
+
+
+_register_distributed()
+
+
 def main() -> None:
     app()
