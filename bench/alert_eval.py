@@ -16,6 +16,7 @@ import platform
 import random
 import statistics
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from datetime import UTC, datetime
@@ -257,6 +258,7 @@ def main() -> None:
             f"\n## Alert evaluation: {args.rules} rules per round (bench/alert_eval.py)\n\n"
             f"{datetime.now(UTC):%Y-%m-%d %H:%M} UTC, {cpu_model()}, Python {platform.python_version()}, "
             f"load average {os.getloadavg()[0]:.1f} at the end (machine shared with other jobs)\n\n"
+            f"`.venv/bin/python bench/alert_eval.py {' '.join(sys.argv[1:])}`\n\n"
         )
         path = Path(__file__).with_name("RESULTS.md")
         if not path.exists():
