@@ -57,8 +57,8 @@ async def test_retries_with_backoff_until_the_server_recovers() -> None:
     assert len(requests) == 3
     assert requests[0].body == requests[1].body == requests[2].body
     gaps = [b.at - a.at for a, b in itertools.pairwise(requests)]
-    assert 0.025 <= gaps[0] < 0.5, gaps  # 50 ms less up to half of it as jitter
-    assert 0.05 <= gaps[1] < 0.6, gaps  # then 100 ms, less jitter
+    assert 0.025 <= gaps[0] < 2.0, gaps  # 50 ms less up to half of it as jitter
+    assert 0.05 <= gaps[1] < 2.0, gaps  # then 100 ms, less jitter
     shown = alert(service)
     assert (shown["delivery_failures"], shown["delivery_failed_attempts"]) == (0, 2)
     assert "502" in shown["last_delivery_error"]
@@ -87,7 +87,7 @@ async def test_retry_after_from_the_server_is_respected() -> None:
         await service.drain()
         await service.aclose()
     first, second = receiver.requests
-    assert 0.95 <= second.at - first.at < 1.5  # not the 25-50 ms backoff
+    assert 0.95 <= second.at - first.at < 3.0  # not the 25-50 ms backoff
 
 
 async def test_client_error_is_not_retried() -> None:
@@ -184,7 +184,7 @@ async def test_slow_receiver_does_not_block_evaluation() -> None:
         reader.set("total_cost", 1.0)
         service.evaluate(clock.advance(15))
         elapsed = time.perf_counter() - started
-        assert elapsed < 0.2
+        assert elapsed < 0.5  # the receiver takes 1s per request
         assert alert(service)["firing"] is False
         await service.drain()
         await service.aclose()
