@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import random
 import sys
 import time
@@ -195,12 +196,12 @@ async def produce_raw(bootstrap: str, topic: str, values: Sequence[tuple[int, by
         await producer.stop()
 
 
-async def recount_topic(bootstrap: str, topic: str) -> tuple[list[Span], int]:
+async def recount_topic(bootstrap: str, topic: str, partitions: int = 4) -> tuple[list[Span], int]:
     """Every valid span on the topic and the number of poison messages (read from the beginning)."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
-        parts = [TopicPartition(topic, p) for p in sorted(consumer.partitions_for_topic(topic) or [])]
+        parts = [TopicPartition(topic, p) for p in range(partitions)]
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
@@ -219,7 +220,8 @@ async def recount_topic(bootstrap: str, topic: str) -> tuple[list[Span], int]:
                         remaining.discard(tp)
         return spans, poison
     finally:
-        await consumer.stop()
+        with contextlib.suppress(asyncio.CancelledError):  # aiokafka 0.14 without a group id
+            await consumer.stop()
 
 
 async def wait_counted(store: RedisStore, expected: int, within_s: float, workers: Workers | None = None) -> None:
@@ -232,7 +234,8 @@ async def wait_counted(store: RedisStore, expected: int, within_s: float, worker
         if counted >= expected:
             break
         await asyncio.sleep(0.25)
-    assert counted == expected, f"view counted {counted} spans, expected {expected}" + (
+    metas = {p: (m.offset, m.spans, m.messages) for p, m in sorted(store._meta.items())}
+    assert counted == expected, f"view counted {counted} spans, expected {expected}; metas {metas}" + (
         workers.logs() if workers and counted != expected else ""
     )
 
