@@ -126,3 +126,16 @@ def test_filters_combine_attribute_and_model() -> None:
     assert total(timeline.query(start, end, where={"model": "a", "workflow": "x"})).count == 1
     assert total(timeline.query(start, end, where={"model": "a"})).count == 2
     assert timeline.query(start, end, "workflow", {"model": "a"}).keys() == {"x", "y"}
+
+
+def test_retirement_invalidates_memoised_days() -> None:
+    """A day memoised before retirement must not keep counting the buckets retirement removed."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=6 * HOUR_MS, retention_ms=2 * DAY_MS))
+    horizon = timeline.oldest_allowed_ms(NOW)
+    timeline.add(Span(model="m", prompt_tokens=1), horizon - MINUTE_MS)  # retired by compact()
+    timeline.add(Span(model="m", prompt_tokens=1), horizon + MINUTE_MS)  # kept
+    everything = (0, timeline.window_end(NOW))
+    assert total(timeline.query(*everything)).count == 2  # memoises the day that holds both
+    timeline.compact(NOW)
+    assert total(timeline.query(*everything)).count == 1
+    assert total(timeline.lifetime()).count == 2

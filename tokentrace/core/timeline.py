@@ -94,6 +94,7 @@ class Timeline:
         for table in (self._fine, self._coarse):
             for start in [s for s in table if s < horizon]:
                 self._retired.merge(table.pop(start))
+                self._touch(start)  # the day memo holding this bucket is stale now
         for key in [k for k in self._versions if k[1] < horizon - DAY_MS]:
             del self._versions[key]
         for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
