@@ -37,11 +37,23 @@ PartitionsOption = Annotated[
     int | None,
     typer.Option(help="Partitions when creating the topic (kafka.partitions).", envvar="TOKENTRACE_KAFKA_PARTITIONS"),
 ]
+ReplicationOption = Annotated[
+    int | None,
+    typer.Option(
+        help="Replication factor of the topics created (kafka.replication_factor).",
+        envvar="TOKENTRACE_KAFKA_REPLICATION_FACTOR",
+    ),
+]
 VerboseOption = Annotated[bool, typer.Option("--verbose", "-v")]
 
 
 def _config(
-    path: Path | None, bootstrap: str | None, redis_url: str | None, topic: str | None, partitions: int | None
+    path: Path | None,
+    bootstrap: str | None,
+    redis_url: str | None,
+    topic: str | None,
+    partitions: int | None,
+    replication: int | None = None,
 ) -> Config:
     try:
         config = load_config(path)
@@ -56,6 +68,8 @@ def _config(
         config.kafka.topic = topic
     if partitions:
         config.kafka.partitions = partitions
+    if replication:
+        config.kafka.replication_factor = replication
     return config
 
 
@@ -95,6 +109,7 @@ def worker(
     redis_url: RedisOption = None,
     topic: TopicOption = None,
     partitions: PartitionsOption = None,
+    replication_factor: ReplicationOption = None,
     app_id: Annotated[
         str, typer.Option(help="Consumer group and table namespace (one per deployment).", envvar="TOKENTRACE_APP_ID")
     ] = "tokentrace",
@@ -114,7 +129,7 @@ def worker(
     from tokentrace.processors.worker import build_app
 
     _logging(verbose)
-    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions)
+    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
     settings = worker_settings(config, app_id, prefix)
     settings.session_timeout_s = session_timeout
     try:
@@ -136,6 +151,7 @@ def api(
     redis_url: RedisOption = None,
     topic: TopicOption = None,
     partitions: PartitionsOption = None,
+    replication_factor: ReplicationOption = None,
     addr: Annotated[str | None, typer.Option(help="Listen address, e.g. :9090 or 127.0.0.1:9090.")] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Redis key prefix of the view.", envvar="TOKENTRACE_REDIS_PREFIX")
@@ -147,7 +163,7 @@ def api(
     from tokentrace.processors.topics import KafkaUnreachable
 
     _logging(verbose)
-    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions)
+    config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
     if addr is not None:
         config.http_server.addr = addr
 
