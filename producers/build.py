@@ -24,7 +24,7 @@ __all__ = [
     "check_text",
     "check_tokens",
     "make_span",
-    "span_factory",
+    "new_span",
 ]
 
 _TEMPLATE = Span(trace_id="-", span_id="-", model="-", prompt_tokens=0)
@@ -93,19 +93,14 @@ def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Attribut
     return checked
 
 
-def span_factory(trace_id: str, name: str, caller: str) -> Callable[[], Span]:
-    """Makes copies of a span holding a trace's constant fields, to fill per call.
+def new_span() -> Span:
+    """A copy of the template span, to fill field by field (``__post_init__`` does not run).
 
     Fields left at the template's values: ``parent_span_id``/``error``/``cost_usd``/``latency_ms``/
-    ``ended_at`` ``None``, ``status`` ``"ok"``, ``provider`` ``""``; ``attributes`` must always be set
-    (the template's dict is shared).
+    ``ended_at`` ``None``, ``status`` ``"ok"``, ``provider``/``caller`` ``""``; ``attributes`` must always
+    be set (the template's dict is shared).
     """
-    span = _copy()
-    span.trace_id = check_text(trace_id, "trace_id")
-    span.name = check_text(name, "name")
-    span.caller = check_text(caller, "caller")
-    copy: Callable[[], Span] = span.__copy__  # type: ignore[attr-defined]
-    return copy
+    return _copy()
 
 
 def make_span(

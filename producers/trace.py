@@ -33,7 +33,7 @@ from .build import (
     check_text,
     check_tokens,
     make_span,
-    span_factory,
+    new_span,
 )
 from .clock import now_ms, stamp
 from .context import SCOPE, TRACE
@@ -74,7 +74,6 @@ class Trace:
         "_attributes",
         "_budget",
         "_caller",
-        "_copy_template",
         "_ended",
         "_lock",
         "_recorded_exc",
@@ -106,7 +105,6 @@ class Trace:
         self._ended = False
         self._token: Token[Trace | None] | None = None
         self._recorded_exc: BaseException | None = None
-        self._copy_template = span_factory(trace_id, name, caller)
 
     @property
     def budget(self) -> Budget | None:
@@ -202,13 +200,14 @@ class Trace:
                 )
         if self._budget is not None and cost_usd is not None:
             self._budget.charge(cost_usd)
-        span = self._copy_template()
+        span = new_span()
+        span.trace_id = self.id
         span.span_id = new_id()
         scope = SCOPE.get()
         if scope is not None and scope.trace is self:
             span.parent_span_id = scope.span_id
-        if name is not None:
-            span.name = name
+        span.name = self.name if name is None else name
+        span.caller = self._caller
         span.model = model
         span.provider = provider
         span.prompt_tokens = prompt_tokens

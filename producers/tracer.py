@@ -12,7 +12,7 @@ from tokentrace.core.pricing import PriceTable, Rates, default_table
 from tokentrace.core.span import AttributeValue, Span
 
 from .budget import Budget
-from .build import check_attributes
+from .build import check_attributes, check_text
 from .ids import new_id
 from .trace import Trace
 from .transports.base import Transport
@@ -57,7 +57,7 @@ class Tracer:
     ) -> None:
         config = config or TracerConfig()
         self.transport: Transport = transport or config.transport or StdoutTransport()
-        self.caller: str = config.caller if caller is None else caller
+        self.caller: str = check_text(config.caller if caller is None else caller, "caller")
         self.prices: PriceTable = prices or config.prices or default_table()
         self.attributes = check_attributes(config.attributes if attributes is None else attributes)
         self.max_buffered_spans = config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
@@ -76,6 +76,12 @@ class Tracer:
         trace_id: str | None = None,
     ) -> Trace:
         """Start a trace named after the workflow; ``budget`` caps what its calls may cost."""
+        if type(name) is not str:
+            name = check_text(name, "name")
+        if caller is not None and type(caller) is not str:
+            caller = check_text(caller, "caller")
+        if trace_id is not None and type(trace_id) is not str:
+            trace_id = check_text(trace_id, "trace_id")
         attrs = self.attributes
         if attributes:
             attrs = {**attrs, **check_attributes(attributes)}
