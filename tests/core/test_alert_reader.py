@@ -32,3 +32,21 @@ def test_empty_window_sums_are_zero_and_rates_are_none() -> None:
     assert reader.read("span_count", 60, {}, NOW).value == 0
     assert reader.read("error_rate", 60, {}, NOW).value is None
     assert reader.read("latency_p95", 60, {}, NOW).value is None
+
+
+def test_cached_answers_follow_new_spans() -> None:
+    timeline = Timeline()
+    reader = TimelineReader(timeline)
+    timeline.add(Span(model="a", prompt_tokens=1), NOW)
+    assert reader.read("span_count", 3600, {"model": "a"}, NOW).value == 1
+    timeline.add(Span(model="a", prompt_tokens=1), NOW)
+    assert reader.read("span_count", 3600, {"model": "a"}, NOW).value == 2
+    assert reader.read("span_count", 3600, {"model": "b"}, NOW).value == 0
+
+
+def test_attribute_filter_reads_attribute_groups() -> None:
+    timeline = Timeline()
+    timeline.add(Span(model="a", prompt_tokens=1, attributes={"tier": 1}), NOW)
+    timeline.add(Span(model="a", prompt_tokens=1, attributes={"tier": 2}), NOW)
+    reader = TimelineReader(timeline)
+    assert reader.read("span_count", 3600, {"model": "a", "tier": "1"}, NOW).value == 1

@@ -63,6 +63,8 @@ class Timeline:
         self._retired = BucketState()
         self._versions: dict[tuple[int, int], int] = {}
         self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
+        #: Bumped by every change; readers may cache query results while it stays the same.
+        self.generation = 0
 
     # ----------------------------------------------------------------- writes
     def add(self, span: Span, at_ms: int) -> None:
@@ -106,6 +108,7 @@ class Timeline:
         return horizon - horizon % HOUR_MS + HOUR_MS
 
     def _touch(self, at_ms: int) -> None:
+        self.generation += 1
         versions = self._versions
         for size in (DAY_MS, HOUR_MS):
             key = (size, at_ms - at_ms % size)
