@@ -226,7 +226,7 @@ class Trace:
         if error is not None:
             span.error = error
         span.attributes = attrs
-        with self._lock:
+        with self._lock:  # inlined _append
             if not self._ended:
                 self._spans.append(span)
                 if len(self._spans) < self._tracer.max_buffered_spans:
@@ -282,12 +282,6 @@ class Trace:
             self._ended = True
         if spans:
             self._tracer._send(spans)
-
-    def _merge(self, attributes: Mapping[str, AttributeValue] | None) -> dict[str, AttributeValue]:
-        if not attributes:
-            return dict(self._attributes) if self._attributes else {}
-        checked = check_attributes(attributes)
-        return {**self._attributes, **checked} if self._attributes else checked
 
     def _append(self, span: Span) -> None:
         with self._lock:

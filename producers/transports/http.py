@@ -69,7 +69,7 @@ class HTTPTransport(BaseTransport):
         token: str | None = None,
         batch_size: int = MAX_BATCH,
         flush_interval: float = 1.0,
-        max_queue: int = 100_000,
+        max_queue: int = 10_000,
         max_retries: int = 5,
         backoff: float = 0.2,
         max_backoff: float = 10.0,
