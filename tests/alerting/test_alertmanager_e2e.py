@@ -1,4 +1,5 @@
-"""End to end through a real Prometheus Alertmanager: tokentrace posts, Alertmanager routes to a webhook."""
+"""End to end through a real Prometheus Alertmanager: real spans make a rule fire, tokentrace posts,
+Alertmanager routes to a webhook; more spans resolve it and the resolution arrives too."""
 
 from __future__ import annotations
 
@@ -8,12 +9,14 @@ from typing import Any
 
 import pytest
 
-from tests.core.alerts.fakes import FakeReader
 from tests.infra.alertmanager import Alertmanager
 from tests.infra.procs import free_ports
 from tokentrace.alerting import AlertService, RetryPolicy
+from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts import AlertmanagerDelivery, AlertRule
+from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms, parse_rfc3339_ms
+from tokentrace.core.timeline import Timeline
 
 from .receiver import Receiver
 
@@ -57,20 +60,27 @@ async def test_firing_and_resolution_reach_alertmanager_and_its_receiver(
         4000,
         window="30m",
         min_spans=10,
-        filter={"model": "gpt-4o", "eval.score": "low"},
+        filter={"model": "gpt-4o", "user.tier": "gold"},
         level="critical",
         delivery=AlertmanagerDelivery(url=alertmanager.url),
     )
-    reader = FakeReader()
+    timeline = Timeline()
+
+    def spans(count: int, latency_ms: float) -> None:
+        for _ in range(count):
+            span = Span(model="gpt-4o", prompt_tokens=100, latency_ms=latency_ms, attributes={"user.tier": "gold"})
+            timeline.add(span, now_ms())
+
     service = AlertService(
-        reader,
+        TimelineReader(timeline),
         rules=[rule],
         external_url="http://tokentrace.test:9090",
         retry=RetryPolicy(base_s=0.1),
     )
     try:
         async with Receiver(port=receiver_port) as receiver:
-            reader.set("latency_p95", 5230.0, span_count=40)
+            spans(40, 5230.0)
+            spans(5, 120.0)
             before = now_ms()
             service.evaluate()
             await service.drain()
@@ -81,11 +91,12 @@ async def test_firing_and_resolution_reach_alertmanager_and_its_receiver(
                 "alertname": "gpt4o-latency",
                 "severity": "critical",
                 "model": "gpt-4o",
-                "eval_score": "low",
+                "user_tier": "gold",
             }
             assert held["status"]["state"] == "active"
             assert held["generatorURL"] == "http://tokentrace.test:9090/alerts"
-            assert held["annotations"]["value"] == "5230" and held["annotations"]["metric"] == "latency_p95"
+            assert abs(float(held["annotations"]["value"]) - 5230) <= 0.01 * 5230  # the sketch's p95
+            assert held["annotations"]["metric"] == "latency_p95"
             assert abs(parse_rfc3339_ms(held["startsAt"]) - before) < 5_000
             assert parse_rfc3339_ms(held["endsAt"]) > now_ms() + 60_000  # kept alive past the cooldown
 
@@ -95,7 +106,7 @@ async def test_firing_and_resolution_reach_alertmanager_and_its_receiver(
             assert [a["labels"]["alertname"] for a in firing["alerts"]] == ["gpt4o-latency"]
             assert firing["alerts"][0]["annotations"]["summary"].startswith("latency_p95 gt 4000 over 30m")
 
-            reader.set("latency_p95", 900.0, span_count=40)
+            spans(2000, 900.0)  # the slow 2 % fall below p95
             service.evaluate()
             await service.drain()
             requests = await receiver.wait_for(2, within_s=15)
