@@ -159,7 +159,7 @@ def test_slow_server_does_not_slow_the_caller(span_server: SpanServer) -> None:
     started = time.perf_counter()
     for i in range(20):
         transport.send(spans(10, i * 10))
-    assert time.perf_counter() - started < 0.2
+    assert time.perf_counter() - started < 1.0  # posting the 20 batches one by one takes >= 2 s
     transport.flush(20)
     assert transport.stats().sent == 200
     transport.close()
