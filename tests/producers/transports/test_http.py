@@ -10,7 +10,7 @@ import pytest
 from tests.producers.spanserver import SpanServer, dead_url
 from tokentrace.core.pricing import PriceTable
 from tokentrace.core.span import Span
-from tokentrace.producers import HTTPTransport, Reporter, Tracer
+from tokentrace.producers import HTTPTransport, Tracer
 
 
 def spans(n: int, start: int = 0) -> list[Span]:
@@ -183,14 +183,3 @@ def test_tracer_spans_arrive_intact(span_server: SpanServer, prices: PriceTable)
     assert span_server.spans[1] == recorded[0]
     child = span_server.spans[0]
     assert child.parent_span_id == step.span_id and child.caller == "svc" and child.latency_ms == 12.5
-
-
-def test_reporter(span_server: SpanServer) -> None:
-    with Reporter("myapp", span_server.url, token="t", flush_interval=0.05) as reporter:
-        reporter.report(Span(model="gpt-4o", prompt_tokens=3))
-        reporter.report(Span(model="gpt-4o", prompt_tokens=4, caller="other"))
-        reporter.report_many([Span(model="gpt-4o", prompt_tokens=5)])
-        reporter.flush(10)
-        assert reporter.stats().sent == 3
-    assert [s.caller for s in span_server.spans] == ["myapp", "other", "myapp"]
-    assert span_server.requests[0].headers["Authorization"] == "Bearer t"
