@@ -9,8 +9,8 @@ Only the price data bundled with genai-prices is used; nothing is fetched from t
 price up in the library is slow (~120 µs), so for each ``(model, provider)`` the table derives per-token
 rates once and prices later calls with a few multiplications. Models whose price is not linear in the
 token counts (tiered prices, time-of-day prices) are priced exactly by the library on every call. A model
-neither table knows costs ``None`` (never 0): the lookup is counted in ``PriceTable.unknown_models`` and
-logged once per model.
+that neither the overrides nor the library know costs ``None`` (never 0): the lookup is counted in
+``PriceTable.unknown_models`` and logged once per model.
 """
 
 from __future__ import annotations
@@ -240,9 +240,10 @@ def _tokens(value: int | float | None, field: str) -> int:
 class PriceTable:
     """Prices inference calls; thread-safe.
 
-    ``overrides`` maps a model name to its prices (a ``ModelPrices``, a config mapping with the keys
-    ``input``, ``output``, ``cache_read``, ``cache_write`` in USD per million tokens, or an object with those
-    attributes); an override wins over the library for every provider. ``use_library=False`` prices from the overrides alone.
+    ``overrides`` maps a model name (case-insensitive) to its prices: a ``ModelPrices``, a config mapping
+    with the keys ``input``, ``output``, ``cache_read``, ``cache_write`` in USD per million tokens, or an
+    object with those attributes. An override wins over the library for every provider.
+    ``use_library=False`` prices from the overrides alone.
     """
 
     def __init__(
