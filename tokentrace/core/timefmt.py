@@ -74,9 +74,7 @@ def parse_duration(text: str) -> float:
         total += float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
         pos = match.end()
     if not raw or pos != len(raw):
-        raise ValueError(
-            f"invalid duration {text!r}: use 1h, 6h, 24h, 7d, 30d or a Go duration such as 90m or 1h30m"
-        )
+        raise ValueError(f"invalid duration {text!r}: use 1h, 6h, 24h, 7d, 30d or a Go duration such as 90m or 1h30m")
     if total <= 0:
         raise ValueError(f"invalid duration {text!r}: must be greater than zero")
     return total
