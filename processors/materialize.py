@@ -17,8 +17,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 
-from tokentrace.api.stores.redis_view import WRITE_ENTRY, Keys, encode_span
-from tokentrace.core.span import Span, span_time_ms
+from tokentrace.api.stores.redis_view import INDEX_TRACES, WRITE_ENTRY, Keys, encode_span
+from tokentrace.core.span import Span
 
 __all__ = ["Materializer"]
 
@@ -49,6 +49,7 @@ class Materializer:
         self.trace_failures = 0
         self._redis: aioredis.Redis | None = None
         self._script: Any = None
+        self._index_traces: Any = None
         self._pending: dict[bytes, tuple[int, bytes]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -56,9 +57,14 @@ class Materializer:
 
     @property
     def redis(self) -> aioredis.Redis:
+        return self._connect()
+
+    def _connect(self) -> aioredis.Redis:
+        """The client (created on first use, inside the running loop) with its scripts registered."""
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
             self._script = self._redis.register_script(WRITE_ENTRY)
+            self._index_traces = self._redis.register_script(INDEX_TRACES)
         return self._redis
 
     async def close(self) -> None:
@@ -134,23 +140,27 @@ class Materializer:
         return True
 
     # ----------------------------------------------------------------- traces
-    async def write_traces(self, spans: list[Span]) -> None:
-        """Index spans for ``/traces`` (by span id, so a replay rewrites the same fields)."""
+    async def write_traces(self, spans: list[tuple[Span, int]]) -> None:
+        """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields)."""
         if not spans:
             return
+        by_trace: dict[str, list[tuple[Span, int]]] = {}
+        for item in spans:
+            by_trace.setdefault(item[0].trace_id, []).append(item)
+        self._connect()
         keys = self.keys
-        ttl = max(1, self.trace_retention_ms // 1000)
-        by_trace: dict[str, list[Span]] = {}
-        for span in spans:
-            by_trace.setdefault(span.trace_id, []).append(span)
+        head: list[Any] = [keys.trace_prefix, max(1, self.trace_retention_ms // 1000)]
         try:
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for trace_id, group in by_trace.items():
-                    key = keys.trace(trace_id)
-                    pipe.hset(key, mapping={s.span_id: encode_span(s) for s in group})
-                    pipe.expire(key, ttl)
-                    pipe.zadd(keys.traces, {trace_id: min(span_time_ms(s) for s in group)}, lt=True)
-                await pipe.execute()
+            args: list[Any] = list(head)
+            for trace_id, group in by_trace.items():
+                args += (trace_id, min(at for _, at in group), len(group))
+                for span, _ in group:
+                    args += (span.span_id, encode_span(span))
+                if len(args) >= 4000:
+                    await self._index_traces(keys=[keys.traces], args=args)
+                    args = list(head)
+            if len(args) > len(head):
+                await self._index_traces(keys=[keys.traces], args=args)
         except Exception as exc:
             self.trace_failures += len(spans)
             log.warning("redis view: could not index %d spans for /traces: %r", len(spans), exc)

@@ -11,6 +11,11 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
   changelog write that got ahead of the committed source offset — changes nothing, and since each entry
   is always an exact prefix of its partition's events, whichever version of an entry survives, replay
   from the committed source offset makes it exact again.
+* ``expire`` retires buckets past retention: it folds them into the partition's ``b"p:retired"`` entry
+  (``RetiredEntry``: the merged state and the ``horizon`` below which every bucket has been folded) and
+  deletes them. Written in that order; a bucket below the horizon that survived a crash is ignored by
+  every reader and deleted (not folded again) by the next pass, and spans for a retired bucket are
+  rejected as too old, so retiring never loses or doubles a count.
 * Every decision is a function of the message alone (its bytes, offset and timestamp), never of the
   wall clock, so a replay decides exactly as the first run did. Spans without timestamps count at the
   message's timestamp; spans older than aggregate retention or too far in the future of the message's
@@ -32,19 +37,27 @@ from tokentrace.core.timeline import Timeline, TimelineSettings
 
 __all__ = [
     "META",
+    "RETIRED",
+    "TOMBSTONE_VERSION",
     "Applied",
     "Applier",
     "BucketEntry",
     "Entry",
     "PartitionMeta",
+    "RetiredEntry",
     "bucket_key",
     "decode_entry",
     "encode_entry",
+    "expire",
     "meta_key",
     "parse_key",
+    "retired_key",
 ]
 
 META = "meta"
+RETIRED = "retired"
+#: Version under which a retired bucket's deletion is materialized: nothing can overwrite it.
+TOMBSTONE_VERSION = 2**62
 
 
 class BucketEntry(msgspec.Struct, array_like=True, tag="b"):
@@ -66,7 +79,19 @@ class PartitionMeta(msgspec.Struct, array_like=True, tag="m"):
     invalid: int = 0
 
 
-Entry = BucketEntry | PartitionMeta
+class RetiredEntry(msgspec.Struct, array_like=True, tag="r"):
+    """Everything a partition counted in buckets that started before ``horizon`` (retired buckets)."""
+
+    horizon: int
+    state: BucketState
+
+    @property
+    def offset(self) -> int:
+        """The entry's version for the Redis compare-and-set: the horizon only moves forward."""
+        return self.horizon
+
+
+Entry = BucketEntry | PartitionMeta | RetiredEntry
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Entry)
 
@@ -88,11 +113,38 @@ def meta_key(partition: int) -> bytes:
     return f"{partition}:{META}".encode()
 
 
+def retired_key(partition: int) -> bytes:
+    return f"{partition}:{RETIRED}".encode()
+
+
 def parse_key(key: bytes | str) -> tuple[int, int | None]:
-    """``(partition, bucket start)``; the start is None for the partition's meta entry."""
+    """``(partition, bucket start)``; the start is None for the partition's meta and retired entries."""
     text = key.decode() if isinstance(key, bytes) else key
     partition, _, rest = text.partition(":")
-    return int(partition), None if rest == META else int(rest)
+    return int(partition), None if rest in (META, RETIRED) else int(rest)
+
+
+def expire(entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int) -> list[bytes]:
+    """Retire ``partition``'s buckets that start before ``horizon_ms``; the keys to write, retired first
+    (a key no longer in ``entries`` is a deletion)."""
+    rkey = retired_key(partition)
+    retired = entries.get(rkey)
+    if not isinstance(retired, RetiredEntry):
+        retired = RetiredEntry(0, BucketState())
+    if horizon_ms <= retired.horizon:
+        return []
+    deleted: list[bytes] = []
+    for key, entry in list(entries.items()):
+        owner, start = parse_key(key)
+        if owner != partition or start is None or start >= horizon_ms or not isinstance(entry, BucketEntry):
+            continue
+        if start >= retired.horizon:  # below the old horizon it was folded already (crash before deletion)
+            retired.state.merge(entry.state)
+        del entries[key]
+        deleted.append(key)
+    retired.horizon = horizon_ms
+    entries[rkey] = retired
+    return [rkey, *deleted]
 
 
 @dataclass
@@ -100,7 +152,8 @@ class Applied:
     """What one message did: the keys it changed, the spans it accepted (for the trace index)."""
 
     dirty: list[bytes] = field(default_factory=list)
-    spans: list[Span] = field(default_factory=list)
+    #: Accepted spans with the time they count at.
+    spans: list[tuple[Span, int]] = field(default_factory=list)
     poison: str | None = None
 
 
@@ -149,14 +202,20 @@ class Applier:
         by_bucket: dict[int, list[Span]] = {}
         bucket_ms = self.settings.bucket_ms
         oldest = self.oldest_allowed_ms(timestamp_ms)
+        retired = entries.get(retired_key(partition))
+        horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
         for span in spans:
             reason = self._prepare(span, timestamp_ms, oldest)
             if reason is not None:
                 rejected[reason] += 1
                 continue
             at = span_time_ms(span)
-            by_bucket.setdefault(at - at % bucket_ms, []).append(span)
-            out.spans.append(span)
+            start = at - at % bucket_ms
+            if start < horizon:  # its bucket is retired already
+                rejected["too_old"] += 1
+                continue
+            by_bucket.setdefault(start, []).append(span)
+            out.spans.append((span, at))
 
         caps = self.settings.caps
         for start, group in by_bucket.items():

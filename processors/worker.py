@@ -20,8 +20,11 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
 * Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
   partition's meta entry; they never stop the partition.
 
-Not yet: expiry of buckets past retention (tombstones on a timer) and the leader-timer hook for alert
-evaluation (see ``on_leader_tick``).
+* Buckets past retention are retired on a timer (``processors.state.expire``): folded into the
+  partition's retired entry (lifetime totals for Prometheus), then deleted with changelog tombstones.
+
+Not yet: alert evaluation on the leader timer (the hook is ``on_leader_tick``, one per cluster); minute
+buckets are not compacted into hours (memory is O(retention / bucket) entries per partition).
 """
 
 from __future__ import annotations
@@ -43,13 +46,22 @@ from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
 from tokentrace.processors.materialize import Materializer, Pending
-from tokentrace.processors.state import Applier, decode_entry, encode_entry, parse_key
+from tokentrace.processors.state import (
+    RETIRED,
+    TOMBSTONE_VERSION,
+    Applier,
+    decode_entry,
+    encode_entry,
+    expire,
+    parse_key,
+)
 
 __all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
 
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "buckets"
+_RETIRED_SUFFIX = f":{RETIRED}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
 EXIT_CHANGELOG_FAILED = 70
@@ -91,10 +103,11 @@ class WorkerSettings:
     timeline: TimelineSettings = field(default_factory=TimelineSettings)
     max_future_ms: int = 5 * 60_000
     trace_retention_ms: int = 7 * 86_400_000
-    flush_interval_s: float = 0.1
-    flush_events: int = 1000
+    flush_interval_s: float = 0.5
+    flush_events: int = 5000
     changelog_timeout_s: float = 60.0
     commit_interval_s: float = 1.0
+    retire_interval_s: float = 60.0
     #: How long the group waits for a crashed worker before rebalancing its partitions (Faust's default: 60 s).
     session_timeout_s: float = 10.0
     datadir: str | None = None
@@ -112,6 +125,7 @@ class _Flusher:
         self.last = time.monotonic()
         self.lock = asyncio.Lock()
         self.stream: Any = None
+        self.completing: asyncio.Future[None] | None = None
 
     def due(self) -> bool:
         if not self.events and not self.dirty:
@@ -121,7 +135,17 @@ class _Flusher:
         )
 
     async def flush(self) -> None:
+        """Send the changed entries' changelog records now; ack their events once the broker acked them.
+
+        The acks are awaited in the background (the agent keeps processing meanwhile); the next flush
+        waits for the previous one to complete first, so events are acked in order.
+        """
         async with self.lock:
+            if self.completing is not None:
+                began = time.monotonic()
+                await self.completing
+                self.completing = None
+                self.worker.wait_s += time.monotonic() - began
             self.last = time.monotonic()
             if not self.events and not self.dirty:
                 return
@@ -132,28 +156,44 @@ class _Flusher:
             entries = worker.entries
             futures = []
             written: list[Pending] = []
-            for key in dirty:
+            send = worker.table.send_changelog
+            # A partition's retired entry goes before the deletions of the buckets it absorbed.
+            for key in sorted(dirty, key=lambda k: not k.endswith(_RETIRED_SUFFIX)):
+                partition, _ = parse_key(key)
                 entry = entries.get(key)
-                if entry is None:
+                if entry is None:  # a retired bucket: tombstone in the changelog and in the view
+                    futures.append(send(partition, key, None, key_serializer="raw", value_serializer="raw"))
+                    written.append((key, TOMBSTONE_VERSION, b""))
                     continue
                 data = encode_entry(entry)
-                partition, _ = parse_key(key)
-                futures.append(
-                    worker.table.send_changelog(partition, key, data, key_serializer="raw", value_serializer="raw")
-                )
+                futures.append(send(partition, key, data, key_serializer="raw", value_serializer="raw"))
                 written.append((key, entry.offset, data))
-            await worker.materializer.write_traces(spans)
-            try:
-                await asyncio.wait_for(asyncio.gather(*futures), worker.settings.changelog_timeout_s)
-            except BaseException as exc:
-                log.critical("changelog write failed (%r): exiting without acking %d events", exc, len(events))
-                logging.shutdown()
-                os._exit(EXIT_CHANGELOG_FAILED)
-            stream = self.stream
-            for event in events:
-                await stream.ack(event)
-            worker.materializer.submit(written)
-            worker.flushes += 1
+            self.completing = asyncio.ensure_future(self._complete(events, spans, futures, written))
+
+    async def drain(self) -> None:
+        """Flush and wait until every event taken so far is acked."""
+        await self.flush()
+        async with self.lock:
+            if self.completing is not None:
+                await self.completing
+                self.completing = None
+
+    async def _complete(self, events: list[Any], spans: list[Any], futures: list[Any], written: list[Pending]) -> None:
+        worker = self.worker
+        began = time.monotonic()
+        await worker.materializer.write_traces(spans)
+        worker.traces_s += time.monotonic() - began
+        try:
+            await asyncio.wait_for(asyncio.gather(*futures), worker.settings.changelog_timeout_s)
+        except BaseException as exc:
+            log.critical("changelog write failed (%r): exiting without acking %d events", exc, len(events))
+            logging.shutdown()
+            os._exit(EXIT_CHANGELOG_FAILED)
+        stream = self.stream
+        for event in events:
+            await stream.ack(event)
+        worker.materializer.submit(written)
+        worker.flushes += 1
 
 
 class _Worker:
@@ -182,6 +222,11 @@ class _Worker:
         self.spans = 0
         self.poison = 0
         self.flushes = 0
+        self.apply_s = 0.0  # time spent applying messages
+        self.wait_s = 0.0  # time the agent waited for the previous flush to complete
+        self.traces_s = 0.0  # time flushes spent indexing traces in Redis
+        self._reported = (time.monotonic(), 0, 0.0, 0.0)
+        self._ticker: asyncio.Future[None] | None = None
 
     @property
     def entries(self) -> Any:
@@ -202,11 +247,17 @@ class _Worker:
         noack = stream.noack()
         flusher = self.flusher
         flusher.stream = noack
+        if self._ticker is None:
+            # Not a Faust timer: Faust stops its timers before waiting, on shutdown, for every event taken
+            # to be acked, and only flushes ack events. This task lives as long as the event loop.
+            self._ticker = asyncio.ensure_future(self._tick_forever())
         entries = self.entries
         apply = self.applier.apply
         async for event in noack.events():
             message = event.message
+            began = time.monotonic()
             applied = apply(entries, message.partition, message.offset, round(message.timestamp * 1000), event.value)
+            self.apply_s += time.monotonic() - began
             if applied.poison is not None:
                 self.poison += 1
                 log.warning(
@@ -224,9 +275,21 @@ class _Worker:
             if flusher.due():
                 await flusher.flush()
 
+    async def _tick_forever(self) -> None:
+        interval = self.settings.flush_interval_s / 2
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                await self.tick()
+            except Exception:  # a failed changelog write exits the process; anything else: log, go on
+                log.exception("flush failed")
+
     async def tick(self) -> None:
-        if self.flusher.due():
-            await self.flusher.flush()
+        flusher = self.flusher
+        if flusher.due():
+            await flusher.flush()
+        elif flusher.completing is not None and flusher.completing.done() and not flusher.lock.locked():
+            await flusher.drain()  # idle: collect the last completion (and its errors)
 
     async def on_recovered(self) -> None:
         """After a rebalance's table recovery: forget partitions we lost, re-materialize what we own."""
@@ -238,11 +301,35 @@ class _Worker:
         self.materializer.submit(self.snapshot_owned())
 
     async def housekeeping(self) -> None:
+        now = time.monotonic()
+        then, spans, apply_s, wait_s = self._reported
+        if now - then >= 10 and self.spans > spans:
+            elapsed = now - then
+            log.info(
+                "%d spans/s over %.0fs (applying %.0f%%, waiting for the last flush %.0f%%; traces %.1fs), %d events, %d flushes",
+                (self.spans - spans) / elapsed,
+                elapsed,
+                100 * (self.apply_s - apply_s) / elapsed,
+                100 * (self.wait_s - wait_s) / elapsed,
+                self.traces_s,
+                self.events,
+                self.flushes,
+            )
+            self._reported = (now, self.spans, self.apply_s, self.wait_s)
+        elif now - then >= 10:
+            self._reported = (now, self.spans, self.apply_s, self.wait_s)
         try:
             await self.materializer.check_epoch()
             await self.materializer.expire_traces(now_ms() - self.settings.trace_retention_ms)
         except Exception as exc:
             log.warning("redis view: housekeeping failed: %r", exc)
+
+    async def retire(self) -> None:
+        """Retire buckets past retention (folded into each partition's retired entry, then deleted)."""
+        horizon = self.applier.oldest_allowed_ms(now_ms())
+        entries = self.entries
+        for partition in sorted(self.owned_partitions()):
+            self.flusher.dirty.update(expire(entries, partition, horizon))
 
     async def on_leader_tick(self) -> None:
         """Hook for cluster-wide work (alert evaluation) on the leader timer. Not yet used."""
@@ -275,8 +362,8 @@ def build_app(settings: WorkerSettings, pricer: Pricer | None = None) -> faust.A
     worker = _Worker(settings, pricer)
     app = worker.app
     app.agent(worker.topic, name="tokentrace-aggregate", concurrency=1)(worker.process)
-    app.timer(settings.flush_interval_s / 2, name="tokentrace-flush")(worker.tick)
     app.timer(1.0, name="tokentrace-housekeeping")(worker.housekeeping)
+    app.timer(settings.retire_interval_s, name="tokentrace-retire")(worker.retire)
     app.timer(15.0, on_leader=True, name="tokentrace-leader")(worker.on_leader_tick)
     worker.table.on_recover(worker.on_recovered)
 

@@ -29,7 +29,7 @@ from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
-from tokentrace.processors.state import BucketEntry, PartitionMeta, decode_entry
+from tokentrace.processors.state import META, RETIRED, BucketEntry, PartitionMeta, RetiredEntry, decode_entry
 from tokentrace.producers.transports.kafka import split_messages
 
 __all__ = ["POISON_COUNTER", "RedisStore"]
@@ -43,6 +43,10 @@ _FETCH_CHUNK = 500
 
 class _View(Timeline):
     """A Timeline whose buckets are replaced whole (a bucket is the merge of its partitions' versions)."""
+
+    def replace_retired(self, state: BucketState) -> None:
+        """Set what retired buckets counted (part of ``lifetime``)."""
+        self._retired = state
 
     def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
         if state is None:
@@ -95,6 +99,7 @@ class RedisStore:
         self._view = _View(self.settings)
         self._parts: dict[int, dict[int, BucketState]] = {}
         self._meta: dict[int, PartitionMeta] = {}
+        self._retired: dict[int, RetiredEntry] = {}
         self._epoch: bytes | None = None
         self._seq = 0.0
         self._sync_lock = asyncio.Lock()
@@ -168,11 +173,13 @@ class RedisStore:
             self._view = _View(self.settings)
             self._parts.clear()
             self._meta.clear()
+            self._retired.clear()
             self._seq = 0.0
             changes = await self.redis.zrangebyscore(keys.changes, "-inf", "+inf", withscores=True)
         if not changes:
             return
         touched: set[int] = set()
+        horizons = {p: r.horizon for p, r in self._retired.items()}
         for i in range(0, len(changes), _FETCH_CHUNK):
             chunk = changes[i : i + _FETCH_CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -182,6 +189,16 @@ class RedisStore:
             for (member, _), data in zip(chunk, values, strict=True):
                 self._apply(member.decode(), data, touched)
         self._seq = max(self._seq, max(score for _, score in changes))
+        if horizons != {p: r.horizon for p, r in self._retired.items()}:
+            # Buckets below a partition's horizon are counted in its retired entry: drop them from the view.
+            for start, by_partition in self._parts.items():
+                for partition in [p for p in by_partition if start < self._horizon(p)]:
+                    del by_partition[partition]
+                    touched.add(start)
+            retired = BucketState()
+            for entry in self._retired.values():
+                retired.merge(entry.state)
+            self._view.replace_retired(retired)
         for start in touched:
             states = self._parts.get(start)
             if not states:
@@ -198,18 +215,26 @@ class RedisStore:
         partition_text, _, rest = member.partition(":")
         partition = int(partition_text)
         entry = decode_entry(data) if data else None
-        if rest == "meta":
+        if rest == META:
             if isinstance(entry, PartitionMeta):
                 self._meta[partition] = entry
             else:
                 self._meta.pop(partition, None)
             return
+        if rest == RETIRED:
+            if isinstance(entry, RetiredEntry):
+                self._retired[partition] = entry
+            return
         start = int(rest)
         touched.add(start)
-        if isinstance(entry, BucketEntry):
+        if isinstance(entry, BucketEntry) and start >= self._horizon(partition):
             self._parts.setdefault(start, {})[partition] = entry.state
         else:
             self._parts.get(start, {}).pop(partition, None)
+
+    def _horizon(self, partition: int) -> int:
+        retired = self._retired.get(partition)
+        return retired.horizon if retired is not None else 0
 
     def _refresh_counters(self) -> None:
         metas = self._meta.values()

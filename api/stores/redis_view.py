@@ -24,6 +24,7 @@ from tokentrace.core.span import Span
 
 __all__ = [
     "DEFAULT_PREFIX",
+    "INDEX_TRACES",
     "WRITE_ENTRY",
     "Keys",
     "decode_span",
@@ -44,6 +45,21 @@ else
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], seq, ARGV[3])
+return 1
+"""
+
+#: KEYS: the trace listing. ARGV: trace hash prefix, TTL seconds, then per trace: id, start ms, span
+#: count n, and n (span id, span) pairs. One call indexes many traces (one round trip, no per-command cost).
+INDEX_TRACES = """
+local prefix, ttl, i = ARGV[1], tonumber(ARGV[2]), 3
+while i <= #ARGV do
+  local trace_id, start, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
+  local key = prefix .. trace_id
+  redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * n))
+  redis.call('EXPIRE', key, ttl)
+  redis.call('ZADD', KEYS[1], 'LT', start, trace_id)
+  i = i + 3 + 2 * n
+end
 return 1
 """
 
@@ -68,10 +84,11 @@ class Keys:
         self.changes = f"{prefix}changes"
         self.epoch = f"{prefix}epoch"
         self.traces = f"{prefix}traces"
+        self.trace_prefix = f"{prefix}t:"
 
     def entry(self, member: str) -> str:
         """The entry of ``member`` (``"<partition>:<start>"`` or ``"<partition>:meta"``)."""
         return f"{self.prefix}e:{member}"
 
     def trace(self, trace_id: str) -> str:
-        return f"{self.prefix}t:{trace_id}"
+        return f"{self.trace_prefix}{trace_id}"

@@ -10,17 +10,20 @@ from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms
-from tokentrace.core.timeline import MINUTE_MS, TimelineSettings
+from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
 from tokentrace.processors.state import (
     Applier,
     BucketEntry,
     Entry,
     PartitionMeta,
+    RetiredEntry,
     bucket_key,
     decode_entry,
     encode_entry,
+    expire,
     meta_key,
     parse_key,
+    retired_key,
 )
 
 NOW = 1_780_000_000_000 - 1_780_000_000_000 % MINUTE_MS
@@ -128,8 +131,51 @@ def test_decisions_depend_on_the_message_not_the_clock() -> None:
     future = _span(1, NOW + 10 * MINUTE_MS)
     old = _span(1, NOW - 40 * 86_400_000)
     applied = applier.apply(entries, 0, 0, NOW + 5, encode_wire([unstamped, future, old]))
-    assert [s.started_at for s in applied.spans] == [format_ms(NOW + 5)]
+    assert [s.started_at for s, _ in applied.spans] == [format_ms(NOW + 5)]
     meta = entries[meta_key(0)]
     assert isinstance(meta, PartitionMeta)
     assert (meta.spans, meta.future, meta.too_old) == (1, 1, 1)
     assert bucket_key(0, NOW) in entries
+
+
+def _short_retention() -> Applier:
+    return Applier(TimelineSettings(fine_retention_ms=HOUR_MS, retention_ms=2 * HOUR_MS), None, 5 * MINUTE_MS)
+
+
+def test_expire_folds_old_buckets_into_retired_then_deletes_them() -> None:
+    applier = _short_retention()
+    entries: dict[bytes, Entry] = {}
+    old, recent = NOW - 3 * HOUR_MS, NOW - 10 * MINUTE_MS
+    applier.apply(entries, 1, 0, old, encode_wire([_span(1, old), _span(2, old + MINUTE_MS)]))
+    applier.apply(entries, 1, 1, NOW, encode_wire([_span(4, recent)]))
+    horizon = applier.oldest_allowed_ms(NOW)
+    assert old + MINUTE_MS < horizon <= recent
+    dirty = expire(entries, 1, horizon)
+    assert dirty == [retired_key(1), bucket_key(1, old), bucket_key(1, old + MINUTE_MS)]
+    retired = entries[retired_key(1)]
+    assert isinstance(retired, RetiredEntry) and retired.horizon == horizon
+    assert sum(a.count for a in retired.state.series.values()) == 2
+    assert bucket_key(1, old) not in entries and bucket_key(1, recent) in entries
+    assert expire(entries, 1, horizon) == []  # nothing new to retire
+
+    # A late span for a retired bucket is rejected as too old, whatever the message's timestamp says.
+    applier.apply(entries, 1, 2, old, encode_wire([_span(8, old)]))
+    meta = entries[meta_key(1)]
+    assert isinstance(meta, PartitionMeta) and meta.too_old == 1
+    assert _count(entries) == (1, 4)
+
+
+def test_a_bucket_that_survived_its_retirement_is_not_folded_twice() -> None:
+    """Crash after the retired entry reached the changelog, before the bucket's tombstone did."""
+    applier = _short_retention()
+    entries: dict[bytes, Entry] = {}
+    old = NOW - 3 * HOUR_MS
+    applier.apply(entries, 0, 0, old, encode_wire([_span(1, old)]))
+    survivor = entries[bucket_key(0, old)]
+    horizon = applier.oldest_allowed_ms(NOW)
+    expire(entries, 0, horizon)
+    entries[bucket_key(0, old)] = survivor  # recovered from the changelog without its tombstone
+    assert expire(entries, 0, horizon + HOUR_MS) == [retired_key(0), bucket_key(0, old)]
+    retired = entries[retired_key(0)]
+    assert isinstance(retired, RetiredEntry)
+    assert sum(a.count for a in retired.state.series.values()) == 1

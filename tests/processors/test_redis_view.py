@@ -1,0 +1,86 @@
+"""The Redis view on its own: compare-and-set writes, partition merging, retirement and tombstones."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.infra.redis import RedisServer
+from tests.processors.test_state import _span
+from tokentrace.api.stores.redis_store import RedisStore
+from tokentrace.core.buckets import BucketState
+from tokentrace.core.codec import encode_wire
+from tokentrace.core.timefmt import now_ms
+from tokentrace.core.timeline import MINUTE_MS, TimelineSettings, total
+from tokentrace.processors.materialize import Materializer, Pending
+from tokentrace.processors.state import (
+    TOMBSTONE_VERSION,
+    Applier,
+    BucketEntry,
+    Entry,
+    bucket_key,
+    encode_entry,
+    expire,
+)
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+
+async def _written(materializer: Materializer, items: list[Pending]) -> None:
+    materializer.submit(items)
+    for _ in range(200):
+        if materializer.idle:
+            return
+        await asyncio.sleep(0.01)
+    raise AssertionError("materializer did not drain")
+
+
+def _pending(entries: dict[bytes, Entry], keys: list[bytes]) -> list[Pending]:
+    out: list[Pending] = []
+    for key in keys:
+        entry = entries.get(key)
+        out.append((key, TOMBSTONE_VERSION, b"") if entry is None else (key, entry.offset, encode_entry(entry)))
+    return out
+
+
+async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_lifetime(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    now = now_ms()
+    b = now - now % MINUTE_MS - MINUTE_MS
+    a = b - MINUTE_MS
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    for partition in (0, 1):
+        for offset in range(3):
+            applier.apply(entries, partition, offset, now, encode_wire([_span(1, a), _span(2, b), _span(3, b)]))
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+        assert total(await store.query(a, b + MINUTE_MS, None, {})).count == 18
+        assert total(await store.query(a, b, None, {})).count == 6
+
+        # An older version of an entry (a replay's intermediate state) never replaces a newer one.
+        await _written(materializer, [(bucket_key(0, b), 1, encode_entry(BucketEntry(1, BucketState())))])
+        assert total(await store.query(a, b + MINUTE_MS, None, {})).count == 18
+
+        # Retire partition 0's bucket a: the window loses it, the lifetime keeps it.
+        await _written(materializer, _pending(entries, expire(entries, 0, b)))
+        assert total(await store.query(a, b, None, {})).count == 3
+        assert total(await store.query(a, b + MINUTE_MS, None, {})).count == 15
+        assert total(await store.lifetime(None)).count == 18
+
+        # A flushed Redis comes back whole once a worker re-materializes (its epoch check).
+        with redis_server.client() as client:
+            client.flushall()
+        assert total(await store.lifetime(None)).count == 0
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+        assert total(await store.lifetime(None)).count == 18
+        assert total(await store.query(a, b, None, {})).count == 3
+    finally:
+        writer.cancel()
+        await materializer.close()
