@@ -9,6 +9,8 @@ from decimal import Decimal
 
 import pytest
 from genai_prices import Usage, calc_price
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from tokentrace.core import pricing
 from tokentrace.core.pricing import ModelPrices, PriceTable, cost
@@ -121,14 +123,14 @@ def test_rates_are_derived_once(monkeypatch: pytest.MonkeyPatch) -> None:
     assert calls == derived <= 6
 
 
-def test_tiered_models_are_priced_exactly() -> None:
+def test_tiered_models_are_priced_by_tier() -> None:
     table = PriceTable()
     model = "gemini-2.5-pro"  # tiered: a higher rate for prompts over 200k tokens
     small, large = table.cost(model, 100_000, 1000), table.cost(model, 300_000, 1000)
     assert small == pytest.approx(library(model, 100_000, 1000))
     assert large == pytest.approx(library(model, 300_000, 1000))
     assert large is not None and small is not None and large / 3 > small  # not linear
-    assert isinstance(table._cache[(model, None)], pricing._Exact)
+    assert isinstance(table._cache[(model, None)], pricing._Tiered)  # linear rates per tier, no library call
 
 
 def test_linear_rates_agree_with_the_library_for_many_models() -> None:
@@ -181,3 +183,25 @@ def test_results_are_rounded_floats() -> None:
     got = PriceTable().cost("gpt-4o", 512, 128)
     assert isinstance(got, float) and repr(got) == "0.00256"
     assert Decimal(repr(got)) == Decimal("0.00256")
+
+
+TIERED_MODELS = ("gemini-1.5-flash", "gemini-1.5-pro", "gemini-2.5-pro", "claude-sonnet-4-5")
+
+
+@given(
+    st.sampled_from(TIERED_MODELS),
+    st.one_of(st.integers(0, 400_000), st.integers(127_990, 128_010), st.integers(199_990, 200_010)),
+    st.integers(0, 20_000),
+    st.data(),
+)
+@settings(max_examples=300)
+def test_tiered_models_match_the_library_on_both_sides_of_a_tier(
+    model: str, prompt: int, comp: int, data: st.DataObject
+) -> None:
+    from tokentrace.core.pricing import _calc
+
+    cache_read = data.draw(st.integers(0, prompt))
+    table = PriceTable()
+    got = table.cost(model, prompt, comp, cache_read_tokens=cache_read)
+    want = float(_calc(model, None, prompt, comp, cache_read, 0).total_price)
+    assert got == pytest.approx(want, rel=1e-9, abs=1e-10)

@@ -19,9 +19,11 @@ import logging
 import math
 import threading
 import time
+from bisect import bisect_left
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
 if TYPE_CHECKING:
@@ -113,6 +115,22 @@ class Rates:
 
 
 @dataclass(frozen=True, slots=True)
+class _Tiered:
+    """Prices tiered by the call's input tokens: linear rates per tier region.
+
+    Region ``i`` holds calls whose input tokens lie in ``(starts[i-1], starts[i]]`` (region 0 from 0), as
+    genai-prices applies a tier when the input exceeds its start.
+    """
+
+    starts: tuple[int, ...]
+    regions: tuple[Rates, ...]
+    expires: float = math.inf
+
+    def price(self, prompt: int, comp: int, cache_read: int, cache_write: int) -> float:
+        return self.regions[bisect_left(self.starts, prompt)].price(prompt, comp, cache_read, cache_write)
+
+
+@dataclass(frozen=True, slots=True)
 class _Exact:
     """The library prices every call (tiered or time-of-day prices)."""
 
@@ -127,7 +145,7 @@ class _Unknown:
     expires: float = math.inf
 
 
-_Entry = Rates | _Exact | _Unknown
+_Entry = Rates | _Tiered | _Exact | _Unknown
 
 _snapshot_lock = threading.Lock()
 _snapshot: DataSnapshot | None = None
@@ -195,7 +213,7 @@ def _derive(model: str, provider: str | None) -> _Entry:
         return _Unknown(str(exc))
     expires = _next_price_change(first, time.time())
     if _is_nonlinear(first):
-        return _Exact(expires)
+        return _derive_tiered(model, provider, first, expires)
     try:
         per_call = float(first.total_price)
         rates = Rates(
@@ -215,6 +233,48 @@ def _derive(model: str, provider: str | None) -> _Entry:
     if not math.isclose(rates.price(*probe), exact, rel_tol=1e-9, abs_tol=1e-12):
         return _Exact(expires)
     return rates
+
+
+def _derive_tiered(model: str, provider: str | None, first: Any, expires: float) -> _Tiered | _Exact:
+    """Linear rates per input-token tier, checked against the library inside every region; else exact."""
+    from genai_prices.types import TieredPrices
+
+    prices = list(vars(first.model_price).values())
+    if not all(isinstance(v, TieredPrices | Decimal) or v is None for v in prices):
+        return _Exact(expires)
+    starts = sorted({int(t.start) for v in prices if isinstance(v, TieredPrices) for t in v.tiers})
+    if not starts or (isinstance(first.model.prices, list) and len(first.model.prices) > 1):
+        return _Exact(expires)  # several dated or time-of-day prices: let the library choose every time
+
+    def total(inp: int, out: int = 0, read: int = 0, write: int = 0) -> float:
+        return float(_calc(model, provider, inp, out, read, write).total_price)
+
+    regions: list[Rates] = []
+    million = _PER_MILLION
+    try:
+        for index, low in enumerate([0, *starts]):
+            high = starts[index] if index < len(starts) else low + 10 * million
+            n0, n1 = low + 1, high
+            base = total(n0)
+            input_rate = (total(n1) - base) / (n1 - n0)
+            per_call = base - n0 * input_rate
+            rates = Rates(
+                per_call,
+                input_rate,
+                (total(n0, million) - base) / million,
+                (total(n0, 0, n0) - per_call) / n0,
+                (total(n0, 0, 0, n0) - per_call) / n0,
+                expires,
+            )
+            mid = (n0 + n1) // 2
+            probe = (mid, 7_654, mid // 3, mid // 7)
+            if not math.isclose(rates.price(*probe), total(*probe), rel_tol=1e-9, abs_tol=1e-12):
+                return _Exact(expires)
+            regions.append(rates)
+    except (ValueError, ArithmeticError, ZeroDivisionError) as exc:
+        log.debug("pricing %s (%s) exactly: tier rates could not be derived: %s", model, provider, exc)
+        return _Exact(expires)
+    return _Tiered(tuple(starts), tuple(regions), expires)
 
 
 def _round(usd: float) -> float:
@@ -317,7 +377,7 @@ class PriceTable:
                 f"({prompt}); prompt_tokens must include cached tokens"
             )
         entry = self._entry(model, provider)
-        if isinstance(entry, Rates):
+        if isinstance(entry, Rates | _Tiered):
             return _round(entry.price(prompt, comp, cache_read, cache_write))
         if isinstance(entry, _Exact):
             return self._exact(model, provider, prompt, comp, cache_read, cache_write)

@@ -41,8 +41,27 @@ def now_ms() -> int:
 def parse_rfc3339_ms(text: str) -> int:
     """Parse an RFC 3339 timestamp to epoch milliseconds. A timestamp without offset is taken as UTC.
 
-    Raises ValueError with a message naming the expected form.
+    Raises ValueError with a message naming the expected form. The normalised form that spans carry
+    (``YYYY-MM-DDTHH:MM:SS.mmmZ``) takes a fast path: spans of a batch share their seconds, so the
+    seconds part is parsed once and cached.
     """
+    if len(text) == 24 and text[23] == "Z" and text[19] == "." and text[20:23].isdigit():
+        seconds = _SECONDS.get(text[:19])
+        if seconds is None:
+            seconds = _parse_any(text) // 1000
+            if len(_SECONDS) >= _CACHE_LIMIT:
+                _SECONDS.clear()
+            _SECONDS[text[:19]] = seconds
+        return seconds * 1000 + int(text[20:23])
+    return _parse_any(text)
+
+
+_SECONDS: dict[str, int] = {}
+_PREFIXES: dict[int, str] = {}
+_CACHE_LIMIT = 65_536
+
+
+def _parse_any(text: str) -> int:
     try:
         parsed = datetime.fromisoformat(text)
     except (ValueError, TypeError):
@@ -55,9 +74,14 @@ def parse_rfc3339_ms(text: str) -> int:
 
 
 def format_ms(epoch_ms: int) -> str:
-    """Format epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ``."""
+    """Format epoch milliseconds as ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (the seconds part cached)."""
     seconds, millis = divmod(epoch_ms, 1000)
-    return time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds)) + f".{millis:03d}Z"
+    prefix = _PREFIXES.get(seconds)
+    if prefix is None:
+        if len(_PREFIXES) >= _CACHE_LIMIT:
+            _PREFIXES.clear()
+        prefix = _PREFIXES[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
+    return f"{prefix}.{millis:03d}Z"
 
 
 def parse_duration(text: str) -> float:
