@@ -13,6 +13,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import re
+import time
 import urllib.parse
 from collections.abc import Iterator
 from pathlib import Path
@@ -33,7 +35,7 @@ from schemathesis.specs.openapi.checks import (
 )
 
 from .server_process import ServerProcess
-from .test_openapi import CONDITIONAL, load_document
+from .test_openapi import load_document
 
 #: Examples per operation and generation mode, and per garbage test; keeps the module well under 60 s.
 #: ``TOKENTRACE_FUZZ_EXAMPLES=2000`` runs a deeper pass by hand.
@@ -54,7 +56,11 @@ LENIENT_INPUT = {"GET /traces"}
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = ServerProcess(tmp_path_factory.mktemp("fuzz") / "data")
+    """The server under fuzz; alert rounds are a day apart, so fuzzed webhook URLs are never called."""
+    work = tmp_path_factory.mktemp("fuzz")
+    config = work / "tokentrace.yml"
+    config.write_text("alerting: {interval: 24h}\n")
+    process = ServerProcess(work / "data", config=config)
     process.start()
     try:
         yield process
@@ -93,12 +99,10 @@ def _breakable(op: dict[str, Any]) -> bool:
     return "requestBody" in op or any(p["in"] != "path" or p["schema"] != {"type": "string"} for p in params)
 
 
-#: Operations the default server serves (alert routes need alerting, which the default config leaves off),
-#: each with the generation modes that apply.
+#: Every operation (``tokentrace serve`` runs alerting), each with the generation modes that apply.
 CASES = sorted(
     (f"{method.upper()} {path}", mode)
     for path, item in _DOCUMENT["paths"].items()
-    if CONDITIONAL not in item
     for method, op in item.items()
     if method in {"get", "post", "put", "delete", "patch"}
     for mode in (GenerationMode.POSITIVE, GenerationMode.NEGATIVE)
@@ -126,8 +130,10 @@ def test_schemathesis(server: ServerProcess, session: requests.Session, label: s
 # --------------------------------------------------------------------------------------------- garbage
 
 
-def _raw(server: ServerProcess, method: str, target: str, body: bytes | None = None) -> tuple[int, str, bytes]:
-    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+def _raw(
+    server: ServerProcess, method: str, target: str, body: bytes | None = None, timeout: float = 10
+) -> tuple[int, str, bytes]:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=timeout)
     try:
         headers = {"Content-Type": "application/json"} if body is not None else {}
         connection.request(method, target, body=body, headers=headers)
@@ -269,6 +275,38 @@ def test_timestamps_far_from_now_are_a_400(server: ServerProcess, span: dict[str
     status, content_type, body = _raw(server, "POST", "/spans", _encode(span))
     assert_envelope(status, content_type, body, f"POST /spans {span}")
     assert status == 400, body
+
+
+@pytest.mark.parametrize("duration", [1e300, "99999999999999999h", 1.2890799045178532e16])
+def test_silences_far_in_the_future_are_valid_or_a_400(server: ServerProcess, duration: float | str) -> None:
+    """Found by the fuzz pass: ``silenced_until`` overflowed (500) or left RFC 3339 (a 9-digit year)."""
+    rule = {"name": "silence-me", "metric": "error_rate", "op": "gt", "threshold": 0.5}
+    created = _raw(server, "POST", "/alerts", _encode(rule))
+    assert created[0] in (201, 409), created
+    status, content_type, body = _raw(server, "POST", "/alerts/silence-me/silence", _encode({"duration": duration}))
+    assert_envelope(status, content_type, body, f"silence for {duration!r}")
+    if status == 200:
+        until = json.loads(body)["silenced_until"]
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", until), until
+    else:
+        assert status == 400, body
+
+
+def test_a_rule_window_beyond_retention_does_not_stall_the_server(tmp_path: Path) -> None:
+    """Found by hand after the fuzz pass: a rule with ``window: 1e300`` was accepted, and the next evaluation
+    round walked the timeline day by day from 1e300 seconds ago, holding the event loop forever."""
+    config = tmp_path / "tokentrace.yml"
+    config.write_text("alerting: {interval: 1s}\n")
+    process = ServerProcess(tmp_path / "data", config=config)
+    process.start()
+    try:
+        rule = {"name": "forever", "metric": "error_rate", "op": "gt", "threshold": 0.5, "window": 1e300}
+        status, content_type, body = _raw(process, "POST", "/alerts", _encode(rule))
+        assert_envelope(status, content_type, body, "POST /alerts with window 1e300")
+        time.sleep(2.5)  # at least one evaluation round
+        assert _raw(process, "GET", "/health", timeout=5)[0] == 200
+    finally:
+        process.stop()
 
 
 def test_server_log_has_no_unhandled_error(server: ServerProcess) -> None:
