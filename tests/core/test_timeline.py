@@ -139,3 +139,18 @@ def test_retirement_invalidates_memoised_days() -> None:
     timeline.compact(NOW)
     assert total(timeline.query(*everything)).count == 1
     assert total(timeline.lifetime()).count == 2
+
+
+@given(timed_spans, timed_spans)
+@settings(max_examples=60)
+def test_settled_window_memo_sees_late_writes(first: list[tuple[Span, int]], late: list[tuple[Span, int]]) -> None:
+    """A long window answered once, then written into anywhere (late data too), answers the new recount."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=30 * DAY_MS))
+    start, end = timeline.window_start(NOW, 7 * DAY_MS), timeline.window_end(NOW)
+    for span, age in first:
+        timeline.add(span, NOW - age)
+    assert total(timeline.query(start, end)).count == len(first)
+    for span, age in late:
+        timeline.add(span, NOW - age)
+    assert total(timeline.query(start, end)).count == len(first) + len(late)
+    assert timeline.query(start, end, "model") == timeline.query(start, end, "model")

@@ -51,6 +51,8 @@ class TimelineSnapshot(msgspec.Struct):
 
 
 _QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
+#: Settled-window results kept (the oldest is dropped first); windows slide once a bucket.
+_WINDOW_MEMO_SIZE = 256
 
 
 class Timeline:
@@ -63,6 +65,8 @@ class Timeline:
         self._retired = BucketState()
         self._versions: dict[tuple[int, int], int] = {}
         self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
+        self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int], Projection]] = {}
+        self._compactions = 0
         #: Bumped by every change; readers may cache query results while it stays the same.
         self.generation = 0
 
@@ -87,6 +91,7 @@ class Timeline:
 
     def compact(self, now_ms: int) -> None:
         """Fold buckets older than the fine retention into hours; retire those past retention."""
+        self._compactions += 1
         settings = self.settings
         fine_cutoff = now_ms - settings.fine_retention_ms
         for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
@@ -139,8 +144,30 @@ class Timeline:
         """Aggregates of the spans counted in ``[start_ms, end_ms)``, grouped and filtered."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
         out: Projection = {}
+        cut = end_ms - end_ms % HOUR_MS
+        if cut - start_ms >= 2 * HOUR_MS:
+            # Everything before the current hour rarely changes: merge it once, reuse it while no write lands
+            # in it, and merge only the current hour's buckets per query.
+            _merge_projection(out, self._settled(start_ms, cut, spec))
+            start_ms = cut
         self._collect(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS))
         return out
+
+    def _settled(self, start: int, cut: int, spec: _QuerySpec) -> Projection:
+        versions = self._versions
+        first_hour = start - start % HOUR_MS
+        # Versions only grow, so their sum changes whenever any hour of the range is written or retired.
+        stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
+        key = (start, cut, spec)
+        cached = self._window_memo.get(key)
+        if cached is not None and cached[0] == stamp:
+            return cached[1]
+        projection: Projection = {}
+        self._collect(start, cut, spec, projection, (DAY_MS, HOUR_MS))
+        if len(self._window_memo) >= _WINDOW_MEMO_SIZE:
+            del self._window_memo[next(iter(self._window_memo))]
+        self._window_memo[key] = (stamp, projection)
+        return projection
 
     def lifetime(self, groupby: str | None = None) -> Projection:
         """Everything ever counted, including retired buckets (for monotonic counters)."""
@@ -215,6 +242,8 @@ class Timeline:
         self._retired = snapshot.retired
         self._versions.clear()
         self._memo.clear()
+        self._window_memo.clear()
+        self._compactions += 1
         for start in list(self._fine) + list(self._coarse):
             self._touch(start)
 
