@@ -15,6 +15,7 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 
 from tokentrace.api.stores.redis_view import INDEX_TRACES, WRITE_ENTRY, Keys, encode_span
@@ -23,6 +24,7 @@ from tokentrace.core.span import Span
 __all__ = ["Materializer"]
 
 log = logging.getLogger(__name__)
+_packer = msgspec.msgpack.Encoder()
 
 #: (key, offset, encoded entry or b"" for a deleted one)
 Pending = tuple[bytes, int, bytes]
@@ -144,23 +146,25 @@ class Materializer:
         """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields)."""
         if not spans:
             return
-        by_trace: dict[str, list[tuple[Span, int]]] = {}
-        for item in spans:
-            by_trace.setdefault(item[0].trace_id, []).append(item)
+        by_trace: dict[str, list[Any]] = {}
+        starts: dict[str, int] = {}
+        for span, at in spans:
+            trace_id = span.trace_id
+            fields = by_trace.get(trace_id)
+            if fields is None:
+                fields = by_trace[trace_id] = []
+                starts[trace_id] = at
+            elif at < starts[trace_id]:
+                starts[trace_id] = at
+            fields += (span.span_id, encode_span(span).decode())  # str: cmsgpack has no bin type
         self._connect()
         keys = self.keys
-        head: list[Any] = [keys.trace_prefix, max(1, self.trace_retention_ms // 1000)]
+        ttl = max(1, self.trace_retention_ms // 1000)
+        items = [[trace_id, str(starts[trace_id]), fields] for trace_id, fields in by_trace.items()]
         try:
-            args: list[Any] = list(head)
-            for trace_id, group in by_trace.items():
-                args += (trace_id, min(at for _, at in group), len(group))
-                for span, _ in group:
-                    args += (span.span_id, encode_span(span))
-                if len(args) >= 4000:
-                    await self._index_traces(keys=[keys.traces], args=args)
-                    args = list(head)
-            if len(args) > len(head):
-                await self._index_traces(keys=[keys.traces], args=args)
+            for i in range(0, len(items), 2000):
+                payload = _packer.encode(items[i : i + 2000])
+                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, ttl, payload])
         except Exception as exc:
             self.trace_failures += len(spans)
             log.warning("redis view: could not index %d spans for /traces: %r", len(spans), exc)

@@ -40,6 +40,7 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
+from faust.types import TP
 
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
 from tokentrace.core.ingest import Pricer
@@ -50,6 +51,8 @@ from tokentrace.processors.state import (
     RETIRED,
     TOMBSTONE_VERSION,
     Applier,
+    BucketEntry,
+    PartitionMeta,
     decode_entry,
     encode_entry,
     expire,
@@ -227,6 +230,8 @@ class _Worker:
         self.traces_s = 0.0  # time flushes spent indexing traces in Redis
         self._reported = (time.monotonic(), 0, 0.0, 0.0)
         self._ticker: asyncio.Future[None] | None = None
+        self._consistent_from: dict[int, int] = {}  # partition -> newest entry offset at recovery
+        self._position: dict[int, int] = {}  # partition -> last offset the agent applied
 
     @property
     def entries(self) -> Any:
@@ -258,6 +263,7 @@ class _Worker:
             began = time.monotonic()
             applied = apply(entries, message.partition, message.offset, round(message.timestamp * 1000), event.value)
             self.apply_s += time.monotonic() - began
+            self._position[message.partition] = message.offset
             if applied.poison is not None:
                 self.poison += 1
                 log.warning(
@@ -297,6 +303,16 @@ class _Worker:
         entries = self.entries
         for key in [k for k in list(entries.keys()) if parse_key(k)[0] not in owned]:
             del entries[key]
+        # Entries reach the changelog one by one: after a crash some are ahead of others. Until the agent
+        # has replayed up to the newest of them, the partition's state is not one consistent prefix of
+        # its events, and retiring a bucket then could fold in a version that replay would still complete.
+        newest: dict[int, int] = {}
+        for key, entry in list(entries.items()):
+            if isinstance(entry, (BucketEntry, PartitionMeta)):
+                partition = parse_key(key)[0]
+                newest[partition] = max(newest.get(partition, -1), entry.offset)
+        self._consistent_from = newest
+        self._position = {}
         log.info("recovered partitions %s (%d entries)", sorted(owned), len(entries))
         self.materializer.submit(self.snapshot_owned())
 
@@ -329,7 +345,18 @@ class _Worker:
         horizon = self.applier.oldest_allowed_ms(now_ms())
         entries = self.entries
         for partition in sorted(self.owned_partitions()):
+            if not self._consistent(partition):
+                continue  # still replaying after a recovery (see on_recovered)
             self.flusher.dirty.update(expire(entries, partition, horizon))
+
+    def _consistent(self, partition: int) -> bool:
+        """Whether every entry of the partition is complete through the same offset (see on_recovered)."""
+        newest = self._consistent_from.get(partition, -1)
+        if self._position.get(partition, -1) >= newest:
+            return True
+        # An idle partition replays nothing: its committed offset (Faust's bookkeeping) passed them all.
+        committed = getattr(self.app.consumer, "_committed_offset", {}).get(TP(self.settings.topic, partition))
+        return committed is not None and committed > newest
 
     async def on_leader_tick(self) -> None:
         """Hook for cluster-wide work (alert evaluation) on the leader timer. Not yet used."""

@@ -12,7 +12,7 @@ Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
 * ``{p}epoch`` — a random id set (``NX``) by the first worker that finds it missing. A reader that sees
   it change (or vanish) starts over; a worker that sees it change re-materializes its partitions: that
   is how a flushed or restarted Redis is rebuilt from the workers' tables.
-* ``{p}t:<trace id>`` — hash ``span_id`` → msgpack span, with a TTL (trace retention); ``{p}traces`` —
+* ``{p}t:<trace id>`` — hash ``span_id`` → JSON span, with a TTL (trace retention); ``{p}traces`` —
   sorted set trace id → earliest start (ms). Both keyed by ids, so rewriting a span is harmless.
 """
 
@@ -48,23 +48,24 @@ redis.call('ZADD', KEYS[3], seq, ARGV[3])
 return 1
 """
 
-#: KEYS: the trace listing. ARGV: trace hash prefix, TTL seconds, then per trace: id, start ms, span
-#: count n, and n (span id, span) pairs. One call indexes many traces (one round trip, no per-command cost).
+#: KEYS: the trace listing. ARGV: trace hash prefix, TTL seconds, and one msgpack array of
+#: ``[trace id, start ms (text), [span id, span, span id, span, ...]]``: one call and three arguments for
+#: many traces, unpacked server-side (redis-py's per-argument cost dominated the worker otherwise).
 INDEX_TRACES = """
-local prefix, ttl, i = ARGV[1], tonumber(ARGV[2]), 3
-while i <= #ARGV do
-  local trace_id, start, n = ARGV[i], ARGV[i + 1], tonumber(ARGV[i + 2])
-  local key = prefix .. trace_id
-  redis.call('HSET', key, unpack(ARGV, i + 3, i + 2 + 2 * n))
+local prefix, ttl = ARGV[1], tonumber(ARGV[2])
+for _, trace in ipairs(cmsgpack.unpack(ARGV[3])) do
+  local key = prefix .. trace[1]
+  redis.call('HSET', key, unpack(trace[3]))
   redis.call('EXPIRE', key, ttl)
-  redis.call('ZADD', KEYS[1], 'LT', start, trace_id)
-  i = i + 3 + 2 * n
+  redis.call('ZADD', KEYS[1], 'LT', trace[2], trace[1])
 end
 return 1
 """
 
-_span_encoder = msgspec.msgpack.Encoder()
-_span_decoder = msgspec.msgpack.Decoder(Span)
+# Spans are stored as JSON: Redis's Lua cmsgpack (used by INDEX_TRACES) has no bin type, but passes UTF-8
+# strings through untouched.
+_span_encoder = msgspec.json.Encoder()
+_span_decoder = msgspec.json.Decoder(Span)
 
 
 def encode_span(span: Span) -> bytes:
