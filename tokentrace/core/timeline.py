@@ -51,6 +51,9 @@ class TimelineSnapshot(msgspec.Struct):
 
 
 _QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
+#: Version-key kinds of stored buckets (day and hour blocks are keyed by their sizes).
+_COARSE = -1
+_FINE = -2
 #: Settled-window results kept (the oldest is dropped first); windows slide once a bucket.
 _WINDOW_MEMO_SIZE = 256
 
@@ -76,17 +79,24 @@ class Timeline:
         bucket_ms = self.settings.bucket_ms
         start = at_ms - at_ms % bucket_ms
         state = self._fine.get(start)
+        key = (_FINE, start)
         if state is None:
             hour = at_ms - at_ms % HOUR_MS
             state = self._coarse.get(hour)
             if state is None:
                 state = self._fine[start] = BucketState()
+            else:
+                key = (_COARSE, hour)
         state.add(span, self.settings.caps)
+        versions = self._versions
+        versions[key] = versions.get(key, 0) + 1
         self._touch(at_ms)
 
     def merge_bucket(self, start_ms: int, state: BucketState) -> None:
         """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""
         self._fine.setdefault(start_ms, BucketState()).merge(state)
+        key = (_FINE, start_ms)
+        self._versions[key] = self._versions.get(key, 0) + 1
         self._touch(start_ms)
 
     def compact(self, now_ms: int) -> None:
@@ -96,7 +106,12 @@ class Timeline:
         fine_cutoff = now_ms - settings.fine_retention_ms
         for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
             state = self._fine.pop(start)
-            self._coarse.setdefault(start - start % HOUR_MS, BucketState()).merge(state)
+            hour = start - start % HOUR_MS
+            self._coarse.setdefault(hour, BucketState()).merge(state)
+            self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
+        moved_before = fine_cutoff - fine_cutoff % HOUR_MS
+        for memo_key in [k for k in self._memo if k[0] == _FINE and k[1] < moved_before]:
+            del self._memo[memo_key]
         horizon = self.oldest_allowed_ms(now_ms)
         for table in (self._fine, self._coarse):
             for start in [s for s in table if s < horizon]:
@@ -184,8 +199,8 @@ class Timeline:
         if start >= end:
             return
         if not sizes:
-            for state in self._states_between(start, end):
-                _merge_projection(out, state.project(spec[0], dict(spec[1])))
+            for key, state in self._states_between(start, end):
+                _merge_projection(out, self._bucket_projection(key, state, spec))
             return
         size, finer = sizes[0], sizes[1:]
         first_block = start - start % size
@@ -214,23 +229,35 @@ class Timeline:
         self._memo[memo_key] = (version, projection)
         return projection
 
-    def _states_between(self, start: int, end: int) -> Iterable[BucketState]:
+    def _bucket_projection(self, key: tuple[int, int], state: BucketState, spec: _QuerySpec) -> Projection:
+        """One stored bucket's projection, memoised until that bucket is written again."""
+        version = self._versions.get(key, 0)
+        memo_key = (key[0], key[1], spec)
+        cached = self._memo.get(memo_key)
+        if cached is not None and cached[0] == version:
+            return cached[1]
+        projection = state.project(spec[0], dict(spec[1]))
+        self._memo[memo_key] = (version, projection)
+        return projection
+
+    def _states_between(self, start: int, end: int) -> Iterable[tuple[tuple[int, int], BucketState]]:
+        """Stored buckets starting in ``[start, end)`` with their version keys."""
         bucket_ms = self.settings.bucket_ms
         fine = self._fine
         coarse = self._coarse
         if len(fine) < (end - start) // bucket_ms:
-            yield from (state for s, state in fine.items() if start <= s < end)
+            yield from (((_FINE, s), state) for s, state in fine.items() if start <= s < end)
         else:
             for s in range(start - start % bucket_ms, end, bucket_ms):
                 if s >= start and (state := fine.get(s)) is not None:
-                    yield state
+                    yield (_FINE, s), state
         # Compacted hours count where they start (their resolution is one hour).
         first_hour = start - start % HOUR_MS
         if first_hour < start:
             first_hour += HOUR_MS
         for hour in range(first_hour, end, HOUR_MS):
             if (state := coarse.get(hour)) is not None:
-                yield state
+                yield (_COARSE, hour), state
 
     # ------------------------------------------------------------ persistence
     def snapshot(self) -> TimelineSnapshot:
@@ -244,7 +271,11 @@ class Timeline:
         self._memo.clear()
         self._window_memo.clear()
         self._compactions += 1
-        for start in list(self._fine) + list(self._coarse):
+        for start in self._fine:
+            self._versions[(_FINE, start)] = 1
+            self._touch(start)
+        for start in self._coarse:
+            self._versions[(_COARSE, start)] = 1
             self._touch(start)
 
 
