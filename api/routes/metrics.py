@@ -67,7 +67,7 @@ async def all_metrics(request: web.Request) -> web.Response:
     groups = by_model if window.groupby == "model" else await window.project(ctx, window.groupby)
     body = {}
     for value, aggregate in sorted(groups.items()):
-        group_costs = {value: round(aggregate.cost_usd, 9)} if window.groupby == "model" else {}
+        group_costs = cost_by_model({value: aggregate}) if window.groupby == "model" else {}
         body[value] = full_body(aggregate, group_costs)
         if window.groupby != "model":
             del body[value]["cost"]["by_model"]

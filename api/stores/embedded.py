@@ -65,6 +65,8 @@ class EmbeddedStore:
         self.timeline = Timeline(self.settings)
         self.traces = TraceIndex(self.settings_all.max_spans, self.settings_all.trace_retention_ms)
         self.span_total = 0
+        #: Log records skipped at recovery because they could not be applied (logged with their error).
+        self.replay_failures = 0
         self._wal: WriteAheadLog | None = None
         self._failure: str | None = None
         self._maintenance: asyncio.Task[None] | None = None
@@ -80,8 +82,13 @@ class EmbeddedStore:
         self._wal = WriteAheadLog(self.data_dir / "wal")
         replayed = 0
         for payload in self._wal.replay(snapshot_seq):
-            spans = decode_wire(payload)
-            self._apply(spans)
+            try:
+                spans = decode_wire(payload)
+                self._apply(spans)
+            except Exception:  # a record this build cannot apply must not keep the server down
+                self.replay_failures += 1
+                log.exception("skipping a write-ahead log record that cannot be applied")
+                continue
             replayed += len(spans)
         self.timeline.compact(now_ms())
         log.info("recovered %d spans (%d replayed from the log)", self.span_total, replayed)

@@ -112,7 +112,8 @@ class Expected:
             self.tokens[(model, provider, "completion")] += s.get("comp_tokens", 0)
             if "latency_ms" in s:
                 self.latency[(model, provider)].append(s["latency_ms"])
-            self.prompt[(model, provider)].append(s.get("prompt_tokens", 0))
+            if "prompt_tokens" in s:  # a span with only a total tells nothing about its prompt
+                self.prompt[(model, provider)].append(s["prompt_tokens"])
             score = s["attributes"].get("eval.score")
             if recent and score is not None:
                 self.scores[model].append(score)
@@ -259,10 +260,6 @@ async def test_histogram_buckets_are_cumulative_and_end_at_inf(scraped: tuple[st
             assert buckets[-1][1] == got[f"{name}_count"][series]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="LATENCY_BUCKETS_MS has 250 between 100 and 500; spec 003 shows le 100, 500, 1000, ... in a row",
-)
 async def test_latency_buckets_start_as_in_spec_003(scraped: tuple[str, Expected]) -> None:
     _, got = parse(scraped[0])
     bounds = sorted({float(dict(key)["le"]) for key in got["tokentrace_latency_ms_bucket"]})

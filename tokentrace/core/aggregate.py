@@ -25,7 +25,7 @@ __all__ = [
 
 NANO = 1_000_000_000
 #: Upper bounds of the Prometheus latency histogram (spec 003: 100 ms, 500 ms, 1000 ms, ...); +Inf implied.
-LATENCY_BUCKETS_MS: tuple[float, ...] = (100, 250, 500, 1000, 2500, 5000, 10000, 30000, 60000)
+LATENCY_BUCKETS_MS: tuple[float, ...] = (100, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 #: Upper bounds of the Prometheus prompt-token histogram; +Inf implied.
 PROMPT_TOKEN_BUCKETS: tuple[float, ...] = (64, 256, 1024, 4096, 16384, 65536, 262144)
 
@@ -76,11 +76,12 @@ class Aggregate(msgspec.Struct, array_like=True):
         else:
             self.cost_nanos += int(span.cost_usd * NANO + 0.5)
         # Span.__post_init__ made the token counts whole ints.
-        prompt = cast(int, span.prompt_tokens or 0)
-        self.prompt_tokens += prompt
+        if span.prompt_tokens is not None:
+            prompt = cast(int, span.prompt_tokens)
+            self.prompt_tokens += prompt
+            self.prompt_buckets[bisect_left(PROMPT_TOKEN_BUCKETS, prompt)] += 1
         self.comp_tokens += cast(int, span.comp_tokens or 0)
         self.total_tokens += cast(int, span.total_tokens or 0)
-        self.prompt_buckets[bisect_left(PROMPT_TOKEN_BUCKETS, prompt)] += 1
         latency = span.latency_ms
         if latency is not None:
             self.latency_count += 1

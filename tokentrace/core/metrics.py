@@ -76,7 +76,7 @@ def quality_fields(a: Aggregate) -> dict[str, Any]:
     }
 
 
-def full_body(a: Aggregate, cost_by_model: dict[str, float]) -> dict[str, Any]:
+def full_body(a: Aggregate, cost_by_model: dict[str, float | None]) -> dict[str, Any]:
     """The body of ``GET /metrics`` for one group (without ``window``)."""
     return {
         "span_count": a.count,
@@ -88,8 +88,9 @@ def full_body(a: Aggregate, cost_by_model: dict[str, float]) -> dict[str, Any]:
     }
 
 
-def cost_by_model(by_model: Projection) -> dict[str, float]:
-    return {model: _usd(a.cost_nanos) for model, a in sorted(by_model.items())}
+def cost_by_model(by_model: Projection) -> dict[str, float | None]:
+    """Cost per model; ``None`` for a model none of whose spans could be priced (never a silent 0)."""
+    return {model: None if a.unpriced == a.count else _usd(a.cost_nanos) for model, a in sorted(by_model.items())}
 
 
 #: Named metrics with an object body: name -> fields of one group.

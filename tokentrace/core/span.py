@@ -6,7 +6,7 @@ bad span is reported with msgspec's path, e.g. ``prompt_tokens must be a whole n
 
 from __future__ import annotations
 
-import math
+import re
 import uuid
 from typing import Literal
 
@@ -36,6 +36,15 @@ def new_id() -> str:
     return str(uuid.uuid4())
 
 
+#: Upper bounds that keep every sum exact and every timestamp printable; far beyond any real call.
+MAX_TOKENS = 10**12
+MAX_COST_USD = 10**6
+MAX_LATENCY_MS = 10**10
+MAX_SCORE = 10**6
+_LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
+_CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+
+
 def _whole_tokens(value: int | float | None, field: str) -> int | None:
     if value is None:
         return None
@@ -43,14 +52,14 @@ def _whole_tokens(value: int | float | None, field: str) -> int | None:
         if not value.is_integer():
             raise ValueError(f"{field} must be a whole number, got {value!r}")
         value = int(value)
-    if value < 0:
-        raise ValueError(f"{field} must be >= 0, got {value!r}")
+    if not 0 <= value <= MAX_TOKENS:
+        raise ValueError(f"{field} must be between 0 and {MAX_TOKENS}, got {value!r}")
     return value
 
 
-def _non_negative(value: int | float | None, field: str) -> None:
-    if value is not None and not (value >= 0 and math.isfinite(value)):
-        raise ValueError(f"{field} must be a finite number >= 0, got {value!r}")
+def _bounded(value: int | float | None, field: str, high: float) -> None:
+    if value is not None and not 0 <= value <= high:
+        raise ValueError(f"{field} must be a number between 0 and {high:g}, got {value!r}")
 
 
 def _timestamp(value: str | None, field: str) -> tuple[str | None, int | None]:
@@ -60,6 +69,8 @@ def _timestamp(value: str | None, field: str) -> tuple[str | None, int | None]:
         millis = parse_rfc3339_ms(value)
     except ValueError as exc:
         raise ValueError(f"{field}: {exc}") from None
+    if not 0 <= millis <= _LAST_MS:
+        raise ValueError(f"{field}: {value!r} is outside 1970-01-01 .. 9999-12-31")
     return format_ms(millis), millis
 
 
@@ -94,6 +105,9 @@ class Span(msgspec.Struct, kw_only=True):
     def __post_init__(self) -> None:
         if not self.model:
             raise ValueError("model must be a non-empty string")
+        for field, text in (("model", self.model), ("provider", self.provider), ("caller", self.caller)):
+            if _CONTROL.search(text):
+                raise ValueError(f"{field} must not contain control characters, got {text!r}")
         prompt = _whole_tokens(self.prompt_tokens, "prompt_tokens")
         comp = _whole_tokens(self.comp_tokens, "comp_tokens")
         total = _whole_tokens(self.total_tokens, "total_tokens")
@@ -102,8 +116,8 @@ class Span(msgspec.Struct, kw_only=True):
         if total is None:
             total = (prompt or 0) + (comp or 0)
         self.prompt_tokens, self.comp_tokens, self.total_tokens = prompt, comp, total
-        _non_negative(self.cost_usd, "cost_usd")
-        _non_negative(self.latency_ms, "latency_ms")
+        _bounded(self.cost_usd, "cost_usd", MAX_COST_USD)
+        _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
         self.started_at, started = _timestamp(self.started_at, "started_at")
         self.ended_at, ended = _timestamp(self.ended_at, "ended_at")
         if started is not None and ended is not None:
@@ -111,9 +125,12 @@ class Span(msgspec.Struct, kw_only=True):
                 raise ValueError("ended_at is before started_at")
             if self.latency_ms is None:
                 self.latency_ms = ended - started
+                _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
         score = self.attributes.get(EVAL_SCORE)
-        if score is not None and (isinstance(score, (bool, str)) or not math.isfinite(score)):
-            raise ValueError(f"attributes.{EVAL_SCORE} must be a finite number, got {score!r}")
+        if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
+            raise ValueError(
+                f"attributes.{EVAL_SCORE} must be a number between -{MAX_SCORE} and {MAX_SCORE}, got {score!r}"
+            )
         if not self.trace_id:
             self.trace_id = new_id()
         if not self.span_id:
@@ -129,11 +146,11 @@ class Span(msgspec.Struct, kw_only=True):
         """Give a span without timestamps its arrival time (it counts at the time it arrived)."""
         if self.started_at is None:
             if self.ended_at is not None and self.latency_ms is not None:
-                self.started_at = format_ms(parse_rfc3339_ms(self.ended_at) - round(self.latency_ms))
+                self.started_at = format_ms(max(0, parse_rfc3339_ms(self.ended_at) - round(self.latency_ms)))
             else:
                 self.started_at = format_ms(arrival_ms)
         if self.ended_at is None:
-            self.ended_at = format_ms(parse_rfc3339_ms(self.started_at) + round(self.latency_ms or 0))
+            self.ended_at = format_ms(min(_LAST_MS, parse_rfc3339_ms(self.started_at) + round(self.latency_ms or 0)))
 
 
 def span_time_ms(span: Span) -> int:

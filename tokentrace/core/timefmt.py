@@ -12,6 +12,7 @@ import time
 from datetime import UTC, datetime
 
 __all__ = [
+    "MAX_DURATION_S",
     "format_duration",
     "format_ms",
     "now_ms",
@@ -30,6 +31,8 @@ _UNIT_SECONDS = {
     "h": 3600.0,
     "d": 86400.0,
 }
+#: Longest duration accepted anywhere (windows, silences, retention): ten years.
+MAX_DURATION_S = 10 * 366 * 86400
 _PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d)")
 
 
@@ -101,6 +104,8 @@ def parse_duration(text: str) -> float:
         raise ValueError(f"invalid duration {text!r}: use 1h, 6h, 24h, 7d, 30d or a Go duration such as 90m or 1h30m")
     if total <= 0:
         raise ValueError(f"invalid duration {text!r}: must be greater than zero")
+    if total > MAX_DURATION_S:
+        raise ValueError(f"invalid duration {text!r}: must be at most 10 years")
     return total
 
 

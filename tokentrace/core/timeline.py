@@ -159,6 +159,8 @@ class Timeline:
         """Aggregates of the spans counted in ``[start_ms, end_ms)``, grouped and filtered."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
         out: Projection = {}
+        # Nothing older than the retention is stored: a longer window must not walk empty centuries.
+        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
         cut = end_ms - end_ms % HOUR_MS
         if cut - start_ms >= 2 * HOUR_MS:
             # Everything before the current hour rarely changes: merge it once, reuse it while no write lands

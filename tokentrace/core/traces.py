@@ -54,7 +54,7 @@ def _text(value: object) -> str:
 class Trace:
     """The spans of one trace and running totals over them."""
 
-    __slots__ = ("cost_nanos", "ended_ms", "spans", "started_ms", "status", "total_tokens", "trace_id")
+    __slots__ = ("cost_nanos", "ended_ms", "priced", "spans", "started_ms", "status", "total_tokens", "trace_id")
 
     def __init__(self, trace_id: str) -> None:
         self.trace_id = trace_id
@@ -62,6 +62,7 @@ class Trace:
         self.started_ms = 2**62
         self.ended_ms = 0
         self.cost_nanos = 0
+        self.priced = 0
         self.total_tokens = 0
         self.status = "ok"
 
@@ -73,6 +74,7 @@ class Trace:
             self.ended_ms = max(self.ended_ms, parse_rfc3339_ms(span.ended_at))
         if span.cost_usd is not None:
             self.cost_nanos += to_nanos(span.cost_usd)
+            self.priced += 1
         self.total_tokens += int(span.total_tokens or 0)
         if _STATUS_RANK[span.status] > _STATUS_RANK[self.status]:
             self.status = span.status
@@ -91,7 +93,7 @@ class Trace:
             "name": self.name,
             "started_at": format_ms(self.started_ms) if self.spans else None,
             "ended_at": format_ms(self.ended_ms) if self.ended_ms else None,
-            "total_cost_usd": round(from_nanos(self.cost_nanos), 9),
+            "total_cost_usd": round(from_nanos(self.cost_nanos), 9) if self.priced else None,
             "total_tokens": self.total_tokens,
             "span_count": len(self.spans),
             "status": self.status,

@@ -5,7 +5,7 @@ from __future__ import annotations
 import math
 from functools import lru_cache
 
-from tokentrace.core.timefmt import format_duration, parse_duration
+from tokentrace.core.timefmt import MAX_DURATION_S, format_duration, parse_duration
 
 __all__ = ["duration_text", "seconds"]
 
@@ -23,8 +23,8 @@ def duration_text(value: object, field: str) -> str:
         except ValueError as exc:
             raise ValueError(f"{field}: {exc}") from None
         return value.strip()
-    if not math.isfinite(value) or value < 0.001:
-        raise ValueError(f"{field}: must be a number of seconds >= 0.001, got {value!r}")
+    if not math.isfinite(value) or not 0.001 <= value <= MAX_DURATION_S:
+        raise ValueError(f"{field}: must be a number of seconds between 0.001 and {MAX_DURATION_S}, got {value!r}")
     if float(value).is_integer():
         return format_duration(float(value))
     return f"{round(value * 1000)}ms"
