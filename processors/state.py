@@ -11,6 +11,9 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
   changelog write that got ahead of the committed source offset — changes nothing, and since each entry
   is always an exact prefix of its partition's events, whichever version of an entry survives, replay
   from the committed source offset makes it exact again.
+* ``compact`` folds minute buckets older than the fine retention into hour entries
+  (``b"p:h<hour start>"``), which then take their hour's late spans; the minutes are deleted only after
+  the hour entry is durable, and a minute that survives under an hour entry is ignored and dropped.
 * ``expire`` retires buckets past retention: it folds them into the partition's ``b"p:retired"`` entry
   (``RetiredEntry``: the merged state and the ``horizon`` below which every bucket has been folded) and
   deletes them. Written in that order; a bucket below the horizon that survived a crash is ignored by
@@ -46,9 +49,12 @@ __all__ = [
     "PartitionMeta",
     "RetiredEntry",
     "bucket_key",
+    "compact",
     "decode_entry",
     "encode_entry",
     "expire",
+    "hour_key",
+    "is_hour_key",
     "meta_key",
     "parse_key",
     "retired_key",
@@ -56,6 +62,8 @@ __all__ = [
 
 META = "meta"
 RETIRED = "retired"
+HOUR_TAG = "h"
+HOUR_MS = 3_600_000
 #: Version under which a retired bucket's deletion is materialized: nothing can overwrite it.
 TOMBSTONE_VERSION = 2**62
 
@@ -117,34 +125,89 @@ def retired_key(partition: int) -> bytes:
     return f"{partition}:{RETIRED}".encode()
 
 
+def hour_key(partition: int, hour_ms: int) -> bytes:
+    return f"{partition}:{HOUR_TAG}{hour_ms}".encode()
+
+
 def parse_key(key: bytes | str) -> tuple[int, int | None]:
-    """``(partition, bucket start)``; the start is None for the partition's meta and retired entries."""
+    """``(partition, bucket start)``; the start is None for the partition's meta and retired entries
+    (an hour entry's start is its hour; ``is_hour_key`` tells them apart)."""
     text = key.decode() if isinstance(key, bytes) else key
     partition, _, rest = text.partition(":")
-    return int(partition), None if rest in (META, RETIRED) else int(rest)
+    if rest in (META, RETIRED):
+        return int(partition), None
+    return int(partition), int(rest[1:] if rest.startswith(HOUR_TAG) else rest)
 
 
-def expire(entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int) -> list[bytes]:
-    """Retire ``partition``'s buckets that start before ``horizon_ms``; the keys to write, retired first
-    (a key no longer in ``entries`` is a deletion)."""
+def is_hour_key(key: bytes | str) -> bool:
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.partition(":")[2].startswith(HOUR_TAG)
+
+
+def compact(entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: int) -> tuple[list[bytes], list[bytes]]:
+    """Fold ``partition``'s minute buckets that start before ``cutoff_ms`` (hour-aligned) into hour
+    entries; returns (hour keys to write, minute keys to delete once those writes are durable).
+
+    An hour entry, once it exists, takes every later span of its hour (``Applier`` routes them) and
+    carries the highest offset of what it absorbed, so replays skip it like any bucket. A minute bucket
+    whose hour entry already existed before this pass is a survivor of a crash between the two writes:
+    deleted, never folded again.
+    """
+    hours: dict[int, BucketEntry] = {}
+    deleted: list[bytes] = []
+    for key, entry in list(entries.items()):
+        owner, start = parse_key(key)
+        if owner != partition or start is None or start >= cutoff_ms or not isinstance(entry, BucketEntry):
+            continue
+        if is_hour_key(key):
+            continue
+        hour = start - start % HOUR_MS
+        target = hours.get(hour)
+        if target is None:
+            existing = entries.get(hour_key(partition, hour))
+            if isinstance(existing, BucketEntry):  # compacted before: this minute is a stale survivor
+                del entries[key]
+                deleted.append(key)
+                continue
+            target = hours[hour] = BucketEntry(-1, BucketState())
+        target.state.merge(entry.state)
+        target.offset = max(target.offset, entry.offset)
+        del entries[key]
+        deleted.append(key)
+    written = []
+    for hour, entry in hours.items():
+        key = hour_key(partition, hour)
+        entries[key] = entry
+        written.append(key)
+    return written, deleted
+
+
+def expire(entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int) -> tuple[list[bytes], list[bytes]]:
+    """Retire ``partition``'s buckets (minutes and hours) that start before ``horizon_ms`` (hour-aligned);
+    returns (keys to write: the retired entry, keys to delete once that write is durable)."""
     rkey = retired_key(partition)
     retired = entries.get(rkey)
     if not isinstance(retired, RetiredEntry):
         retired = RetiredEntry(0, BucketState())
     if horizon_ms <= retired.horizon:
-        return []
+        return [], []
     deleted: list[bytes] = []
+    hours = {key for key in entries if is_hour_key(key)}  # as they were before this pass deletes any
     for key, entry in list(entries.items()):
         owner, start = parse_key(key)
         if owner != partition or start is None or start >= horizon_ms or not isinstance(entry, BucketEntry):
             continue
-        if start >= retired.horizon:  # below the old horizon it was folded already (crash before deletion)
+        # Below the old horizon it was folded already; a minute under an hour entry is in that hour.
+        stale = start < retired.horizon or (
+            not is_hour_key(key) and hour_key(partition, start - start % HOUR_MS) in hours
+        )
+        if not stale:
             retired.state.merge(entry.state)
         del entries[key]
         deleted.append(key)
     retired.horizon = horizon_ms
     entries[rkey] = retired
-    return [rkey, *deleted]
+    return [rkey], deleted
 
 
 @dataclass
@@ -219,7 +282,9 @@ class Applier:
 
         caps = self.settings.caps
         for start, group in by_bucket.items():
-            key = bucket_key(partition, start)
+            key = hour_key(partition, start - start % HOUR_MS)
+            if key not in entries:  # not compacted: the minute bucket
+                key = bucket_key(partition, start)
             entry = entries.get(key)
             if not isinstance(entry, BucketEntry):
                 entry = BucketEntry(-1, BucketState())

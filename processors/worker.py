@@ -20,11 +20,11 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
 * Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
   partition's meta entry; they never stop the partition.
 
-* Buckets past retention are retired on a timer (``processors.state.expire``): folded into the
-  partition's retired entry (lifetime totals for Prometheus), then deleted with changelog tombstones.
+* A timer compacts minute buckets past the fine retention into hour entries and retires buckets past
+  retention into the partition's retired entry (lifetime totals for Prometheus); the replaced entries
+  are deleted with changelog tombstones one flush later, once what absorbed them is durable.
 
-Not yet: alert evaluation on the leader timer (the hook is ``on_leader_tick``, one per cluster); minute
-buckets are not compacted into hours (memory is O(retention / bucket) entries per partition).
+Not yet: alert evaluation on the leader timer (the hook is ``on_leader_tick``, one per cluster).
 """
 
 from __future__ import annotations
@@ -48,11 +48,12 @@ from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
-    RETIRED,
+    HOUR_MS,
     TOMBSTONE_VERSION,
     Applier,
     BucketEntry,
     PartitionMeta,
+    compact,
     decode_entry,
     encode_entry,
     expire,
@@ -64,7 +65,6 @@ __all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "buckets"
-_RETIRED_SUFFIX = f":{RETIRED}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
 EXIT_CHANGELOG_FAILED = 70
@@ -129,9 +129,11 @@ class _Flusher:
         self.lock = asyncio.Lock()
         self.stream: Any = None
         self.completing: asyncio.Future[None] | None = None
+        self.delete_pending: set[bytes] = set()  # deletions whose replacing writes are not sent yet
+        self.delete_ready: set[bytes] = set()  # deletions whose replacing writes are sent and being acked
 
     def due(self) -> bool:
-        if not self.events and not self.dirty:
+        if not self.events and not self.dirty and not self.delete_pending and not self.delete_ready:
             return False
         return len(self.events) >= self.worker.settings.flush_events or (
             time.monotonic() - self.last >= self.worker.settings.flush_interval_s
@@ -150,7 +152,10 @@ class _Flusher:
                 self.completing = None
                 self.worker.wait_s += time.monotonic() - began
             self.last = time.monotonic()
-            if not self.events and not self.dirty:
+            # Deletions go out one flush after the writes that replace them (hour and retired entries)
+            # completed, so the changelog never holds a deletion without what absorbed the entry.
+            deletions, self.delete_ready, self.delete_pending = self.delete_ready, self.delete_pending, set()
+            if not self.events and not self.dirty and not deletions:
                 return
             events, self.events = self.events, []
             dirty, self.dirty = self.dirty, set()
@@ -160,17 +165,17 @@ class _Flusher:
             futures = []
             written: list[Pending] = []
             send = worker.table.send_changelog
-            # A partition's retired entry goes before the deletions of the buckets it absorbed.
-            for key in sorted(dirty, key=lambda k: not k.endswith(_RETIRED_SUFFIX)):
-                partition, _ = parse_key(key)
+            for key in dirty:
                 entry = entries.get(key)
-                if entry is None:  # a retired bucket: tombstone in the changelog and in the view
-                    futures.append(send(partition, key, None, key_serializer="raw", value_serializer="raw"))
-                    written.append((key, TOMBSTONE_VERSION, b""))
+                if entry is None:  # compacted or retired since: its deletion is queued
                     continue
                 data = encode_entry(entry)
-                futures.append(send(partition, key, data, key_serializer="raw", value_serializer="raw"))
+                futures.append(send(parse_key(key)[0], key, data, key_serializer="raw", value_serializer="raw"))
                 written.append((key, entry.offset, data))
+            for key in deletions:
+                if key not in entries:
+                    futures.append(send(parse_key(key)[0], key, None, key_serializer="raw", value_serializer="raw"))
+                    written.append((key, TOMBSTONE_VERSION, b""))
             self.completing = asyncio.ensure_future(self._complete(events, spans, futures, written))
 
     async def drain(self) -> None:
@@ -341,13 +346,22 @@ class _Worker:
             log.warning("redis view: housekeeping failed: %r", exc)
 
     async def retire(self) -> None:
-        """Retire buckets past retention (folded into each partition's retired entry, then deleted)."""
-        horizon = self.applier.oldest_allowed_ms(now_ms())
+        """Compact minute buckets past the fine retention into hours; retire buckets past retention."""
+        now = now_ms()
+        horizon = self.applier.oldest_allowed_ms(now)
+        fine_cutoff = now - self.settings.timeline.fine_retention_ms
+        fine_cutoff -= fine_cutoff % HOUR_MS
         entries = self.entries
+        flusher = self.flusher
         for partition in sorted(self.owned_partitions()):
             if not self._consistent(partition):
                 continue  # still replaying after a recovery (see on_recovered)
-            self.flusher.dirty.update(expire(entries, partition, horizon))
+            for written, deleted in (
+                compact(entries, partition, fine_cutoff),
+                expire(entries, partition, horizon),
+            ):
+                flusher.dirty.update(written)
+                flusher.delete_pending.update(deleted)
 
     def _consistent(self, partition: int) -> bool:
         """Whether every entry of the partition is complete through the same offset (see on_recovered)."""

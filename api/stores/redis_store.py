@@ -27,9 +27,17 @@ from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import Timeline, TimelineSettings
+from tokentrace.core.timeline import _COARSE, _FINE, HOUR_MS, Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
-from tokentrace.processors.state import META, RETIRED, BucketEntry, PartitionMeta, RetiredEntry, decode_entry
+from tokentrace.processors.state import (
+    HOUR_TAG,
+    META,
+    RETIRED,
+    BucketEntry,
+    PartitionMeta,
+    RetiredEntry,
+    decode_entry,
+)
 from tokentrace.producers.transports.kafka import split_messages
 
 __all__ = ["POISON_COUNTER", "RedisStore"]
@@ -42,18 +50,33 @@ _FETCH_CHUNK = 500
 
 
 class _View(Timeline):
-    """A Timeline whose buckets are replaced whole (a bucket is the merge of its partitions' versions)."""
+    """A Timeline whose buckets are replaced whole (a bucket is the merge of its partitions' versions).
+
+    Replacing bumps the same version keys ``Timeline.add`` does, so every memo over the bucket (its own
+    projection, its hour and day, the settled part of long windows) is recomputed. Core could offer
+    ``replace_bucket``/``replace_hour`` itself; until then this mirrors its bookkeeping.
+    """
 
     def replace_retired(self, state: BucketState) -> None:
         """Set what retired buckets counted (part of ``lifetime``)."""
         self._retired = state
+        self.generation += 1
+
+    def replace_hour(self, hour_ms: int, state: BucketState | None) -> None:
+        """Replace a compacted hour (the merge of its partitions' hour entries)."""
+        self._replace(self._coarse, _COARSE, hour_ms, state)
 
     def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
+        self._replace(self._fine, _FINE, start_ms, state)
+
+    def _replace(self, table: dict[int, BucketState], kind: int, start: int, state: BucketState | None) -> None:
         if state is None:
-            self._fine.pop(start_ms, None)
+            table.pop(start, None)
         else:
-            self._fine[start_ms] = state
-        self._touch(start_ms)
+            table[start] = state
+        versions = self._versions
+        versions[(kind, start)] = versions.get((kind, start), 0) + 1
+        self._touch(start)
 
 
 class RedisStore:
@@ -97,7 +120,8 @@ class RedisStore:
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
         self._view = _View(self.settings)
-        self._parts: dict[int, dict[int, BucketState]] = {}
+        self._parts: dict[int, dict[int, BucketState]] = {}  # minute -> partition -> state
+        self._hours: dict[int, dict[int, BucketState]] = {}  # compacted hour -> partition -> state
         self._meta: dict[int, PartitionMeta] = {}
         self._retired: dict[int, RetiredEntry] = {}
         self._epoch: bytes | None = None
@@ -172,6 +196,7 @@ class RedisStore:
             self._epoch = epoch
             self._view = _View(self.settings)
             self._parts.clear()
+            self._hours.clear()
             self._meta.clear()
             self._retired.clear()
             self._seq = 0.0
@@ -179,6 +204,7 @@ class RedisStore:
         if not changes:
             return
         touched: set[int] = set()
+        touched_hours: set[int] = set()
         horizons = {p: r.horizon for p, r in self._retired.items()}
         for i in range(0, len(changes), _FETCH_CHUNK):
             chunk = changes[i : i + _FETCH_CHUNK]
@@ -187,31 +213,40 @@ class RedisStore:
                     pipe.hget(keys.entry(member.decode()), "d")
                 values = await pipe.execute()
             for (member, _), data in zip(chunk, values, strict=True):
-                self._apply(member.decode(), data, touched)
+                self._apply(member.decode(), data, touched, touched_hours)
         self._seq = max(self._seq, max(score for _, score in changes))
         if horizons != {p: r.horizon for p, r in self._retired.items()}:
-            # Buckets below a partition's horizon are counted in its retired entry: drop them from the view.
-            for start, by_partition in self._parts.items():
-                for partition in [p for p in by_partition if start < self._horizon(p)]:
-                    del by_partition[partition]
-                    touched.add(start)
+            # Buckets below a partition's horizon are counted in its retired entry.
+            touched.update(self._parts)
+            touched_hours.update(self._hours)
             retired = BucketState()
             for entry in self._retired.values():
                 retired.merge(entry.state)
             self._view.replace_retired(retired)
+        for hour in touched_hours:  # a new hour entry hides its partition's minutes of that hour
+            touched.update(
+                start for start in range(hour, hour + HOUR_MS, self.settings.bucket_ms) if start in self._parts
+            )
+            self._view.replace_hour(hour, self._merged(self._hours.get(hour, {}), hour, hour=True))
         for start in touched:
-            states = self._parts.get(start)
-            if not states:
-                self._parts.pop(start, None)
-                self._view.replace_bucket(start, None)
-                continue
-            merged = BucketState()
-            for state in states.values():
-                merged.merge(state)
-            self._view.replace_bucket(start, merged)
+            self._view.replace_bucket(start, self._merged(self._parts.get(start, {}), start, hour=False))
         self._refresh_counters()
 
-    def _apply(self, member: str, data: bytes | None, touched: set[int]) -> None:
+    def _merged(self, states: dict[int, BucketState], start: int, *, hour: bool) -> BucketState | None:
+        """The bucket as the merge of the partitions that count it here (not retired, not compacted)."""
+        hour_start = start - start % HOUR_MS
+        merged: BucketState | None = None
+        for partition, state in states.items():
+            if start < self._horizon(partition):
+                continue
+            if not hour and partition in self._hours.get(hour_start, {}):
+                continue
+            if merged is None:
+                merged = BucketState()
+            merged.merge(state)
+        return merged
+
+    def _apply(self, member: str, data: bytes | None, touched: set[int], touched_hours: set[int]) -> None:
         partition_text, _, rest = member.partition(":")
         partition = int(partition_text)
         entry = decode_entry(data) if data else None
@@ -225,12 +260,18 @@ class RedisStore:
             if isinstance(entry, RetiredEntry):
                 self._retired[partition] = entry
             return
-        start = int(rest)
-        touched.add(start)
-        if isinstance(entry, BucketEntry) and start >= self._horizon(partition):
-            self._parts.setdefault(start, {})[partition] = entry.state
+        is_hour = rest.startswith(HOUR_TAG)
+        start = int(rest[1:] if is_hour else rest)
+        (touched_hours if is_hour else touched).add(start)
+        table = self._hours if is_hour else self._parts
+        if isinstance(entry, BucketEntry):
+            table.setdefault(start, {})[partition] = entry.state
         else:
-            self._parts.get(start, {}).pop(partition, None)
+            states = table.get(start)
+            if states is not None:
+                states.pop(partition, None)
+                if not states:
+                    del table[start]
 
     def _horizon(self, partition: int) -> int:
         retired = self._retired.get(partition)

@@ -12,7 +12,7 @@ from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import MINUTE_MS, TimelineSettings, total
+from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings, total
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     TOMBSTONE_VERSION,
@@ -20,6 +20,7 @@ from tokentrace.processors.state import (
     BucketEntry,
     Entry,
     bucket_key,
+    compact,
     encode_entry,
     expire,
 )
@@ -68,7 +69,9 @@ async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_
         assert total(await store.query(a, b + MINUTE_MS, None, {})).count == 18
 
         # Retire partition 0's bucket a: the window loses it, the lifetime keeps it.
-        await _written(materializer, _pending(entries, expire(entries, 0, b)))
+        written, deleted = expire(entries, 0, b)
+        await _written(materializer, _pending(entries, written))
+        await _written(materializer, _pending(entries, deleted))
         assert total(await store.query(a, b, None, {})).count == 3
         assert total(await store.query(a, b + MINUTE_MS, None, {})).count == 15
         assert total(await store.lifetime(None)).count == 18
@@ -81,6 +84,50 @@ async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_
         await _written(materializer, _pending(entries, list(entries)))
         assert total(await store.lifetime(None)).count == 18
         assert total(await store.query(a, b, None, {})).count == 3
+    finally:
+        writer.cancel()
+        await materializer.close()
+
+
+async def test_compacted_hours_replace_their_minutes_without_double_counting(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    now = now_ms()
+    hour = now - now % HOUR_MS - 5 * HOUR_MS
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    for partition in (0, 1):
+        for offset in range(4):
+            spans = [_span(1, hour + offset * MINUTE_MS), _span(2, hour + 30 * MINUTE_MS)]
+            applier.apply(entries, partition, offset, now, encode_wire(spans))
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+
+        async def counts() -> tuple[int, int, int]:
+            window = total(await store.query(hour, hour + HOUR_MS, None, {})).count
+            wider = total(await store.query(hour - HOUR_MS, hour + 2 * HOUR_MS, None, {})).count
+            return window, wider, total(await store.lifetime(None)).count
+
+        assert await counts() == (16, 16, 16)
+        written, deleted = compact(entries, 0, hour + HOUR_MS)
+        await _written(materializer, _pending(entries, written))  # the hour first: p0's minutes now hidden
+        assert await counts() == (16, 16, 16)
+        await _written(materializer, _pending(entries, deleted))  # then the minutes' tombstones
+        assert await counts() == (16, 16, 16)
+        # A late span for the compacted hour lands in the hour entry.
+        applied = applier.apply(entries, 0, 9, now, encode_wire([_span(3, hour + 59 * MINUTE_MS)]))
+        await _written(materializer, _pending(entries, applied.dirty))
+        assert await counts() == (17, 17, 17)
+        # A second replica that starts now sees the same.
+        fresh = RedisStore(redis_server.url, store.bootstrap_servers, store.topic, prefix=store.keys.prefix)
+        await fresh.open()
+        try:
+            assert total(await fresh.query(hour, hour + HOUR_MS, None, {})).count == 17
+        finally:
+            await fresh.close()
     finally:
         writer.cancel()
         await materializer.close()

@@ -18,9 +18,11 @@ from tokentrace.processors.state import (
     PartitionMeta,
     RetiredEntry,
     bucket_key,
+    compact,
     decode_entry,
     encode_entry,
     expire,
+    hour_key,
     meta_key,
     parse_key,
     retired_key,
@@ -150,13 +152,13 @@ def test_expire_folds_old_buckets_into_retired_then_deletes_them() -> None:
     applier.apply(entries, 1, 1, NOW, encode_wire([_span(4, recent)]))
     horizon = applier.oldest_allowed_ms(NOW)
     assert old + MINUTE_MS < horizon <= recent
-    dirty = expire(entries, 1, horizon)
-    assert dirty == [retired_key(1), bucket_key(1, old), bucket_key(1, old + MINUTE_MS)]
+    written, deleted = expire(entries, 1, horizon)
+    assert (written, deleted) == ([retired_key(1)], [bucket_key(1, old), bucket_key(1, old + MINUTE_MS)])
     retired = entries[retired_key(1)]
     assert isinstance(retired, RetiredEntry) and retired.horizon == horizon
     assert sum(a.count for a in retired.state.series.values()) == 2
     assert bucket_key(1, old) not in entries and bucket_key(1, recent) in entries
-    assert expire(entries, 1, horizon) == []  # nothing new to retire
+    assert expire(entries, 1, horizon) == ([], [])  # nothing new to retire
 
     # A late span for a retired bucket is rejected as too old, whatever the message's timestamp says.
     applier.apply(entries, 1, 2, old, encode_wire([_span(8, old)]))
@@ -175,7 +177,42 @@ def test_a_bucket_that_survived_its_retirement_is_not_folded_twice() -> None:
     horizon = applier.oldest_allowed_ms(NOW)
     expire(entries, 0, horizon)
     entries[bucket_key(0, old)] = survivor  # recovered from the changelog without its tombstone
-    assert expire(entries, 0, horizon + HOUR_MS) == [retired_key(0), bucket_key(0, old)]
+    assert expire(entries, 0, horizon + HOUR_MS) == ([retired_key(0)], [bucket_key(0, old)])
     retired = entries[retired_key(0)]
     assert isinstance(retired, RetiredEntry)
     assert sum(a.count for a in retired.state.series.values()) == 1
+
+
+def test_compaction_folds_minutes_into_hours_which_take_late_spans_and_replays() -> None:
+    applier = _applier()
+    entries: dict[bytes, Entry] = {}
+    hour = NOW - NOW % HOUR_MS - 5 * HOUR_MS
+    payloads = [
+        encode_wire([_span(1, hour + i * MINUTE_MS), _span(2, hour + HOUR_MS + i * MINUTE_MS)]) for i in range(3)
+    ]
+    for offset, payload in enumerate(payloads):
+        applier.apply(entries, 0, offset, NOW, payload)
+    survivor = entries[bucket_key(0, hour)]
+    written, deleted = compact(entries, 0, hour + HOUR_MS)
+    assert written == [hour_key(0, hour)] and len(deleted) == 3
+    compacted = entries[hour_key(0, hour)]
+    assert isinstance(compacted, BucketEntry) and compacted.offset == 2
+    assert _count(entries) == (6, 9)
+
+    for offset, payload in enumerate(payloads):  # a replay changes nothing
+        applier.apply(entries, 0, offset, NOW, payload)
+    assert _count(entries) == (6, 9)
+    applier.apply(entries, 0, 3, NOW, encode_wire([_span(4, hour + 30 * MINUTE_MS)]))  # a late span
+    assert bucket_key(0, hour + 30 * MINUTE_MS) not in entries
+    assert _count(entries) == (7, 13)
+
+    # A minute that survived its compaction (crash before its deletion) is dropped, never folded twice,
+    # and retirement does not count it either.
+    entries[bucket_key(0, hour)] = survivor
+    assert compact(entries, 0, hour + HOUR_MS) == ([], [bucket_key(0, hour)])
+    entries[bucket_key(0, hour)] = survivor
+    written, deleted = expire(entries, 0, hour + HOUR_MS)
+    retired = entries[retired_key(0)]
+    assert isinstance(retired, RetiredEntry)
+    assert sum(a.count for a in retired.state.series.values()) == 4
+    assert set(deleted) == {hour_key(0, hour), bucket_key(0, hour)}
