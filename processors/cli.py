@@ -116,6 +116,12 @@ def worker(
     prefix: Annotated[
         str | None, typer.Option(help="Redis key prefix of the view.", envvar="TOKENTRACE_REDIS_PREFIX")
     ] = None,
+    dead_letter_topic: Annotated[
+        str | None,
+        typer.Option(
+            help="Copy poison messages to this topic (created if missing).", envvar="TOKENTRACE_DEAD_LETTER_TOPIC"
+        ),
+    ] = None,
     session_timeout: Annotated[
         float, typer.Option(help="Seconds before a silent worker's partitions move to the others.")
     ] = 10.0,
@@ -132,10 +138,18 @@ def worker(
     config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
     settings = worker_settings(config, app_id, prefix)
     settings.session_timeout_s = session_timeout
-    try:
-        settings.partitions = asyncio.run(
-            ensure_topic(settings.bootstrap_servers, settings.topic, settings.partitions, settings.replication_factor)
+    settings.dead_letter_topic = dead_letter_topic
+
+    async def topics() -> int:
+        partitions = await ensure_topic(
+            settings.bootstrap_servers, settings.topic, settings.partitions, settings.replication_factor
         )
+        if dead_letter_topic:
+            await ensure_topic(settings.bootstrap_servers, dead_letter_topic, partitions, settings.replication_factor)
+        return partitions
+
+    try:
+        settings.partitions = asyncio.run(topics())
     except KafkaUnreachable as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from None

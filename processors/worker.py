@@ -111,6 +111,8 @@ class WorkerSettings:
     changelog_timeout_s: float = 60.0
     commit_interval_s: float = 1.0
     retire_interval_s: float = 60.0
+    #: Copy poison messages there (with headers naming the source and the error); None: only count them.
+    dead_letter_topic: str | None = None
     #: How long the group waits for a crashed worker before rebalancing its partitions (Faust's default: 60 s).
     session_timeout_s: float = 10.0
     datadir: str | None = None
@@ -129,6 +131,7 @@ class _Flusher:
         self.lock = asyncio.Lock()
         self.stream: Any = None
         self.completing: asyncio.Future[None] | None = None
+        self.futures: list[Any] = []  # other sends the events wait for (dead letters)
         self.delete_pending: set[bytes] = set()  # deletions whose replacing writes are not sent yet
         self.delete_ready: set[bytes] = set()  # deletions whose replacing writes are sent and being acked
 
@@ -162,7 +165,7 @@ class _Flusher:
             spans, self.spans = self.spans, []
             worker = self.worker
             entries = worker.entries
-            futures = []
+            futures, self.futures = self.futures, []
             written: list[Pending] = []
             send = worker.table.send_changelog
             for key in dirty:
@@ -222,6 +225,16 @@ class _Worker:
             value_type=_EntryValue,
             partitions=settings.partitions,
         )
+        self.dead_letters = (
+            self.app.topic(
+                settings.dead_letter_topic,
+                key_serializer="raw",
+                value_serializer="raw",
+                partitions=settings.partitions,
+            )
+            if settings.dead_letter_topic
+            else None
+        )
         self.materializer = Materializer(
             settings.redis_url, self.keys, settings.trace_retention_ms, self.snapshot_owned
         )
@@ -278,6 +291,17 @@ class _Worker:
                     message.offset,
                     applied.poison[:200],
                 )
+                if self.dead_letters is not None:  # acked with the event: a replay may copy it again
+                    flusher.futures.append(
+                        self.dead_letters.send_soon(
+                            key=message.key,
+                            value=event.value,
+                            headers=[
+                                ("tokentrace-source", f"{message.topic}:{message.partition}:{message.offset}".encode()),
+                                ("tokentrace-error", applied.poison[:1000].encode()),
+                            ],
+                        )
+                    )
             self.events += 1
             self.spans += len(applied.spans)
             flusher.events.append(event)

@@ -20,11 +20,13 @@ import contextlib
 import logging
 from typing import Any
 
+import msgspec
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
+from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import _COARSE, _FINE, HOUR_MS, Timeline, TimelineSettings
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 
 POISON_COUNTER = "tokentrace_poison_messages"
 REJECTED_COUNTER = "tokentrace_worker_rejected_spans"
+UNREADABLE_COUNTER = "tokentrace_view_unreadable_entries"
 _FETCH_CHUNK = 500
 
 
@@ -127,6 +130,8 @@ class RedisStore:
         self._epoch: bytes | None = None
         self._seq = 0.0
         self._sync_lock = asyncio.Lock()
+        #: Entries skipped because this build cannot read them (another version's aggregate layout).
+        self.unreadable = 0
 
     # --------------------------------------------------------------- lifecycle
     @property
@@ -213,7 +218,11 @@ class RedisStore:
                     pipe.hget(keys.entry(member.decode()), "d")
                 values = await pipe.execute()
             for (member, _), data in zip(chunk, values, strict=True):
-                self._apply(member.decode(), data, touched, touched_hours)
+                try:
+                    self._apply(member.decode(), data, touched, touched_hours)
+                except (msgspec.DecodeError, ValueError) as exc:  # written by an incompatible version
+                    self.unreadable += 1
+                    log.error("redis view: skipping unreadable entry %s: %s", member.decode(), exc)
         self._seq = max(self._seq, max(score for _, score in changes))
         if horizons != {p: r.horizon for p, r in self._retired.items()}:
             # Buckets below a partition's horizon are counted in its retired entry.
@@ -260,6 +269,8 @@ class RedisStore:
             if isinstance(entry, RetiredEntry):
                 self._retired[partition] = entry
             return
+        if isinstance(entry, BucketEntry):
+            _check_shape(entry.state)
         is_hour = rest.startswith(HOUR_TAG)
         start = int(rest[1:] if is_hour else rest)
         (touched_hours if is_hour else touched).add(start)
@@ -285,6 +296,7 @@ class RedisStore:
             (("reason", "future"),): float(sum(m.future for m in metas)),
             (("reason", "invalid"),): float(sum(m.invalid for m in metas)),
         }
+        self.counters[UNREADABLE_COUNTER] = {(): float(self.unreadable)}
 
     # ------------------------------------------------------------------ traces
     async def _load_traces(self, trace_ids: list[str]) -> list[Trace]:
@@ -349,6 +361,19 @@ class RedisStore:
             reason = reason or "not connected to Kafka"
         span_count = sum(m.spans for m in self._meta.values())
         return StoreHealth(reason is None, reason, span_count, 0, self.transport)
+
+
+_LATENCY_SLOTS = len(LATENCY_BUCKETS_MS) + 1
+_PROMPT_SLOTS = len(PROMPT_TOKEN_BUCKETS) + 1
+
+
+def _check_shape(state: BucketState) -> None:
+    """Raise ValueError if the aggregates' histogram layout is not this build's (merging would fail)."""
+    groups = [state.series, *(by_series for values in state.attributes.values() for by_series in values.values())]
+    for group in groups:
+        for aggregate in group.values():
+            if len(aggregate.latency_buckets) != _LATENCY_SLOTS or len(aggregate.prompt_buckets) != _PROMPT_SLOTS:
+                raise ValueError("histogram buckets differ from this build's (written by another version)")
 
 
 def _texts(values: Any) -> list[str]:

@@ -95,6 +95,8 @@ async def test_poison_messages_are_counted_and_never_stop_a_partition(
     kafka_broker: KafkaCluster, topic: str, workers: Workers, store: RedisStore
 ) -> None:
     rng = random.Random(6)
+    dead_letters = kafka_broker.create_topic("dead-letters", partitions=4)
+    workers.extra_args = ["--dead-letter-topic", dead_letters]
     workers.start()
     spans = make_spans(4_000, rng)
     poison = [
@@ -114,3 +116,6 @@ async def test_poison_messages_are_counted_and_never_stop_a_partition(
     await wait_counted(store, len(spans), 60, workers)
     assert time.monotonic() - began < 60
     await _assert_exact(kafka_broker, topic, store, expected_poison=len(values) // 2)
+    # Each poison message was copied to the dead-letter topic (no crash here, so exactly once).
+    copied, copied_poison = await recount_topic(kafka_broker.bootstrap, dead_letters)
+    assert (copied, copied_poison) == ([], len(values) // 2)
