@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated
@@ -155,7 +156,17 @@ def worker(
         raise typer.Exit(1) from None
     asyncio.set_event_loop(asyncio.new_event_loop())
     app = build_app(settings, price_table(config))
-    faust.Worker(app, loglevel="debug" if verbose else "info", quiet=True).execute_from_commandline()
+    code: int | str | None = 0
+    try:
+        faust.Worker(app, loglevel="debug" if verbose else "info", quiet=True).execute_from_commandline()
+    except SystemExit as exc:
+        code = exc.code
+    # Faust has closed its loop; its consumer thread sometimes lingers and would keep the process alive
+    # (and in the consumer group's way). Everything worth keeping is in Kafka by now.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code if isinstance(code, int) else 1)
 
 
 @cli.command("api")
