@@ -486,11 +486,11 @@ def _main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         with KafkaCluster(args.nodes) as cluster:
             took = time.monotonic() - began
+            stop = threading.Event()
+            for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a reader may signal at once
+                signal.signal(sig, lambda *_: stop.set())
             print(f"Kafka {kafka_version()} ready in {took:.1f}s (data in {cluster.base_dir})")
             print(cluster.bootstrap, flush=True)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
             while not stop.wait(1.0):
                 for node in cluster.nodes:
                     node.process.check_alive()
