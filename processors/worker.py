@@ -59,6 +59,7 @@ from tokentrace.processors.state import (
     expire,
     parse_key,
 )
+from tokentrace.processors.store import STORE_URL
 
 __all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
 
@@ -223,6 +224,7 @@ class _Worker:
             default=None,
             key_type=bytes,
             value_type=_EntryValue,
+            store=STORE_URL,
             partitions=settings.partitions,
         )
         self.dead_letters = (
