@@ -49,6 +49,7 @@ from tokentrace.core.timeline import TimelineSettings
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     HOUR_MS,
+    META,
     TOMBSTONE_VERSION,
     Applier,
     BucketEntry,
@@ -57,6 +58,7 @@ from tokentrace.processors.state import (
     decode_entry,
     encode_entry,
     expire,
+    meta_key,
     parse_key,
 )
 from tokentrace.processors.store import STORE_URL
@@ -66,6 +68,7 @@ __all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
 log = logging.getLogger(__name__)
 
 TABLE_NAME = "buckets"
+_META_SUFFIX = f":{META}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
 EXIT_CHANGELOG_FAILED = 70
@@ -169,7 +172,9 @@ class _Flusher:
             futures, self.futures = self.futures, []
             written: list[Pending] = []
             send = worker.table.send_changelog
-            for key in dirty:
+            # Meta entries last: once a partition's meta entry (offset X) is in the changelog, so is every
+            # other record of the flushes up to it, i.e. the partition's state is complete through X.
+            for key in sorted(dirty, key=lambda k: k.endswith(_META_SUFFIX)):
                 entry = entries.get(key)
                 if entry is None:  # compacted or retired since: its deletion is queued
                     continue
@@ -252,6 +257,9 @@ class _Worker:
         self._ticker: asyncio.Future[None] | None = None
         self._consistent_from: dict[int, int] = {}  # partition -> newest entry offset at recovery
         self._position: dict[int, int] = {}  # partition -> last offset the agent applied
+        self._resume: dict[int, int] = {}  # partition -> first offset its state lacks (until checked)
+        self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of its state
+        self.rewinds = 0
 
     @property
     def entries(self) -> Any:
@@ -280,6 +288,8 @@ class _Worker:
         apply = self.applier.apply
         async for event in noack.events():
             message = event.message
+            if self._resume and message.partition in self._resume and not await self._resumes_at(message):
+                continue  # ahead of the state: not applied, not acked, fetched again after the seek
             began = time.monotonic()
             applied = apply(entries, message.partition, message.offset, round(message.timestamp * 1000), event.value)
             self.apply_s += time.monotonic() - began
@@ -311,6 +321,36 @@ class _Worker:
             flusher.spans.extend(applied.spans)
             if flusher.due():
                 await flusher.flush()
+
+    async def _resumes_at(self, message: Any) -> bool:
+        """Check the first message of a partition after a recovery against where its state ends.
+
+        Faust resumes at the committed offset, which must never be past the state (its meta entry says
+        through which offset it is complete). If it is, the events in between would never be counted:
+        seek back to where the state ends and drop what was fetched beyond it until that arrives.
+        """
+        partition, offset = message.partition, message.offset
+        expected = self._resume[partition]
+        first_seen = self._rewinding.get(partition)
+        # At or before the end of the state; or fetched again after our seek (the buffered messages all came
+        # after the first one seen) while the log has no record at the expected offset itself (retention,
+        # a transaction marker): go on from here.
+        if offset <= expected or (first_seen is not None and offset <= first_seen):
+            del self._resume[partition]
+            return True
+        if first_seen is None:
+            self._rewinding[partition] = offset
+            log.log(
+                logging.WARNING if expected == 0 else logging.ERROR,
+                "partition %d resumed at offset %d but its state ends at %d: seeking back to %d",
+                partition,
+                offset,
+                expected - 1,
+                expected,
+            )
+            self.rewinds += 1
+            await self.app.consumer.seek(TP(message.topic, partition), expected)
+        return False
 
     async def _tick_forever(self) -> None:
         interval = self.settings.flush_interval_s / 2
@@ -344,6 +384,12 @@ class _Worker:
                 newest[partition] = max(newest.get(partition, -1), entry.offset)
         self._consistent_from = newest
         self._position = {}
+        # Where each partition's state says processing must resume: right after its meta entry's offset.
+        self._resume = {}
+        self._rewinding = {}
+        for partition in owned:
+            meta = entries.get(meta_key(partition))
+            self._resume[partition] = meta.offset + 1 if isinstance(meta, PartitionMeta) else 0
         log.info("recovered partitions %s (%d entries)", sorted(owned), len(entries))
         self.materializer.submit(self.snapshot_owned())
 
