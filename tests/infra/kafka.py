@@ -458,7 +458,8 @@ class KafkaCluster:
             archive = class_archive(java)
             cds = [f"-XX:SharedArchiveFile={archive}"] if archive.is_file() else []
             argv = [java, "-Xmx128m", *_JVM_OPTS, *cds, log4j, "-cp", f"{libs}/*", "kafka.tools.StorageTool"]
-            argv += ["format", "-t", self.cluster_id, "-c", conf]
+            # "--cluster-id=ID" form: a base64url id may start with "-", which argparse would take for a flag.
+            argv += ["format", f"--cluster-id={self.cluster_id}", "--config", conf]
             proc = ServerProcess(f"kafka storage format {node.node_id}", argv, node.home / "format.log")
             proc.start()
             procs.append(proc)
