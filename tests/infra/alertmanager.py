@@ -10,10 +10,8 @@ from __future__ import annotations
 
 import json
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -22,7 +20,7 @@ from typing import Any, Self
 
 import yaml
 
-from tests.infra.procs import InfraError, ServerProcess, free_ports, wait_for
+from tests.infra.procs import InfraError, ServerProcess, free_ports, serve_until_signalled, wait_for
 
 __all__ = ["Alertmanager"]
 
@@ -156,12 +154,7 @@ def _main() -> int:
         return 2
     try:
         with Alertmanager(sys.argv[1]) as server:
-            print(server.url, flush=True)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            while not stop.wait(1.0):
-                server.process.check_alive()
+            serve_until_signalled([server.url], server.process.check_alive)
         return 0
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)

@@ -20,7 +20,6 @@ import fcntl
 import hashlib
 import os
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -37,7 +36,7 @@ from typing import Any, Self, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
-from tests.infra.procs import InfraError, ServerProcess, free_ports, port_accepts, wait_for
+from tests.infra.procs import InfraError, ServerProcess, free_ports, port_accepts, serve_until_signalled, wait_for
 
 __all__ = ["KafkaCluster", "KafkaNode", "cache_dir", "class_archive", "fetch", "kafka_version", "libs_dir", "prepare"]
 
@@ -487,14 +486,13 @@ def _main(argv: list[str] | None = None) -> int:
         began = time.monotonic()
         with KafkaCluster(args.nodes) as cluster:
             took = time.monotonic() - began
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):  # before the banner: a reader may signal at once
-                signal.signal(sig, lambda *_: stop.set())
-            print(f"Kafka {kafka_version()} ready in {took:.1f}s (data in {cluster.base_dir})")
-            print(cluster.bootstrap, flush=True)
-            while not stop.wait(1.0):
+            banner = [f"Kafka {kafka_version()} ready in {took:.1f}s (data in {cluster.base_dir})", cluster.bootstrap]
+
+            def check_alive() -> None:
                 for node in cluster.nodes:
                     node.process.check_alive()
+
+            serve_until_signalled(banner, check_alive)
         return 0
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)

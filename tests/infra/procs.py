@@ -13,11 +13,20 @@ import random
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
-__all__ = ["InfraError", "ServerProcess", "free_ports", "pid_alive", "port_accepts", "wait_for"]
+__all__ = [
+    "InfraError",
+    "ServerProcess",
+    "free_ports",
+    "pid_alive",
+    "port_accepts",
+    "serve_until_signalled",
+    "wait_for",
+]
 
 _PR_SET_PDEATHSIG = 1
 
@@ -200,3 +209,18 @@ def pid_alive(pid: int) -> bool:
     except PermissionError:
         return True
     return True
+
+
+def serve_until_signalled(banner: Sequence[str], check_alive: Callable[[], None]) -> None:
+    """Print ``banner`` and block until SIGINT or SIGTERM, checking the servers every second.
+
+    The handlers go in before the banner: a reader that signals as soon as it sees the address must not
+    meet the default SIGINT action. ``check_alive`` raises InfraError when a server died.
+    """
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    for line in banner:
+        print(line, flush=True)
+    while not stop.wait(1.0):
+        check_alive()

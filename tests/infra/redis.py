@@ -8,17 +8,15 @@ No persistence by default (``--save "" --appendonly no``): a restart starts empt
 from __future__ import annotations
 
 import shutil
-import signal
 import sys
 import tempfile
-import threading
 from pathlib import Path
 from types import TracebackType
 from typing import Self
 
 import redis
 
-from tests.infra.procs import InfraError, ServerProcess, free_ports, wait_for
+from tests.infra.procs import InfraError, ServerProcess, free_ports, serve_until_signalled, wait_for
 
 __all__ = ["RedisServer"]
 
@@ -128,12 +126,7 @@ class RedisServer:
 def _main() -> int:
     try:
         with RedisServer(persistence="--persist" in sys.argv[1:]) as server:
-            print(server.url, flush=True)
-            stop = threading.Event()
-            for sig in (signal.SIGINT, signal.SIGTERM):
-                signal.signal(sig, lambda *_: stop.set())
-            while not stop.wait(1.0):
-                server.process.check_alive()
+            serve_until_signalled([server.url], server.process.check_alive)
         return 0
     except InfraError as exc:
         print(f"error: {exc}", file=sys.stderr)
