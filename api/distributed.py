@@ -1,7 +1,8 @@
 """The distributed API replica: the same application as the embedded server over ``RedisStore``.
 
 Stateless: ``POST /spans`` publishes to Kafka and answers 202 once the broker acknowledged; every read
-comes from the Redis view the workers maintain. Run as many replicas as you like behind a load balancer.
+comes from the Redis view the workers maintain, and ``/alerts`` from the rules, silences and states the
+replicas and the evaluating worker share in Redis. Run as many replicas as you like behind a load balancer.
 """
 
 from __future__ import annotations
@@ -9,6 +10,7 @@ from __future__ import annotations
 import asyncio
 from collections.abc import Awaitable, Callable
 
+from tokentrace.alerting.redis_shared import shared_alert_service
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
 from tokentrace.api.embedded import embedded_settings, price_table
@@ -16,6 +18,7 @@ from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
 from tokentrace.config import Config
+from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.processors.topics import ensure_topic
 
 __all__ = ["distributed_context", "redis_store", "serve_distributed"]
@@ -38,7 +41,11 @@ async def distributed_context(config: Config, prefix: str | None = None) -> Serv
     await ensure_topic(kafka.bootstrap_servers, kafka.topic, kafka.partitions, kafka.replication_factor)
     store = redis_store(config, prefix)
     await store.open()
-    return ServerContext(store=store, config=config, pricer=price_table(config), extra_counters=store.counters)
+    alerts = shared_alert_service(config, store.redis, store.keys.prefix, TimelineReader(lambda: store.timeline))
+    await alerts.start()
+    return ServerContext(
+        store=store, config=config, pricer=price_table(config), alerts=alerts, extra_counters=store.counters
+    )
 
 
 async def serve_distributed(
@@ -54,4 +61,6 @@ async def serve_distributed(
     try:
         await run_until_stopped(create_app(ctx), config.http_server.addr, on_started, stop)
     finally:
+        if ctx.alerts is not None:
+            await ctx.alerts.aclose()
         await store.close()

@@ -54,10 +54,10 @@ def embedded_settings(config: Config) -> EmbeddedSettings:
 def alert_service(config: Config, store: EmbeddedStore, external_url: str) -> AlertService:
     """Config rules plus API rules and silences persisted next to the store's data."""
     return AlertService(
-        TimelineReader(store.timeline),
+        TimelineReader(lambda: store.timeline),
         rules=rules_from_config(config.alerts),
         repository=FileRuleRepository(store.data_dir),
-        external_url=external_url,
+        external_url=config.alerting.external_url or external_url,
     )
 
 

@@ -166,6 +166,8 @@ def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
 async def handle_prometheus(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     store = ctx.store
+    if ctx.alerts is not None:
+        await ctx.alerts.refresh()
     now = now_ms()
     bucket = store.settings.bucket_ms
     end = now - now % bucket + bucket

@@ -81,7 +81,7 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def worker_settings(config: Config, app_id: str = "tokentrace", prefix: str | None = None) -> WorkerSettings:
+def worker_settings(config: Config, app_id: str | None = None, prefix: str | None = None) -> WorkerSettings:
     """The worker's settings from a configuration."""
     from tokentrace.api.embedded import embedded_settings
     from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
@@ -95,11 +95,15 @@ def worker_settings(config: Config, app_id: str = "tokentrace", prefix: str | No
         topic=config.kafka.topic,
         partitions=config.kafka.partitions,
         replication_factor=config.kafka.replication_factor,
-        app_id=app_id,
+        app_id=app_id or config.kafka.app_id,
         prefix=prefix or DEFAULT_PREFIX,
         timeline=store.timeline,
         max_future_ms=round(parse_duration(config.aggregation.max_future_skew) * 1000),
         trace_retention_ms=store.trace_retention_ms,
+        dead_letter_topic=config.kafka.dead_letter_topic,
+        session_timeout_s=parse_duration(config.kafka.session_timeout),
+        alerts_config=config,
+        alert_interval_s=parse_duration(config.alerting.interval),
     )
 
 
@@ -112,20 +116,25 @@ def worker(
     partitions: PartitionsOption = None,
     replication_factor: ReplicationOption = None,
     app_id: Annotated[
-        str, typer.Option(help="Consumer group and table namespace (one per deployment).", envvar="TOKENTRACE_APP_ID")
-    ] = "tokentrace",
+        str | None,
+        typer.Option(
+            help="Consumer group and table namespace, one per deployment (kafka.app_id).", envvar="TOKENTRACE_APP_ID"
+        ),
+    ] = None,
     prefix: Annotated[
         str | None, typer.Option(help="Redis key prefix of the view.", envvar="TOKENTRACE_REDIS_PREFIX")
     ] = None,
     dead_letter_topic: Annotated[
         str | None,
         typer.Option(
-            help="Copy poison messages to this topic (created if missing).", envvar="TOKENTRACE_DEAD_LETTER_TOPIC"
+            help="Copy poison messages to this topic, created if missing (kafka.dead_letter_topic).",
+            envvar="TOKENTRACE_DEAD_LETTER_TOPIC",
         ),
     ] = None,
     session_timeout: Annotated[
-        float, typer.Option(help="Seconds before a silent worker's partitions move to the others.")
-    ] = 10.0,
+        float | None,
+        typer.Option(help="Seconds before a silent worker's partitions move to the others (kafka.session_timeout)."),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a stream worker: consume the span topic, keep exact aggregates, materialize them into Redis."""
@@ -138,8 +147,11 @@ def worker(
     _logging(verbose)
     config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
     settings = worker_settings(config, app_id, prefix)
-    settings.session_timeout_s = session_timeout
-    settings.dead_letter_topic = dead_letter_topic
+    if session_timeout is not None:
+        settings.session_timeout_s = session_timeout
+    if dead_letter_topic:
+        settings.dead_letter_topic = dead_letter_topic
+    dead_letter_topic = settings.dead_letter_topic
 
     async def topics() -> int:
         partitions = await ensure_topic(

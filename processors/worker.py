@@ -24,7 +24,9 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
   retention into the partition's retired entry (lifetime totals for Prometheus); the replaced entries
   are deleted with changelog tombstones one flush later, once what absorbed them is durable.
 
-Not yet: alert evaluation on the leader timer (the hook is ``on_leader_tick``, one per cluster).
+* Alert rules are evaluated on Faust's leader timer (one worker of the group) against the Redis view,
+  from the rule states shared in Redis; state writes are compare-and-set, so a leader change, or two
+  workers that both think they lead during a rebalance, never announce an episode twice.
 """
 
 from __future__ import annotations
@@ -42,7 +44,12 @@ import faust
 from faust.serializers import codecs
 from faust.types import TP
 
+from tokentrace.alerting.redis_shared import shared_alert_service
+from tokentrace.alerting.service import AlertService
+from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
+from tokentrace.config import Config
+from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
@@ -120,6 +127,9 @@ class WorkerSettings:
     #: How long the group waits for a crashed worker before rebalancing its partitions (Faust's default: 60 s).
     session_timeout_s: float = 10.0
     datadir: str | None = None
+    #: Evaluate the configuration's alert rules (and the API's, from Redis) on the leader; None: no alerts.
+    alerts_config: Config | None = None
+    alert_interval_s: float = 15.0
     faust_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -260,6 +270,8 @@ class _Worker:
         self._resume: dict[int, int] = {}  # partition -> first offset its state lacks (until checked)
         self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of its state
         self.rewinds = 0
+        self._view: RedisStore | None = None
+        self.alerts: AlertService | None = None
 
     @property
     def entries(self) -> Any:
@@ -445,7 +457,31 @@ class _Worker:
         return committed is not None and committed > newest
 
     async def on_leader_tick(self) -> None:
-        """Hook for cluster-wide work (alert evaluation) on the leader timer. Not yet used."""
+        """Cluster-wide work on the leader timer: one round of alert evaluation over the Redis view."""
+        config = self.settings.alerts_config
+        if config is None:
+            return
+        try:
+            if self._view is None:
+                view = RedisStore(
+                    self.settings.redis_url,
+                    self.settings.bootstrap_servers,
+                    self.settings.topic,
+                    self.settings.timeline,
+                    prefix=self.settings.prefix,
+                )
+                await view.open(publish=False)
+                self._view = view
+                reader = TimelineReader(lambda: view.timeline)
+                self.alerts = shared_alert_service(config, view.redis, self.settings.prefix, reader)
+                await self.alerts.start()
+            assert self.alerts is not None
+            await self._view.sync()
+            evaluation = await self.alerts.evaluate_async()
+            if evaluation.notifications:
+                log.info("alerts: %d notifications", len(evaluation.notifications))
+        except Exception:
+            log.exception("alert evaluation failed; trying again next tick")
 
 
 def _new_app(settings: WorkerSettings) -> faust.App:
@@ -477,7 +513,7 @@ def build_app(settings: WorkerSettings, pricer: Pricer | None = None) -> faust.A
     app.agent(worker.topic, name="tokentrace-aggregate", concurrency=1)(worker.process)
     app.timer(1.0, name="tokentrace-housekeeping")(worker.housekeeping)
     app.timer(settings.retire_interval_s, name="tokentrace-retire")(worker.retire)
-    app.timer(15.0, on_leader=True, name="tokentrace-leader")(worker.on_leader_tick)
+    app.timer(settings.alert_interval_s, on_leader=True, name="tokentrace-alerts")(worker.on_leader_tick)
     worker.table.on_recover(worker.on_recovered)
 
     app.task(worker.materializer.run)

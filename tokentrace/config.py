@@ -99,6 +99,15 @@ class KafkaConfig(_Section):
     topic: str = "tokentrace.spans"
     partitions: int = 4
     replication_factor: int = 1
+    #: The workers' consumer group and table namespace: one per deployment.
+    app_id: str = "tokentrace"
+    #: Copy poison messages to this topic (created if missing); unset: only log and count them.
+    dead_letter_topic: str | None = None
+    #: How long the group waits for a silent worker before moving its partitions to the others.
+    session_timeout: str = "10s"
+
+    def __post_init__(self) -> None:
+        parse_duration(self.session_timeout)
 
 
 class RedisConfig(_Section):
@@ -107,6 +116,8 @@ class RedisConfig(_Section):
 
 class AlertingConfig(_Section):
     interval: str = "15s"
+    #: This deployment's API as users reach it (linked from Alertmanager); default: the listen address.
+    external_url: str | None = None
 
     def __post_init__(self) -> None:
         parse_duration(self.interval)

@@ -23,7 +23,9 @@ def _service(request: web.Request) -> AlertService:
 
 @routes.get("/alerts")
 async def list_alerts(request: web.Request) -> web.Response:
-    return json_response(_service(request).list_alerts())
+    service = _service(request)
+    await service.refresh()
+    return json_response(service.list_alerts())
 
 
 @routes.post("/alerts")

@@ -140,8 +140,11 @@ class RedisStore:
             raise StoreUnavailable("store not opened")
         return self._redis
 
-    async def open(self) -> None:
+    async def open(self, *, publish: bool = True) -> None:
+        """Connect to Redis, and to Kafka unless ``publish`` is False (a reader of the view only)."""
         self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
+        if not publish:
+            return
         producer = AIOKafkaProducer(**self._producer_options)
         await producer.start()
         self._producer = producer
@@ -172,6 +175,11 @@ class RedisStore:
 
     def oldest_allowed_ms(self, now_ms: int) -> int:
         return self._view.oldest_allowed_ms(now_ms)
+
+    @property
+    def timeline(self) -> Timeline:
+        """The local copy of the view as of the last ``sync`` (a new object after Redis lost its data)."""
+        return self._view
 
     # ------------------------------------------------------------------- reads
     async def query(self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]) -> Projection:

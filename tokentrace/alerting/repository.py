@@ -16,7 +16,14 @@ import msgspec
 
 from tokentrace.core.alerts import AlertRule
 
-__all__ = ["FileRuleRepository", "MemoryRuleRepository", "RuleRepository", "Snapshot", "StoredRule"]
+__all__ = [
+    "FileRuleRepository",
+    "MemoryRuleRepository",
+    "RepositoryConflict",
+    "RuleRepository",
+    "Snapshot",
+    "StoredRule",
+]
 
 
 class StoredRule(msgspec.Struct, frozen=True):
@@ -28,15 +35,28 @@ class StoredRule(msgspec.Struct, frozen=True):
 
 
 class Snapshot(msgspec.Struct, frozen=True):
-    """Everything persisted: API rules in creation order and silences (rule name → end, epoch ms)."""
+    """Everything persisted: API rules in creation order and silences (rule name → end, epoch ms).
+
+    ``revision`` counts saves in a shared repository: a save based on an older revision is a conflict.
+    """
 
     version: int = 1
     rules: list[StoredRule] = []
     silences: dict[str, int] = {}
+    revision: int = 0
+
+
+class RepositoryConflict(Exception):
+    """Another process saved the shared repository since this snapshot was loaded: load and try again."""
 
 
 class RuleRepository(Protocol):
-    """Loads and replaces the stored :class:`Snapshot`. ``save`` must be atomic: all or nothing."""
+    """Loads and replaces the stored :class:`Snapshot`. ``save`` must be atomic: all or nothing.
+
+    A repository with ``shared = True`` is written by several processes: it is loaded again before each
+    use, and its ``save`` raises :class:`RepositoryConflict` unless the snapshot's revision is the stored
+    one. Without the attribute a repository is taken as private to this process.
+    """
 
     async def load(self) -> Snapshot: ...
 
@@ -45,6 +65,8 @@ class RuleRepository(Protocol):
 
 class MemoryRuleRepository:
     """Keeps the snapshot in memory: API rules last as long as the process (for tests and ephemeral runs)."""
+
+    shared = False
 
     def __init__(self) -> None:
         self.snapshot = Snapshot()
@@ -64,6 +86,7 @@ class FileRuleRepository:
     """
 
     FILENAME = "alerts.json"
+    shared = False
 
     def __init__(self, data_dir: str | os.PathLike[str]) -> None:
         self.path = Path(data_dir) / self.FILENAME

@@ -7,7 +7,7 @@ series in memory; results are cached until the timeline changes (its ``generatio
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.alerts.metrics import COUNT_METRICS
@@ -22,13 +22,21 @@ _INDEX = {name: i for i, name in enumerate(BUILTIN_DIMENSIONS)}
 
 
 class TimelineReader:
-    """A ``MetricReader`` over a Timeline: the window is whole buckets, as in ``GET /metrics``."""
+    """A ``MetricReader`` over a Timeline: the window is whole buckets, as in ``GET /metrics``.
 
-    def __init__(self, timeline: Timeline) -> None:
-        self.timeline = timeline
+    ``timeline`` may be a function returning the timeline to read (a store that replaces its copy).
+    """
+
+    def __init__(self, timeline: Timeline | Callable[[], Timeline]) -> None:
+        self._source = timeline if callable(timeline) else (lambda: timeline)
+        self._seen: Timeline | None = None
         self._generation = -1
         self._series: dict[tuple[int, int], Projection] = {}
         self._totals: dict[tuple[int, int, tuple[tuple[str, str], ...]], Aggregate] = {}
+
+    @property
+    def timeline(self) -> Timeline:
+        return self._source()
 
     def read(self, metric: str, window_s: float, filter: Mapping[str, str], now_ms: int) -> MetricReading:
         aggregate = self._aggregate(round(window_s * 1000), filter, now_ms)
@@ -39,7 +47,8 @@ class TimelineReader:
 
     def _aggregate(self, window_ms: int, where: Mapping[str, str], now_ms: int) -> Aggregate:
         timeline = self.timeline
-        if timeline.generation != self._generation:
+        if timeline.generation != self._generation or timeline is not self._seen:
+            self._seen = timeline
             self._generation = timeline.generation
             self._series.clear()
             self._totals.clear()
