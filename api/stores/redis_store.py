@@ -29,7 +29,7 @@ from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import _COARSE, _FINE, HOUR_MS, Timeline, TimelineSettings
+from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
 from tokentrace.processors.state import (
     HOUR_TAG,
@@ -50,36 +50,6 @@ POISON_COUNTER = "tokentrace_poison_messages"
 REJECTED_COUNTER = "tokentrace_worker_rejected_spans"
 UNREADABLE_COUNTER = "tokentrace_view_unreadable_entries"
 _FETCH_CHUNK = 500
-
-
-class _View(Timeline):
-    """A Timeline whose buckets are replaced whole (a bucket is the merge of its partitions' versions).
-
-    Replacing bumps the same version keys ``Timeline.add`` does, so every memo over the bucket (its own
-    projection, its hour and day, the settled part of long windows) is recomputed. Core could offer
-    ``replace_bucket``/``replace_hour`` itself; until then this mirrors its bookkeeping.
-    """
-
-    def replace_retired(self, state: BucketState) -> None:
-        """Set what retired buckets counted (part of ``lifetime``)."""
-        self._retired = state
-        self.generation += 1
-
-    def replace_hour(self, hour_ms: int, state: BucketState | None) -> None:
-        """Replace a compacted hour (the merge of its partitions' hour entries)."""
-        self._replace(self._coarse, _COARSE, hour_ms, state)
-
-    def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
-        self._replace(self._fine, _FINE, start_ms, state)
-
-    def _replace(self, table: dict[int, BucketState], kind: int, start: int, state: BucketState | None) -> None:
-        if state is None:
-            table.pop(start, None)
-        else:
-            table[start] = state
-        versions = self._versions
-        versions[(kind, start)] = versions.get((kind, start), 0) + 1
-        self._touch(start)
 
 
 class RedisStore:
@@ -122,7 +92,7 @@ class RedisStore:
         self._redis: aioredis.Redis | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
-        self._view = _View(self.settings)
+        self._view = Timeline(self.settings)
         self._parts: dict[int, dict[int, BucketState]] = {}  # minute -> partition -> state
         self._hours: dict[int, dict[int, BucketState]] = {}  # compacted hour -> partition -> state
         self._meta: dict[int, PartitionMeta] = {}
@@ -207,7 +177,7 @@ class RedisStore:
         if epoch != self._epoch:
             log.info("redis view: new epoch %r, reloading", epoch)
             self._epoch = epoch
-            self._view = _View(self.settings)
+            self._view = Timeline(self.settings)
             self._parts.clear()
             self._hours.clear()
             self._meta.clear()

@@ -99,6 +99,28 @@ class Timeline:
         self._versions[key] = self._versions.get(key, 0) + 1
         self._touch(start_ms)
 
+    def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
+        """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere."""
+        self._replace(self._fine, _FINE, start_ms, state)
+
+    def replace_hour(self, hour_ms: int, state: BucketState | None) -> None:
+        """Set a compacted hour to ``state`` whole (None: drop it)."""
+        self._replace(self._coarse, _COARSE, hour_ms, state)
+
+    def replace_retired(self, state: BucketState) -> None:
+        """Set what retired buckets counted (part of ``lifetime``)."""
+        self._retired = state
+        self.generation += 1
+
+    def _replace(self, table: dict[int, BucketState], kind: int, start: int, state: BucketState | None) -> None:
+        if state is None:
+            table.pop(start, None)
+        else:
+            table[start] = state
+        versions = self._versions
+        versions[(kind, start)] = versions.get((kind, start), 0) + 1
+        self._touch(start)
+
     def compact(self, now_ms: int) -> None:
         """Fold buckets older than the fine retention into hours; retire those past retention."""
         self._compactions += 1
