@@ -18,7 +18,7 @@ from typing import Any
 import msgspec
 import redis.asyncio as aioredis
 
-from tokentrace.api.stores.redis_view import INDEX_TRACES, WRITE_ENTRY, Keys, encode_span
+from tokentrace.api.stores.redis_view import COLLECT_TOMBSTONES, INDEX_TRACES, WRITE_ENTRY, Keys, encode_span
 from tokentrace.core.span import Span
 
 __all__ = ["Materializer"]
@@ -52,6 +52,9 @@ class Materializer:
         self._redis: aioredis.Redis | None = None
         self._script: Any = None
         self._index_traces: Any = None
+        self._collect: Any = None
+        #: Tombstones dropped by ``collect_tombstones``.
+        self.collected = 0
         self._pending: dict[bytes, tuple[int, bytes]] = {}
         self._wake = asyncio.Event()
         self._idle = asyncio.Event()
@@ -67,6 +70,7 @@ class Materializer:
             self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
             self._script = self._redis.register_script(WRITE_ENTRY)
             self._index_traces = self._redis.register_script(INDEX_TRACES)
+            self._collect = self._redis.register_script(COLLECT_TOMBSTONES)
         return self._redis
 
     async def close(self) -> None:
@@ -119,10 +123,29 @@ class Materializer:
             for key, (offset, data) in items:
                 member = key.decode()
                 await self._script(
-                    keys=[keys.entry(member), keys.seq, keys.changes], args=[offset, data, member], client=pipe
+                    keys=[keys.entry(member), keys.seq, keys.changes, keys.tombstones],
+                    args=[offset, data, member],
+                    client=pipe,
                 )
             await pipe.execute()
         self.written += len(items)
+
+    async def collect_tombstones(self, older_than_s: float, now_s: float, limit: int = 1000) -> int:
+        """Drop the view's tombstones of deletions made more than ``older_than_s`` ago (up to ``limit``).
+
+        Without this, every retired or compacted bucket would leave a key and a change-feed member behind
+        forever. Safe because whatever absorbed the deleted entry (its hour entry, its partition's retired
+        horizon) was written before the deletion and hides a late copy from every reader.
+        """
+        self._connect()
+        keys = self.keys
+        dropped = int(
+            await self._collect(
+                keys=[keys.tombstones, keys.changes], args=[keys.entry_prefix, int(now_s - older_than_s), limit]
+            )
+        )
+        self.collected += dropped
+        return dropped
 
     # ------------------------------------------------------------------ epoch
     async def check_epoch(self) -> bool:

@@ -79,6 +79,9 @@ _META_SUFFIX = f":{META}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
 EXIT_CHANGELOG_FAILED = 70
+#: Tombstones of the Redis view are dropped this long after the deletion, checked this often.
+TOMBSTONE_GRACE_S = 3600.0
+TOMBSTONE_CHECK_S = 60.0
 
 
 class _EntryCodec(codecs.Codec):
@@ -270,6 +273,7 @@ class _Worker:
         self._resume: dict[int, int] = {}  # partition -> first offset its state lacks (until checked)
         self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of its state
         self.rewinds = 0
+        self._collected_at = time.monotonic()
         self._view: RedisStore | None = None
         self.alerts: AlertService | None = None
 
@@ -426,6 +430,9 @@ class _Worker:
         try:
             await self.materializer.check_epoch()
             await self.materializer.expire_traces(now_ms() - self.settings.trace_retention_ms)
+            if now - self._collected_at >= TOMBSTONE_CHECK_S:
+                self._collected_at = now
+                await self.materializer.collect_tombstones(TOMBSTONE_GRACE_S, time.time())
         except Exception as exc:
             log.warning("redis view: housekeeping failed: %r", exc)
 

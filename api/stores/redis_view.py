@@ -23,6 +23,7 @@ import msgspec
 from tokentrace.core.span import Span
 
 __all__ = [
+    "COLLECT_TOMBSTONES",
     "DEFAULT_PREFIX",
     "INDEX_TRACES",
     "WRITE_ENTRY",
@@ -33,19 +34,38 @@ __all__ = [
 
 DEFAULT_PREFIX = "tt:"
 
-#: KEYS: entry, seq, changes. ARGV: offset, data (empty: delete), member. Returns 1 if written.
+#: KEYS: entry, seq, changes, tombstones. ARGV: offset, data (empty: delete), member. Returns 1 if written.
+#: A deletion leaves a tombstone (the entry's offset without data) and notes when, for ``COLLECT_TOMBSTONES``.
 WRITE_ENTRY = """
 local current = redis.call('HGET', KEYS[1], 'o')
 if current and tonumber(current) >= tonumber(ARGV[1]) then return 0 end
 if ARGV[2] == '' then
   redis.call('DEL', KEYS[1])
   redis.call('HSET', KEYS[1], 'o', ARGV[1])
+  redis.call('ZADD', KEYS[4], redis.call('TIME')[1], ARGV[3])
 else
   redis.call('HSET', KEYS[1], 'o', ARGV[1], 'd', ARGV[2])
 end
 local seq = redis.call('INCR', KEYS[2])
 redis.call('ZADD', KEYS[3], seq, ARGV[3])
 return 1
+"""
+
+#: KEYS: tombstones, changes. ARGV: entry key prefix, cutoff (Unix seconds), limit. Returns the number dropped.
+#: Deleted entries are minutes folded into an hour entry or buckets below a retired horizon: once those
+#: covering writes are old, every reader hides a resurrected copy anyway, so the tombstone can go.
+COLLECT_TOMBSTONES = """
+local dropped = 0
+for _, member in ipairs(redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))) do
+  local key = ARGV[1] .. member
+  if redis.call('HEXISTS', key, 'd') == 0 then
+    redis.call('DEL', key)
+    redis.call('ZREM', KEYS[2], member)
+    dropped = dropped + 1
+  end
+  redis.call('ZREM', KEYS[1], member)
+end
+return dropped
 """
 
 #: KEYS: the trace listing. ARGV: trace hash prefix, TTL seconds, and one msgpack array of
@@ -84,6 +104,8 @@ class Keys:
         self.seq = f"{prefix}seq"
         self.changes = f"{prefix}changes"
         self.epoch = f"{prefix}epoch"
+        self.tombstones = f"{prefix}tombstones"
+        self.entry_prefix = f"{prefix}e:"
         self.traces = f"{prefix}traces"
         self.trace_prefix = f"{prefix}t:"
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import time
 
 import pytest
 
@@ -126,6 +127,50 @@ async def test_compacted_hours_replace_their_minutes_without_double_counting(
         await fresh.open()
         try:
             assert total(await fresh.query(hour, hour + HOUR_MS, None, {})).count == 17
+        finally:
+            await fresh.close()
+    finally:
+        writer.cancel()
+        await materializer.close()
+
+
+async def test_old_tombstones_are_collected_and_a_late_copy_stays_hidden(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    now = now_ms()
+    hour = now - now % HOUR_MS - 5 * HOUR_MS
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    for offset in range(6):
+        applier.apply(entries, 0, offset, now, encode_wire([_span(1, hour + offset * MINUTE_MS)]))
+    minutes = [bucket_key(0, hour + offset * MINUTE_MS) for offset in range(6)]
+    stale = {key: encode_entry(entries[key]) for key in minutes}
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+        written, deleted = compact(entries, 0, hour + HOUR_MS)
+        await _written(materializer, _pending(entries, written))
+        await _written(materializer, _pending(entries, deleted))
+        assert sorted(deleted) == sorted(minutes)
+        before = total(await store.query(hour, hour + HOUR_MS, None, {})).count
+        with redis_server.client() as client:
+            assert client.zcard(store.keys.tombstones) == 6
+            # Too recent: nothing is collected.
+            assert await materializer.collect_tombstones(3600, time.time()) == 0
+            assert await materializer.collect_tombstones(0, time.time() + 1) == 6
+            assert client.zcard(store.keys.tombstones) == 0
+            assert not any(client.exists(store.keys.entry(k.decode())) for k in minutes)
+            assert client.zcard(store.keys.changes) == len(entries)  # the hour and the meta entry
+        # A stalled former owner writes an old minute again: readers hide it under the hour entry.
+        await _written(materializer, [(minutes[0], 0, stale[minutes[0]])])
+        assert total(await store.query(hour, hour + HOUR_MS, None, {})).count == before == 6
+        fresh = RedisStore(redis_server.url, store.bootstrap_servers, store.topic, prefix=store.keys.prefix)
+        await fresh.open(publish=False)
+        try:
+            assert total(await fresh.query(hour, hour + HOUR_MS, None, {})).count == 6
+            assert total(await fresh.lifetime(None)).count == 6
         finally:
             await fresh.close()
     finally:
