@@ -8,7 +8,7 @@ from aiohttp.typedefs import Middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, spans, traces
+from tokentrace.api.routes import alerts, docs, health, metrics, mist, spans, stats, traces
 
 __all__ = ["create_app"]
 
@@ -23,6 +23,15 @@ def create_app(ctx: ServerContext) -> web.Application:
     app[CONTEXT] = ctx
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
     app.router.add_get(server.prometheus_path, handle_prometheus)
-    for table in (spans.routes, metrics.routes, traces.routes, health.routes, alerts.routes, docs.routes):
+    for table in (
+        spans.routes,
+        mist.routes,
+        metrics.routes,
+        stats.routes,
+        traces.routes,
+        health.routes,
+        alerts.routes,
+        docs.routes,
+    ):
         app.router.add_routes(table)
     return app

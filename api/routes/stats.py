@@ -1,0 +1,50 @@
+"""``GET /stats``: the seed 001 totals, read from the store's lifetime aggregates (as Prometheus reads them).
+
+``by_operation`` groups the attribute ``mist.operation`` that ``POST /mist`` records, so it needs no
+aggregation of its own: spans sent elsewhere (``POST /spans``) count in the totals but have no operation.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from aiohttp import web
+
+from tokentrace.api.context import CONTEXT
+from tokentrace.api.responses import json_response
+from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.buckets import Projection
+from tokentrace.core.metrics import scalar_value
+from tokentrace.core.mist import OPERATION_ATTRIBUTE
+from tokentrace.core.timeline import total
+
+__all__ = ["SEED_FIELDS", "routes", "stats_body"]
+
+routes = web.RouteTableDef()
+#: The fields of the seed's ``AggregatorStats``, each the scalar metric of the same name.
+SEED_FIELDS = (
+    "total_spans",
+    "error_count",
+    "error_rate",
+    "latency_p50_ms",
+    "latency_p99_ms",
+    "latency_avg_ms",
+    "total_tokens_in",
+    "total_tokens_out",
+    "total_cost_usd",
+)
+
+
+def stats_body(overall: Aggregate, by_operation: Projection) -> dict[str, Any]:
+    """The body of ``GET /stats``: seed fields, ``unpriced_span_count`` and ``{op: {count, errors}}``."""
+    body: dict[str, Any] = {name: scalar_value(name, overall) for name in SEED_FIELDS}
+    body["unpriced_span_count"] = overall.unpriced
+    body["by_operation"] = {op: {"count": a.count, "errors": a.errors} for op, a in sorted(by_operation.items())}
+    return body
+
+
+@routes.get("/stats")
+async def get_stats(request: web.Request) -> web.Response:
+    store = request.app[CONTEXT].store
+    overall = total(await store.lifetime(None))
+    return json_response(stats_body(overall, await store.lifetime(OPERATION_ATTRIBUTE)))
