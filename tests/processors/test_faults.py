@@ -51,10 +51,10 @@ async def _assert_exact(kafka: KafkaCluster, topic: str, store: RedisStore, expe
 async def test_kill_9_workers_while_streaming_loses_and_doubles_nothing(
     kafka_broker: KafkaCluster, topic: str, workers: Workers, store: RedisStore
 ) -> None:
-    spans = make_spans(100_000, random.Random(3), spread_ms=10 * 60_000)
+    spans = make_spans(200_000, random.Random(3), spread_ms=10 * 60_000)
     workers.start()
     workers.start()
-    producing = asyncio.create_task(produce(kafka_broker.bootstrap, topic, spans, batch=100, rate=4000))
+    producing = asyncio.create_task(produce(kafka_broker.bootstrap, topic, spans, batch=100, rate=5000))
     rng = random.Random(4)
     kills = 0
     await asyncio.sleep(4)
