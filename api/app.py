@@ -8,7 +8,7 @@ from aiohttp.typedefs import Middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, mist, spans, stats, traces
+from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spans, stats, traces
 
 __all__ = ["create_app"]
 
@@ -25,6 +25,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     app.router.add_get(server.prometheus_path, handle_prometheus)
     for table in (
         spans.routes,
+        otlp.routes,
         mist.routes,
         metrics.routes,
         stats.routes,
@@ -34,4 +35,5 @@ def create_app(ctx: ServerContext) -> web.Application:
         docs.routes,
     ):
         app.router.add_routes(table)
+    otlp.init_counters(ctx)
     return app

@@ -1,0 +1,101 @@
+"""``POST /v1/traces``: OTLP/HTTP trace export; spans following the GenAI conventions become tokentrace spans.
+
+Status codes follow OTLP/HTTP: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` set when
+spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (checked
+after decompression: aiohttp inflates ``Content-Encoding: gzip`` bodies in bounded chunks and stops at the
+limit), 415 for other media types or content codings; the converted spans then go through
+``accept_spans`` like ``POST /spans`` (400 outside the time bounds, 413 above ``max_batch_size``, 503).
+
+Error bodies: a JSON request gets the API's ``{"error": ...}`` envelope; a protobuf request gets the
+``google.rpc.Status`` OTLP prescribes (same message), which OTLP clients such as the Collector log; an
+unsupported ``Content-Type`` (encoding unknown) gets the envelope.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+from aiohttp import web
+
+from tokentrace.api.context import CONTEXT, ServerContext
+from tokentrace.api.responses import APIError
+from tokentrace.api.routes.spans import accept_spans
+from tokentrace.core.otlp import SKIP_REASONS, convert_request
+from tokentrace.core.otlp_codec import (
+    JSON,
+    Encoding,
+    OTLPDecodeError,
+    decode_request,
+    encode_response,
+    encode_status,
+    encoding_of,
+)
+
+__all__ = ["SKIPPED_COUNTER", "init_counters", "routes"]
+
+routes = web.RouteTableDef()
+
+#: Prometheus family (``..._total{reason}``) of OTLP spans skipped, in ``ServerContext.extra_counters``.
+SKIPPED_COUNTER = "tokentrace_otlp_skipped_spans"
+#: Content codings aiohttp has already decoded by the time the handler reads the body.
+_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
+#: google.rpc.Code for the HTTP statuses this route answers (OTLP clients log it; they act on the HTTP status).
+_GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
+_UNKNOWN = 2
+
+
+def init_counters(ctx: ServerContext) -> None:
+    """Export every skip reason at 0 from the start, so the first skip shows as an increase."""
+    samples = ctx.extra_counters.setdefault(SKIPPED_COUNTER, {})
+    for reason in SKIP_REASONS:
+        samples.setdefault((("reason", reason),), 0.0)
+
+
+@routes.post("/v1/traces")
+async def post_traces(request: web.Request) -> web.Response:
+    content_type = request.headers.get("Content-Type", "")
+    encoding = encoding_of(content_type)
+    if encoding is None:
+        raise APIError(
+            415, f"unsupported Content-Type {content_type!r}: send application/x-protobuf or application/json"
+        )
+    try:
+        return await _export(request, encoding, content_type.split(";", 1)[0].strip().lower())
+    except APIError as exc:
+        if encoding == JSON:
+            raise
+        body = encode_status(_GRPC_CODES.get(exc.status, _UNKNOWN), exc.message)
+        return web.Response(body=body, status=exc.status, content_type="application/x-protobuf", headers=exc.headers)
+
+
+async def _export(request: web.Request, encoding: Encoding, media_type: str) -> web.Response:
+    ctx = request.app[CONTEXT]
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding not in _CODINGS:
+        raise APIError(415, f"unsupported Content-Encoding {coding!r}: send gzip or no encoding")
+    try:
+        body = await request.read()
+    except web.HTTPRequestEntityTooLarge as exc:
+        ctx.rejected["too_large"] += 1
+        raise APIError(413, f"request body too large: {exc.text}") from None
+    except web.RequestPayloadError as exc:  # aiohttp could not inflate the Content-Encoding
+        ctx.rejected["invalid"] += 1
+        raise APIError(400, f"body does not decode as Content-Encoding {coding!r}: {exc}") from None
+    try:
+        export = decode_request(body, encoding)
+    except OTLPDecodeError as exc:
+        ctx.rejected["invalid"] += 1
+        raise APIError(400, str(exc)) from None
+    conversion = convert_request(export)
+    if conversion.spans:
+        await accept_spans(request, conversion.spans)
+    _count_skipped(ctx, conversion.skipped)
+    answer = encode_response(conversion.rejected, conversion.message(), encoding)
+    return web.Response(body=answer, content_type=media_type)
+
+
+def _count_skipped(ctx: ServerContext, skipped: Counter[str]) -> None:
+    samples = ctx.extra_counters.setdefault(SKIPPED_COUNTER, {})
+    for reason, count in skipped.items():
+        key = (("reason", reason),)
+        samples[key] = samples.get(key, 0.0) + count
