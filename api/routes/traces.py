@@ -6,6 +6,7 @@ from aiohttp import web
 
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
+from tokentrace.core.mist import from_span
 from tokentrace.core.span import STATUSES
 from tokentrace.core.timefmt import parse_rfc3339_ms
 from tokentrace.core.traces import TraceFilter, attribute_filters
@@ -15,6 +16,8 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 MAX_LIMIT = 200
 MAX_RECENT = 1000
+#: The seed's default for ``/traces/recent``.
+RECENT_DEFAULT = 100
 
 
 def _int(request: web.Request, name: str, default: int, low: int, high: int) -> int:
@@ -61,8 +64,10 @@ async def search_traces(request: web.Request) -> web.Response:
 
 @routes.get("/traces/recent")
 async def recent_spans(request: web.Request) -> web.Response:
-    limit = _int(request, "limit", 20, 1, MAX_RECENT)
-    return json_response(await request.app[CONTEXT].store.recent_spans(limit))
+    """Seed 001's answer: ``{"spans": [MIST trace spans], "count": n}``, so seed tools read it unchanged."""
+    limit = _int(request, "limit", RECENT_DEFAULT, 1, MAX_RECENT)
+    spans = [from_span(span) for span in await request.app[CONTEXT].store.recent_spans(limit)]
+    return json_response({"spans": spans, "count": len(spans)})
 
 
 @routes.get("/traces/{trace_id}")

@@ -99,8 +99,12 @@ async def test_search_parameter_errors(client: TestClient[Any, Any]) -> None:
 async def test_recent_spans_newest_first(client: TestClient[Any, Any]) -> None:
     base = now_ms() - 60_000
     await client.post("/spans", json=trace_spans("a", base) + trace_spans("b", base + 5000))
-    spans = await (await client.get("/traces/recent", params={"limit": "3"})).json()
-    assert [s["span_id"] for s in spans] == ["b-child", "b-root", "a-child"]
+    body = await (await client.get("/traces/recent", params={"limit": "3"})).json()
+    assert [s["span_id"] for s in body["spans"]] == ["b-child", "b-root", "a-child"]
+    assert body["count"] == 3
+    # The seed's shape: MIST trace spans, the tokentrace fields in attrs.
+    first = body["spans"][0]
+    assert first["trace_id"] == "b" and first["attrs"]["model"] == "gpt-4o" and first["start_ns"] > 0
 
 
 async def test_max_spans_evicts_oldest_whole_traces(make_client: MakeClient) -> None:
