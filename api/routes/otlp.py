@@ -40,7 +40,7 @@ SKIPPED_COUNTER = "tokentrace_otlp_skipped_spans"
 #: Content codings aiohttp has already decoded by the time the handler reads the body.
 _CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 #: google.rpc.Code for the HTTP statuses this route answers (OTLP clients log it; they act on the HTTP status).
-_GRPC_CODES = {400: 3, 401: 16, 413: 8, 415: 3, 503: 14}
+_GRPC_CODES = {400: 3, 413: 8, 415: 3, 503: 14}
 _UNKNOWN = 2
 
 
