@@ -137,7 +137,11 @@ def _request_sync(request: Callable[[], Any], kwargs: dict[str, Any], target: Ta
 
 
 async def _request_async(request: Any, kwargs: dict[str, Any], target: Target) -> Any:
-    begun = begin(STREAM, target, kwargs)
+    try:
+        begun = begin(STREAM, target, kwargs)
+    except BaseException:  # BudgetExceeded: the request is not made, so its coroutine is never awaited
+        getattr(request, "close", lambda: None)()
+        raise
     if begun is None:
         return await request
     prepared, call = begun

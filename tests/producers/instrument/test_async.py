@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import inspect
 from typing import Any
 
@@ -13,8 +14,9 @@ import pytest
 from tests.producers.conftest import RecordingTransport
 from tests.producers.instrument import test_anthropic, test_openai
 from tests.producers.instrument.conftest import stable
+from tests.producers.instrument.fakeapi import FakeProviders
 from tokentrace.core.pricing import PriceTable
-from tokentrace.producers import Tracer, current_trace
+from tokentrace.producers import Budget, BudgetExceeded, Tracer, current_trace
 from tokentrace.producers.instrument import CLOSED_EARLY_ATTRIBUTE, TTFT_ATTRIBUTE, USAGE_MISSING_ATTRIBUTE
 
 MESSAGES: list[Any] = [{"role": "user", "content": "Say hello"}]
@@ -128,3 +130,19 @@ async def test_anthropic_stream_helper_left_early(
             break
     [span] = recording.spans
     assert span.attributes[CLOSED_EARLY_ATTRIBUTE] is True and span.comp_tokens == 1
+
+
+async def test_a_spent_budget_refuses_the_async_stream_helper_before_its_request(
+    async_claude: anthropic.AsyncAnthropic,
+    providers: FakeProviders,
+    tracer: Tracer,
+    recwarn: pytest.WarningsRecorder,
+) -> None:
+    async with tracer.start("agent", budget=Budget(0.001)):
+        await async_claude.messages.create(model="claude-test", max_tokens=64, messages=MESSAGES)  # $0.00945
+        with pytest.raises(BudgetExceeded):
+            async with async_claude.messages.stream(model="claude-test", max_tokens=64, messages=MESSAGES):
+                pass
+    gc.collect()
+    assert len(providers.requests) == 1
+    assert not [w for w in recwarn if "never awaited" in str(w.message)]
