@@ -26,6 +26,8 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(exc.status, exc.message, exc.headers)
     except web.HTTPRequestEntityTooLarge as exc:
         return error_response(413, f"request body too large: {exc.text}")
+    except web.RequestPayloadError as exc:  # e.g. a corrupt gzip body: the client's fault, not ours
+        return error_response(400, f"unreadable request body: {exc}")
     except web.HTTPException as exc:
         if exc.status < 400:
             raise

@@ -7,10 +7,12 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from tests.api.conftest import MakeClient
 from tokentrace.api.context import CONTEXT
+from tokentrace.api.middleware import error_middleware
 
 
 @pytest.mark.parametrize(
@@ -74,3 +76,18 @@ async def test_a_log_record_that_cannot_be_applied_does_not_keep_the_server_down
     client = await make_client(data_dir=data)
     assert (await client.get("/health")).status == 200
     assert client.app[CONTEXT].store.replay_failures == 1  # type: ignore[attr-defined]
+
+
+async def test_an_unreadable_body_is_a_400_envelope_not_a_500(aiohttp_client: Any) -> None:
+    """aiohttp raises RequestPayloadError for a body it cannot inflate (corrupt gzip); every route answers
+    400. (aiohttp may also drop the connection itself; what matters is that nothing is logged as a 500.)"""
+
+    async def read(request: web.Request) -> web.Response:
+        raise web.RequestPayloadError("Can not decode content-encoding: gzip")
+
+    app = web.Application(middlewares=[error_middleware])
+    app.router.add_post("/spans", read)
+    client = await aiohttp_client(app)
+    response = await client.post("/spans", data=b"{}")
+    assert response.status == 400
+    assert "unreadable request body" in (await response.json())["error"]
