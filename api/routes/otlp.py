@@ -4,7 +4,7 @@ Status codes follow OTLP/HTTP: 200 with an ``ExportTraceServiceResponse`` (``par
 spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (checked
 after decompression: aiohttp inflates ``Content-Encoding: gzip`` bodies in bounded chunks and stops at the
 limit), 415 for other media types or content codings; the converted spans then go through
-``accept_spans`` like ``POST /spans`` (400 outside the time bounds, 413 above ``max_batch_size``, 503).
+``accept_spans`` like ``POST /spans`` (400 outside the time bounds, 503), bounded by ``max_body_bytes`` only.
 
 Error bodies: a JSON request gets the API's ``{"error": ...}`` envelope; a protobuf request gets the
 ``google.rpc.Status`` OTLP prescribes (same message), which OTLP clients such as the Collector log; an
@@ -88,7 +88,8 @@ async def _export(request: web.Request, encoding: Encoding, media_type: str) -> 
         raise APIError(400, str(exc)) from None
     conversion = convert_request(export)
     if conversion.spans:
-        await accept_spans(request, conversion.spans)
+        # Not bounded by max_batch_size: OTLP exporters and Collectors drop a batch answered 413.
+        await accept_spans(request, conversion.spans, bounded=False)
     _count_skipped(ctx, conversion.skipped)
     answer = encode_response(conversion.rejected, conversion.message(), encoding)
     return web.Response(body=answer, content_type=media_type)

@@ -21,11 +21,15 @@ log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-async def accept_spans(request: web.Request, spans: list[Span]) -> int:
-    """Check the batch size, stamp, price and store ``spans``; the shared tail of every ingest path."""
+async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool = True) -> int:
+    """Check the batch size, stamp, price and store ``spans``; the shared tail of every ingest path.
+
+    ``bounded=False`` skips the ``max_batch_size`` check, for protocols whose clients drop rather than split a
+    batch answered 413 (OTLP); their size is bounded by ``max_body_bytes`` alone.
+    """
     ctx = request.app[CONTEXT]
     limit = ctx.config.http_server.max_batch_size
-    if len(spans) > limit:
+    if bounded and len(spans) > limit:
         ctx.rejected["too_large"] += 1
         raise APIError(413, f"batch of {len(spans)} spans exceeds max_batch_size {limit}")
     arrival = now_ms()
