@@ -25,6 +25,7 @@ import time
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
+from typing import NamedTuple
 from urllib.parse import urlsplit
 
 import msgspec
@@ -50,6 +51,16 @@ class _Accepted(msgspec.Struct):
 
 _accepted = msgspec.json.Decoder(_Accepted)
 _error_body = msgspec.json.Decoder(dict[str, object])
+
+
+class _Answer(NamedTuple):
+    """The final answer to a POST: its status (None: no final answer, given up) and body, why earlier
+    attempts failed, and how many attempts were made."""
+
+    status: int | None
+    payload: bytes
+    problem: str
+    attempts: int
 
 
 class HTTPTransport(BaseTransport):
@@ -228,33 +239,26 @@ class HTTPTransport(BaseTransport):
             return batch
 
     def _deliver(self, spans: Sequence[Span]) -> None:
-        body = encode_json(list(spans))
-        retry_after: float | None = None
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                if not self._sleep(self._delay(attempt, retry_after)):
-                    problem += "; gave up at close"
-                    break
-                self._count("retries")
-            try:
-                status, payload, retry_after = self._post(body)
-            except (OSError, http.client.HTTPException) as exc:
-                self._count("failed_attempts")
-                problem, retry_after = f"{type(exc).__name__}: {exc}", None
-                continue
-            if 200 <= status < 300:
-                self._accepted(spans, payload)
-                return
-            if status == 413 and len(spans) > 1:
-                half = len(spans) // 2
-                self._deliver(spans[:half])
-                self._deliver(spans[half:])
-                return
-            if status == 429 or status >= 500:
-                self._count("failed_attempts")
-                problem = f"HTTP {status}"
-                continue
+        answer = self._post_until_answered(encode_json(list(spans)))
+        status, payload = answer.status, answer.payload
+        if status is None:
+            self._count("dropped", len(spans))
+            self._log(
+                "gave up",
+                logging.WARNING,
+                "http transport: dropped %d spans after %d attempts to %s (%s)",
+                len(spans),
+                answer.attempts,
+                self.endpoint,
+                answer.problem,
+            )
+        elif 200 <= status < 300:
+            self._accepted(spans, payload)
+        elif status == 413 and len(spans) > 1:
+            half = len(spans) // 2
+            self._deliver(spans[:half])
+            self._deliver(spans[half:])
+        else:
             self._count("failed_attempts")
             self._count("rejected", len(spans))
             self._log(
@@ -266,17 +270,32 @@ class HTTPTransport(BaseTransport):
                 status,
                 _error_message(payload),
             )
-            return
-        self._count("dropped", len(spans))
-        self._log(
-            "gave up",
-            logging.WARNING,
-            "http transport: dropped %d spans after %d attempts to %s (%s)",
-            len(spans),
-            attempt + 1,
-            self.endpoint,
-            problem,
-        )
+
+    def _post_until_answered(self, body: bytes) -> _Answer:
+        """Post ``body``, retrying connection errors, 429 and 5xx with backoff, until a final answer (2xx or
+        another 4xx) or the attempts run out (``status`` None). Counts retries and failed attempts."""
+        retry_after: float | None = None
+        problem = ""
+        attempts = 0
+        for attempt in range(self.max_retries + 1):
+            attempts = attempt + 1
+            if attempt:
+                if not self._sleep(self._delay(attempt, retry_after)):
+                    problem += "; gave up at close"
+                    break
+                self._count("retries")
+            try:
+                status, payload, retry_after = self._post(body)
+            except (OSError, http.client.HTTPException) as exc:
+                self._count("failed_attempts")
+                problem, retry_after = f"{type(exc).__name__}: {exc}", None
+                continue
+            if status == 429 or status >= 500:
+                self._count("failed_attempts")
+                problem = f"HTTP {status}"
+                continue
+            return _Answer(status, payload, problem, attempts)
+        return _Answer(None, b"", problem, attempts)
 
     def _accepted(self, spans: Sequence[Span], payload: bytes) -> None:
         try:

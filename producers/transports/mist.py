@@ -9,7 +9,6 @@ server answers 202 with no body).
 
 from __future__ import annotations
 
-import http.client
 import logging
 import time
 from collections.abc import Sequence
@@ -54,27 +53,21 @@ class MistTransport(HTTPTransport):
             self._deliver_message(body)
 
     def _deliver_message(self, body: bytes) -> None:
-        retry_after: float | None = None
-        problem = ""
-        for attempt in range(self.max_retries + 1):
-            if attempt:
-                if not self._sleep(self._delay(attempt, retry_after)):
-                    problem += "; gave up at close"
-                    break
-                self._count("retries")
-            try:
-                status, payload, retry_after = self._post(body)
-            except (OSError, http.client.HTTPException) as exc:
-                self._count("failed_attempts")
-                problem, retry_after = f"{type(exc).__name__}: {exc}", None
-                continue
-            if 200 <= status < 300:
-                self._count("sent")
-                return
+        answer = self._post_until_answered(body)
+        status = answer.status
+        if status is None:
+            self._count("dropped")
+            self._log(
+                "gave up",
+                logging.WARNING,
+                "mist transport: dropped a span sent to %s (%s)",
+                self.endpoint,
+                answer.problem,
+            )
+        elif 200 <= status < 300:
+            self._count("sent")
+        else:
             self._count("failed_attempts")
-            if status == 429 or status >= 500:
-                problem = f"HTTP {status}"
-                continue
             self._count("rejected")
             self._log(
                 f"status {status}",
@@ -82,8 +75,5 @@ class MistTransport(HTTPTransport):
                 "mist transport: %s rejected a span with HTTP %d: %s (not retried)",
                 self.endpoint,
                 status,
-                _error_message(payload),
+                _error_message(answer.payload),
             )
-            return
-        self._count("dropped")
-        self._log("gave up", logging.WARNING, "mist transport: dropped a span sent to %s (%s)", self.endpoint, problem)
