@@ -1,17 +1,26 @@
-"""Processor throughput: one ``tokentrace worker`` (and two) against a plain aiokafka consumer baseline.
+"""Processor throughput: one ``tokentrace worker`` (and two) against an aiokafka decode baseline and quixstreams.
 
 Starts a single-node Kafka broker and a redis-server (tests/infra), fills a 4-partition topic with
 ``--spans`` spans in ``--batch``-span wire messages (started within the last minute, as live traffic is),
-then measures, on the same topic in the same run:
+then measures, on the same topic in the same run, each with a fresh consumer group:
 
 * baseline: an aiokafka consumer that reads every message and decodes it with msgspec (``decode_wire``);
+* quixstreams: bench/quixstreams_pipeline.py in a subprocess, a quixstreams app that applies every message
+  with the worker's own ``Applier`` (same decode, stamping and ``BucketState.add``) into quixstreams'
+  RocksDB state (``--quix-guarantee``, exactly-once by default; at-least-once is tried if that fails), from
+  the end of its first message to the message that completes the count (start-up and final commit excluded);
 * one worker: from its first counted span to the last, read from the Redis view's exact span counter
   (the worker's start-up and recovery are left out, the changelog writes, acks and Redis writes are in);
 * two workers of a fresh consumer group on the same topic (scaling, on however many cores there are);
 * freshness: at a steady ``--fresh-rate`` through one worker, the time from the broker's ack of a batch
   (the moment ``POST /spans`` answers 202) until a ``/metrics`` query counts it (p50/p99).
 
-Run: ``.venv/bin/python bench/processor_throughput.py [--spans 200000] [--batch 500]``.
+The four rates are measured ``--rounds`` times, in that order each round (a shared machine is noisy); with
+more than one round the table gives the median of each and the ratios of the medians, after the rounds.
+
+Run: ``.venv/bin/python bench/processor_throughput.py [--spans 200000] [--batch 500] [--rounds 1]``.
+The quixstreams row needs the ``bench`` extra (``.venv/bin/pip install -e '.[dev,bench]'``); without it that
+row is skipped.
 """
 
 from __future__ import annotations
@@ -19,13 +28,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import importlib.util
+import json
 import os
 import platform
 import random
+import statistics
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 from aiokafka import AIOKafkaConsumer, TopicPartition
 
@@ -38,6 +52,9 @@ from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import total
+
+#: A rate run gives up when the view's count has not moved for this long.
+STALL_S = 90.0
 
 
 async def baseline(bootstrap: str, topic: str, partitions: int, total: int) -> float:
@@ -72,13 +89,52 @@ async def baseline(bootstrap: str, topic: str, partitions: int, total: int) -> f
             await consumer.stop()
 
 
+async def quixstreams_run(
+    bootstrap: str, topic: str, total: int, logs: Path, guarantee: str, tag: str
+) -> dict[str, Any]:
+    """bench/quixstreams_pipeline.py in a subprocess (its own process, as a worker is); its JSON result."""
+    pipeline = Path(__file__).with_name("quixstreams_pipeline.py")
+    group = f"quixstreams-{tag}-{guarantee}-{topic}"
+    argv = [sys.executable, str(pipeline), "--bootstrap", bootstrap, "--topic", topic, "--expect", str(total)]
+    argv += ["--group", group, "--guarantee", guarantee]
+    proc = await asyncio.create_subprocess_exec(*argv, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
+    out, err = await proc.communicate()
+    (logs / f"{group}.log").write_bytes(err)
+    lines = [line for line in out.decode().splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = "\n".join(err.decode(errors="replace").splitlines()[-20:])
+        raise RuntimeError(f"quixstreams pipeline ({guarantee}) exited {proc.returncode}: {out.decode()}\n{tail}")
+    result: dict[str, Any] = json.loads(lines[-1])
+    return result
+
+
+async def quixstreams_rate(
+    bootstrap: str, topic: str, total: int, logs: Path, guarantee: str, tag: str
+) -> dict[str, Any]:
+    """The quixstreams pipeline's result with ``guarantee``; with at-least-once if exactly-once fails."""
+    try:
+        return await quixstreams_run(bootstrap, topic, total, logs, guarantee, tag)
+    except RuntimeError as exc:
+        if guarantee != "exactly-once":
+            raise
+        print(f"quixstreams with exactly-once failed, trying at-least-once: {exc}", file=sys.stderr)
+        result = await quixstreams_run(bootstrap, topic, total, logs, "at-least-once", tag)
+        result["note"] = "exactly-once failed"
+        return result
+
+
 async def workers_rate(
-    kafka: KafkaCluster, redis: RedisServer, topic: str, count: int, total: int, logs: Path
+    kafka: KafkaCluster, redis: RedisServer, topic: str, count: int, total: int, logs: Path, tag: str = ""
 ) -> float:
     """Spans/s of ``count`` workers (fresh group and Redis prefix), first counted span to the last."""
-    prefix = f"bench{count}-{topic}:"
+    prefix = f"bench{count}{tag}-{topic}:"
     workers = Workers(
-        kafka.bootstrap, redis.url, topic, logs, app_id=f"bench-{count}-{topic}", extra_args=["--prefix", prefix]
+        kafka.bootstrap,
+        redis.url,
+        topic,
+        logs,
+        app_id=f"bench-{count}{tag}-{topic}",
+        extra_args=["--prefix", prefix],
     )
     store = RedisStore(redis.url, kafka.bootstrap, topic, prefix=prefix)
     await store.open()
@@ -86,17 +142,24 @@ async def workers_rate(
         for _ in range(count):
             workers.start()
         first = last = None
-        counted = 0
+        counted = first_count = 0
         deadline = time.monotonic() + 600
-        while counted < total and time.monotonic() < deadline:
-            counted = (await store.health()).span_count
+        moved = time.monotonic()
+        while counted < total and time.monotonic() < deadline and time.monotonic() - moved < STALL_S:
+            now_counted: int = (await store.health()).span_count
             now = time.perf_counter()
+            if now_counted != counted:
+                moved = time.monotonic()
+            counted = now_counted
             if counted and first is None:
                 first, first_count = now, counted
             last = now
             await asyncio.sleep(0.02)
-        assert counted == total, (counted, total, workers.logs())
-        assert first is not None and last is not None
+        if counted != total or first is None or last is None:
+            raise RuntimeError(
+                f"{count} worker(s) counted {counted:,} of {total:,} spans in the view (prefix {prefix!r}; "
+                f"no progress for {STALL_S:.0f} s or past the deadline); logs in {logs}"
+            )
         return (total - first_count) / (last - first)
     finally:
         workers.stop_all()
@@ -167,31 +230,126 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         await reader.close()
 
 
+def _code() -> str:
+    """The commit measured, and whether the worker's code differed from it (others edit the tree too)."""
+    root = Path(__file__).resolve().parents[1]
+    try:
+        head = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
+        ).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--", "processors", "tokentrace"],
+            cwd=root,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.split()
+    except (OSError, subprocess.CalledProcessError):
+        return "commit unknown"
+    return f"commit {head}" + (" with uncommitted changes in processors/ or tokentrace/" if dirty else "")
+
+
+def _load() -> str:
+    return " ".join(f"{x:.2f}" for x in os.getloadavg())
+
+
+def _round(rates: dict[str, list[float | None]], index: int) -> str:
+    return ", ".join(
+        f"{name} " + ("failed" if values[index] is None else f"{values[index]:,.0f}")
+        for name, values in rates.items()
+        if values
+    )
+
+
+def _x(numerator: float, denominator: float) -> str:
+    return f"{numerator / denominator:.2f}x" if denominator else "n/a"
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500, help="spans per Kafka message")
     parser.add_argument("--partitions", type=int, default=4)
+    parser.add_argument("--rounds", type=int, default=1, help="measure the four rates this many times")
+    parser.add_argument("--quix-guarantee", choices=("exactly-once", "at-least-once"), default="exactly-once")
     parser.add_argument("--fresh-rate", type=float, default=5000, help="spans/s for the freshness run")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="tokentrace-bench-"))
+    has_quix = importlib.util.find_spec("quixstreams") is not None
+    load_before = _load()
+    code_before = _code()
+    began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    rates: dict[str, list[float | None]] = {"base": [], "quix": [], "one": [], "two": []}
+    quix_runs: list[dict[str, Any]] = []
+    failures: list[str] = []
     with KafkaCluster(1) as kafka, RedisServer() as redis:
         topic = kafka.create_topic("bench", partitions=args.partitions)
         spans = make_spans(args.spans, random.Random(1), spread_ms=60_000)
         await produce(kafka.bootstrap, topic, spans, batch=args.batch)
-        base = await baseline(kafka.bootstrap, topic, args.partitions, args.spans)
-        one = await workers_rate(kafka, redis, topic, 1, args.spans, logs)
-        two = await workers_rate(kafka, redis, topic, 2, args.spans, logs)
+        for round_ in range(1, args.rounds + 1):
+            tag = f"r{round_}"
+            rates["base"].append(await baseline(kafka.bootstrap, topic, args.partitions, args.spans))
+            if has_quix:
+                run = await quixstreams_rate(kafka.bootstrap, topic, args.spans, logs, args.quix_guarantee, tag)
+                quix_runs.append(run)
+                rates["quix"].append(run["rate"])
+            for name, count in (("one", 1), ("two", 2)):
+                try:
+                    rate: float | None = await workers_rate(kafka, redis, topic, count, args.spans, logs, tag)
+                except RuntimeError as exc:  # an inexact count: reported, left out of the medians
+                    rate = None
+                    failures.append(f"round {round_}: {exc}")
+                    print(failures[-1], file=sys.stderr)
+                rates[name].append(rate)
+            print(f"round {round_}: {_round(rates, -1)} spans/s; load {_load()}", file=sys.stderr)
         fresh = await freshness(kafka, redis, args.fresh_rate, 30, logs)
-    print(f"machine: {_cpu()}, {os.cpu_count()} cores; {time.strftime('%Y-%m-%d')}")
+    load_after = _load()
+    code_after = _code()
+    base, quix, one, two = (
+        statistics.median([v for v in rates[name] if v is not None] or [0.0]) for name in ("base", "quix", "one", "two")
+    )
+    print(
+        f"machine: {_cpu()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
+        f"load average {load_before} before, {load_after} after"
+    )
+    print(f"code: {code_before}" + (f" at the start, {code_after} at the end" if code_after != code_before else ""))
     print(
         f"{args.spans} spans, {args.batch}-span messages, {args.partitions} partitions, broker + Redis on the same host"
+        + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "")
     )
-    print("| pipeline | spans/s | vs baseline |")
-    print("|---|---|---|")
-    print(f"| aiokafka consumer + msgspec decode (baseline) | {base:,.0f} | 1.00x |")
-    print(f"| 1 tokentrace worker (Faust, exact tables, changelog acks, Redis view) | {one:,.0f} | {one / base:.2f}x |")
-    print(f"| 2 tokentrace workers | {two:,.0f} | {two / base:.2f}x (scaling {two / one:.2f}x) |")
+    if args.rounds > 1:
+        for round_ in range(args.rounds):
+            print(f"round {round_ + 1}: {_round(rates, round_)} spans/s")
+    quix_label = "quixstreams (not installed: pip install -e '.[bench]')"
+    if quix_runs:
+        last = quix_runs[-1]
+        guarantees = sorted({run["guarantee"] for run in quix_runs})
+        quix_label = (
+            f"quixstreams {last['quixstreams']} ({'/'.join(guarantees)}, RocksDB state, "
+            f"{last['commit_interval_s']:g} s commits; worker's Applier)"
+        )
+    print("| pipeline | spans/s | vs baseline | vs quixstreams |")
+    print("|---|---|---|---|")
+    print(f"| aiokafka consumer + msgspec decode (baseline) | {base:,.0f} | 1.00x | {_x(base, quix)} |")
+    if quix_runs:
+        print(f"| {quix_label} | {quix:,.0f} | {_x(quix, base)} | 1.00x |")
+    print(
+        f"| 1 tokentrace worker (Faust, exact tables, changelog acks, Redis view) | {one:,.0f} | {_x(one, base)} "
+        f"| {_x(one, quix)} |"
+    )
+    print(f"| 2 tokentrace workers | {two:,.0f} | {_x(two, base)} | {_x(two, quix)} |")
+    print(
+        f"ratios: worker / baseline {_x(one, base)}, worker / quixstreams {_x(one, quix)}, 2 workers / 1 {_x(two, one)}"
+    )
+    for run in quix_runs:
+        print(
+            f"quixstreams run ({run['guarantee']}{', ' + run['note'] if 'note' in run else ''}): "
+            f"{run['spans']:,} spans in {run['messages']} messages, start-up {run['startup_s']:.1f} s, "
+            f"processing {run['processing_s']:.1f} s (in Applier.apply {run['apply_s']:.1f} s, "
+            f"state writes {run['write_s']:.2f} s), stop + final commit {run['shutdown_s']:.1f} s"
+        )
+    for failure in failures:
+        print(f"FAILED (not in the medians): {failure}")
     p50, p99 = fresh[len(fresh) // 2], fresh[int(len(fresh) * 0.99)]
     print(f"freshness at {args.fresh_rate:,.0f} spans/s (broker ack -> counted in /metrics), {len(fresh)} batches:")
     print(f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {fresh[-1]:.2f} s")
