@@ -130,9 +130,9 @@ class EmbeddedStore:
             raise StoreUnavailable(self._failure or "") from exc
 
     def _apply(self, spans: list[Span]) -> None:
-        timeline, traces = self.timeline, self.traces
+        self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
+        traces = self.traces
         for span in spans:
-            timeline.add(span, span_time_ms(span))
             traces.add(span)
         self.span_total += len(spans)
 

@@ -9,10 +9,11 @@ Cardinality is capped per bucket: past ``max_attribute_keys`` keys an attribute 
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 
 import msgspec
 
+from tokentrace.core import aggregate as _aggregate
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.span import EVAL_SCORE, Span
 
@@ -72,15 +73,58 @@ class BucketState(msgspec.Struct):
 
     def add(self, span: Span, caps: Caps) -> None:
         """Count one span in its series and in each groupable attribute."""
-        key = series_key(span)
+        self._add(span, series_key(span), caps)
+
+    def add_many(self, spans: Sequence[Span], caps: Caps) -> None:
+        """Count several spans: the same state, dict order and overflow counts included, as ``add`` for
+        each in order. Spans are grouped by target aggregate first, so each aggregate is updated in bulk
+        (``Aggregate.add_many``), unless no series has enough of them for that to pay."""
+        keys = [f"{span.model}{SEP}{span.provider}{SEP}{span.caller}" for span in spans]
+        by_series: dict[str, list[Span]] = {}
+        for span, key in zip(spans, keys, strict=True):
+            members = by_series.get(key)
+            if members is None:
+                members = by_series[key] = []
+            members.append(span)
+        if max(map(len, by_series.values()), default=0) < _aggregate.BULK_FROM:
+            for span, key in zip(spans, keys, strict=True):
+                self._add(span, key, caps)
+            return
+        # Attribute groups are created in span order (it decides dict order and the caps), their spans
+        # queued by the group's id (every group lives in self.attributes throughout).
+        by_group: dict[int, tuple[Aggregate, list[Span]]] = {}
+        for span, key in zip(spans, keys, strict=True):
+            if span.attributes:
+                for group in self._attribute_groups(span, key, caps):
+                    slot = by_group.get(id(group))
+                    if slot is None:
+                        slot = by_group[id(group)] = (group, [])
+                    slot[1].append(span)
+        series = self.series
+        for key, members in by_series.items():
+            aggregate = series.get(key)
+            if aggregate is None:
+                aggregate = series[key] = Aggregate()
+            aggregate.add_many(members)
+        for group, members in by_group.values():
+            group.add_many(members)
+
+    def _add(self, span: Span, key: str, caps: Caps) -> None:
         aggregate = self.series.get(key)
         if aggregate is None:
             aggregate = self.series[key] = Aggregate()
         aggregate.add(span)
+        if span.attributes:
+            for group in self._attribute_groups(span, key, caps):
+                group.add(span)
+
+    def _attribute_groups(self, span: Span, key: str, caps: Caps) -> list[Aggregate]:
+        """The attribute aggregates ``span`` counts in (created as needed), applying the caps."""
+        groups: list[Aggregate] = []
         for name, raw in span.attributes.items():
             if name == EVAL_SCORE:
                 continue
-            value = _attribute_text(raw)
+            value = raw if type(raw) is str else _attribute_text(raw)
             if value is None:
                 continue
             values = self.attributes.get(name)
@@ -100,7 +144,8 @@ class BucketState(msgspec.Struct):
             group = by_series.get(key)
             if group is None:
                 group = by_series[key] = Aggregate()
-            group.add(span)
+            groups.append(group)
+        return groups
 
     def merge(self, other: BucketState) -> None:
         """Add another bucket's aggregates into this one."""

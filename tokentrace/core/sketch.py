@@ -14,6 +14,7 @@ mirrored into a second store).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable, Sequence
 
 import msgspec
 from ddsketch.mapping import LogarithmicMapping
@@ -35,8 +36,11 @@ def _key(value: float) -> int:
     return int(_ceil(_log2(value) * _MULTIPLIER) + _OFFSET)
 
 
-class Sketch(msgspec.Struct, array_like=True):
-    """Counts of values per logarithmic bucket; add, merge, quantile."""
+class Sketch(msgspec.Struct, array_like=True, gc=False):
+    """Counts of values per logarithmic bucket; add, merge, quantile.
+
+    ``gc=False`` as for ``Aggregate``: numbers and two dicts of ints cannot form a cycle.
+    """
 
     count: int = 0
     min: float = math.inf
@@ -62,6 +66,28 @@ class Sketch(msgspec.Struct, array_like=True):
             self.zeros += 1
             return
         bins[key] = bins.get(key, 0) + 1
+
+    def add_many(self, values: Sequence[float]) -> None:
+        """Record several values (not NaN): the same sketch as ``add`` for each in order, bins included."""
+        count = len(values)
+        if count <= 1:
+            if count:
+                self.add(values[0])
+            return
+        self.count += count
+        low, high = min(values), max(values)  # the first of equal extremes, as add keeps it
+        if low < self.min:
+            self.min = low
+        if high > self.max:
+            self.max = high
+        if low > 0:
+            _count_keys(self.positive, values)
+            return
+        positive = [v for v in values if v > 0]
+        negative = [-v for v in values if v < 0]
+        self.zeros += count - len(positive) - len(negative)
+        _count_keys(self.positive, positive)
+        _count_keys(self.negative, negative)
 
     def merge(self, other: Sketch) -> None:
         """Add ``other``'s values to this sketch (commutative and associative)."""
@@ -104,3 +130,16 @@ class Sketch(msgspec.Struct, array_like=True):
 
     def _clamp(self, value: float) -> float:
         return min(max(value, self.min), self.max)
+
+
+def _count_keys(bins: dict[int, int], values: Iterable[float]) -> None:
+    """Count each of ``values`` (all > 0) in its key's bin; new keys are inserted in first-seen order, as
+    ``Sketch.add`` inserts them."""
+    if _OFFSET == 0.0:
+        # The keys of _key, computed at C speed: ceil() is an int already and adding 0.0 changes nothing.
+        keys: Iterable[int] = map(_ceil, map(_MULTIPLIER.__mul__, map(_log2, values)))
+    else:
+        keys = map(_key, values)
+    get = bins.get
+    for key in keys:
+        bins[key] = get(key, 0) + 1
