@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokentrace.core.timefmt import format_duration, format_ms, parse_duration, parse_rfc3339_ms
+from tokentrace.core.timefmt import format_duration, format_ms, normalize_rfc3339, parse_duration, parse_rfc3339_ms
 
 instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)).map(
     lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000, tzinfo=UTC)
@@ -69,3 +69,40 @@ def test_format_duration() -> None:
         "24h",
     ]
     assert timedelta(seconds=parse_duration(format_duration(5400))) == timedelta(minutes=90)
+
+
+def _general(text: str) -> int:
+    """The general parser alone (no cache, no fast path)."""
+    parsed = datetime.fromisoformat(text)
+    parsed = parsed if parsed.tzinfo is not None else parsed.replace(tzinfo=UTC)
+    return int(parsed.replace(microsecond=0).timestamp()) * 1000 + parsed.microsecond // 1000
+
+
+def _forms(instant: datetime) -> list[str]:
+    text = format_ms(int(instant.timestamp() * 1000 + 0.5))
+    return [text, text.replace("T", " "), text[:19] + "Z", text[:23] + "+02:00", text[:23], text[:20] + "4x1Z"]
+
+
+@given(instants, st.integers(0, 5), st.integers(0, 5))
+def test_normalize_is_format_of_parse_whatever_was_cached(instant: datetime, first: int, second: int) -> None:
+    """The fast paths (seconds parts cached by any earlier form, remembered timestamps) never change an answer."""
+    for text in (_forms(instant)[first], _forms(instant)[second], _forms(instant + timedelta(milliseconds=1))[second]):
+        try:
+            millis = _general(text)
+        except ValueError:
+            with pytest.raises(ValueError, match="RFC 3339"):
+                normalize_rfc3339(text)
+            continue
+        assert normalize_rfc3339(text) == (format_ms(millis), millis)
+        assert parse_rfc3339_ms(text) == millis
+
+
+def test_a_seconds_part_cached_from_another_form_is_still_normalised() -> None:
+    assert parse_rfc3339_ms("2026-03-15 14:23:01.441Z") == 1773584581441  # caches "2026-03-15 14:23:01"
+    assert normalize_rfc3339("2026-03-15 14:23:01.442Z") == ("2026-03-15T14:23:01.442Z", 1773584581442)
+
+
+def test_non_ascii_digits_take_the_general_path() -> None:
+    format_ms(1773584581441)  # the seconds part is cached
+    with pytest.raises(ValueError, match="RFC 3339"):
+        parse_rfc3339_ms("2026-03-15T14:23:01.\u0661\u0662\u0663Z")

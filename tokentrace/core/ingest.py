@@ -9,10 +9,17 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from tokentrace.core.span import Span, span_time_ms
+from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_duration, format_ms
 
-__all__ = ["CACHE_READ_ATTRIBUTE", "CACHE_WRITE_ATTRIBUTE", "Pricer", "SpanRejected", "prepare_batch"]
+__all__ = [
+    "CACHE_READ_ATTRIBUTE",
+    "CACHE_WRITE_ATTRIBUTE",
+    "Pricer",
+    "SpanRejected",
+    "prepare_batch",
+    "prepare_spans",
+]
 
 #: Attributes (OpenTelemetry GenAI names) carrying cached prompt tokens, priced at the cache rates.
 CACHE_READ_ATTRIBUTE = "gen_ai.usage.cache_read_input_tokens"
@@ -52,7 +59,7 @@ def prepare_batch(
     pricer: Pricer | None,
     oldest_allowed_ms: int,
     max_future_ms: int,
-) -> None:
+) -> list[int]:
     """Stamp, bound-check and price ``spans`` in place; raise SpanRejected naming the first bad span.
 
     - a span without timestamps counts at its arrival time;
@@ -60,28 +67,60 @@ def prepare_batch(
       ``max_future_ms`` after arrival (clock skew) is rejected rather than mis-bucketed;
     - a span without ``cost_usd`` is priced from the table; it stays ``None`` for an unknown model or
       when only ``total_tokens`` is known (the split between input and output decides the price).
+
+    Returns the time each span counts at (``span_time_ms``). Spans after a rejected one are left as they were.
     """
+    return [
+        _prepare(index, span, arrival_ms, pricer, oldest_allowed_ms, max_future_ms) for index, span in enumerate(spans)
+    ]
+
+
+def prepare_spans(
+    spans: Sequence[Span],
+    arrival_ms: int,
+    pricer: Pricer | None,
+    oldest_allowed_ms: int,
+    max_future_ms: int,
+) -> list[int | SpanRejected]:
+    """``prepare_batch`` span by span, never raising for one span: per span, the time it counts at or its
+    rejection (the error ``prepare_batch`` would raise for it alone, but naming its index in ``spans``).
+
+    A ValueError that is not a SpanRejected (a timestamp that cannot be read) is a rejection for reason
+    ``"invalid"``.
+    """
+    outcomes: list[int | SpanRejected] = []
     for index, span in enumerate(spans):
-        span.stamp(arrival_ms)
-        at = span_time_ms(span)
-        if at < oldest_allowed_ms:
-            raise SpanRejected(
-                f"span {index}: started_at {span.started_at} is older than the aggregate retention "
-                f"(oldest accepted: {format_ms(oldest_allowed_ms)})",
-                "too_old",
-            )
-        if at > arrival_ms + max_future_ms:
-            raise SpanRejected(
-                f"span {index}: started_at {span.started_at} is more than "
-                f"{format_duration(max_future_ms / 1000)} in the future (check the sender's clock)",
-                "future",
-            )
-        priceable = span.prompt_tokens is not None or span.comp_tokens is not None
-        if span.cost_usd is None and pricer is not None and priceable:
-            try:
-                span.cost_usd = _price(pricer, span)
-            except ValueError as exc:
-                raise SpanRejected(f"span {index}: {exc}", "invalid") from None
+        try:
+            outcomes.append(_prepare(index, span, arrival_ms, pricer, oldest_allowed_ms, max_future_ms))
+        except SpanRejected as exc:
+            outcomes.append(exc)
+        except ValueError as exc:
+            outcomes.append(SpanRejected(f"span {index}: {exc}", "invalid"))
+    return outcomes
+
+
+def _prepare(index: int, span: Span, arrival_ms: int, pricer: Pricer | None, oldest_ms: int, max_future_ms: int) -> int:
+    """Stamp, bound-check and price one span; the time it counts at. Raises SpanRejected."""
+    at = span.stamp(arrival_ms)
+    if at < oldest_ms:
+        raise SpanRejected(
+            f"span {index}: started_at {span.started_at} is older than the aggregate retention "
+            f"(oldest accepted: {format_ms(oldest_ms)})",
+            "too_old",
+        )
+    if at > arrival_ms + max_future_ms:
+        raise SpanRejected(
+            f"span {index}: started_at {span.started_at} is more than "
+            f"{format_duration(max_future_ms / 1000)} in the future (check the sender's clock)",
+            "future",
+        )
+    priceable = span.prompt_tokens is not None or span.comp_tokens is not None
+    if span.cost_usd is None and pricer is not None and priceable:
+        try:
+            span.cost_usd = _price(pricer, span)
+        except ValueError as exc:
+            raise SpanRejected(f"span {index}: {exc}", "invalid") from None
+    return at
 
 
 def _price(pricer: Pricer, span: Span) -> float | None:

@@ -12,7 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
+from tokentrace.core.timefmt import format_ms, normalize_rfc3339, parse_rfc3339_ms
 
 __all__ = [
     "EVAL_SCORE",
@@ -62,16 +62,21 @@ def _bounded(value: int | float | None, field: str, high: float) -> None:
         raise ValueError(f"{field} must be a number between 0 and {high:g}, got {value!r}")
 
 
-def _timestamp(value: str | None, field: str) -> tuple[str | None, int | None]:
-    if value is None:
-        return None, None
+def _no_control_characters(model: str, provider: str, caller: str) -> None:
+    for field, text in (("model", model), ("provider", provider), ("caller", caller)):
+        if _CONTROL.search(text):
+            raise ValueError(f"{field} must not contain control characters, got {text!r}")
+
+
+def _timestamp(value: str, field: str) -> tuple[str, int]:
+    """The normalised timestamp (``value`` itself when it is normalised already) and its epoch ms."""
     try:
-        millis = parse_rfc3339_ms(value)
+        text, millis = normalize_rfc3339(value)
     except ValueError as exc:
         raise ValueError(f"{field}: {exc}") from None
     if not 0 <= millis <= _LAST_MS:
         raise ValueError(f"{field}: {value!r} is outside 1970-01-01 .. 9999-12-31")
-    return format_ms(millis), millis
+    return text, millis
 
 
 class Span(msgspec.Struct, kw_only=True):
@@ -103,34 +108,47 @@ class Span(msgspec.Struct, kw_only=True):
     attributes: dict[str, AttributeValue] = {}
 
     def __post_init__(self) -> None:
-        if not self.model:
+        # The hot path of every decoded span: each check takes a fast branch for the usual value and the
+        # original checking code (and its message) for anything else.
+        model, provider, caller = self.model, self.provider, self.caller
+        if not model:
             raise ValueError("model must be a non-empty string")
-        for field, text in (("model", self.model), ("provider", self.provider), ("caller", self.caller)):
-            if _CONTROL.search(text):
-                raise ValueError(f"{field} must not contain control characters, got {text!r}")
-        prompt = _whole_tokens(self.prompt_tokens, "prompt_tokens")
-        comp = _whole_tokens(self.comp_tokens, "comp_tokens")
-        total = _whole_tokens(self.total_tokens, "total_tokens")
+        if not (model.isprintable() and provider.isprintable() and caller.isprintable()):
+            _no_control_characters(model, provider, caller)  # control characters are never printable
+        prompt, comp, total = self.prompt_tokens, self.comp_tokens, self.total_tokens
+        if type(prompt) is not int or not 0 <= prompt <= MAX_TOKENS:
+            prompt = _whole_tokens(prompt, "prompt_tokens")
+        if type(comp) is not int or not 0 <= comp <= MAX_TOKENS:
+            comp = _whole_tokens(comp, "comp_tokens")
+        if type(total) is not int or not 0 <= total <= MAX_TOKENS:
+            total = _whole_tokens(total, "total_tokens")
         if prompt is None and comp is None and total is None:
             raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
         if total is None:
             total = (prompt or 0) + (comp or 0)
         self.prompt_tokens, self.comp_tokens, self.total_tokens = prompt, comp, total
-        _bounded(self.cost_usd, "cost_usd", MAX_COST_USD)
-        _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
-        self.started_at, started = _timestamp(self.started_at, "started_at")
-        self.ended_at, ended = _timestamp(self.ended_at, "ended_at")
+        cost, latency = self.cost_usd, self.latency_ms
+        if cost is not None and not 0 <= cost <= MAX_COST_USD:
+            _bounded(cost, "cost_usd", MAX_COST_USD)
+        if latency is not None and not 0 <= latency <= MAX_LATENCY_MS:
+            _bounded(latency, "latency_ms", MAX_LATENCY_MS)
+        started = ended = None
+        if self.started_at is not None:
+            self.started_at, started = _timestamp(self.started_at, "started_at")
+        if self.ended_at is not None:
+            self.ended_at, ended = _timestamp(self.ended_at, "ended_at")
         if started is not None and ended is not None:
             if ended < started:
                 raise ValueError("ended_at is before started_at")
-            if self.latency_ms is None:
+            if latency is None:
                 self.latency_ms = ended - started
                 _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
-        score = self.attributes.get(EVAL_SCORE)
-        if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
-            raise ValueError(
-                f"attributes.{EVAL_SCORE} must be a number between -{MAX_SCORE} and {MAX_SCORE}, got {score!r}"
-            )
+        if self.attributes:
+            score = self.attributes.get(EVAL_SCORE)
+            if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
+                raise ValueError(
+                    f"attributes.{EVAL_SCORE} must be a number between -{MAX_SCORE} and {MAX_SCORE}, got {score!r}"
+                )
         if not self.trace_id:
             self.trace_id = new_id()
         if not self.span_id:
@@ -142,15 +160,22 @@ class Span(msgspec.Struct, kw_only=True):
         value = self.attributes.get(EVAL_SCORE)
         return None if value is None else float(value)
 
-    def stamp(self, arrival_ms: int) -> None:
-        """Give a span without timestamps its arrival time (it counts at the time it arrived)."""
+    def stamp(self, arrival_ms: int) -> int:
+        """Give a span without timestamps its arrival time (it counts at the time it arrived); fill
+        ``ended_at`` from the start and the latency. Returns the time the span counts at (``span_time_ms``)."""
         if self.started_at is None:
             if self.ended_at is not None and self.latency_ms is not None:
-                self.started_at = format_ms(max(0, parse_rfc3339_ms(self.ended_at) - round(self.latency_ms)))
+                start = max(0, parse_rfc3339_ms(self.ended_at) - round(self.latency_ms))
             else:
-                self.started_at = format_ms(arrival_ms)
+                start = arrival_ms
+            self.started_at = format_ms(start)
+            if not 0 <= start <= _LAST_MS:  # what the text reads as, or its ValueError, as before
+                start = parse_rfc3339_ms(self.started_at)
+        else:
+            start = parse_rfc3339_ms(self.started_at)
         if self.ended_at is None:
-            self.ended_at = format_ms(min(_LAST_MS, parse_rfc3339_ms(self.started_at) + round(self.latency_ms or 0)))
+            self.ended_at = format_ms(min(_LAST_MS, start + round(self.latency_ms or 0)))
+        return start
 
 
 def span_time_ms(span: Span) -> int:

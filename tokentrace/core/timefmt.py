@@ -15,6 +15,7 @@ __all__ = [
     "MAX_DURATION_S",
     "format_duration",
     "format_ms",
+    "normalize_rfc3339",
     "now_ms",
     "parse_duration",
     "parse_rfc3339_ms",
@@ -46,22 +47,59 @@ def parse_rfc3339_ms(text: str) -> int:
 
     Raises ValueError with a message naming the expected form. The normalised form that spans carry
     (``YYYY-MM-DDTHH:MM:SS.mmmZ``) takes a fast path: spans of a batch share their seconds, so the
-    seconds part is parsed once and cached.
+    seconds part is parsed once and cached; and a span's timestamps are read several times on their way in
+    (validation, stamping, bucketing, the trace index), so the latest ones are remembered whole.
     """
-    if len(text) == 24 and text[23] == "Z" and text[19] == "." and text[20:23].isdigit():
-        seconds = _SECONDS.get(text[:19])
-        if seconds is None:
-            seconds = _parse_any(text) // 1000
-            if len(_SECONDS) >= _CACHE_LIMIT:
-                _SECONDS.clear()
-            _SECONDS[text[:19]] = seconds
-        return seconds * 1000 + int(text[20:23])
+    millis = _RECENT.get(text)
+    if millis is not None:
+        return millis
+    if len(text) == 24 and text[23] == "Z" and text[19] == ".":
+        part = _MILLIS.get(text[20:23])
+        if part is not None:
+            seconds = _SECONDS.get(text[:19])
+            if seconds is None:
+                seconds = _parse_any(text) // 1000
+                if len(_SECONDS) >= _CACHE_LIMIT:
+                    _SECONDS.clear()
+                _SECONDS[text[:19]] = seconds
+            return _remember(text, seconds * 1000 + part)
     return _parse_any(text)
 
 
+def normalize_rfc3339(text: str) -> tuple[str, int]:
+    """``(format_ms(millis), millis)`` for an RFC 3339 timestamp; raises ValueError as ``parse_rfc3339_ms``.
+
+    A timestamp already in the normalised form is returned as it is (the same object, no formatting): its
+    seconds part is recognised in the cache of prefixes ``format_ms`` has produced.
+    """
+    if len(text) == 24 and text[23] == "Z" and text[19] == ".":
+        seconds = _CANONICAL.get(text[:19])
+        millis = _MILLIS.get(text[20:23])
+        if seconds is not None and millis is not None:
+            return text, _remember(text, seconds * 1000 + millis)
+    millis = parse_rfc3339_ms(text)
+    return format_ms(millis), millis
+
+
+#: Seconds part -> epoch seconds, for any seconds part the fast path parsed.
 _SECONDS: dict[str, int] = {}
+#: Epoch seconds -> normalised seconds part, and the reverse (only normalised parts, as format_ms made them).
 _PREFIXES: dict[int, str] = {}
+_CANONICAL: dict[str, int] = {}
 _CACHE_LIMIT = 65_536
+#: The latest normalised timestamps parsed or formatted -> epoch ms.
+_RECENT: dict[str, int] = {}
+_RECENT_LIMIT = 16_384
+#: The three millisecond digits -> their value, and millis -> ``.mmmZ`` (ASCII digits only).
+_MILLIS = {f"{i:03d}": i for i in range(1000)}
+_SUFFIXES = tuple(f".{i:03d}Z" for i in range(1000))
+
+
+def _remember(text: str, millis: int) -> int:
+    if len(_RECENT) >= _RECENT_LIMIT:
+        _RECENT.clear()
+    _RECENT[text] = millis
+    return millis
 
 
 def _parse_any(text: str) -> int:
@@ -83,8 +121,13 @@ def format_ms(epoch_ms: int) -> str:
     if prefix is None:
         if len(_PREFIXES) >= _CACHE_LIMIT:
             _PREFIXES.clear()
+            _CANONICAL.clear()
         prefix = _PREFIXES[seconds] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(seconds))
-    return f"{prefix}.{millis:03d}Z"
+        _CANONICAL[prefix] = seconds
+    text = prefix + _SUFFIXES[millis]
+    if len(text) == 24:  # the normalised form (years 1000 to 9999): parsing it gives epoch_ms back
+        _remember(text, epoch_ms)
+    return text
 
 
 def parse_duration(text: str) -> float:
