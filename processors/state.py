@@ -10,7 +10,8 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
   offset is already >= the message's offset. Replaying a message — after a crash, a rebalance or a
   changelog write that got ahead of the committed source offset — changes nothing, and since each entry
   is always an exact prefix of its partition's events, whichever version of an entry survives, replay
-  from the committed source offset makes it exact again.
+  from the committed source offset makes it exact again. ``Applier.apply_many`` applies several messages
+  of a partition with exactly that effect, adding each entry's spans in one batch.
 * ``compact`` folds minute buckets older than the fine retention into hour entries
   (``b"p:h<hour start>"``), which then take their hour's late spans; the minutes are deleted only after
   the hour entry is durable, and a minute that survives under an hour entry is ignored and dropped.
@@ -27,15 +28,15 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
 
 from __future__ import annotations
 
-from collections.abc import MutableMapping
+from collections.abc import Iterable, MutableMapping
 from dataclasses import dataclass, field
 
 import msgspec
 
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import decode_wire
-from tokentrace.core.ingest import Pricer, SpanRejected, prepare_batch
-from tokentrace.core.span import Span, span_time_ms
+from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
+from tokentrace.core.span import Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
 
 __all__ = [
@@ -46,6 +47,7 @@ __all__ = [
     "Applier",
     "BucketEntry",
     "Entry",
+    "Message",
     "PartitionMeta",
     "RetiredEntry",
     "bucket_key",
@@ -100,6 +102,8 @@ class RetiredEntry(msgspec.Struct, array_like=True, tag="r"):
 
 
 Entry = BucketEntry | PartitionMeta | RetiredEntry
+#: One source message: its offset, its timestamp in ms and its value.
+Message = tuple[int, int, bytes | None]
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Entry)
 
@@ -241,6 +245,35 @@ class Applier:
         payload: bytes | None,
     ) -> Applied:
         """Apply one message; entries that already reached ``offset`` are left alone."""
+        return self.apply_many(entries, partition, [(offset, timestamp_ms, payload)])[0]
+
+    def apply_many(
+        self, entries: MutableMapping[bytes, Entry], partition: int, messages: Iterable[Message]
+    ) -> list[Applied]:
+        """Apply messages of one partition, in order: the entries and results of ``apply`` for each in turn.
+
+        Each message's offsets and counters are applied as ``apply`` would; its accepted spans are queued per
+        bucket state and each state takes its queue in one ``add_many`` at the end. Nothing decided per
+        message reads an aggregate (only keys and offsets), so deferring the additions changes no decision,
+        and they are made even if a message raises: the entries are then those of ``apply`` up to it.
+        """
+        queued: dict[int, tuple[BucketState, list[Span]]] = {}  # by id of the state (kept alive here)
+        try:
+            return [self._apply_one(entries, partition, message, queued) for message in messages]
+        finally:
+            caps = self.settings.caps
+            for state, spans in queued.values():
+                state.add_many(spans, caps)
+
+    def _apply_one(
+        self,
+        entries: MutableMapping[bytes, Entry],
+        partition: int,
+        message: Message,
+        queued: dict[int, tuple[BucketState, list[Span]]],
+    ) -> Applied:
+        """``apply`` for one message, its spans queued in ``queued`` instead of added."""
+        offset, timestamp_ms, payload = message
         out = Applied()
         mkey = meta_key(partition)
         meta = entries.get(mkey)
@@ -261,39 +294,19 @@ class Applier:
                 out.dirty.append(mkey)
             return out
 
-        rejected = {"too_old": 0, "future": 0, "invalid": 0}
-        by_bucket: dict[int, list[Span]] = {}
-        bucket_ms = self.settings.bucket_ms
-        oldest = self.oldest_allowed_ms(timestamp_ms)
-        retired = entries.get(retired_key(partition))
-        horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
-        for span in spans:
-            reason = self._prepare(span, timestamp_ms, oldest)
-            if reason is not None:
-                rejected[reason] += 1
-                continue
-            at = span_time_ms(span)
-            start = at - at % bucket_ms
-            if start < horizon:  # its bucket is retired already
-                rejected["too_old"] += 1
-                continue
-            by_bucket.setdefault(start, []).append(span)
-            out.spans.append((span, at))
-
-        caps = self.settings.caps
-        for start, group in by_bucket.items():
-            key = hour_key(partition, start - start % HOUR_MS)
-            if key not in entries:  # not compacted: the minute bucket
-                key = bucket_key(partition, start)
+        rejected, by_key = self._route(entries, partition, timestamp_ms, spans, out)
+        for key, members in by_key.items():
             entry = entries.get(key)
             if not isinstance(entry, BucketEntry):
                 entry = BucketEntry(-1, BucketState())
                 entries[key] = entry
             elif entry.offset >= offset:
                 continue
-            state = entry.state
-            for span in group:
-                state.add(span, caps)
+            slot = queued.get(id(entry.state))
+            if slot is None:
+                queued[id(entry.state)] = (entry.state, members)
+            else:
+                slot[1].extend(members)
             entry.offset = offset
             out.dirty.append(key)
 
@@ -308,12 +321,42 @@ class Applier:
             out.dirty.append(mkey)
         return out
 
-    def _prepare(self, span: Span, arrival_ms: int, oldest_ms: int) -> str | None:
-        """Stamp, bound-check and price one span with the API's own ``prepare_batch``; the reject reason."""
-        try:
-            prepare_batch((span,), arrival_ms, self.pricer, oldest_ms, self.max_future_ms)
-        except SpanRejected as exc:
-            return exc.reason if exc.reason in ("too_old", "future") else "invalid"
-        except ValueError:
-            return "invalid"
-        return None
+    def _route(
+        self,
+        entries: MutableMapping[bytes, Entry],
+        partition: int,
+        timestamp_ms: int,
+        spans: list[Span],
+        out: Applied,
+    ) -> tuple[dict[str, int], dict[bytes, list[Span]]]:
+        """Stamp, check and price ``spans`` (decided by the message's timestamp alone); the rejections by
+        reason and the accepted spans by entry key: the bucket's hour entry once compacted, else its minute.
+        Accepted spans go to ``out.spans`` too."""
+        rejected = {"too_old": 0, "future": 0, "invalid": 0}
+        by_key: dict[bytes, list[Span]] = {}
+        keys: dict[int, bytes] = {}  # entry key by bucket start
+        bucket_ms = self.settings.bucket_ms
+        retired = entries.get(retired_key(partition))
+        horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
+        oldest = self.oldest_allowed_ms(timestamp_ms)
+        outcomes = prepare_spans(spans, timestamp_ms, self.pricer, oldest, self.max_future_ms)
+        for span, at in zip(spans, outcomes, strict=True):
+            if isinstance(at, SpanRejected):
+                rejected[at.reason if at.reason in ("too_old", "future") else "invalid"] += 1
+                continue
+            start = at - at % bucket_ms
+            if start < horizon:  # its bucket is retired already
+                rejected["too_old"] += 1
+                continue
+            key = keys.get(start)
+            if key is None:
+                key = hour_key(partition, start - start % HOUR_MS)
+                if key not in entries:  # not compacted: the minute bucket
+                    key = bucket_key(partition, start)
+                keys[start] = key
+            members = by_key.get(key)
+            if members is None:
+                members = by_key[key] = []
+            members.append(span)
+            out.spans.append((span, at))
+        return rejected, by_key

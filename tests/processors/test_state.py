@@ -3,15 +3,23 @@
 from __future__ import annotations
 
 import random
+from itertools import pairwise
+from unittest import mock
 
 import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from tokentrace.core import aggregate as aggregate_module
 from tokentrace.core.buckets import BucketState
-from tokentrace.core.codec import encode_wire
-from tokentrace.core.span import Span
+from tokentrace.core.codec import decode_wire, encode_wire
+from tokentrace.core.ingest import SpanRejected, prepare_batch
+from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import format_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
 from tokentrace.processors.state import (
+    Applied,
     Applier,
     BucketEntry,
     Entry,
@@ -216,3 +224,221 @@ def test_compaction_folds_minutes_into_hours_which_take_late_spans_and_replays()
     assert isinstance(retired, RetiredEntry)
     assert sum(a.count for a in retired.state.series.values()) == 4
     assert set(deleted) == {hour_key(0, hour), bucket_key(0, hour)}
+
+
+# ---------------------------------------------------------------- batching: apply_many and the batch paths
+# The oracle: ``apply`` as it was before the batch paths (one ``prepare_batch`` and one ``BucketState.add``
+# per span), except that spans are grouped by entry key (see the compacted-hour test below).
+def reference_apply(
+    applier: Applier, entries: dict[bytes, Entry], partition: int, offset: int, timestamp_ms: int, payload: bytes | None
+) -> Applied:
+    out = Applied()
+    mkey = meta_key(partition)
+    meta = entries.get(mkey)
+    if not isinstance(meta, PartitionMeta):
+        meta = PartitionMeta()
+    fresh = offset > meta.offset
+    try:
+        if payload is None:
+            raise ValueError("empty message value")
+        spans = decode_wire(payload)
+    except (msgspec.DecodeError, ValueError) as exc:
+        out.poison = str(exc) or type(exc).__name__
+        if fresh:
+            meta.poison += 1
+            meta.messages += 1
+            meta.offset = offset
+            entries[mkey] = meta
+            out.dirty.append(mkey)
+        return out
+    rejected = {"too_old": 0, "future": 0, "invalid": 0}
+    by_key: dict[bytes, list[Span]] = {}
+    oldest = applier.oldest_allowed_ms(timestamp_ms)
+    retired = entries.get(retired_key(partition))
+    horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
+    for span in spans:
+        try:
+            prepare_batch((span,), timestamp_ms, applier.pricer, oldest, applier.max_future_ms)
+        except SpanRejected as exc:
+            rejected[exc.reason if exc.reason in ("too_old", "future") else "invalid"] += 1
+            continue
+        at = span_time_ms(span)
+        start = at - at % applier.settings.bucket_ms
+        if start < horizon:
+            rejected["too_old"] += 1
+            continue
+        key = hour_key(partition, start - start % HOUR_MS)
+        if key not in entries:
+            key = bucket_key(partition, start)
+        by_key.setdefault(key, []).append(span)
+        out.spans.append((span, at))
+    for key, group in by_key.items():
+        entry = entries.get(key)
+        if not isinstance(entry, BucketEntry):
+            entry = BucketEntry(-1, BucketState())
+            entries[key] = entry
+        elif entry.offset >= offset:
+            continue
+        for span in group:
+            entry.state.add(span, applier.settings.caps)
+        entry.offset = offset
+        out.dirty.append(key)
+    if fresh:
+        meta.messages += 1
+        meta.spans += len(out.spans)
+        meta.too_old += rejected["too_old"]
+        meta.future += rejected["future"]
+        meta.invalid += rejected["invalid"]
+        meta.offset = offset
+        entries[mkey] = meta
+        out.dirty.append(mkey)
+    return out
+
+
+class _Pricer:
+    """Prices model "m" at a micro-dollar per token, knows no other model, fails on model "bad"."""
+
+    def cost(
+        self, model: str, prompt_tokens: int, comp_tokens: int, provider: str | None = None, **_: int
+    ) -> float | None:
+        if model == "bad":
+            raise ValueError("no price for this call")
+        if model == "crash":
+            raise RuntimeError("pricer bug")
+        return (prompt_tokens + comp_tokens) / 1e6 if model == "m" else None
+
+
+_AGES = [None, 0, 1, 2, 59, 61, 125, 300, 301, -10]  # minutes before NOW; None: unstamped, -10: future
+
+
+@st.composite
+def _message_spans(draw: st.DrawFn) -> list[Span]:
+    spans = []
+    for _ in range(draw(st.integers(0, 12))):
+        age = draw(st.sampled_from([*_AGES, 40 * 24 * 60]))  # and one too old for retention
+        fields: dict[str, object] = {
+            "model": draw(st.sampled_from(["gpt-4o", "m", "bad"])),
+            "prompt_tokens": draw(st.integers(0, 5000)),
+            "caller": draw(st.sampled_from(["", "chat"])),
+            "latency_ms": draw(st.one_of(st.none(), st.integers(0, 9000), st.floats(0, 9000))),
+            "attributes": draw(st.sampled_from([{}, {"workflow": "a"}, {"workflow": "b", "eval.score": 0.5}])),
+        }
+        if draw(st.booleans()):
+            fields["cost_usd"] = 0.001
+        if age is not None:
+            fields["started_at"] = format_ms(NOW - age * MINUTE_MS + draw(st.integers(0, MINUTE_MS - 1)))
+        spans.append(msgspec.convert(fields, Span))
+    return spans
+
+
+_payloads = st.one_of(
+    _message_spans().map(encode_wire), st.sampled_from([None, b"\xc1", msgspec.msgpack.encode({"v": 2, "spans": []})])
+)
+#: Messages with offsets that go back now and then (replays), over a history the state may have seen.
+_streams = st.lists(st.tuples(st.integers(0, 30), _payloads), max_size=25)
+
+
+def _copy(entries: dict[bytes, Entry]) -> dict[bytes, Entry]:
+    return {key: decode_entry(encode_entry(entry)) for key, entry in entries.items()}
+
+
+def _snapshot(entries: dict[bytes, Entry]) -> list[tuple[bytes, bytes]]:
+    return [(key, encode_entry(entry)) for key, entry in entries.items()]
+
+
+def _results(results: list[Applied]) -> list[tuple[list[bytes], list[tuple[bytes, int]], str | None]]:
+    return [(r.dirty, [(encode_wire([s]), at) for s, at in r.spans], r.poison) for r in results]
+
+
+def _history(history: list[tuple[int, bytes | None]], compact_hours: int, expire_hours: int) -> dict[bytes, Entry]:
+    """A partition's state after ``history`` and optionally a compaction and a retirement pass."""
+    applier = Applier(TimelineSettings(), _Pricer(), 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    for offset, payload in history:
+        applier.apply(entries, 0, offset, NOW, payload)
+    top = NOW - NOW % HOUR_MS
+    if compact_hours:
+        compact(entries, 0, top - compact_hours * HOUR_MS)
+    if expire_hours:
+        expire(entries, 0, top - expire_hours * HOUR_MS)
+    return entries
+
+
+@given(
+    _streams,
+    _streams,
+    st.integers(0, 3),
+    st.integers(0, 6),
+    st.lists(st.integers(0, 30), max_size=6),
+    st.sampled_from([1, aggregate_module.BULK_FROM]),
+)
+@settings(max_examples=150, deadline=None)
+def test_apply_many_equals_apply_one_by_one(
+    history: list[tuple[int, bytes | None]],
+    stream: list[tuple[int, bytes | None]],
+    compact_hours: int,
+    expire_hours: int,
+    cuts: list[int],
+    bulk_from: int,
+) -> None:
+    """Any split of a stream into apply_many batches leaves the entries (bytes and key order) and returns the
+    results of one apply per message, whatever the state's history (compacted hours, retired buckets)."""
+    before = _history(history, compact_hours, expire_hours)
+    applier = Applier(TimelineSettings(), _Pricer(), 5 * MINUTE_MS)
+    one_by_one, batched = _copy(before), _copy(before)
+    messages = [(offset, NOW + 5, payload) for offset, payload in stream]
+    expected = [applier.apply(one_by_one, 0, *message) for message in messages]
+    points = sorted({c % (len(messages) + 1) for c in cuts} | {0, len(messages)})
+    with mock.patch.object(aggregate_module, "BULK_FROM", bulk_from):
+        got = [r for a, b in pairwise(points) for r in applier.apply_many(batched, 0, messages[a:b])]
+    assert _snapshot(batched) == _snapshot(one_by_one)
+    assert _results(got) == _results(expected)
+
+
+@given(_streams, _streams, st.integers(0, 3), st.integers(0, 6), st.sampled_from([1, aggregate_module.BULK_FROM]))
+@settings(max_examples=150, deadline=None)
+def test_apply_equals_the_per_span_reference(
+    history: list[tuple[int, bytes | None]],
+    stream: list[tuple[int, bytes | None]],
+    compact_hours: int,
+    expire_hours: int,
+    bulk_from: int,
+) -> None:
+    before = _history(history, compact_hours, expire_hours)
+    applier = Applier(TimelineSettings(), _Pricer(), 5 * MINUTE_MS)
+    batched, reference = _copy(before), _copy(before)
+    with mock.patch.object(aggregate_module, "BULK_FROM", bulk_from):
+        got = [applier.apply(batched, 0, offset, NOW + 5, payload) for offset, payload in stream]
+    expected = [reference_apply(applier, reference, 0, offset, NOW + 5, payload) for offset, payload in stream]
+    assert _snapshot(batched) == _snapshot(reference)
+    assert _results(got) == _results(expected)
+
+
+def test_late_spans_of_two_minutes_of_a_compacted_hour_all_count() -> None:
+    """Both go to the hour entry: the second used to be skipped as if the entry had seen the message."""
+    applier = _applier()
+    entries: dict[bytes, Entry] = {}
+    hour = NOW - NOW % HOUR_MS - 5 * HOUR_MS
+    applier.apply(entries, 0, 0, NOW, encode_wire([_span(1, hour)]))
+    compact(entries, 0, hour + HOUR_MS)
+    late = encode_wire([_span(2, hour + 10 * MINUTE_MS), _span(4, hour + 20 * MINUTE_MS)])
+    applied = applier.apply(entries, 0, 1, NOW, late)
+    assert applied.dirty == [hour_key(0, hour), meta_key(0)]
+    assert _count(entries) == (3, 7)
+    applier.apply(entries, 0, 1, NOW, late)  # a replay changes nothing
+    assert _count(entries) == (3, 7)
+
+
+def test_apply_many_adds_what_it_queued_when_a_message_raises() -> None:
+    """A message that raises (a pricer bug) leaves the entries of one apply per message up to it."""
+    applier = Applier(TimelineSettings(), _Pricer(), 5 * MINUTE_MS)
+    good = encode_wire([_span(1, NOW, model="m", cost_usd=None), _span(2, NOW - MINUTE_MS)])
+    crash = encode_wire([_span(4, NOW, model="crash", cost_usd=None)])
+    one_by_one: dict[bytes, Entry] = {}
+    for offset in (0, 1):
+        applier.apply(one_by_one, 0, offset, NOW, good)
+    batched: dict[bytes, Entry] = {}
+    with pytest.raises(RuntimeError, match="pricer bug"):
+        applier.apply_many(batched, 0, [(0, NOW, good), (1, NOW, good), (2, NOW, crash), (3, NOW, good)])
+    assert _snapshot(batched) == _snapshot(one_by_one)
+    assert _count(batched) == (4, 6)
