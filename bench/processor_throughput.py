@@ -6,7 +6,7 @@ then measures, on the same topic in the same run, each with a fresh consumer gro
 
 * baseline: an aiokafka consumer that reads every message and decodes it with msgspec (``decode_wire``);
 * quixstreams: bench/quixstreams_pipeline.py in a subprocess, a quixstreams app that applies every message
-  with the worker's own ``Applier`` (same decode, stamping and ``BucketState.add``) into quixstreams'
+  with the worker's own ``Applier`` (same decode, stamping and bucket additions) into quixstreams'
   RocksDB state (``--quix-guarantee``, exactly-once by default; at-least-once is tried if that fails), from
   the end of its first message to the message that completes the count (start-up and final commit excluded);
 * one worker: from its first counted span to the last, read from the Redis view's exact span counter

@@ -2,9 +2,11 @@
 
 A quixstreams ``Application`` (its own consumer group, ``auto_offset_reset="earliest"``) reads the raw wire
 messages of the span topic and applies each one with the worker's own ``Applier.apply``
-(processors/state.py): the same ``decode_wire``, the same ``prepare_batch`` (stamp, bounds, pricing) and the
-same ``BucketState.add`` per span into per (partition, minute bucket) entries, plus the partition's meta
-counters. What differs from ``tokentrace worker`` is only the framework, the state store and the commit path:
+(processors/state.py), one message at a time as the worker does: the same ``decode_wire``, the same
+stamping, bounds and pricing, the same ``BucketState`` additions into per (partition, minute bucket)
+entries, plus the partition's meta counters. What differs from ``tokentrace worker`` is the framework, the
+state store and the commit path, and that this pipeline materializes nothing (the worker also writes the
+Redis view and the trace index):
 
 * state: quixstreams' RocksDB ``State`` of a ``sdf.update(..., stateful=True)`` function. quixstreams scopes
   state by message key; the span topic's keys are the first span's trace id (they only spread traces over
@@ -22,8 +24,9 @@ counters. What differs from ``tokentrace worker`` is only the framework, the sta
 
 The rate is measured from the end of the first processed message to the message that brings the spans
 counted in state (the meta entries' ``spans``) to ``--expect``, when the function calls ``app.stop()``;
-start-up, the consumer group join and the final checkpoint are outside it (reported separately). Each
-bucket's series counts, read back from the entry written to state, must add up to ``--expect`` too.
+start-up, the consumer group join and the final checkpoint are outside it (reported separately). Each message
+loads its entries from state afresh, so these counts have been through the store; the series counts of the
+bucket entries as last written must add up to ``--expect`` too.
 
 Run (bench/processor_throughput.py starts it in a subprocess, one process like one worker)::
 
