@@ -483,6 +483,9 @@ class _Worker:
                 self.alerts = shared_alert_service(config, view.redis, self.settings.prefix, reader)
                 await self.alerts.start()
             assert self.alerts is not None
+            await self.alerts.refresh()
+            if not self.alerts.rule_count:
+                return  # nothing to evaluate: do not keep a copy of the view up to date for nobody
             await self._view.sync()
             evaluation = await self.alerts.evaluate_async()
             if evaluation.notifications:

@@ -164,6 +164,11 @@ class AlertService:
         self._silences = {n: t for n, t in snapshot.silences.items() if n in entries and t > now}
         self._loaded = True
 
+    @property
+    def rule_count(self) -> int:
+        """How many rules there are (config, code and API) as of the last load or refresh."""
+        return len(self._entries)
+
     async def refresh(self) -> None:
         """Catch up with what other processes changed: rules and silences of a shared repository, and the
         ledger's states, firing counts and delivery stats. Cheap and a no-op for a single process."""
