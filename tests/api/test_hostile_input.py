@@ -28,6 +28,8 @@ from tokentrace.api.middleware import error_middleware
         ({"model": "a\u001fb", "total_tokens": 1}, "model"),
         ({"model": "m", "provider": "p\n", "total_tokens": 1}, "provider"),
         ({"model": "m", "caller": "\x7f", "total_tokens": 1}, "caller"),
+        ({"model": "m", "total_tokens": 1, "attributes": {"request": 18446744073709551616}}, "attributes.request"),
+        ({"model": "m", "total_tokens": 1, "attributes": {"request": -(2**63) - 1}}, "attributes.request"),
     ],
 )
 async def test_out_of_range_spans_are_400(client: TestClient[Any, Any], span: dict[str, Any], field: str) -> None:

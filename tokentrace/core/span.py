@@ -27,6 +27,8 @@ __all__ = [
 Status = Literal["ok", "error", "timeout"]
 STATUSES: tuple[Status, ...] = ("ok", "error", "timeout")
 AttributeValue = str | int | float | bool
+_MIN_INT64 = -(2**63)
+_MAX_UINT64 = 2**64 - 1
 #: The attribute whose numeric value is the span's quality score.
 EVAL_SCORE = "eval.score"
 
@@ -144,6 +146,10 @@ class Span(msgspec.Struct, kw_only=True):
                 self.latency_ms = ended - started
                 _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
         if self.attributes:
+            for key, value in self.attributes.items():
+                if type(value) is int and not _MIN_INT64 <= value <= _MAX_UINT64:
+                    # The stores and the Kafka wire are MessagePack, whose integers are 64-bit.
+                    raise ValueError(f"attributes.{key}: integer {value} is outside the 64-bit range")
             score = self.attributes.get(EVAL_SCORE)
             if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
                 raise ValueError(
