@@ -52,6 +52,20 @@ async def test_workers_joining_and_leaving_mid_stream_count_exactly(
     await _assert_view_is_recount(kafka_broker, topic, store)
 
 
+async def test_a_worker_joining_during_a_backlog_takes_over_exactly(
+    kafka_broker: KafkaCluster, topic: str, workers: Workers, store: RedisStore
+) -> None:
+    """The benchmark's shape: a full topic, one worker takes every partition, a second joins a second later
+    and takes half of them while the first is mid-way through its backlog."""
+    spans = make_spans(100_000, random.Random(11), spread_ms=60_000)
+    await produce(kafka_broker.bootstrap, topic, spans, batch=500)
+    workers.start()
+    await asyncio.sleep(1)
+    workers.start()
+    await wait_counted(store, len(spans), 90, workers)
+    await _assert_view_is_recount(kafka_broker, topic, store)
+
+
 async def test_every_acknowledged_span_is_counted_when_a_broker_dies(
     kafka_cluster: KafkaCluster, redis_server: RedisServer, tmp_path: Path
 ) -> None:
