@@ -270,8 +270,8 @@ class _Worker:
         self._ticker: asyncio.Future[None] | None = None
         self._consistent_from: dict[int, int] = {}  # partition -> newest entry offset at recovery
         self._position: dict[int, int] = {}  # partition -> last offset the agent applied
-        self._resume: dict[int, int] = {}  # partition -> first offset its state lacks (until checked)
-        self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of its state
+        self._next: dict[int, int] = {}  # partition -> the offset its state needs next
+        self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of it (we sought back)
         self.rewinds = 0
         self._collected_at = time.monotonic()
         self._view: RedisStore | None = None
@@ -302,14 +302,20 @@ class _Worker:
             self._ticker = asyncio.ensure_future(self._tick_forever())
         entries = self.entries
         apply = self.applier.apply
+        next_offsets = self._next
         async for event in noack.events():
             message = event.message
-            if self._resume and message.partition in self._resume and not await self._resumes_at(message):
-                continue  # ahead of the state: not applied, not acked, fetched again after the seek
+            partition, offset = message.partition, message.offset
+            expected = next_offsets.get(partition)
+            if expected is not None and offset > expected and not await self._continues(message, expected):
+                continue  # a hole before it: not applied, not acked, fetched again after the seek
+            if self._rewinding:
+                self._rewinding.pop(partition, None)
             began = time.monotonic()
-            applied = apply(entries, message.partition, message.offset, round(message.timestamp * 1000), event.value)
+            applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value)
             self.apply_s += time.monotonic() - began
-            self._position[message.partition] = message.offset
+            self._position[partition] = offset
+            next_offsets[partition] = offset + 1
             if applied.poison is not None:
                 self.poison += 1
                 log.warning(
@@ -338,30 +344,28 @@ class _Worker:
             if flusher.due():
                 await flusher.flush()
 
-    async def _resumes_at(self, message: Any) -> bool:
-        """Check the first message of a partition after a recovery against where its state ends.
+    async def _continues(self, message: Any, expected: int) -> bool:
+        """Decide about a message that comes after a hole: the partition's state needs ``expected`` first.
 
-        Faust resumes at the committed offset, which must never be past the state (its meta entry says
-        through which offset it is complete). If it is, the events in between would never be counted:
-        seek back to where the state ends and drop what was fetched beyond it until that arrives.
+        Offsets of the span topic are contiguous (no compaction, no transactions), so a hole means messages
+        that were never handed to the agent: Faust resumed at a committed offset past the state after a
+        recovery, or its fetcher dropped messages it took for already read (its read-offset bookkeeping
+        across rebalances). Counting on would lose them for good: seek back to ``expected`` and drop what
+        was fetched beyond it until that arrives. If the log has no record at ``expected`` (retention), the
+        first message fetched again after the seek is taken.
         """
         partition, offset = message.partition, message.offset
-        expected = self._resume[partition]
         first_seen = self._rewinding.get(partition)
-        # At or before the end of the state; or fetched again after our seek (the buffered messages all came
-        # after the first one seen) while the log has no record at the expected offset itself (retention,
-        # a transaction marker): go on from here.
-        if offset <= expected or (first_seen is not None and offset <= first_seen):
-            del self._resume[partition]
-            return True
+        if first_seen is not None and offset <= first_seen:
+            return True  # fetched again after our seek, and the log starts past ``expected``
         if first_seen is None:
             self._rewinding[partition] = offset
             log.log(
                 logging.WARNING if expected == 0 else logging.ERROR,
-                "partition %d resumed at offset %d but its state ends at %d: seeking back to %d",
+                "partition %d: offset %d arrived but its state needs %d next: seeking back to %d",
                 partition,
                 offset,
-                expected - 1,
+                expected,
                 expected,
             )
             self.rewinds += 1
@@ -401,11 +405,11 @@ class _Worker:
         self._consistent_from = newest
         self._position = {}
         # Where each partition's state says processing must resume: right after its meta entry's offset.
-        self._resume = {}
+        self._next.clear()  # the agent holds this dict
         self._rewinding = {}
         for partition in owned:
             meta = entries.get(meta_key(partition))
-            self._resume[partition] = meta.offset + 1 if isinstance(meta, PartitionMeta) else 0
+            self._next[partition] = meta.offset + 1 if isinstance(meta, PartitionMeta) else 0
         log.info("recovered partitions %s (%d entries)", sorted(owned), len(entries))
         self.materializer.submit(self.snapshot_owned())
 
