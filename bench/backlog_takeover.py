@@ -1,0 +1,102 @@
+"""Exactness probe: the benchmark's two-worker run, repeated; on a shortfall, where the view is short.
+
+Fills a 4-partition topic with ``--spans`` spans, then runs ``bench/processor_throughput.py``'s two-worker
+measurement (one worker takes every partition, the second joins and takes half while the first is mid-way
+through the backlog) ``--rounds`` times, each with a fresh consumer group and Redis prefix. When a round
+counts fewer spans than the topic holds, it prints, per partition, the view's meta entry (offset, messages,
+spans) beside a recount of the topic, so the missing message can be found in the workers' logs.
+
+Run: ``.venv/bin/python bench/backlog_takeover.py [--rounds 10] [--spans 200000]`` (load the machine
+meanwhile to widen the timing windows; the shortfall was seen only under load).
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import random
+import sys
+import tempfile
+from pathlib import Path
+
+from aiokafka import AIOKafkaConsumer, TopicPartition
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import processor_throughput as bench
+
+from tests.infra.kafka import KafkaCluster
+from tests.infra.redis import RedisServer
+from tests.processors.harness import make_spans, produce
+from tokentrace.api.stores.redis_store import RedisStore
+from tokentrace.core.codec import decode_wire
+
+PARTITIONS = 4
+
+
+async def recount(bootstrap: str, topic: str) -> dict[int, dict[int, int]]:
+    """Spans per message offset, per partition, read from the topic."""
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
+    await consumer.start()
+    try:
+        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
+        consumer.assign(parts)
+        await consumer.seek_to_beginning(*parts)
+        ends = await consumer.end_offsets(parts)
+        counts: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
+        remaining = {tp for tp in parts if ends[tp] > 0}
+        while remaining:
+            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
+                for record in records:
+                    counts[tp.partition][record.offset] = len(decode_wire(record.value or b""))
+                    if record.offset + 1 >= ends[tp]:
+                        remaining.discard(tp)
+        return counts
+    finally:
+        with contextlib.suppress(asyncio.CancelledError):
+            await consumer.stop()
+
+
+async def main(rounds: int, spans: int) -> int:
+    logs = Path(tempfile.mkdtemp(prefix="tokentrace-takeover-"))
+    print(f"worker logs in {logs}", flush=True)
+    short = 0
+    with KafkaCluster(1) as kafka, RedisServer() as redis:
+        topic = kafka.create_topic("takeover", partitions=PARTITIONS)
+        await produce(kafka.bootstrap, topic, make_spans(spans, random.Random(1), spread_ms=60_000), batch=500)
+        counts = await recount(kafka.bootstrap, topic)
+        for round_ in range(rounds):
+            tag = f"t{round_}"
+            try:
+                rate = await bench.workers_rate(kafka, redis, topic, 2, spans, logs, tag)
+                print(f"round {round_}: exact, {rate:,.0f} spans/s", flush=True)
+                continue
+            except RuntimeError as exc:
+                short += 1
+                print(f"round {round_}: SHORT: {exc}", flush=True)
+            store = RedisStore(redis.url, kafka.bootstrap, topic, prefix=f"bench2{tag}-{topic}:")
+            await store.open(publish=False)
+            try:
+                await store.sync()
+                for partition, expected in counts.items():
+                    meta = store._meta.get(partition)  # the view's per-partition counters
+                    seen = (meta.offset, meta.messages, meta.spans) if meta else None
+                    print(
+                        f"  partition {partition}: view (offset, messages, spans) {seen}; "
+                        f"topic {len(expected)} messages, {sum(expected.values())} spans",
+                        flush=True,
+                    )
+            finally:
+                await store.close()
+    print(f"{short} of {rounds} rounds short", flush=True)
+    return 1 if short else 0
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=10)
+    parser.add_argument("--spans", type=int, default=200_000)
+    args = parser.parse_args()
+    sys.exit(asyncio.run(main(args.rounds, args.spans)))
