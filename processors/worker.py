@@ -82,6 +82,8 @@ EXIT_CHANGELOG_FAILED = 70
 #: Tombstones of the Redis view are dropped this long after the deletion, checked this often.
 TOMBSTONE_GRACE_S = 3600.0
 TOMBSTONE_CHECK_S = 60.0
+#: A hole still there this long after the partition was sought back over it is sought back again.
+RESEEK_S = 2.0
 
 
 class _EntryCodec(codecs.Codec):
@@ -134,6 +136,14 @@ class WorkerSettings:
     alerts_config: Config | None = None
     alert_interval_s: float = 15.0
     faust_options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Hole:
+    """A partition sought back because an offset past ``expected`` arrived first."""
+
+    expected: int
+    sought_at: float
 
 
 class _Flusher:
@@ -271,8 +281,9 @@ class _Worker:
         self._consistent_from: dict[int, int] = {}  # partition -> newest entry offset at recovery
         self._position: dict[int, int] = {}  # partition -> last offset the agent applied
         self._next: dict[int, int] = {}  # partition -> the offset its state needs next
-        self._rewinding: dict[int, int] = {}  # partition -> first offset seen ahead of it (we sought back)
+        self._holes: dict[int, _Hole] = {}  # partition -> the hole it was sought back over
         self.rewinds = 0
+        self.lost_to_retention = 0  # messages deleted by retention before they were counted
         self._collected_at = time.monotonic()
         self._view: RedisStore | None = None
         self.alerts: AlertService | None = None
@@ -309,8 +320,8 @@ class _Worker:
             expected = next_offsets.get(partition)
             if expected is not None and offset > expected and not await self._continues(message, expected):
                 continue  # a hole before it: not applied, not acked, fetched again after the seek
-            if self._rewinding:
-                self._rewinding.pop(partition, None)
+            if self._holes and partition in self._holes and offset >= self._holes[partition].expected:
+                del self._holes[partition]  # the hole is filled
             began = time.monotonic()
             applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value)
             self.apply_s += time.monotonic() - began
@@ -348,29 +359,63 @@ class _Worker:
         """Decide about a message that comes after a hole: the partition's state needs ``expected`` first.
 
         Offsets of the span topic are contiguous (no compaction, no transactions), so a hole means messages
-        that were never handed to the agent: Faust resumed at a committed offset past the state after a
-        recovery, or its fetcher dropped messages it took for already read (its read-offset bookkeeping
-        across rebalances). Counting on would lose them for good: seek back to ``expected`` and drop what
-        was fetched beyond it until that arrives. If the log has no record at ``expected`` (retention), the
-        first message fetched again after the seek is taken.
+        that were never applied here, whatever Faust thinks: its streams ack (and so commit) messages they
+        skip around a rebalance, and a committed offset past the state is where it resumes. Counting on
+        would lose them for good, so the partition is sought back to ``expected`` and whatever was fetched
+        beyond it is dropped (not acked) until that arrives; ``tick`` seeks again if it does not (a batch
+        fetched before the seek can move Faust's read offset past it again). Only when the broker says the
+        log now starts past ``expected`` (retention deleted those messages) does the partition go on from
+        the log start, with an error naming the offsets that could not be counted.
         """
         partition, offset = message.partition, message.offset
-        first_seen = self._rewinding.get(partition)
-        if first_seen is not None and offset <= first_seen:
-            return True  # fetched again after our seek, and the log starts past ``expected``
-        if first_seen is None:
-            self._rewinding[partition] = offset
+        hole = self._holes.get(partition)
+        if hole is not None and hole.expected == expected:
+            return False  # fetched before our seek: dropped here, fetched again after it
+        tp = TP(message.topic, partition)
+        log_start = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+        if log_start > expected:
             log.log(
                 logging.WARNING if expected == 0 else logging.ERROR,
-                "partition %d: offset %d arrived but its state needs %d next: seeking back to %d",
+                "partition %d: offsets %d..%d were deleted (topic retention) before they were counted; "
+                "continuing at %d",
                 partition,
-                offset,
                 expected,
-                expected,
+                log_start - 1,
+                log_start,
             )
-            self.rewinds += 1
-            await self.app.consumer.seek(TP(message.topic, partition), expected)
+            self.lost_to_retention += log_start - expected
+            self._next[partition] = expected = log_start
+            if offset == expected:
+                return True
+        log.log(
+            logging.WARNING if expected == 0 else logging.ERROR,
+            "partition %d: offset %d arrived but its state needs %d next: seeking back to %d",
+            partition,
+            offset,
+            expected,
+            expected,
+        )
+        await self._seek_back(partition, expected)
         return False
+
+    async def _seek_back(self, partition: int, offset: int) -> None:
+        self.rewinds += 1
+        self._holes[partition] = _Hole(offset, time.monotonic())
+        await self.app.consumer.seek(TP(self.settings.topic, partition), offset)
+
+    async def _reseek_holes(self) -> None:
+        """Seek again over holes that a seek did not fill within ``RESEEK_S`` (see ``_continues``)."""
+        now = time.monotonic()
+        owned = self.owned_partitions()
+        for partition, hole in list(self._holes.items()):
+            if partition not in owned or self._next.get(partition) != hole.expected:
+                del self._holes[partition]  # revoked meanwhile, or filled
+            elif now - hole.sought_at >= RESEEK_S:
+                log.warning("partition %d: offset %d still missing: seeking back again", partition, hole.expected)
+                try:
+                    await self._seek_back(partition, hole.expected)
+                except Exception as exc:  # e.g. revoked by a rebalance under way: on_recovered starts over
+                    log.warning("partition %d: seeking back failed: %r", partition, exc)
 
     async def _tick_forever(self) -> None:
         interval = self.settings.flush_interval_s / 2
@@ -382,6 +427,8 @@ class _Worker:
                 log.exception("flush failed")
 
     async def tick(self) -> None:
+        if self._holes:
+            await self._reseek_holes()
         flusher = self.flusher
         if flusher.due():
             await flusher.flush()
@@ -406,7 +453,7 @@ class _Worker:
         self._position = {}
         # Where each partition's state says processing must resume: right after its meta entry's offset.
         self._next.clear()  # the agent holds this dict
-        self._rewinding = {}
+        self._holes = {}
         for partition in owned:
             meta = entries.get(meta_key(partition))
             self._next[partition] = meta.offset + 1 if isinstance(meta, PartitionMeta) else 0
