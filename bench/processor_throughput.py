@@ -38,6 +38,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,7 +125,14 @@ async def quixstreams_rate(
 
 
 async def workers_rate(
-    kafka: KafkaCluster, redis: RedisServer, topic: str, count: int, total: int, logs: Path, tag: str = ""
+    kafka: KafkaCluster,
+    redis: RedisServer,
+    topic: str,
+    count: int,
+    total: int,
+    logs: Path,
+    tag: str = "",
+    worker_args: Sequence[str] = (),
 ) -> float:
     """Spans/s of ``count`` workers (fresh group and Redis prefix), first counted span to the last."""
     prefix = f"bench{count}{tag}-{topic}:"
@@ -134,7 +142,7 @@ async def workers_rate(
         topic,
         logs,
         app_id=f"bench-{count}{tag}-{topic}",
-        extra_args=["--prefix", prefix],
+        extra_args=["--prefix", prefix, *worker_args],
     )
     store = RedisStore(redis.url, kafka.bootstrap, topic, prefix=prefix)
     await store.open()

@@ -135,6 +135,14 @@ def worker(
         float | None,
         typer.Option(help="Seconds before a silent worker's partitions move to the others (kafka.session_timeout)."),
     ] = None,
+    fetch_bytes: Annotated[
+        int | None,
+        typer.Option(
+            min=65_536,
+            help="Most bytes fetched per partition and request (default 8 MiB; at least your largest message).",
+            envvar="TOKENTRACE_FETCH_BYTES",
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a stream worker: consume the span topic, keep exact aggregates, materialize them into Redis."""
@@ -151,6 +159,8 @@ def worker(
         settings.session_timeout_s = session_timeout
     if dead_letter_topic:
         settings.dead_letter_topic = dead_letter_topic
+    if fetch_bytes is not None:
+        settings.fetch_partition_bytes = fetch_bytes
     dead_letter_topic = settings.dead_letter_topic
 
     async def topics() -> int:
