@@ -39,6 +39,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -184,9 +185,28 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, seconds: float, logs: Path) -> list[float]:
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process so far (0 when it is gone)."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+@dataclass
+class Freshness:
+    latencies: list[float]  # sorted, seconds
+    wall_s: float  # the steady phase
+    sent: int
+    worker_cpu_s: float
+    script_cpu_s: float  # this process: the producer and the polling reader
+
+
+async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, seconds: float, logs: Path) -> Freshness:
     """Seconds from the broker's ack of a batch (what POST /spans answers 202 on) to its spans being
-    counted in a ``/metrics`` query, at a steady ``rate`` spans/s through one worker."""
+    counted in a ``/metrics`` query, at a steady ``rate`` spans/s through one worker; with the CPU the
+    worker and this script (producer and reader, sharing the machine) used meanwhile."""
     topic = kafka.create_topic("fresh", partitions=4)
     prefix = f"fresh-{topic}:"
     workers = Workers(kafka.bootstrap, redis.url, topic, logs, app_id=f"fresh-{topic}", extra_args=["--prefix", prefix])
@@ -220,6 +240,8 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         poller = asyncio.create_task(poll())
         batch = 100
         rng = random.Random(2)
+        worker_pid = workers.procs[0].pid
+        worker_cpu, script_cpu = _cpu_seconds(worker_pid), time.process_time()
         began = time.perf_counter()
         while time.perf_counter() - began < seconds:
             spans = make_spans(batch, rng, spread_ms=1000)
@@ -231,7 +253,13 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
                 await asyncio.sleep(ahead)
         done.set()
         await asyncio.wait_for(poller, 120)
-        return sorted(latencies)
+        return Freshness(
+            sorted(latencies),
+            time.perf_counter() - began,
+            sent - 1,
+            _cpu_seconds(worker_pid) - worker_cpu,
+            time.process_time() - script_cpu,
+        )
     finally:
         workers.stop_all()
         await writer.close()
@@ -358,9 +386,17 @@ async def main() -> None:
         )
     for failure in failures:
         print(f"FAILED (not in the medians): {failure}")
-    p50, p99 = fresh[len(fresh) // 2], fresh[int(len(fresh) * 0.99)]
-    print(f"freshness at {args.fresh_rate:,.0f} spans/s (broker ack -> counted in /metrics), {len(fresh)} batches:")
-    print(f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {fresh[-1]:.2f} s")
+    lat = fresh.latencies
+    p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+    print(
+        f"freshness at {args.fresh_rate:,.0f} spans/s (broker ack -> counted in /metrics), {len(lat)} batches "
+        f"({fresh.sent / fresh.wall_s:,.0f} spans/s sent):"
+    )
+    print(f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {lat[-1]:.2f} s")
+    print(
+        f"CPU meanwhile: worker {100 * fresh.worker_cpu_s / fresh.wall_s:.0f} % of a core, this script (producer + "
+        f"reader) {100 * fresh.script_cpu_s / fresh.wall_s:.0f} %"
+    )
 
 
 if __name__ == "__main__":
