@@ -378,7 +378,11 @@ class _Worker:
         if hole is not None and hole.expected == expected:
             return False  # fetched before our seek: dropped here, fetched again after it
         tp = TP(message.topic, partition)
-        log_start = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+        try:
+            log_start = (await self.app.consumer.earliest_offsets(tp)).get(tp, 0)
+        except Exception as exc:  # never raise here: Faust would ack the event. Seek back; ask next time.
+            log.warning("partition %d: could not read the log start offset: %r", partition, exc)
+            log_start = 0
         if log_start > expected:
             log.log(
                 logging.WARNING if expected == 0 else logging.ERROR,
@@ -401,7 +405,10 @@ class _Worker:
             expected,
             expected,
         )
-        await self._seek_back(partition, expected)
+        try:
+            await self._seek_back(partition, expected)
+        except Exception as exc:  # e.g. revoked by a rebalance under way; tick tries again
+            log.warning("partition %d: seeking back failed: %r", partition, exc)
         return False
 
     async def _seek_back(self, partition: int, offset: int) -> None:
