@@ -79,6 +79,8 @@ _META_SUFFIX = f":{META}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
 EXIT_CHANGELOG_FAILED = 70
+#: Exit status when applying a message raised (a bug: malformed input is counted as poison instead).
+EXIT_APPLY_FAILED = 71
 #: Tombstones of the Redis view are dropped this long after the deletion, checked this often.
 TOMBSTONE_GRACE_S = 3600.0
 TOMBSTONE_CHECK_S = 60.0
@@ -329,7 +331,18 @@ class _Worker:
             if self._holes and partition in self._holes and offset >= self._holes[partition].expected:
                 del self._holes[partition]  # the hole is filled
             began = time.monotonic()
-            applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value)
+            try:
+                applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value)
+            except Exception:  # a bug, not bad input (that is poison): stop before anything partial is flushed
+                log.critical(
+                    "applying %s[%d]@%d failed: exiting; it is replayed on restart",
+                    message.topic,
+                    partition,
+                    offset,
+                    exc_info=True,
+                )
+                logging.shutdown()
+                os._exit(EXIT_APPLY_FAILED)
             self.apply_s += time.monotonic() - began
             self._position[partition] = offset
             next_offsets[partition] = offset + 1
