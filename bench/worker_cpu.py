@@ -4,7 +4,7 @@ Fills a 4-partition topic with ``--spans`` spans in ``--batch``-span messages, s
 (fresh group and Redis prefix) per ``--fetch-bytes`` value given, and from the first span counted in the
 view to the last prints the rate, the CPU seconds of the worker, the broker, redis-server and this script
 (share of one core), the worker's peak RSS, and the busiest Redis commands (``INFO commandstats``: the
-trace index's ``HSET``/``EXPIRE``/``ZADD`` run inside ``EVALSHA``). A worker well under 100 % of a core is
+trace index's ``HSET``/``EXPIRE``/``ZADD`` run inside ``EVALSHA``) and how much Redis memory grew. A worker well under 100 % of a core is
 waiting for something; that is how the fetch size was found (bench/RESULTS.md).
 
 Run: ``.venv/bin/python bench/worker_cpu.py --fetch-bytes 1048576 8388608``
@@ -52,6 +52,7 @@ async def one_run(
     prefix = f"cpu{run}-{topic}:"
     client = aioredis.Redis.from_url(redis.url)
     await client.config_resetstat()
+    memory_before = (await client.info("memory"))["used_memory"]
     workers = Workers(
         kafka.bootstrap,
         redis.url,
@@ -82,6 +83,10 @@ async def one_run(
             used = after[name] - before[name]
             print(f"  {name}: {used:.2f} CPU s ({100 * used / wall:.0f} % of a core)")
         print(f"  worker peak RSS {peak_rss_mib(worker.pid):.0f} MiB")
+        grown = (await client.info("memory"))["used_memory"] - memory_before
+        print(
+            f"  redis used_memory +{grown / 2**20:.0f} MiB ({grown / spans:.0f} bytes per span: view and trace index)"
+        )
         stats = await client.info("commandstats")
         busiest = sorted(stats.items(), key=lambda item: -item[1]["usec"])[:4]
         print("  redis: " + ", ".join(f"{k[8:]} {v['calls']} calls {v['usec'] / 1e6:.2f} s" for k, v in busiest))
