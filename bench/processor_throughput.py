@@ -186,7 +186,7 @@ def _cpu() -> str:
     return platform.processor() or platform.machine()
 
 
-def _cpu_seconds(pid: int | None) -> float:
+def cpu_seconds(pid: int | None) -> float:
     """User + system CPU seconds of a process so far (0 when it is gone)."""
     try:
         fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
@@ -242,7 +242,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         batch = 100
         rng = random.Random(2)
         worker_pid = workers.procs[0].pid
-        worker_cpu, script_cpu = _cpu_seconds(worker_pid), time.process_time()
+        worker_cpu, script_cpu = cpu_seconds(worker_pid), time.process_time()
         began = time.perf_counter()
         while time.perf_counter() - began < seconds:
             spans = make_spans(batch, rng, spread_ms=1000)
@@ -258,7 +258,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
             sorted(latencies),
             time.perf_counter() - began,
             sent - 1,
-            _cpu_seconds(worker_pid) - worker_cpu,
+            cpu_seconds(worker_pid) - worker_cpu,
             time.process_time() - script_cpu,
         )
     finally:

@@ -24,19 +24,14 @@ from pathlib import Path
 import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from processor_throughput import cpu_seconds
 
 from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
 from tests.processors.harness import Workers, make_spans, produce
 from tokentrace.api.stores.redis_store import RedisStore
-
-
-def cpu_seconds(pid: int | None) -> float:
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
 
 
 def peak_rss_mib(pid: int | None) -> float:

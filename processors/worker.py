@@ -492,7 +492,8 @@ class _Worker:
         if now - then >= 10 and self.spans > spans:
             elapsed = now - then
             log.info(
-                "%d spans/s over %.0fs (applying %.0f%%, waiting for the last flush %.0f%%; traces %.1fs), %d events, %d flushes",
+                "%d spans/s over %.0fs (applying %.0f%%, waiting for the last flush %.0f%%; traces %.1fs), %d events, "
+                "%d flushes, %d seeks back over holes, %d messages lost to retention",
                 (self.spans - spans) / elapsed,
                 elapsed,
                 100 * (self.apply_s - apply_s) / elapsed,
@@ -500,6 +501,8 @@ class _Worker:
                 self.traces_s,
                 self.events,
                 self.flushes,
+                self.rewinds,
+                self.lost_to_retention,
             )
             self._reported = (now, self.spans, self.apply_s, self.wait_s)
         elif now - then >= 10:

@@ -271,5 +271,17 @@ async def wait_view_total(store: RedisStore, start: int, end: int, expected: int
         await asyncio.sleep(0.25)
 
 
+async def assert_view_is_recount(bootstrap: str, topic: str, store: RedisStore) -> list[str]:
+    """Assert the view's totals (last two hours) equal a brute-force count of the topic; the span ids."""
+    from tokentrace.core.timeline import HOUR_MS
+
+    spans, poison = await recount_topic(bootstrap, topic)
+    assert poison == 0
+    now = now_ms()
+    view = await wait_view_total(store, now - 2 * HOUR_MS, now + HOUR_MS, len(spans))
+    assert aggregate_totals(view) == Oracle(spans).totals()
+    return [s.span_id for s in spans]
+
+
 def encode_batches(spans: Sequence[Span], size: int) -> list[bytes]:
     return [encode_wire(list(spans[i : i + size])) for i in range(0, len(spans), size)]

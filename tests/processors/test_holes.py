@@ -18,8 +18,14 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, RecordsToDelete
 
 from tests.infra.kafka import KafkaCluster
-from tests.processors.harness import Workers, make_spans, produce, recount_topic, wait_counted
-from tests.processors.test_scaling import _assert_view_is_recount
+from tests.processors.harness import (
+    Workers,
+    assert_view_is_recount,
+    make_spans,
+    produce,
+    recount_topic,
+    wait_counted,
+)
 from tokentrace.api.stores.redis_store import RedisStore
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
@@ -51,7 +57,7 @@ async def test_committed_offsets_past_the_state_are_sought_back_and_everything_c
     await _commit(kafka_broker.bootstrap, workers.app_id, topic, {0: 7, 2: 3})
     workers.start()
     await wait_counted(store, len(spans), 60, workers)
-    await _assert_view_is_recount(kafka_broker, topic, store)
+    await assert_view_is_recount(kafka_broker.bootstrap, topic, store)
     sought = _log_lines(workers, r"seeking back")
     assert {int(re.search(r"partition (\d+)", line).group(1)) for line in sought} == {0, 2}  # type: ignore[union-attr]
 
@@ -72,6 +78,6 @@ async def test_messages_deleted_by_retention_are_skipped_with_an_error_the_rest_
     assert 0 < len(spans) - len(remaining) < len(spans) // 4
     workers.start()
     await wait_counted(store, len(remaining), 60, workers)
-    await _assert_view_is_recount(kafka_broker, topic, store)
+    await assert_view_is_recount(kafka_broker.bootstrap, topic, store)
     errors = _log_lines(workers, r"offsets 0\.\.3 were deleted")
     assert len(errors) == 1 and "partition 1" in errors[0], errors

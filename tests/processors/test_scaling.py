@@ -11,29 +11,15 @@ import pytest
 from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
 from tests.processors.harness import (
-    Oracle,
     Workers,
-    aggregate_totals,
+    assert_view_is_recount,
     make_spans,
     produce,
-    recount_topic,
     wait_counted,
-    wait_view_total,
 )
 from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import HOUR_MS
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis, pytest.mark.slow]
-
-
-async def _assert_view_is_recount(kafka: KafkaCluster, topic: str, store: RedisStore) -> list[str]:
-    spans, poison = await recount_topic(kafka.bootstrap, topic)
-    assert poison == 0
-    now = now_ms()
-    view = await wait_view_total(store, now - 2 * HOUR_MS, now + HOUR_MS, len(spans))
-    assert aggregate_totals(view) == Oracle(spans).totals()
-    return [s.span_id for s in spans]
 
 
 async def test_workers_joining_and_leaving_mid_stream_count_exactly(
@@ -49,7 +35,7 @@ async def test_workers_joining_and_leaving_mid_stream_count_exactly(
     await producing
     assert first.wait(20)
     await wait_counted(store, len(spans), 90, workers)
-    await _assert_view_is_recount(kafka_broker, topic, store)
+    await assert_view_is_recount(kafka_broker.bootstrap, topic, store)
 
 
 async def test_a_worker_joining_during_a_backlog_takes_over_exactly(
@@ -63,7 +49,7 @@ async def test_a_worker_joining_during_a_backlog_takes_over_exactly(
     await asyncio.sleep(1)
     workers.start()
     await wait_counted(store, len(spans), 90, workers)
-    await _assert_view_is_recount(kafka_broker, topic, store)
+    await assert_view_is_recount(kafka_broker.bootstrap, topic, store)
 
 
 async def test_every_acknowledged_span_is_counted_when_a_broker_dies(
@@ -91,7 +77,7 @@ async def test_every_acknowledged_span_is_counted_when_a_broker_dies(
         await producing
         assert len(acked) >= len(spans) * 0.9
         await wait_counted(store, len(acked), 120, workers, at_least=True)  # unacked sends may have landed too
-        counted = set(await _assert_view_is_recount(kafka_cluster, topic, store))
+        counted = set(await assert_view_is_recount(kafka_cluster.bootstrap, topic, store))
         assert {s.span_id for s in acked} <= counted
     finally:
         workers.stop_all()
