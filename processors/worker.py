@@ -42,6 +42,7 @@ from typing import Any
 
 import faust
 from faust.serializers import codecs
+from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from tokentrace.alerting.redis_shared import shared_alert_service
@@ -143,6 +144,11 @@ class WorkerSettings:
     fetch_partition_bytes: int = 8 * 1024 * 1024
     #: Messages buffered for the agent (Faust's default 4096 would be ~750 MiB of 500-span messages).
     stream_buffer: int = 256
+    #: How long the broker may hold a fetch for partitions without new data. Faust hard-codes 1500 ms, and
+    #: aiokafka leaves a partition whose last records are still buffered out of the fetch in flight, so a
+    #: message could wait for that long poll to end: at a steady 5k spans/s, p99 freshness was 1.9-2.4 s
+    #: in about 40 % of runs with 1500 ms and 0.71-0.79 s in every run with 100 ms.
+    fetch_wait_ms: int = 100
     faust_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -598,8 +604,31 @@ def _new_app(settings: WorkerSettings) -> faust.App:
     return faust.App(settings.app_id, **options)
 
 
+def _use_fetch_wait() -> None:
+    """Make Faust's Kafka consumer use the worker's ``fetch_wait_ms`` (it hard-codes 1500 ms).
+
+    Faust has no setting for it, so its consumer factory is wrapped (once per process): a consumer created
+    for an app built here gets the app's value before it starts (aiokafka reads it when it starts).
+    """
+    thread = faust_aiokafka.AIOKafkaConsumerThread
+    if getattr(thread, "_tokentrace_fetch_wait", False):
+        return
+    create = thread._create_worker_consumer
+
+    def create_with_fetch_wait(self: Any, transport: Any) -> Any:
+        consumer = create(self, transport)
+        worker = getattr(self.app, "tokentrace_worker", None)
+        if worker is not None:
+            consumer._fetch_max_wait_ms = worker.settings.fetch_wait_ms
+        return consumer
+
+    thread._create_worker_consumer = create_with_fetch_wait  # type: ignore[method-assign]
+    thread._tokentrace_fetch_wait = True  # type: ignore[attr-defined]
+
+
 def build_app(settings: WorkerSettings, pricer: Pricer | None = None) -> faust.App:
     """A Faust app running the worker (start it with ``faust.Worker(app).execute_from_commandline()``)."""
+    _use_fetch_wait()
     worker = _Worker(settings, pricer)
     app = worker.app
     app.agent(worker.topic, name="tokentrace-aggregate", concurrency=1)(worker.process)
