@@ -307,9 +307,12 @@ async def main() -> None:
     parser.add_argument("--spans", type=int, default=200_000)
     parser.add_argument("--batch", type=int, default=500, help="spans per Kafka message")
     parser.add_argument("--partitions", type=int, default=4)
-    parser.add_argument("--rounds", type=int, default=1, help="measure the four rates this many times")
+    parser.add_argument(
+        "--rounds", type=int, default=1, help="measure the four rates this many times (0: freshness only)"
+    )
     parser.add_argument("--quix-guarantee", choices=("exactly-once", "at-least-once"), default="exactly-once")
     parser.add_argument("--fresh-rate", type=float, default=5000, help="spans/s for the freshness run")
+    parser.add_argument("--fresh-runs", type=int, default=1, help="freshness runs (30 s each, a fresh worker each)")
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="tokentrace-bench-"))
     has_quix = importlib.util.find_spec("quixstreams") is not None
@@ -321,8 +324,9 @@ async def main() -> None:
     failures: list[str] = []
     with KafkaCluster(1) as kafka, RedisServer() as redis:
         topic = kafka.create_topic("bench", partitions=args.partitions)
-        spans = make_spans(args.spans, random.Random(1), spread_ms=60_000)
-        await produce(kafka.bootstrap, topic, spans, batch=args.batch)
+        if args.rounds:
+            spans = make_spans(args.spans, random.Random(1), spread_ms=60_000)
+            await produce(kafka.bootstrap, topic, spans, batch=args.batch)
         for round_ in range(1, args.rounds + 1):
             tag = f"r{round_}"
             rates["base"].append(await baseline(kafka.bootstrap, topic, args.partitions, args.spans))
@@ -339,21 +343,44 @@ async def main() -> None:
                     print(failures[-1], file=sys.stderr)
                 rates[name].append(rate)
             print(f"round {round_}: {_round(rates, -1)} spans/s; load {_load()}", file=sys.stderr)
-        # The rounds above left ~1.8M spans of trace index behind; the freshness run starts on an empty Redis.
-        flusher = aioredis.Redis.from_url(redis.url)
-        await flusher.flushall()
-        await flusher.aclose()
-        fresh = await freshness(kafka, redis, args.fresh_rate, 30, logs)
+        fresh_runs: list[Freshness] = []
+        for _ in range(args.fresh_runs):  # each on an empty Redis, like a new deployment
+            flusher = aioredis.Redis.from_url(redis.url)
+            await flusher.flushall()
+            await flusher.aclose()
+            fresh_runs.append(await freshness(kafka, redis, args.fresh_rate, 30, logs))
     load_after = _load()
     code_after = _code()
-    base, quix, one, two = (
-        statistics.median([v for v in rates[name] if v is not None] or [0.0]) for name in ("base", "quix", "one", "two")
-    )
     print(
         f"machine: {_cpu()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
         f"load average {load_before} before, {load_after} after"
     )
     print(f"code: {code_before}" + (f" at the start, {code_after} at the end" if code_after != code_before else ""))
+    if args.rounds:
+        report_rates(args, rates, quix_runs, failures)
+    for fresh in fresh_runs:
+        lat = fresh.latencies
+        p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
+        print(
+            f"freshness at {args.fresh_rate:,.0f} spans/s (broker ack -> counted in /metrics), {len(lat)} batches "
+            f"({fresh.sent / fresh.wall_s:,.0f} spans/s sent):"
+        )
+        print(f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {lat[-1]:.2f} s")
+        print(
+            f"CPU meanwhile: worker {100 * fresh.worker_cpu_s / fresh.wall_s:.0f} % of a core, this script "
+            f"(producer + reader) {100 * fresh.script_cpu_s / fresh.wall_s:.0f} %"
+        )
+
+
+def report_rates(
+    args: argparse.Namespace,
+    rates: dict[str, list[float | None]],
+    quix_runs: list[dict[str, Any]],
+    failures: list[str],
+) -> None:
+    base, quix, one, two = (
+        statistics.median([v for v in rates[name] if v is not None] or [0.0]) for name in ("base", "quix", "one", "two")
+    )
     print(
         f"{args.spans} spans, {args.batch}-span messages, {args.partitions} partitions, broker + Redis on the same host"
         + (f"; median of {args.rounds} rounds" if args.rounds > 1 else "")
@@ -391,17 +418,6 @@ async def main() -> None:
         )
     for failure in failures:
         print(f"FAILED (not in the medians): {failure}")
-    lat = fresh.latencies
-    p50, p99 = lat[len(lat) // 2], lat[int(len(lat) * 0.99)]
-    print(
-        f"freshness at {args.fresh_rate:,.0f} spans/s (broker ack -> counted in /metrics), {len(lat)} batches "
-        f"({fresh.sent / fresh.wall_s:,.0f} spans/s sent):"
-    )
-    print(f"p50 {p50:.2f} s, p99 {p99:.2f} s, max {lat[-1]:.2f} s")
-    print(
-        f"CPU meanwhile: worker {100 * fresh.worker_cpu_s / fresh.wall_s:.0f} % of a core, this script (producer + "
-        f"reader) {100 * fresh.script_cpu_s / fresh.wall_s:.0f} %"
-    )
 
 
 if __name__ == "__main__":
