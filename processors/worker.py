@@ -139,8 +139,8 @@ class WorkerSettings:
     alerts_config: Config | None = None
     alert_interval_s: float = 15.0
     #: Most bytes fetched per partition and request. Faust's default (1 MiB) holds about five 500-span
-    #: messages, and a worker then waits for the broker most of the time: 12k spans/s at 50 % CPU, against
-    #: 25-30k at 85-90 % with 8 MiB (bench/RESULTS.md). A fetch request stays under aiokafka's 50 MiB.
+    #: messages, and a worker then waits for the broker most of the time: 11-12k spans/s at 55 % of a core,
+    #: against 17-25k at 85-90 % with 8 MiB (bench/RESULTS.md). A fetch request stays under aiokafka's 50 MiB.
     fetch_partition_bytes: int = 8 * 1024 * 1024
     #: Messages buffered for the agent (Faust's default 4096 would be ~750 MiB of 500-span messages).
     stream_buffer: int = 256
