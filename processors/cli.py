@@ -143,6 +143,15 @@ def worker(
             envvar="TOKENTRACE_FETCH_BYTES",
         ),
     ] = None,
+    state_schema: Annotated[
+        int | None,
+        typer.Option(
+            min=1,
+            hidden=True,
+            help="Run as a build of this state schema (its own table and view, rebuilt from the topic): for "
+            "upgrade tests.",
+        ),
+    ] = None,
     verbose: VerboseOption = False,
 ) -> None:
     """Run a stream worker: consume the span topic, keep exact aggregates, materialize them into Redis."""
@@ -161,6 +170,8 @@ def worker(
         settings.dead_letter_topic = dead_letter_topic
     if fetch_bytes is not None:
         settings.fetch_partition_bytes = fetch_bytes
+    if state_schema is not None:
+        settings.state_schema = state_schema
     dead_letter_topic = settings.dead_letter_topic
 
     async def topics() -> int:

@@ -42,6 +42,7 @@ from tokentrace.core.timeline import Timeline, TimelineSettings
 __all__ = [
     "META",
     "RETIRED",
+    "STATE_SCHEMA",
     "TOMBSTONE_VERSION",
     "Applied",
     "Applier",
@@ -60,8 +61,16 @@ __all__ = [
     "meta_key",
     "parse_key",
     "retired_key",
+    "table_name",
 ]
 
+#: Version of the state's layout: the entries below and the core aggregates they hold, as they are encoded in
+#: the changelog and the Redis view. Bump it with any incompatible change to that encoding: a worker of a new
+#: schema keeps its table in a new changelog topic (``table_name``) and its view under new Redis keys
+#: (``tokentrace.api.stores.redis_view.Keys``), so it starts with no state and rebuilds it from the span
+#: topic (seeking back to each partition's first offset, see ``processors.worker``) instead of misreading
+#: the old entries; API replicas of each build read their own schema's view meanwhile.
+STATE_SCHEMA = 1
 META = "meta"
 RETIRED = "retired"
 HOUR_TAG = "h"
@@ -115,6 +124,11 @@ def encode_entry(entry: Entry) -> bytes:
 def decode_entry(data: bytes) -> Entry:
     entry: Entry = _decoder.decode(data)
     return entry
+
+
+def table_name(schema: int = STATE_SCHEMA) -> str:
+    """The worker table of ``schema`` (its changelog topic is ``<app id>-<table name>-changelog``)."""
+    return "buckets" if schema == 1 else f"buckets-v{schema}"
 
 
 def bucket_key(partition: int, start_ms: int) -> bytes:

@@ -58,6 +58,7 @@ from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     HOUR_MS,
     META,
+    STATE_SCHEMA,
     TOMBSTONE_VERSION,
     Applier,
     BucketEntry,
@@ -68,14 +69,14 @@ from tokentrace.processors.state import (
     expire,
     meta_key,
     parse_key,
+    table_name,
 )
 from tokentrace.processors.store import STORE_URL
 
-__all__ = ["ENTRY_CODEC", "TABLE_NAME", "WorkerSettings", "build_app"]
+__all__ = ["ENTRY_CODEC", "WorkerSettings", "build_app"]
 
 log = logging.getLogger(__name__)
 
-TABLE_NAME = "buckets"
 _META_SUFFIX = f":{META}".encode()
 ENTRY_CODEC = "tokentrace-entry"
 #: Exit status when a changelog write fails (the events it covers were not acked).
@@ -149,6 +150,9 @@ class WorkerSettings:
     #: message could wait for that long poll to end: at a steady 5k spans/s, p99 freshness was 1.9-2.4 s
     #: in about 40 % of runs with 1500 ms and 0.71-0.79 s in every run with 100 ms.
     fetch_wait_ms: int = 100
+    #: The state layout this worker writes (``processors.state.STATE_SCHEMA``); another value keeps the table
+    #: and the view apart from this build's and rebuilds them from the span topic (upgrade tests use it).
+    state_schema: int = STATE_SCHEMA
     faust_options: dict[str, Any] = field(default_factory=dict)
 
 
@@ -256,13 +260,13 @@ class _Worker:
     def __init__(self, settings: WorkerSettings, pricer: Pricer | None) -> None:
         self.settings = settings
         self.applier = Applier(settings.timeline, pricer, settings.max_future_ms)
-        self.keys = Keys(settings.prefix)
+        self.keys = Keys(settings.prefix, settings.state_schema)
         self.app = _new_app(settings)
         self.topic = self.app.topic(
             settings.topic, key_serializer="raw", value_serializer="raw", partitions=settings.partitions
         )
         self.table = self.app.Table(
-            TABLE_NAME,
+            table_name(settings.state_schema),
             default=None,
             key_type=bytes,
             value_type=_EntryValue,
@@ -489,6 +493,13 @@ class _Worker:
         for partition in owned:
             meta = entries.get(meta_key(partition))
             self._next[partition] = meta.offset + 1 if isinstance(meta, PartitionMeta) else 0
+        if fresh := sorted(p for p in owned if self._next[p] == 0):
+            log.info(
+                "partitions %s have no state of schema %d yet: counting them from the topic's first offset "
+                "(a new deployment, or an upgrade to a new state schema rebuilding from the topic)",
+                fresh,
+                self.settings.state_schema,
+            )
         log.info("recovered partitions %s (%d entries)", sorted(owned), len(entries))
         self.materializer.submit(self.snapshot_owned())
 
@@ -562,6 +573,7 @@ class _Worker:
                     self.settings.topic,
                     self.settings.timeline,
                     prefix=self.settings.prefix,
+                    state_schema=self.settings.state_schema,
                 )
                 await view.open(publish=False)
                 self._view = view

@@ -35,6 +35,7 @@ from tokentrace.processors.state import (
     HOUR_TAG,
     META,
     RETIRED,
+    STATE_SCHEMA,
     BucketEntry,
     PartitionMeta,
     RetiredEntry,
@@ -69,12 +70,13 @@ class RedisStore:
         max_message_bytes: int = 900_000,
         max_trace_scan: int = 100_000,
         producer_options: dict[str, Any] | None = None,
+        state_schema: int = STATE_SCHEMA,
     ) -> None:
         self.settings = settings or TimelineSettings()
         self.redis_url = redis_url
         self.bootstrap_servers = bootstrap_servers
         self.topic = topic
-        self.keys = Keys(prefix)
+        self.keys = Keys(prefix, state_schema)
         self.max_batch_spans = max_batch_spans
         self.max_message_bytes = max_message_bytes
         self.max_trace_scan = max_trace_scan

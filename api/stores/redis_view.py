@@ -14,6 +14,9 @@ Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
   is how a flushed or restarted Redis is rebuilt from the workers' tables.
 * ``{p}t:<trace id>`` — hash ``span_id`` → JSON span, with a TTL (trace retention); ``{p}traces`` —
   sorted set trace id → earliest start (ms). Both keyed by ids, so rewriting a span is harmless.
+
+Entries, ``seq``, ``changes``, ``tombstones`` and ``epoch`` are those of state schema 1; a build of another
+schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shared.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from __future__ import annotations
 import msgspec
 
 from tokentrace.core.span import Span
+from tokentrace.processors.state import STATE_SCHEMA
 
 __all__ = [
     "COLLECT_TOMBSTONES",
@@ -97,21 +101,28 @@ def decode_span(data: bytes) -> Span:
 
 
 class Keys:
-    """Key names under one prefix."""
+    """Key names under one prefix, the entries' under their state schema (``processors.state.STATE_SCHEMA``).
 
-    def __init__(self, prefix: str = DEFAULT_PREFIX) -> None:
+    Schema 1's keys are the prefix's own (``{p}e:...``, ``{p}seq``, ...); any other schema's entry keys, change
+    feed and epoch sit under ``{p}v<schema>:``, so builds of two schemas never read each other's entries. The
+    trace index holds JSON spans, not entries: every schema shares it.
+    """
+
+    def __init__(self, prefix: str = DEFAULT_PREFIX, schema: int = STATE_SCHEMA) -> None:
         self.prefix = prefix
-        self.seq = f"{prefix}seq"
-        self.changes = f"{prefix}changes"
-        self.epoch = f"{prefix}epoch"
-        self.tombstones = f"{prefix}tombstones"
-        self.entry_prefix = f"{prefix}e:"
+        self.schema = schema
+        view = prefix if schema == 1 else f"{prefix}v{schema}:"
+        self.seq = f"{view}seq"
+        self.changes = f"{view}changes"
+        self.epoch = f"{view}epoch"
+        self.tombstones = f"{view}tombstones"
+        self.entry_prefix = f"{view}e:"
         self.traces = f"{prefix}traces"
         self.trace_prefix = f"{prefix}t:"
 
     def entry(self, member: str) -> str:
         """The entry of ``member`` (``"<partition>:<start>"`` or ``"<partition>:meta"``)."""
-        return f"{self.prefix}e:{member}"
+        return f"{self.entry_prefix}{member}"
 
     def trace(self, trace_id: str) -> str:
         return f"{self.trace_prefix}{trace_id}"
