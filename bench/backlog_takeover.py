@@ -18,13 +18,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import random
 import sys
 import tempfile
 from pathlib import Path
-
-from aiokafka import AIOKafkaConsumer, TopicPartition
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
@@ -33,7 +30,7 @@ import processor_throughput as bench
 
 from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
-from tests.processors.harness import make_spans, produce
+from tests.processors.harness import make_spans, produce, read_topic
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.codec import decode_wire
 
@@ -42,25 +39,10 @@ PARTITIONS = 4
 
 async def recount(bootstrap: str, topic: str) -> dict[int, dict[int, int]]:
     """Spans per message offset, per partition, read from the topic."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(PARTITIONS)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        counts: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
-        remaining = {tp for tp in parts if ends[tp] > 0}
-        while remaining:
-            for tp, records in (await consumer.getmany(*remaining, timeout_ms=1000)).items():
-                for record in records:
-                    counts[tp.partition][record.offset] = len(decode_wire(record.value or b""))
-                    if record.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-        return counts
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):
-            await consumer.stop()
+    counts: dict[int, dict[int, int]] = {p: {} for p in range(PARTITIONS)}
+    async for record in read_topic(bootstrap, topic, PARTITIONS):
+        counts[record.partition][record.offset] = len(decode_wire(record.value or b""))
+    return counts
 
 
 async def main(rounds: int, spans: int, worker_args: list[str]) -> int:

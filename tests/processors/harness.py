@@ -8,12 +8,13 @@ import random
 import sys
 import time
 from collections import Counter
-from collections.abc import Iterable, Sequence
+from collections.abc import AsyncIterator, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
+from aiokafka.structs import ConsumerRecord
 
 from tests.infra.procs import ServerProcess
 from tokentrace.api.stores.redis_store import RedisStore
@@ -212,8 +213,8 @@ async def produce_raw(bootstrap: str, topic: str, values: Sequence[tuple[int, by
         await producer.stop()
 
 
-async def recount_topic(bootstrap: str, topic: str, partitions: int = 4) -> tuple[list[Span], int]:
-    """Every valid span on the topic and the number of poison messages (read from the beginning)."""
+async def read_topic(bootstrap: str, topic: str, partitions: int = 4) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
+    """Every record of the topic's partitions, from each log's start to its end as it was when called."""
     consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
     await consumer.start()
     try:
@@ -221,23 +222,29 @@ async def recount_topic(bootstrap: str, topic: str, partitions: int = 4) -> tupl
         consumer.assign(parts)
         await consumer.seek_to_beginning(*parts)
         ends = await consumer.end_offsets(parts)
-        spans: list[Span] = []
-        poison = 0
         remaining = {tp for tp in parts if ends[tp] > 0}
         while remaining:
             batches = await consumer.getmany(*remaining, timeout_ms=1000)
             for tp, records in batches.items():
                 for record in records:
-                    try:
-                        spans.extend(decode_wire(record.value or b""))
-                    except Exception:
-                        poison += 1
+                    yield record
                     if record.offset + 1 >= ends[tp]:
                         remaining.discard(tp)
-        return spans, poison
     finally:
         with contextlib.suppress(asyncio.CancelledError):  # aiokafka 0.14 without a group id
             await consumer.stop()
+
+
+async def recount_topic(bootstrap: str, topic: str, partitions: int = 4) -> tuple[list[Span], int]:
+    """Every valid span on the topic and the number of poison messages (read from the beginning)."""
+    spans: list[Span] = []
+    poison = 0
+    async for record in read_topic(bootstrap, topic, partitions):
+        try:
+            spans.extend(decode_wire(record.value or b""))
+        except Exception:
+            poison += 1
+    return spans, poison
 
 
 async def wait_counted(
