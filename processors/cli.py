@@ -71,7 +71,17 @@ def _config(
         config.kafka.partitions = partitions
     if replication:
         config.kafka.replication_factor = replication
+    _check_kafka_names(config)
     return config
+
+
+def _check_kafka_names(config: Config) -> None:
+    """Exit with a one-line error when a flag or variable set a name Kafka would refuse."""
+    try:
+        config.kafka.check_names()
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
 
 def _logging(verbose: bool) -> None:
@@ -163,11 +173,14 @@ def worker(
 
     _logging(verbose)
     config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
-    settings = worker_settings(config, app_id, prefix)
+    if app_id:
+        config.kafka.app_id = app_id
+    if dead_letter_topic:
+        config.kafka.dead_letter_topic = dead_letter_topic
+    _check_kafka_names(config)
+    settings = worker_settings(config, prefix=prefix)
     if session_timeout is not None:
         settings.session_timeout_s = session_timeout
-    if dead_letter_topic:
-        settings.dead_letter_topic = dead_letter_topic
     if fetch_bytes is not None:
         settings.fetch_partition_bytes = fetch_bytes
     if state_schema is not None:

@@ -30,6 +30,20 @@ def test_bad_address_is_a_clear_error(tmp_path: Path) -> None:
     assert "invalid address" in result.stderr and "Traceback" not in result.stderr
 
 
+def test_names_kafka_would_refuse_are_clear_errors_before_any_connection() -> None:
+    # No broker or Redis at these addresses: the names are refused first, in one line, with the key.
+    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
+    for command, flag, value in (
+        ("worker", "--app-id", "team:a"),
+        ("worker", "--topic", "spans of team a"),
+        ("worker", "--dead-letter-topic", "poison/1"),
+        ("api", "--topic", "spans of team a"),
+    ):
+        result = run(command, *nowhere, flag, value)
+        assert result.returncode == 2, (command, flag, result.stderr[-500:])
+        assert f"got '{value}'" in result.stderr and "Traceback" not in result.stderr
+
+
 def test_check_config_prints_effective_settings(tmp_path: Path) -> None:
     config = tmp_path / "tokentrace.yml"
     config.write_text("http_server:\n  max_batch_size: 10\n")

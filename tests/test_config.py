@@ -42,6 +42,10 @@ def test_env_default_value(monkeypatch: pytest.MonkeyPatch) -> None:
         ("prices:\n  m:\n    input: 1\n", "output"),
         ("- a\n- b\n", "mapping"),
         ("http_server: [\n", "YAML"),
+        ("kafka:\n  topic: 'spans of team a'\n", "kafka.topic"),
+        ("kafka:\n  dead_letter_topic: 'poison/1'\n", "kafka.dead_letter_topic"),
+        ("kafka:\n  app_id: 'team:a'\n", "kafka.app_id"),
+        (f"kafka:\n  app_id: {'a' * 201}\n", "kafka.app_id"),
     ],
 )
 def test_errors_name_the_key(text: str, fragment: str) -> None:
@@ -53,3 +57,8 @@ def test_errors_name_the_key(text: str, fragment: str) -> None:
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yml")
+
+
+def test_kafka_names_kafka_accepts_pass() -> None:
+    kafka = parse_config("kafka:\n  topic: team-a.spans_v2\n  app_id: team-a.workers\n  dead_letter_topic: dlq\n").kafka
+    assert (kafka.topic, kafka.app_id, kafka.dead_letter_topic) == ("team-a.spans_v2", "team-a.workers", "dlq")

@@ -32,6 +32,11 @@ __all__ = [
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+#: What Kafka accepts in a topic name (and so in the app id, which Faust's internal topic names start with).
+_KAFKA_NAME = re.compile(r"[A-Za-z0-9._-]+")
+_MAX_TOPIC = 249
+#: Faust names internal topics ``<app_id>-buckets-changelog``, ``<app_id>-__assignor-__leader``: room for those.
+_MAX_APP_ID = 200
 
 
 class ConfigError(ValueError):
@@ -108,6 +113,22 @@ class KafkaConfig(_Section):
 
     def __post_init__(self) -> None:
         parse_duration(self.session_timeout)
+        self.check_names()
+
+    def check_names(self) -> None:
+        """Raise ValueError naming the key unless the topic names and the app id are ones Kafka accepts
+        (checked again after command-line flags override them)."""
+        _check_kafka_name("kafka.topic", self.topic, _MAX_TOPIC)
+        if self.dead_letter_topic is not None:
+            _check_kafka_name("kafka.dead_letter_topic", self.dead_letter_topic, _MAX_TOPIC)
+        _check_kafka_name("kafka.app_id", self.app_id, _MAX_APP_ID)
+
+
+def _check_kafka_name(key: str, name: str, max_length: int) -> None:
+    if not _KAFKA_NAME.fullmatch(name) or name in (".", "..") or len(name) > max_length:
+        raise ValueError(
+            f"{key} must be 1 to {max_length} ASCII letters, digits, '.', '_' or '-' (a Kafka topic name), got {name!r}"
+        )
 
 
 class RedisConfig(_Section):
