@@ -32,6 +32,8 @@ class ServerContext:
     rejected: Counter[str] = field(default_factory=Counter)
     #: Extra Prometheus families contributed by the deployment (e.g. poison messages in distributed mode).
     extra_counters: dict[str, Any] = field(default_factory=dict)
+    #: Extra Prometheus gauges likewise (e.g. the view's lag behind the span topic).
+    extra_gauges: dict[str, Any] = field(default_factory=dict)
     version: str = VERSION
 
     @property

@@ -44,7 +44,12 @@ async def distributed_context(config: Config, prefix: str | None = None) -> Serv
     alerts = shared_alert_service(config, store.redis, store.keys.prefix, TimelineReader(lambda: store.timeline))
     await alerts.start()
     return ServerContext(
-        store=store, config=config, pricer=price_table(config), alerts=alerts, extra_counters=store.counters
+        store=store,
+        config=config,
+        pricer=price_table(config),
+        alerts=alerts,
+        extra_counters=store.counters,
+        extra_gauges=store.gauges,
     )
 
 

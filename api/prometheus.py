@@ -43,6 +43,7 @@ class ExpositionSnapshot:
     rejected: Mapping[str, int] = field(default_factory=dict)
     unknown_models: Mapping[str, int] = field(default_factory=dict)
     extra: Mapping[str, Mapping[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
+    extra_gauges: Mapping[str, Mapping[tuple[tuple[str, str], ...], float]] = field(default_factory=dict)
 
 
 def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str, float]]:
@@ -137,13 +138,14 @@ class _SnapshotCollector:
             unknown.add_metric([model], count)
         yield unknown
 
-        for name, samples in sorted(snap.extra.items()):
-            labels = sorted({k for sample in samples for k, _ in sample})
-            family = CounterMetricFamily(name, f"{name.replace('_', ' ')}.", labels=labels)
-            for sample, value in sorted(samples.items()):
-                values = dict(sample)
-                family.add_metric([values.get(label, "") for label in labels], value)
-            yield family
+        for kind, extra in ((CounterMetricFamily, snap.extra), (GaugeMetricFamily, snap.extra_gauges)):
+            for name, samples in sorted(extra.items()):
+                labels = sorted({k for sample in samples for k, _ in sample})
+                family = kind(name, f"{name.replace('_', ' ')}.", labels=labels)
+                for sample, value in sorted(samples.items()):
+                    values = dict(sample)
+                    family.add_metric([values.get(label, "") for label in labels], value)
+                yield family
 
 
 def render(snapshot: ExpositionSnapshot) -> bytes:
@@ -178,5 +180,6 @@ async def handle_prometheus(request: web.Request) -> web.Response:
         rejected=dict(ctx.rejected),
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
         extra=ctx.extra_counters,
+        extra_gauges=ctx.extra_gauges,
     )
     return web.Response(body=render(snapshot), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -11,6 +11,8 @@ Stateless apart from caches that Redis can always rebuild, so any number of repl
   (``/metrics?window=30d``) cheap. A changed or missing epoch (Redis flushed or restarted) drops the
   cache and starts over, while the workers re-materialize.
 * ``/traces`` reads the trace index the workers write (spans by trace id, a sorted set by start time).
+* A replica that publishes also watches the topic's end offsets (every second) against what the view has
+  counted: ``queue_depth`` in ``/health`` and the ``tokentrace_view_lag_messages`` gauge (``topic_lag``).
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from aiokafka import AIOKafkaProducer
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
+from tokentrace.api.stores.topic_lag import EndOffsets, lag_by_partition
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
@@ -43,13 +46,18 @@ from tokentrace.processors.state import (
 )
 from tokentrace.producers.transports.kafka import split_messages
 
-__all__ = ["POISON_COUNTER", "RedisStore"]
+__all__ = ["LAG_GAUGE", "POISON_COUNTER", "RedisStore"]
 
 log = logging.getLogger(__name__)
 
 POISON_COUNTER = "tokentrace_poison_messages"
 REJECTED_COUNTER = "tokentrace_worker_rejected_spans"
 UNREADABLE_COUNTER = "tokentrace_view_unreadable_entries"
+LAG_GAUGE = "tokentrace_view_lag_messages"
+#: How often a publishing replica reads the topic's end offsets.
+LAG_REFRESH_S = 1.0
+#: Longest ``close`` waits for the lag watch to stop (it may be connecting to an unreachable broker).
+LAG_CLOSE_S = 10.0
 _FETCH_CHUNK = 500
 
 
@@ -91,6 +99,12 @@ class RedisStore:
         }
         #: Prometheus families the deployment adds (``ServerContext.extra_counters``), refreshed on sync.
         self.counters: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        #: Prometheus gauges likewise (``ServerContext.extra_gauges``): the view's lag behind the topic.
+        self.gauges: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        self._end_offsets: EndOffsets | None = None
+        self._ends: dict[int, int] = {}  # partition -> the topic's end offset, as last read
+        self._lag_task: asyncio.Task[None] | None = None
+        self._lag_failing = False
         self._redis: aioredis.Redis | None = None
         self._producer: AIOKafkaProducer | None = None
         self._partitions: list[int] = []
@@ -121,8 +135,17 @@ class RedisStore:
         await producer.start()
         self._producer = producer
         self._partitions = sorted(await producer.partitions_for(self.topic))
+        self._end_offsets = EndOffsets(self.bootstrap_servers, self.topic)
+        self._lag_task = asyncio.create_task(self._watch_lag())
 
     async def close(self) -> None:
+        if self._lag_task is not None:
+            self._lag_task.cancel()
+            await asyncio.wait({self._lag_task}, timeout=LAG_CLOSE_S)  # never hang on an unreachable broker
+            self._lag_task = None
+        if self._end_offsets is not None:
+            await self._end_offsets.close()
+            self._end_offsets = None
         if self._producer is not None:
             with contextlib.suppress(Exception):
                 await self._producer.stop()
@@ -268,7 +291,38 @@ class RedisStore:
         retired = self._retired.get(partition)
         return retired.horizon if retired is not None else 0
 
+    # -------------------------------------------------------------------- lag
+    async def _watch_lag(self) -> None:
+        """Read the topic's end offsets every ``LAG_REFRESH_S`` (the view's side is read by ``sync``)."""
+        while True:
+            try:
+                await self.refresh_lag()
+            except Exception as exc:  # Kafka or Redis away: keep the last figures, say so once
+                if not self._lag_failing:
+                    log.warning("view lag: cannot refresh it (Kafka's end offsets or the Redis view): %r", exc)
+                self._lag_failing = True
+            else:
+                self._lag_failing = False
+            await asyncio.sleep(LAG_REFRESH_S)
+
+    async def refresh_lag(self) -> dict[int, int]:
+        """Read the topic's end offsets now and catch up with the view; the lag per partition."""
+        if self._end_offsets is None:
+            raise StoreUnavailable("not connected to Kafka")
+        self._ends = await self._end_offsets.read(self._partitions)
+        await self.sync()
+        self._refresh_lag_gauge()
+        return self._lag()
+
+    def _lag(self) -> dict[int, int]:
+        return lag_by_partition(self._ends, {p: m.offset for p, m in self._meta.items()})
+
+    def _refresh_lag_gauge(self) -> None:
+        if self._ends:  # unknown until the end offsets were read once: no samples rather than zeros
+            self.gauges[LAG_GAUGE] = {(("partition", str(p)),): float(n) for p, n in self._lag().items()}
+
     def _refresh_counters(self) -> None:
+        self._refresh_lag_gauge()
         metas = self._meta.values()
         self.counters[POISON_COUNTER] = {(): float(sum(m.poison for m in metas))}
         self.counters[REJECTED_COUNTER] = {
@@ -340,7 +394,9 @@ class RedisStore:
         if self._producer is None:
             reason = reason or "not connected to Kafka"
         span_count = sum(m.spans for m in self._meta.values())
-        return StoreHealth(reason is None, reason, span_count, 0, self.transport)
+        # Messages on the span topic the view has not counted yet (as of the last end offsets read).
+        queue_depth = sum(self._lag().values())
+        return StoreHealth(reason is None, reason, span_count, queue_depth, self.transport)
 
 
 _LATENCY_SLOTS = len(LATENCY_BUCKETS_MS) + 1
