@@ -271,3 +271,19 @@ def test_a_normalised_timestamp_is_kept_as_it_is() -> None:
 def test_messages_name_the_field(raw: dict[str, Any], message: str) -> None:
     with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
         _span_decoder.decode(msgspec.json.encode(raw))
+
+
+def test_spans_are_not_tracked_by_the_cycle_collector() -> None:
+    """Decoded spans (JSON and the Kafka wire), built ones and their attribute dicts stay out of the
+    collector's generations: a worker decodes tens of thousands a second (bench/apply_instructions.py)."""
+    import gc
+
+    from tokentrace.core.codec import decode_json_spans, decode_wire, encode_wire
+
+    body = b'{"model": "m", "prompt_tokens": 1, "attributes": {"workflow": "chat", "eval.score": 0.5}}'
+    decoded = decode_json_spans(body)[0]
+    from_wire = decode_wire(encode_wire([decoded]))[0]
+    built = Span(model="m", prompt_tokens=1, attributes={"workflow": "chat"})
+    for span in (decoded, from_wire, built):
+        assert not gc.is_tracked(span)
+        assert not gc.is_tracked(span.attributes)
