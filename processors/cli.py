@@ -91,7 +91,7 @@ def _logging(verbose: bool) -> None:
     )
 
 
-def worker_settings(config: Config, app_id: str | None = None, prefix: str | None = None) -> WorkerSettings:
+def worker_settings(config: Config, prefix: str | None = None) -> WorkerSettings:
     """The worker's settings from a configuration."""
     from tokentrace.api.embedded import embedded_settings
     from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
@@ -105,7 +105,7 @@ def worker_settings(config: Config, app_id: str | None = None, prefix: str | Non
         topic=config.kafka.topic,
         partitions=config.kafka.partitions,
         replication_factor=config.kafka.replication_factor,
-        app_id=app_id or config.kafka.app_id,
+        app_id=config.kafka.app_id,
         prefix=prefix or DEFAULT_PREFIX,
         timeline=store.timeline,
         max_future_ms=round(parse_duration(config.aggregation.max_future_skew) * 1000),
