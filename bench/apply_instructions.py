@@ -28,7 +28,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from apply_path import export_revision, link_tree
+from apply_path import add_against_option, link_tree, variant_source
 
 ROOT = Path(__file__).resolve().parent.parent
 MESSAGE_SPANS = 500
@@ -91,7 +91,7 @@ def main() -> None:
     parser.add_argument("--spans", type=int, default=10_000)
     parser.add_argument("--passes", type=int, default=2)
     parser.add_argument("--heap", type=int, default=200_000)
-    parser.add_argument("--against", metavar="REV_OR_DIR", action="append", default=[])
+    add_against_option(parser)
     parser.add_argument("--child", type=int, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child is not None:
@@ -100,7 +100,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tokentrace-bench-") as tmp:
         paths = {"working tree": f"{link_tree(ROOT, Path(tmp) / 'path-0')}{os.pathsep}{ROOT}"}
         for index, name in enumerate(args.against, start=1):
-            source = Path(name).resolve() if Path(name).is_dir() else export_revision(name, Path(tmp) / f"src-{index}")
+            source = variant_source(name, Path(tmp) / f"src-{index}")
             paths[name] = f"{link_tree(source, Path(tmp) / f'path-{index}')}{os.pathsep}{source}"
         figures = {}
         for name, path in paths.items():

@@ -198,6 +198,22 @@ def export_revision(revision: str, into: Path) -> Path:
     return into
 
 
+def variant_source(name: str, into: Path) -> Path:
+    """The source tree ``--against`` names: a directory as it is, else a git revision exported under ``into``."""
+    return Path(name).resolve() if Path(name).is_dir() else export_revision(name, into)
+
+
+def add_against_option(parser: argparse.ArgumentParser) -> None:
+    """``--against REV_OR_DIR`` (repeatable), as every A/B benchmark here takes it."""
+    parser.add_argument(
+        "--against",
+        metavar="REV_OR_DIR",
+        action="append",
+        default=[],
+        help="also measure a git revision (or a source tree) beside the working tree; repeatable",
+    )
+
+
 def run_child(source: Path, path: Path) -> dict[str, float | None]:
     """One round in a fresh process, importing tokentrace (and ``tests``) from ``source`` via ``path``."""
     env = dict(os.environ, PYTHONPATH=f"{path}{os.pathsep}{source}")
@@ -223,13 +239,7 @@ def _cell(value: float | None, form: str) -> str:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--rounds", type=int, default=5)
-    parser.add_argument(
-        "--against",
-        metavar="REV_OR_DIR",
-        action="append",
-        default=[],
-        help="also measure a git revision (or a source tree), alternating rounds; repeatable",
-    )
+    add_against_option(parser)
     parser.add_argument("--append-results", action="store_true", help="append a section to bench/RESULTS.md")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -240,12 +250,7 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="tokentrace-bench-") as tmp:
         variants: dict[str, tuple[Path, Path]] = {}
         for index, name in enumerate([*args.against, "working tree"]):
-            if name == "working tree":
-                source = ROOT
-            elif Path(name).is_dir():
-                source = Path(name).resolve()
-            else:
-                source = export_revision(name, Path(tmp) / f"src-{index}")
+            source = ROOT if name == "working tree" else variant_source(name, Path(tmp) / f"src-{index}")
             variants[name] = (source, link_tree(source, Path(tmp) / f"path-{index}"))
         rounds: dict[str, list[dict[str, float | None]]] = {name: [] for name in variants}
         loads = [_load()]

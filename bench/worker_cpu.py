@@ -33,7 +33,7 @@ import redis.asyncio as aioredis
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from apply_path import export_revision, link_tree
+from apply_path import add_against_option, link_tree, variant_source
 from processor_throughput import cpu_seconds
 
 from tests.infra.kafka import KafkaCluster
@@ -111,7 +111,7 @@ def worker_paths(against: list[str]) -> dict[str, str | None]:
     sources = Path(tempfile.mkdtemp(prefix="tokentrace-worker-cpu-src-"))
     variants: dict[str, str | None] = {"working tree": os.environ.get("PYTHONPATH")}
     for index, name in enumerate(against):
-        source = Path(name).resolve() if Path(name).is_dir() else export_revision(name, sources / f"src-{index}")
+        source = variant_source(name, sources / f"src-{index}")
         variants[name] = str(link_tree(source, sources / f"path-{index}"))
     return variants
 
@@ -174,12 +174,6 @@ if __name__ == "__main__":
     parser.add_argument("--batch", type=int, default=500, help="spans per Kafka message")
     parser.add_argument("--fetch-bytes", type=int, nargs="+", default=[1_048_576, 8_388_608])
     parser.add_argument("--rounds", type=int, default=1)
-    parser.add_argument(
-        "--against",
-        metavar="REV_OR_DIR",
-        action="append",
-        default=[],
-        help="also run the worker on a git revision's code (or a source tree), alternating; repeatable",
-    )
+    add_against_option(parser)
     args = parser.parse_args()
     asyncio.run(main(args.spans, args.batch, args.fetch_bytes, args.rounds, worker_paths(args.against)))
