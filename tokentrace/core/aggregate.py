@@ -14,6 +14,7 @@ from typing import cast
 
 import msgspec
 
+from tokentrace.core import native, sketch
 from tokentrace.core.sketch import Sketch
 from tokentrace.core.span import EVAL_SCORE, Span
 
@@ -34,6 +35,12 @@ _latency_bucket = partial(bisect_left, LATENCY_BUCKETS_MS)
 _prompt_bucket = partial(bisect_left, PROMPT_TOKEN_BUCKETS)
 #: From this many spans on, ``add_many`` works field by field; below, span by span (measured break-even).
 BULK_FROM = 8
+#: ``add_many`` compiled (tokentrace/core/native.py), or None where this install runs it in Python.
+_KERNEL = (
+    native.AggregateKernel(LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, sketch.MULTIPLIER, sketch.OFFSET)
+    if native.AggregateKernel is not None
+    else None
+)
 
 
 def to_nanos(value: float) -> int:
@@ -112,7 +119,12 @@ class Aggregate(msgspec.Struct, array_like=True, gc=False):
         Hand-optimised for the ingest hot path: each field is gathered in one comprehension, then summed,
         counted or bucketed in bulk (every sum is over ints, so the order of additions is moot). Below
         ``BULK_FROM`` spans the fixed cost of those passes exceeds what they save, so ``add`` does it.
+        The compiled kernel, where installed, does all of it for a list unless a span holds a value it leaves
+        to this code (then it has changed nothing).
         """
+        kernel = _KERNEL
+        if kernel is not None and kernel.add_many(self, spans):
+            return
         count = len(spans)
         if count < BULK_FROM:
             for span in spans:

@@ -14,6 +14,7 @@ from collections.abc import Mapping, Sequence
 import msgspec
 
 from tokentrace.core import aggregate as _aggregate
+from tokentrace.core import native
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.span import EVAL_SCORE, Span
 
@@ -37,6 +38,8 @@ BUILTIN_DIMENSIONS = ("model", "provider", "caller")
 _DIMENSION_INDEX = {name: i for i, name in enumerate(BUILTIN_DIMENSIONS)}
 #: Grouped values by dimension value ("" for the whole bucket when ungrouped).
 Projection = dict[str, Aggregate]
+#: ``BucketState.add_many`` compiled (tokentrace/core/native.py), or None where it runs in Python.
+_KERNEL = native.BucketKernel(SEP, OVERFLOW, EVAL_SCORE, Aggregate) if native.BucketKernel is not None else None
 
 
 class Caps(msgspec.Struct, frozen=True):
@@ -78,7 +81,11 @@ class BucketState(msgspec.Struct):
     def add_many(self, spans: Sequence[Span], caps: Caps) -> None:
         """Count several spans: the same state, dict order and overflow counts included, as ``add`` for
         each in order. Spans are grouped by target aggregate first, so each aggregate is updated in bulk
-        (``Aggregate.add_many``), unless no series has enough of them for that to pay."""
+        (``Aggregate.add_many``), unless no series has enough of them for that to pay. The compiled kernel,
+        where installed, does the grouping unless a span holds a value it leaves to this code."""
+        kernel = _KERNEL
+        if kernel is not None and kernel.add_many(self, spans, caps.max_attribute_keys, caps.max_attribute_values):
+            return
         keys = [f"{span.model}{SEP}{span.provider}{SEP}{span.caller}" for span in spans]
         by_series: dict[str, list[Span]] = {}
         for span, key in zip(spans, keys, strict=True):

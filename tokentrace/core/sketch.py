@@ -26,8 +26,10 @@ RELATIVE_ACCURACY = 0.01
 _MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
 _value = _MAPPING.value
 # The mapping's own key() inlined for the hot path (same formula: ceil(log2(v) * multiplier) + offset).
-_MULTIPLIER = _MAPPING._multiplier
-_OFFSET = _MAPPING._offset
+MULTIPLIER: float = _MAPPING._multiplier
+OFFSET: float = _MAPPING._offset
+_MULTIPLIER = MULTIPLIER
+_OFFSET = OFFSET
 _log2 = math.log2
 _ceil = math.ceil
 

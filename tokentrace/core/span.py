@@ -12,6 +12,7 @@ from typing import Literal
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.timefmt import format_ms, normalize_rfc3339, parse_rfc3339_ms
 
 __all__ = [
@@ -45,6 +46,10 @@ MAX_LATENCY_MS = 10**10
 MAX_SCORE = 10**6
 _LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
+#: The usual case of ``Span.__post_init__`` compiled (tokentrace/core/native.py), or None.
+_check_span = native.check_span
+#: ``Span.stamp`` for a span with a normalised ``started_at``, compiled, or None.
+_stamp = native.stamp
 
 
 def _whole_tokens(value: int | float | None, field: str) -> int | None:
@@ -115,8 +120,12 @@ class Span(msgspec.Struct, kw_only=True, gc=False):
     attributes: dict[str, AttributeValue] = {}
 
     def __post_init__(self) -> None:
-        # The hot path of every decoded span: each check takes a fast branch for the usual value and the
-        # original checking code (and its message) for anything else.
+        # The hot path of every decoded span. The compiled check passes the usual span (ids present, ints,
+        # ASCII names, normalised timestamps) or declines having changed nothing; then each check below takes
+        # a fast branch for the usual value and the original checking code (and its message) for the rest.
+        check = _check_span
+        if check is not None and check(self, MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE):
+            return
         model, provider, caller = self.model, self.provider, self.caller
         if not model:
             raise ValueError("model must be a non-empty string")
@@ -174,6 +183,11 @@ class Span(msgspec.Struct, kw_only=True, gc=False):
     def stamp(self, arrival_ms: int) -> int:
         """Give a span without timestamps its arrival time (it counts at the time it arrived); fill
         ``ended_at`` from the start and the latency. Returns the time the span counts at (``span_time_ms``)."""
+        compiled = _stamp
+        if compiled is not None:
+            start = compiled(self)  # None, having changed nothing, unless started_at is normalised
+            if start is not None:
+                return start
         if self.started_at is None:
             if self.ended_at is not None and self.latency_ms is not None:
                 start = max(0, parse_rfc3339_ms(self.ended_at) - round(self.latency_ms))

@@ -11,6 +11,8 @@ import re
 import time
 from datetime import UTC, datetime
 
+from tokentrace.core import native
+
 __all__ = [
     "MAX_DURATION_S",
     "format_duration",
@@ -50,6 +52,11 @@ def parse_rfc3339_ms(text: str) -> int:
     seconds part is parsed once and cached; and a span's timestamps are read several times on their way in
     (validation, stamping, bucketing, the trace index), so the latest ones are remembered whole.
     """
+    canonical = _canonical_ms
+    if canonical is not None:
+        millis = canonical(text)
+        if millis is not None:
+            return millis
     millis = _RECENT.get(text)
     if millis is not None:
         return millis
@@ -72,6 +79,11 @@ def normalize_rfc3339(text: str) -> tuple[str, int]:
     A timestamp already in the normalised form is returned as it is (the same object, no formatting): its
     seconds part is recognised in the cache of prefixes ``format_ms`` has produced.
     """
+    canonical = _canonical_ms
+    if canonical is not None:
+        millis = canonical(text)
+        if millis is not None:
+            return text, millis
     if len(text) == 24 and text[23] == "Z" and text[19] == ".":
         seconds = _CANONICAL.get(text[:19])
         millis = _MILLIS.get(text[20:23])
@@ -81,6 +93,8 @@ def normalize_rfc3339(text: str) -> tuple[str, int]:
     return format_ms(millis), millis
 
 
+#: Epoch ms of a normalised timestamp from 1970 on (else None), compiled (tokentrace/core/native.py), or None.
+_canonical_ms = native.canonical_ms
 #: Seconds part -> epoch seconds, for any seconds part the fast path parsed.
 _SECONDS: dict[str, int] = {}
 #: Epoch seconds -> normalised seconds part, and the reverse (only normalised parts, as format_ms made them).

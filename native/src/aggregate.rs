@@ -1,0 +1,312 @@
+//! `Aggregate.add_many` (tokentrace/core/aggregate.py) over a list of spans, sketches included.
+//!
+//! Two passes: the spans' fields are read and checked first (any value the Python code would treat
+//! differently from the usual ints and floats makes the kernel decline before it changes anything),
+//! then the aggregate is updated once per field. Sums are added with Python's unbounded ints.
+
+use std::collections::HashMap;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+
+/// Floats hold every integer up to this exactly; beyond it the kernel declines.
+const EXACT_INT: i64 = 1 << 53;
+const NANO: f64 = 1_000_000_000.0;
+
+/// One number field of a span as the kernel needs it: the value as a float and whether it was an int.
+#[derive(Clone, Copy)]
+struct Number {
+    value: f64,
+    int: Option<i64>,
+}
+
+/// `None` for Python's `None`; `Err(())` for anything the kernel leaves to Python.
+fn number(obj: &Bound<'_, PyAny>) -> Result<Option<Number>, ()> {
+    if obj.is_none() {
+        return Ok(None);
+    }
+    if obj.is_exact_instance_of::<PyFloat>() {
+        let value = obj.cast::<PyFloat>().map_err(|_| ())?.value();
+        if value.is_nan() {
+            return Err(());
+        }
+        return Ok(Some(Number { value, int: None }));
+    }
+    if obj.is_instance_of::<PyInt>() {
+        let int: i64 = obj.extract().map_err(|_| ())?;
+        if !(-EXACT_INT..=EXACT_INT).contains(&int) {
+            return Err(());
+        }
+        return Ok(Some(Number { value: int as f64, int: Some(int) }));
+    }
+    Err(())
+}
+
+/// A token count: `None` or an int (Span.__post_init__ made them whole ints).
+fn tokens(obj: &Bound<'_, PyAny>) -> Result<Option<i64>, ()> {
+    match number(obj)? {
+        None => Ok(None),
+        Some(Number { int: Some(int), .. }) => Ok(Some(int)),
+        Some(_) => Err(()),
+    }
+}
+
+struct Row<'py> {
+    status: u8, // 0 ok, 1 error, 2 anything else
+    cost_nanos: Option<i128>,
+    prompt: Option<i64>,
+    comp: i64,
+    total: i64,
+    latency: Option<(Number, Bound<'py, PyAny>)>,
+    score: Option<f64>,
+}
+
+/// What a list of values adds to one `Sketch`, in the order `Sketch.add` would see them.
+struct SketchDelta<'py> {
+    count: i64,
+    zeros: i64,
+    low: Option<(f64, Bound<'py, PyAny>)>,
+    high: Option<(f64, Bound<'py, PyAny>)>,
+    positive: Bins,
+    negative: Bins,
+}
+
+/// Counts per key, keys in first-seen order (new keys enter the Python dict in that order).
+#[derive(Default)]
+struct Bins {
+    order: Vec<(i64, i64)>,
+    index: HashMap<i64, usize>,
+}
+
+impl Bins {
+    fn add(&mut self, key: i64) {
+        match self.index.get(&key) {
+            Some(&at) => self.order[at].1 += 1,
+            None => {
+                self.index.insert(key, self.order.len());
+                self.order.push((key, 1));
+            }
+        }
+    }
+
+    fn apply(&self, dict: &Bound<'_, PyDict>) -> PyResult<()> {
+        for &(key, n) in &self.order {
+            let current: i64 = match dict.get_item(key)? {
+                Some(value) => value.extract()?,
+                None => 0,
+            };
+            dict.set_item(key, current + n)?;
+        }
+        Ok(())
+    }
+}
+
+impl<'py> SketchDelta<'py> {
+    fn new() -> Self {
+        SketchDelta { count: 0, zeros: 0, low: None, high: None, positive: Bins::default(), negative: Bins::default() }
+    }
+
+    fn add(&mut self, kernel: &AggregateKernel, value: f64, object: impl FnOnce() -> Bound<'py, PyAny>) {
+        self.count += 1;
+        let new_low = self.low.as_ref().is_none_or(|(low, _)| value < *low);
+        let new_high = self.high.as_ref().is_none_or(|(high, _)| value > *high);
+        if new_low || new_high {
+            let object = object();
+            if new_low {
+                self.low = Some((value, object.clone()));
+            }
+            if new_high {
+                self.high = Some((value, object));
+            }
+        }
+        if value > 0.0 {
+            self.positive.add(kernel.key(value));
+        } else if value < 0.0 {
+            self.negative.add(kernel.key(-value));
+        } else {
+            self.zeros += 1;
+        }
+    }
+
+    /// Add into the Python ``Sketch`` ``sketch`` (min and max only where strictly beyond, as ``add``).
+    fn apply(&self, py: Python<'py>, sketch: &Bound<'py, PyAny>) -> PyResult<()> {
+        if self.count == 0 {
+            return Ok(());
+        }
+        add_int(sketch, intern!(py, "count"), self.count as i128)?;
+        add_int(sketch, intern!(py, "zeros"), self.zeros as i128)?;
+        if let Some((value, object)) = &self.low {
+            let current: f64 = sketch.getattr(intern!(py, "min"))?.extract()?;
+            if *value < current {
+                sketch.setattr(intern!(py, "min"), object)?;
+            }
+        }
+        if let Some((value, object)) = &self.high {
+            let current: f64 = sketch.getattr(intern!(py, "max"))?.extract()?;
+            if *value > current {
+                sketch.setattr(intern!(py, "max"), object)?;
+            }
+        }
+        self.positive.apply(sketch.getattr(intern!(py, "positive"))?.cast::<PyDict>()?)?;
+        self.negative.apply(sketch.getattr(intern!(py, "negative"))?.cast::<PyDict>()?)?;
+        Ok(())
+    }
+}
+
+fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -> PyResult<()> {
+    let current = target.getattr(name)?;
+    target.setattr(name, current.add(delta)?)
+}
+
+fn add_to_list(list: &Bound<'_, PyList>, deltas: &[i64]) -> PyResult<()> {
+    for (index, &n) in deltas.iter().enumerate() {
+        if n != 0 {
+            let current: i64 = list.get_item(index)?.extract()?;
+            list.set_item(index, current + n)?;
+        }
+    }
+    Ok(())
+}
+
+/// The constants of aggregate.py and sketch.py, handed over once so Python keeps the only copy.
+#[pyclass(frozen, module = "tokentrace._native")]
+pub struct AggregateKernel {
+    latency_bounds: Vec<f64>,
+    prompt_bounds: Vec<f64>,
+    multiplier: f64,
+    offset: f64,
+}
+
+impl AggregateKernel {
+    /// ``int(ceil(log2(v) * multiplier) + offset)`` as sketch.py computes it (libm's log2, as CPython's).
+    fn key(&self, value: f64) -> i64 {
+        let ceiled = (value.log2() * self.multiplier).ceil();
+        if self.offset == 0.0 { ceiled as i64 } else { (ceiled + self.offset).trunc() as i64 }
+    }
+
+    fn row<'py>(&self, py: Python<'py>, span: &Bound<'py, PyAny>) -> Result<Row<'py>, ()> {
+        let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
+        let status_obj = get(intern!(py, "status"))?;
+        let status = match status_obj.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())? {
+            "ok" => 0,
+            "error" => 1,
+            _ => 2,
+        };
+        let cost_nanos = match number(&get(intern!(py, "cost_usd"))?)? {
+            None => None,
+            // int(cost * NANO + 0.5): an int cost makes an exact int product, then a float sum.
+            Some(Number { int: Some(int), .. }) => {
+                let product = int as i128 * 1_000_000_000;
+                if product.abs() > EXACT_INT as i128 {
+                    return Err(());
+                }
+                Some(((product as f64) + 0.5).trunc() as i128)
+            }
+            Some(Number { value, .. }) => Some((value * NANO + 0.5).trunc() as i128),
+        };
+        let prompt = tokens(&get(intern!(py, "prompt_tokens"))?)?;
+        let comp = tokens(&get(intern!(py, "comp_tokens"))?)?.unwrap_or(0);
+        let total = tokens(&get(intern!(py, "total_tokens"))?)?.unwrap_or(0);
+        let latency_obj = get(intern!(py, "latency_ms"))?;
+        let latency = number(&latency_obj)?.map(|n| (n, latency_obj));
+        let attributes = get(intern!(py, "attributes"))?;
+        let attributes = attributes.cast::<PyDict>().map_err(|_| ())?;
+        let score = if attributes.is_empty() {
+            None
+        } else {
+            match attributes.get_item(intern!(py, "eval.score")).map_err(|_| ())? {
+                None => None,
+                Some(raw) if raw.is_none() => None,
+                Some(raw) => match number(&raw)? {
+                    Some(Number { value, .. }) if !raw.is_exact_instance_of::<pyo3::types::PyBool>() => Some(value),
+                    _ => return Err(()),
+                },
+            }
+        };
+        Ok(Row { status, cost_nanos, prompt, comp, total, latency, score })
+    }
+}
+
+#[pymethods]
+impl AggregateKernel {
+    #[new]
+    fn new(latency_bounds: Vec<f64>, prompt_bounds: Vec<f64>, multiplier: f64, offset: f64) -> Self {
+        AggregateKernel { latency_bounds, prompt_bounds, multiplier, offset }
+    }
+
+    /// Count ``spans`` (a list) into ``aggregate`` as ``Aggregate.add_many`` does; ``False`` (nothing
+    /// changed) when a span holds a value the Python code should handle.
+    fn add_many(&self, py: Python<'_>, aggregate: &Bound<'_, PyAny>, spans: &Bound<'_, PyAny>) -> PyResult<bool> {
+        let Ok(spans) = spans.cast::<PyList>() else {
+            return Ok(false);
+        };
+        let mut rows = Vec::with_capacity(spans.len());
+        for span in spans.iter() {
+            match self.row(py, &span) {
+                Ok(row) => rows.push(row),
+                Err(()) => return Ok(false),
+            }
+        }
+
+        let (mut ok, mut errors, mut timeouts, mut unpriced) = (0i128, 0i128, 0i128, 0i128);
+        let (mut cost, mut prompt_sum, mut comp_sum, mut total_sum) = (0i128, 0i128, 0i128, 0i128);
+        let (mut latency_count, mut latency_sum_us, mut score_count, mut score_sum) = (0i128, 0i128, 0i128, 0i128);
+        let mut latency_buckets = vec![0i64; self.latency_bounds.len() + 1];
+        let mut prompt_buckets = vec![0i64; self.prompt_bounds.len() + 1];
+        let mut latency_sketch = SketchDelta::new();
+        let mut score_sketch = SketchDelta::new();
+        for row in &rows {
+            match row.status {
+                0 => ok += 1,
+                1 => errors += 1,
+                _ => timeouts += 1,
+            }
+            match row.cost_nanos {
+                None => unpriced += 1,
+                Some(nanos) => cost += nanos,
+            }
+            if let Some(prompt) = row.prompt {
+                prompt_sum += prompt as i128;
+                // bisect_left: the number of bounds below the value
+                prompt_buckets[self.prompt_bounds.partition_point(|b| *b < prompt as f64)] += 1;
+            }
+            comp_sum += row.comp as i128;
+            total_sum += row.total as i128;
+            if let Some((latency, object)) = &row.latency {
+                latency_count += 1;
+                latency_sum_us += match latency.int {
+                    Some(int) => int as i128 * 1000,
+                    None => (latency.value * 1000.0).round_ties_even() as i128, // Python's round()
+                };
+                latency_sketch.add(self, latency.value, || object.clone());
+                latency_buckets[self.latency_bounds.partition_point(|b| *b < latency.value)] += 1;
+            }
+            if let Some(score) = row.score {
+                score_count += 1;
+                score_sum += (score * NANO + if score >= 0.0 { 0.5 } else { -0.5 }).trunc() as i128;
+                score_sketch.add(self, score, || PyFloat::new(py, score).into_any());
+            }
+        }
+
+        let count = rows.len() as i128;
+        add_int(aggregate, intern!(py, "count"), count)?;
+        add_int(aggregate, intern!(py, "ok"), ok)?;
+        add_int(aggregate, intern!(py, "errors"), errors)?;
+        add_int(aggregate, intern!(py, "timeouts"), timeouts)?;
+        add_int(aggregate, intern!(py, "cost_nanos"), cost)?;
+        add_int(aggregate, intern!(py, "unpriced"), unpriced)?;
+        add_int(aggregate, intern!(py, "prompt_tokens"), prompt_sum)?;
+        add_int(aggregate, intern!(py, "comp_tokens"), comp_sum)?;
+        add_int(aggregate, intern!(py, "total_tokens"), total_sum)?;
+        add_int(aggregate, intern!(py, "latency_count"), latency_count)?;
+        add_int(aggregate, intern!(py, "latency_sum_us"), latency_sum_us)?;
+        add_int(aggregate, intern!(py, "score_count"), score_count)?;
+        add_int(aggregate, intern!(py, "score_sum_nanos"), score_sum)?;
+        add_to_list(aggregate.getattr(intern!(py, "prompt_buckets"))?.cast::<PyList>()?, &prompt_buckets)?;
+        add_to_list(aggregate.getattr(intern!(py, "latency_buckets"))?.cast::<PyList>()?, &latency_buckets)?;
+        latency_sketch.apply(py, &aggregate.getattr(intern!(py, "latency"))?)?;
+        score_sketch.apply(py, &aggregate.getattr(intern!(py, "score"))?)?;
+        Ok(true)
+    }
+}

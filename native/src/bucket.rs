@@ -1,0 +1,213 @@
+//! `BucketState.add_many` (tokentrace/core/buckets.py): spans grouped by series and attribute value, with
+//! the caps, then each aggregate takes its spans in one `add_many`.
+//!
+//! The spans are checked first (names and attribute keys exact `str`, attribute values exact `str`, `bool`,
+//! `int` or `float`); anything else makes the kernel decline before it changes anything. After that it
+//! does what the Python code does, in the same order: attribute dicts and aggregates are created in span
+//! order (which decides dict order and what the caps let in), series aggregates in first-seen order.
+
+use std::collections::HashMap;
+
+use pyo3::intern;
+use pyo3::prelude::*;
+use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+
+/// How an attribute value groups: as this text, or not at all (floats are measurements).
+enum Grouping<'py> {
+    Text(Bound<'py, PyString>),
+    Skip,
+}
+
+fn grouping<'py>(py: Python<'py>, raw: &Bound<'py, PyAny>) -> Result<Grouping<'py>, ()> {
+    if raw.is_exact_instance_of::<PyString>() {
+        return Ok(Grouping::Text(raw.cast::<PyString>().map_err(|_| ())?.clone()));
+    }
+    if raw.is_exact_instance_of::<PyBool>() {
+        let text = if raw.is_truthy().map_err(|_| ())? { intern!(py, "true") } else { intern!(py, "false") };
+        return Ok(Grouping::Text(text.clone()));
+    }
+    if raw.is_exact_instance_of::<PyInt>() {
+        return Ok(Grouping::Text(raw.str().map_err(|_| ())?));
+    }
+    if raw.is_exact_instance_of::<PyFloat>() {
+        return Ok(Grouping::Skip);
+    }
+    Err(())
+}
+
+/// One span as the grouping needs it.
+struct Entry<'py> {
+    span: Bound<'py, PyAny>,
+    series: String,
+    attributes: Vec<(Bound<'py, PyString>, Grouping<'py>)>,
+}
+
+#[pyclass(frozen, module = "tokentrace._native")]
+pub struct BucketKernel {
+    sep: String,
+    overflow: Py<PyString>,
+    score_key: String,
+    new_aggregate: Py<PyAny>,
+}
+
+fn exact_str(obj: &Bound<'_, PyAny>) -> Result<String, ()> {
+    if !obj.is_exact_instance_of::<PyString>() {
+        return Err(());
+    }
+    Ok(obj.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?.to_owned())
+}
+
+impl BucketKernel {
+    fn entry<'py>(&self, py: Python<'py>, span: Bound<'py, PyAny>) -> Result<Entry<'py>, ()> {
+        let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
+        let model = exact_str(&get(intern!(py, "model"))?)?;
+        let provider = exact_str(&get(intern!(py, "provider"))?)?;
+        let caller = exact_str(&get(intern!(py, "caller"))?)?;
+        let series = [model, provider, caller].join(&self.sep);
+        let raw = get(intern!(py, "attributes"))?;
+        let dict = raw.cast::<PyDict>().map_err(|_| ())?;
+        let mut attributes = Vec::with_capacity(dict.len());
+        for (name, value) in dict.iter() {
+            if !name.is_exact_instance_of::<PyString>() {
+                return Err(());
+            }
+            let name = name.cast::<PyString>().map_err(|_| ())?.clone();
+            if name.to_str().map_err(|_| ())? == self.score_key {
+                continue;
+            }
+            attributes.push((name, grouping(py, &value)?));
+        }
+        Ok(Entry { span, series, attributes })
+    }
+
+    fn new_aggregate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        self.new_aggregate.bind(py).call0()
+    }
+
+    /// `dict[key]`, created by `make` when absent.
+    fn child<'py>(
+        dict: &Bound<'py, PyDict>,
+        key: &Bound<'py, PyAny>,
+        make: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        if let Some(found) = dict.get_item(key)? {
+            return Ok(found);
+        }
+        let made = make()?;
+        dict.set_item(key, &made)?;
+        Ok(made)
+    }
+}
+
+#[pymethods]
+impl BucketKernel {
+    #[new]
+    fn new(sep: String, overflow: Py<PyString>, score_key: String, new_aggregate: Py<PyAny>) -> Self {
+        BucketKernel { sep, overflow, score_key, new_aggregate }
+    }
+
+    /// Count ``spans`` (a list) into the ``BucketState`` ``state`` as its ``add_many`` does; ``False``,
+    /// with nothing changed, when a span holds a value the Python code should handle.
+    fn add_many(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
+        spans: &Bound<'_, PyAny>,
+        max_attribute_keys: usize,
+        max_attribute_values: usize,
+    ) -> PyResult<bool> {
+        let Ok(spans) = spans.cast::<PyList>() else {
+            return Ok(false);
+        };
+        let mut entries = Vec::with_capacity(spans.len());
+        for span in spans.iter() {
+            match self.entry(py, span) {
+                Ok(entry) => entries.push(entry),
+                Err(()) => return Ok(false),
+            }
+        }
+
+        let mut series_order: Vec<(&str, Vec<Bound<'_, PyAny>>)> = Vec::new();
+        let mut series_index: HashMap<&str, usize> = HashMap::new();
+        for entry in &entries {
+            let at = *series_index.entry(entry.series.as_str()).or_insert_with(|| {
+                series_order.push((entry.series.as_str(), Vec::new()));
+                series_order.len() - 1
+            });
+            series_order[at].1.push(entry.span.clone());
+        }
+
+        // Attribute groups in span order, each with its spans (keyed by the aggregate's identity).
+        let attributes = state.getattr(intern!(py, "attributes"))?;
+        let attributes = attributes.cast::<PyDict>()?;
+        let overflow = self.overflow.bind(py);
+        let mut overflowed: i64 = 0;
+        let mut groups: Vec<(Bound<'_, PyAny>, Vec<Bound<'_, PyAny>>)> = Vec::new();
+        let mut group_index: HashMap<usize, usize> = HashMap::new();
+        for entry in &entries {
+            if entry.attributes.is_empty() {
+                continue;
+            }
+            let key = PyString::new(py, &entry.series);
+            for (name, value) in &entry.attributes {
+                let Grouping::Text(value) = value else { continue };
+                let values = match attributes.get_item(name)? {
+                    Some(values) => values,
+                    None => {
+                        if attributes.len() >= max_attribute_keys {
+                            overflowed += 1;
+                            continue;
+                        }
+                        let values = PyDict::new(py).into_any();
+                        attributes.set_item(name, &values)?;
+                        values
+                    }
+                };
+                let values = values.cast::<PyDict>()?;
+                let by_series = match values.get_item(value)? {
+                    Some(by_series) => by_series,
+                    None => {
+                        let mut slot = value.clone();
+                        let mut found = None;
+                        if values.len() >= max_attribute_values {
+                            overflowed += 1;
+                            slot = overflow.clone();
+                            found = values.get_item(&slot)?;
+                        }
+                        match found {
+                            Some(by_series) => by_series,
+                            None => {
+                                let by_series = PyDict::new(py).into_any();
+                                values.set_item(&slot, &by_series)?;
+                                by_series
+                            }
+                        }
+                    }
+                };
+                let by_series = by_series.cast::<PyDict>()?;
+                let group = Self::child(by_series, key.as_any(), || self.new_aggregate(py))?;
+                let at = *group_index.entry(group.as_ptr() as usize).or_insert_with(|| {
+                    groups.push((group.clone(), Vec::new()));
+                    groups.len() - 1
+                });
+                groups[at].1.push(entry.span.clone());
+            }
+        }
+
+        let series = state.getattr(intern!(py, "series"))?;
+        let series = series.cast::<PyDict>()?;
+        for (key, members) in series_order {
+            let key = PyString::new(py, key);
+            let aggregate = Self::child(series, key.as_any(), || self.new_aggregate(py))?;
+            aggregate.call_method1(intern!(py, "add_many"), (PyList::new(py, members)?,))?;
+        }
+        for (group, members) in groups {
+            group.call_method1(intern!(py, "add_many"), (PyList::new(py, members)?,))?;
+        }
+        if overflowed != 0 {
+            let current = state.getattr(intern!(py, "overflowed"))?;
+            state.setattr(intern!(py, "overflowed"), current.add(overflowed)?)?;
+        }
+        Ok(true)
+    }
+}

@@ -1,0 +1,22 @@
+//! The compiled hot path of tokentrace's core, as the Python module `tokentrace._native`.
+//!
+//! Everything here has a Python twin in `tokentrace/core/` that stays the reference: each function
+//! gives the same result, to the byte once encoded, or declines (returns `False` having changed
+//! nothing) so the caller runs the Python code. The tests compare the two on generated input
+//! (`tests/core/test_native.py`).
+
+use pyo3::prelude::*;
+
+mod aggregate;
+mod bucket;
+mod span_check;
+
+#[pymodule]
+fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add_class::<aggregate::AggregateKernel>()?;
+    m.add_class::<bucket::BucketKernel>()?;
+    m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;
+    m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
+    m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
+    Ok(())
+}

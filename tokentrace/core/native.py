@@ -1,0 +1,43 @@
+"""The compiled hot path, when this install has it.
+
+``tokentrace._native`` is built from ``native/`` (Rust) by setuptools-rust when a Rust toolchain is present;
+without one, the install still works and every name here is ``None``, so callers run the Python code it
+mirrors. Each native function is checked against that Python code on generated input
+(tests/core/test_native.py). ``TOKENTRACE_NATIVE=0`` turns it off (for comparing, or to rule it out).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from tokentrace._native import AggregateKernel as _AggregateKernel
+    from tokentrace._native import BucketKernel as _BucketKernel
+
+__all__ = ["AVAILABLE", "DISABLED", "AggregateKernel", "BucketKernel", "canonical_ms", "check_span", "stamp"]
+
+#: Set ``TOKENTRACE_NATIVE=0`` to run the Python code even where the compiled module is installed.
+DISABLED = os.environ.get("TOKENTRACE_NATIVE", "1").strip() == "0"
+
+AggregateKernel: type[_AggregateKernel] | None = None
+BucketKernel: type[_BucketKernel] | None = None
+check_span: Callable[[object, int, float, float, float], bool] | None = None
+canonical_ms: Callable[[object], int | None] | None = None
+stamp: Callable[[object], int | None] | None = None
+
+if not DISABLED:
+    try:
+        from tokentrace import _native
+    except ImportError:
+        pass
+    else:
+        AggregateKernel = _native.AggregateKernel
+        BucketKernel = _native.BucketKernel
+        check_span = _native.check_span
+        canonical_ms = _native.canonical_ms
+        stamp = _native.stamp
+
+#: Whether the compiled hot path is in use.
+AVAILABLE = AggregateKernel is not None
