@@ -9,6 +9,7 @@ Checked: images pinned, mounted files present, published ports distinct, healthc
 from __future__ import annotations
 
 import json
+import os
 import re
 import shutil
 import subprocess
@@ -266,23 +267,31 @@ def test_grafana_provisions_the_datasource_and_the_dashboard(services: dict[str,
 
 
 def test_dockerfile_and_build_context(tmp_path: Path) -> None:
-    """The context .dockerignore lets through is enough to build the package the Dockerfile installs."""
+    """The context .dockerignore lets through is enough to build the wheel the Dockerfile installs, compiled
+    hot path included (its build stage refuses a wheel without it)."""
     dockerfile = (ROOT / "Dockerfile").read_text()
-    assert re.search(r"^FROM python:3\.11-slim$", dockerfile, re.M)
-    assert 'ENTRYPOINT ["tokentrace"]' in dockerfile and re.search(r"^RUN pip install \.", dockerfile, re.M)
+    stages = re.findall(r"^FROM (\S+)(?: AS (\w+))?$", dockerfile, re.M)
+    assert [image for image, _ in stages][-1] == "python:3.11-slim"  # the runtime
+    assert re.match(r"rust:[\d.]+-slim-bookworm$", stages[0][0]), stages  # bookworm's Python is 3.11 too
+    assert f"COPY --from={stages[0][1]} /wheels /wheels" in dockerfile
+    assert re.search(r"pip wheel --no-deps --no-build-isolation -w /wheels \.", dockerfile)
+    assert 'ENTRYPOINT ["tokentrace"]' in dockerfile and re.search(
+        r"^RUN pip install /wheels/\*\.whl", dockerfile, re.M
+    )
     assert re.search(r"^USER tokentrace$", dockerfile, re.M) and "chown tokentrace /var/lib/tokentrace" in dockerfile
     ignore = [line for line in (ROOT / ".dockerignore").read_text().splitlines() if line and line[0] != "#"]
     assert ignore[0] == "**", "the context starts empty and names what goes in"
     included = {line[1:].rstrip("/") for line in ignore if line.startswith("!")}
     copied = set()
-    for line in re.findall(r"^COPY (.+)$", dockerfile, re.M):
+    for line in re.findall(r"^COPY (?!--from)(.+)$", dockerfile, re.M):
         copied |= set(line.split()[:-1])
     assert copied == included
     context = tmp_path / "context"
     for name in included:
         source = ROOT / name
         if source.is_dir():
-            shutil.copytree(source, context / name, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+            ignored = shutil.ignore_patterns("__pycache__", "*.pyc", "*.so", "target")
+            shutil.copytree(source, context / name, ignore=ignored)
         else:
             context.mkdir(exist_ok=True)
             shutil.copy(source, context / name)
@@ -291,7 +300,8 @@ def test_dockerfile_and_build_context(tmp_path: Path) -> None:
         [sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(out), str(context)],
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=300,
+        env={**os.environ, "CARGO_TARGET_DIR": str(ROOT / "native" / "target")},  # reuse compiled crates
     )
     assert built.returncode == 0, built.stderr
     with zipfile.ZipFile(next(out.glob("tokentrace-*.whl"))) as archive:
@@ -299,3 +309,5 @@ def test_dockerfile_and_build_context(tmp_path: Path) -> None:
     packaged = {n.rsplit("/", 1)[0].replace("/", ".") for n in names if n.endswith("/__init__.py")}
     assert source_packages() <= packaged
     assert "tokentrace/api/openapi.yaml" in names
+    if os.environ.get("TOKENTRACE_REQUIRE_NATIVE") == "1":
+        assert [n for n in names if n.startswith("tokentrace/_native") and n.endswith(".so")], sorted(names)
