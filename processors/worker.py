@@ -14,7 +14,10 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
   No windowed tables, no ``take()``, no ``group_by``.
 * Table writes are coalesced: every ``flush_interval`` (or ``flush_events`` events) each changed entry
   is encoded once and sent once; the events since the last flush are acked when those sends are acked.
-* Spans are indexed for ``/traces`` before their events are acked (idempotent writes by span id).
+  A flush sends its changelog records only once the previous flush's records are acked.
+* Spans are indexed for ``/traces`` before their events are acked (idempotent writes by span id). The
+  index writes of a flush overlap the agent's work and the next flushes (up to ``TRACE_FLUSHES_IN_FLIGHT``
+  flushes wait for theirs); events are still acked in order, each after its own spans are indexed.
   Aggregates are materialized after the changelog ack, by a background writer that retries while
   Redis is down and re-materializes everything the worker owns after a rebalance or a Redis flush.
 * Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
@@ -36,6 +39,7 @@ import logging
 import os
 import tempfile
 import time
+from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
@@ -164,6 +168,12 @@ class _Hole:
     sought_at: float
 
 
+#: Flushes whose trace index writes may still be running when the next flush starts. Indexing a flush's
+#: spans in Redis took as long as the flush interval at ~25k spans/s, and the agent waited for it 35 % of the
+#: time; overlapping them keeps it busy while a slower Redis still holds the agent back (bench/RESULTS.md).
+TRACE_FLUSHES_IN_FLIGHT = 3
+
+
 class _Flusher:
     """Coalesces table writes: encode each changed entry once, send its changelog, ack after the acks."""
 
@@ -175,7 +185,10 @@ class _Flusher:
         self.last = time.monotonic()
         self.lock = asyncio.Lock()
         self.stream: Any = None
-        self.completing: asyncio.Future[None] | None = None
+        #: The last flush's changelog acks (its records are durable once this is done).
+        self.durable: asyncio.Future[None] | None = None
+        #: Flushes not completed yet (trace index written, events acked), oldest first.
+        self.in_flight: deque[asyncio.Future[None]] = deque()
         self.futures: list[Any] = []  # other sends the events wait for (dead letters)
         self.delete_pending: set[bytes] = set()  # deletions whose replacing writes are not sent yet
         self.delete_ready: set[bytes] = set()  # deletions whose replacing writes are sent and being acked
@@ -191,14 +204,15 @@ class _Flusher:
         """Send the changed entries' changelog records now; ack their events once the broker acked them.
 
         The acks are awaited in the background (the agent keeps processing meanwhile); the next flush
-        waits for the previous one to complete first, so events are acked in order.
+        waits for the previous one's changelog acks first, and for the oldest flush to complete while
+        ``TRACE_FLUSHES_IN_FLIGHT`` have not; events are acked in order.
         """
         async with self.lock:
-            if self.completing is not None:
-                began = time.monotonic()
-                await self.completing
-                self.completing = None
-                self.worker.wait_s += time.monotonic() - began
+            began = time.monotonic()
+            if self.durable is not None:
+                await self.durable
+            await self._collect(TRACE_FLUSHES_IN_FLIGHT - 1)
+            self.worker.wait_s += time.monotonic() - began
             self.last = time.monotonic()
             # Deletions go out one flush after the writes that replace them (hour and retired entries)
             # completed, so the changelog never holds a deletion without what absorbed the entry.
@@ -226,27 +240,56 @@ class _Flusher:
                 if key not in entries:
                     futures.append(send(parse_key(key)[0], key, None, key_serializer="raw", value_serializer="raw"))
                     written.append((key, TOMBSTONE_VERSION, b""))
-            self.completing = asyncio.ensure_future(self._complete(events, spans, futures, written))
+            durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            previous = self.in_flight[-1] if self.in_flight else None
+            self.durable = durable
+            self.in_flight.append(
+                asyncio.ensure_future(self._complete(events, spans, futures, written, durable, previous))
+            )
+
+    async def _collect(self, keep: int) -> None:
+        """Wait until at most ``keep`` flushes are in flight, dropping completed ones (raising their errors)."""
+        in_flight = self.in_flight
+        while in_flight and (in_flight[0].done() or len(in_flight) > keep):
+            await in_flight.popleft()
+
+    @property
+    def idle(self) -> bool:
+        """Whether every flush has completed (its errors not collected yet, perhaps)."""
+        return all(f.done() for f in self.in_flight)
+
+    async def _index_traces(self, spans: list[Any]) -> None:
+        began = time.monotonic()
+        await self.worker.materializer.write_traces(spans)  # never raises: failures are logged and counted
+        self.worker.traces_s += time.monotonic() - began
 
     async def drain(self) -> None:
         """Flush and wait until every event taken so far is acked."""
         await self.flush()
         async with self.lock:
-            if self.completing is not None:
-                await self.completing
-                self.completing = None
+            await self._collect(0)
 
-    async def _complete(self, events: list[Any], spans: list[Any], futures: list[Any], written: list[Pending]) -> None:
+    async def _complete(
+        self,
+        events: list[Any],
+        spans: list[Any],
+        futures: list[Any],
+        written: list[Pending],
+        durable: asyncio.Future[None],
+        previous: asyncio.Future[None] | None,
+    ) -> None:
         worker = self.worker
-        began = time.monotonic()
-        await worker.materializer.write_traces(spans)
-        worker.traces_s += time.monotonic() - began
+        traces = asyncio.ensure_future(self._index_traces(spans))
         try:
             await asyncio.wait_for(asyncio.gather(*futures), worker.settings.changelog_timeout_s)
         except BaseException as exc:
             log.critical("changelog write failed (%r): exiting without acking %d events", exc, len(events))
             logging.shutdown()
             os._exit(EXIT_CHANGELOG_FAILED)
+        durable.set_result(None)
+        await traces
+        if previous is not None:
+            await previous  # events are acked in order
         stream = self.stream
         for event in events:
             await stream.ack(event)
@@ -468,8 +511,8 @@ class _Worker:
         flusher = self.flusher
         if flusher.due():
             await flusher.flush()
-        elif flusher.completing is not None and flusher.completing.done() and not flusher.lock.locked():
-            await flusher.drain()  # idle: collect the last completion (and its errors)
+        elif flusher.in_flight and flusher.idle and not flusher.lock.locked():
+            await flusher.drain()  # idle: collect the last completions (and their errors)
 
     async def on_recovered(self) -> None:
         """After a rebalance's table recovery: forget partitions we lost, re-materialize what we own."""
