@@ -199,7 +199,11 @@ def export_revision(revision: str, into: Path) -> Path:
 
 
 def variant_source(name: str, into: Path) -> Path:
-    """The source tree ``--against`` names: a directory as it is, else a git revision exported under ``into``."""
+    """The source tree ``--against`` names: a directory as it is, else a git revision exported under ``into``.
+
+    Only Python files come from it: a revision that imports the compiled module (``tokentrace._native``) gets
+    the installed one, which the development install's finder supplies; compare compiled code by reinstalling.
+    """
     return Path(name).resolve() if Path(name).is_dir() else export_revision(name, into)
 
 
