@@ -19,7 +19,7 @@ from collections.abc import Iterable, Sequence
 import msgspec
 from ddsketch.mapping import LogarithmicMapping
 
-__all__ = ["RELATIVE_ACCURACY", "Sketch"]
+__all__ = ["MULTIPLIER", "OFFSET", "RELATIVE_ACCURACY", "Sketch"]
 
 #: Worst-case relative error of any quantile answer.
 RELATIVE_ACCURACY = 0.01
@@ -28,14 +28,12 @@ _value = _MAPPING.value
 # The mapping's own key() inlined for the hot path (same formula: ceil(log2(v) * multiplier) + offset).
 MULTIPLIER: float = _MAPPING._multiplier
 OFFSET: float = _MAPPING._offset
-_MULTIPLIER = MULTIPLIER
-_OFFSET = OFFSET
 _log2 = math.log2
 _ceil = math.ceil
 
 
 def _key(value: float) -> int:
-    return int(_ceil(_log2(value) * _MULTIPLIER) + _OFFSET)
+    return int(_ceil(_log2(value) * MULTIPLIER) + OFFSET)
 
 
 class Sketch(msgspec.Struct, array_like=True, gc=False):
@@ -59,7 +57,7 @@ class Sketch(msgspec.Struct, array_like=True, gc=False):
         if value > self.max:
             self.max = value
         if value > 0:
-            key = int(_ceil(_log2(value) * _MULTIPLIER) + _OFFSET)
+            key = int(_ceil(_log2(value) * MULTIPLIER) + OFFSET)
             bins = self.positive
         elif value < 0:
             key = _key(-value)
@@ -137,9 +135,9 @@ class Sketch(msgspec.Struct, array_like=True, gc=False):
 def _count_keys(bins: dict[int, int], values: Iterable[float]) -> None:
     """Count each of ``values`` (all > 0) in its key's bin; new keys are inserted in first-seen order, as
     ``Sketch.add`` inserts them."""
-    if _OFFSET == 0.0:
+    if OFFSET == 0.0:
         # The keys of _key, computed at C speed: ceil() is an int already and adding 0.0 changes nothing.
-        keys: Iterable[int] = map(_ceil, map(_MULTIPLIER.__mul__, map(_log2, values)))
+        keys: Iterable[int] = map(_ceil, map(MULTIPLIER.__mul__, map(_log2, values)))
     else:
         keys = map(_key, values)
     get = bins.get
