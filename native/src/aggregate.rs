@@ -53,7 +53,7 @@ fn tokens(obj: &Bound<'_, PyAny>) -> Result<Option<i64>, ()> {
     }
 }
 
-struct Row<'py> {
+pub struct Row<'py> {
     status: u8, // 0 ok, 1 error, 2 anything else
     cost_nanos: Option<i128>,
     prompt: Option<i64>,
@@ -195,6 +195,108 @@ fn add_to_list(list: &Bound<'_, PyList>, deltas: &[i64]) -> PyResult<()> {
     Ok(())
 }
 
+/// What a set of rows adds to one ``Aggregate``: every field, summed in Rust, written back once.
+pub struct Delta<'py> {
+    count: i128,
+    ok: i128,
+    errors: i128,
+    timeouts: i128,
+    cost: i128,
+    unpriced: i128,
+    prompt: i128,
+    comp: i128,
+    total: i128,
+    latency_count: i128,
+    latency_sum_us: i128,
+    score_count: i128,
+    score_sum: i128,
+    latency_buckets: Vec<i64>,
+    prompt_buckets: Vec<i64>,
+    latency_sketch: SketchDelta<'py>,
+    score_sketch: SketchDelta<'py>,
+}
+
+impl<'py> Delta<'py> {
+    pub fn new(kernel: &AggregateKernel) -> Self {
+        Delta {
+            count: 0,
+            ok: 0,
+            errors: 0,
+            timeouts: 0,
+            cost: 0,
+            unpriced: 0,
+            prompt: 0,
+            comp: 0,
+            total: 0,
+            latency_count: 0,
+            latency_sum_us: 0,
+            score_count: 0,
+            score_sum: 0,
+            latency_buckets: vec![0; kernel.latency_bounds.len() + 1],
+            prompt_buckets: vec![0; kernel.prompt_bounds.len() + 1],
+            latency_sketch: SketchDelta::new(),
+            score_sketch: SketchDelta::new(),
+        }
+    }
+
+    /// Count one span, as ``Aggregate.add`` does.
+    pub fn add(&mut self, py: Python<'py>, kernel: &AggregateKernel, row: &Row<'py>) {
+        self.count += 1;
+        match row.status {
+            0 => self.ok += 1,
+            1 => self.errors += 1,
+            _ => self.timeouts += 1,
+        }
+        match row.cost_nanos {
+            None => self.unpriced += 1,
+            Some(nanos) => self.cost += nanos,
+        }
+        if let Some(prompt) = row.prompt {
+            self.prompt += prompt as i128;
+            // bisect_left: the number of bounds below the value
+            self.prompt_buckets[kernel.prompt_bounds.partition_point(|b| *b < prompt as f64)] += 1;
+        }
+        self.comp += row.comp as i128;
+        self.total += row.total as i128;
+        if let Some((latency, object)) = &row.latency {
+            self.latency_count += 1;
+            self.latency_sum_us += match latency.int {
+                Some(int) => int as i128 * 1000,
+                None => (latency.value * 1000.0).round_ties_even() as i128, // Python's round()
+            };
+            self.latency_sketch.add(kernel, latency.value, || object.clone());
+            self.latency_buckets[kernel.latency_bounds.partition_point(|b| *b < latency.value)] += 1;
+        }
+        if let Some(score) = row.score {
+            self.score_count += 1;
+            self.score_sum += (score * NANO + if score >= 0.0 { 0.5 } else { -0.5 }).trunc() as i128;
+            self.score_sketch.add(kernel, score, || PyFloat::new(py, score).into_any());
+        }
+    }
+
+    /// Add everything counted into the Python ``Aggregate`` ``aggregate``.
+    pub fn apply(&self, py: Python<'py>, aggregate: &Bound<'py, PyAny>) -> PyResult<()> {
+        add_int(aggregate, intern!(py, "count"), self.count)?;
+        add_int(aggregate, intern!(py, "ok"), self.ok)?;
+        add_int(aggregate, intern!(py, "errors"), self.errors)?;
+        add_int(aggregate, intern!(py, "timeouts"), self.timeouts)?;
+        add_int(aggregate, intern!(py, "cost_nanos"), self.cost)?;
+        add_int(aggregate, intern!(py, "unpriced"), self.unpriced)?;
+        add_int(aggregate, intern!(py, "prompt_tokens"), self.prompt)?;
+        add_int(aggregate, intern!(py, "comp_tokens"), self.comp)?;
+        add_int(aggregate, intern!(py, "total_tokens"), self.total)?;
+        add_int(aggregate, intern!(py, "latency_count"), self.latency_count)?;
+        add_int(aggregate, intern!(py, "latency_sum_us"), self.latency_sum_us)?;
+        add_int(aggregate, intern!(py, "score_count"), self.score_count)?;
+        add_int(aggregate, intern!(py, "score_sum_nanos"), self.score_sum)?;
+        add_to_list(aggregate.getattr(intern!(py, "prompt_buckets"))?.cast::<PyList>()?, &self.prompt_buckets)?;
+        add_to_list(aggregate.getattr(intern!(py, "latency_buckets"))?.cast::<PyList>()?, &self.latency_buckets)?;
+        self.latency_sketch.apply(py, &aggregate.getattr(intern!(py, "latency"))?)?;
+        self.score_sketch.apply(py, &aggregate.getattr(intern!(py, "score"))?)?;
+        Ok(())
+    }
+}
+
 /// The constants of aggregate.py and sketch.py, handed over once so Python keeps the only copy.
 #[pyclass(frozen, module = "tokentrace._native")]
 pub struct AggregateKernel {
@@ -211,7 +313,8 @@ impl AggregateKernel {
         if self.offset == 0.0 { ceiled as i64 } else { (ceiled + self.offset).trunc() as i64 }
     }
 
-    fn row<'py>(&self, py: Python<'py>, span: &Bound<'py, PyAny>) -> Result<Row<'py>, ()> {
+    /// The fields of ``span`` the aggregates need; ``Err`` for a value the Python code should handle.
+    pub fn row<'py>(&self, py: Python<'py>, span: &Bound<'py, PyAny>) -> Result<Row<'py>, ()> {
         let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
         let status_obj = get(intern!(py, "status"))?;
         let status = match status_obj.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())? {
@@ -275,64 +378,11 @@ impl AggregateKernel {
             }
         }
 
-        let (mut ok, mut errors, mut timeouts, mut unpriced) = (0i128, 0i128, 0i128, 0i128);
-        let (mut cost, mut prompt_sum, mut comp_sum, mut total_sum) = (0i128, 0i128, 0i128, 0i128);
-        let (mut latency_count, mut latency_sum_us, mut score_count, mut score_sum) = (0i128, 0i128, 0i128, 0i128);
-        let mut latency_buckets = vec![0i64; self.latency_bounds.len() + 1];
-        let mut prompt_buckets = vec![0i64; self.prompt_bounds.len() + 1];
-        let mut latency_sketch = SketchDelta::new();
-        let mut score_sketch = SketchDelta::new();
+        let mut delta = Delta::new(self);
         for row in &rows {
-            match row.status {
-                0 => ok += 1,
-                1 => errors += 1,
-                _ => timeouts += 1,
-            }
-            match row.cost_nanos {
-                None => unpriced += 1,
-                Some(nanos) => cost += nanos,
-            }
-            if let Some(prompt) = row.prompt {
-                prompt_sum += prompt as i128;
-                // bisect_left: the number of bounds below the value
-                prompt_buckets[self.prompt_bounds.partition_point(|b| *b < prompt as f64)] += 1;
-            }
-            comp_sum += row.comp as i128;
-            total_sum += row.total as i128;
-            if let Some((latency, object)) = &row.latency {
-                latency_count += 1;
-                latency_sum_us += match latency.int {
-                    Some(int) => int as i128 * 1000,
-                    None => (latency.value * 1000.0).round_ties_even() as i128, // Python's round()
-                };
-                latency_sketch.add(self, latency.value, || object.clone());
-                latency_buckets[self.latency_bounds.partition_point(|b| *b < latency.value)] += 1;
-            }
-            if let Some(score) = row.score {
-                score_count += 1;
-                score_sum += (score * NANO + if score >= 0.0 { 0.5 } else { -0.5 }).trunc() as i128;
-                score_sketch.add(self, score, || PyFloat::new(py, score).into_any());
-            }
+            delta.add(py, self, row);
         }
-
-        let count = rows.len() as i128;
-        add_int(aggregate, intern!(py, "count"), count)?;
-        add_int(aggregate, intern!(py, "ok"), ok)?;
-        add_int(aggregate, intern!(py, "errors"), errors)?;
-        add_int(aggregate, intern!(py, "timeouts"), timeouts)?;
-        add_int(aggregate, intern!(py, "cost_nanos"), cost)?;
-        add_int(aggregate, intern!(py, "unpriced"), unpriced)?;
-        add_int(aggregate, intern!(py, "prompt_tokens"), prompt_sum)?;
-        add_int(aggregate, intern!(py, "comp_tokens"), comp_sum)?;
-        add_int(aggregate, intern!(py, "total_tokens"), total_sum)?;
-        add_int(aggregate, intern!(py, "latency_count"), latency_count)?;
-        add_int(aggregate, intern!(py, "latency_sum_us"), latency_sum_us)?;
-        add_int(aggregate, intern!(py, "score_count"), score_count)?;
-        add_int(aggregate, intern!(py, "score_sum_nanos"), score_sum)?;
-        add_to_list(aggregate.getattr(intern!(py, "prompt_buckets"))?.cast::<PyList>()?, &prompt_buckets)?;
-        add_to_list(aggregate.getattr(intern!(py, "latency_buckets"))?.cast::<PyList>()?, &latency_buckets)?;
-        latency_sketch.apply(py, &aggregate.getattr(intern!(py, "latency"))?)?;
-        score_sketch.apply(py, &aggregate.getattr(intern!(py, "score"))?)?;
+        delta.apply(py, aggregate)?;
         Ok(true)
     }
 }

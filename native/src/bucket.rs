@@ -1,16 +1,19 @@
 //! `BucketState.add_many` (tokentrace/core/buckets.py): spans grouped by series and attribute value, with
-//! the caps, then each aggregate takes its spans in one `add_many`.
+//! the caps, each aggregate then updated once with what its spans add (as its `add_many` would).
 //!
-//! The spans are checked first (names and attribute keys exact `str`, attribute values exact `str`, `bool`,
-//! `int` or `float`); anything else makes the kernel decline before it changes anything. After that it
-//! does what the Python code does, in the same order: attribute dicts and aggregates are created in span
-//! order (which decides dict order and what the caps let in), series aggregates in first-seen order.
+//! The spans are checked and read first (names and attribute keys exact `str`, attribute values exact `str`,
+//! `bool`, `int` or `float`, the aggregated fields as `AggregateKernel` reads them); anything else makes the
+//! kernel decline before it changes anything. After that it does what the Python code does, in the same
+//! order: attribute dicts and aggregates are created in span order (which decides dict order and what the
+//! caps let in), series aggregates in first-seen order. Each span is read once, whatever it counts in.
 
 use std::collections::HashMap;
 
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
+
+use crate::aggregate::{AggregateKernel, Delta, Row};
 
 /// How an attribute value groups: as this text, or not at all (floats are measurements).
 enum Grouping<'py> {
@@ -37,7 +40,7 @@ fn grouping<'py>(py: Python<'py>, raw: &Bound<'py, PyAny>) -> Result<Grouping<'p
 
 /// One span as the grouping needs it.
 struct Entry<'py> {
-    span: Bound<'py, PyAny>,
+    row: Row<'py>,
     series: String,
     attributes: Vec<(Bound<'py, PyString>, Grouping<'py>)>,
 }
@@ -48,6 +51,7 @@ pub struct BucketKernel {
     overflow: Py<PyString>,
     score_key: String,
     new_aggregate: Py<PyAny>,
+    aggregates: Py<AggregateKernel>,
 }
 
 fn exact_str(obj: &Bound<'_, PyAny>) -> Result<String, ()> {
@@ -77,7 +81,8 @@ impl BucketKernel {
             }
             attributes.push((name, grouping(py, &value)?));
         }
-        Ok(Entry { span, series, attributes })
+        let row = self.aggregates.get().row(py, &span)?;
+        Ok(Entry { row, series, attributes })
     }
 
     fn new_aggregate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -102,8 +107,14 @@ impl BucketKernel {
 #[pymethods]
 impl BucketKernel {
     #[new]
-    fn new(sep: String, overflow: Py<PyString>, score_key: String, new_aggregate: Py<PyAny>) -> Self {
-        BucketKernel { sep, overflow, score_key, new_aggregate }
+    fn new(
+        sep: String,
+        overflow: Py<PyString>,
+        score_key: String,
+        new_aggregate: Py<PyAny>,
+        aggregates: Py<AggregateKernel>,
+    ) -> Self {
+        BucketKernel { sep, overflow, score_key, new_aggregate, aggregates }
     }
 
     /// Count ``spans`` (a list) into the ``BucketState`` ``state`` as its ``add_many`` does; ``False``,
@@ -127,14 +138,15 @@ impl BucketKernel {
             }
         }
 
-        let mut series_order: Vec<(&str, Vec<Bound<'_, PyAny>>)> = Vec::new();
+        let kernel = self.aggregates.get();
+        let mut series_order: Vec<(&str, Delta<'_>)> = Vec::new();
         let mut series_index: HashMap<&str, usize> = HashMap::new();
         for entry in &entries {
             let at = *series_index.entry(entry.series.as_str()).or_insert_with(|| {
-                series_order.push((entry.series.as_str(), Vec::new()));
+                series_order.push((entry.series.as_str(), Delta::new(kernel)));
                 series_order.len() - 1
             });
-            series_order[at].1.push(entry.span.clone());
+            series_order[at].1.add(py, kernel, &entry.row);
         }
 
         // Attribute groups in span order, each with its spans (keyed by the aggregate's identity).
@@ -142,7 +154,7 @@ impl BucketKernel {
         let attributes = attributes.cast::<PyDict>()?;
         let overflow = self.overflow.bind(py);
         let mut overflowed: i64 = 0;
-        let mut groups: Vec<(Bound<'_, PyAny>, Vec<Bound<'_, PyAny>>)> = Vec::new();
+        let mut groups: Vec<(Bound<'_, PyAny>, Delta<'_>)> = Vec::new();
         let mut group_index: HashMap<usize, usize> = HashMap::new();
         for entry in &entries {
             if entry.attributes.is_empty() {
@@ -187,22 +199,22 @@ impl BucketKernel {
                 let by_series = by_series.cast::<PyDict>()?;
                 let group = Self::child(by_series, key.as_any(), || self.new_aggregate(py))?;
                 let at = *group_index.entry(group.as_ptr() as usize).or_insert_with(|| {
-                    groups.push((group.clone(), Vec::new()));
+                    groups.push((group.clone(), Delta::new(kernel)));
                     groups.len() - 1
                 });
-                groups[at].1.push(entry.span.clone());
+                groups[at].1.add(py, kernel, &entry.row);
             }
         }
 
         let series = state.getattr(intern!(py, "series"))?;
         let series = series.cast::<PyDict>()?;
-        for (key, members) in series_order {
+        for (key, delta) in &series_order {
             let key = PyString::new(py, key);
             let aggregate = Self::child(series, key.as_any(), || self.new_aggregate(py))?;
-            aggregate.call_method1(intern!(py, "add_many"), (PyList::new(py, members)?,))?;
+            delta.apply(py, &aggregate)?;
         }
-        for (group, members) in groups {
-            group.call_method1(intern!(py, "add_many"), (PyList::new(py, members)?,))?;
+        for (group, delta) in &groups {
+            delta.apply(py, group)?;
         }
         if overflowed != 0 {
             let current = state.getattr(intern!(py, "overflowed"))?;

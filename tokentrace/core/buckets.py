@@ -39,7 +39,11 @@ _DIMENSION_INDEX = {name: i for i, name in enumerate(BUILTIN_DIMENSIONS)}
 #: Grouped values by dimension value ("" for the whole bucket when ungrouped).
 Projection = dict[str, Aggregate]
 #: ``BucketState.add_many`` compiled (tokentrace/core/native.py), or None where it runs in Python.
-_KERNEL = native.BucketKernel(SEP, OVERFLOW, EVAL_SCORE, Aggregate) if native.BucketKernel is not None else None
+_KERNEL = (
+    native.BucketKernel(SEP, OVERFLOW, EVAL_SCORE, Aggregate, _aggregate._KERNEL)
+    if native.BucketKernel is not None and _aggregate._KERNEL is not None
+    else None
+)
 
 
 class Caps(msgspec.Struct, frozen=True):
