@@ -9,7 +9,7 @@
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyString};
 
 /// 9999-12-31T23:59:59.999Z, the last instant a timestamp may name.
 const LAST_MS: i64 = 253_402_300_799_999;
@@ -151,18 +151,23 @@ fn bounded(obj: &Bound<'_, PyAny>, high: f64) -> Result<bool, ()> {
     if obj.is_none() {
         return Ok(false);
     }
-    let value = if obj.is_exact_instance_of::<PyFloat>() {
-        obj.cast::<PyFloat>().map_err(|_| ())?.value()
-    } else if obj.is_exact_instance_of::<PyInt>() {
-        let int: i64 = obj.extract().map_err(|_| ())?;
-        if int.unsigned_abs() > 1 << 53 {
-            return Err(());
-        }
-        int as f64
-    } else {
+    if (0.0..=high).contains(&exact_number(obj)?) { Ok(true) } else { Err(()) }
+}
+
+/// The value of an exact `float`, or of an exact `int` a float holds exactly; `Err` for anything else
+/// (bool, subclasses, larger ints).
+fn exact_number(obj: &Bound<'_, PyAny>) -> Result<f64, ()> {
+    if obj.is_exact_instance_of::<PyFloat>() {
+        return Ok(obj.cast::<PyFloat>().map_err(|_| ())?.value());
+    }
+    if !obj.is_exact_instance_of::<PyInt>() {
         return Err(());
-    };
-    if (0.0..=high).contains(&value) { Ok(true) } else { Err(()) }
+    }
+    let int: i64 = obj.extract().map_err(|_| ())?;
+    if int.unsigned_abs() > 1 << 53 {
+        return Err(());
+    }
+    Ok(int as f64)
 }
 
 fn timestamp(obj: &Bound<'_, PyAny>) -> Result<Option<i64>, ()> {
@@ -190,18 +195,7 @@ fn attributes_ok(attributes: &Bound<'_, PyDict>, score_key: &Bound<'_, PyString>
         if score.is_none() {
             return Ok(());
         }
-        let value = if score.is_exact_instance_of::<PyFloat>() {
-            score.cast::<PyFloat>().map_err(|_| ())?.value()
-        } else if score.is_exact_instance_of::<PyInt>() && !score.is_instance_of::<PyBool>() {
-            let int: i64 = score.extract().map_err(|_| ())?;
-            if int.unsigned_abs() > 1 << 53 {
-                return Err(());
-            }
-            int as f64
-        } else {
-            return Err(());
-        };
-        if !(-max_score..=max_score).contains(&value) {
+        if !(-max_score..=max_score).contains(&exact_number(&score)?) {
             return Err(());
         }
     }
