@@ -15,16 +15,21 @@ import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
 
-import msgspec
 import redis.asyncio as aioredis
 
-from tokentrace.api.stores.redis_view import COLLECT_TOMBSTONES, INDEX_TRACES, WRITE_ENTRY, Keys, encode_span
+from tokentrace.api.stores.redis_view import (
+    COLLECT_TOMBSTONES,
+    EXPIRE_TRACES,
+    INDEX_TRACES,
+    WRITE_ENTRY,
+    Keys,
+    trace_index_payloads,
+)
 from tokentrace.core.span import Span
 
 __all__ = ["Materializer"]
 
 log = logging.getLogger(__name__)
-_packer = msgspec.msgpack.Encoder()
 
 #: (key, offset, encoded entry or b"" for a deleted one)
 Pending = tuple[bytes, int, bytes]
@@ -52,6 +57,7 @@ class Materializer:
         self._redis: aioredis.Redis | None = None
         self._script: Any = None
         self._index_traces: Any = None
+        self._expire_traces: Any = None
         self._collect: Any = None
         #: Tombstones dropped by ``collect_tombstones``.
         self.collected = 0
@@ -70,6 +76,7 @@ class Materializer:
             self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
             self._script = self._redis.register_script(WRITE_ENTRY)
             self._index_traces = self._redis.register_script(INDEX_TRACES)
+            self._expire_traces = self._redis.register_script(EXPIRE_TRACES)
             self._collect = self._redis.register_script(COLLECT_TOMBSTONES)
         return self._redis
 
@@ -169,29 +176,25 @@ class Materializer:
         """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields)."""
         if not spans:
             return
-        by_trace: dict[str, list[Any]] = {}
-        starts: dict[str, int] = {}
-        for span, at in spans:
-            trace_id = span.trace_id
-            fields = by_trace.get(trace_id)
-            if fields is None:
-                fields = by_trace[trace_id] = []
-                starts[trace_id] = at
-            elif at < starts[trace_id]:
-                starts[trace_id] = at
-            fields += (span.span_id, encode_span(span).decode())  # str: cmsgpack has no bin type
         self._connect()
         keys = self.keys
-        ttl = max(1, self.trace_retention_ms // 1000)
-        items = [[trace_id, str(starts[trace_id]), fields] for trace_id, fields in by_trace.items()]
         try:
-            for i in range(0, len(items), 2000):
-                payload = _packer.encode(items[i : i + 2000])
-                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, ttl, payload])
+            for payload in trace_index_payloads(spans):
+                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, payload])
         except Exception as exc:
             self.trace_failures += len(spans)
             log.warning("redis view: could not index %d spans for /traces: %r", len(spans), exc)
 
-    async def expire_traces(self, horizon_ms: int) -> None:
-        """Drop trace ids that started before ``horizon_ms`` from the listing (their hashes expire by TTL)."""
-        await self.redis.zremrangebyscore(self.keys.traces, "-inf", f"({horizon_ms}")
+    async def expire_traces(self, horizon_ms: int, *, limit: int = 2000, rounds: int = 50) -> int:
+        """Delete the traces that started before ``horizon_ms`` (hashes and listing entries), ``limit`` per
+        script call (Redis serves other clients between calls) and at most ``rounds`` calls, so one pass after
+        a long outage does not hold the worker up: the next pass goes on. Returns how many were deleted."""
+        self._connect()
+        keys = self.keys
+        deleted = 0
+        for _ in range(rounds):
+            done = int(await self._expire_traces(keys=[keys.traces], args=[keys.trace_prefix, horizon_ms, limit]))
+            deleted += done
+            if done < limit:
+                break
+        return deleted

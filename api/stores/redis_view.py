@@ -12,8 +12,10 @@ Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
 * ``{p}epoch`` — a random id set (``NX``) by the first worker that finds it missing. A reader that sees
   it change (or vanish) starts over; a worker that sees it change re-materializes its partitions: that
   is how a flushed or restarted Redis is rebuilt from the workers' tables.
-* ``{p}t:<trace id>`` — hash ``span_id`` → JSON span, with a TTL (trace retention); ``{p}traces`` —
-  sorted set trace id → earliest start (ms). Both keyed by ids, so rewriting a span is harmless.
+* ``{p}t:<trace id>`` — hash ``span_id`` → JSON span; ``{p}traces`` — sorted set trace id → earliest start
+  (ms). Both keyed by ids, so rewriting a span is harmless. Retention follows the listing: ``EXPIRE_TRACES``
+  deletes the traces that started before the horizon, listing entry and hash together (no TTL per trace:
+  setting one cost Redis a quarter of the index's time, and expiring it as much again).
 
 Entries, ``seq``, ``changes``, ``tombstones`` and ``epoch`` are those of state schema 1; a build of another
 schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shared.
@@ -21,19 +23,26 @@ schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shar
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.span import Span
 from tokentrace.processors.state import STATE_SCHEMA
 
 __all__ = [
     "COLLECT_TOMBSTONES",
     "DEFAULT_PREFIX",
+    "EXPIRE_TRACES",
+    "INDEX_SPANS_PER_TRACE",
     "INDEX_TRACES",
+    "INDEX_TRACES_PER_CALL",
     "WRITE_ENTRY",
     "Keys",
     "decode_span",
     "encode_span",
+    "trace_index_payloads",
 ]
 
 DEFAULT_PREFIX = "tt:"
@@ -72,24 +81,44 @@ end
 return dropped
 """
 
-#: KEYS: the trace listing. ARGV: trace hash prefix, TTL seconds, and one msgpack array of
-#: ``[trace id, start ms (text), [span id, span, span id, span, ...]]``: one call and three arguments for
-#: many traces, unpacked server-side (redis-py's per-argument cost dominated the worker otherwise).
+#: KEYS: the trace listing. ARGV: trace hash prefix, and one msgpack array of
+#: ``[trace id, start ms (text), [span id, span, span id, span, ...]]``: one call and two arguments for
+#: many traces, unpacked server-side (redis-py's per-argument cost dominated the worker otherwise), and one
+#: ``ZADD`` for all of them. Lua's ``unpack`` takes at most ~8,000 values: callers send at most
+#: ``INDEX_TRACES_PER_CALL`` traces and ``INDEX_SPANS_PER_TRACE`` spans per item (a longer trace comes as
+#: several items with the same id). Returns the number of items.
 INDEX_TRACES = """
-local prefix, ttl = ARGV[1], tonumber(ARGV[2])
-for _, trace in ipairs(cmsgpack.unpack(ARGV[3])) do
-  local key = prefix .. trace[1]
-  redis.call('HSET', key, unpack(trace[3]))
-  redis.call('EXPIRE', key, ttl)
-  redis.call('ZADD', KEYS[1], 'LT', trace[2], trace[1])
+local prefix, listing, n = ARGV[1], {}, 0
+for _, trace in ipairs(cmsgpack.unpack(ARGV[2])) do
+  redis.call('HSET', prefix .. trace[1], unpack(trace[3]))
+  listing[n + 1] = trace[2]
+  listing[n + 2] = trace[1]
+  n = n + 2
 end
-return 1
+if n > 0 then redis.call('ZADD', KEYS[1], 'LT', unpack(listing)) end
+return n / 2
+"""
+INDEX_TRACES_PER_CALL = 2000
+INDEX_SPANS_PER_TRACE = 2000
+
+#: KEYS: the trace listing. ARGV: trace hash prefix, horizon (ms), limit (at most ~8,000: Lua's ``unpack``).
+#: Deletes up to ``limit`` traces that started before the horizon, hashes and listing entries; returns how
+#: many (call again while it returns ``limit``).
+EXPIRE_TRACES = """
+local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
+if #ids == 0 then return 0 end
+local keys = {}
+for i, id in ipairs(ids) do keys[i] = ARGV[1] .. id end
+redis.call('DEL', unpack(keys))
+redis.call('ZREM', KEYS[1], unpack(ids))
+return #ids
 """
 
 # Spans are stored as JSON: Redis's Lua cmsgpack (used by INDEX_TRACES) has no bin type, but passes UTF-8
 # strings through untouched.
 _span_encoder = msgspec.json.Encoder()
 _span_decoder = msgspec.json.Decoder(Span)
+_packer = msgspec.msgpack.Encoder()
 
 
 def encode_span(span: Span) -> bytes:
@@ -98,6 +127,39 @@ def encode_span(span: Span) -> bytes:
 
 def decode_span(data: bytes) -> Span:
     return _span_decoder.decode(data)
+
+
+def trace_index_payloads(
+    spans: Sequence[tuple[Span, int]],
+    per_call: int = INDEX_TRACES_PER_CALL,
+    per_trace: int = INDEX_SPANS_PER_TRACE,
+) -> list[bytes]:
+    """The ``INDEX_TRACES`` payloads (one per call) indexing ``(span, start ms)`` pairs: their traces in
+    order of first appearance, each with its earliest start and its spans as JSON in order, at most
+    ``per_trace`` spans per item and ``per_call`` items per payload."""
+    if not spans:
+        return []
+    lines = _span_encoder.encode_lines([span for span, _ in spans])
+    if native.trace_index_payloads is not None:
+        payloads = native.trace_index_payloads(spans, lines, per_call, per_trace)
+        if payloads is not None:
+            return payloads
+    by_trace: dict[str, list[str]] = {}
+    starts: dict[str, int] = {}
+    for (span, at), line in zip(spans, lines.decode().split("\n"), strict=False):
+        fields = by_trace.get(span.trace_id)
+        if fields is None:
+            fields = by_trace[span.trace_id] = []
+            starts[span.trace_id] = at
+        elif at < starts[span.trace_id]:
+            starts[span.trace_id] = at
+        fields += (span.span_id, line)
+    items = [
+        [trace_id, str(starts[trace_id]), fields[i : i + 2 * per_trace]]
+        for trace_id, fields in by_trace.items()
+        for i in range(0, len(fields), 2 * per_trace)
+    ]
+    return [_packer.encode(items[i : i + per_call]) for i in range(0, len(items), per_call)]
 
 
 class Keys:

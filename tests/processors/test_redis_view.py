@@ -14,6 +14,7 @@ from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings, total
+from tokentrace.core.traces import TraceFilter
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     TOMBSTONE_VERSION,
@@ -175,4 +176,36 @@ async def test_old_tombstones_are_collected_and_a_late_copy_stays_hidden(
             await fresh.close()
     finally:
         writer.cancel()
+        await materializer.close()
+
+
+async def test_the_trace_index_takes_long_traces_and_expires_old_ones_whole(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """A trace longer than one script call may unpack is indexed in full; expiry deletes the traces that
+    started before the horizon (listing entry and spans), in bounded rounds, and keeps the others."""
+    now = now_ms()
+    old, recent = now - 2 * HOUR_MS, now - MINUTE_MS
+    long_trace = [(_span(i, old + i, trace_id="long", span_id=f"s{i}"), old + i) for i in range(9000)]
+    short = [(_span(i, old + i, trace_id=f"old{i}", span_id="s"), old + i) for i in range(25)]
+    short += [(_span(i, recent, trace_id=f"new{i}", span_id="s"), recent) for i in range(5)]
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    try:
+        await materializer.write_traces(long_trace + short)
+        assert materializer.trace_failures == 0
+        trace = await store.trace("long")
+        assert trace is not None and len(trace["spans"]) == 9000
+        total_traces, _ = await store.search_traces(TraceFilter(), 10, 0)
+        assert total_traces == 31
+        with redis_server.client() as client:
+            assert client.ttl(store.keys.trace("long")) == -1  # retention follows the listing, not a TTL
+
+            assert await materializer.expire_traces(now - HOUR_MS, limit=7, rounds=2) == 14
+            assert await materializer.expire_traces(now - HOUR_MS, limit=7) == 12
+            assert await materializer.expire_traces(now - HOUR_MS, limit=7) == 0
+            assert await store.trace("long") is None
+            assert not any(client.exists(store.keys.trace(f"old{i}")) for i in range(25))
+            assert sorted(t.decode() for t in client.zrange(store.keys.traces, 0, -1)) == [f"new{i}" for i in range(5)]
+            assert all(client.hlen(store.keys.trace(f"new{i}")) == 1 for i in range(5))
+    finally:
         await materializer.close()

@@ -16,7 +16,16 @@ if TYPE_CHECKING:
     from tokentrace._native import AggregateKernel as _AggregateKernel
     from tokentrace._native import BucketKernel as _BucketKernel
 
-__all__ = ["AVAILABLE", "DISABLED", "AggregateKernel", "BucketKernel", "canonical_ms", "check_span", "stamp"]
+__all__ = [
+    "AVAILABLE",
+    "DISABLED",
+    "AggregateKernel",
+    "BucketKernel",
+    "canonical_ms",
+    "check_span",
+    "stamp",
+    "trace_index_payloads",
+]
 
 #: Set ``TOKENTRACE_NATIVE=0`` to run the Python code even where the compiled module is installed.
 DISABLED = os.environ.get("TOKENTRACE_NATIVE", "1").strip() == "0"
@@ -26,6 +35,7 @@ BucketKernel: type[_BucketKernel] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
 canonical_ms: Callable[[object], int | None] | None = None
 stamp: Callable[[object], int | None] | None = None
+trace_index_payloads: Callable[[object, bytes, int, int], list[bytes] | None] | None = None
 
 if not DISABLED:
     try:
@@ -38,6 +48,7 @@ if not DISABLED:
         check_span = _native.check_span
         canonical_ms = _native.canonical_ms
         stamp = _native.stamp
+        trace_index_payloads = _native.trace_index_payloads
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None
