@@ -310,7 +310,11 @@ impl AggregateKernel {
     /// ``int(ceil(log2(v) * multiplier) + offset)`` as sketch.py computes it (libm's log2, as CPython's).
     fn key(&self, value: f64) -> i64 {
         let ceiled = (value.log2() * self.multiplier).ceil();
-        if self.offset == 0.0 { ceiled as i64 } else { (ceiled + self.offset).trunc() as i64 }
+        if self.offset == 0.0 {
+            ceiled as i64
+        } else {
+            (ceiled + self.offset).trunc() as i64
+        }
     }
 
     /// The fields of ``span`` the aggregates need; ``Err`` for a value the Python code should handle.

@@ -89,12 +89,7 @@ pub fn format(millis: i64) -> String {
     let (seconds, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     let (year, month, day) = civil_from_days(days);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z",
-        rest / 3600,
-        rest % 3600 / 60,
-        rest % 60
-    )
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
 }
 
 /// ``Span.stamp`` for a span whose ``started_at`` is normalised: fills ``ended_at`` (from the start and the
@@ -143,7 +138,11 @@ fn token_count(obj: &Bound<'_, PyAny>, max_tokens: i64) -> Result<Option<i64>, (
         return Err(());
     }
     let value: i64 = obj.extract().map_err(|_| ())?;
-    if (0..=max_tokens).contains(&value) { Ok(Some(value)) } else { Err(()) }
+    if (0..=max_tokens).contains(&value) {
+        Ok(Some(value))
+    } else {
+        Err(())
+    }
 }
 
 /// `None`, or an int or float in `0..=high` (as `__post_init__` bounds costs and latencies).
@@ -151,7 +150,11 @@ fn bounded(obj: &Bound<'_, PyAny>, high: f64) -> Result<bool, ()> {
     if obj.is_none() {
         return Ok(false);
     }
-    if (0.0..=high).contains(&exact_number(obj)?) { Ok(true) } else { Err(()) }
+    if (0.0..=high).contains(&exact_number(obj)?) {
+        Ok(true)
+    } else {
+        Err(())
+    }
 }
 
 /// The value of an exact `float`, or of an exact `int` a float holds exactly; `Err` for anything else

@@ -89,8 +89,7 @@ pub fn trace_index_payloads<'py>(
         return Ok(None);
     }
     // The id objects stay referenced here while their text is borrowed below.
-    let mut ids: Vec<(Bound<'py, PyString>, Bound<'py, PyString>, i64)> =
-        Vec::with_capacity(spans.len());
+    let mut ids: Vec<(Bound<'py, PyString>, Bound<'py, PyString>, i64)> = Vec::with_capacity(spans.len());
     for pair in spans.iter() {
         let Ok(pair) = pair.cast_into::<PyTuple>() else {
             return Ok(None);
@@ -108,16 +107,10 @@ pub fn trace_index_payloads<'py>(
         let span = pair.get_item(0)?;
         let trace_id = span.getattr(intern!(py, "trace_id"))?;
         let span_id = span.getattr(intern!(py, "span_id"))?;
-        if !trace_id.is_exact_instance_of::<PyString>()
-            || !span_id.is_exact_instance_of::<PyString>()
-        {
+        if !trace_id.is_exact_instance_of::<PyString>() || !span_id.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
-        ids.push((
-            trace_id.cast_into::<PyString>()?,
-            span_id.cast_into::<PyString>()?,
-            at,
-        ));
+        ids.push((trace_id.cast_into::<PyString>()?, span_id.cast_into::<PyString>()?, at));
     }
     let mut traces: Vec<Trace<'_>> = Vec::new();
     let mut index: HashMap<&str, usize> = HashMap::new();
@@ -126,32 +119,19 @@ pub fn trace_index_payloads<'py>(
             return Ok(None);
         };
         let slot = *index.entry(trace_id).or_insert_with(|| {
-            traces.push(Trace {
-                id: trace_id,
-                start: *at,
-                spans: Vec::new(),
-            });
+            traces.push(Trace { id: trace_id, start: *at, spans: Vec::new() });
             traces.len() - 1
         });
         let trace = &mut traces[slot];
         trace.start = trace.start.min(*at);
         trace.spans.push((span_id, line));
     }
-    let items: Vec<Item<'_, '_>> = traces
-        .iter()
-        .flat_map(|trace| {
-            trace
-                .spans
-                .chunks(per_trace)
-                .map(move |chunk| (trace, chunk))
-        })
-        .collect();
+    let items: Vec<Item<'_, '_>> =
+        traces.iter().flat_map(|trace| trace.spans.chunks(per_trace).map(move |chunk| (trace, chunk))).collect();
     let mut payloads = Vec::with_capacity(items.len().div_ceil(per_call));
     for call in items.chunks(per_call) {
         let mut out = Vec::with_capacity(
-            call.iter()
-                .map(|(_, s)| s.iter().map(|(i, l)| i.len() + l.len() + 10).sum::<usize>() + 64)
-                .sum(),
+            call.iter().map(|(_, s)| s.iter().map(|(i, l)| i.len() + l.len() + 10).sum::<usize>() + 64).sum(),
         );
         array_header(&mut out, call.len());
         for (trace, spans) in call {
