@@ -11,7 +11,8 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
   changelog write that got ahead of the committed source offset — changes nothing, and since each entry
   is always an exact prefix of its partition's events, whichever version of an entry survives, replay
   from the committed source offset makes it exact again. ``Applier.apply_many`` applies several messages
-  of a partition with exactly that effect, adding each entry's spans in one batch.
+  of a partition with exactly that effect, adding each entry's spans in one batch; ``Applier.apply_deferred``
+  leaves the additions queued in an ``Additions`` (across messages and partitions) until its ``settle``.
 * ``compact`` folds minute buckets older than the fine retention into hour entries
   (``b"p:h<hour start>"``), which then take their hour's late spans; the minutes are deleted only after
   the hour entry is durable, and a minute that survives under an hour entry is ignored and dropped.
@@ -33,7 +34,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
-from tokentrace.core.buckets import BucketState
+from tokentrace.core.buckets import BucketState, Caps
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
 from tokentrace.core.span import Span
@@ -44,6 +45,7 @@ __all__ = [
     "RETIRED",
     "STATE_SCHEMA",
     "TOMBSTONE_VERSION",
+    "Additions",
     "Applied",
     "Applier",
     "BucketEntry",
@@ -238,6 +240,40 @@ class Applied:
     poison: str | None = None
 
 
+class Additions:
+    """Accepted spans not added to their bucket states yet: ``settle`` adds each state's queue in one
+    ``BucketState.add_many`` (one call per state costs far less per span than one per message: each call
+    writes every aggregate it touches back to Python, bin by bin).
+
+    Until then the entries' offsets and counters are current and their aggregates are not: settle before
+    reading or encoding any entry. Nothing ``Applier`` decides reads an aggregate (only keys and offsets),
+    so queueing changes no decision; spans queued for a state that is no longer in the table (a partition
+    lost in a rebalance) are added to that orphan and go nowhere, and their events, never acked, are
+    replayed by the partition's next owner.
+    """
+
+    def __init__(self, caps: Caps) -> None:
+        self.caps = caps
+        self._queued: dict[int, tuple[BucketState, list[Span]]] = {}  # by id of the state (kept alive here)
+        #: Spans queued.
+        self.spans = 0
+
+    def queue(self, state: BucketState, spans: list[Span]) -> None:
+        """Queue ``spans`` (a list this takes over) for ``state``."""
+        slot = self._queued.get(id(state))
+        if slot is None:
+            self._queued[id(state)] = (state, spans)
+        else:
+            slot[1].extend(spans)
+        self.spans += len(spans)
+
+    def settle(self) -> None:
+        """Add every queued span to its state."""
+        queued, self._queued, self.spans = self._queued, {}, 0
+        for state, spans in queued.values():
+            state.add_many(spans, self.caps)
+
+
 class Applier:
     """Applies Kafka messages of the span topic to a partition's entries (see the module docstring)."""
 
@@ -267,26 +303,36 @@ class Applier:
         """Apply messages of one partition, in order: the entries and results of ``apply`` for each in turn.
 
         Each message's offsets and counters are applied as ``apply`` would; its accepted spans are queued per
-        bucket state and each state takes its queue in one ``add_many`` at the end. Nothing decided per
-        message reads an aggregate (only keys and offsets), so deferring the additions changes no decision,
-        and they are made even if a message raises: the entries are then those of ``apply`` up to it.
+        bucket state and each state takes its queue in one ``add_many`` at the end (``Additions``). The
+        additions are made even if a message raises: the entries are then those of ``apply`` up to it.
         """
-        queued: dict[int, tuple[BucketState, list[Span]]] = {}  # by id of the state (kept alive here)
+        additions = Additions(self.settings.caps)
         try:
-            return [self._apply_one(entries, partition, message, queued) for message in messages]
+            return [self._apply_one(entries, partition, message, additions) for message in messages]
         finally:
-            caps = self.settings.caps
-            for state, spans in queued.values():
-                state.add_many(spans, caps)
+            additions.settle()
+
+    def apply_deferred(
+        self,
+        entries: MutableMapping[bytes, Entry],
+        partition: int,
+        offset: int,
+        timestamp_ms: int,
+        payload: bytes | None,
+        additions: Additions,
+    ) -> Applied:
+        """``apply``, with the spans' additions left in ``additions``: the entries are those of ``apply`` once
+        ``additions.settle()`` has run (settle before reading or encoding them)."""
+        return self._apply_one(entries, partition, (offset, timestamp_ms, payload), additions)
 
     def _apply_one(
         self,
         entries: MutableMapping[bytes, Entry],
         partition: int,
         message: Message,
-        queued: dict[int, tuple[BucketState, list[Span]]],
+        additions: Additions,
     ) -> Applied:
-        """``apply`` for one message, its spans queued in ``queued`` instead of added."""
+        """``apply`` for one message, its spans queued in ``additions`` instead of added."""
         offset, timestamp_ms, payload = message
         out = Applied()
         mkey = meta_key(partition)
@@ -316,11 +362,7 @@ class Applier:
                 entries[key] = entry
             elif entry.offset >= offset:
                 continue
-            slot = queued.get(id(entry.state))
-            if slot is None:
-                queued[id(entry.state)] = (entry.state, members)
-            else:
-                slot[1].extend(members)
+            additions.queue(entry.state, members)
             entry.offset = offset
             out.dirty.append(key)
 

@@ -64,6 +64,7 @@ from tokentrace.processors.state import (
     META,
     STATE_SCHEMA,
     TOMBSTONE_VERSION,
+    Additions,
     Applier,
     BucketEntry,
     PartitionMeta,
@@ -223,6 +224,7 @@ class _Flusher:
             dirty, self.dirty = self.dirty, set()
             spans, self.spans = self.spans, []
             worker = self.worker
+            worker.settle()  # the aggregates of every event taken (no await from here to the encoding)
             entries = worker.entries
             futures, self.futures = self.futures, []
             written: list[Pending] = []
@@ -303,6 +305,8 @@ class _Worker:
     def __init__(self, settings: WorkerSettings, pricer: Pricer | None) -> None:
         self.settings = settings
         self.applier = Applier(settings.timeline, pricer, settings.max_future_ms)
+        #: What the agent applied but has not added to the aggregates yet (``settle`` before any entry is read).
+        self.additions = Additions(settings.timeline.caps)
         self.keys = Keys(settings.prefix, settings.state_schema)
         self.app = _new_app(settings)
         self.topic = self.app.topic(
@@ -357,7 +361,19 @@ class _Worker:
     def owned_partitions(self) -> set[int]:
         return {tp.partition for tp in self.app.assignor.assigned_actives() if tp.topic == self.settings.topic}
 
+    def settle(self) -> None:
+        """Add the spans applied so far to their aggregates; entries are read or encoded only after this."""
+        began = time.monotonic()
+        try:
+            self.additions.settle()
+        except Exception:  # a bug, not bad input: stop before anything partial is flushed
+            log.critical("adding applied spans to their aggregates failed: exiting; replayed on restart", exc_info=True)
+            logging.shutdown()
+            os._exit(EXIT_APPLY_FAILED)
+        self.apply_s += time.monotonic() - began
+
     def snapshot_owned(self) -> Iterable[Pending]:
+        self.settle()
         owned = self.owned_partitions()
         for key, entry in list(self.entries.items()):
             if parse_key(key)[0] in owned:
@@ -373,7 +389,8 @@ class _Worker:
             # to be acked, and only flushes ack events. This task lives as long as the event loop.
             self._ticker = asyncio.ensure_future(self._tick_forever())
         entries = self.entries
-        apply = self.applier.apply
+        apply = self.applier.apply_deferred
+        additions = self.additions
         next_offsets = self._next
         async for event in noack.events():
             message = event.message
@@ -385,7 +402,7 @@ class _Worker:
                 del self._holes[partition]  # the hole is filled
             began = time.monotonic()
             try:
-                applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value)
+                applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value, additions)
             except Exception:  # a bug, not bad input (that is poison): stop before anything partial is flushed
                 log.critical(
                     "applying %s[%d]@%d failed: exiting; it is replayed on restart",
@@ -578,6 +595,7 @@ class _Worker:
 
     async def retire(self) -> None:
         """Compact minute buckets past the fine retention into hours; retire buckets past retention."""
+        self.settle()  # compaction and retirement merge aggregates
         now = now_ms()
         horizon = self.applier.oldest_allowed_ms(now)
         fine_cutoff = now - self.settings.timeline.fine_retention_ms

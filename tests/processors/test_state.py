@@ -19,6 +19,7 @@ from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import format_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
 from tokentrace.processors.state import (
+    Additions,
     Applied,
     Applier,
     BucketEntry,
@@ -442,3 +443,37 @@ def test_apply_many_adds_what_it_queued_when_a_message_raises() -> None:
         applier.apply_many(batched, 0, [(0, NOW, good), (1, NOW, good), (2, NOW, crash), (3, NOW, good)])
     assert _snapshot(batched) == _snapshot(one_by_one)
     assert _count(batched) == (4, 6)
+
+
+@given(st.lists(st.tuples(st.integers(0, 1), st.integers(0, 5), st.booleans()), min_size=1, max_size=25))
+@settings(max_examples=60, deadline=None)
+def test_deferred_additions_once_settled_equal_applying_each_message(steps: list[tuple[int, int, bool]]) -> None:
+    """The worker applies messages with ``apply_deferred`` and settles before it encodes anything: whatever
+    the interleaving of partitions, replays (an offset applied again) and poison, the settled entries encode
+    exactly as those of ``apply`` message by message; before settling only offsets and counters moved."""
+    rng = random.Random(len(steps))
+    payloads = {
+        (partition, offset): b"\xc1poison"
+        if poison
+        else encode_wire([_span(rng.randint(1, 9), NOW - rng.choice([0, 1, 2]) * MINUTE_MS) for _ in range(3)])
+        for partition, offset, poison in steps
+    }
+    applier = _applier()
+    direct: dict[bytes, Entry] = {}
+    deferred: dict[bytes, Entry] = {}
+    additions = Additions(applier.settings.caps)
+    for partition, offset, _ in steps:
+        payload = payloads[(partition, offset)]
+        expected = applier.apply(direct, partition, offset, NOW, payload)
+        before = {key: encode_entry(entry) for key, entry in deferred.items()}
+        got = applier.apply_deferred(deferred, partition, offset, NOW, payload, additions)
+        assert (got.dirty, got.spans, got.poison) == (expected.dirty, expected.spans, expected.poison)
+        for key, data in before.items():  # aggregates untouched until settled
+            entry = decode_entry(data)
+            if isinstance(entry, BucketEntry):
+                current = deferred[key]
+                assert isinstance(current, BucketEntry)
+                assert encode_entry(BucketEntry(entry.offset, current.state)) == data
+    additions.settle()
+    assert additions.spans == 0
+    assert {k: encode_entry(v) for k, v in deferred.items()} == {k: encode_entry(v) for k, v in direct.items()}
