@@ -586,7 +586,7 @@ class _Worker:
             self._reported = (now, self.spans, self.apply_s, self.wait_s)
         try:
             await self.materializer.check_epoch()
-            await self.materializer.expire_traces(now_ms() - self.settings.trace_retention_ms)
+            await self.materializer.expire_traces(now_ms())
             if now - self._collected_at >= TOMBSTONE_CHECK_S:
                 self._collected_at = now
                 await self.materializer.collect_tombstones(TOMBSTONE_GRACE_S, time.time())
