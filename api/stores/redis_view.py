@@ -146,7 +146,7 @@ def trace_index_payloads(
             return payloads
     by_trace: dict[str, list[str]] = {}
     starts: dict[str, int] = {}
-    for (span, at), line in zip(spans, lines.decode().split("\n"), strict=False):
+    for (span, at), line in zip(spans, lines.decode().split("\n")[:-1], strict=True):  # each line ends in \n
         fields = by_trace.get(span.trace_id)
         if fields is None:
             fields = by_trace[span.trace_id] = []
