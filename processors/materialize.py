@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Callable, Iterable
 from typing import Any
@@ -45,12 +46,14 @@ class Materializer:
         trace_retention_ms: int,
         snapshot_all: Callable[[], Iterable[Pending]],
         batch: int = 500,
+        trace_retry_s: float = 30.0,
     ) -> None:
         self.redis_url = redis_url
         self.keys = keys
         self.trace_retention_ms = trace_retention_ms
         self.snapshot_all = snapshot_all
         self.batch = batch
+        self.trace_retry_s = trace_retry_s
         self.epoch: str | None = None
         self.written = 0
         self.trace_failures = 0
@@ -173,17 +176,38 @@ class Materializer:
 
     # ----------------------------------------------------------------- traces
     async def write_traces(self, spans: list[tuple[Span, int]]) -> None:
-        """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields)."""
+        """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields).
+
+        While Redis is unreachable or loading (a restart) this retries for up to ``trace_retry_s``, holding
+        back the acks of the flush's events meanwhile, so a Redis restart loses no trace; past that, or on an
+        error Redis answers (out of memory, say), the spans are left out of ``/traces``, logged and counted in
+        ``trace_failures`` (their aggregates are not affected).
+        """
         if not spans:
             return
         self._connect()
         keys = self.keys
-        try:
-            for payload in trace_index_payloads(spans):
-                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, payload])
-        except Exception as exc:
-            self.trace_failures += len(spans)
-            log.warning("redis view: could not index %d spans for /traces: %r", len(spans), exc)
+        payloads = trace_index_payloads(spans)
+        deadline = time.monotonic() + self.trace_retry_s
+        delay = 0.1
+        done = 0
+        while done < len(payloads):
+            try:
+                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, payloads[done]])
+                done += 1
+            except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.BusyLoadingError) as exc:
+                if time.monotonic() + delay > deadline:
+                    self._trace_failed(len(spans), exc)
+                    return
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 2.0)
+            except Exception as exc:
+                self._trace_failed(len(spans), exc)
+                return
+
+    def _trace_failed(self, spans: int, exc: BaseException) -> None:
+        self.trace_failures += spans
+        log.warning("redis view: could not index %d spans for /traces: %r", spans, exc)
 
     async def expire_traces(self, now_ms: int, *, limit: int = 2000, rounds: int = 50) -> int:
         """Delete the traces that started more than the trace retention before ``now_ms`` (hashes and listing

@@ -570,7 +570,8 @@ class _Worker:
             elapsed = now - then
             log.info(
                 "%d spans/s over %.0fs (applying %.0f%%, waiting for the last flush %.0f%%; traces %.1fs), %d events, "
-                "%d flushes, %d seeks back over holes, %d messages lost to retention",
+                "%d flushes, %d seeks back over holes, %d messages lost to retention, %d spans not indexed for "
+                "/traces (Redis errors)",
                 (self.spans - spans) / elapsed,
                 elapsed,
                 100 * (self.apply_s - apply_s) / elapsed,
@@ -580,6 +581,7 @@ class _Worker:
                 self.flushes,
                 self.rewinds,
                 self.lost_to_retention,
+                self.materializer.trace_failures,
             )
             self._reported = (now, self.spans, self.apply_s, self.wait_s)
         elif now - then >= 10:

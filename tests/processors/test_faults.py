@@ -84,11 +84,20 @@ async def test_redis_flushed_or_restarted_is_rebuilt_exactly(
     await _assert_exact(kafka_broker, topic, store)
 
     redis_server.kill()  # no persistence: it comes back empty
-    await produce(kafka_broker.bootstrap, topic, make_spans(5_000, rng))  # while Redis is down
+    during = make_spans(5_000, rng)
+    await produce(kafka_broker.bootstrap, topic, during)  # while Redis is down
     await asyncio.sleep(1)
     redis_server.restart()
     await wait_counted(store, 15_000, 60, workers)
     await _assert_exact(kafka_broker, topic, store)
+    # The trace index held the flushes' acks until Redis was back: every span sent meanwhile is in /traces.
+    with redis_server.client() as client:
+        indexed = {
+            (trace.decode(), span.decode())
+            for trace in client.zrange(store.keys.traces, 0, -1)
+            for span in client.hkeys(store.keys.trace(trace.decode()))
+        }
+    assert {(span.trace_id, span.span_id) for span in during} <= indexed
 
 
 async def test_poison_messages_are_counted_and_never_stop_a_partition(
