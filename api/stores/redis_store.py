@@ -44,7 +44,7 @@ from tokentrace.processors.state import (
     RetiredEntry,
     decode_entry,
 )
-from tokentrace.producers.transports.kafka import split_messages
+from tokentrace.producers.transports.kafka import partition_for, split_messages
 
 __all__ = ["LAG_GAUGE", "POISON_COUNTER", "RedisStore"]
 
@@ -159,7 +159,10 @@ class RedisStore:
         producer = self._producer
         if producer is None:
             raise StoreUnavailable("not connected to Kafka")
-        messages, too_large = split_messages(spans, self._partitions, self.max_batch_spans, self.max_message_bytes)
+        # One request, one partition (that of its first trace), cut only by size: fanned out by trace over
+        # every partition, a 100-span request made ~partitions messages, and a worker pays per message.
+        partitions = [partition_for(spans[0].trace_id, self._partitions)] if spans else self._partitions
+        messages, too_large = split_messages(spans, partitions, self.max_batch_spans, self.max_message_bytes)
         if too_large:
             raise StoreUnavailable(f"{len(too_large)} spans are larger than a Kafka message may be")
         try:
