@@ -21,12 +21,12 @@ import redis.asyncio as aioredis
 from tokentrace.api.stores.redis_view import (
     COLLECT_TOMBSTONES,
     EXPIRE_TRACES,
-    INDEX_TRACES,
     WRITE_ENTRY,
     Keys,
-    trace_index_payloads,
+    trace_index_commands,
 )
 from tokentrace.core.span import Span
+from tokentrace.processors.redis_pipeline import send_counted
 
 __all__ = ["Materializer"]
 
@@ -59,7 +59,6 @@ class Materializer:
         self.trace_failures = 0
         self._redis: aioredis.Redis | None = None
         self._script: Any = None
-        self._index_traces: Any = None
         self._expire_traces: Any = None
         self._collect: Any = None
         #: Tombstones dropped by ``collect_tombstones``.
@@ -78,7 +77,6 @@ class Materializer:
         if self._redis is None:
             self._redis = aioredis.Redis.from_url(self.redis_url, socket_timeout=5.0, socket_connect_timeout=5.0)
             self._script = self._redis.register_script(WRITE_ENTRY)
-            self._index_traces = self._redis.register_script(INDEX_TRACES)
             self._expire_traces = self._redis.register_script(EXPIRE_TRACES)
             self._collect = self._redis.register_script(COLLECT_TOMBSTONES)
         return self._redis
@@ -185,15 +183,14 @@ class Materializer:
         """
         if not spans:
             return
-        self._connect()
-        keys = self.keys
-        payloads = trace_index_payloads(spans)
+        client = self._connect()
+        pipelines = trace_index_commands(spans, self.keys.trace_prefix, self.keys.traces)
         deadline = time.monotonic() + self.trace_retry_s
         delay = 0.1
         done = 0
-        while done < len(payloads):
+        while done < len(pipelines):
             try:
-                await self._index_traces(keys=[keys.traces], args=[keys.trace_prefix, payloads[done]])
+                await send_counted(client, *pipelines[done])
                 done += 1
             except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.BusyLoadingError) as exc:
                 if time.monotonic() + delay > deadline:

@@ -36,13 +36,12 @@ __all__ = [
     "DEFAULT_PREFIX",
     "EXPIRE_TRACES",
     "INDEX_SPANS_PER_TRACE",
-    "INDEX_TRACES",
     "INDEX_TRACES_PER_CALL",
     "WRITE_ENTRY",
     "Keys",
     "decode_span",
     "encode_span",
-    "trace_index_payloads",
+    "trace_index_commands",
 ]
 
 DEFAULT_PREFIX = "tt:"
@@ -81,23 +80,8 @@ end
 return dropped
 """
 
-#: KEYS: the trace listing. ARGV: trace hash prefix, and one msgpack array of
-#: ``[trace id, start ms (text), [span id, span, span id, span, ...]]``: one call and two arguments for
-#: many traces, unpacked server-side (redis-py's per-argument cost dominated the worker otherwise), and one
-#: ``ZADD`` for all of them. Lua's ``unpack`` takes at most ~8,000 values: callers send at most
-#: ``INDEX_TRACES_PER_CALL`` traces and ``INDEX_SPANS_PER_TRACE`` spans per item (a longer trace comes as
-#: several items with the same id). Returns the number of items.
-INDEX_TRACES = """
-local prefix, listing, n = ARGV[1], {}, 0
-for _, trace in ipairs(cmsgpack.unpack(ARGV[2])) do
-  redis.call('HSET', prefix .. trace[1], unpack(trace[3]))
-  listing[n + 1] = trace[2]
-  listing[n + 2] = trace[1]
-  n = n + 2
-end
-if n > 0 then redis.call('ZADD', KEYS[1], 'LT', unpack(listing)) end
-return n / 2
-"""
+#: ``trace_index_commands`` puts at most this many ``HSET`` commands in one pipeline (one ``ZADD`` each) and at
+#: most this many spans in one ``HSET`` (a longer trace takes several), so no command or reply grows unbounded.
 INDEX_TRACES_PER_CALL = 2000
 INDEX_SPANS_PER_TRACE = 2000
 
@@ -114,11 +98,8 @@ redis.call('ZREM', KEYS[1], unpack(ids))
 return #ids
 """
 
-# Spans are stored as JSON: Redis's Lua cmsgpack (used by INDEX_TRACES) has no bin type, but passes UTF-8
-# strings through untouched.
 _span_encoder = msgspec.json.Encoder()
 _span_decoder = msgspec.json.Decoder(Span)
-_packer = msgspec.msgpack.Encoder()
 
 
 def encode_span(span: Span) -> bytes:
@@ -129,37 +110,66 @@ def decode_span(data: bytes) -> Span:
     return _span_decoder.decode(data)
 
 
-def trace_index_payloads(
+def _command(out: bytearray, *args: bytes) -> None:
+    """Append one command in the Redis protocol (RESP): an array of bulk strings."""
+    out += b"*%d\r\n" % len(args)
+    for arg in args:
+        out += b"$%d\r\n" % len(arg)
+        out += arg
+        out += b"\r\n"
+
+
+def trace_index_commands(
     spans: Sequence[tuple[Span, int]],
+    trace_prefix: str,
+    listing: str,
     per_call: int = INDEX_TRACES_PER_CALL,
     per_trace: int = INDEX_SPANS_PER_TRACE,
-) -> list[bytes]:
-    """The ``INDEX_TRACES`` payloads (one per call) indexing ``(span, start ms)`` pairs: their traces in
-    order of first appearance, each with its earliest start and its spans as JSON in order, at most
-    ``per_trace`` spans per item and ``per_call`` items per payload."""
+) -> list[tuple[bytes, int]]:
+    """The commands indexing ``(span, start ms)`` pairs for ``/traces``, RESP-encoded: pipelines of
+    ``(commands, number of replies)``, every reply an integer.
+
+    Per trace, in order of first appearance, ``HSET <trace_prefix><trace id>`` of its spans as JSON by span id
+    (at most ``per_trace`` spans per command: a longer trace takes several); per pipeline (at most ``per_call``
+    of those), one ``ZADD <listing> LT`` of their traces' earliest starts. Plain commands rather than a script:
+    Redis spent ~60 % of the index's time unpacking a script's arguments (bench/RESULTS.md).
+    """
     if not spans:
         return []
     lines = _span_encoder.encode_lines([span for span, _ in spans])
-    if native.trace_index_payloads is not None:
-        payloads = native.trace_index_payloads(spans, lines, per_call, per_trace)
-        if payloads is not None:
-            return payloads
-    by_trace: dict[str, list[str]] = {}
+    if native.trace_index_commands is not None:
+        commands = native.trace_index_commands(
+            spans, lines, trace_prefix.encode(), listing.encode(), per_call, per_trace
+        )
+        if commands is not None:
+            return commands
+    by_trace: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
-    for (span, at), line in zip(spans, lines.decode().split("\n")[:-1], strict=True):  # each line ends in \n
+    for (span, at), line in zip(spans, lines.split(b"\n")[:-1], strict=True):  # each line ends in \n
         fields = by_trace.get(span.trace_id)
         if fields is None:
             fields = by_trace[span.trace_id] = []
             starts[span.trace_id] = at
         elif at < starts[span.trace_id]:
             starts[span.trace_id] = at
-        fields += (span.span_id, line)
+        fields += (span.span_id.encode(), line)
     items = [
-        [trace_id, str(starts[trace_id]), fields[i : i + 2 * per_trace]]
+        (trace_id, fields[i : i + 2 * per_trace])
         for trace_id, fields in by_trace.items()
         for i in range(0, len(fields), 2 * per_trace)
     ]
-    return [_packer.encode(items[i : i + per_call]) for i in range(0, len(items), per_call)]
+    prefix, key = trace_prefix.encode(), listing.encode()
+    pipelines = []
+    for i in range(0, len(items), per_call):
+        call = items[i : i + per_call]
+        out = bytearray()
+        listed: list[bytes] = []
+        for trace_id, fields in call:
+            _command(out, b"HSET", prefix + trace_id.encode(), *fields)
+            listed += (str(starts[trace_id]).encode(), trace_id.encode())
+        _command(out, b"ZADD", key, b"LT", *listed)
+        pipelines.append((bytes(out), len(call) + 1))
+    return pipelines
 
 
 class Keys:

@@ -19,6 +19,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
-    m.add_function(wrap_pyfunction!(trace_index::trace_index_payloads, m)?)?;
+    m.add_function(wrap_pyfunction!(trace_index::trace_index_commands, m)?)?;
     Ok(())
 }

@@ -1,13 +1,14 @@
-//! The payloads of the Redis view's trace index script: `trace_index_payloads` in
+//! The commands of the Redis view's trace index: `trace_index_commands` in
 //! tokentrace/api/stores/redis_view.py, whose Python code stays the reference.
 //!
 //! The spans arrive already encoded (msgspec's `encode_lines`, one JSON span per line): this groups them by
-//! trace in order of first appearance, keeps each trace's earliest start, and writes the MessagePack arrays
-//! the script unpacks, byte for byte as msgspec encodes the Python lists. Any input it does not expect
+//! trace in order of first appearance, keeps each trace's earliest start, and writes the `HSET` and `ZADD`
+//! commands in the Redis protocol, byte for byte as the Python code does. Any input it does not expect
 //! (not a list of `(span, int)` pairs, ids that are not plain `str`, a line count that does not match)
 //! returns `None` and the Python code runs.
 
 use std::collections::HashMap;
+use std::io::Write;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -16,6 +17,9 @@ use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 /// One item of a payload: a trace and a run of its spans.
 type Item<'t, 'a> = (&'t Trace<'a>, &'t [(&'a str, &'a [u8])]);
 
+/// Commands and how many replies they get.
+type Pipeline<'py> = (Bound<'py, PyBytes>, usize);
+
 struct Trace<'a> {
     id: &'a str,
     start: i64,
@@ -23,61 +27,33 @@ struct Trace<'a> {
     spans: Vec<(&'a str, &'a [u8])>,
 }
 
-/// msgspec's header for a `str` of `len` bytes.
-fn str_header(out: &mut Vec<u8>, len: usize) {
-    if len < 32 {
-        out.push(0xa0 | len as u8);
-    } else if len < 256 {
-        out.extend_from_slice(&[0xd9, len as u8]);
-    } else if len < 65_536 {
-        out.push(0xda);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0xdb);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
+/// A command's header: the array of `args` bulk strings that follows.
+fn command_header(out: &mut Vec<u8>, args: usize) {
+    let _ = write!(out, "*{args}\r\n"); // writing to a Vec cannot fail
+}
+
+/// One argument of a command: a bulk string made of `parts`.
+fn bulk(out: &mut Vec<u8>, parts: &[&[u8]]) {
+    let _ = write!(out, "${}\r\n", parts.iter().map(|p| p.len()).sum::<usize>());
+    for part in parts {
+        out.extend_from_slice(part);
     }
+    out.extend_from_slice(b"\r\n");
 }
 
-/// msgspec's header for a `list` of `len` items.
-fn array_header(out: &mut Vec<u8>, len: usize) {
-    if len < 16 {
-        out.push(0x90 | len as u8);
-    } else if len < 65_536 {
-        out.push(0xdc);
-        out.extend_from_slice(&(len as u16).to_be_bytes());
-    } else {
-        out.push(0xdd);
-        out.extend_from_slice(&(len as u32).to_be_bytes());
-    }
-}
-
-fn write_str(out: &mut Vec<u8>, bytes: &[u8]) {
-    str_header(out, bytes.len());
-    out.extend_from_slice(bytes);
-}
-
-/// One item: `[trace id, start ms as text, [span id, JSON span, ...]]`.
-fn write_item(out: &mut Vec<u8>, trace: &Trace<'_>, spans: &[(&str, &[u8])]) {
-    array_header(out, 3);
-    write_str(out, trace.id.as_bytes());
-    write_str(out, trace.start.to_string().as_bytes());
-    array_header(out, 2 * spans.len());
-    for (span_id, line) in spans {
-        write_str(out, span_id.as_bytes());
-        write_str(out, line);
-    }
-}
-
-/// The `INDEX_TRACES` payloads for `spans` (a list of `(span, start ms)`) whose JSON encodings are `lines`
-/// (msgspec's `encode_lines` of the spans), or `None` to let the Python code do it.
+/// The `trace_index_commands` pipelines for `spans` (a list of `(span, start ms)`) whose JSON encodings are
+/// `lines` (msgspec's `encode_lines` of the spans): `(commands, replies)` pairs, or `None` to let the Python
+/// code do it.
 #[pyfunction]
-pub fn trace_index_payloads<'py>(
+pub fn trace_index_commands<'py>(
     py: Python<'py>,
     spans: &Bound<'py, PyAny>,
     lines: &Bound<'py, PyBytes>,
+    trace_prefix: &[u8],
+    listing: &[u8],
     per_call: usize,
     per_trace: usize,
-) -> PyResult<Option<Vec<Bound<'py, PyBytes>>>> {
+) -> PyResult<Option<Vec<Pipeline<'py>>>> {
     let Ok(spans) = spans.cast::<PyList>() else {
         return Ok(None);
     };
@@ -128,16 +104,37 @@ pub fn trace_index_payloads<'py>(
     }
     let items: Vec<Item<'_, '_>> =
         traces.iter().flat_map(|trace| trace.spans.chunks(per_trace).map(move |chunk| (trace, chunk))).collect();
-    let mut payloads = Vec::with_capacity(items.len().div_ceil(per_call));
+    let mut pipelines = Vec::with_capacity(items.len().div_ceil(per_call));
     for call in items.chunks(per_call) {
-        let mut out = Vec::with_capacity(
-            call.iter().map(|(_, s)| s.iter().map(|(i, l)| i.len() + l.len() + 10).sum::<usize>() + 64).sum(),
-        );
-        array_header(&mut out, call.len());
+        let size: usize = call
+            .iter()
+            .map(|(t, s)| s.iter().map(|(i, l)| i.len() + l.len() + 24).sum::<usize>() + 2 * t.id.len() + 80)
+            .sum();
+        let mut out = Vec::with_capacity(size + listing.len() + 32);
         for (trace, spans) in call {
-            write_item(&mut out, trace, spans);
+            command_header(&mut out, 2 + 2 * spans.len());
+            bulk(&mut out, &[b"HSET"]);
+            bulk(&mut out, &[trace_prefix, trace.id.as_bytes()]);
+            for (span_id, line) in *spans {
+                bulk(&mut out, &[span_id.as_bytes()]);
+                bulk(&mut out, &[line]);
+            }
         }
-        payloads.push(PyBytes::new(py, &out));
+        command_header(&mut out, 3 + 2 * call.len());
+        bulk(&mut out, &[b"ZADD"]);
+        bulk(&mut out, &[listing]);
+        bulk(&mut out, &[b"LT"]);
+        for (trace, _) in call {
+            let mut start = [0u8; 24];
+            let digits = {
+                let mut cursor = &mut start[..];
+                let _ = write!(cursor, "{}", trace.start);
+                24 - cursor.len()
+            };
+            bulk(&mut out, &[&start[..digits]]);
+            bulk(&mut out, &[trace.id.as_bytes()]);
+        }
+        pipelines.push((PyBytes::new(py, &out), call.len() + 1));
     }
-    Ok(Some(payloads))
+    Ok(Some(pipelines))
 }

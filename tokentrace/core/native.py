@@ -24,7 +24,7 @@ __all__ = [
     "canonical_ms",
     "check_span",
     "stamp",
-    "trace_index_payloads",
+    "trace_index_commands",
 ]
 
 #: Set ``TOKENTRACE_NATIVE=0`` to run the Python code even where the compiled module is installed.
@@ -35,7 +35,7 @@ BucketKernel: type[_BucketKernel] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
 canonical_ms: Callable[[object], int | None] | None = None
 stamp: Callable[[object], int | None] | None = None
-trace_index_payloads: Callable[[object, bytes, int, int], list[bytes] | None] | None = None
+trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 
 if not DISABLED:
     try:
@@ -48,7 +48,7 @@ if not DISABLED:
         check_span = _native.check_span
         canonical_ms = _native.canonical_ms
         stamp = _native.stamp
-        trace_index_payloads = _native.trace_index_payloads
+        trace_index_commands = _native.trace_index_commands
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None

@@ -1,0 +1,76 @@
+"""Send commands already encoded in the Redis protocol, and check their integer replies without parsing each.
+
+The trace index writes thousands of ``HSET`` commands per flush. redis-py parses every reply in Python, a
+coroutine and a few objects each, which cost the worker as much per trace as building the commands. Every
+command sent here answers one line (``:<integer>`` or ``-<error>``), so counting line ends on the connection's
+stream is enough to know when all replies are in; the bytes are checked once at the end.
+
+The connection comes from the client's pool (so ``redis.url`` authentication, TLS, database and timeouts all
+apply) and goes back to it clean: after any error or unexpected reply it is disconnected rather than reused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+
+import redis.asyncio as aioredis
+from redis.asyncio.connection import AbstractConnection
+
+__all__ = ["send_counted"]
+
+#: How many bytes to ask the stream for at once (replies are a few bytes each).
+_READ_SIZE = 1 << 16
+
+
+async def send_counted(client: aioredis.Redis, commands: bytes, replies: int) -> None:
+    """Send ``commands`` (RESP-encoded, each answering one integer) and wait for their ``replies``.
+
+    Raises ``redis.asyncio.ConnectionError`` or ``TimeoutError`` when the connection fails or stalls for the
+    client's socket timeout, ``BusyLoadingError`` while Redis loads its data, ``ResponseError`` naming the first
+    error Redis answered (after reading every reply).
+    """
+    pool = client.connection_pool
+    connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        data = await _exchange(connection, commands, replies)
+    except BaseException:
+        await connection.disconnect()
+        raise
+    finally:
+        await pool.release(connection)
+    if data.count(b"\r\n:") + data.startswith(b":") != replies:
+        _raise_first_error(data)
+
+
+async def _exchange(connection: AbstractConnection, commands: bytes, replies: int) -> bytes:
+    await connection.send_packed_command(commands, check_health=False)
+    reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
+    if reader is None:
+        raise aioredis.ConnectionError("the Redis connection has no stream to read")
+    data = bytearray()
+    lines = 0
+    try:
+        async with asyncio.timeout(connection.socket_timeout):
+            while lines < replies:
+                chunk = await reader.read(_READ_SIZE)
+                if not chunk:
+                    raise aioredis.ConnectionError("Redis closed the connection")
+                lines += chunk.count(b"\n")
+                data += chunk
+    except TimeoutError:
+        raise aioredis.TimeoutError(f"Redis did not answer within {connection.socket_timeout} s") from None
+    except OSError as exc:
+        raise aioredis.ConnectionError(f"reading from Redis: {exc!r}") from exc
+    if lines != replies or not data.endswith(b"\r\n"):
+        raise aioredis.ResponseError(f"expected {replies} one-line replies from Redis, got {bytes(data[:200])!r}")
+    return bytes(data)
+
+
+def _raise_first_error(data: bytes) -> None:
+    for line in data.split(b"\r\n"):
+        if line.startswith(b"-"):
+            message = line[1:].decode(errors="replace")
+            if message.startswith("LOADING"):
+                raise aioredis.BusyLoadingError(message)
+            raise aioredis.ResponseError(message)
+    raise aioredis.ResponseError(f"unexpected reply from Redis: {data[:200]!r}")

@@ -1,0 +1,163 @@
+"""The trace index commands: the compiled builder equals the Python reference, and both say what they mean."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokentrace.api.stores import redis_view
+from tokentrace.api.stores.redis_view import decode_span, trace_index_commands
+from tokentrace.core import native
+from tokentrace.core.span import Span
+
+needs_native = pytest.mark.skipif(native.trace_index_commands is None, reason="compiled module not built")
+ids = st.one_of(st.sampled_from(["t1", "t2", "trace-ü", "x" * 40]), st.text(min_size=1, max_size=300))
+
+
+@contextmanager
+def python_only() -> Iterator[None]:
+    compiled = native.trace_index_commands
+    native.trace_index_commands = None
+    try:
+        yield
+    finally:
+        native.trace_index_commands = compiled
+
+
+@st.composite
+def pairs(draw: st.DrawFn) -> list[tuple[Span, int]]:
+    out = []
+    for _ in range(draw(st.integers(0, 40))):
+        fields: dict[str, Any] = {"trace_id": draw(ids), "span_id": draw(ids), "model": "gpt-4o", "prompt_tokens": 1}
+        fields["name"] = draw(st.text(max_size=400))  # lines of every str and array header size
+        at = draw(st.integers(0, 2**53))
+        out.append((msgspec.convert(fields, Span), at))
+    return out
+
+
+PREFIX, LISTING = "tt:t:", "tt:traces"
+
+
+def commands(spans: list[tuple[Span, int]], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
+    return trace_index_commands(spans, PREFIX, LISTING, per_call, per_trace)
+
+
+def python_commands(spans: list[tuple[Span, int]], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
+    with python_only():
+        return commands(spans, per_call, per_trace)
+
+
+def parse_resp(data: bytes) -> list[list[bytes]]:
+    """The commands in ``data`` (arrays of bulk strings), insisting on the exact framing."""
+    out: list[list[bytes]] = []
+    at = 0
+    while at < len(data):
+        assert data[at : at + 1] == b"*"
+        end = data.index(b"\r\n", at)
+        count, at = int(data[at + 1 : end]), end + 2
+        args = []
+        for _ in range(count):
+            assert data[at : at + 1] == b"$"
+            end = data.index(b"\r\n", at)
+            size, at = int(data[at + 1 : end]), end + 2
+            args.append(data[at : at + size])
+            assert data[at + size : at + size + 2] == b"\r\n"
+            at += size + 2
+        out.append(args)
+    return out
+
+
+@needs_native
+@given(pairs(), st.integers(1, 5), st.integers(1, 4))
+@settings(max_examples=400)
+def test_the_compiled_commands_equal_the_python_ones(
+    spans: list[tuple[Span, int]], per_call: int, per_trace: int
+) -> None:
+    assert commands(spans, per_call, per_trace) == python_commands(spans, per_call, per_trace)
+
+
+def test_a_large_batch_gives_the_same_commands_both_ways() -> None:
+    """Over both limits (2,000 commands per pipeline and spans per command), with lines of many sizes."""
+    sizes = [0, 31, 32, 255, 256, 65_535, 65_536]
+    spans = [
+        (
+            Span(
+                trace_id=f"t{i % 3000}" if i < 6000 else "long",
+                span_id=f"s{i}",
+                model="m",
+                prompt_tokens=1,
+                name="n" * sizes[i % 7] if i % 500 == 0 else "n",
+            ),
+            7000 - i,
+        )
+        for i in range(9000)
+    ]
+    expected = python_commands(spans, redis_view.INDEX_TRACES_PER_CALL, redis_view.INDEX_SPANS_PER_TRACE)
+    # 3,000 short traces, and "long" (3,000 spans) in 2 commands
+    assert [replies for _, replies in expected] == [2001, 1003]
+    assert trace_index_commands(spans, PREFIX, LISTING) == expected
+
+
+@given(pairs(), st.integers(1, 5), st.integers(1, 4))
+@settings(max_examples=200)
+def test_commands_group_spans_by_trace_with_the_earliest_start(
+    spans: list[tuple[Span, int]], per_call: int, per_trace: int
+) -> None:
+    """Reading the commands back gives every span once, under its trace, listed with the trace's earliest start;
+    each pipeline is HSETs then one ZADD LT, and counts one reply per command."""
+    expected: dict[str, tuple[int, list[Span]]] = {}
+    for span, at in spans:
+        start, members = expected.get(span.trace_id, (at, []))
+        expected[span.trace_id] = (min(start, at), [*members, span])
+    got: dict[str, tuple[int, list[Span]]] = {}
+    order: list[str] = []
+    for pipeline, replies in python_commands(spans, per_call, per_trace):
+        *hsets, zadd = parse_resp(pipeline)
+        assert replies == len(hsets) + 1 and 1 <= len(hsets) <= per_call
+        assert zadd[:3] == [b"ZADD", LISTING.encode(), b"LT"] and len(zadd) == 3 + 2 * len(hsets)
+        listed = dict(zip(zadd[4::2], zadd[3::2], strict=True))
+        for hset in hsets:
+            assert hset[0] == b"HSET" and hset[1].startswith(PREFIX.encode())
+            trace_id = hset[1][len(PREFIX) :].decode()
+            fields = hset[2:]
+            assert 2 <= len(fields) <= 2 * per_trace
+            members = [decode_span(line) for line in fields[1::2]]
+            assert [f.decode() for f in fields[0::2]] == [span.span_id for span in members]
+            if trace_id not in got:
+                order.append(trace_id)
+            got[trace_id] = (int(listed[trace_id.encode()]), [*got.get(trace_id, (0, []))[1], *members])
+    assert got == expected
+    assert order == list(expected)  # in order of first appearance
+
+
+@needs_native
+def test_the_compiled_builder_declines_what_it_does_not_expect() -> None:
+    span = Span(trace_id="t", span_id="s", model="m", prompt_tokens=1)
+    line = msgspec.json.encode(span) + b"\n"
+    compiled = native.trace_index_commands
+    assert compiled is not None
+
+    def build(spans: object, lines: bytes, per_call: int, per_trace: int) -> list[tuple[bytes, int]] | None:
+        assert compiled is not None
+        return compiled(spans, lines, PREFIX.encode(), LISTING.encode(), per_call, per_trace)
+
+    class Text(str):
+        pass
+
+    assert build(((span, 1),), line, 1, 1) is None  # not a list
+    assert build([(span, 1, 2)], line, 1, 1) is None
+    assert build([(span, True)], line, 1, 1) is None  # bool is an int, but str(True) is not a start
+    assert build([(span, 2**70)], line, 1, 1) is None
+    assert build([(span, 1)], line + line, 1, 1) is None  # more lines than spans
+    assert build([(span, 1)], line[:-1], 1, 1) is None
+    assert build([(span, 1)], line, 0, 1) is None
+    odd = Span(trace_id="t", span_id="s", model="m", prompt_tokens=1)
+    odd.trace_id = Text("t")
+    assert build([(odd, 1)], line, 1, 1) is None
+    assert build([(span, 1)], line, 1, 1) == python_commands([(span, 1)], 1, 1)

@@ -1,0 +1,82 @@
+"""Pre-encoded commands against a real Redis: replies counted, errors named, the connection never left out of step."""
+
+from __future__ import annotations
+
+import pytest
+import redis.asyncio as aioredis
+
+from tests.infra.redis import RedisServer
+from tokentrace.processors.redis_pipeline import send_counted
+
+pytestmark = pytest.mark.redis
+
+
+def resp(*commands: tuple[bytes, ...]) -> bytes:
+    out = bytearray()
+    for args in commands:
+        out += b"*%d\r\n" % len(args)
+        for arg in args:
+            out += b"$%d\r\n%s\r\n" % (len(arg), arg)
+    return bytes(out)
+
+
+async def test_many_commands_are_applied_and_counted_over_many_reads(redis_server: RedisServer) -> None:
+    """20,000 commands: their replies arrive in many reads, and the call returns only once all are in."""
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        commands = resp(*((b"HSET", b"h%d" % (i % 100), b"f%d" % i, b"x" * 50) for i in range(20_000)))
+        await send_counted(client, commands, 20_000)
+        assert sum([await client.hlen(f"h{i}") for i in range(100)]) == 20_000
+        assert await client.ping()  # the pooled connection is still in step
+    finally:
+        await client.aclose()
+
+
+async def test_an_error_reply_is_raised_after_every_reply_is_read(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.set("text", "not a hash")
+        commands = resp((b"HSET", b"a", b"f", b"1"), (b"HSET", b"text", b"f", b"1"), (b"HSET", b"b", b"f", b"1"))
+        with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+            await send_counted(client, commands, 3)
+        assert await client.hget("a", "f") == b"1" and await client.hget("b", "f") == b"1"
+        assert await client.get("text") == b"not a hash"  # the next command reads its own reply
+    finally:
+        await client.aclose()
+
+
+async def test_a_reply_of_more_than_one_line_fails_and_drops_the_connection(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await client.set("k", "v")
+        with pytest.raises(aioredis.ResponseError, match="one-line replies"):
+            await send_counted(client, resp((b"GET", b"k")), 1)  # "$1\r\nv\r\n": two lines
+        assert await client.get("k") == b"v"
+    finally:
+        await client.aclose()
+
+
+async def test_the_url_s_password_and_database_apply(redis_server: RedisServer) -> None:
+    admin = aioredis.Redis.from_url(redis_server.url)
+    try:
+        await admin.config_set("requirepass", "s3cret")
+        client = aioredis.Redis.from_url(f"redis://:s3cret@{redis_server.host}:{redis_server.port}/3")
+        try:
+            await send_counted(client, resp((b"HSET", b"h", b"f", b"1")), 1)
+            assert await client.hget("h", "f") == b"1"
+        finally:
+            await client.aclose()
+        await admin.execute_command("AUTH", "s3cret")
+        assert await admin.exists("h") == 0  # database 0 untouched
+    finally:
+        await admin.aclose()
+
+
+async def test_an_unreachable_redis_is_a_connection_error(redis_server: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis_server.url, socket_connect_timeout=2)
+    redis_server.stop()
+    try:
+        with pytest.raises(aioredis.ConnectionError):
+            await send_counted(client, resp((b"HSET", b"h", b"f", b"1")), 1)
+    finally:
+        await client.aclose()
