@@ -7,8 +7,7 @@
 //! (not a list of `(span, int)` pairs, ids that are not plain `str`, a line count that does not match)
 //! returns `None` and the Python code runs.
 
-use std::collections::HashMap;
-use std::io::Write;
+use rustc_hash::FxHashMap;
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -29,12 +28,16 @@ struct Trace<'a> {
 
 /// A command's header: the array of `args` bulk strings that follows.
 fn command_header(out: &mut Vec<u8>, args: usize) {
-    let _ = write!(out, "*{args}\r\n"); // writing to a Vec cannot fail
+    out.push(b'*');
+    out.extend_from_slice(itoa::Buffer::new().format(args).as_bytes());
+    out.extend_from_slice(b"\r\n");
 }
 
 /// One argument of a command: a bulk string made of `parts`.
 fn bulk(out: &mut Vec<u8>, parts: &[&[u8]]) {
-    let _ = write!(out, "${}\r\n", parts.iter().map(|p| p.len()).sum::<usize>());
+    out.push(b'$');
+    out.extend_from_slice(itoa::Buffer::new().format(parts.iter().map(|p| p.len()).sum::<usize>()).as_bytes());
+    out.extend_from_slice(b"\r\n");
     for part in parts {
         out.extend_from_slice(part);
     }
@@ -60,8 +63,14 @@ pub fn trace_index_commands<'py>(
     if per_call == 0 || per_trace == 0 {
         return Ok(None);
     }
-    let mut json: Vec<&[u8]> = lines.as_bytes().split(|&b| b == b'\n').collect();
-    if json.pop() != Some(&b""[..]) || json.len() != spans.len() {
+    let lines = lines.as_bytes();
+    let mut json: Vec<&[u8]> = Vec::with_capacity(spans.len());
+    let mut from = 0;
+    for end in memchr::memchr_iter(b'\n', lines) {
+        json.push(&lines[from..end]);
+        from = end + 1;
+    }
+    if from != lines.len() || json.len() != spans.len() {
         return Ok(None);
     }
     // The id objects stay referenced here while their text is borrowed below.
@@ -89,7 +98,7 @@ pub fn trace_index_commands<'py>(
         ids.push((trace_id.cast_into::<PyString>()?, span_id.cast_into::<PyString>()?, at));
     }
     let mut traces: Vec<Trace<'_>> = Vec::new();
-    let mut index: HashMap<&str, usize> = HashMap::new();
+    let mut index: FxHashMap<&str, usize> = FxHashMap::default();
     for ((trace_id, span_id, at), line) in ids.iter().zip(json) {
         let (Ok(trace_id), Ok(span_id)) = (trace_id.to_str(), span_id.to_str()) else {
             return Ok(None);
@@ -125,13 +134,7 @@ pub fn trace_index_commands<'py>(
         bulk(&mut out, &[listing]);
         bulk(&mut out, &[b"LT"]);
         for (trace, _) in call {
-            let mut start = [0u8; 24];
-            let digits = {
-                let mut cursor = &mut start[..];
-                let _ = write!(cursor, "{}", trace.start);
-                24 - cursor.len()
-            };
-            bulk(&mut out, &[&start[..digits]]);
+            bulk(&mut out, &[itoa::Buffer::new().format(trace.start).as_bytes()]);
             bulk(&mut out, &[trace.id.as_bytes()]);
         }
         pipelines.push((PyBytes::new(py, &out), call.len() + 1));
