@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.buckets import BucketState, Caps
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
@@ -389,12 +390,25 @@ class Applier:
         reason and the accepted spans by entry key: the bucket's hour entry once compacted, else its minute.
         Accepted spans go to ``out.spans`` too."""
         rejected = {"too_old": 0, "future": 0, "invalid": 0}
-        by_key: dict[bytes, list[Span]] = {}
-        keys: dict[int, bytes] = {}  # entry key by bucket start
         bucket_ms = self.settings.bucket_ms
         retired = entries.get(retired_key(partition))
         horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
         oldest = self.oldest_allowed_ms(timestamp_ms)
+
+        def key_of(start: int) -> bytes:
+            """The entry a bucket's spans go to: its hour entry once compacted, else its minute."""
+            key = hour_key(partition, start - start % HOUR_MS)
+            return key if key in entries else bucket_key(partition, start)
+
+        compiled = native.route_spans
+        if compiled is not None:  # the usual message, all accepted: the same grouping, compiled
+            latest = timestamp_ms + self.max_future_ms
+            routed = compiled(spans, oldest, latest, bucket_ms, horizon, self.pricer is not None, key_of)
+            if routed is not None:
+                out.spans += routed[1]
+                return rejected, routed[0]
+        by_key: dict[bytes, list[Span]] = {}
+        keys: dict[int, bytes] = {}  # entry key by bucket start
         outcomes = prepare_spans(spans, timestamp_ms, self.pricer, oldest, self.max_future_ms)
         for span, at in zip(spans, outcomes, strict=True):
             if isinstance(at, SpanRejected):
@@ -406,10 +420,7 @@ class Applier:
                 continue
             key = keys.get(start)
             if key is None:
-                key = hour_key(partition, start - start % HOUR_MS)
-                if key not in entries:  # not compacted: the minute bucket
-                    key = bucket_key(partition, start)
-                keys[start] = key
+                key = keys[start] = key_of(start)
             members = by_key.get(key)
             if members is None:
                 members = by_key[key] = []

@@ -1,5 +1,6 @@
 # Type stubs for the compiled module built from native/ (see tokentrace/core/native.py).
 from collections.abc import Callable, Sequence
+from typing import Any
 
 class AggregateKernel:
     def __init__(
@@ -19,3 +20,12 @@ def stamp(span: object) -> int | None: ...
 def trace_index_commands(
     spans: object, lines: bytes, trace_prefix: bytes, listing: bytes, per_call: int, per_trace: int
 ) -> list[tuple[bytes, int]] | None: ...
+def route_spans(
+    spans: object,
+    oldest_ms: int,
+    latest_ms: int,
+    bucket_ms: int,
+    horizon_ms: int,
+    priced: bool,
+    key_of: Callable[[int], bytes],
+) -> tuple[dict[bytes, list[Any]], list[tuple[Any, int]]] | None: ...

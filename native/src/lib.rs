@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod aggregate;
 mod bucket;
+mod route;
 mod span_check;
 mod trace_index;
 
@@ -20,5 +21,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(trace_index::trace_index_commands, m)?)?;
+    m.add_function(wrap_pyfunction!(route::route_spans, m)?)?;
     Ok(())
 }

@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.core import aggregate as aggregate_module
+from tokentrace.core import native
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.ingest import SpanRejected, prepare_batch
@@ -477,3 +478,69 @@ def test_deferred_additions_once_settled_equal_applying_each_message(steps: list
     additions.settle()
     assert additions.spans == 0
     assert {k: encode_entry(v) for k, v in deferred.items()} == {k: encode_entry(v) for k, v in direct.items()}
+
+
+needs_native_route = pytest.mark.skipif(native.route_spans is None, reason="compiled module not built")
+
+
+@st.composite
+def _usual_spans(draw: st.DrawFn) -> list[Span]:
+    """Spans the compiled routing takes (priced, stamped, in bounds), now and then with one it declines."""
+    spans = []
+    for _ in range(draw(st.integers(1, 12))):
+        fields: dict[str, object] = {"model": "gpt-4o", "prompt_tokens": 3, "cost_usd": 0.001}
+        fields["latency_ms"] = draw(st.one_of(st.none(), st.integers(0, 9000), st.floats(0, 9000)))
+        fields["started_at"] = format_ms(NOW - draw(st.sampled_from([0, 1, 59, 61, 125])) * MINUTE_MS)
+        spans.append(msgspec.convert(fields, Span))
+    spans += draw(st.one_of(st.just([]), _message_spans()))
+    return spans
+
+
+def _routed(applier: Applier, entries: dict[bytes, Entry], spans: list[Span]) -> object:
+    out = Applied()
+    rejected, by_key = applier._route(entries, 0, NOW + 5, spans, out)
+    encoded = {key: [encode_wire([s]) for s in members] for key, members in by_key.items()}
+    return rejected, list(encoded.items()), [(encode_wire([s]), at) for s, at in out.spans], encode_wire(spans)
+
+
+@needs_native_route
+@given(_streams, st.integers(0, 3), st.integers(0, 6), _usual_spans(), st.booleans())
+@settings(max_examples=300, deadline=None)
+def test_compiled_routing_equals_the_python_routing(
+    history: list[tuple[int, bytes | None]], compact_hours: int, expire_hours: int, spans: list[Span], priced: bool
+) -> None:
+    """Same rejections, the same spans under the same entry keys in the same order, the same stamped spans,
+    whatever the state (compacted hours, a retired horizon) and whether a pricer is set."""
+    entries = _history(history, compact_hours, expire_hours)
+    applier = Applier(TimelineSettings(), _Pricer() if priced else None, 5 * MINUTE_MS)
+    payload = encode_wire(spans)
+    compiled = _routed(applier, _copy(entries), decode_wire(payload))
+    with mock.patch.object(native, "route_spans", None):
+        expected = _routed(applier, _copy(entries), decode_wire(payload))
+    assert compiled == expected
+
+
+@needs_native_route
+def test_compiled_routing_takes_the_usual_message_and_declines_the_rest() -> None:
+    route = native.route_spans
+    assert route is not None
+
+    def key_of(start: int) -> bytes:
+        return bucket_key(0, start)
+
+    def spans(**fields: object) -> list[Span]:
+        return [_span(1, NOW), _span(2, NOW - MINUTE_MS, **fields)]
+
+    oldest, latest = NOW - HOUR_MS, NOW + MINUTE_MS
+    routed = route(spans(), oldest, latest, MINUTE_MS, 0, True, key_of)
+    assert routed is not None
+    by_key, pairs = routed
+    assert list(by_key) == [bucket_key(0, NOW), bucket_key(0, NOW - MINUTE_MS)]
+    assert [at for _, at in pairs] == [NOW, NOW - MINUTE_MS]
+    assert route(spans(cost_usd=None), oldest, latest, MINUTE_MS, 0, True, key_of) is None  # to be priced
+    assert route(spans(cost_usd=None), oldest, latest, MINUTE_MS, 0, False, key_of) is not None  # no pricer
+    assert route(spans(), NOW, latest, MINUTE_MS, 0, True, key_of) is None  # too old
+    assert route(spans(), oldest, NOW - 1, MINUTE_MS, 0, True, key_of) is None  # future
+    assert route(spans(), oldest, latest, MINUTE_MS, NOW, True, key_of) is None  # below the retired horizon
+    unstamped = [Span(trace_id="t", span_id="s", model="m", prompt_tokens=1, cost_usd=0.1)]
+    assert route(unstamped, oldest, latest, MINUTE_MS, 0, True, key_of) is None

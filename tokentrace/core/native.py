@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokentrace._native import AggregateKernel as _AggregateKernel
@@ -23,6 +23,7 @@ __all__ = [
     "BucketKernel",
     "canonical_ms",
     "check_span",
+    "route_spans",
     "stamp",
     "trace_index_commands",
 ]
@@ -35,6 +36,13 @@ BucketKernel: type[_BucketKernel] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
 canonical_ms: Callable[[object], int | None] | None = None
 stamp: Callable[[object], int | None] | None = None
+route_spans: (
+    Callable[
+        [object, int, int, int, int, bool, Callable[[int], bytes]],
+        tuple[dict[bytes, list[Any]], list[tuple[Any, int]]] | None,
+    ]
+    | None
+) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 
 if not DISABLED:
@@ -49,6 +57,7 @@ if not DISABLED:
         canonical_ms = _native.canonical_ms
         stamp = _native.stamp
         trace_index_commands = _native.trace_index_commands
+        route_spans = _native.route_spans
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None
