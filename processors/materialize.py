@@ -36,6 +36,17 @@ log = logging.getLogger(__name__)
 Pending = tuple[bytes, int, bytes]
 
 
+class _Backoff:
+    """Delays between retries of a Redis write: 0.1 s, doubling up to 2 s."""
+
+    def __init__(self) -> None:
+        self.delay = 0.1
+
+    async def sleep(self) -> None:
+        await asyncio.sleep(self.delay)
+        self.delay = min(self.delay * 2, 2.0)
+
+
 class Materializer:
     """Background writer of entries, plus synchronous trace writes and the epoch watch."""
 
@@ -100,7 +111,7 @@ class Materializer:
 
     async def run(self) -> None:
         """The background writer: drain the queue into Redis, retrying with backoff while it is down."""
-        delay = 0.1
+        backoff = _Backoff()
         while True:
             await self._wake.wait()
             self._wake.clear()
@@ -109,11 +120,10 @@ class Materializer:
                 try:
                     await self._write(items)
                 except Exception as exc:  # Redis down or restarting: keep the entries, retry
-                    log.warning("redis view: write failed (%r), retrying in %.1fs", exc, delay)
-                    await asyncio.sleep(delay)
-                    delay = min(delay * 2, 2.0)
+                    log.warning("redis view: write failed (%r), retrying in %.1fs", exc, backoff.delay)
+                    await backoff.sleep()
                     continue
-                delay = 0.1
+                backoff = _Backoff()
                 for key, version in items:
                     if self._pending.get(key) == version:
                         del self._pending[key]
@@ -186,18 +196,17 @@ class Materializer:
         client = self._connect()
         pipelines = trace_index_commands(spans, self.keys.trace_prefix, self.keys.traces)
         deadline = time.monotonic() + self.trace_retry_s
-        delay = 0.1
+        backoff = _Backoff()
         done = 0
         while done < len(pipelines):
             try:
                 await send_counted(client, *pipelines[done])
                 done += 1
             except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.BusyLoadingError) as exc:
-                if time.monotonic() + delay > deadline:
+                if time.monotonic() + backoff.delay > deadline:
                     self._trace_failed(len(spans), exc)
                     return
-                await asyncio.sleep(delay)
-                delay = min(delay * 2, 2.0)
+                await backoff.sleep()
             except Exception as exc:
                 self._trace_failed(len(spans), exc)
                 return

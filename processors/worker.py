@@ -42,7 +42,7 @@ import time
 from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import faust
 from faust.serializers import codecs
@@ -93,6 +93,14 @@ TOMBSTONE_GRACE_S = 3600.0
 TOMBSTONE_CHECK_S = 60.0
 #: A hole still there this long after the partition was sought back over it is sought back again.
 RESEEK_S = 2.0
+
+
+def _exit_now(status: int, message: str, *args: object) -> NoReturn:
+    """Log (with the exception being handled) and end the process at once: raising would let Faust ack and
+    commit the events not yet durable; what was not acked is replayed on restart."""
+    log.critical(message, *args, exc_info=True)
+    logging.shutdown()
+    os._exit(status)
 
 
 class _EntryCodec(codecs.Codec):
@@ -285,9 +293,9 @@ class _Flusher:
         try:
             await asyncio.wait_for(asyncio.gather(*futures), worker.settings.changelog_timeout_s)
         except BaseException as exc:
-            log.critical("changelog write failed (%r): exiting without acking %d events", exc, len(events))
-            logging.shutdown()
-            os._exit(EXIT_CHANGELOG_FAILED)
+            _exit_now(
+                EXIT_CHANGELOG_FAILED, "changelog write failed (%r): exiting without acking %d events", exc, len(events)
+            )
         durable.set_result(None)
         await traces
         if previous is not None:
@@ -367,9 +375,9 @@ class _Worker:
         try:
             self.additions.settle()
         except Exception:  # a bug, not bad input: stop before anything partial is flushed
-            log.critical("adding applied spans to their aggregates failed: exiting; replayed on restart", exc_info=True)
-            logging.shutdown()
-            os._exit(EXIT_APPLY_FAILED)
+            _exit_now(
+                EXIT_APPLY_FAILED, "adding applied spans to their aggregates failed: exiting; replayed on restart"
+            )
         self.apply_s += time.monotonic() - began
 
     def snapshot_owned(self) -> Iterable[Pending]:
@@ -404,15 +412,13 @@ class _Worker:
             try:
                 applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value, additions)
             except Exception:  # a bug, not bad input (that is poison): stop before anything partial is flushed
-                log.critical(
+                _exit_now(
+                    EXIT_APPLY_FAILED,
                     "applying %s[%d]@%d failed: exiting; it is replayed on restart",
                     message.topic,
                     partition,
                     offset,
-                    exc_info=True,
                 )
-                logging.shutdown()
-                os._exit(EXIT_APPLY_FAILED)
             self.apply_s += time.monotonic() - began
             self._position[partition] = offset
             next_offsets[partition] = offset + 1
