@@ -11,7 +11,8 @@ then measures, on the same topic in the same run, each with a fresh consumer gro
   the end of its first message to the message that completes the count (start-up and final commit excluded);
 * one worker: from its first counted span to the last, read from the Redis view's exact span counter
   (the worker's start-up and recovery are left out, the changelog writes, acks and Redis writes are in);
-* two workers of a fresh consumer group on the same topic (scaling, on however many cores there are);
+* two workers of a fresh consumer group on the same topic (scaling, on however many cores there are), from
+  the moment both are ready: the rebalance as the second joins is reported, not charged to the rate;
 * freshness: at a steady ``--fresh-rate`` through one worker, the time from the broker's ack of a batch
   (the moment ``POST /spans`` answers 202) until a ``/metrics`` query counts it (p50/p99). 100-span batches,
   up to 16 awaiting their ack at once (as concurrent clients would), from a pool made in advance (made on the fly,
@@ -42,6 +43,7 @@ import tempfile
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -143,7 +145,12 @@ async def workers_rate(
     tag: str = "",
     worker_args: Sequence[str] = (),
 ) -> float:
-    """Spans/s of ``count`` workers (fresh group and Redis prefix), first counted span to the last."""
+    """Spans/s of ``count`` workers (fresh group and Redis prefix), from the first span counted once every
+    worker is ready (``_group_ready``) to the last.
+
+    Workers started together rarely join in one generation: the first takes every partition and starts on
+    the backlog, the others join and a rebalance pauses them all. Counting from the first span would charge
+    that rebalance to the throughput (a fifth of a 300,000-span run); the rebalance is reported instead."""
     prefix = f"bench{count}{tag}-{topic}:"
     workers = Workers(
         kafka.bootstrap,
@@ -158,29 +165,64 @@ async def workers_rate(
     try:
         for _ in range(count):
             workers.start()
-        first = last = None
-        counted = first_count = 0
+        # (wall clock, spans counted in the view, the workers' CPU seconds, the machine's busy and stolen seconds)
+        samples: list[tuple[float, int, float, float, float]] = []
+        counted = 0
         deadline = time.monotonic() + 600
         moved = time.monotonic()
         while counted < total and time.monotonic() < deadline and time.monotonic() - moved < STALL_S:
             now_counted: int = (await store.health()).span_count
-            now = time.perf_counter()
             if now_counted != counted:
                 moved = time.monotonic()
             counted = now_counted
-            if counted and first is None:
-                first, first_count = now, counted
-            last = now
+            workers_cpu = sum(cpu_seconds(proc.pid) for proc in workers.procs)
+            samples.append((time.time(), counted, workers_cpu, *_machine_cpu()))
             await asyncio.sleep(0.02)
-        if counted != total or first is None or last is None:
+        if counted != total:
             raise RuntimeError(
                 f"{count} worker(s) counted {counted:,} of {total:,} spans in the view (prefix {prefix!r}; "
                 f"no progress for {STALL_S:.0f} s or past the deadline); logs in {logs}"
             )
-        return (total - first_count) / (last - first)
+        ready = max(_group_ready(proc.log_path) for proc in workers.procs)
+        counting = [sample for sample in samples if sample[1]]
+        start = max([sample for sample in counting if sample[0] <= ready] or [counting[0]])
+        end = samples[-1]
+        if count > 1:
+            print(
+                f"{count} workers: {start[1]:,} of {total:,} spans counted before the group settled "
+                f"({max(0.0, ready - counting[0][0]):.1f} s after the first count); rate measured after it",
+                file=sys.stderr,
+            )
+            if start[1] > total / 2:
+                print("  (more than half counted before: use more --spans for a steadier figure)", file=sys.stderr)
+        wall, spans = end[0] - start[0], total - start[1]
+        print(
+            f"{count} worker(s), measured {wall:.1f} s: workers {1e6 * (end[2] - start[2]) / spans:.1f} CPU µs per "
+            f"span; machine {(end[3] - start[3]) / wall:.2f} of {os.cpu_count()} cores busy "
+            f"({(end[4] - start[4]) / wall:.2f} stolen by other tenants)",
+            file=sys.stderr,
+        )
+        return spans / wall
     finally:
         workers.stop_all()
         await store.close()
+
+
+def _machine_cpu() -> tuple[float, float]:
+    """Seconds the machine's CPUs have been busy (neither idle nor waiting for I/O), and stolen, since boot."""
+    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    tick = os.sysconf("SC_CLK_TCK")
+    return (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / tick, fields[7] / tick
+
+
+def _group_ready(log: Path) -> float:
+    """When a worker last logged Faust's "Worker ready" (after each rebalance), as a Unix time; 0 if never."""
+    ready = 0.0
+    for line in log.read_text(errors="replace").splitlines():
+        if "Worker ready" in line and line.startswith("["):
+            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")  # local time, as logging writes it
+            ready = max(ready, stamp.timestamp())
+    return ready
 
 
 def _cpu() -> str:
