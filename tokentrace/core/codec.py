@@ -65,8 +65,17 @@ def encode_wire(spans: list[Span]) -> bytes:
     return _wire_encoder.encode(SpanBatch(WIRE_VERSION, spans))
 
 
+#: How ``encode_wire`` starts every message: a map of two entries, ``"v"`` first, version 1.
+_V1_PREFIX = b"\x82\xa1v\x01"
+
+
 def decode_wire(payload: bytes) -> list[Span]:
     """Decode one Kafka message value. Raises UnknownWireVersion or msgspec.DecodeError on bad input."""
+    if payload[:4] == _V1_PREFIX:  # this build's own messages skip the version pass (a fifth of the time)
+        try:
+            return _wire_batch.decode(payload).spans
+        except msgspec.DecodeError:
+            pass  # refused: decide (and say why) as for any other message
     version = _wire_version.decode(payload).v
     if version != WIRE_VERSION:
         raise UnknownWireVersion(f"unknown wire format version {version} (this build reads {WIRE_VERSION})")
