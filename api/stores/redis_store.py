@@ -2,8 +2,8 @@
 
 Stateless apart from caches that Redis can always rebuild, so any number of replicas answer alike:
 
-* ``ingest`` publishes the batch to the span topic (``acks=all``, idempotent producer, partitioned by
-  trace id exactly like the SDK's ``KafkaTransport``) and returns once the broker acknowledged every
+* ``ingest`` publishes the batch to the span topic (``acks=all``, idempotent producer; one message per
+  request, cut only by size, on its first trace's partition) and returns once the broker acknowledged every
   message — a 202 means "in Kafka", and the workers count it exactly once from there.
 * Reads first catch up with the view's change feed (``redis_view``): only the entries written since the
   last read are fetched, each replacing its (partition, bucket) version; a bucket's partitions are
