@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+
 import pytest
 import redis.asyncio as aioredis
 
@@ -9,6 +11,13 @@ from tests.infra.redis import RedisServer
 from tokentrace.processors.redis_pipeline import send_counted
 
 pytestmark = pytest.mark.redis
+
+
+@pytest.fixture
+async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
+    connected = aioredis.Redis.from_url(redis_server.url)
+    yield connected
+    await connected.aclose()
 
 
 def resp(*commands: tuple[bytes, ...]) -> bytes:
@@ -20,55 +29,41 @@ def resp(*commands: tuple[bytes, ...]) -> bytes:
     return bytes(out)
 
 
-async def test_many_commands_are_applied_and_counted_over_many_reads(redis_server: RedisServer) -> None:
+async def test_many_commands_are_applied_and_counted_over_many_reads(client: aioredis.Redis) -> None:
     """20,000 commands: their replies arrive in many reads, and the call returns only once all are in."""
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        commands = resp(*((b"HSET", b"h%d" % (i % 100), b"f%d" % i, b"x" * 50) for i in range(20_000)))
-        await send_counted(client, commands, 20_000)
-        assert sum([await client.hlen(f"h{i}") for i in range(100)]) == 20_000
-        assert await client.ping()  # the pooled connection is still in step
-    finally:
-        await client.aclose()
+    commands = resp(*((b"HSET", b"h%d" % (i % 100), b"f%d" % i, b"x" * 50) for i in range(20_000)))
+    await send_counted(client, commands, 20_000)
+    assert sum([await client.hlen(f"h{i}") for i in range(100)]) == 20_000
+    assert await client.ping()  # the pooled connection is still in step
 
 
-async def test_an_error_reply_is_raised_after_every_reply_is_read(redis_server: RedisServer) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        await client.set("text", "not a hash")
-        commands = resp((b"HSET", b"a", b"f", b"1"), (b"HSET", b"text", b"f", b"1"), (b"HSET", b"b", b"f", b"1"))
-        with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
-            await send_counted(client, commands, 3)
-        assert await client.hget("a", "f") == b"1" and await client.hget("b", "f") == b"1"
-        assert await client.get("text") == b"not a hash"  # the next command reads its own reply
-    finally:
-        await client.aclose()
+async def test_an_error_reply_is_raised_after_every_reply_is_read(client: aioredis.Redis) -> None:
+    await client.set("text", "not a hash")
+    commands = resp((b"HSET", b"a", b"f", b"1"), (b"HSET", b"text", b"f", b"1"), (b"HSET", b"b", b"f", b"1"))
+    with pytest.raises(aioredis.ResponseError, match="WRONGTYPE"):
+        await send_counted(client, commands, 3)
+    assert await client.hget("a", "f") == b"1" and await client.hget("b", "f") == b"1"
+    assert await client.get("text") == b"not a hash"  # the next command reads its own reply
 
 
-async def test_a_reply_of_more_than_one_line_fails_and_drops_the_connection(redis_server: RedisServer) -> None:
-    client = aioredis.Redis.from_url(redis_server.url)
-    try:
-        await client.set("k", "v")
-        with pytest.raises(aioredis.ResponseError, match="one-line replies"):
-            await send_counted(client, resp((b"GET", b"k")), 1)  # "$1\r\nv\r\n": two lines
-        assert await client.get("k") == b"v"
-    finally:
-        await client.aclose()
+async def test_a_reply_of_more_than_one_line_fails_and_drops_the_connection(client: aioredis.Redis) -> None:
+    await client.set("k", "v")
+    with pytest.raises(aioredis.ResponseError, match="one-line replies"):
+        await send_counted(client, resp((b"GET", b"k")), 1)  # "$1\r\nv\r\n": two lines
+    assert await client.get("k") == b"v"
 
 
 async def test_the_url_s_password_and_database_apply(redis_server: RedisServer) -> None:
     admin = aioredis.Redis.from_url(redis_server.url)
+    await admin.config_set("requirepass", "s3cret")
+    other = aioredis.Redis.from_url(f"redis://:s3cret@{redis_server.host}:{redis_server.port}/3")
     try:
-        await admin.config_set("requirepass", "s3cret")
-        client = aioredis.Redis.from_url(f"redis://:s3cret@{redis_server.host}:{redis_server.port}/3")
-        try:
-            await send_counted(client, resp((b"HSET", b"h", b"f", b"1")), 1)
-            assert await client.hget("h", "f") == b"1"
-        finally:
-            await client.aclose()
+        await send_counted(other, resp((b"HSET", b"h", b"f", b"1")), 1)
+        assert await other.hget("h", "f") == b"1"
         await admin.execute_command("AUTH", "s3cret")
         assert await admin.exists("h") == 0  # database 0 untouched
     finally:
+        await other.aclose()
         await admin.aclose()
 
 
