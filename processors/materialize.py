@@ -14,7 +14,7 @@ import logging
 import time
 import uuid
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
@@ -25,8 +25,11 @@ from tokentrace.api.stores.redis_view import (
     Keys,
     trace_index_commands,
 )
-from tokentrace.core.span import Span
 from tokentrace.processors.redis_pipeline import send_counted
+from tokentrace.processors.state import count_spans
+
+if TYPE_CHECKING:
+    from tokentrace.processors.state import IndexItem
 
 __all__ = ["Materializer"]
 
@@ -183,8 +186,8 @@ class Materializer:
         return True
 
     # ----------------------------------------------------------------- traces
-    async def write_traces(self, spans: list[tuple[Span, int]]) -> None:
-        """Index ``(span, start ms)`` pairs for ``/traces`` (by span id: a replay rewrites the same fields).
+    async def write_traces(self, spans: list[IndexItem]) -> None:
+        """Index ``(span, start ms)`` pairs and compiled batches of them for ``/traces`` (by span id: a replay rewrites the same fields).
 
         While Redis is unreachable or loading (a restart) this retries for up to ``trace_retry_s``, holding
         back the acks of the flush's events meanwhile, so a Redis restart loses no trace; past that, or on an
@@ -204,11 +207,11 @@ class Materializer:
                 done += 1
             except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.BusyLoadingError) as exc:
                 if time.monotonic() + backoff.delay > deadline:
-                    self._trace_failed(len(spans), exc)
+                    self._trace_failed(count_spans(spans), exc)
                     return
                 await backoff.sleep()
             except Exception as exc:
-                self._trace_failed(len(spans), exc)
+                self._trace_failed(count_spans(spans), exc)
                 return
 
     def _trace_failed(self, spans: int, exc: BaseException) -> None:

@@ -29,17 +29,24 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
 
 from __future__ import annotations
 
-from collections.abc import Iterable, MutableMapping
+from collections.abc import Callable, Iterable, MutableMapping
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, NamedTuple
 
 import msgspec
 
 from tokentrace.core import native
-from tokentrace.core.buckets import BucketState, Caps
+from tokentrace.core.buckets import SEP, BucketState, Caps
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
-from tokentrace.core.span import Span
+from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
+
+    #: Accepted spans for the trace index: a ``(span, start ms)`` pair, or a compiled batch of them.
+    IndexItem = tuple[Span, int] | WireBatch
 
 __all__ = [
     "META",
@@ -56,6 +63,7 @@ __all__ = [
     "RetiredEntry",
     "bucket_key",
     "compact",
+    "count_spans",
     "decode_entry",
     "encode_entry",
     "expire",
@@ -236,9 +244,21 @@ class Applied:
     """What one message did: the keys it changed, the spans it accepted (for the trace index)."""
 
     dirty: list[bytes] = field(default_factory=list)
-    #: Accepted spans with the time they count at.
-    spans: list[tuple[Span, int]] = field(default_factory=list)
+    #: Accepted spans with the time they count at: ``(span, ms)`` pairs, or the message's compiled batch.
+    spans: list[IndexItem] = field(default_factory=list)
+    #: How many spans it accepted.
+    accepted: int = 0
     poison: str | None = None
+
+
+def count_spans(items: Iterable[IndexItem]) -> int:
+    """The number of spans in trace index items."""
+    return sum(1 if isinstance(item, tuple) else len(item) for item in items)
+
+
+#: What ``Additions`` holds for one state, in order: lists of spans, and compiled batches with the buckets
+#: of theirs that count in it.
+_Segment = list[Span] | tuple["WireBatch", list[int]]
 
 
 class Additions:
@@ -255,24 +275,52 @@ class Additions:
 
     def __init__(self, caps: Caps) -> None:
         self.caps = caps
-        self._queued: dict[int, tuple[BucketState, list[Span]]] = {}  # by id of the state (kept alive here)
+        self._queued: dict[int, tuple[BucketState, list[_Segment]]] = {}  # by id of the state (kept alive here)
         #: Spans queued.
         self.spans = 0
 
-    def queue(self, state: BucketState, spans: list[Span]) -> None:
-        """Queue ``spans`` (a list this takes over) for ``state``."""
+    def _segments(self, state: BucketState) -> list[_Segment]:
         slot = self._queued.get(id(state))
         if slot is None:
-            self._queued[id(state)] = (state, spans)
+            slot = self._queued[id(state)] = (state, [])
+        return slot[1]
+
+    def queue(self, state: BucketState, spans: list[Span]) -> None:
+        """Queue ``spans`` (a list this takes over) for ``state``."""
+        segments = self._segments(state)
+        if segments and isinstance(segments[-1], list):
+            segments[-1].extend(spans)
         else:
-            slot[1].extend(spans)
+            segments.append(spans)
         self.spans += len(spans)
 
+    def queue_batch(self, state: BucketState, batch: WireBatch, buckets: list[int], spans: int) -> None:
+        """Queue the ``spans`` spans of ``batch`` that count in ``buckets`` for ``state``."""
+        self._segments(state).append((batch, buckets))
+        self.spans += spans
+
     def settle(self) -> None:
-        """Add every queued span to its state."""
+        """Add every queued span to its state, in the order queued."""
         queued, self._queued, self.spans = self._queued, {}, 0
-        for state, spans in queued.values():
-            state.add_many(spans, self.caps)
+        caps = self.caps
+        for state, segments in queued.values():
+            batches: list[tuple[WireBatch, list[int]]] = []
+            for segment in segments:
+                if isinstance(segment, list):
+                    if batches:
+                        state.add_batches(batches, caps)
+                        batches = []
+                    state.add_many(segment, caps)
+                else:
+                    batches.append(segment)
+            if batches:
+                state.add_batches(batches, caps)
+
+
+class _Bounds(NamedTuple):
+    oldest_ms: int
+    horizon_ms: int
+    key_of: Callable[[int], bytes]
 
 
 class Applier:
@@ -341,6 +389,31 @@ class Applier:
         if not isinstance(meta, PartitionMeta):
             meta = PartitionMeta()
         fresh = offset > meta.offset
+        bounds = self._bounds(entries, partition, timestamp_ms)
+        decode = native.decode_batch
+        if decode is not None and payload is not None:  # the usual message, compiled from bytes to rows
+            batch = decode(
+                payload,
+                bounds.oldest_ms,
+                timestamp_ms + self.max_future_ms,
+                self.settings.bucket_ms,
+                bounds.horizon_ms,
+                self.pricer is not None,
+                MAX_TOKENS,
+                MAX_COST_USD,
+                MAX_LATENCY_MS,
+                MAX_SCORE,
+                SEP,
+            )
+            if batch is not None:
+                self._apply_batch(entries, offset, batch, bounds.key_of, additions, out)
+                if fresh:
+                    meta.messages += 1
+                    meta.spans += out.accepted
+                    meta.offset = offset
+                    entries[mkey] = meta
+                    out.dirty.append(mkey)
+                return out
         try:
             if payload is None:
                 raise ValueError("empty message value")
@@ -355,7 +428,7 @@ class Applier:
                 out.dirty.append(mkey)
             return out
 
-        rejected, by_key = self._route(entries, partition, timestamp_ms, spans, out)
+        rejected, by_key = self._route(bounds, timestamp_ms, spans, out)
         for key, members in by_key.items():
             entry = entries.get(key)
             if not isinstance(entry, BucketEntry):
@@ -369,7 +442,7 @@ class Applier:
 
         if fresh:
             meta.messages += 1
-            meta.spans += len(out.spans)
+            meta.spans += out.accepted
             meta.too_old += rejected["too_old"]
             meta.future += rejected["future"]
             meta.invalid += rejected["invalid"]
@@ -378,27 +451,62 @@ class Applier:
             out.dirty.append(mkey)
         return out
 
-    def _route(
-        self,
+    def _bounds(self, entries: MutableMapping[bytes, Entry], partition: int, timestamp_ms: int) -> _Bounds:
+        """What decides where a message's spans go: its oldest accepted start, the retired horizon, and the
+        entry of each bucket (its hour entry once compacted, else its minute)."""
+        retired = entries.get(retired_key(partition))
+
+        def key_of(start: int) -> bytes:
+            key = hour_key(partition, start - start % HOUR_MS)
+            return key if key in entries else bucket_key(partition, start)
+
+        return _Bounds(
+            self.oldest_allowed_ms(timestamp_ms),
+            retired.horizon if isinstance(retired, RetiredEntry) else 0,
+            key_of,
+        )
+
+    @staticmethod
+    def _apply_batch(
         entries: MutableMapping[bytes, Entry],
-        partition: int,
-        timestamp_ms: int,
-        spans: list[Span],
+        offset: int,
+        batch: WireBatch,
+        key_of: Callable[[int], bytes],
+        additions: Additions,
         out: Applied,
+    ) -> None:
+        """Queue a compiled batch's spans for their entries, as ``_apply_one`` does with decoded spans."""
+        by_key: dict[bytes, tuple[list[int], int]] = {}
+        for start, count in batch.buckets():
+            key = key_of(start)
+            slot = by_key.get(key)
+            if slot is None:
+                by_key[key] = ([start], count)
+            else:  # an hour entry taking several minutes
+                slot[0].append(start)
+                by_key[key] = (slot[0], slot[1] + count)
+        for key, (starts, count) in by_key.items():
+            entry = entries.get(key)
+            if not isinstance(entry, BucketEntry):
+                entry = BucketEntry(-1, BucketState())
+                entries[key] = entry
+            elif entry.offset >= offset:
+                continue
+            additions.queue_batch(entry.state, batch, starts, count)
+            entry.offset = offset
+            out.dirty.append(key)
+        out.spans.append(batch)
+        out.accepted = len(batch)
+
+    def _route(
+        self, bounds: _Bounds, timestamp_ms: int, spans: list[Span], out: Applied
     ) -> tuple[dict[str, int], dict[bytes, list[Span]]]:
         """Stamp, check and price ``spans`` (decided by the message's timestamp alone); the rejections by
         reason and the accepted spans by entry key: the bucket's hour entry once compacted, else its minute.
         Accepted spans go to ``out.spans`` too."""
         rejected = {"too_old": 0, "future": 0, "invalid": 0}
         bucket_ms = self.settings.bucket_ms
-        retired = entries.get(retired_key(partition))
-        horizon = retired.horizon if isinstance(retired, RetiredEntry) else 0
-        oldest = self.oldest_allowed_ms(timestamp_ms)
-
-        def key_of(start: int) -> bytes:
-            """The entry a bucket's spans go to: its hour entry once compacted, else its minute."""
-            key = hour_key(partition, start - start % HOUR_MS)
-            return key if key in entries else bucket_key(partition, start)
+        oldest, horizon, key_of = bounds
 
         compiled = native.route_spans
         if compiled is not None:  # the usual message, all accepted: the same grouping, compiled
@@ -406,6 +514,7 @@ class Applier:
             routed = compiled(spans, oldest, latest, bucket_ms, horizon, self.pricer is not None, key_of)
             if routed is not None:
                 out.spans += routed[1]
+                out.accepted += len(routed[1])
                 return rejected, routed[0]
         by_key: dict[bytes, list[Span]] = {}
         keys: dict[int, bytes] = {}  # entry key by bucket start
@@ -426,4 +535,5 @@ class Applier:
                 members = by_key[key] = []
             members.append(span)
             out.spans.append((span, at))
+            out.accepted += 1
         return rejected, by_key

@@ -443,7 +443,7 @@ class _Worker:
                         )
                     )
             self.events += 1
-            self.spans += len(applied.spans)
+            self.spans += applied.accepted
             flusher.events.append(event)
             flusher.dirty.update(applied.dirty)
             flusher.spans.extend(applied.spans)

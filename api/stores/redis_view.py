@@ -24,12 +24,16 @@ schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shar
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from tokentrace.core import native
 from tokentrace.core.span import Span
 from tokentrace.processors.state import STATE_SCHEMA
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = [
     "COLLECT_TOMBSTONES",
@@ -120,14 +124,14 @@ def _command(out: bytearray, *args: bytes) -> None:
 
 
 def trace_index_commands(
-    spans: Sequence[tuple[Span, int]],
+    spans: Sequence[tuple[Span, int] | WireBatch],
     trace_prefix: str,
     listing: str,
     per_call: int = INDEX_TRACES_PER_CALL,
     per_trace: int = INDEX_SPANS_PER_TRACE,
 ) -> list[tuple[bytes, int]]:
-    """The commands indexing ``(span, start ms)`` pairs for ``/traces``, RESP-encoded: pipelines of
-    ``(commands, number of replies)``, every reply an integer.
+    """The commands indexing ``(span, start ms)`` pairs (or compiled batches of them, ``native.decode_batch``)
+    for ``/traces``, RESP-encoded: pipelines of ``(commands, number of replies)``, every reply an integer.
 
     Per trace, in order of first appearance, ``HSET <trace_prefix><trace id>`` of its spans as JSON by span id
     (at most ``per_trace`` spans per command: a longer trace takes several); per pipeline (at most ``per_call``
@@ -136,23 +140,34 @@ def trace_index_commands(
     """
     if not spans:
         return []
-    lines = _span_encoder.encode_lines([span for span, _ in spans])
+    pairs = [item for item in spans if isinstance(item, tuple)]
+    lines = _span_encoder.encode_lines([span for span, _ in pairs])
     if native.trace_index_commands is not None:
         commands = native.trace_index_commands(
             spans, lines, trace_prefix.encode(), listing.encode(), per_call, per_trace
         )
         if commands is not None:
             return commands
+    pair_lines = iter(lines.split(b"\n")[:-1])  # each line ends in \n
+    records: list[tuple[str, str, int, bytes]] = []
+    for item in spans:
+        if isinstance(item, tuple):
+            span, at = item
+            records.append((span.trace_id, span.span_id, at, next(pair_lines)))
+            continue
+        for line, at in zip(item.lines().split(b"\n")[:-1], item.starts(), strict=True):
+            span = _span_decoder.decode(line)
+            records.append((span.trace_id, span.span_id, at, line))
     by_trace: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
-    for (span, at), line in zip(spans, lines.split(b"\n")[:-1], strict=True):  # each line ends in \n
-        fields = by_trace.get(span.trace_id)
+    for trace_id, span_id, at, line in records:
+        fields = by_trace.get(trace_id)
         if fields is None:
-            fields = by_trace[span.trace_id] = []
-            starts[span.trace_id] = at
-        elif at < starts[span.trace_id]:
-            starts[span.trace_id] = at
-        fields += (span.span_id.encode(), line)
+            fields = by_trace[trace_id] = []
+            starts[trace_id] = at
+        elif at < starts[trace_id]:
+            starts[trace_id] = at
+        fields += (span_id.encode(), line)
     items = [
         (trace_id, fields[i : i + 2 * per_trace])
         for trace_id, fields in by_trace.items()

@@ -17,9 +17,19 @@ const NANO: f64 = 1_000_000_000.0;
 
 /// One number field of a span as the kernel needs it: the value as a float and whether it was an int.
 #[derive(Clone, Copy)]
-struct Number {
-    value: f64,
-    int: Option<i64>,
+pub struct Number {
+    pub value: f64,
+    pub int: Option<i64>,
+}
+
+impl Number {
+    /// The value as Python holds it: an `int` when it was one, else a `float`.
+    fn object<'py>(self, py: Python<'py>) -> Bound<'py, PyAny> {
+        match self.int {
+            Some(int) => int.into_pyobject(py).map(Bound::into_any).unwrap_or_else(|e| match e {}),
+            None => PyFloat::new(py, self.value).into_any(),
+        }
+    }
 }
 
 /// `None` for Python's `None`; `Err(())` for anything the kernel leaves to Python.
@@ -53,14 +63,16 @@ fn tokens(obj: &Bound<'_, PyAny>) -> Result<Option<i64>, ()> {
     }
 }
 
+/// What the aggregates read of one span; the latency with the Python object it came from, if any (a
+/// sketch's min and max keep the value as given: an int stays an int).
 pub struct Row<'py> {
-    status: u8, // 0 ok, 1 error, 2 anything else
-    cost_nanos: Option<i128>,
-    prompt: Option<i64>,
-    comp: i64,
-    total: i64,
-    latency: Option<(Number, Bound<'py, PyAny>)>,
-    score: Option<f64>,
+    pub status: u8, // 0 ok, 1 error, 2 anything else
+    pub cost_nanos: Option<i128>,
+    pub prompt: Option<i64>,
+    pub comp: i64,
+    pub total: i64,
+    pub latency: Option<(Number, Option<Bound<'py, PyAny>>)>,
+    pub score: Option<f64>,
 }
 
 /// What a list of values adds to one `Sketch`, in the order `Sketch.add` would see them.
@@ -259,12 +271,16 @@ impl<'py> Delta<'py> {
         self.comp += row.comp as i128;
         self.total += row.total as i128;
         if let Some((latency, object)) = &row.latency {
+            let latency = *latency;
             self.latency_count += 1;
             self.latency_sum_us += match latency.int {
                 Some(int) => int as i128 * 1000,
                 None => (latency.value * 1000.0).round_ties_even() as i128, // Python's round()
             };
-            self.latency_sketch.add(kernel, latency.value, || object.clone());
+            self.latency_sketch.add(kernel, latency.value, || match object {
+                Some(object) => object.clone(),
+                None => latency.object(py),
+            });
             self.latency_buckets[kernel.latency_bounds.partition_point(|b| *b < latency.value)] += 1;
         }
         if let Some(score) = row.score {
@@ -342,7 +358,7 @@ impl AggregateKernel {
         let comp = tokens(&get(intern!(py, "comp_tokens"))?)?.unwrap_or(0);
         let total = tokens(&get(intern!(py, "total_tokens"))?)?.unwrap_or(0);
         let latency_obj = get(intern!(py, "latency_ms"))?;
-        let latency = number(&latency_obj)?.map(|n| (n, latency_obj));
+        let latency = number(&latency_obj)?.map(|n| (n, Some(latency_obj)));
         let attributes = get(intern!(py, "attributes"))?;
         let attributes = attributes.cast::<PyDict>().map_err(|_| ())?;
         let score = if attributes.is_empty() {

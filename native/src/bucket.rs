@@ -9,11 +9,14 @@
 
 use std::collections::HashMap;
 
+use rustc_hash::FxHashMap;
+
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::aggregate::{AggregateKernel, Delta, Row};
+use crate::wire::WireBatch;
 
 /// How an attribute value groups: as this text, or not at all (floats are measurements).
 enum Grouping<'py> {
@@ -137,11 +140,74 @@ impl BucketKernel {
                 Err(()) => return Ok(false),
             }
         }
+        self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)?;
+        Ok(true)
+    }
 
+    /// Count the spans of ``segments`` (``(WireBatch, bucket starts)`` pairs: each batch's spans in those
+    /// buckets, in order) into ``state``, as ``add_many`` of the equal ``Span`` objects would.
+    fn add_batches(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
+        segments: &Bound<'_, PyList>,
+        max_attribute_keys: usize,
+        max_attribute_values: usize,
+    ) -> PyResult<()> {
+        let mut texts: FxHashMap<String, Bound<'_, PyString>> = FxHashMap::default();
+        let mut text = |value: &str| -> Bound<'_, PyString> {
+            if let Some(found) = texts.get(value) {
+                return found.clone();
+            }
+            let made = PyString::new(py, value);
+            texts.insert(value.to_owned(), made.clone());
+            made
+        };
+        let mut entries = Vec::new();
+        for segment in segments.iter() {
+            let (batch, buckets): (Bound<'_, WireBatch>, Vec<i64>) = segment.extract()?;
+            let batch = batch.get();
+            for span in batch.spans.iter().filter(|span| buckets.contains(&span.bucket)) {
+                let attributes = batch.attributes[span.attributes.0..span.attributes.1]
+                    .iter()
+                    .map(|&(name, grouping)| {
+                        let grouping = match grouping {
+                            Some(value) => Grouping::Text(text(batch.text(value))),
+                            None => Grouping::Skip,
+                        };
+                        (text(batch.text(name)), grouping)
+                    })
+                    .collect();
+                let row = Row {
+                    status: span.status,
+                    cost_nanos: span.cost_nanos,
+                    prompt: span.prompt,
+                    comp: span.comp,
+                    total: span.total,
+                    latency: span.latency.map(|n| (n, None)),
+                    score: span.score,
+                };
+                entries.push(Entry { row, series: batch.text(span.series).to_owned(), attributes });
+            }
+        }
+        self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)
+    }
+}
+
+impl BucketKernel {
+    /// Count checked spans into ``state`` as ``BucketState.add_many`` does.
+    fn add_entries(
+        &self,
+        py: Python<'_>,
+        state: &Bound<'_, PyAny>,
+        entries: &[Entry<'_>],
+        max_attribute_keys: usize,
+        max_attribute_values: usize,
+    ) -> PyResult<()> {
         let kernel = self.aggregates.get();
         let mut series_order: Vec<(&str, Delta<'_>)> = Vec::new();
         let mut series_index: HashMap<&str, usize> = HashMap::new();
-        for entry in &entries {
+        for entry in entries {
             let at = *series_index.entry(entry.series.as_str()).or_insert_with(|| {
                 series_order.push((entry.series.as_str(), Delta::new(kernel)));
                 series_order.len() - 1
@@ -156,7 +222,7 @@ impl BucketKernel {
         let mut overflowed: i64 = 0;
         let mut groups: Vec<(Bound<'_, PyAny>, Delta<'_>)> = Vec::new();
         let mut group_index: HashMap<usize, usize> = HashMap::new();
-        for entry in &entries {
+        for entry in entries {
             if entry.attributes.is_empty() {
                 continue;
             }
@@ -220,6 +286,6 @@ impl BucketKernel {
             let current = state.getattr(intern!(py, "overflowed"))?;
             state.setattr(intern!(py, "overflowed"), current.add(overflowed)?)?;
         }
-        Ok(true)
+        Ok(())
     }
 }

@@ -12,6 +12,7 @@ mod bucket;
 mod route;
 mod span_check;
 mod trace_index;
+mod wire;
 
 #[pymodule]
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
@@ -22,5 +23,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(trace_index::trace_index_commands, m)?)?;
     m.add_function(wrap_pyfunction!(route::route_spans, m)?)?;
+    m.add_class::<wire::WireBatch>()?;
+    m.add_function(wrap_pyfunction!(wire::decode_batch, m)?)?;
     Ok(())
 }

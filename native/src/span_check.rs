@@ -12,7 +12,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyFloat, PyInt, PyString};
 
 /// 9999-12-31T23:59:59.999Z, the last instant a timestamp may name.
-const LAST_MS: i64 = 253_402_300_799_999;
+pub const LAST_MS: i64 = 253_402_300_799_999;
 
 fn digits(bytes: &[u8]) -> Option<i64> {
     let mut value = 0i64;
@@ -86,10 +86,30 @@ fn civil_from_days(days: i64) -> (i64, i64, i64) {
 
 /// ``format_ms`` (timefmt.py) for 1970-01-01 ..= 9999-12-31: ``YYYY-MM-DDTHH:MM:SS.mmmZ``.
 pub fn format(millis: i64) -> String {
+    let mut text = [0u8; 24];
+    format_into(millis, &mut text);
+    String::from_utf8_lossy(&text).into_owned()
+}
+
+/// ``format`` into a buffer (no allocation, no formatting machinery: it is on the worker's hot path).
+pub fn format_into(millis: i64, out: &mut [u8; 24]) {
+    fn digits(out: &mut [u8], mut value: i64) {
+        for slot in out.iter_mut().rev() {
+            *slot = b'0' + (value % 10) as u8;
+            value /= 10;
+        }
+    }
     let (seconds, ms) = (millis.div_euclid(1000), millis.rem_euclid(1000));
     let (days, rest) = (seconds.div_euclid(86_400), seconds.rem_euclid(86_400));
     let (year, month, day) = civil_from_days(days);
-    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{ms:03}Z", rest / 3600, rest % 3600 / 60, rest % 60)
+    *out = *b"0000-00-00T00:00:00.000Z";
+    digits(&mut out[0..4], year);
+    digits(&mut out[5..7], month);
+    digits(&mut out[8..10], day);
+    digits(&mut out[11..13], rest / 3600);
+    digits(&mut out[14..16], rest % 3600 / 60);
+    digits(&mut out[17..19], rest % 60);
+    digits(&mut out[20..23], ms);
 }
 
 /// ``Span.stamp`` for a span whose ``started_at`` is normalised: fills ``ended_at`` (from the start and the
@@ -125,7 +145,7 @@ pub fn stamp(py: Python<'_>, span: &Bound<'_, PyAny>) -> Option<i64> {
     Some(start)
 }
 
-fn printable_ascii(text: &str) -> bool {
+pub fn printable_ascii(text: &str) -> bool {
     text.bytes().all(|b| (0x20..0x7f).contains(&b))
 }
 

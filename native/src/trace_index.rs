@@ -1,11 +1,12 @@
 //! The commands of the Redis view's trace index: `trace_index_commands` in
 //! tokentrace/api/stores/redis_view.py, whose Python code stays the reference.
 //!
-//! The spans arrive already encoded (msgspec's `encode_lines`, one JSON span per line): this groups them by
-//! trace in order of first appearance, keeps each trace's earliest start, and writes the `HSET` and `ZADD`
-//! commands in the Redis protocol, byte for byte as the Python code does. Any input it does not expect
-//! (not a list of `(span, int)` pairs, ids that are not plain `str`, a line count that does not match)
-//! returns `None` and the Python code runs.
+//! The input is a list of `(span, start ms)` pairs, whose spans arrive already encoded (msgspec's
+//! `encode_lines`, one JSON span per line), and of compiled batches (`wire::WireBatch`, which carry their
+//! own JSON): this groups the spans by trace in order of first appearance, keeps each trace's earliest start,
+//! and writes the `HSET` and `ZADD` commands in the Redis protocol, byte for byte as the Python code does.
+//! Any input it does not expect (an item of another kind, ids that are not plain `str`, a line count that
+//! does not match the pairs) returns `None` and the Python code runs.
 
 use rustc_hash::FxHashMap;
 
@@ -13,11 +14,19 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 
+use crate::wire::WireBatch;
+
 /// One item of a payload: a trace and a run of its spans.
 type Item<'t, 'a> = (&'t Trace<'a>, &'t [(&'a str, &'a [u8])]);
 
 /// Commands and how many replies they get.
 type Pipeline<'py> = (Bound<'py, PyBytes>, usize);
+
+/// An item of the input: a `(span, start ms)` pair's ids and start, or a batch of spans.
+enum Source<'py> {
+    Pair(Bound<'py, PyString>, Bound<'py, PyString>, i64),
+    Batch(Bound<'py, WireBatch>),
+}
 
 struct Trace<'a> {
     id: &'a str,
@@ -70,13 +79,18 @@ pub fn trace_index_commands<'py>(
         json.push(&lines[from..end]);
         from = end + 1;
     }
-    if from != lines.len() || json.len() != spans.len() {
+    if from != lines.len() {
         return Ok(None);
     }
-    // The id objects stay referenced here while their text is borrowed below.
-    let mut ids: Vec<(Bound<'py, PyString>, Bound<'py, PyString>, i64)> = Vec::with_capacity(spans.len());
-    for pair in spans.iter() {
-        let Ok(pair) = pair.cast_into::<PyTuple>() else {
+    // The id objects and batches stay referenced here while their text is borrowed below.
+    let mut sources: Vec<Source<'py>> = Vec::with_capacity(spans.len());
+    let mut pairs = 0;
+    for item in spans.iter() {
+        if let Ok(batch) = item.cast::<WireBatch>() {
+            sources.push(Source::Batch(batch.clone()));
+            continue;
+        }
+        let Ok(pair) = item.cast_into::<PyTuple>() else {
             return Ok(None);
         };
         if pair.len() != 2 {
@@ -95,20 +109,39 @@ pub fn trace_index_commands<'py>(
         if !trace_id.is_exact_instance_of::<PyString>() || !span_id.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
-        ids.push((trace_id.cast_into::<PyString>()?, span_id.cast_into::<PyString>()?, at));
+        sources.push(Source::Pair(trace_id.cast_into::<PyString>()?, span_id.cast_into::<PyString>()?, at));
+        pairs += 1;
+    }
+    if json.len() != pairs {
+        return Ok(None);
+    }
+    let mut json = json.into_iter();
+    let mut records: Vec<(&str, &str, i64, &[u8])> = Vec::with_capacity(spans.len());
+    for source in &sources {
+        match source {
+            Source::Pair(trace_id, span_id, at) => {
+                let (Ok(trace_id), Ok(span_id), Some(line)) = (trace_id.to_str(), span_id.to_str(), json.next()) else {
+                    return Ok(None);
+                };
+                records.push((trace_id, span_id, *at, line));
+            }
+            Source::Batch(batch) => {
+                let batch = batch.get();
+                for span in &batch.spans {
+                    records.push((batch.text(span.trace_id), batch.text(span.span_id), span.start, batch.line(span)));
+                }
+            }
+        }
     }
     let mut traces: Vec<Trace<'_>> = Vec::new();
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-    for ((trace_id, span_id, at), line) in ids.iter().zip(json) {
-        let (Ok(trace_id), Ok(span_id)) = (trace_id.to_str(), span_id.to_str()) else {
-            return Ok(None);
-        };
+    for &(trace_id, span_id, at, line) in &records {
         let slot = *index.entry(trace_id).or_insert_with(|| {
-            traces.push(Trace { id: trace_id, start: *at, spans: Vec::new() });
+            traces.push(Trace { id: trace_id, start: at, spans: Vec::new() });
             traces.len() - 1
         });
         let trace = &mut traces[slot];
-        trace.start = trace.start.min(*at);
+        trace.start = trace.start.min(at);
         trace.spans.push((span_id, line));
     }
     let items: Vec<Item<'_, '_>> =

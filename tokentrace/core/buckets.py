@@ -10,6 +10,7 @@ Cardinality is capped per bucket: past ``max_attribute_keys`` keys an attribute 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
+from typing import TYPE_CHECKING
 
 import msgspec
 
@@ -17,6 +18,9 @@ from tokentrace.core import aggregate as _aggregate
 from tokentrace.core import native
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.span import EVAL_SCORE, Span
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = [
     "BUILTIN_DIMENSIONS",
@@ -119,6 +123,14 @@ class BucketState(msgspec.Struct):
             aggregate.add_many(members)
         for group, members in by_group.values():
             group.add_many(members)
+
+    def add_batches(self, segments: list[tuple[WireBatch, list[int]]], caps: Caps) -> None:
+        """Count the spans of compiled batches (``native.decode_batch``), each batch's spans in the listed
+        buckets, in order: the same state as ``add_many`` of the equal spans. Only where the kernel is installed
+        (batches exist only there)."""
+        if _KERNEL is None:
+            raise RuntimeError("compiled span batches need the compiled bucket kernel")
+        _KERNEL.add_batches(self, segments, caps.max_attribute_keys, caps.max_attribute_values)
 
     def _add(self, span: Span, key: str, caps: Caps) -> None:
         aggregate = self.series.get(key)

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 if TYPE_CHECKING:
     from tokentrace._native import AggregateKernel as _AggregateKernel
     from tokentrace._native import BucketKernel as _BucketKernel
+    from tokentrace._native import WireBatch as _WireBatch
 
 __all__ = [
     "AVAILABLE",
@@ -23,6 +24,7 @@ __all__ = [
     "BucketKernel",
     "canonical_ms",
     "check_span",
+    "decode_batch",
     "route_spans",
     "stamp",
     "trace_index_commands",
@@ -44,6 +46,9 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
+decode_batch: Callable[[bytes, int, int, int, int, bool, int, float, float, float, str], _WireBatch | None] | None = (
+    None
+)
 
 if not DISABLED:
     try:
@@ -58,6 +63,7 @@ if not DISABLED:
         stamp = _native.stamp
         trace_index_commands = _native.trace_index_commands
         route_spans = _native.route_spans
+        decode_batch = _native.decode_batch
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None

@@ -14,7 +14,10 @@ from hypothesis import strategies as st
 from tokentrace.api.stores import redis_view
 from tokentrace.api.stores.redis_view import decode_span, trace_index_commands
 from tokentrace.core import native
+from tokentrace.core.buckets import SEP
+from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span
+from tokentrace.core.timefmt import format_ms
 
 needs_native = pytest.mark.skipif(native.trace_index_commands is None, reason="compiled module not built")
 ids = st.one_of(st.sampled_from(["t1", "t2", "trace-ü", "x" * 40]), st.text(min_size=1, max_size=300))
@@ -44,11 +47,11 @@ def pairs(draw: st.DrawFn) -> list[tuple[Span, int]]:
 PREFIX, LISTING = "tt:t:", "tt:traces"
 
 
-def commands(spans: list[tuple[Span, int]], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
+def commands(spans: list[Any], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
     return trace_index_commands(spans, PREFIX, LISTING, per_call, per_trace)
 
 
-def python_commands(spans: list[tuple[Span, int]], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
+def python_commands(spans: list[Any], per_call: int, per_trace: int) -> list[tuple[bytes, int]]:
     with python_only():
         return commands(spans, per_call, per_trace)
 
@@ -134,6 +137,38 @@ def test_commands_group_spans_by_trace_with_the_earliest_start(
             got[trace_id] = (int(listed[trace_id.encode()]), [*got.get(trace_id, (0, []))[1], *members])
     assert got == expected
     assert order == list(expected)  # in order of first appearance
+
+
+def _batch(payload: bytes) -> Any:
+    """The compiled batch of a message (``native.decode_batch``, as a worker makes it)."""
+    assert native.decode_batch is not None
+    batch = native.decode_batch(payload, 0, 2**62, 60_000, 0, False, 10**12, 1e6, 1e10, 1e6, SEP)
+    assert batch is not None
+    return batch
+
+
+@needs_native
+@given(st.lists(st.tuples(pairs(), st.booleans()), max_size=4), st.integers(1, 5), st.integers(1, 4))
+@settings(max_examples=200)
+def test_compiled_batches_index_as_their_spans_do(
+    runs: list[tuple[list[tuple[Span, int]], bool]], per_call: int, per_trace: int
+) -> None:
+    """Items that are compiled batches give the commands of their spans as pairs, mixed with pairs or not."""
+    items: list[Any] = []
+    as_pairs: list[tuple[Span, int]] = []
+    for run, compiled in runs:
+        for span, at in run:
+            span.started_at = format_ms(at % 2**40)
+        payload = encode_wire([span for span, _ in run])
+        run_pairs = [(span, span.stamp(0)) for span in decode_wire(payload)]  # as a worker's Python path does
+        as_pairs += run_pairs
+        if compiled and run:
+            items.append(_batch(payload))
+        else:
+            items += run_pairs
+    expected = python_commands(as_pairs, per_call, per_trace)
+    assert commands(items, per_call, per_trace) == expected
+    assert python_commands(items, per_call, per_trace) == expected
 
 
 @needs_native

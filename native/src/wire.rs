@@ -1,0 +1,684 @@
+//! A span-topic message decoded straight into what a worker needs of it, no Python object per span:
+//! `Applier._apply_one` (tokentrace/processors/state.py) for the usual message, whose Python code stays the
+//! reference.
+//!
+//! The usual message is this build's wire format (`encode_wire`: a map `{"v": 1, "spans": [...]}` whose spans
+//! are maps of their field names) where every span is one that `Span.__post_init__`'s compiled check passes
+//! (`span_check.rs`: both ids, ASCII printable names, int token counts, normalised timestamps), has a
+//! `started_at`, counts inside the message's time bounds in a bucket past the retired horizon, and needs no
+//! price. Such a message becomes a `WireBatch`: per span, what the aggregates read (`aggregate::Row`), its
+//! series and attribute groups, its bucket, and its JSON as msgspec encodes the stamped `Span` (for the trace
+//! index). Anything else, valid or not (an unknown or repeated field, a float token count, a value of another
+//! type, a span to price or to reject), makes `decode_batch` return `None` and the Python code decide.
+
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+
+use crate::aggregate::Number;
+use crate::span_check::{canonical, format_into, printable_ascii, LAST_MS};
+
+/// How `encode_wire` starts every message, then the key of its span array.
+const PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
+const EXACT_INT: u64 = 1 << 53;
+const NANO: f64 = 1_000_000_000.0;
+const SCORE_KEY: &str = "eval.score";
+
+/// One MessagePack value of the kinds a span holds.
+#[derive(Clone, Copy)]
+enum Value<'a> {
+    Nil,
+    Bool(bool),
+    Int(i64),
+    /// An unsigned int beyond `i64`.
+    Big(u64),
+    Float(f64),
+    Str(&'a str),
+}
+
+struct Reader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Reader<'a> {
+    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
+        let end = self.pos.checked_add(n)?;
+        let bytes = self.buf.get(self.pos..end)?;
+        self.pos = end;
+        Some(bytes)
+    }
+
+    fn byte(&mut self) -> Option<u8> {
+        Some(self.take(1)?[0])
+    }
+
+    fn be(&mut self, n: usize) -> Option<u64> {
+        Some(self.take(n)?.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
+    }
+
+    fn map_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x80..=0x8f => Some(usize::from(b & 0x0f)),
+            0xde => Some(self.be(2)? as usize),
+            0xdf => Some(self.be(4)? as usize),
+            _ => None,
+        }
+    }
+
+    fn array_len(&mut self) -> Option<usize> {
+        match self.byte()? {
+            b @ 0x90..=0x9f => Some(usize::from(b & 0x0f)),
+            0xdc => Some(self.be(2)? as usize),
+            0xdd => Some(self.be(4)? as usize),
+            _ => None,
+        }
+    }
+
+    fn text(&mut self, n: usize) -> Option<&'a str> {
+        let bytes = self.take(n)?;
+        if bytes.is_ascii() {
+            // SAFETY: ASCII is UTF-8 (checked first: a word at a time, far cheaper than from_utf8 per string).
+            return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
+        }
+        std::str::from_utf8(bytes).ok()
+    }
+
+    fn value(&mut self) -> Option<Value<'a>> {
+        let value = match self.byte()? {
+            b @ 0x00..=0x7f => Value::Int(i64::from(b)),
+            b @ 0xe0..=0xff => Value::Int(i64::from(b as i8)),
+            b @ 0xa0..=0xbf => Value::Str(self.text(usize::from(b & 0x1f))?),
+            0xd9 => {
+                let n = self.be(1)? as usize;
+                Value::Str(self.text(n)?)
+            }
+            0xda => {
+                let n = self.be(2)? as usize;
+                Value::Str(self.text(n)?)
+            }
+            0xdb => {
+                let n = self.be(4)? as usize;
+                Value::Str(self.text(n)?)
+            }
+            0xc0 => Value::Nil,
+            0xc2 => Value::Bool(false),
+            0xc3 => Value::Bool(true),
+            0xcc => Value::Int(self.be(1)? as i64),
+            0xcd => Value::Int(self.be(2)? as i64),
+            0xce => Value::Int(self.be(4)? as i64),
+            0xcf => {
+                let n = self.be(8)?;
+                i64::try_from(n).map_or(Value::Big(n), Value::Int)
+            }
+            0xd0 => Value::Int(i64::from(self.be(1)? as u8 as i8)),
+            0xd1 => Value::Int(i64::from(self.be(2)? as u16 as i16)),
+            0xd2 => Value::Int(i64::from(self.be(4)? as u32 as i32)),
+            0xd3 => Value::Int(self.be(8)? as i64),
+            0xcb => Value::Float(f64::from_bits(self.be(8)?)),
+            _ => return None, // float32, binary, extensions, nested containers: the Python code decides
+        };
+        Some(value)
+    }
+
+    fn str(&mut self) -> Option<&'a str> {
+        match self.value()? {
+            Value::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    fn optional_str(&mut self) -> Option<Option<&'a str>> {
+        match self.value()? {
+            Value::Nil => Some(None),
+            Value::Str(text) => Some(Some(text)),
+            _ => None,
+        }
+    }
+}
+
+/// A number field as the span holds it.
+#[derive(Clone, Copy)]
+enum Num {
+    Int(i64),
+    Float(f64),
+}
+
+impl Num {
+    fn value(self) -> f64 {
+        match self {
+            Num::Int(int) => int as f64,
+            Num::Float(value) => value,
+        }
+    }
+
+    fn number(self) -> Number {
+        match self {
+            Num::Int(int) => Number { value: int as f64, int: Some(int) },
+            Num::Float(value) => Number { value, int: None },
+        }
+    }
+}
+
+/// `None`, or an int or float that a float holds exactly (`span_check::exact_number`).
+fn optional_number(value: Value<'_>) -> Option<Option<Num>> {
+    match value {
+        Value::Nil => Some(None),
+        Value::Int(int) if int.unsigned_abs() <= EXACT_INT => Some(Some(Num::Int(int))),
+        Value::Float(float) => Some(Some(Num::Float(float))),
+        _ => None,
+    }
+}
+
+/// `None` or an int token count in bounds.
+fn token_count(value: Value<'_>, max_tokens: i64) -> Option<Option<i64>> {
+    match value {
+        Value::Nil => Some(None),
+        Value::Int(int) if (0..=max_tokens).contains(&int) => Some(Some(int)),
+        _ => None,
+    }
+}
+
+/// `None`, or a number in `0..=high`.
+fn bounded(value: Value<'_>, high: f64) -> Option<Option<Num>> {
+    let number = optional_number(value)?;
+    match number {
+        Some(n) if !(0.0..=high).contains(&n.value()) => None,
+        _ => Some(number),
+    }
+}
+
+/// A piece of `WireBatch.text`: `(start, end)`.
+pub type Text = (usize, usize);
+
+/// One accepted span.
+pub struct WireSpan {
+    pub trace_id: (usize, usize),
+    pub span_id: (usize, usize),
+    pub start: i64,
+    pub bucket: i64,
+    pub status: u8,
+    pub cost_nanos: Option<i128>,
+    pub prompt: Option<i64>,
+    pub comp: i64,
+    pub total: i64,
+    pub latency: Option<Number>,
+    pub score: Option<f64>,
+    /// `model SEP provider SEP caller`.
+    pub series: Text,
+    /// Its attributes in `WireBatch.attributes`, as `(start, end)`.
+    pub attributes: (usize, usize),
+    /// The span's JSON line in `WireBatch.json` (without its newline).
+    pub json: (usize, usize),
+}
+
+/// The accepted spans of one message (see the module docstring).
+#[pyclass(frozen, module = "tokentrace._native")]
+pub struct WireBatch {
+    pub spans: Vec<WireSpan>,
+    /// The spans' ids, series and attribute texts.
+    pub text: String,
+    /// Every span's attributes but the score, in order: the name and the text it groups by (`None` for a
+    /// float: a measurement, not a group).
+    pub attributes: Vec<(Text, Option<Text>)>,
+    /// One JSON span per line, each ending in `\n`.
+    pub json: Vec<u8>,
+}
+
+/// The limits of `Span.__post_init__`, the message's bounds and the worker's settings.
+pub struct Limits<'a> {
+    pub max_tokens: i64,
+    pub max_cost: f64,
+    pub max_latency: f64,
+    pub max_score: f64,
+    pub oldest_ms: i64,
+    pub latest_ms: i64,
+    pub bucket_ms: i64,
+    pub horizon_ms: i64,
+    pub priced: bool,
+    pub sep: &'a str,
+}
+
+/// The fields of one span as read (before any check).
+#[derive(Default)]
+struct Fields<'a> {
+    trace_id: Option<&'a str>,
+    span_id: Option<&'a str>,
+    parent_span_id: Option<&'a str>,
+    name: Option<&'a str>,
+    model: Option<&'a str>,
+    provider: Option<&'a str>,
+    prompt: Option<Value<'a>>,
+    comp: Option<Value<'a>>,
+    total: Option<Value<'a>>,
+    cost: Option<Value<'a>>,
+    latency: Option<Value<'a>>,
+    status: Option<&'a str>,
+    error: Option<&'a str>,
+    caller: Option<&'a str>,
+    started_at: Option<&'a str>,
+    ended_at: Option<&'a str>,
+    attributes: Vec<(&'a str, Value<'a>)>,
+}
+
+const FIELDS: [&str; 17] = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "comp_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_ms",
+    "status",
+    "error",
+    "caller",
+    "started_at",
+    "ended_at",
+    "attributes",
+];
+
+fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
+    let mut fields = Fields::default();
+    let mut seen = 0u32;
+    for _ in 0..reader.map_len()? {
+        let key = reader.str()?;
+        let index = FIELDS.iter().position(|name| *name == key)?; // unknown: msgspec ignores it, Python decides
+        if seen & (1 << index) != 0 {
+            return None;
+        }
+        seen |= 1 << index;
+        match index {
+            0 => fields.trace_id = Some(reader.str()?),
+            1 => fields.span_id = Some(reader.str()?),
+            2 => fields.parent_span_id = reader.optional_str()?,
+            3 => fields.name = Some(reader.str()?),
+            4 => fields.model = Some(reader.str()?),
+            5 => fields.provider = Some(reader.str()?),
+            6 => fields.prompt = Some(reader.value()?),
+            7 => fields.comp = Some(reader.value()?),
+            8 => fields.total = Some(reader.value()?),
+            9 => fields.cost = Some(reader.value()?),
+            10 => fields.latency = Some(reader.value()?),
+            11 => fields.status = Some(reader.str()?),
+            12 => fields.error = reader.optional_str()?,
+            13 => fields.caller = Some(reader.str()?),
+            14 => fields.started_at = reader.optional_str()?,
+            15 => fields.ended_at = reader.optional_str()?,
+            _ => {
+                let n = reader.map_len()?;
+                let mut attributes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = reader.str()?;
+                    let value = reader.value()?;
+                    if matches!(value, Value::Nil) || attributes.iter().any(|(seen, _)| *seen == name) {
+                        return None;
+                    }
+                    attributes.push((name, value));
+                }
+                fields.attributes = attributes;
+            }
+        }
+    }
+    Some(fields)
+}
+
+/// `"text"` as msgspec's JSON encoder writes it.
+fn json_str(out: &mut Vec<u8>, text: &str) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let bytes = text.as_bytes();
+    if !bytes.iter().any(|&b| b < 0x20 || b == b'"' || b == b'\\') {
+        out.reserve(bytes.len() + 2);
+        out.push(b'"');
+        out.extend_from_slice(bytes);
+        out.push(b'"');
+        return;
+    }
+    out.push(b'"');
+    let mut from = 0;
+    for (at, &b) in bytes.iter().enumerate() {
+        let escape: &[u8] = match b {
+            b'"' => b"\\\"",
+            b'\\' => b"\\\\",
+            b'\n' => b"\\n",
+            b'\r' => b"\\r",
+            b'\t' => b"\\t",
+            0x08 => b"\\b",
+            0x0c => b"\\f",
+            0x00..=0x1f => b"",
+            _ => continue,
+        };
+        out.extend_from_slice(&bytes[from..at]);
+        if escape.is_empty() {
+            out.extend_from_slice(b"\\u00");
+            out.push(HEX[usize::from(b >> 4)]);
+            out.push(HEX[usize::from(b & 0x0f)]);
+        } else {
+            out.extend_from_slice(escape);
+        }
+        from = at + 1;
+    }
+    out.extend_from_slice(&bytes[from..]);
+    out.push(b'"');
+}
+
+fn json_int(out: &mut Vec<u8>, value: impl itoa::Integer) {
+    out.extend_from_slice(itoa::Buffer::new().format(value).as_bytes());
+}
+
+/// A finite float as msgspec writes it: the shortest digits that read back (ryu's, laid out as ryu does).
+fn json_float(out: &mut Vec<u8>, value: f64) {
+    out.extend_from_slice(ryu::Buffer::new().format_finite(value).as_bytes());
+}
+
+fn json_num(out: &mut Vec<u8>, value: Option<Num>) {
+    match value {
+        None => out.extend_from_slice(b"null"),
+        Some(Num::Int(int)) => json_int(out, int),
+        Some(Num::Float(float)) => json_float(out, float),
+    }
+}
+
+fn json_optional_str(out: &mut Vec<u8>, value: Option<&str>) {
+    match value {
+        None => out.extend_from_slice(b"null"),
+        Some(text) => json_str(out, text),
+    }
+}
+
+fn json_value(out: &mut Vec<u8>, value: Value<'_>) {
+    match value {
+        Value::Nil => out.extend_from_slice(b"null"),
+        Value::Bool(true) => out.extend_from_slice(b"true"),
+        Value::Bool(false) => out.extend_from_slice(b"false"),
+        Value::Int(int) => json_int(out, int),
+        Value::Big(int) => json_int(out, int),
+        Value::Float(float) => json_float(out, float),
+        Value::Str(text) => json_str(out, text),
+    }
+}
+
+fn push_text(arena: &mut String, parts: &[&str]) -> Text {
+    let start = arena.len();
+    for part in parts {
+        arena.push_str(part);
+    }
+    (start, arena.len())
+}
+
+/// Check, derive, stamp and route one span; `None` unless it is the usual, accepted span.
+fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch) -> Option<()> {
+    // Span.__post_init__'s compiled check (span_check::check_span), on the values as decoded.
+    let (trace_id, span_id) = (fields.trace_id?, fields.span_id?);
+    if trace_id.is_empty() || span_id.is_empty() {
+        return None; // __post_init__ generates the id
+    }
+    let model = fields.model?;
+    let (provider, caller) = (fields.provider.unwrap_or(""), fields.caller.unwrap_or(""));
+    if model.is_empty() || !printable_ascii(model) || !printable_ascii(provider) || !printable_ascii(caller) {
+        return None;
+    }
+    let status = match fields.status.unwrap_or("ok") {
+        "ok" => 0,
+        "error" => 1,
+        "timeout" => 2,
+        _ => return None, // not a Status: msgspec refuses it
+    };
+    let max_tokens = limits.max_tokens;
+    let prompt = token_count(fields.prompt.unwrap_or(Value::Nil), max_tokens)?;
+    let comp = token_count(fields.comp.unwrap_or(Value::Nil), max_tokens)?;
+    let total = token_count(fields.total.unwrap_or(Value::Nil), max_tokens)?;
+    if prompt.is_none() && comp.is_none() && total.is_none() {
+        return None;
+    }
+    let cost = bounded(fields.cost.unwrap_or(Value::Nil), limits.max_cost)?;
+    let mut latency = bounded(fields.latency.unwrap_or(Value::Nil), limits.max_latency)?;
+    let start = canonical(fields.started_at?)?; // no started_at: stamped with the arrival time, in Python
+    let ended = match fields.ended_at {
+        None => None,
+        Some(text) => Some(canonical(text).filter(|ms| *ms <= LAST_MS)?),
+    };
+    if let Some(ended) = ended {
+        if ended < start {
+            return None;
+        }
+        if latency.is_none() {
+            if (ended - start) as f64 > limits.max_latency {
+                return None;
+            }
+            latency = Some(Num::Int(ended - start));
+        }
+    }
+    let mut score = None;
+    let first_attribute = batch.attributes.len();
+    for &(name, value) in &fields.attributes {
+        if name == SCORE_KEY {
+            let number = match value {
+                Value::Int(int) if int.unsigned_abs() <= EXACT_INT => int as f64,
+                Value::Float(float) => float,
+                _ => return None,
+            };
+            if !(-limits.max_score..=limits.max_score).contains(&number) {
+                return None;
+            }
+            score = Some(number);
+            continue;
+        }
+        let arena = &mut batch.text;
+        let grouping = match value {
+            Value::Str(text) => Some(push_text(arena, &[text])),
+            Value::Bool(flag) => Some(push_text(arena, &[if flag { "true" } else { "false" }])),
+            Value::Int(int) => Some(push_text(arena, &[itoa::Buffer::new().format(int)])),
+            Value::Big(int) => Some(push_text(arena, &[itoa::Buffer::new().format(int)])),
+            Value::Float(float) if float.is_finite() => None,
+            Value::Float(_) | Value::Nil => return None, // msgspec writes a non-finite float as null
+        };
+        let name = push_text(arena, &[name]);
+        batch.attributes.push((name, grouping));
+    }
+    let attributes = (first_attribute, batch.attributes.len());
+    let total = total.unwrap_or(prompt.unwrap_or(0) + comp.unwrap_or(0));
+
+    // Span.stamp: fill ended_at from the start and the latency (Python's round).
+    let ended_text = match fields.ended_at {
+        Some(text) => text.to_owned(),
+        None => {
+            let rounded = match latency {
+                None => 0,
+                Some(Num::Float(value)) if (0.0..=1e15).contains(&value) => value.round_ties_even() as i64,
+                Some(Num::Int(value)) if (0..=1_000_000_000_000_000).contains(&value) => value,
+                Some(_) => return None,
+            };
+            let mut text = [0u8; 24];
+            format_into((start + rounded).min(LAST_MS), &mut text);
+            // SAFETY: format_into writes ASCII digits and separators only.
+            unsafe { std::str::from_utf8_unchecked(&text) }.to_owned()
+        }
+    };
+
+    // Applier._route: bounds, price and horizon, decided by the message alone.
+    if start < limits.oldest_ms || start > limits.latest_ms {
+        return None;
+    }
+    if limits.priced && cost.is_none() && (prompt.is_some() || comp.is_some()) {
+        return None;
+    }
+    let bucket = start - start.rem_euclid(limits.bucket_ms);
+    if bucket < limits.horizon_ms {
+        return None;
+    }
+
+    // What the aggregates read (aggregate::AggregateKernel::row).
+    let cost_nanos = match cost {
+        None => None,
+        Some(Num::Int(int)) => {
+            let product = i128::from(int) * 1_000_000_000;
+            if product.unsigned_abs() > u128::from(EXACT_INT) {
+                return None;
+            }
+            Some(((product as f64) + 0.5).trunc() as i128)
+        }
+        Some(Num::Float(value)) => Some((value * NANO + 0.5).trunc() as i128),
+    };
+
+    // msgspec's JSON of the stamped span, field by field in the struct's order.
+    let out = &mut batch.json;
+    let from = out.len();
+    out.extend_from_slice(b"{\"trace_id\":");
+    json_str(out, trace_id);
+    out.extend_from_slice(b",\"span_id\":");
+    json_str(out, span_id);
+    out.extend_from_slice(b",\"parent_span_id\":");
+    json_optional_str(out, fields.parent_span_id);
+    out.extend_from_slice(b",\"name\":");
+    json_str(out, fields.name.unwrap_or(""));
+    out.extend_from_slice(b",\"model\":");
+    json_str(out, model);
+    out.extend_from_slice(b",\"provider\":");
+    json_str(out, provider);
+    out.extend_from_slice(b",\"prompt_tokens\":");
+    json_num(out, prompt.map(Num::Int));
+    out.extend_from_slice(b",\"comp_tokens\":");
+    json_num(out, comp.map(Num::Int));
+    out.extend_from_slice(b",\"total_tokens\":");
+    json_int(out, total);
+    out.extend_from_slice(b",\"cost_usd\":");
+    json_num(out, cost);
+    out.extend_from_slice(b",\"latency_ms\":");
+    json_num(out, latency);
+    out.extend_from_slice(b",\"status\":");
+    json_str(out, ["ok", "error", "timeout"][usize::from(status)]);
+    out.extend_from_slice(b",\"error\":");
+    json_optional_str(out, fields.error);
+    out.extend_from_slice(b",\"caller\":");
+    json_str(out, caller);
+    out.extend_from_slice(b",\"started_at\":");
+    json_str(out, fields.started_at?);
+    out.extend_from_slice(b",\"ended_at\":");
+    json_str(out, &ended_text);
+    out.extend_from_slice(b",\"attributes\":{");
+    for (at, &(name, value)) in fields.attributes.iter().enumerate() {
+        if at > 0 {
+            out.push(b',');
+        }
+        json_str(out, name);
+        out.push(b':');
+        json_value(out, value);
+    }
+    out.extend_from_slice(b"}}");
+    let json = (from, out.len());
+    out.push(b'\n');
+
+    let arena = &mut batch.text;
+    let series = push_text(arena, &[model, limits.sep, provider, limits.sep, caller]);
+    let (trace_id, span_id) = (push_text(arena, &[trace_id]), push_text(arena, &[span_id]));
+    batch.spans.push(WireSpan {
+        trace_id,
+        span_id,
+        start,
+        bucket,
+        status,
+        cost_nanos,
+        prompt,
+        comp: comp.unwrap_or(0),
+        total,
+        latency: latency.map(Num::number),
+        score,
+        series,
+        attributes,
+        json,
+    });
+    Some(())
+}
+
+impl WireBatch {
+    pub fn text(&self, range: Text) -> &str {
+        &self.text[range.0..range.1]
+    }
+
+    pub fn line(&self, span: &WireSpan) -> &[u8] {
+        &self.json[span.json.0..span.json.1]
+    }
+
+    fn decode(payload: &[u8], limits: &Limits<'_>) -> Option<WireBatch> {
+        if limits.bucket_ms <= 0 || !payload.starts_with(PREFIX) {
+            return None;
+        }
+        let mut reader = Reader { buf: payload, pos: PREFIX.len() };
+        let count = reader.array_len()?;
+        let mut batch = WireBatch {
+            spans: Vec::with_capacity(count.min(payload.len())),
+            text: String::with_capacity(payload.len()),
+            attributes: Vec::new(),
+            json: Vec::with_capacity(payload.len() * 2),
+        };
+        for _ in 0..count {
+            let fields = read_span(&mut reader)?;
+            accept(&fields, limits, &mut batch)?;
+        }
+        (reader.pos == payload.len()).then_some(batch)
+    }
+}
+
+#[pymethods]
+impl WireBatch {
+    fn __len__(&self) -> usize {
+        self.spans.len()
+    }
+
+    /// The spans' buckets in order of first appearance: `(bucket start, spans in it)`.
+    fn buckets(&self) -> Vec<(i64, usize)> {
+        let mut seen: Vec<(i64, usize)> = Vec::new();
+        for span in &self.spans {
+            match seen.iter_mut().find(|(bucket, _)| *bucket == span.bucket) {
+                Some((_, count)) => *count += 1,
+                None => seen.push((span.bucket, 1)),
+            }
+        }
+        seen
+    }
+
+    /// The stamped spans as msgspec's JSON, one per line (`encode_lines`).
+    fn lines<'py>(&self, py: Python<'py>) -> Bound<'py, PyBytes> {
+        PyBytes::new(py, &self.json)
+    }
+
+    /// The time each span counts at, in order.
+    fn starts(&self) -> Vec<i64> {
+        self.spans.iter().map(|span| span.start).collect()
+    }
+}
+
+/// The message as a `WireBatch` when it is the usual message (see the module docstring); `None` otherwise.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+#[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep))]
+pub fn decode_batch(
+    payload: &Bound<'_, PyBytes>,
+    oldest_ms: i64,
+    latest_ms: i64,
+    bucket_ms: i64,
+    horizon_ms: i64,
+    priced: bool,
+    max_tokens: i64,
+    max_cost: f64,
+    max_latency: f64,
+    max_score: f64,
+    sep: &str,
+) -> Option<WireBatch> {
+    let limits = Limits {
+        max_tokens,
+        max_cost,
+        max_latency,
+        max_score,
+        oldest_ms,
+        latest_ms,
+        bucket_ms,
+        horizon_ms,
+        priced,
+        sep,
+    };
+    WireBatch::decode(payload.as_bytes(), &limits)
+}
