@@ -194,7 +194,70 @@ impl BucketKernel {
     }
 }
 
+/// Where a span's attribute counts: nowhere (a new key past the key cap), or a group, perhaps the overflow
+/// value's (past the value cap: counted in ``overflowed`` each time).
+#[derive(Clone, Copy)]
+enum Resolution {
+    Refused,
+    Group(usize, bool),
+}
+
 impl BucketKernel {
+    /// The group of ``(name, value, series key)`` in the state's ``attributes``, created as ``_attribute_groups``
+    /// creates it, with its index in ``groups``.
+    #[allow(clippy::too_many_arguments)]
+    fn resolve<'py>(
+        &self,
+        py: Python<'py>,
+        attributes: &Bound<'py, PyDict>,
+        (name, value, key): (&Bound<'py, PyString>, &Bound<'py, PyString>, &Bound<'py, PyString>),
+        (max_attribute_keys, max_attribute_values): (usize, usize),
+        groups: &mut Vec<(Bound<'py, PyAny>, Delta<'py>)>,
+        group_index: &mut HashMap<usize, usize>,
+        kernel: &AggregateKernel,
+    ) -> PyResult<Resolution> {
+        let values = match attributes.get_item(name)? {
+            Some(values) => values,
+            None => {
+                if attributes.len() >= max_attribute_keys {
+                    return Ok(Resolution::Refused);
+                }
+                let values = PyDict::new(py).into_any();
+                attributes.set_item(name, &values)?;
+                values
+            }
+        };
+        let values = values.cast::<PyDict>()?;
+        let mut spilled = false;
+        let by_series = match values.get_item(value)? {
+            Some(by_series) => by_series,
+            None => {
+                let mut slot = value.clone();
+                let mut found = None;
+                if values.len() >= max_attribute_values {
+                    spilled = true;
+                    slot = self.overflow.bind(py).clone();
+                    found = values.get_item(&slot)?;
+                }
+                match found {
+                    Some(by_series) => by_series,
+                    None => {
+                        let by_series = PyDict::new(py).into_any();
+                        values.set_item(&slot, &by_series)?;
+                        by_series
+                    }
+                }
+            }
+        };
+        let by_series = by_series.cast::<PyDict>()?;
+        let group = Self::child(by_series, key.as_any(), || self.new_aggregate(py))?;
+        let at = *group_index.entry(group.as_ptr() as usize).or_insert_with(|| {
+            groups.push((group.clone(), Delta::new(kernel)));
+            groups.len() - 1
+        });
+        Ok(Resolution::Group(at, spilled))
+    }
+
     /// Count checked spans into ``state`` as ``BucketState.add_many`` does.
     fn add_entries(
         &self,
@@ -218,57 +281,50 @@ impl BucketKernel {
         // Attribute groups in span order, each with its spans (keyed by the aggregate's identity).
         let attributes = state.getattr(intern!(py, "attributes"))?;
         let attributes = attributes.cast::<PyDict>()?;
-        let overflow = self.overflow.bind(py);
         let mut overflowed: i64 = 0;
         let mut groups: Vec<(Bound<'_, PyAny>, Delta<'_>)> = Vec::new();
         let mut group_index: HashMap<usize, usize> = HashMap::new();
+        // The group a (name, value, series) resolves to, by the objects' identity: fixed within a call, since
+        // the dicts only grow (a value refused by a cap stays refused), but for the overflow text itself once
+        // spilled. Batches share their text objects, so most spans skip the dict walk.
+        let mut resolved: FxHashMap<(usize, usize, usize), Resolution> = FxHashMap::default();
+        let mut series_keys: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
         for entry in entries {
             if entry.attributes.is_empty() {
                 continue;
             }
-            let key = PyString::new(py, &entry.series);
+            let key = series_keys.entry(entry.series.as_str()).or_insert_with(|| PyString::new(py, &entry.series));
             for (name, value) in &entry.attributes {
                 let Grouping::Text(value) = value else { continue };
-                let values = match attributes.get_item(name)? {
-                    Some(values) => values,
+                let identity = (name.as_ptr() as usize, value.as_ptr() as usize, key.as_ptr() as usize);
+                let resolution = match resolved.get(&identity) {
+                    Some(resolution) => *resolution,
                     None => {
-                        if attributes.len() >= max_attribute_keys {
-                            overflowed += 1;
-                            continue;
+                        let resolution = self.resolve(
+                            py,
+                            attributes,
+                            (name, value, key),
+                            (max_attribute_keys, max_attribute_values),
+                            &mut groups,
+                            &mut group_index,
+                            kernel,
+                        )?;
+                        // Spilling a value makes the overflow slot: the overflow text itself then finds it.
+                        let spilled_overflow = matches!(resolution, Resolution::Group(_, true))
+                            && value.as_any().eq(self.overflow.bind(py))?;
+                        if !spilled_overflow {
+                            resolved.insert(identity, resolution);
                         }
-                        let values = PyDict::new(py).into_any();
-                        attributes.set_item(name, &values)?;
-                        values
+                        resolution
                     }
                 };
-                let values = values.cast::<PyDict>()?;
-                let by_series = match values.get_item(value)? {
-                    Some(by_series) => by_series,
-                    None => {
-                        let mut slot = value.clone();
-                        let mut found = None;
-                        if values.len() >= max_attribute_values {
-                            overflowed += 1;
-                            slot = overflow.clone();
-                            found = values.get_item(&slot)?;
-                        }
-                        match found {
-                            Some(by_series) => by_series,
-                            None => {
-                                let by_series = PyDict::new(py).into_any();
-                                values.set_item(&slot, &by_series)?;
-                                by_series
-                            }
-                        }
+                match resolution {
+                    Resolution::Refused => overflowed += 1,
+                    Resolution::Group(at, spilled) => {
+                        overflowed += i64::from(spilled);
+                        groups[at].1.add(py, kernel, &entry.row);
                     }
-                };
-                let by_series = by_series.cast::<PyDict>()?;
-                let group = Self::child(by_series, key.as_any(), || self.new_aggregate(py))?;
-                let at = *group_index.entry(group.as_ptr() as usize).or_insert_with(|| {
-                    groups.push((group.clone(), Delta::new(kernel)));
-                    groups.len() - 1
-                });
-                groups[at].1.add(py, kernel, &entry.row);
+                }
             }
         }
 
