@@ -4,7 +4,7 @@ Fills a 4-partition topic with ``--spans`` spans in ``--batch``-span messages, s
 (fresh group and Redis prefix) per ``--fetch-bytes`` value given, and from the first span counted in the
 view to the last prints the rate, the CPU seconds of the worker, the broker, redis-server and this script
 (share of one core), the worker's peak RSS, and the busiest Redis commands (``INFO commandstats``: the
-trace index is ``HSET`` and ``ZADD``, the view's entries ``EVALSHA``) and how much Redis memory grew. A worker well under 100 % of a core is
+trace index is ``APPEND`` and ``ZADD``, the view's entries ``EVALSHA``) and how much Redis memory grew. A worker well under 100 % of a core is
 waiting for something; that is how the fetch size was found (bench/RESULTS.md).
 
 ``--against REV`` (repeatable) runs the same measurement with the worker importing the code of a git revision

@@ -219,7 +219,7 @@ class Materializer:
         log.warning("redis view: could not index %d spans for /traces: %r", spans, exc)
 
     async def expire_traces(self, now_ms: int, *, limit: int = 2000, rounds: int = 50) -> int:
-        """Delete the traces that started more than the trace retention before ``now_ms`` (hashes and listing
+        """Delete the traces that started more than the trace retention before ``now_ms`` (spans and listing
         entries), ``limit`` per script call (Redis serves other clients between calls) and at most ``rounds``
         calls, so one pass after a long outage does not hold the worker up: the next pass goes on. Returns how
         many were deleted."""
@@ -228,7 +228,8 @@ class Materializer:
         horizon = now_ms - self.trace_retention_ms
         deleted = 0
         for _ in range(rounds):
-            done = int(await self._expire_traces(keys=[keys.traces], args=[keys.trace_prefix, horizon, limit]))
+            args = [keys.trace_prefix, horizon, limit, keys.legacy_trace_prefix]
+            done = int(await self._expire_traces(keys=[keys.traces], args=args))
             deleted += done
             if done < limit:
                 break

@@ -27,7 +27,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
-from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, decode_span
+from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys, trace_spans
 from tokentrace.api.stores.topic_lag import EndOffsets, lag_by_partition
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
@@ -342,12 +342,13 @@ class RedisStore:
             chunk = trace_ids[i : i + _FETCH_CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
                 for trace_id in chunk:
-                    pipe.hvals(self.keys.trace(trace_id))
+                    pipe.get(self.keys.trace(trace_id))
+                    pipe.hvals(self.keys.legacy_trace(trace_id))  # written by an earlier build
                 rows = await pipe.execute()
-            for trace_id, values in zip(chunk, rows, strict=True):
-                if not values:
+            for trace_id, lines, legacy in zip(chunk, rows[0::2], rows[1::2], strict=True):
+                if not lines and not legacy:
                     continue
-                spans = sorted((decode_span(v) for v in values), key=lambda s: (s.started_at or "", s.span_id))
+                spans = sorted(trace_spans(lines, legacy), key=lambda s: (s.started_at or "", s.span_id))
                 trace = Trace(trace_id)
                 for span in spans:
                     trace.add(span)

@@ -12,10 +12,13 @@ Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
 * ``{p}epoch`` — a random id set (``NX``) by the first worker that finds it missing. A reader that sees
   it change (or vanish) starts over; a worker that sees it change re-materializes its partitions: that
   is how a flushed or restarted Redis is rebuilt from the workers' tables.
-* ``{p}t:<trace id>`` — hash ``span_id`` → JSON span; ``{p}traces`` — sorted set trace id → earliest start
-  (ms). Both keyed by ids, so rewriting a span is harmless. Retention follows the listing: ``EXPIRE_TRACES``
-  deletes the traces that started before the horizon, listing entry and hash together (no TTL per trace:
-  setting one cost Redis a quarter of the index's time, and expiring it as much again).
+* ``{p}tl:<trace id>`` — string of the trace's JSON spans, one per line, appended as they come; ``{p}traces``
+  — sorted set trace id → earliest start (ms). A replay appends a span again: readers keep the last line of
+  each span id (``trace_spans``), so rewriting a span is harmless. Retention follows the listing:
+  ``EXPIRE_TRACES`` deletes the traces that started before the horizon, listing entry and spans together (no
+  TTL per trace: setting one cost Redis a quarter of the index's time, and expiring it as much again).
+  Builds before this layout kept a trace as a hash ``{p}t:<trace id>`` (span id → JSON span); it is still
+  read and expired, so their traces stay visible until retention drops them.
 
 Entries, ``seq``, ``changes``, ``tombstones`` and ``epoch`` are those of state schema 1; a build of another
 schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shared.
@@ -23,7 +26,7 @@ schema keeps its own under ``{p}v<schema>:`` (``Keys``), the trace index is shar
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -46,6 +49,7 @@ __all__ = [
     "decode_span",
     "encode_span",
     "trace_index_commands",
+    "trace_spans",
 ]
 
 DEFAULT_PREFIX = "tt:"
@@ -84,19 +88,23 @@ end
 return dropped
 """
 
-#: ``trace_index_commands`` puts at most this many ``HSET`` commands in one pipeline (one ``ZADD`` each) and at
-#: most this many spans in one ``HSET`` (a longer trace takes several), so no command or reply grows unbounded.
+#: ``trace_index_commands`` puts at most this many ``APPEND`` commands in one pipeline (one ``ZADD`` each) and
+#: at most this many spans in one ``APPEND`` (a longer trace takes several), so no command grows unbounded.
 INDEX_TRACES_PER_CALL = 2000
 INDEX_SPANS_PER_TRACE = 2000
 
-#: KEYS: the trace listing. ARGV: trace hash prefix, horizon (ms), limit (at most ~8,000: Lua's ``unpack``).
-#: Deletes up to ``limit`` traces that started before the horizon, hashes and listing entries; returns how
-#: many (call again while it returns ``limit``).
+#: KEYS: the trace listing. ARGV: trace prefix, horizon (ms), limit (at most ~4,000: Lua's ``unpack`` of two
+#: keys per trace), the legacy trace prefix. Deletes up to ``limit`` traces that started before the horizon
+#: (their JSON lines, an earlier build's hash, the listing entry); returns how many (call again while it
+#: returns ``limit``).
 EXPIRE_TRACES = """
 local ids = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', '(' .. ARGV[2], 'LIMIT', 0, tonumber(ARGV[3]))
 if #ids == 0 then return 0 end
 local keys = {}
-for i, id in ipairs(ids) do keys[i] = ARGV[1] .. id end
+for i, id in ipairs(ids) do
+  keys[2 * i - 1] = ARGV[1] .. id
+  keys[2 * i] = ARGV[4] .. id
+end
 redis.call('DEL', unpack(keys))
 redis.call('ZREM', KEYS[1], unpack(ids))
 return #ids
@@ -133,10 +141,11 @@ def trace_index_commands(
     """The commands indexing ``(span, start ms)`` pairs (or compiled batches of them, ``native.decode_batch``)
     for ``/traces``, RESP-encoded: pipelines of ``(commands, number of replies)``, every reply an integer.
 
-    Per trace, in order of first appearance, ``HSET <trace_prefix><trace id>`` of its spans as JSON by span id
+    Per trace, in order of first appearance, ``APPEND <trace_prefix><trace id>`` of its spans as JSON lines
     (at most ``per_trace`` spans per command: a longer trace takes several); per pipeline (at most ``per_call``
     of those), one ``ZADD <listing> LT`` of their traces' earliest starts. Plain commands rather than a script:
-    Redis spent ~60 % of the index's time unpacking a script's arguments (bench/RESULTS.md).
+    Redis spent ~60 % of the index's time unpacking a script's arguments; appending to a string rather than
+    setting hash fields halves what Redis spends per trace (bench/RESULTS.md).
     """
     if not spans:
         return []
@@ -149,29 +158,28 @@ def trace_index_commands(
         if commands is not None:
             return commands
     pair_lines = iter(lines.split(b"\n")[:-1])  # each line ends in \n
-    records: list[tuple[str, str, int, bytes]] = []
+    records: list[tuple[str, int, bytes]] = []
     for item in spans:
         if isinstance(item, tuple):
             span, at = item
-            records.append((span.trace_id, span.span_id, at, next(pair_lines)))
+            records.append((span.trace_id, at, next(pair_lines)))
             continue
         for line, at in zip(item.lines().split(b"\n")[:-1], item.starts(), strict=True):
-            span = _span_decoder.decode(line)
-            records.append((span.trace_id, span.span_id, at, line))
+            records.append((_span_decoder.decode(line).trace_id, at, line))
     by_trace: dict[str, list[bytes]] = {}
     starts: dict[str, int] = {}
-    for trace_id, span_id, at, line in records:
-        fields = by_trace.get(trace_id)
-        if fields is None:
-            fields = by_trace[trace_id] = []
+    for trace_id, at, line in records:
+        members = by_trace.get(trace_id)
+        if members is None:
+            members = by_trace[trace_id] = []
             starts[trace_id] = at
         elif at < starts[trace_id]:
             starts[trace_id] = at
-        fields += (span_id.encode(), line)
+        members.append(line)
     items = [
-        (trace_id, fields[i : i + 2 * per_trace])
-        for trace_id, fields in by_trace.items()
-        for i in range(0, len(fields), 2 * per_trace)
+        (trace_id, members[i : i + per_trace])
+        for trace_id, members in by_trace.items()
+        for i in range(0, len(members), per_trace)
     ]
     prefix, key = trace_prefix.encode(), listing.encode()
     pipelines = []
@@ -179,12 +187,23 @@ def trace_index_commands(
         call = items[i : i + per_call]
         out = bytearray()
         listed: list[bytes] = []
-        for trace_id, fields in call:
-            _command(out, b"HSET", prefix + trace_id.encode(), *fields)
+        for trace_id, members in call:
+            _command(out, b"APPEND", prefix + trace_id.encode(), b"".join(line + b"\n" for line in members))
             listed += (str(starts[trace_id]).encode(), trace_id.encode())
         _command(out, b"ZADD", key, b"LT", *listed)
         pipelines.append((bytes(out), len(call) + 1))
     return pipelines
+
+
+def trace_spans(lines: bytes | None, legacy: Iterable[bytes] = ()) -> list[Span]:
+    """A trace's spans from its JSON lines (and the hash values an earlier build wrote), each span once: the
+    last line of a span id wins, as a hash field would (a replay appends a span again)."""
+    by_id: dict[str, Span] = {}
+    for data in (*legacy, *(lines.split(b"\n") if lines else ())):
+        if data:
+            span = decode_span(data)
+            by_id[span.span_id] = span
+    return list(by_id.values())
 
 
 class Keys:
@@ -205,7 +224,9 @@ class Keys:
         self.tombstones = f"{view}tombstones"
         self.entry_prefix = f"{view}e:"
         self.traces = f"{prefix}traces"
-        self.trace_prefix = f"{prefix}t:"
+        self.trace_prefix = f"{prefix}tl:"
+        #: Where builds before the JSON-lines index kept a trace (a hash by span id): read and expired still.
+        self.legacy_trace_prefix = f"{prefix}t:"
 
     def entry(self, member: str) -> str:
         """The entry of ``member`` (``"<partition>:<start>"`` or ``"<partition>:meta"``)."""
@@ -213,3 +234,6 @@ class Keys:
 
     def trace(self, trace_id: str) -> str:
         return f"{self.trace_prefix}{trace_id}"
+
+    def legacy_trace(self, trace_id: str) -> str:
+        return f"{self.legacy_trace_prefix}{trace_id}"

@@ -4,7 +4,7 @@
 //! The input is a list of `(span, start ms)` pairs, whose spans arrive already encoded (msgspec's
 //! `encode_lines`, one JSON span per line), and of compiled batches (`wire::WireBatch`, which carry their
 //! own JSON): this groups the spans by trace in order of first appearance, keeps each trace's earliest start,
-//! and writes the `HSET` and `ZADD` commands in the Redis protocol, byte for byte as the Python code does.
+//! and writes the `APPEND` and `ZADD` commands in the Redis protocol, byte for byte as the Python code does.
 //! Any input it does not expect (an item of another kind, ids that are not plain `str`, a line count that
 //! does not match the pairs) returns `None` and the Python code runs.
 
@@ -16,23 +16,23 @@ use pyo3::types::{PyBytes, PyInt, PyList, PyString, PyTuple};
 
 use crate::wire::WireBatch;
 
-/// One item of a payload: a trace and a run of its spans.
-type Item<'t, 'a> = (&'t Trace<'a>, &'t [(&'a str, &'a [u8])]);
+/// One item of a payload: a trace and a run of its spans' JSON lines.
+type Item<'t, 'a> = (&'t Trace<'a>, &'t [&'a [u8]]);
 
 /// Commands and how many replies they get.
 type Pipeline<'py> = (Bound<'py, PyBytes>, usize);
 
 /// An item of the input: a `(span, start ms)` pair's ids and start, or a batch of spans.
 enum Source<'py> {
-    Pair(Bound<'py, PyString>, Bound<'py, PyString>, i64),
+    Pair(Bound<'py, PyString>, i64),
     Batch(Bound<'py, WireBatch>),
 }
 
 struct Trace<'a> {
     id: &'a str,
     start: i64,
-    /// (span id, JSON span) in arrival order.
-    spans: Vec<(&'a str, &'a [u8])>,
+    /// JSON spans in arrival order.
+    spans: Vec<&'a [u8]>,
 }
 
 /// A command's header: the array of `args` bulk strings that follows.
@@ -105,62 +105,64 @@ pub fn trace_index_commands<'py>(
         };
         let span = pair.get_item(0)?;
         let trace_id = span.getattr(intern!(py, "trace_id"))?;
-        let span_id = span.getattr(intern!(py, "span_id"))?;
-        if !trace_id.is_exact_instance_of::<PyString>() || !span_id.is_exact_instance_of::<PyString>() {
+        if !trace_id.is_exact_instance_of::<PyString>() {
             return Ok(None);
         }
-        sources.push(Source::Pair(trace_id.cast_into::<PyString>()?, span_id.cast_into::<PyString>()?, at));
+        sources.push(Source::Pair(trace_id.cast_into::<PyString>()?, at));
         pairs += 1;
     }
     if json.len() != pairs {
         return Ok(None);
     }
     let mut json = json.into_iter();
-    let mut records: Vec<(&str, &str, i64, &[u8])> = Vec::with_capacity(spans.len());
+    let mut records: Vec<(&str, i64, &[u8])> = Vec::with_capacity(spans.len());
     for source in &sources {
         match source {
-            Source::Pair(trace_id, span_id, at) => {
-                let (Ok(trace_id), Ok(span_id), Some(line)) = (trace_id.to_str(), span_id.to_str(), json.next()) else {
+            Source::Pair(trace_id, at) => {
+                let (Ok(trace_id), Some(line)) = (trace_id.to_str(), json.next()) else {
                     return Ok(None);
                 };
-                records.push((trace_id, span_id, *at, line));
+                records.push((trace_id, *at, line));
             }
             Source::Batch(batch) => {
                 let batch = batch.get();
                 for span in &batch.spans {
-                    records.push((batch.text(span.trace_id), batch.text(span.span_id), span.start, batch.line(span)));
+                    records.push((batch.text(span.trace_id), span.start, batch.line(span)));
                 }
             }
         }
     }
     let mut traces: Vec<Trace<'_>> = Vec::new();
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-    for &(trace_id, span_id, at, line) in &records {
+    for &(trace_id, at, line) in &records {
         let slot = *index.entry(trace_id).or_insert_with(|| {
             traces.push(Trace { id: trace_id, start: at, spans: Vec::new() });
             traces.len() - 1
         });
         let trace = &mut traces[slot];
         trace.start = trace.start.min(at);
-        trace.spans.push((span_id, line));
+        trace.spans.push(line);
     }
     let items: Vec<Item<'_, '_>> =
         traces.iter().flat_map(|trace| trace.spans.chunks(per_trace).map(move |chunk| (trace, chunk))).collect();
     let mut pipelines = Vec::with_capacity(items.len().div_ceil(per_call));
     for call in items.chunks(per_call) {
-        let size: usize = call
-            .iter()
-            .map(|(t, s)| s.iter().map(|(i, l)| i.len() + l.len() + 24).sum::<usize>() + 2 * t.id.len() + 80)
-            .sum();
+        let size: usize =
+            call.iter().map(|(t, s)| s.iter().map(|l| l.len() + 1).sum::<usize>() + 2 * t.id.len() + 80).sum();
         let mut out = Vec::with_capacity(size + listing.len() + 32);
         for (trace, spans) in call {
-            command_header(&mut out, 2 + 2 * spans.len());
-            bulk(&mut out, &[b"HSET"]);
+            command_header(&mut out, 3);
+            bulk(&mut out, &[b"APPEND"]);
             bulk(&mut out, &[trace_prefix, trace.id.as_bytes()]);
-            for (span_id, line) in *spans {
-                bulk(&mut out, &[span_id.as_bytes()]);
-                bulk(&mut out, &[line]);
+            let size: usize = spans.iter().map(|line| line.len() + 1).sum();
+            out.push(b'$');
+            out.extend_from_slice(itoa::Buffer::new().format(size).as_bytes());
+            out.extend_from_slice(b"\r\n");
+            for line in *spans {
+                out.extend_from_slice(line);
+                out.push(b'\n');
             }
+            out.extend_from_slice(b"\r\n");
         }
         command_header(&mut out, 3 + 2 * call.len());
         bulk(&mut out, &[b"ZADD"]);

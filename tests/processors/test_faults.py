@@ -27,6 +27,7 @@ from tests.processors.harness import (
     wait_view_total,
 )
 from tokentrace.api.stores.redis_store import POISON_COUNTER, RedisStore
+from tokentrace.api.stores.redis_view import trace_spans
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, total
@@ -106,9 +107,9 @@ async def test_redis_flushed_or_restarted_is_rebuilt_exactly(
         while not wanted <= indexed and time.monotonic() < deadline:
             await asyncio.sleep(0.5)
             indexed = {
-                (trace.decode(), span.decode())
+                (trace.decode(), span.span_id)
                 for trace in client.zrange(store.keys.traces, 0, -1)
-                for span in client.hkeys(store.keys.trace(trace.decode()))
+                for span in trace_spans(client.get(store.keys.trace(trace.decode())))
             }
     assert wanted <= indexed, f"{len(wanted - indexed)} of {len(wanted)} spans not indexed" + workers.logs()
 

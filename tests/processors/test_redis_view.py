@@ -10,6 +10,7 @@ import pytest
 from tests.infra.redis import RedisServer
 from tests.processors.test_state import _span
 from tokentrace.api.stores.redis_store import RedisStore
+from tokentrace.api.stores.redis_view import encode_span, trace_spans
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
@@ -206,6 +207,35 @@ async def test_the_trace_index_takes_long_traces_and_expires_old_ones_whole(
             assert await store.trace("long") is None
             assert not any(client.exists(store.keys.trace(f"old{i}")) for i in range(25))
             assert sorted(t.decode() for t in client.zrange(store.keys.traces, 0, -1)) == [f"new{i}" for i in range(5)]
-            assert all(client.hlen(store.keys.trace(f"new{i}")) == 1 for i in range(5))
+            assert all(len(trace_spans(client.get(store.keys.trace(f"new{i}")))) == 1 for i in range(5))
+    finally:
+        await materializer.close()
+
+
+async def test_traces_an_earlier_build_wrote_as_hashes_are_read_and_expired(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Builds before the JSON-lines index kept a trace as a hash by span id; after an upgrade those traces
+    still show (merged with spans indexed since), and retention deletes them."""
+    now = now_ms()
+    old, recent = now - 2 * HOUR_MS, now - MINUTE_MS
+    with redis_server.client() as client:
+        client.hset(
+            store.keys.legacy_trace("t"), mapping={"s1": encode_span(_span(1, recent, trace_id="t", span_id="s1"))}
+        )
+        client.hset(
+            store.keys.legacy_trace("gone"), mapping={"s": encode_span(_span(1, old, trace_id="gone", span_id="s"))}
+        )
+        client.zadd(store.keys.traces, {"t": recent, "gone": old})
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    try:
+        await materializer.write_traces([(_span(2, recent + 1, trace_id="t", span_id="s2"), recent + 1)])
+        trace = await store.trace("t")
+        assert trace is not None and [s.span_id for s in trace["spans"]] == ["s1", "s2"]
+        assert await store.trace("gone") is not None
+        assert await materializer.expire_traces(now) == 1
+        assert await store.trace("gone") is None
+        with redis_server.client() as client:
+            assert not client.exists(store.keys.legacy_trace("gone"))
     finally:
         await materializer.close()

@@ -12,7 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.api.stores import redis_view
-from tokentrace.api.stores.redis_view import decode_span, trace_index_commands
+from tokentrace.api.stores.redis_view import decode_span, encode_span, trace_index_commands, trace_spans
 from tokentrace.core import native
 from tokentrace.core.buckets import SEP
 from tokentrace.core.codec import decode_wire, encode_wire
@@ -113,7 +113,7 @@ def test_commands_group_spans_by_trace_with_the_earliest_start(
     spans: list[tuple[Span, int]], per_call: int, per_trace: int
 ) -> None:
     """Reading the commands back gives every span once, under its trace, listed with the trace's earliest start;
-    each pipeline is HSETs then one ZADD LT, and counts one reply per command."""
+    each pipeline is APPENDs of JSON lines then one ZADD LT, and counts one reply per command."""
     expected: dict[str, tuple[int, list[Span]]] = {}
     for span, at in spans:
         start, members = expected.get(span.trace_id, (at, []))
@@ -121,17 +121,16 @@ def test_commands_group_spans_by_trace_with_the_earliest_start(
     got: dict[str, tuple[int, list[Span]]] = {}
     order: list[str] = []
     for pipeline, replies in python_commands(spans, per_call, per_trace):
-        *hsets, zadd = parse_resp(pipeline)
-        assert replies == len(hsets) + 1 and 1 <= len(hsets) <= per_call
-        assert zadd[:3] == [b"ZADD", LISTING.encode(), b"LT"] and len(zadd) == 3 + 2 * len(hsets)
+        *appends, zadd = parse_resp(pipeline)
+        assert replies == len(appends) + 1 and 1 <= len(appends) <= per_call
+        assert zadd[:3] == [b"ZADD", LISTING.encode(), b"LT"] and len(zadd) == 3 + 2 * len(appends)
         listed = dict(zip(zadd[4::2], zadd[3::2], strict=True))
-        for hset in hsets:
-            assert hset[0] == b"HSET" and hset[1].startswith(PREFIX.encode())
-            trace_id = hset[1][len(PREFIX) :].decode()
-            fields = hset[2:]
-            assert 2 <= len(fields) <= 2 * per_trace
-            members = [decode_span(line) for line in fields[1::2]]
-            assert [f.decode() for f in fields[0::2]] == [span.span_id for span in members]
+        for append in appends:
+            assert append[0] == b"APPEND" and append[1].startswith(PREFIX.encode()) and len(append) == 3
+            trace_id = append[1][len(PREFIX) :].decode()
+            assert append[2].endswith(b"\n")
+            members = [decode_span(line) for line in append[2].split(b"\n")[:-1]]
+            assert 1 <= len(members) <= per_trace
             if trace_id not in got:
                 order.append(trace_id)
             got[trace_id] = (int(listed[trace_id.encode()]), [*got.get(trace_id, (0, []))[1], *members])
@@ -169,6 +168,18 @@ def test_compiled_batches_index_as_their_spans_do(
     expected = python_commands(as_pairs, per_call, per_trace)
     assert commands(items, per_call, per_trace) == expected
     assert python_commands(items, per_call, per_trace) == expected
+
+
+def test_a_trace_reads_back_each_span_once_the_last_line_winning() -> None:
+    """A replay appends spans again; an earlier build's hash values merge in."""
+    first = Span(trace_id="t", span_id="a", model="m", prompt_tokens=1)
+    again = Span(trace_id="t", span_id="a", model="m", prompt_tokens=2)
+    other = Span(trace_id="t", span_id="b", model="m", prompt_tokens=3)
+    lines = b"".join(encode_span(s) + b"\n" for s in (first, other, again))
+    assert trace_spans(lines) == [again, other]
+    assert trace_spans(None, [encode_span(first)]) == [first]
+    assert trace_spans(b"", []) == []
+    assert trace_spans(encode_span(again) + b"\n", [encode_span(first), encode_span(other)]) == [again, other]
 
 
 @needs_native
