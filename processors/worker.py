@@ -297,13 +297,15 @@ class _Flusher:
                 EXIT_CHANGELOG_FAILED, "changelog write failed (%r): exiting without acking %d events", exc, len(events)
             )
         durable.set_result(None)
+        # The view may show what the changelog holds: it need not wait for the trace index (which a slow
+        # Redis holds up for seconds at 50k spans/s; /metrics then lagged by as much), only the acks do.
+        worker.materializer.submit(written)
         await traces
         if previous is not None:
             await previous  # events are acked in order
         stream = self.stream
         for event in events:
             await stream.ack(event)
-        worker.materializer.submit(written)
         worker.flushes += 1
 
 
