@@ -39,6 +39,28 @@ log = logging.getLogger(__name__)
 Pending = tuple[bytes, int, bytes]
 
 
+#: Trace-index pipelines go to Redis in sends of up to this many bytes, one round trip each. The worker's event
+#: loop serves those round trips between applying events, so one per 2,000-trace pipeline made a flush's index
+#: take seconds at 90k spans/s, holding back the next flushes (bench/RESULTS.md).
+TRACE_SEND_BYTES = 16 * 2**20
+
+
+def _sends(pipelines: list[tuple[bytes, int]]) -> list[tuple[list[bytes], int]]:
+    """Consecutive pipelines joined into sends of at most ``TRACE_SEND_BYTES`` (or one pipeline): ``(parts,
+    replies)``."""
+    sends: list[tuple[list[bytes], int]] = []
+    size = TRACE_SEND_BYTES
+    for commands, replies in pipelines:
+        if size + len(commands) > TRACE_SEND_BYTES:
+            sends.append(([], 0))
+            size = 0
+        parts, count = sends[-1]
+        parts.append(commands)
+        sends[-1] = (parts, count + replies)
+        size += len(commands)
+    return sends
+
+
 class _Backoff:
     """Delays between retries of a Redis write: 0.1 s, doubling up to 2 s."""
 
@@ -187,7 +209,8 @@ class Materializer:
 
     # ----------------------------------------------------------------- traces
     async def write_traces(self, spans: list[IndexItem]) -> None:
-        """Index ``(span, start ms)`` pairs and compiled batches of them for ``/traces`` (by span id: a replay rewrites the same fields).
+        """Index ``(span, start ms)`` pairs and compiled batches of them for ``/traces`` (a replay appends spans
+        again: readers keep the last of each span id). The pipelines go in sends of up to ``TRACE_SEND_BYTES``.
 
         While Redis is unreachable or loading (a restart) this retries for up to ``trace_retry_s``, holding
         back the acks of the flush's events meanwhile, so a Redis restart loses no trace; past that, or on an
@@ -197,13 +220,13 @@ class Materializer:
         if not spans:
             return
         client = self._connect()
-        pipelines = trace_index_commands(spans, self.keys.trace_prefix, self.keys.traces)
+        sends = _sends(trace_index_commands(spans, self.keys.trace_prefix, self.keys.traces))
         deadline = time.monotonic() + self.trace_retry_s
         backoff = _Backoff()
         done = 0
-        while done < len(pipelines):
+        while done < len(sends):
             try:
-                await send_counted(client, *pipelines[done])
+                await send_counted(client, *sends[done])
                 done += 1
             except (aioredis.ConnectionError, aioredis.TimeoutError, aioredis.BusyLoadingError) as exc:
                 if time.monotonic() + backoff.delay > deadline:

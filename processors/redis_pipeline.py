@@ -1,6 +1,6 @@
 """Send commands already encoded in the Redis protocol, and check their integer replies without parsing each.
 
-The trace index writes thousands of ``HSET`` commands per flush. redis-py parses every reply in Python, a
+The trace index writes thousands of ``APPEND`` commands per flush. redis-py parses every reply in Python, a
 coroutine and a few objects each, which cost the worker as much per trace as building the commands. Every
 command sent here answers one line (``:<integer>`` or ``-<error>``), so counting line ends on the connection's
 stream is enough to know when all replies are in; the bytes are checked once at the end.
@@ -22,8 +22,9 @@ __all__ = ["send_counted"]
 _READ_SIZE = 1 << 16
 
 
-async def send_counted(client: aioredis.Redis, commands: bytes, replies: int) -> None:
-    """Send ``commands`` (RESP-encoded, each answering one integer) and wait for their ``replies``.
+async def send_counted(client: aioredis.Redis, commands: bytes | list[bytes], replies: int) -> None:
+    """Send ``commands`` (RESP-encoded, each answering one integer; bytes, or a list of bytes sent one after the
+    other) and wait for their ``replies``.
 
     Raises ``redis.asyncio.ConnectionError`` or ``TimeoutError`` when the connection fails or stalls for the
     client's socket timeout, ``BusyLoadingError`` while Redis loads its data, ``ResponseError`` naming the first
@@ -42,7 +43,7 @@ async def send_counted(client: aioredis.Redis, commands: bytes, replies: int) ->
         _raise_first_error(data)
 
 
-async def _exchange(connection: AbstractConnection, commands: bytes, replies: int) -> bytes:
+async def _exchange(connection: AbstractConnection, commands: bytes | list[bytes], replies: int) -> bytes:
     await connection.send_packed_command(commands, check_health=False)
     reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
     if reader is None:

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from unittest import mock
 
 import pytest
 import redis.asyncio as aioredis
 
 from tests.infra.redis import RedisServer
+from tokentrace.processors import materialize
 from tokentrace.processors.redis_pipeline import send_counted
 
 pytestmark = pytest.mark.redis
@@ -35,6 +37,27 @@ async def test_many_commands_are_applied_and_counted_over_many_reads(client: aio
     await send_counted(client, commands, 20_000)
     assert sum([await client.hlen(f"h{i}") for i in range(100)]) == 20_000
     assert await client.ping()  # the pooled connection is still in step
+
+
+async def test_parts_are_sent_one_after_the_other_as_one_exchange(client: aioredis.Redis) -> None:
+    """A list of pre-encoded pipelines (the trace index's sends, ``materialize._sends``) is one round trip."""
+    parts = [resp(*((b"APPEND", b"k%d" % (i % 7), b"x%d\n" % i) for i in range(j, j + 3000))) for j in (0, 3000, 6000)]
+    await send_counted(client, parts, 9000)
+    assert sum([len((await client.get(f"k{i}") or b"").split(b"\n")) - 1 for i in range(7)]) == 9000
+    assert await client.ping()
+
+
+def test_trace_pipelines_are_joined_into_sends_up_to_the_size_limit() -> None:
+    small, large = (b"a" * 10, 2), (b"b" * 7, 3)
+    with mock.patch.object(materialize, "TRACE_SEND_BYTES", 20):
+        assert materialize._sends([small, small, large, small, (b"c" * 30, 1), small]) == [
+            ([small[0], small[0]], 4),
+            ([large[0], small[0]], 5),
+            ([b"c" * 30], 1),  # larger than the limit on its own: sent alone
+            ([small[0]], 2),
+        ]
+    assert materialize._sends([]) == []
+    assert materialize._sends([small, large]) == [([small[0], large[0]], 5)]
 
 
 async def test_an_error_reply_is_raised_after_every_reply_is_read(client: aioredis.Redis) -> None:
