@@ -7,6 +7,7 @@
 //! order: attribute dicts and aggregates are created in span order (which decides dict order and what the
 //! caps let in), series aggregates in first-seen order. Each span is read once, whatever it counts in.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
@@ -44,7 +45,7 @@ fn grouping<'py>(py: Python<'py>, raw: &Bound<'py, PyAny>) -> Result<Grouping<'p
 /// One span as the grouping needs it.
 struct Entry<'py> {
     row: Row<'py>,
-    series: String,
+    series: Cow<'py, str>,
     attributes: Vec<(Bound<'py, PyString>, Grouping<'py>)>,
 }
 
@@ -70,7 +71,7 @@ impl BucketKernel {
         let model = exact_str(&get(intern!(py, "model"))?)?;
         let provider = exact_str(&get(intern!(py, "provider"))?)?;
         let caller = exact_str(&get(intern!(py, "caller"))?)?;
-        let series = [model, provider, caller].join(&self.sep);
+        let series = Cow::Owned([model, provider, caller].join(&self.sep));
         let raw = get(intern!(py, "attributes"))?;
         let dict = raw.cast::<PyDict>().map_err(|_| ())?;
         let mut attributes = Vec::with_capacity(dict.len());
@@ -154,28 +155,31 @@ impl BucketKernel {
         max_attribute_keys: usize,
         max_attribute_values: usize,
     ) -> PyResult<()> {
-        let mut texts: FxHashMap<String, Bound<'_, PyString>> = FxHashMap::default();
-        let mut text = |value: &str| -> Bound<'_, PyString> {
-            if let Some(found) = texts.get(value) {
-                return found.clone();
-            }
-            let made = PyString::new(py, value);
-            texts.insert(value.to_owned(), made.clone());
-            made
-        };
+        // One Python string per distinct text of the call (batches intern theirs: one lookup per batch, not per
+        // span), so equal texts are the same objects and the group resolution below hits its cache.
+        let segments: Vec<(Bound<'_, WireBatch>, Vec<i64>)> =
+            segments.iter().map(|segment| segment.extract()).collect::<PyResult<_>>()?;
+        let mut texts: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
         let mut entries = Vec::new();
-        for segment in segments.iter() {
-            let (batch, buckets): (Bound<'_, WireBatch>, Vec<i64>) = segment.extract()?;
+        for (batch, buckets) in &segments {
             let batch = batch.get();
+            let strings: Vec<Bound<'_, PyString>> = batch
+                .strings
+                .iter()
+                .map(|&range| {
+                    let value = batch.text(range);
+                    texts.entry(value).or_insert_with(|| PyString::new(py, value)).clone()
+                })
+                .collect();
             for span in batch.spans.iter().filter(|span| buckets.contains(&span.bucket)) {
                 let attributes = batch.attributes[span.attributes.0..span.attributes.1]
                     .iter()
                     .map(|&(name, grouping)| {
                         let grouping = match grouping {
-                            Some(value) => Grouping::Text(text(batch.text(value))),
+                            Some(value) => Grouping::Text(strings[value as usize].clone()),
                             None => Grouping::Skip,
                         };
-                        (text(batch.text(name)), grouping)
+                        (strings[name as usize].clone(), grouping)
                     })
                     .collect();
                 let row = Row {
@@ -187,7 +191,8 @@ impl BucketKernel {
                     latency: span.latency.map(|n| (n, None)),
                     score: span.score,
                 };
-                entries.push(Entry { row, series: batch.text(span.series).to_owned(), attributes });
+                let series = Cow::Borrowed(batch.text(batch.series[span.series as usize]));
+                entries.push(Entry { row, series, attributes });
             }
         }
         self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)
@@ -271,8 +276,8 @@ impl BucketKernel {
         let mut series_order: Vec<(&str, Delta<'_>)> = Vec::new();
         let mut series_index: HashMap<&str, usize> = HashMap::new();
         for entry in entries {
-            let at = *series_index.entry(entry.series.as_str()).or_insert_with(|| {
-                series_order.push((entry.series.as_str(), Delta::new(kernel)));
+            let at = *series_index.entry(entry.series.as_ref()).or_insert_with(|| {
+                series_order.push((entry.series.as_ref(), Delta::new(kernel)));
                 series_order.len() - 1
             });
             series_order[at].1.add(py, kernel, &entry.row);
@@ -293,7 +298,7 @@ impl BucketKernel {
             if entry.attributes.is_empty() {
                 continue;
             }
-            let key = series_keys.entry(entry.series.as_str()).or_insert_with(|| PyString::new(py, &entry.series));
+            let key = series_keys.entry(entry.series.as_ref()).or_insert_with(|| PyString::new(py, &entry.series));
             for (name, value) in &entry.attributes {
                 let Grouping::Text(value) = value else { continue };
                 let identity = (name.as_ptr() as usize, value.as_ptr() as usize, key.as_ptr() as usize);

@@ -14,6 +14,8 @@
 use pyo3::prelude::*;
 use pyo3::types::PyBytes;
 
+use rustc_hash::FxHashMap;
+
 use crate::aggregate::Number;
 use crate::span_check::{canonical, format_into, printable_ascii, LAST_MS};
 
@@ -203,8 +205,8 @@ pub struct WireSpan {
     pub total: i64,
     pub latency: Option<Number>,
     pub score: Option<f64>,
-    /// `model SEP provider SEP caller`.
-    pub series: Text,
+    /// `model SEP provider SEP caller`: its index in `WireBatch.series`.
+    pub series: u32,
     /// Its attributes in `WireBatch.attributes`, as `(start, end)`.
     pub attributes: (usize, usize),
     /// The span's JSON line in `WireBatch.json` (without its newline).
@@ -218,8 +220,12 @@ pub struct WireBatch {
     /// The spans' ids, series and attribute texts.
     pub text: String,
     /// Every span's attributes but the score, in order: the name and the text it groups by (`None` for a
-    /// float: a measurement, not a group).
-    pub attributes: Vec<(Text, Option<Text>)>,
+    /// float: a measurement, not a group), as indices in `strings`.
+    pub attributes: Vec<(u32, Option<u32>)>,
+    /// The distinct attribute names and texts of the batch, each once.
+    pub strings: Vec<Text>,
+    /// The distinct series of the batch, each once.
+    pub series: Vec<Text>,
     /// One JSON span per line, each ending in `\n`.
     pub json: Vec<u8>,
 }
@@ -408,8 +414,42 @@ fn push_text(arena: &mut String, parts: &[&str]) -> Text {
     (start, arena.len())
 }
 
+/// The distinct texts of a batch being decoded, so that adding its spans looks each up once, not per span.
+#[derive(Default)]
+struct Interner {
+    strings: FxHashMap<Box<str>, u32>,
+    series: FxHashMap<Box<str>, u32>,
+    buffer: String,
+}
+
+impl Interner {
+    fn string(&mut self, batch: &mut WireBatch, text: &str) -> u32 {
+        if let Some(&at) = self.strings.get(text) {
+            return at;
+        }
+        let at = batch.strings.len() as u32;
+        batch.strings.push(push_text(&mut batch.text, &[text]));
+        self.strings.insert(text.into(), at);
+        at
+    }
+
+    fn series(&mut self, batch: &mut WireBatch, parts: &[&str]) -> u32 {
+        self.buffer.clear();
+        for part in parts {
+            self.buffer.push_str(part);
+        }
+        if let Some(&at) = self.series.get(self.buffer.as_str()) {
+            return at;
+        }
+        let at = batch.series.len() as u32;
+        batch.series.push(push_text(&mut batch.text, &[&self.buffer]));
+        self.series.insert(self.buffer.as_str().into(), at);
+        at
+    }
+}
+
 /// Check, derive, stamp and route one span; `None` unless it is the usual, accepted span.
-fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch) -> Option<()> {
+fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, interner: &mut Interner) -> Option<()> {
     // Span.__post_init__'s compiled check (span_check::check_span), on the values as decoded.
     let (trace_id, span_id) = (fields.trace_id?, fields.span_id?);
     if trace_id.is_empty() || span_id.is_empty() {
@@ -466,16 +506,15 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch) -> Op
             score = Some(number);
             continue;
         }
-        let arena = &mut batch.text;
         let grouping = match value {
-            Value::Str(text) => Some(push_text(arena, &[text])),
-            Value::Bool(flag) => Some(push_text(arena, &[if flag { "true" } else { "false" }])),
-            Value::Int(int) => Some(push_text(arena, &[itoa::Buffer::new().format(int)])),
-            Value::Big(int) => Some(push_text(arena, &[itoa::Buffer::new().format(int)])),
+            Value::Str(text) => Some(interner.string(batch, text)),
+            Value::Bool(flag) => Some(interner.string(batch, if flag { "true" } else { "false" })),
+            Value::Int(int) => Some(interner.string(batch, itoa::Buffer::new().format(int))),
+            Value::Big(int) => Some(interner.string(batch, itoa::Buffer::new().format(int))),
             Value::Float(float) if float.is_finite() => None,
             Value::Float(_) | Value::Nil => return None, // msgspec writes a non-finite float as null
         };
-        let name = push_text(arena, &[name]);
+        let name = interner.string(batch, name);
         batch.attributes.push((name, grouping));
     }
     let attributes = (first_attribute, batch.attributes.len());
@@ -572,8 +611,8 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch) -> Op
     out.push(b'\n');
 
     let arena = &mut batch.text;
-    let series = push_text(arena, &[model, limits.sep, provider, limits.sep, caller]);
     let (trace_id, span_id) = (push_text(arena, &[trace_id]), push_text(arena, &[span_id]));
+    let series = interner.series(batch, &[model, limits.sep, provider, limits.sep, caller]);
     batch.spans.push(WireSpan {
         trace_id,
         span_id,
@@ -612,11 +651,14 @@ impl WireBatch {
             spans: Vec::with_capacity(count.min(payload.len())),
             text: String::with_capacity(payload.len()),
             attributes: Vec::new(),
+            strings: Vec::new(),
+            series: Vec::new(),
             json: Vec::with_capacity(payload.len() * 2),
         };
+        let mut interner = Interner::default();
         for _ in 0..count {
             let fields = read_span(&mut reader)?;
-            accept(&fields, limits, &mut batch)?;
+            accept(&fields, limits, &mut batch, &mut interner)?;
         }
         (reader.pos == payload.len()).then_some(batch)
     }
