@@ -15,11 +15,12 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
 * Table writes are coalesced: every ``flush_interval`` (or ``flush_events`` events) each changed entry
   is encoded once and sent once; the events since the last flush are acked when those sends are acked.
   A flush sends its changelog records only once the previous flush's records are acked.
-* Spans are indexed for ``/traces`` before their events are acked (idempotent writes by span id). The
-  index writes of a flush overlap the agent's work and the next flushes (up to ``TRACE_FLUSHES_IN_FLIGHT``
-  flushes wait for theirs); events are still acked in order, each after its own spans are indexed.
-  Aggregates are materialized after the changelog ack, by a background writer that retries while
-  Redis is down and re-materializes everything the worker owns after a rebalance or a Redis flush.
+* Spans are indexed for ``/traces`` before their events are acked (a replay appends them again; readers keep
+  the last line per span id). The index writes of a flush overlap the agent's work and the next flushes (up
+  to ``TRACE_FLUSHES_IN_FLIGHT`` flushes wait for theirs); events are still acked in order, each after its
+  own spans are indexed. Aggregates are materialized once the changelog acked them (not waiting for the
+  trace index), by a background writer that retries while Redis is down and re-materializes everything the
+  worker owns after a rebalance or a Redis flush.
 * Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
   partition's meta entry; they never stop the partition.
 
