@@ -317,6 +317,18 @@ class Additions:
                 state.add_batches(batches, caps)
 
 
+def _claim(entries: MutableMapping[bytes, Entry], key: bytes, offset: int) -> BucketEntry | None:
+    """The bucket entry ``key`` (created empty if absent) moved to ``offset`` for the message to add to it, or
+    None when it has counted that offset already (a replay)."""
+    entry = entries.get(key)
+    if not isinstance(entry, BucketEntry):
+        entry = entries[key] = BucketEntry(-1, BucketState())
+    elif entry.offset >= offset:
+        return None
+    entry.offset = offset
+    return entry
+
+
 class _Bounds(NamedTuple):
     oldest_ms: int
     horizon_ms: int
@@ -430,15 +442,10 @@ class Applier:
 
         rejected, by_key = self._route(bounds, timestamp_ms, spans, out)
         for key, members in by_key.items():
-            entry = entries.get(key)
-            if not isinstance(entry, BucketEntry):
-                entry = BucketEntry(-1, BucketState())
-                entries[key] = entry
-            elif entry.offset >= offset:
-                continue
-            additions.queue(entry.state, members)
-            entry.offset = offset
-            out.dirty.append(key)
+            entry = _claim(entries, key, offset)
+            if entry is not None:
+                additions.queue(entry.state, members)
+                out.dirty.append(key)
 
         if fresh:
             meta.messages += 1
@@ -486,15 +493,10 @@ class Applier:
                 slot[0].append(start)
                 by_key[key] = (slot[0], slot[1] + count)
         for key, (starts, count) in by_key.items():
-            entry = entries.get(key)
-            if not isinstance(entry, BucketEntry):
-                entry = BucketEntry(-1, BucketState())
-                entries[key] = entry
-            elif entry.offset >= offset:
-                continue
-            additions.queue_batch(entry.state, batch, starts, count)
-            entry.offset = offset
-            out.dirty.append(key)
+            entry = _claim(entries, key, offset)
+            if entry is not None:
+                additions.queue_batch(entry.state, batch, starts, count)
+                out.dirty.append(key)
         out.spans.append(batch)
         out.accepted = len(batch)
 
