@@ -34,12 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from apply_path import add_against_option, link_tree, variant_source
-from processor_throughput import cpu_seconds
+from processor_throughput import ViewCount, cpu_seconds
 
 from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
 from tests.processors.harness import Workers, make_spans, produce
-from tokentrace.api.stores.redis_store import RedisStore
 
 
 def peak_rss_mib(pid: int | None) -> float:
@@ -66,8 +65,7 @@ async def one_run(
         app_id=f"cpu{run}-{topic}",
         extra_args=["--prefix", prefix, "--fetch-bytes", str(fetch)],
     )
-    store = RedisStore(redis.url, kafka.bootstrap, topic, prefix=prefix)
-    await store.open()
+    view = ViewCount(redis.url, prefix, 4)
     try:
         worker = workers.start()
         pids = {"worker": worker.pid, "broker": kafka.nodes[0].process.pid, "redis-server": redis.process.pid}
@@ -76,7 +74,7 @@ async def one_run(
         before: dict[str, float] = {}
         deadline = time.monotonic() + 600
         while counted < spans and time.monotonic() < deadline:
-            counted = (await store.health()).span_count
+            counted = await view.spans()
             if counted and not before:
                 began, first_count = time.perf_counter(), counted
                 before = {name: cpu_seconds(pid) for name, pid in pids.items()} | {"script": time.process_time()}
@@ -101,7 +99,7 @@ async def one_run(
         return rate, worker_us
     finally:
         workers.stop_all()
-        await store.close()
+        await view.close()
         await client.aclose()
 
 
