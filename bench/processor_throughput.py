@@ -14,7 +14,8 @@ then measures, on the same topic in the same run, each with a fresh consumer gro
 * two workers of a fresh consumer group on the same topic (scaling, on however many cores there are), from
   the moment both are ready: the rebalance as the second joins is reported, not charged to the rate;
 * freshness: at a steady ``--fresh-rate`` through one worker, the time from the broker's ack of a batch
-  (the moment ``POST /spans`` answers 202) until a ``/metrics`` query counts it (p50/p99). 100-span batches,
+  (the moment ``POST /spans`` answers 202) until a ``/metrics`` query counts it (p50/p99): at the n-th ack,
+  until the query counts n batches, after one span to each partition has been counted (warm-up). 100-span batches,
   up to 16 awaiting their ack at once (as concurrent clients would), from a pool made in advance (made on the fly,
   one at a time, they cost this script half a core at 5k spans/s; now a fifth).
 
@@ -58,9 +59,11 @@ from tests.processors.harness import Workers, make_spans, produce
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import Keys
 from tokentrace.core.codec import decode_wire
+from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import total
 from tokentrace.processors.state import PartitionMeta, decode_entry, meta_key
+from tokentrace.producers.transports.kafka import partition_for
 
 #: The freshness run sends 100-span batches from this many made in advance (making spans costs this script
 #: more CPU than sending them), with up to ``FRESH_IN_FLIGHT`` awaiting the broker's ack at once, as many
@@ -290,28 +293,36 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
     await reader.open()
     workers.start()
     try:
-        await writer.ingest(make_spans(1, random.Random(0), spread_ms=1))
-        for _ in range(600):  # until the worker is up
-            if (await reader.health()).span_count:
+        # One span to each partition first, until all are counted: the worker is up, and the first sends to a
+        # topic made a moment ago (its partitions' leaders, the producer's metadata) are out of the way.
+        rng = random.Random(2)
+        warmup: dict[int, Span] = {}
+        while len(warmup) < 4:
+            span = make_spans(1, rng, spread_ms=1)[0]
+            warmup.setdefault(partition_for(span.trace_id, range(4)), span)
+        for span in warmup.values():
+            await writer.ingest([span])
+        for _ in range(600):
+            if (await reader.health()).span_count == len(warmup):
                 break
             await asyncio.sleep(0.1)
         batch = 100
-        rng = random.Random(2)
         pool = [make_spans(batch, rng, spread_ms=1000) for _ in range(FRESH_POOL)]  # made before the clock runs
-        acked: list[float | None] = []  # when the broker acked batch k (None: not yet)
+        acked: list[float] = []  # when the broker acked each batch, in the order of the acks
         latencies: list[float] = []
-        sent = 1
+        sent = 0
         done = asyncio.Event()
 
         async def poll() -> None:
+            # At each ack the sender holds a 202 for len(acked) batches; they are visible once a /metrics query
+            # counts that many. (In sending order instead, one slow ack would hold every later batch back.)
             i = 0
             while not done.is_set() or i < len(acked):
                 now = now_ms()
-                counted = total(await reader.query(now - 3_600_000, now + 60_000, None, {})).count
+                counted = total(await reader.query(now - 3_600_000, now + 60_000, None, {})).count - len(warmup)
                 seen = time.perf_counter()
-                # Batch i is visible once the count covers it and every batch before it (in sending order).
-                while i < len(acked) and (at := acked[i]) is not None and 1 + (i + 1) * batch <= counted:
-                    latencies.append(seen - at)
+                while i < len(acked) and (i + 1) * batch <= counted:
+                    latencies.append(seen - acked[i])
                     i += 1
                 await asyncio.sleep(0.05)
 
@@ -320,7 +331,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         async def send(k: int) -> None:
             try:
                 await writer.ingest(pool[k % len(pool)])  # returns once Kafka acked: when POST /spans answers 202
-                acked[k] = time.perf_counter()
+                acked.append(time.perf_counter())
             finally:
                 slots.release()
 
@@ -331,10 +342,9 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         began = time.perf_counter()
         while time.perf_counter() - began < seconds:
             await slots.acquire()
-            acked.append(None)
-            sends.append(asyncio.create_task(send(len(acked) - 1)))
+            sends.append(asyncio.create_task(send(len(sends))))
             sent += batch
-            ahead = (sent - 1) / rate - (time.perf_counter() - began)
+            ahead = sent / rate - (time.perf_counter() - began)
             if ahead > 0:
                 await asyncio.sleep(ahead)
         await asyncio.gather(*sends)
@@ -343,7 +353,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         return Freshness(
             sorted(latencies),
             time.perf_counter() - began,
-            sent - 1,
+            sent,
             cpu_seconds(worker_pid) - worker_cpu,
             time.process_time() - script_cpu,
         )
