@@ -56,6 +56,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
 from tests.processors.harness import Workers, make_spans, produce
+from tokentrace.api.stores.base import StoreUnavailable
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import Keys
 from tokentrace.core.codec import decode_wire
@@ -278,6 +279,7 @@ class Freshness:
     sent: int
     worker_cpu_s: float
     script_cpu_s: float  # this process: the producer and the polling reader
+    failed: list[str]  # batches the broker did not acknowledge (POST /spans would answer 503): the errors
 
 
 async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, seconds: float, logs: Path) -> Freshness:
@@ -328,10 +330,14 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
 
         slots = asyncio.Semaphore(FRESH_IN_FLIGHT)
 
+        failed: list[str] = []
+
         async def send(k: int) -> None:
             try:
                 await writer.ingest(pool[k % len(pool)])  # returns once Kafka acked: when POST /spans answers 202
                 acked.append(time.perf_counter())
+            except StoreUnavailable as exc:  # not acked: left out (a client would send it again)
+                failed.append(str(exc))
             finally:
                 slots.release()
 
@@ -356,6 +362,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
             sent,
             cpu_seconds(worker_pid) - worker_cpu,
             time.process_time() - script_cpu,
+            failed,
         )
     finally:
         workers.stop_all()
@@ -469,6 +476,10 @@ async def main() -> None:
             f"CPU meanwhile: worker {100 * fresh.worker_cpu_s / fresh.wall_s:.0f} % of a core, this script "
             f"(producer + reader) {100 * fresh.script_cpu_s / fresh.wall_s:.0f} %"
         )
+        if fresh.failed:
+            print(
+                f"{len(fresh.failed)} batches not acknowledged by the broker (503 from POST /spans): {fresh.failed[0]}"
+            )
 
 
 def report_rates(
