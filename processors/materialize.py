@@ -143,6 +143,10 @@ class Materializer:
             while self._pending:
                 items = list(self._pending.items())[: self.batch]
                 try:
+                    if self.epoch is None:
+                        # The view has an epoch before its first entry, so that a reader always sees a flush
+                        # (the epoch gone) rather than new entries numbered below what it has read.
+                        await self.check_epoch()
                     await self._write(items)
                 except Exception as exc:  # Redis down or restarting: keep the entries, retry
                     log.warning("redis view: write failed (%r), retrying in %.1fs", exc, backoff.delay)

@@ -86,8 +86,16 @@ async def test_redis_flushed_or_restarted_is_rebuilt_exactly(
     await wait_counted(store, 10_000, 60, workers)
 
     with redis_server.client() as client:
+        epoch = client.get(store.keys.epoch)
+        assert epoch is not None  # set before the view's first entry
         client.flushall()
-    await wait_counted(store, 10_000, 30, workers)  # the workers noticed and re-materialized
+        assert total(await store.lifetime(None)).count == 0  # the reader saw the flush (the epoch gone)
+        for _ in range(300):  # a worker notices within its housekeeping tick (1 s), and re-materializes
+            if client.get(store.keys.epoch) not in (None, epoch):
+                break
+            await asyncio.sleep(0.1)
+        assert client.get(store.keys.epoch) not in (None, epoch)
+    await wait_counted(store, 10_000, 30, workers)
     await _assert_exact(kafka_broker, topic, store)
 
     redis_server.kill()  # no persistence: it comes back empty

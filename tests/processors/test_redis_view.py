@@ -92,6 +92,31 @@ async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_
         await materializer.close()
 
 
+async def test_a_view_has_an_epoch_before_its_first_entry_so_a_reader_always_sees_a_flush(
+    store: RedisStore, redis_server: RedisServer
+) -> None:
+    """Entries written before any epoch existed, then a flush: a reader that had synced them must not keep
+    them (nor skip what comes next, numbered from 1 again) because the epoch read None before and after."""
+    now = now_ms()
+    b = now - now % MINUTE_MS - MINUTE_MS
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    applier.apply(entries, 0, 0, now, encode_wire([_span(1, b), _span(2, b)]))
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await _written(materializer, _pending(entries, list(entries)))  # no epoch check before: the writer's own
+        with redis_server.client() as client:
+            assert client.get(store.keys.epoch) is not None
+        assert total(await store.lifetime(None)).count == 2
+        with redis_server.client() as client:
+            client.flushall()
+        assert total(await store.lifetime(None)).count == 0
+    finally:
+        writer.cancel()
+        await materializer.close()
+
+
 async def test_compacted_hours_replace_their_minutes_without_double_counting(
     store: RedisStore, redis_server: RedisServer
 ) -> None:
