@@ -49,10 +49,17 @@ def peak_rss_mib(pid: int | None) -> float:
 
 
 async def one_run(
-    kafka: KafkaCluster, redis: RedisServer, topic: str, spans: int, fetch: int, logs: Path, run: int
+    kafka: KafkaCluster,
+    redis: RedisServer,
+    topic: str,
+    spans: int,
+    fetch: int,
+    logs: Path,
+    run: int,
+    path: str | None = None,
 ) -> tuple[float, float]:
-    """One worker over the whole backlog; prints what it measured and returns (spans/s, worker CPU µs per
-    span)."""
+    """One worker over the whole backlog (importing ``tokentrace`` from ``path``, a ``link_tree``, if given);
+    prints what it measured and returns (spans/s, worker CPU µs per span)."""
     prefix = f"cpu{run}-{topic}:"
     client = aioredis.Redis.from_url(redis.url)
     await client.config_resetstat()
@@ -64,6 +71,7 @@ async def one_run(
         logs,
         app_id=f"cpu{run}-{topic}",
         extra_args=["--prefix", prefix, "--fetch-bytes", str(fetch)],
+        cwd=Path(path) if path else None,
     )
     view = ViewCount(redis.url, prefix, 4)
     try:
@@ -96,6 +104,8 @@ async def one_run(
         print("  redis: " + ", ".join(f"{k[8:]} {v['calls']} calls {v['usec'] / 1e6:.2f} s" for k, v in busiest))
         worker_us = 1e6 * (after["worker"] - before["worker"]) / max(1, counted - first_count)
         print(f"  worker {worker_us:.1f} CPU µs per span")
+        built = [line for line in worker.log_path.read_text(errors="replace").splitlines() if "code from" in line]
+        print(f"  worker ran {built[-1].split('code from ', 1)[1] if built else 'code not logged (an older build)'}")
         return rate, worker_us
     finally:
         workers.stop_all()
@@ -128,8 +138,9 @@ async def main(spans: int, batch: int, fetches: list[int], rounds: int, variants
                 for fetch in fetches:
                     print(f"round {index + 1}, {name}:")
                     _use_pythonpath(variants[name])
+                    path = variants[name] if name != "working tree" else None
                     figures.setdefault((name, fetch), []).append(
-                        await one_run(kafka, redis, topic, spans, fetch, logs, run)
+                        await one_run(kafka, redis, topic, spans, fetch, logs, run, path)
                     )
                     run += 1
     _use_pythonpath(variants["working tree"])

@@ -84,6 +84,19 @@ def _check_kafka_names(config: Config) -> None:
         raise typer.Exit(2) from None
 
 
+def _log_build() -> None:
+    """Log which code this process runs: the package's directory and whether its compiled core is loaded."""
+    import tokentrace
+    from tokentrace.core import native
+
+    compiled = sys.modules.get("tokentrace._native")
+    logging.getLogger("tokentrace.worker").info(
+        "code from %s; compiled core: %s",
+        Path(tokentrace.__file__).parent,
+        getattr(compiled, "__file__", None) if native.AVAILABLE else "not in use (Python fallback)",
+    )
+
+
 def _logging(verbose: bool) -> None:
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
@@ -172,6 +185,7 @@ def worker(
     from tokentrace.processors.worker import build_app
 
     _logging(verbose)
+    _log_build()
     config = _config(config_path, bootstrap_servers, redis_url, topic, partitions, replication_factor)
     if app_id:
         config.kafka.app_id = app_id

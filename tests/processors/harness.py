@@ -42,7 +42,11 @@ class Workers:
         app_id: str | None = None,
         session_timeout: float = 6.0,
         extra_args: Sequence[str] = (),
+        cwd: Path | None = None,
     ) -> None:
+        """``cwd``: where the workers run. ``python -m`` puts it first on ``sys.path``, ahead of PYTHONPATH, so a
+        worker meant to import another tree's ``tokentrace`` (a benchmark's variant) must run where that one is
+        found, not in a checkout with its own ``tokentrace/``."""
         self.bootstrap = bootstrap
         self.redis_url = redis_url
         self.topic = topic
@@ -50,6 +54,7 @@ class Workers:
         self.app_id = app_id or f"tt-{topic}"
         self.session_timeout = session_timeout
         self.extra_args = list(extra_args)
+        self.cwd = cwd
         self.procs: list[ServerProcess] = []
         self.started = 0
 
@@ -58,7 +63,7 @@ class Workers:
         argv = [sys.executable, "-m", "tokentrace.processors.cli", "worker"]
         argv += ["--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url, "--topic", self.topic]
         argv += ["--app-id", self.app_id, "--session-timeout", str(self.session_timeout), *self.extra_args]
-        proc = ServerProcess(f"worker {self.started}", argv, self.log_dir / f"worker-{self.started}.log")
+        proc = ServerProcess(f"worker {self.started}", argv, self.log_dir / f"worker-{self.started}.log", cwd=self.cwd)
         proc.start()
         self.procs.append(proc)
         return proc
