@@ -4,7 +4,8 @@
 //! The input is a list of `(span, start ms)` pairs, whose spans arrive already encoded (msgspec's
 //! `encode_lines`, one JSON span per line), and of compiled batches (`wire::WireBatch`, which carry their
 //! own JSON): this groups the spans by trace in order of first appearance, keeps each trace's earliest start,
-//! and writes the `APPEND` and `ZADD` commands in the Redis protocol, byte for byte as the Python code does.
+//! and writes the `APPEND` commands, then the listing's `ZADD`s in order of start, in the Redis protocol,
+//! byte for byte as the Python code does.
 //! Any input it does not expect (an item of another kind, ids that are not plain `str`, a line count that
 //! does not match the pairs) returns `None` and the Python code runs.
 
@@ -145,11 +146,11 @@ pub fn trace_index_commands<'py>(
     }
     let items: Vec<Item<'_, '_>> =
         traces.iter().flat_map(|trace| trace.spans.chunks(per_trace).map(move |chunk| (trace, chunk))).collect();
-    let mut pipelines = Vec::with_capacity(items.len().div_ceil(per_call));
+    let mut pipelines = Vec::with_capacity(items.len().div_ceil(per_call) + traces.len().div_ceil(per_call));
     for call in items.chunks(per_call) {
         let size: usize =
-            call.iter().map(|(t, s)| s.iter().map(|l| l.len() + 1).sum::<usize>() + 2 * t.id.len() + 80).sum();
-        let mut out = Vec::with_capacity(size + listing.len() + 32);
+            call.iter().map(|(t, s)| s.iter().map(|l| l.len() + 1).sum::<usize>() + t.id.len() + 48).sum();
+        let mut out = Vec::with_capacity(size + trace_prefix.len() * call.len());
         for (trace, spans) in call {
             command_header(&mut out, 3);
             bulk(&mut out, &[b"APPEND"]);
@@ -164,15 +165,24 @@ pub fn trace_index_commands<'py>(
             }
             out.extend_from_slice(b"\r\n");
         }
+        pipelines.push((PyBytes::new(py, &out), call.len()));
+    }
+    // The listing after every APPEND, in order of start then id (as Python sorts `(start, id)` tuples: Rust
+    // compares `str` by UTF-8 bytes, which is code point order).
+    let mut listed: Vec<&Trace<'_>> = traces.iter().collect();
+    listed.sort_unstable_by(|a, b| (a.start, a.id).cmp(&(b.start, b.id)));
+    for call in listed.chunks(per_call) {
+        let size: usize = call.iter().map(|t| t.id.len() + 48).sum();
+        let mut out = Vec::with_capacity(size + listing.len() + 32);
         command_header(&mut out, 3 + 2 * call.len());
         bulk(&mut out, &[b"ZADD"]);
         bulk(&mut out, &[listing]);
         bulk(&mut out, &[b"LT"]);
-        for (trace, _) in call {
+        for trace in call {
             bulk(&mut out, &[itoa::Buffer::new().format(trace.start).as_bytes()]);
             bulk(&mut out, &[trace.id.as_bytes()]);
         }
-        pipelines.push((PyBytes::new(py, &out), call.len() + 1));
+        pipelines.push((PyBytes::new(py, &out), 1));
     }
     Ok(Some(pipelines))
 }

@@ -102,8 +102,8 @@ def test_a_large_batch_gives_the_same_commands_both_ways() -> None:
         for i in range(9000)
     ]
     expected = python_commands(spans, redis_view.INDEX_TRACES_PER_CALL, redis_view.INDEX_SPANS_PER_TRACE)
-    # 3,000 short traces, and "long" (3,000 spans) in 2 commands
-    assert [replies for _, replies in expected] == [2001, 1003]
+    # 3,000 short traces and "long" (3,000 spans, in 2 commands) appended; then 3,001 traces listed
+    assert [replies for _, replies in expected] == [2000, 1002, 1, 1]
     assert trace_index_commands(spans, PREFIX, LISTING) == expected
 
 
@@ -112,30 +112,40 @@ def test_a_large_batch_gives_the_same_commands_both_ways() -> None:
 def test_commands_group_spans_by_trace_with_the_earliest_start(
     spans: list[tuple[Span, int]], per_call: int, per_trace: int
 ) -> None:
-    """Reading the commands back gives every span once, under its trace, listed with the trace's earliest start;
-    each pipeline is APPENDs of JSON lines then one ZADD LT, and counts one reply per command."""
+    """Reading the commands back gives every span once, under its trace, listed with the trace's earliest start:
+    first pipelines of APPENDs of JSON lines (one reply each), then of one ZADD LT each, whose members come in
+    order of start, then id, each trace once."""
     expected: dict[str, tuple[int, list[Span]]] = {}
     for span, at in spans:
         start, members = expected.get(span.trace_id, (at, []))
         expected[span.trace_id] = (min(start, at), [*members, span])
-    got: dict[str, tuple[int, list[Span]]] = {}
+    appended: dict[str, list[Span]] = {}
     order: list[str] = []
+    listed: list[tuple[int, str]] = []
     for pipeline, replies in python_commands(spans, per_call, per_trace):
-        *appends, zadd = parse_resp(pipeline)
-        assert replies == len(appends) + 1 and 1 <= len(appends) <= per_call
-        assert zadd[:3] == [b"ZADD", LISTING.encode(), b"LT"] and len(zadd) == 3 + 2 * len(appends)
-        listed = dict(zip(zadd[4::2], zadd[3::2], strict=True))
-        for append in appends:
+        sent = parse_resp(pipeline)
+        if sent[0][0] == b"ZADD":
+            [zadd] = sent
+            assert replies == 1 and zadd[:3] == [b"ZADD", LISTING.encode(), b"LT"]
+            assert 1 <= (len(zadd) - 3) // 2 <= per_call and len(zadd) % 2 == 1
+            listed += [(int(score), member.decode()) for score, member in zip(zadd[3::2], zadd[4::2], strict=True)]
+            continue
+        assert not listed, "every APPEND comes before the listing"
+        assert replies == len(sent) and 1 <= len(sent) <= per_call
+        for append in sent:
             assert append[0] == b"APPEND" and append[1].startswith(PREFIX.encode()) and len(append) == 3
             trace_id = append[1][len(PREFIX) :].decode()
             assert append[2].endswith(b"\n")
             members = [decode_span(line) for line in append[2].split(b"\n")[:-1]]
             assert 1 <= len(members) <= per_trace
-            if trace_id not in got:
+            if trace_id not in appended:
                 order.append(trace_id)
-            got[trace_id] = (int(listed[trace_id.encode()]), [*got.get(trace_id, (0, []))[1], *members])
-    assert got == expected
-    assert order == list(expected)  # in order of first appearance
+            appended[trace_id] = [*appended.get(trace_id, []), *members]
+    assert listed == sorted(listed)  # in order of start, then id
+    starts = {trace_id: start for start, trace_id in listed}
+    assert len(starts) == len(listed) and set(starts) == set(appended)  # each trace listed once
+    assert {t: (starts[t], members) for t, members in appended.items()} == expected
+    assert order == list(expected)  # appended in order of first appearance
 
 
 def _batch(payload: bytes) -> Any:
