@@ -698,6 +698,7 @@ impl WireBatch {
 #[allow(clippy::too_many_arguments)]
 #[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep))]
 pub fn decode_batch(
+    py: Python<'_>,
     payload: &Bound<'_, PyBytes>,
     oldest_ms: i64,
     latest_ms: i64,
@@ -722,5 +723,7 @@ pub fn decode_batch(
         priced,
         sep,
     };
-    WireBatch::decode(payload.as_bytes(), &limits)
+    let bytes = payload.as_bytes();
+    // Reading the message takes no Python object: other threads (Faust's consumer) run meanwhile.
+    py.detach(|| WireBatch::decode(bytes, &limits))
 }
