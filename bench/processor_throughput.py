@@ -286,7 +286,8 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
     """Seconds from the broker's ack of a batch (what POST /spans answers 202 on) to its spans being
     counted in a ``/metrics`` query, at a steady ``rate`` spans/s through one worker; with the CPU the
     worker and this script (producer and reader, sharing the machine) used meanwhile."""
-    topic = kafka.create_topic("fresh", partitions=4)
+    partitions = 4
+    topic = kafka.create_topic("fresh", partitions=partitions)
     prefix = f"fresh-{topic}:"
     workers = Workers(kafka.bootstrap, redis.url, topic, logs, app_id=f"fresh-{topic}", extra_args=["--prefix", prefix])
     writer = RedisStore(redis.url, kafka.bootstrap, topic, prefix=prefix)
@@ -299,9 +300,9 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         # topic made a moment ago (its partitions' leaders, the producer's metadata) are out of the way.
         rng = random.Random(2)
         warmup: dict[int, Span] = {}
-        while len(warmup) < 4:
+        while len(warmup) < partitions:
             span = make_spans(1, rng, spread_ms=1)[0]
-            warmup.setdefault(partition_for(span.trace_id, range(4)), span)
+            warmup.setdefault(partition_for(span.trace_id, range(partitions)), span)
         for span in warmup.values():
             await writer.ingest([span])
         for _ in range(600):

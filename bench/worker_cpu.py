@@ -56,10 +56,10 @@ async def one_run(
     fetch: int,
     logs: Path,
     run: int,
-    path: str | None = None,
 ) -> tuple[float, float]:
-    """One worker over the whole backlog (importing ``tokentrace`` from ``path``, a ``link_tree``, if given);
-    prints what it measured and returns (spans/s, worker CPU µs per span)."""
+    """One worker over the whole backlog; prints what it measured and returns (spans/s, worker CPU µs per
+    span). The worker runs in ``logs``: ``python -m`` puts its working directory first on ``sys.path``, and a
+    checkout's ``tokentrace/`` there would win over the variant PYTHONPATH names."""
     prefix = f"cpu{run}-{topic}:"
     client = aioredis.Redis.from_url(redis.url)
     await client.config_resetstat()
@@ -71,7 +71,7 @@ async def one_run(
         logs,
         app_id=f"cpu{run}-{topic}",
         extra_args=["--prefix", prefix, "--fetch-bytes", str(fetch)],
-        cwd=Path(path) if path else None,
+        cwd=logs,
     )
     view = ViewCount(redis.url, prefix, 4)
     try:
@@ -138,9 +138,8 @@ async def main(spans: int, batch: int, fetches: list[int], rounds: int, variants
                 for fetch in fetches:
                     print(f"round {index + 1}, {name}:")
                     _use_pythonpath(variants[name])
-                    path = variants[name] if name != "working tree" else None
                     figures.setdefault((name, fetch), []).append(
-                        await one_run(kafka, redis, topic, spans, fetch, logs, run, path)
+                        await one_run(kafka, redis, topic, spans, fetch, logs, run)
                     )
                     run += 1
     _use_pythonpath(variants["working tree"])
