@@ -21,6 +21,12 @@ __all__ = ["send_counted"]
 #: How many bytes to ask the stream for at once (replies are a few bytes each).
 _READ_SIZE = 1 << 16
 
+#: How much of a send is handed to the transport at once. asyncio copies whatever the socket does not take
+#: at once into the transport's buffer (and ``writelines`` joins its parts first): a multi-megabyte send
+#: written whole was joined, sliced and buffered, three copies and fresh pages each (bench/RESULTS.md). Each
+#: piece here waits until the one before has left the buffer, so only a piece's unsent tail is ever copied.
+_WRITE_SIZE = 1 << 18
+
 
 async def send_counted(client: aioredis.Redis, commands: bytes | list[bytes], replies: int) -> None:
     """Send ``commands`` (RESP-encoded, each answering one integer; bytes, or a list of bytes sent one after the
@@ -44,10 +50,13 @@ async def send_counted(client: aioredis.Redis, commands: bytes | list[bytes], re
 
 
 async def _exchange(connection: AbstractConnection, commands: bytes | list[bytes], replies: int) -> bytes:
-    await connection.send_packed_command(commands, check_health=False)
+    if not connection.is_connected:
+        await connection.connect()  # type: ignore[no-untyped-call]
     reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
-    if reader is None:
-        raise aioredis.ConnectionError("the Redis connection has no stream to read")
+    writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
+    if reader is None or writer is None:
+        raise aioredis.ConnectionError("the Redis connection has no stream to read or write")
+    await _write(writer, [commands] if isinstance(commands, bytes) else commands, connection.socket_timeout)
     data = bytearray()
     lines = 0
     try:
@@ -65,6 +74,28 @@ async def _exchange(connection: AbstractConnection, commands: bytes | list[bytes
     if lines != replies or not data.endswith(b"\r\n"):
         raise aioredis.ResponseError(f"expected {replies} one-line replies from Redis, got {bytes(data[:200])!r}")
     return bytes(data)
+
+
+async def _write(writer: asyncio.StreamWriter, parts: list[bytes], stall_s: float | None) -> None:
+    """Write ``parts`` in pieces of ``_WRITE_SIZE``, each once the transport's buffer is empty again; raises
+    ``redis.asyncio.TimeoutError`` when a piece does not leave within ``stall_s`` seconds."""
+    transport = writer.transport
+    low, high = transport.get_write_buffer_limits()
+    transport.set_write_buffer_limits(high=0)  # drain() returns once the buffer is empty
+    try:
+        for part in parts:
+            view = memoryview(part)
+            for start in range(0, len(view), _WRITE_SIZE):
+                transport.write(view[start : start + _WRITE_SIZE])
+                if transport.get_write_buffer_size():
+                    async with asyncio.timeout(stall_s):
+                        await writer.drain()
+    except TimeoutError:
+        raise aioredis.TimeoutError(f"Redis did not take a write within {stall_s} s") from None
+    except OSError as exc:
+        raise aioredis.ConnectionError(f"writing to Redis: {exc!r}") from exc
+    finally:
+        transport.set_write_buffer_limits(high=high, low=low)
 
 
 def _raise_first_error(data: bytes) -> None:

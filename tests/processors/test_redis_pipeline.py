@@ -9,7 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.infra.redis import RedisServer
-from tokentrace.processors import materialize
+from tokentrace.processors import materialize, redis_pipeline
 from tokentrace.processors.redis_pipeline import send_counted
 
 pytestmark = pytest.mark.redis
@@ -32,11 +32,19 @@ def resp(*commands: tuple[bytes, ...]) -> bytes:
 
 
 async def test_many_commands_are_applied_and_counted_over_many_reads(client: aioredis.Redis) -> None:
-    """20,000 commands: their replies arrive in many reads, and the call returns only once all are in."""
+    """20,000 commands (1.7 MB, written in several pieces): their replies arrive in many reads, and the call
+    returns only once all are in; the pooled connection's write buffer limits are left as they were."""
     commands = resp(*((b"HSET", b"h%d" % (i % 100), b"f%d" % i, b"x" * 50) for i in range(20_000)))
+    assert len(commands) > 4 * redis_pipeline._WRITE_SIZE
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    limits = connection._writer.transport.get_write_buffer_limits()
+    await client.connection_pool.release(connection)
     await send_counted(client, commands, 20_000)
     assert sum([await client.hlen(f"h{i}") for i in range(100)]) == 20_000
     assert await client.ping()  # the pooled connection is still in step
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    assert connection._writer.transport.get_write_buffer_limits() == limits
+    await client.connection_pool.release(connection)
 
 
 async def test_parts_are_sent_one_after_the_other_as_one_exchange(client: aioredis.Redis) -> None:
