@@ -8,7 +8,6 @@
 //! caps let in), series aggregates in first-seen order. Each span is read once, whatever it counts in.
 
 use std::borrow::Cow;
-use std::collections::HashMap;
 
 use rustc_hash::FxHashMap;
 
@@ -42,10 +41,17 @@ fn grouping<'py>(py: Python<'py>, raw: &Bound<'py, PyAny>) -> Result<Grouping<'p
     Err(())
 }
 
-/// One span as the grouping needs it.
+/// One span as the grouping needs it; its attributes are the range `attributes` of `Entries::attributes`.
 struct Entry<'py> {
     row: Row<'py>,
     series: Cow<'py, str>,
+    attributes: (usize, usize),
+}
+
+/// The spans of a call, their attributes in one vector (not one allocation per span).
+#[derive(Default)]
+struct Entries<'py> {
+    spans: Vec<Entry<'py>>,
     attributes: Vec<(Bound<'py, PyString>, Grouping<'py>)>,
 }
 
@@ -66,7 +72,7 @@ fn exact_str(obj: &Bound<'_, PyAny>) -> Result<String, ()> {
 }
 
 impl BucketKernel {
-    fn entry<'py>(&self, py: Python<'py>, span: Bound<'py, PyAny>) -> Result<Entry<'py>, ()> {
+    fn entry<'py>(&self, py: Python<'py>, span: Bound<'py, PyAny>, entries: &mut Entries<'py>) -> Result<(), ()> {
         let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
         let model = exact_str(&get(intern!(py, "model"))?)?;
         let provider = exact_str(&get(intern!(py, "provider"))?)?;
@@ -74,7 +80,7 @@ impl BucketKernel {
         let series = Cow::Owned([model, provider, caller].join(&self.sep));
         let raw = get(intern!(py, "attributes"))?;
         let dict = raw.cast::<PyDict>().map_err(|_| ())?;
-        let mut attributes = Vec::with_capacity(dict.len());
+        let from = entries.attributes.len();
         for (name, value) in dict.iter() {
             if !name.is_exact_instance_of::<PyString>() {
                 return Err(());
@@ -83,10 +89,12 @@ impl BucketKernel {
             if name.to_str().map_err(|_| ())? == self.score_key {
                 continue;
             }
-            attributes.push((name, grouping(py, &value)?));
+            entries.attributes.push((name, grouping(py, &value)?));
         }
         let row = self.aggregates.get().row(py, &span)?;
-        Ok(Entry { row, series, attributes })
+        let attributes = (from, entries.attributes.len());
+        entries.spans.push(Entry { row, series, attributes });
+        Ok(())
     }
 
     fn new_aggregate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
@@ -134,11 +142,10 @@ impl BucketKernel {
         let Ok(spans) = spans.cast::<PyList>() else {
             return Ok(false);
         };
-        let mut entries = Vec::with_capacity(spans.len());
+        let mut entries = Entries { spans: Vec::with_capacity(spans.len()), attributes: Vec::new() };
         for span in spans.iter() {
-            match self.entry(py, span) {
-                Ok(entry) => entries.push(entry),
-                Err(()) => return Ok(false),
+            if self.entry(py, span, &mut entries).is_err() {
+                return Ok(false);
             }
         }
         self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)?;
@@ -160,7 +167,7 @@ impl BucketKernel {
         let segments: Vec<(Bound<'_, WireBatch>, Vec<i64>)> =
             segments.iter().map(|segment| segment.extract()).collect::<PyResult<_>>()?;
         let mut texts: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
-        let mut entries = Vec::new();
+        let mut entries = Entries::default();
         for (batch, buckets) in &segments {
             let batch = batch.get();
             let strings: Vec<Bound<'_, PyString>> = batch
@@ -172,16 +179,17 @@ impl BucketKernel {
                 })
                 .collect();
             for span in batch.spans.iter().filter(|span| buckets.contains(&span.bucket)) {
-                let attributes = batch.attributes[span.attributes.0..span.attributes.1]
-                    .iter()
-                    .map(|&(name, grouping)| {
+                let from = entries.attributes.len();
+                entries.attributes.extend(batch.attributes[span.attributes.0..span.attributes.1].iter().map(
+                    |&(name, grouping)| {
                         let grouping = match grouping {
                             Some(value) => Grouping::Text(strings[value as usize].clone()),
                             None => Grouping::Skip,
                         };
                         (strings[name as usize].clone(), grouping)
-                    })
-                    .collect();
+                    },
+                ));
+                let attributes = (from, entries.attributes.len());
                 let row = Row {
                     status: span.status,
                     cost_nanos: span.cost_nanos,
@@ -192,7 +200,7 @@ impl BucketKernel {
                     score: span.score,
                 };
                 let series = Cow::Borrowed(batch.text(batch.series[span.series as usize]));
-                entries.push(Entry { row, series, attributes });
+                entries.spans.push(Entry { row, series, attributes });
             }
         }
         self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)
@@ -218,7 +226,7 @@ impl BucketKernel {
         (name, value, key): (&Bound<'py, PyString>, &Bound<'py, PyString>, &Bound<'py, PyString>),
         (max_attribute_keys, max_attribute_values): (usize, usize),
         groups: &mut Vec<(Bound<'py, PyAny>, Delta<'py>)>,
-        group_index: &mut HashMap<usize, usize>,
+        group_index: &mut FxHashMap<usize, usize>,
         kernel: &AggregateKernel,
     ) -> PyResult<Resolution> {
         let values = match attributes.get_item(name)? {
@@ -268,14 +276,14 @@ impl BucketKernel {
         &self,
         py: Python<'_>,
         state: &Bound<'_, PyAny>,
-        entries: &[Entry<'_>],
+        entries: &Entries<'_>,
         max_attribute_keys: usize,
         max_attribute_values: usize,
     ) -> PyResult<()> {
         let kernel = self.aggregates.get();
         let mut series_order: Vec<(&str, Delta<'_>)> = Vec::new();
-        let mut series_index: HashMap<&str, usize> = HashMap::new();
-        for entry in entries {
+        let mut series_index: FxHashMap<&str, usize> = FxHashMap::default();
+        for entry in &entries.spans {
             let at = *series_index.entry(entry.series.as_ref()).or_insert_with(|| {
                 series_order.push((entry.series.as_ref(), Delta::new(kernel)));
                 series_order.len() - 1
@@ -288,18 +296,19 @@ impl BucketKernel {
         let attributes = attributes.cast::<PyDict>()?;
         let mut overflowed: i64 = 0;
         let mut groups: Vec<(Bound<'_, PyAny>, Delta<'_>)> = Vec::new();
-        let mut group_index: HashMap<usize, usize> = HashMap::new();
+        let mut group_index: FxHashMap<usize, usize> = FxHashMap::default();
         // The group a (name, value, series) resolves to, by the objects' identity: fixed within a call, since
         // the dicts only grow (a value refused by a cap stays refused), but for the overflow text itself once
         // spilled. Batches share their text objects, so most spans skip the dict walk.
         let mut resolved: FxHashMap<(usize, usize, usize), Resolution> = FxHashMap::default();
         let mut series_keys: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
-        for entry in entries {
-            if entry.attributes.is_empty() {
+        for entry in &entries.spans {
+            let (from, to) = entry.attributes;
+            if from == to {
                 continue;
             }
             let key = series_keys.entry(entry.series.as_ref()).or_insert_with(|| PyString::new(py, &entry.series));
-            for (name, value) in &entry.attributes {
+            for (name, value) in &entries.attributes[from..to] {
                 let Grouping::Text(value) = value else { continue };
                 let identity = (name.as_ptr() as usize, value.as_ptr() as usize, key.as_ptr() as usize);
                 let resolution = match resolved.get(&identity) {

@@ -147,10 +147,14 @@ pub fn trace_index_commands<'py>(
     let items: Vec<Item<'_, '_>> =
         traces.iter().flat_map(|trace| trace.spans.chunks(per_trace).map(move |chunk| (trace, chunk))).collect();
     let mut pipelines = Vec::with_capacity(items.len().div_ceil(per_call) + traces.len().div_ceil(per_call));
+    // One buffer for every pipeline, copied into each one's bytes: its pages are touched once per call, not
+    // once per pipeline.
+    let mut out = Vec::new();
     for call in items.chunks(per_call) {
         let size: usize =
             call.iter().map(|(t, s)| s.iter().map(|l| l.len() + 1).sum::<usize>() + t.id.len() + 48).sum();
-        let mut out = Vec::with_capacity(size + trace_prefix.len() * call.len());
+        out.clear();
+        out.reserve(size + trace_prefix.len() * call.len());
         for (trace, spans) in call {
             command_header(&mut out, 3);
             bulk(&mut out, &[b"APPEND"]);
@@ -173,7 +177,8 @@ pub fn trace_index_commands<'py>(
     listed.sort_unstable_by(|a, b| (a.start, a.id).cmp(&(b.start, b.id)));
     for call in listed.chunks(per_call) {
         let size: usize = call.iter().map(|t| t.id.len() + 48).sum();
-        let mut out = Vec::with_capacity(size + listing.len() + 32);
+        out.clear();
+        out.reserve(size + listing.len() + 32);
         command_header(&mut out, 3 + 2 * call.len());
         bulk(&mut out, &[b"ZADD"]);
         bulk(&mut out, &[listing]);
