@@ -171,8 +171,14 @@ def test_the_usual_message_is_taken_and_anything_else_declined() -> None:
     assert batch is not None and len(batch) == 6
     assert batch.buckets() == [(NOW - NOW % MINUTE, 6)]  # 0-35 s before NOW, 40 s into its minute
     assert take([]) is not None and len(take([])) == 0
-    # The SDK's own encoding of the same spans.
-    assert _decode(encode_wire([msgspec.convert(s, Span) for s in usual]), 0, NOW + MINUTE, 0, True) is not None
+    # The SDK's own encoding of the same spans (fields in the order the decoder tries first), and the same fields
+    # in reverse order.
+    in_order = encode_wire([msgspec.convert(s, Span) for s in usual])
+    spans = msgspec.msgpack.decode(in_order)["spans"]
+    reversed_fields = msgspec.msgpack.encode({"v": 1, "spans": [dict(reversed(span.items())) for span in spans]})
+    decoded = [_decode(payload, 0, NOW + MINUTE, 0, True) for payload in (in_order, reversed_fields)]
+    assert decoded[0] is not None and decoded[1] is not None
+    assert decoded[0].lines() == decoded[1].lines() and decoded[0].buckets() == decoded[1].buckets()
 
     declined = {
         "no started_at (stamped with the arrival time)": [_usual(0, started_at=None)],
