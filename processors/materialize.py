@@ -46,7 +46,7 @@ TRACE_SEND_BYTES = 16 * 2**20
 
 
 def _sends(pipelines: list[tuple[bytes, int]]) -> list[tuple[list[bytes], int]]:
-    """Consecutive pipelines joined into sends of at most ``TRACE_SEND_BYTES`` (or one pipeline): ``(parts,
+    """Consecutive pipelines grouped into sends of at most ``TRACE_SEND_BYTES`` (or one pipeline): ``(parts,
     replies)``."""
     sends: list[tuple[list[bytes], int]] = []
     size = TRACE_SEND_BYTES

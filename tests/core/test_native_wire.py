@@ -171,8 +171,7 @@ def test_the_usual_message_is_taken_and_anything_else_declined() -> None:
     assert batch is not None and len(batch) == 6
     assert batch.buckets() == [(NOW - NOW % MINUTE, 6)]  # 0-35 s before NOW, 40 s into its minute
     assert take([]) is not None and len(take([])) == 0
-    # The SDK's own encoding of the same spans (fields in the order the decoder tries first), and the same fields
-    # in reverse order.
+    # The SDK's own encoding of the same spans (fields in the struct's order), and the same fields in reverse order.
     in_order = encode_wire([msgspec.convert(s, Span) for s in usual])
     spans = msgspec.msgpack.decode(in_order)["spans"]
     reversed_fields = msgspec.msgpack.encode({"v": 1, "spans": [dict(reversed(span.items())) for span in spans]})
