@@ -506,7 +506,12 @@ class _Worker:
     async def _seek_back(self, partition: int, offset: int) -> None:
         self.rewinds += 1
         self._holes[partition] = _Hole(offset, time.monotonic())
-        await self.app.consumer.seek(TP(self.settings.topic, partition), offset)
+        # seek_wait, not seek: Faust's seek calls aiokafka's from this thread while aiokafka's fetcher runs in
+        # the consumer thread's loop; its records dict changed under the fetcher (KeyError: Faust's Fetcher
+        # service crashed and the worker stopped, seen in bench/worker_scaling.py after a rebalance), and the
+        # fetcher was woken from a foreign thread. seek_wait seeks in the consumer thread, then sets Faust's
+        # read offset as seek does.
+        await self.app.consumer.seek_wait({TP(self.settings.topic, partition): offset})
 
     async def _reseek_holes(self) -> None:
         """Seek again over holes that a seek did not fill within ``RESEEK_S`` (see ``_continues``)."""
