@@ -56,7 +56,7 @@ async def main(rounds: int, spans: int, worker_args: list[str]) -> int:
         for round_ in range(rounds):
             tag = f"t{round_}"
             try:
-                rate = await bench.workers_rate(kafka, redis, topic, 2, spans, logs, tag, worker_args, PARTITIONS)
+                rate = (await bench.workers_run(kafka, redis, topic, 2, spans, logs, tag, worker_args, PARTITIONS)).rate
                 print(f"round {round_}: exact, {rate:,.0f} spans/s", flush=True)
                 continue
             except RuntimeError as exc:

@@ -42,7 +42,7 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -163,7 +163,19 @@ async def quixstreams_rate(
         return result
 
 
-async def workers_rate(
+@dataclass
+class WorkersRun:
+    """One measured run of ``workers_run``: its rate and what the workers and the machine spent on it."""
+
+    rate: float  # spans/s
+    wall_s: float
+    spans: int  # counted in the measured stretch
+    cpu_us_per_span: float  # the workers' CPU together
+    machine_busy_cores: float
+    stolen_cores: float  # taken by other tenants of the machine
+
+
+async def workers_run(
     kafka: KafkaCluster,
     redis: RedisServer,
     topic: str,
@@ -173,9 +185,11 @@ async def workers_rate(
     tag: str = "",
     worker_args: Sequence[str] = (),
     partitions: int = 4,
-) -> float:
+    on_start: Callable[[int], None] | None = None,
+) -> WorkersRun:
     """Spans/s of ``count`` workers (fresh group and Redis prefix), from the first span counted once every
-    worker is ready (``_group_ready``) to the last.
+    worker is ready (``_group_ready``) to the last. ``on_start`` is called with each worker's pid as it starts
+    (bench/worker_scaling.py puts it under a CPU quota there).
 
     Workers started together rarely join in one generation: the first takes every partition and starts on
     the backlog, the others join and a rebalance pauses them all. Counting from the first span would charge
@@ -192,7 +206,9 @@ async def workers_rate(
     view = ViewCount(redis.url, prefix, partitions)
     try:
         for _ in range(count):
-            workers.start()
+            pid = workers.start().pid
+            if on_start is not None and pid is not None:
+                on_start(pid)
         # (wall clock, spans counted in the view, the workers' CPU seconds, the machine's busy and stolen seconds)
         samples: list[tuple[float, int, float, float, float]] = []
         counted = 0
@@ -224,13 +240,21 @@ async def workers_rate(
             if start[1] > total / 2:
                 print("  (more than half counted before: use more --spans for a steadier figure)", file=sys.stderr)
         wall, spans = end[0] - start[0], total - start[1]
+        run = WorkersRun(
+            rate=spans / wall,
+            wall_s=wall,
+            spans=spans,
+            cpu_us_per_span=1e6 * (end[2] - start[2]) / spans,
+            machine_busy_cores=(end[3] - start[3]) / wall,
+            stolen_cores=(end[4] - start[4]) / wall,
+        )
         print(
-            f"{count} worker(s), measured {wall:.1f} s: workers {1e6 * (end[2] - start[2]) / spans:.1f} CPU µs per "
-            f"span; machine {(end[3] - start[3]) / wall:.2f} of {os.cpu_count()} cores busy "
-            f"({(end[4] - start[4]) / wall:.2f} stolen by other tenants)",
+            f"{count} worker(s), measured {wall:.1f} s: workers {run.cpu_us_per_span:.1f} CPU µs per span; machine "
+            f"{run.machine_busy_cores:.2f} of {os.cpu_count()} cores busy ({run.stolen_cores:.2f} stolen by other "
+            "tenants)",
             file=sys.stderr,
         )
-        return spans / wall
+        return run
     finally:
         workers.stop_all()
         await view.close()
@@ -440,9 +464,10 @@ async def main() -> None:
                 rates["quix"].append(run["rate"])
             for name, count in (("one", 1), ("two", 2)):
                 try:
-                    rate: float | None = await workers_rate(
+                    run = await workers_run(
                         kafka, redis, topic, count, args.spans, logs, tag, partitions=args.partitions
                     )
+                    rate: float | None = run.rate
                 except RuntimeError as exc:  # an inexact count: reported, left out of the medians
                     rate = None
                     failures.append(f"round {round_}: {exc}")
