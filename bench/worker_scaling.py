@@ -5,8 +5,9 @@ workers and this script) one worker already keeps the cores busy, so a second ad
 "unlimited" rows, what the whole machine allows. A deployment gives each worker its own CPU (a container's
 CPU limit, a node per worker); this script does that with a cgroup CFS quota of ``--quota`` cores per worker
 (bench/cpu_quota.py; the broker and redis-server stay unlimited) and measures 1..N workers on the same
-backlog, each count in a fresh consumer group, the rate counted as bench/processor_throughput.py counts it
-(from the moment every worker is ready to the last span in the Redis view; exact or reported as failed).
+backlog, each count in a fresh consumer group, the configurations in reverse order every other round, the
+rate counted as bench/processor_throughput.py counts it (from the moment every worker is ready to the last
+span in the Redis view; exact or reported as failed).
 
 For a quota row to measure the workers and not the machine, the workers must be what holds the rate back:
 the table gives the share of CFS periods in which the kernel throttled them (near 100 %: the quota was the
@@ -29,6 +30,8 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+
+import redis.asyncio as aioredis
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -91,6 +94,16 @@ async def measure(
             group.close()
 
 
+async def flush(redis: RedisServer) -> None:
+    client = aioredis.Redis.from_url(redis.url)
+    try:
+        before = (await client.info("memory"))["used_memory"]
+        await client.flushall()
+        print(f"  Redis emptied ({before / 2**20:,.0f} MiB)", file=sys.stderr)
+    finally:
+        await client.aclose()
+
+
 async def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--spans", type=int, default=600_000)
@@ -100,6 +113,7 @@ async def main() -> None:
     parser.add_argument("--workers", type=int, nargs="+", default=[1, 2], help="worker counts to measure")
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--no-unlimited", action="store_true", help="skip the rows without a quota")
+    parser.add_argument("--flush-redis", action="store_true", help="empty Redis before each run")
     args = parser.parse_args()
     try:
         CpuQuota(min(args.quota)).close()
@@ -114,7 +128,12 @@ async def main() -> None:
         await produce(kafka.bootstrap, topic, make_spans(args.spans, random.Random(1), spread_ms=60_000), args.batch)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}:", file=sys.stderr)
-            for index, (quota, count) in enumerate(results):
+            # Every other round in reverse: a run's place in the round (right after the backlog was written,
+            # or after other runs) moved its rate by up to a fifth in either direction on this shared machine.
+            order = list(enumerate(results))
+            for index, (quota, count) in order if round_ % 2 else reversed(order):
+                if args.flush_redis:
+                    await flush(redis)
                 await measure(
                     kafka, redis, topic, args, quota, count, f"r{round_}q{index}", logs, results[quota, count]
                 )
