@@ -19,7 +19,7 @@ PERIOD_US = 100_000
 _names = itertools.count(1)
 
 
-class QuotaUnavailable(RuntimeError):
+class QuotaUnavailable(Exception):
     """This machine gives no way to cap a process's CPU (no writable cgroup with the cpu controller)."""
 
 

@@ -12,7 +12,8 @@ then measures, on the same topic in the same run, each with a fresh consumer gro
 * one worker: from its first counted span to the last, read from the Redis view's exact span counter
   (the worker's start-up and recovery are left out, the changelog writes, acks and Redis writes are in);
 * two workers of a fresh consumer group on the same topic (scaling, on however many cores there are), from
-  the moment both are ready: the rebalance as the second joins is reported, not charged to the rate;
+  the moment both are ready: the rebalance as the second joins is reported, not charged to the rate
+  (bench/worker_scaling.py measures scaling with a CPU quota per worker, when the cores are too few);
 * freshness: at a steady ``--fresh-rate`` through one worker, the time from the broker's ack of a batch
   (the moment ``POST /spans`` answers 202) until a ``/metrics`` query counts it (p50/p99): at the n-th ack,
   until the query counts n batches, after one span to each partition has been counted (warm-up). 100-span batches,
