@@ -169,8 +169,6 @@ class WorkersRun:
     """One measured run of ``workers_run``: its rate and what the workers and the machine spent on it."""
 
     rate: float  # spans/s
-    wall_s: float
-    spans: int  # counted in the measured stretch
     cpu_us_per_span: float  # the workers' CPU together
     machine_busy_cores: float
     stolen_cores: float  # taken by other tenants of the machine
@@ -243,8 +241,6 @@ async def workers_run(
         wall, spans = end[0] - start[0], total - start[1]
         run = WorkersRun(
             rate=spans / wall,
-            wall_s=wall,
-            spans=spans,
             cpu_us_per_span=1e6 * (end[2] - start[2]) / spans,
             machine_busy_cores=(end[3] - start[3]) / wall,
             stolen_cores=(end[4] - start[4]) / wall,
@@ -465,10 +461,9 @@ async def main() -> None:
                 rates["quix"].append(run["rate"])
             for name, count in (("one", 1), ("two", 2)):
                 try:
-                    run = await workers_run(
-                        kafka, redis, topic, count, args.spans, logs, tag, partitions=args.partitions
-                    )
-                    rate: float | None = run.rate
+                    rate: float | None = (
+                        await workers_run(kafka, redis, topic, count, args.spans, logs, tag, partitions=args.partitions)
+                    ).rate
                 except RuntimeError as exc:  # an inexact count: reported, left out of the medians
                     rate = None
                     failures.append(f"round {round_}: {exc}")
