@@ -5,6 +5,10 @@ coroutine and a few objects each, which cost the worker as much per trace as bui
 command sent here answers one line (``:<integer>`` or ``-<error>``), so counting line ends on the connection's
 stream is enough to know when all replies are in; the bytes are checked once at the end.
 
+redis-py has no public way to write raw bytes to a connection, so this module (and nothing else) reads an
+asyncio connection's ``_reader``/``_writer`` streams; when an upgrade removes them it raises
+``IncompatibleLibrary`` naming redis-py (pyproject.toml bounds redis to the tested range).
+
 The connection comes from the client's pool (so ``redis.url`` authentication, TLS, database and timeouts all
 apply) and goes back to it clean: after any error or unexpected reply it is disconnected rather than reused.
 """
@@ -16,7 +20,12 @@ import asyncio
 import redis.asyncio as aioredis
 from redis.asyncio.connection import AbstractConnection
 
-__all__ = ["send_counted"]
+from tokentrace.core.compat import IncompatibleLibrary
+
+__all__ = ["send_counted", "streams"]
+
+REDIS = "redis"
+REDIS_RANGE = ">=5.3,<9"
 
 #: How many bytes to ask the stream for at once (replies are a few bytes each).
 _READ_SIZE = 1 << 16
@@ -52,10 +61,7 @@ async def send_counted(client: aioredis.Redis, commands: bytes | list[bytes], re
 async def _exchange(connection: AbstractConnection, commands: bytes | list[bytes], replies: int) -> bytes:
     if not connection.is_connected:
         await connection.connect()  # type: ignore[no-untyped-call]
-    reader: asyncio.StreamReader | None = getattr(connection, "_reader", None)
-    writer: asyncio.StreamWriter | None = getattr(connection, "_writer", None)
-    if reader is None or writer is None:
-        raise aioredis.ConnectionError("the Redis connection has no stream to read or write")
+    reader, writer = streams(connection)
     await _write(writer, [commands] if isinstance(commands, bytes) else commands, connection.socket_timeout)
     data = bytearray()
     lines = 0
@@ -74,6 +80,17 @@ async def _exchange(connection: AbstractConnection, commands: bytes | list[bytes
     if lines != replies or not data.endswith(b"\r\n"):
         raise aioredis.ResponseError(f"expected {replies} one-line replies from Redis, got {bytes(data[:200])!r}")
     return bytes(data)
+
+
+def streams(connection: AbstractConnection) -> tuple[asyncio.StreamReader, asyncio.StreamWriter]:
+    """A connected redis-py connection's asyncio streams (private attributes: see the module docstring)."""
+    reader = getattr(connection, "_reader", None)
+    writer = getattr(connection, "_writer", None)
+    if not isinstance(reader, asyncio.StreamReader) or not isinstance(writer, asyncio.StreamWriter):
+        raise IncompatibleLibrary(
+            REDIS, "a connected redis.asyncio connection has no _reader/_writer streams", REDIS_RANGE
+        )
+    return reader, writer
 
 
 async def _write(writer: asyncio.StreamWriter, parts: list[bytes], stall_s: float | None) -> None:

@@ -17,6 +17,8 @@ from typing import Any
 from faust.stores import STORES
 from faust.stores.memory import Store
 
+from tokentrace.processors.faust_adapter import remember_partition
+
 __all__ = ["STORE_URL", "MonotonicStore"]
 
 STORE_URL = "tokentrace-memory://local"  # a host: an empty yarl URL is falsy and Faust would ignore it
@@ -34,7 +36,7 @@ class MonotonicStore(Store[Any, Any]):
         data = self.data
         for event in batch:
             key = to_key(event.key)
-            self._key_partition[key] = event.message.partition
+            remember_partition(self, key, event.message.partition)
             if event.message.value is None:
                 data.pop(key, None)
                 continue

@@ -47,7 +47,6 @@ from typing import Any, NoReturn
 
 import faust
 from faust.serializers import codecs
-from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
 
 from tokentrace.alerting.redis_shared import shared_alert_service
@@ -59,6 +58,7 @@ from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
+from tokentrace.processors import faust_adapter
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     HOUR_MS,
@@ -117,15 +117,7 @@ class _EntryCodec(codecs.Codec):
 codecs.register(ENTRY_CODEC, _EntryCodec())
 
 
-class _EntryValue:
-    """The table's value type as Faust wants it: names the entry codec, passes decoded entries through."""
-
-    class _options:  # read by faust.tables.base.Collection._serializer_from_type
-        serializer = ENTRY_CODEC
-
-    @classmethod
-    def from_data(cls, data: Any, preferred_type: Any = None) -> Any:
-        return data
+_EntryValue = faust_adapter.value_type_with_codec(ENTRY_CODEC)
 
 
 @dataclass
@@ -634,7 +626,7 @@ class _Worker:
         if self._position.get(partition, -1) >= newest:
             return True
         # An idle partition replays nothing: its committed offset (Faust's bookkeeping) passed them all.
-        committed = getattr(self.app.consumer, "_committed_offset", {}).get(TP(self.settings.topic, partition))
+        committed = faust_adapter.committed_offset(self.app.consumer, self.settings.topic, partition)
         return committed is not None and committed > newest
 
     async def on_leader_tick(self) -> None:
@@ -693,31 +685,16 @@ def _new_app(settings: WorkerSettings) -> faust.App:
     return faust.App(settings.app_id, **options)
 
 
-def _use_fetch_wait() -> None:
-    """Make Faust's Kafka consumer use the worker's ``fetch_wait_ms`` (it hard-codes 1500 ms).
-
-    Faust has no setting for it, so its consumer factory is wrapped (once per process): a consumer created
-    for an app built here gets the app's value before it starts (aiokafka reads it when it starts).
-    """
-    thread = faust_aiokafka.AIOKafkaConsumerThread
-    if getattr(thread, "_tokentrace_fetch_wait", False):
-        return
-    create = thread._create_worker_consumer
-
-    def create_with_fetch_wait(self: Any, transport: Any) -> Any:
-        consumer = create(self, transport)
-        worker = getattr(self.app, "tokentrace_worker", None)
-        if worker is not None:
-            consumer._fetch_max_wait_ms = worker.settings.fetch_wait_ms
-        return consumer
-
-    thread._create_worker_consumer = create_with_fetch_wait  # type: ignore[method-assign]
-    thread._tokentrace_fetch_wait = True  # type: ignore[attr-defined]
+def _fetch_wait_ms(app: faust.App) -> int | None:
+    """Faust hard-codes its consumer's fetch wait (1500 ms); an app built here uses its worker's setting."""
+    worker = getattr(app, "tokentrace_worker", None)
+    return None if worker is None else int(worker.settings.fetch_wait_ms)
 
 
 def build_app(settings: WorkerSettings, pricer: Pricer | None = None) -> faust.App:
     """A Faust app running the worker (start it with ``faust.Worker(app).execute_from_commandline()``)."""
-    _use_fetch_wait()
+    faust_adapter.check()
+    faust_adapter.use_fetch_wait(_fetch_wait_ms)
     worker = _Worker(settings, pricer)
     app = worker.app
     app.agent(worker.topic, name="tokentrace-aggregate", concurrency=1)(worker.process)

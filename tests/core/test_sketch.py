@@ -69,3 +69,15 @@ def test_sketch_round_trips_through_msgpack() -> None:
     decoded = msgspec.msgpack.decode(msgspec.msgpack.encode(sketch), type=Sketch)
     assert decoded == sketch
     assert decoded.quantile(0.5) == sketch.quantile(0.5)
+
+
+@given(st.floats(min_value=1e-9, max_value=1e12, allow_nan=False, allow_infinity=False))
+def test_the_inlined_bucket_key_is_ddsketchs_own(value: float) -> None:
+    """tokentrace.core.sketch inlines LogarithmicMapping.key() from ddsketch's private constants."""
+    from ddsketch.mapping import LogarithmicMapping
+
+    from tokentrace.core.compat import installed_version
+    from tokentrace.core.sketch import RELATIVE_ACCURACY, _key
+
+    expected = LogarithmicMapping(RELATIVE_ACCURACY).key(value)
+    assert _key(value) == expected, f"ddsketch {installed_version('ddsketch')}: LogarithmicMapping.key changed"

@@ -9,6 +9,7 @@ import pytest
 import redis.asyncio as aioredis
 
 from tests.infra.redis import RedisServer
+from tokentrace.core.compat import IncompatibleLibrary
 from tokentrace.processors import materialize, redis_pipeline
 from tokentrace.processors.redis_pipeline import send_counted
 
@@ -20,6 +21,18 @@ async def client(redis_server: RedisServer) -> AsyncIterator[aioredis.Redis]:
     connected = aioredis.Redis.from_url(redis_server.url)
     yield connected
     await connected.aclose()
+
+
+async def test_a_connected_connection_has_the_streams_the_pipeline_writes_to(client: aioredis.Redis) -> None:
+    """redis-py's private ``_reader``/``_writer``: an upgrade that drops them fails here, naming redis-py."""
+    connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        reader, writer = redis_pipeline.streams(connection)
+        assert (reader, writer) == (connection._reader, connection._writer)
+    finally:
+        await client.connection_pool.release(connection)
+    with pytest.raises(IncompatibleLibrary, match=r"^redis \S+ is not compatible with tokentrace: .*_reader"):
+        redis_pipeline.streams(mock.Mock(spec=[]))
 
 
 def resp(*commands: tuple[bytes, ...]) -> bytes:

@@ -19,15 +19,22 @@ from collections.abc import Iterable, Sequence
 import msgspec
 from ddsketch.mapping import LogarithmicMapping
 
+from tokentrace.core.compat import IncompatibleLibrary
+
 __all__ = ["MULTIPLIER", "OFFSET", "RELATIVE_ACCURACY", "Sketch"]
 
 #: Worst-case relative error of any quantile answer.
 RELATIVE_ACCURACY = 0.01
 _MAPPING = LogarithmicMapping(RELATIVE_ACCURACY)
 _value = _MAPPING.value
-# The mapping's own key() inlined for the hot path (same formula: ceil(log2(v) * multiplier) + offset).
-MULTIPLIER: float = _MAPPING._multiplier
-OFFSET: float = _MAPPING._offset
+# The mapping's own key() inlined for the hot path (same formula: ceil(log2(v) * multiplier) + offset), from its
+# private constants: the one place tokentrace reads ddsketch internals (tests/core/test_sketch.py checks the formula
+# against the mapping's key() for the installed release).
+try:
+    MULTIPLIER: float = _MAPPING._multiplier
+    OFFSET: float = _MAPPING._offset
+except AttributeError:
+    raise IncompatibleLibrary("ddsketch", "LogarithmicMapping has no _multiplier/_offset", ">=3.0,<4") from None
 _log2 = math.log2
 _ceil = math.ceil
 

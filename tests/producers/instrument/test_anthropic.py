@@ -188,11 +188,11 @@ def test_an_error_event_mid_stream_propagates_and_marks_the_span(
 
 
 def test_a_client_timeout_is_a_timeout_span(claude: anthropic.Anthropic, recording: RecordingTransport) -> None:
-    with pytest.raises(anthropic.APITimeoutError):
+    with pytest.raises(anthropic.APITimeoutError) as raised:
         claude.messages.create(model="slow", max_tokens=64, messages=MESSAGES)
     [span] = recording.spans
-    assert span.status == "timeout"
-    assert span.error is not None and span.error.startswith("APITimeoutError: Request timed out or interrupted.")
+    # The exception's type and its own text, whatever wording this anthropic release uses.
+    assert (span.status, span.error) == ("timeout", f"APITimeoutError: {raised.value}")
     assert span.latency_ms is not None and span.latency_ms >= CLIENT_TIMEOUT_S * 1000 * 0.9
 
 
