@@ -8,7 +8,7 @@ from aiohttp.typedefs import Middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spans, stats, traces
+from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, series, spans, stats, traces
 
 __all__ = ["create_app"]
 
@@ -27,6 +27,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         spans.routes,
         otlp.routes,
         mist.routes,
+        series.routes,  # before metrics: /metrics/series is not a metric name
         metrics.routes,
         stats.routes,
         traces.routes,

@@ -260,6 +260,11 @@ async def test_responses_conform_to_the_document(client: TestClient[Any, Any]) -
             assert response.status == 200, (name, query)
             assert_conforms("/metrics/{name}", "get", 200, await response.json())
 
+    for query in ("window=1h&step=5m", "window=6h&step=30m&groupby=model", "window=24h&step=1h&caller=api"):
+        response = await client.get(f"/metrics/series?{query}")
+        assert response.status == 200, query
+        assert_conforms("/metrics/series", "get", 200, await response.json())
+
     listing = await client.get("/traces", params={"limit": "2"})
     body = await listing.json()
     assert_conforms("/traces", "get", 200, body)
@@ -290,6 +295,7 @@ async def test_responses_conform_to_the_document(client: TestClient[Any, Any]) -
         ("GET", "/metrics?window=forever", None, "/metrics", 400),
         ("GET", "/metrics?window=31d", None, "/metrics", 400),
         ("GET", "/metrics/nope", None, "/metrics/{name}", 404),
+        ("GET", "/metrics/series?window=1h&step=90s", None, "/metrics/series", 400),
         ("GET", "/traces?limit=201", None, "/traces", 400),
         ("GET", "/traces?status=fine", None, "/traces", 400),
         ("GET", "/traces?since=yesterday", None, "/traces", 400),
