@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from tokentrace.api import console
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
@@ -18,7 +19,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     server = ctx.config.http_server
     middlewares: list[Middleware] = [error_middleware]
     if server.auth_token:
-        middlewares.append(auth_middleware(server.auth_token))
+        middlewares.append(auth_middleware(server.auth_token, console.is_console_path))
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[CONTEXT] = ctx
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
@@ -34,6 +35,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         health.routes,
         alerts.routes,
         docs.routes,
+        console.routes,
     ):
         app.router.add_routes(table)
     otlp.init_counters(ctx)
