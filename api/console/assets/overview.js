@@ -13,14 +13,18 @@ const MAX_GROUPS = 8;
 /** Spec 003's quality threshold, drawn as a reference line. */
 const QUALITY_THRESHOLD = 0.75;
 
-/** Group-by choices: the built-in dimensions and the attribute keys seen on recent spans. */
+/** Span fields that /traces/recent (seed 001's MIST shape) folds into `attrs`: not attributes. */
+const MIST_FIELDS = new Set(["model", "provider", "tokens_in", "tokens_out", "total_tokens", "cost_usd", "error", "eval.score"]);
+
+/** Group-by choices: the built-in dimensions and the attribute keys seen on the newest spans. */
 export async function groupChoices() {
   const keys = new Set();
   try {
     const recent = await api("/traces/recent", { params: { limit: 300 } });
     for (const span of recent.spans) {
-      for (const [key, value] of Object.entries(span.attributes || {})) {
-        if (key !== "eval.score" && !key.startsWith("mist.") && (typeof value === "string" || typeof value === "boolean" || Number.isInteger(value))) keys.add(key);
+      for (const [key, value] of Object.entries(span.attrs || {})) {
+        const groupable = typeof value === "string" || typeof value === "boolean" || Number.isInteger(value);
+        if (groupable && !MIST_FIELDS.has(key) && !key.startsWith("mist.")) keys.add(key);
       }
     }
   } catch (error) {
