@@ -39,6 +39,13 @@ function endMs(span) {
   return start === null ? null : start + (span.latency_ms || 0);
 }
 
+/** Where a bar's label goes: after the bar, inside a wide bar that reaches the right edge, or before it. */
+function textPlace(left, width) {
+  if (left + width <= 75) return ["", `left:${left + width}%`];
+  if (width >= 25) return [" inside", `left:${left}%`];
+  return ["", `right:${100 - left}%;padding-right:.3rem`];
+}
+
 function detail(span) {
   const attrs = Object.entries(span.attributes || {});
   const rows = [
@@ -78,8 +85,11 @@ export async function render(main, query, match) {
   const ends = spans.map(endMs).filter((v) => v !== null);
   const t0 = Math.min(...starts);
   const span = Math.max(1, Math.max(...ends) - t0);
-  const slowest = spans.reduce((a, s) => ((s.latency_ms ?? -1) > (a.latency_ms ?? -1) ? s : a), spans[0]);
-  const priciest = spans.reduce((a, s) => ((s.cost_usd ?? -1) > (a.cost_usd ?? -1) ? s : a), spans[0]);
+  // A root spans its whole trace, so the steps ranked are the spans under it (the lone span of a flat trace).
+  const steps = spans.length > 1 ? spans.filter((s) => s.parent_span_id) : spans;
+  const ranked = steps.length ? steps : spans;
+  const slowest = ranked.reduce((a, s) => ((s.latency_ms ?? -1) > (a.latency_ms ?? -1) ? s : a), ranked[0]);
+  const priciest = ranked.reduce((a, s) => ((s.cost_usd ?? -1) > (a.cost_usd ?? -1) ? s : a), ranked[0]);
   const ticks = [0, 0.25, 0.5, 0.75, 1].map((f) => `<span style="left:${f * 100}%">${ms(f * span)}</span>`).join("");
   const rows = treeOrder(spans)
     .map(({ span: s, depth }, i) => {
@@ -89,7 +99,7 @@ export async function render(main, query, match) {
       return `<button type="button" class="wf-row" aria-expanded="false" aria-controls="span-${i}" data-span-id="${esc(s.span_id)}" data-depth="${depth}" data-parent="${esc(s.parent_span_id || "")}">
           <span class="wf-label" style="padding-left:${depth * 1.1}rem">${depth ? "└ " : ""}${esc(s.name || s.span_id)} <span class="model">${esc(s.model)}</span>${tags}</span>
           <span class="wf-track"><span class="wf-bar status-${esc(s.status)}" style="left:${left}%;width:${width}%" title="${esc(s.status)}"></span>
-          <span class="wf-bar-text" style="${left + width > 75 ? `right:${100 - left}%;padding-right:.3rem` : `left:${left + width}%`}">${ms(s.latency_ms)} · ${usd(s.cost_usd)}</span></span>
+          <span class="wf-bar-text${textPlace(left, width)[0]}" style="${textPlace(left, width)[1]}">${ms(s.latency_ms)} · ${usd(s.cost_usd)}</span></span>
         </button><div class="span-detail" id="span-${i}" hidden>${detail(s)}</div>`;
     })
     .join("");

@@ -46,25 +46,33 @@ MODELS = {"gpt-4o": "openai", "gpt-4o-mini": "openai", "claude-3-5-haiku": "anth
 
 
 def make_spans(now: int, seed: int = 3) -> list[dict[str, Any]]:
-    """Agent traces over the last six hours: a root, three steps, a tool call under the second step."""
+    """Agent traces over the last six hours: a root around three sequential steps, a tool call inside the
+    second step, each with its own model, tokens, cost, latency and status."""
     rng = random.Random(seed)
     spans: list[dict[str, Any]] = []
     for t in range(120):
-        start = now - rng.randrange(6 * 60 * MINUTE) - 10_000
+        start = now - rng.randrange((6 * 60 - 2) * MINUTE) - 30_000  # inside the 6h window, whole buckets
         variant = ("a", "b")[t % 2]
         caller = ("web", "batch")[t % 3 == 0]
-        steps = [("agent", None, 0), ("plan", "root", 1), ("retrieve", "root", 2), ("answer", "root", 3)]
-        steps.append(("tool", "s2", 4))
-        offset = 0
-        for name, parent, index in steps:
+        timing: dict[str, tuple[int, float, str | None]] = {}  # span id -> (start, latency, parent)
+        at = start + 5
+        for step in ("s1", "s2", "s3"):
+            latency = round(rng.uniform(150, 2500), 1)
+            timing[step] = (at, latency, "root")
+            if step == "s2":
+                timing["s4"] = (at + 20, round(latency * rng.uniform(0.3, 0.8), 1), "s2")
+            at += int(latency) + 3
+        timing["root"] = (start, float(at - start + 5), None)
+        names = {"root": "agent", "s1": "plan", "s2": "retrieve", "s3": "answer", "s4": "search-tool"}
+        for span_id in ("root", "s1", "s2", "s4", "s3"):
+            began, latency, parent = timing[span_id]
             model = rng.choice(list(MODELS))
-            latency = round(rng.uniform(80, 2500), 1)
             status = rng.choices(["ok", "error", "timeout"], [90, 7, 3])[0]
             span = {
                 "trace_id": f"trace-{t:03d}",
-                "span_id": "root" if index == 0 else f"s{index}",
+                "span_id": span_id,
                 "parent_span_id": parent,
-                "name": name,
+                "name": names[span_id],
                 "model": model,
                 "provider": MODELS[model],
                 "caller": caller,
@@ -73,13 +81,12 @@ def make_spans(now: int, seed: int = 3) -> list[dict[str, Any]]:
                 "cost_usd": round(rng.uniform(0.0001, 0.02), 6),
                 "latency_ms": latency,
                 "status": status,
-                "started_at": format_ms(start + offset),
+                "started_at": format_ms(began),
                 "attributes": {"variant": variant, "eval.score": round(rng.uniform(0.4, 1), 3)},
             }
             if status == "error":
                 span["error"] = "upstream 500"
             spans.append(span)
-            offset += 0 if index == 0 else int(latency) // 2
     return spans
 
 
