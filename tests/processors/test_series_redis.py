@@ -9,6 +9,7 @@ import random
 import pytest
 
 from tests.infra.redis import RedisServer
+from tests.processors.conftest import MakeAPI
 from tests.processors.test_redis_view import _pending, _written
 from tests.processors.test_state import _span
 from tokentrace.api.stores.redis_store import RedisStore
@@ -67,3 +68,34 @@ async def test_series_on_the_redis_view_equals_a_recount(store: RedisStore, redi
 def _ms(text: str | None) -> int:
     assert text is not None
     return parse_rfc3339_ms(text)
+
+
+async def test_every_api_replica_serves_the_console_and_the_same_series(
+    store: RedisStore, redis_server: RedisServer, make_api: MakeAPI
+) -> None:
+    """The console is part of the app every ``tokentrace api`` replica builds: same page, same chart data."""
+    now = now_ms()
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    spans = [_span(i, now - i * 7_000, model=("a", "b")[i % 2]) for i in range(1, 121)]
+    applier.apply(entries, 0, 0, now, encode_wire(spans))
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+        first, second = await make_api(), await make_api()
+        pages = [await (await api.get("/console/traces/x")).text() for api in (first, second)]
+        assert pages[0] == pages[1] and "<main" in pages[0]
+        script = await first.get("/console/assets/app.js")
+        assert script.status == 200 and script.content_type == "text/javascript"
+        query = {"window": "1h", "step": "5m", "groupby": "model"}
+        bodies = [await (await api.get("/metrics/series", params=query)).json() for api in (first, second)]
+        metrics = await (await first.get("/metrics", params={"window": "1h", "groupby": "model"})).json()
+    finally:
+        writer.cancel()
+        await materializer.close()
+    assert bodies[0] == bodies[1]
+    for model in ("a", "b"):
+        points = bodies[0]["series"][model]
+        assert sum(p["span_count"] for p in points) == metrics["by_model"][model]["span_count"] == 60

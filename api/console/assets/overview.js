@@ -13,6 +13,31 @@ const MAX_GROUPS = 8;
 /** Spec 003's quality threshold, drawn as a reference line. */
 const QUALITY_THRESHOLD = 0.75;
 
+/** The server's bucket in seconds once a step was refused for not being whole buckets (null: 1m works). */
+let bucketS = null;
+
+function seconds(duration) {
+  const units = { s: 1, m: 60, h: 3600, d: 86400 };
+  return Number.parseInt(duration, 10) * units[duration.slice(-1)];
+}
+
+/** The chart step for a window: STEPS, rounded up to whole buckets once the server's bucket is known. */
+function stepFor(window_) {
+  const wanted = seconds(STEPS[window_]);
+  return bucketS === null ? STEPS[window_] : `${Math.ceil(wanted / bucketS) * bucketS}s`;
+}
+
+/**
+ * Learn the bucket from the API's 400 for a step that is not whole buckets (a server whose
+ * `aggregation.bucket` is longer than a minute); true when the step can now be chosen right.
+ */
+function learnBucket(error) {
+  const match = /whole number of buckets \((\d+)s each\)/.exec(error.message || "");
+  if (!match || bucketS !== null) return false;
+  bucketS = Number(match[1]);
+  return true;
+}
+
 /** Span fields that /traces/recent (seed 001's MIST shape) folds into `attrs`: not attributes. */
 const MIST_FIELDS = new Set(["model", "provider", "tokens_in", "tokens_out", "total_tokens", "cost_usd", "error", "eval.score"]);
 
@@ -107,12 +132,20 @@ export async function render(main, query) {
 
   const load = async () => {
     const mine = ++generation;
-    const step = STEPS[state.window];
-    const [metrics, overall, grouped] = await Promise.all([
-      api("/metrics", { params: { window: state.window } }),
-      api("/metrics/series", { params: { window: state.window, step } }),
-      api("/metrics/series", { params: { window: state.window, step, groupby: state.groupby } }),
-    ]);
+    const fetchAll = (step) =>
+      Promise.all([
+        api("/metrics", { params: { window: state.window } }),
+        api("/metrics/series", { params: { window: state.window, step } }),
+        api("/metrics/series", { params: { window: state.window, step, groupby: state.groupby } }),
+      ]);
+    let answers;
+    try {
+      answers = await fetchAll(stepFor(state.window));
+    } catch (error) {
+      if (!learnBucket(error)) throw error;
+      answers = await fetchAll(stepFor(state.window));
+    }
+    const [metrics, overall, grouped] = answers;
     if (mine !== generation || !main.isConnected) return;
     main.querySelector("#headline").innerHTML = cards(metrics);
     for (const el of main.querySelectorAll(".by")) el.textContent = state.groupby;

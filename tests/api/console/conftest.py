@@ -103,7 +103,7 @@ def get_json(url: str, token: str | None = None) -> Any:
         return json.loads(response.read())
 
 
-def _serve(root: Path, config: str) -> ServerProcess:
+def serve(root: Path, config: str) -> ServerProcess:
     root.mkdir(parents=True, exist_ok=True)
     (root / "tokentrace.yml").write_text(config)
     server = ServerProcess(root / "data", config=root / "tokentrace.yml")
@@ -114,7 +114,7 @@ def _serve(root: Path, config: str) -> ServerProcess:
 @pytest.fixture(scope="package")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
     """A real ``tokentrace serve`` holding six hours of agent traces and one config-file alert rule."""
-    process = _serve(tmp_path_factory.mktemp("console"), CONFIG)
+    process = serve(tmp_path_factory.mktemp("console"), CONFIG)
     try:
         spans = make_spans(now_ms())
         for chunk in range(0, len(spans), 500):
@@ -127,7 +127,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
 
 @pytest.fixture(scope="package")
 def auth_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
-    process = _serve(tmp_path_factory.mktemp("console-auth"), 'http_server: {auth_token: "s3cret-token"}\n')
+    process = serve(tmp_path_factory.mktemp("console-auth"), 'http_server: {auth_token: "s3cret-token"}\n')
     try:
         post_json(f"{process.url}/spans", make_spans(now_ms())[:50], token="s3cret-token")
         yield process

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import re
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from tests.api.console.conftest import Watched, get_json
+from tests.api.console.conftest import Watched, get_json, make_spans, post_json, serve, watch
 from tests.api.server_process import ServerProcess
+from tokentrace.core.timefmt import now_ms
 
 
 def _figure(console: Watched, name: str) -> str:
@@ -248,3 +250,23 @@ def test_numbers_are_right_aligned(console: Watched, server: ServerProcess) -> N
         "#trace-list td.num", "cells => cells.map(c => getComputedStyle(c).textAlign)"
     )
     assert aligns and set(aligns) == {"right"}
+
+
+def test_overview_on_aserver_with_five_minute_buckets(browser_context: Any, tmp_path: Path) -> None:
+    """The chart steps are minutes; where a bucket is 5m the console learns it from the API's 400 and rounds up."""
+    server = serve(tmp_path / "coarse", "aggregation: {bucket: 5m}\n")
+    try:
+        post_json(f"{server.url}/spans", make_spans(now_ms())[:100])
+        console = watch(browser_context, server.url)
+        console.expect_status(400, "/metrics/series")
+        page = console.page
+        page.goto(f"{server.url}/?window=1h")
+        page.wait_for_selector("#chart-quality canvas")
+        spans = get_json(f"{server.url}/metrics?window=1h")["span_count"]
+        assert _int(_figure(console, "Spans")) == spans
+        assert page.locator(".uplot").count() == 5
+        problems = list(console.problems)
+        page.close()
+        assert problems == []
+    finally:
+        server.stop()
