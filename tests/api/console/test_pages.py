@@ -270,3 +270,46 @@ def test_overview_on_aserver_with_five_minute_buckets(browser_context: Any, tmp_
         assert problems == []
     finally:
         server.stop()
+
+
+#: WCAG 2.1 contrast of every visible text node against the background it is drawn on (uPlot's canvas
+#: axis labels are drawn, not text, and are not covered).
+CONTRAST = """() => {
+  const parse = (c) => { const p = c.match(/rgba?\\(([^)]+)\\)/)[1].split(',').map(Number); return { r: p[0], g: p[1], b: p[2], a: p.length > 3 ? p[3] : 1 }; };
+  const channel = (v) => { v /= 255; return v <= 0.03928 ? v / 12.92 : ((v + 0.055) / 1.055) ** 2.4; };
+  const lum = (c) => 0.2126 * channel(c.r) + 0.7152 * channel(c.g) + 0.0722 * channel(c.b);
+  const background = (el) => {
+    const label = el.closest('.wf-bar-text.inside');
+    if (label) return parse(getComputedStyle(label.previousElementSibling).backgroundColor);
+    for (let e = el; e; e = e.parentElement) { const c = parse(getComputedStyle(e).backgroundColor); if (c.a > 0.5) return c; }
+    return { r: 255, g: 255, b: 255, a: 1 };
+  };
+  const bad = [];
+  const walker = document.createTreeWalker(document.body, NodeFilter.SHOW_TEXT);
+  while (walker.nextNode()) {
+    const node = walker.currentNode;
+    const el = node.parentElement;
+    if (!node.textContent.trim() || !el.getClientRects().length || el.closest('[hidden], .sr, .skip, option')) continue;
+    const style = getComputedStyle(el);
+    const a = lum(parse(style.color)), b = lum(background(el));
+    const ratio = (Math.max(a, b) + 0.05) / (Math.min(a, b) + 0.05);
+    const size = parseFloat(style.fontSize), bold = Number(style.fontWeight) >= 700;
+    if (ratio < (size >= 24 || (size >= 18.66 && bold) ? 3 : 4.5)) bad.push(`${node.textContent.trim().slice(0, 40)}: ${ratio.toFixed(2)}`);
+  }
+  return bad;
+}"""
+
+
+def test_text_contrast_meets_wcag_aa(console: Watched, server: ServerProcess) -> None:
+    page = console.page
+    for path, ready in [
+        ("/?window=6h", "#chart-quality canvas"),
+        ("/console/compare?window=6h&groupby=variant", "#compare-table table"),
+        ("/console/traces", "#trace-list table"),
+        ("/console/traces/trace-003", ".wf-row"),
+        ("/console/alerts", "#alert-list table"),
+        ("/console/health", "#health-body table"),
+    ]:
+        page.goto(f"{server.url}{path}")
+        page.wait_for_selector(ready)
+        assert page.evaluate(CONTRAST) == [], path
