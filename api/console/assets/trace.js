@@ -61,7 +61,7 @@ function detail(span) {
     ["Error", span.error ? `<pre>${esc(span.error)}</pre>` : "—"],
   ];
   const attrRows = attrs.length
-    ? attrs.map(([k, v]) => `<tr><th scope="row">${esc(k)}</th><td>${esc(JSON.stringify(v))}</td></tr>`).join("")
+    ? attrs.map(([k, v]) => `<tr><th scope="row">${esc(k)}</th><td>${esc(typeof v === "string" ? v : JSON.stringify(v))}</td></tr>`).join("")
     : `<tr><td colspan="2" class="muted">No attributes</td></tr>`;
   return `<table class="kv"><tbody>${rows.map(([k, v]) => `<tr><th scope="row">${k}</th><td>${v}</td></tr>`).join("")}</tbody></table>
     <h3 style="font-size:.95rem;margin:.6rem 0 .2rem">Attributes</h3><table class="kv"><tbody>${attrRows}</tbody></table>`;
@@ -83,8 +83,8 @@ export async function render(main, query, match) {
   const spans = trace.spans;
   const starts = spans.map(startMs).filter((v) => v !== null);
   const ends = spans.map(endMs).filter((v) => v !== null);
-  const t0 = Math.min(...starts);
-  const span = Math.max(1, Math.max(...ends) - t0);
+  const t0 = starts.length ? Math.min(...starts) : 0;
+  const span = ends.length ? Math.max(1, Math.max(...ends) - t0) : 1;
   // A root spans its whole trace, so the steps ranked are the spans under it (the lone span of a flat trace).
   const steps = spans.length > 1 ? spans.filter((s) => s.parent_span_id) : spans;
   const ranked = steps.length ? steps : spans;

@@ -313,3 +313,32 @@ def test_text_contrast_meets_wcag_aa(console: Watched, server: ServerProcess) ->
         page.goto(f"{server.url}{path}")
         page.wait_for_selector(ready)
         assert page.evaluate(CONTRAST) == [], path
+
+
+def test_markup_in_span_data_is_shown_as_text(browser_context: Any, tmp_path: Path) -> None:
+    """Names, models and attribute values are data: they never become markup (and CSP forbids inline script)."""
+    server = serve(tmp_path / "hostile", "")
+    hostile = '<img src=x onerror="document.title=1">'
+    try:
+        span = {"trace_id": "hostile", "span_id": "a", "name": hostile, "model": "m<b>x</b>", "total_tokens": 3}
+        span["attributes"] = {"variant": hostile}
+        post_json(f"{server.url}/spans", [span])
+        console = watch(browser_context, server.url)
+        page = console.page
+        for path, ready in [
+            ("/console/traces", "#trace-list table"),
+            ("/console/traces/hostile", ".wf-row"),
+            ("/?window=15m&groupby=variant", "#chart-calls .u-legend"),
+            ("/console/compare?window=15m&groupby=variant", "#compare-table table"),
+        ]:
+            page.goto(f"{server.url}{path}")
+            page.wait_for_selector(ready)
+            assert page.locator("main img, main b").count() == 0, path
+        page.goto(f"{server.url}/console/traces/hostile")
+        page.click(".wf-row")
+        assert hostile in page.locator(".span-detail").inner_text()
+        problems = list(console.problems)
+        page.close()
+        assert problems == []
+    finally:
+        server.stop()
