@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 from urllib.parse import quote
@@ -342,3 +343,27 @@ def test_markup_in_span_data_is_shown_as_text(browser_context: Any, tmp_path: Pa
         assert problems == []
     finally:
         server.stop()
+
+
+def test_traces_filter_by_model_caller_and_time_range(console: Watched, server: ServerProcess) -> None:
+    page = console.page
+    page.goto(f"{server.url}/console/traces")
+    page.wait_for_selector("#trace-list table")
+    since = datetime.now(UTC).replace(second=0, microsecond=0) - timedelta(hours=2)
+    until = since + timedelta(minutes=90)
+    page.fill("input[name=model]", "gpt-4o")
+    page.fill("input[name=caller]", "web")
+    # The browser runs in UTC (see conftest), so the local times typed are UTC.
+    page.fill("input[name=since]", since.strftime("%Y-%m-%dT%H:%M"))
+    page.fill("input[name=until]", until.strftime("%Y-%m-%dT%H:%M"))
+    page.click("button:has-text('Apply')")
+    page.wait_for_url(re.compile(r"until="))
+    page.wait_for_selector("#trace-list table, #trace-list .message")
+    iso = {k: v.strftime("%Y-%m-%dT%H:%M:%S.000Z") for k, v in (("since", since), ("until", until))}
+    assert all(f"{k}={quote(v, safe='')}" in page.url for k, v in iso.items()), page.url
+    wanted = get_json(f"{server.url}/traces?model=gpt-4o&caller=web&since={iso['since']}&until={iso['until']}&limit=50")
+    assert wanted["total"] > 0
+    assert page.locator("#trace-list tbody tr").count() == len(wanted["traces"])
+    assert f"of {wanted['total']}" in page.locator(".pager").inner_text()
+    # The form shows the filters it applied after the reload.
+    assert page.input_value("input[name=since]") == since.strftime("%Y-%m-%dT%H:%M")
