@@ -5,10 +5,11 @@ from __future__ import annotations
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from tokentrace.api import console
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spans, stats, traces
+from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, series, spans, stats, traces
 
 __all__ = ["create_app"]
 
@@ -18,7 +19,7 @@ def create_app(ctx: ServerContext) -> web.Application:
     server = ctx.config.http_server
     middlewares: list[Middleware] = [error_middleware]
     if server.auth_token:
-        middlewares.append(auth_middleware(server.auth_token))
+        middlewares.append(auth_middleware(server.auth_token, console.is_console_path))
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[CONTEXT] = ctx
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
@@ -27,12 +28,14 @@ def create_app(ctx: ServerContext) -> web.Application:
         spans.routes,
         otlp.routes,
         mist.routes,
+        series.routes,  # before metrics: /metrics/series is not a metric name
         metrics.routes,
         stats.routes,
         traces.routes,
         health.routes,
         alerts.routes,
         docs.routes,
+        console.routes,
     ):
         app.router.add_routes(table)
     otlp.init_counters(ctx)

@@ -38,12 +38,15 @@ async def error_middleware(request: web.Request, handler: Handler) -> web.Stream
         return error_response(500, "internal server error (logged on the server)")
 
 
-def auth_middleware(token: str) -> Middleware:
-    """Require ``Authorization: Bearer <token>`` on every request (constant-time comparison)."""
+def auth_middleware(token: str, public: Callable[[str], bool] = lambda path: False) -> Middleware:
+    """Require ``Authorization: Bearer <token>`` on every request (constant-time comparison), except GETs of
+    paths ``public`` accepts (the console's static files, which hold no data)."""
     expected = f"Bearer {token}".encode()
 
     @web.middleware
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if request.method in ("GET", "HEAD") and public(request.path):
+            return await handler(request)
         given = request.headers.get("Authorization", "").encode()
         if not hmac.compare_digest(given, expected):
             raise APIError(401, "missing or invalid bearer token", {"WWW-Authenticate": 'Bearer realm="tokentrace"'})

@@ -73,6 +73,10 @@ def test_wheel_contains_every_package_and_the_openapi_document(wheel: Path) -> N
     assert source_packages() <= packaged, source_packages() - packaged
     assert "tokentrace/api/openapi.yaml" in names
     assert "tokentrace/_native.pyi" in names
+    # The web console's files, so an installed server serves it (no Node toolchain at install time).
+    console = ROOT / "api" / "console"
+    shipped = {f"tokentrace/api/console/{p.relative_to(console).as_posix()}" for p in console.rglob("*") if p.is_file()}
+    assert shipped and shipped <= names, shipped - names
     if REQUIRE_NATIVE:
         assert [n for n in names if n.startswith("tokentrace/_native") and n.endswith(".so")], sorted(names)
 
@@ -87,6 +91,8 @@ def test_installed_wheel_imports_from_site_packages(wheel: Path, tmp_path: Path)
         f"    assert module.__file__.startswith({str(target)!r}), (name, module.__file__)\n"
         "import tokentrace.api.routes.docs as docs\n"
         "assert docs.openapi_document()['openapi'].startswith('3')\n"
+        "from tokentrace.api import console\n"
+        "assert {'index.html', 'assets/app.js', 'vendor/uplot/uPlot.iife.min.js'} <= set(console._ASSETS)\n"
         "from tokentrace.core import native\n"
         "print('ok', native.AVAILABLE)\n"
     )

@@ -72,6 +72,7 @@ def serve(
     async def started(url: str) -> None:
         console.print(f"[bold green]tokentrace[/bold green] serving on {url}  (data: {config.storage.data_dir})")
         local = url.replace("0.0.0.0", "127.0.0.1")
+        console.print(f"  web console: open {local}/ in a browser")
         console.print(f"  try: curl {local}/metrics?window=1h   ·   {local}/metrics/prometheus   ·   {local}/health")
         if demo:
             console.print(f"  demo traffic: ~{demo_rate:g} spans/s")

@@ -26,13 +26,15 @@ from tokentrace.core.metrics import (
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import total
 
-__all__ = ["routes"]
+__all__ = ["Window", "routes"]
 
 routes = web.RouteTableDef()
 _MAX_GROUPBY_LENGTH = 256
 
 
-class _Window:
+class Window:
+    """The `window` and `groupby` parameters: whole buckets ending with the one that holds now."""
+
     def __init__(self, request: web.Request) -> None:
         ctx = request.app[CONTEXT]
         self.label = request.query.get("window", "1h")
@@ -60,7 +62,7 @@ class _Window:
 @routes.get("/metrics")
 async def all_metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    window = _Window(request)
+    window = Window(request)
     by_model = await window.project(ctx, "model")
     if window.groupby is None:
         return json_response({"window": window.label, **full_body(total(by_model), cost_by_model(by_model))})
@@ -80,7 +82,7 @@ async def one_metric(request: web.Request) -> web.Response:
     name = request.match_info["name"]
     if name not in GROUP_METRICS and name not in SCALAR_METRICS:
         raise APIError(404, f"unknown metric {name!r}; known metrics: {', '.join(metric_names())}")
-    window = _Window(request)
+    window = Window(request)
     body: dict[str, Any] = {"window": window.label}
     if window.groupby is not None:
         groups = await window.project(ctx, window.groupby)

@@ -40,6 +40,11 @@ class Store(Protocol):
     async def query(self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]) -> Projection:
         """Aggregates of ``[start_ms, end_ms)`` grouped by ``groupby``, filtered by ``where``."""
 
+    async def series(
+        self, intervals: list[tuple[int, int]], groupby: str | None, where: dict[str, str]
+    ) -> list[Projection]:
+        """``query`` of each ``[start, end)`` interval, all read from one consistent state."""
+
     async def lifetime(self, groupby: str | None) -> Projection:
         """Everything ever counted (monotonic, for Prometheus counters)."""
 

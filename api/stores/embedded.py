@@ -148,6 +148,11 @@ class EmbeddedStore:
     async def query(self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]) -> Projection:
         return self.timeline.query(start_ms, end_ms, groupby, where)
 
+    async def series(
+        self, intervals: list[tuple[int, int]], groupby: str | None, where: dict[str, str]
+    ) -> list[Projection]:
+        return [self.timeline.query(start, end, groupby, where) for start, end in intervals]
+
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
 

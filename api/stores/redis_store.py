@@ -184,6 +184,13 @@ class RedisStore:
         await self.sync()
         return self._view.query(start_ms, end_ms, groupby, where)
 
+    async def series(
+        self, intervals: list[tuple[int, int]], groupby: str | None, where: dict[str, str]
+    ) -> list[Projection]:
+        await self.sync()
+        view = self._view
+        return [view.query(start, end, groupby, where) for start, end in intervals]
+
     async def lifetime(self, groupby: str | None) -> Projection:
         await self.sync()
         return self._view.lifetime(groupby)

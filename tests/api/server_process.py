@@ -8,6 +8,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 from pathlib import Path
 
@@ -47,6 +48,10 @@ class ServerProcess:
                 with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
                     if response.status == 200:
                         return
+            except urllib.error.HTTPError as exc:
+                if exc.code == 401:  # up, behind http_server.auth_token
+                    return
+                time.sleep(0.05)
             except OSError:
                 time.sleep(0.05)
         raise TimeoutError(f"server did not become healthy: {self.log.read_text()[-2000:]}")

@@ -11,7 +11,7 @@ from typing import Any
 
 from tokentrace.core.aggregate import Aggregate, from_nanos
 from tokentrace.core.buckets import Projection
-from tokentrace.core.timefmt import parse_duration
+from tokentrace.core.timefmt import format_ms, parse_duration
 
 __all__ = [
     "GROUP_METRICS",
@@ -20,6 +20,7 @@ __all__ = [
     "group_body",
     "metric_names",
     "parse_window_ms",
+    "point_body",
     "scalar_value",
 ]
 
@@ -147,3 +148,25 @@ def scalar_value(name: str, a: Aggregate) -> float | int | None:
 def metric_names() -> list[str]:
     """Every name ``GET /metrics/{name}`` answers."""
     return sorted(set(GROUP_METRICS) | set(SCALAR_METRICS))
+
+
+def point_body(start_ms: int, a: Aggregate) -> dict[str, Any]:
+    """One interval of ``GET /metrics/series``: the window fields of ``/metrics``, cut to what a chart plots.
+
+    An empty interval says so plainly: zero counts and cost, ``null`` quantiles and averages (a gap, not 0).
+    """
+    sketch = a.latency
+    return {
+        "start": format_ms(start_ms),
+        "span_count": a.count,
+        "cost_usd": _usd(a.cost_nanos),
+        "unpriced_span_count": a.unpriced,
+        "tokens": token_fields(a),
+        "latency": {
+            "p50_ms": _ms(sketch.quantile(0.50)),
+            "p95_ms": _ms(sketch.quantile(0.95)),
+            "p99_ms": _ms(sketch.quantile(0.99)),
+        },
+        "errors": {"count": a.errors, "rate": round(a.error_rate, 6)},
+        "quality": {"score_avg": _score(a.score_avg), "score_p10": _score(a.score.quantile(0.10))},
+    }
