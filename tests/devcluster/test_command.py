@@ -11,6 +11,7 @@ import json
 import os
 import queue
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -265,3 +266,51 @@ def test_a_busy_port_given_on_the_command_line_is_an_error(tmp_path: Path, runs:
         assert run.proc.stderr is not None
         assert f"port {port}" in run.proc.stderr.read()
     assert marked(MARKER, run.marker) == set()
+
+
+def ready_run(tmp_path: Path, runs: list[Run], *args: str) -> tuple[Run, dict[str, int]]:
+    """A started one-worker cluster on free ports, and its banner's pids by name (``worker``, ``api``, ...)."""
+    kafka_port, redis_port, api_port = free_ports(3)
+    run = start(
+        tmp_path,
+        *("--workers", "1", "--kafka-port", str(kafka_port), "--redis-port", str(redis_port)),
+        *("--api-port", str(api_port), *args),
+    )
+    runs.append(run)
+    run.read_until(r"dev cluster ready", 240)
+    pids = dict(re.findall(r"(\w+) (\d+)", run.read_until(r"pids:\s+(.*)", 10).group(1)))
+    return run, {name: int(pid) for name, pid in pids.items()}
+
+
+@pytest.mark.slow
+def test_a_crashed_worker_stops_the_cluster_with_its_log(tmp_path: Path, runs: list[Run]) -> None:
+    run, pids = ready_run(tmp_path, runs, "--demo", "--demo-rate", "50")
+    assert set(pids) == {"kafka", "redis", "worker", "api", "demo"}
+    below = descendants(run.proc.pid)
+    os.kill(pids["worker"], signal.SIGKILL)
+    assert run.proc.wait(90) == 1
+    assert run.proc.stderr is not None
+    stderr = run.proc.stderr.read()
+    assert "worker-1 exited with code -9" in stderr, stderr
+    assert living(below) == set() and in_groups(set(pids.values())) == set()
+    assert marked(MARKER, run.marker) == set()
+    logs = next(re.search(r"logs:\s+(\S+)", line) for line in run.seen if "logs:" in line)
+    assert logs is not None
+    shutil.rmtree(Path(logs.group(1)).parent)  # the one thing a SIGKILLed command cannot delete
+
+
+@pytest.mark.slow
+def test_a_killed_command_takes_its_children_with_it(tmp_path: Path, runs: list[Run]) -> None:
+    """SIGKILL leaves no time to clean up: the children's parent-death signal must do it."""
+    run, pids = ready_run(tmp_path, runs)
+    below = descendants(run.proc.pid)
+    run.proc.kill()
+    run.proc.wait(10)
+    deadline = time.monotonic() + 10
+    while living(below) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert living(below) == set() and in_groups(set(pids.values())) == set()
+    assert marked(MARKER, run.marker) == set()
+    logs = next(re.search(r"logs:\s+(\S+)", line) for line in run.seen if "logs:" in line)
+    assert logs is not None
+    shutil.rmtree(Path(logs.group(1)).parent)  # the one thing a SIGKILLed command cannot delete
