@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import os
+import signal
 import socket
 import stat
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
+from tests.devcluster.procfs import descendants, living
 from tokentrace.devcluster.kafka import KafkaCluster, fetch, is_cached, kafka_version
 from tokentrace.devcluster.procs import DevClusterError, free_ports, pid_alive
 
@@ -66,3 +70,29 @@ def test_a_kept_data_dir_is_formatted_once_and_keeps_its_cluster_id(tmp_path: Pa
         assert second.cluster_id == cluster_id
         assert (data / "node-1" / "format.log").read_text().count("starting") == 1, "formatted once"
     assert meta.is_file(), "a kept data dir survives stop()"
+
+
+@pytest.mark.kafka
+def test_the_broker_command_serves_on_the_port_given_and_stops_on_sigterm(tmp_path: Path) -> None:
+    (port,) = free_ports(1)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tokentrace.devcluster.kafka", "--port", str(port), "--data-dir", str(tmp_path / "k")],
+        stdout=subprocess.PIPE,
+        text=True,
+        env={**os.environ, "PYTHONUNBUFFERED": "1"},
+    )
+    try:
+        assert proc.stdout is not None
+        banner = proc.stdout.readline()
+        assert "ready" in banner and str(tmp_path / "k") in banner, banner
+        assert proc.stdout.readline().strip() == f"127.0.0.1:{port}"
+        jvms = descendants(proc.pid)
+        assert len(jvms) == 1
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 0
+        assert living(jvms) == set()
+        assert (tmp_path / "k" / "node-1" / "data" / "meta.properties").is_file()
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()

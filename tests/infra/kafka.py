@@ -114,7 +114,7 @@ class KafkaCluster(_dev.KafkaCluster):
 def _main(argv: list[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if args[:1] == ["start"]:
-        return _dev.main(args[1:], prog="python -m tests.infra.kafka start")
+        return _dev.main(args[1:], prog="python -m tests.infra.kafka start", default_port=None)
     parser = argparse.ArgumentParser(prog="python -m tests.infra.kafka", description=__doc__.split("\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
     fetch_cmd = sub.add_parser("fetch", help="download the jars and build the class archive (idempotent)")

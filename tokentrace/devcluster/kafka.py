@@ -7,7 +7,7 @@ nodes that are all KRaft voters. Each node has a 512 MB heap, serial GC and smal
 are free ones unless ``port`` is given (node i then listens on ``port + i``); data lives in a temp dir
 removed by ``stop()``, or in ``data_dir``, which is kept and reused (formatted once). From a shell::
 
-    python -m tokentrace.devcluster.kafka [--port 9092] [--data-dir DIR] [-n 3]   # until Ctrl-C
+    python -m tokentrace.devcluster.kafka [--port 9092] [--data-dir DIR] [-n 3]   # until Ctrl-C (0: free ports)
 """
 
 from __future__ import annotations
@@ -502,16 +502,32 @@ def serve_until_signalled(banner: Sequence[str], check_alive: Callable[[], None]
         check_alive()
 
 
-def main(argv: list[str] | None = None, prog: str = "python -m tokentrace.devcluster.kafka") -> int:
-    """Run a broker (or cluster) in the foreground until SIGINT/SIGTERM; print its bootstrap address."""
+def main(
+    argv: list[str] | None = None, prog: str = "python -m tokentrace.devcluster.kafka", default_port: int | None = 9092
+) -> int:
+    """Run a broker (or cluster) in the foreground until SIGINT/SIGTERM; print its bootstrap address.
+
+    ``--port 0`` (and no ``default_port``) picks free ports.
+    """
     parser = argparse.ArgumentParser(prog=prog, description="Run a local KRaft Kafka broker until Ctrl-C.")
     parser.add_argument("-n", "--nodes", type=int, default=1, help="number of KRaft nodes (default 1)")
-    parser.add_argument("--port", type=int, default=None, help="client port of node 1 (node i: PORT+i-1); default free")
+    shown = "a free one" if default_port is None else str(default_port)
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=default_port or 0,
+        help=f"client port of node 1, node i on PORT+i-1 (default {shown}; 0: free ports)",
+    )
     parser.add_argument("--data-dir", type=Path, default=None, help="keep the data here between runs (default temp)")
     args = parser.parse_args(argv)
     cluster = KafkaCluster(
-        args.nodes, port=args.port, data_dir=args.data_dir, progress=lambda line: print(line, flush=True)
+        args.nodes, port=args.port or None, data_dir=args.data_dir, progress=lambda line: print(line, flush=True)
     )
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt  # a SIGTERM during start-up stops what has started, like Ctrl-C
+
+    signal.signal(signal.SIGTERM, interrupt)
     try:
         began = time.monotonic()
         with cluster:
@@ -519,6 +535,8 @@ def main(argv: list[str] | None = None, prog: str = "python -m tokentrace.devclu
             where = f"data in {cluster.base_dir}" + ("" if args.data_dir else ", deleted on exit")
             banner = [f"Kafka {kafka_version()} ready in {took:.1f}s ({where})", cluster.bootstrap]
             serve_until_signalled(banner, cluster.check_alive)
+        return 0
+    except KeyboardInterrupt:
         return 0
     except DevClusterError as exc:
         print(f"error: {exc}", file=sys.stderr)
