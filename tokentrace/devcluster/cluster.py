@@ -51,10 +51,12 @@ def missing_tools() -> list[str]:
 
 
 def pick_ports(given: int | None, default: int, count: int, what: str) -> tuple[list[int], str | None]:
-    """``count`` consecutive ports from ``given`` (they must be free) or ``default`` (else free ones).
+    """``count`` consecutive ports from ``given`` (they must be free) or ``default`` (else free ones); 0: free ones.
 
     Returns the ports and, when the defaults were taken, a note saying so.
     """
+    if given == 0:
+        return free_ports(count), None
     base = given if given is not None else default
     wanted = [base + i for i in range(count)]
     busy = [p for p in wanted if not port_free(p)]

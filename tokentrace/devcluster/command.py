@@ -39,14 +39,20 @@ def dev_cluster(
     demo: Annotated[bool, typer.Option(help="Also send demo traffic to the first API replica.")] = False,
     demo_rate: Annotated[float, typer.Option(min=0.1, help="Demo spans per second.")] = 20.0,
     kafka_port: Annotated[
-        int | None, typer.Option(help=f"Kafka client port [default: {DEFAULT_KAFKA_PORT} if free, else any free one]")
+        int | None,
+        typer.Option(
+            min=0, max=65535, help=f"Kafka client port (default {DEFAULT_KAFKA_PORT} if free; 0: a free one)."
+        ),
     ] = None,
     redis_port: Annotated[
-        int | None, typer.Option(help=f"Redis port [default: {DEFAULT_REDIS_PORT} if free, else any free one]")
+        int | None,
+        typer.Option(min=0, max=65535, help=f"Redis port (default {DEFAULT_REDIS_PORT} if free; 0: a free one)."),
     ] = None,
     api_port: Annotated[
         int | None,
-        typer.Option(help=f"First API replica's port [default: {DEFAULT_API_PORT} if free, else any free one]"),
+        typer.Option(
+            min=0, max=65535, help=f"First API replica's port (default {DEFAULT_API_PORT} if free; 0: free ones)."
+        ),
     ] = None,
     partitions: Annotated[int, typer.Option(min=1, help="Partitions of the span topic when it is created.")] = 4,
     data_dir: Annotated[
