@@ -110,7 +110,10 @@ def with_suppressed_kill(pid: int) -> None:
 
 
 def cmdline(pid: int) -> str:
-    return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
 
 
 def http(method: str, url: str, body: Any = None) -> tuple[int, Any]:
@@ -314,3 +317,31 @@ def test_a_killed_command_takes_its_children_with_it(tmp_path: Path, runs: list[
     logs = next(re.search(r"logs:\s+(\S+)", line) for line in run.seen if "logs:" in line)
     assert logs is not None
     shutil.rmtree(Path(logs.group(1)).parent)  # the one thing a SIGKILLed command cannot delete
+
+
+@pytest.mark.slow
+def test_sigterm_during_start_up_stops_what_had_started(tmp_path: Path, runs: list[Run]) -> None:
+    kafka_port, redis_port, api_port = free_ports(3)
+    run = start(
+        tmp_path,
+        *("--workers", "1", "--kafka-port", str(kafka_port), "--redis-port", str(redis_port)),
+        *("--api-port", str(api_port)),
+    )
+    runs.append(run)
+    run.read_until(r"starting Kafka", 60)
+    deadline = time.monotonic() + 30
+    while not any("java" in cmdline(pid) for pid in children(run.proc.pid)):  # the broker's JVM is up
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    below = descendants(run.proc.pid)
+    assert len(below) >= 2  # redis-server and the JVM (maybe still the storage formatter)
+    assert run.stop(signal.SIGTERM, timeout=60) == 0
+    assert "SIGTERM: stopping the dev cluster" in "".join(run.seen) + "".join(iter_rest(run))
+    assert living(below) == set() and in_groups(below) == set()
+    assert marked(MARKER, run.marker) == set()
+
+
+def iter_rest(run: Run) -> Iterator[str]:
+    """The lines the command printed that nobody has read yet (after it exited)."""
+    while (line := run.lines.get(timeout=5)) is not None:
+        yield line
