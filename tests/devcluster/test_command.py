@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Iterator
@@ -345,3 +346,39 @@ def iter_rest(run: Run) -> Iterator[str]:
     """The lines the command printed that nobody has read yet (after it exited)."""
     while (line := run.lines.get(timeout=5)) is not None:
         yield line
+
+
+@pytest.mark.slow
+def test_a_config_with_a_token_protects_the_apis_and_the_demo_uses_it(tmp_path: Path, runs: list[Run]) -> None:
+    token = uuid.uuid4().hex
+    config = tmp_path / "tokentrace.yml"
+    config.write_text(f"http_server:\n  auth_token: {token}\n")
+    run, _ = ready_run(tmp_path, runs, "--demo", "--demo-rate", "50", "-c", str(config))
+    api = next(found.group(1) for line in run.seen if (found := re.search(r"API:\s+(\S+)", line)))
+    assert any(f"demo:      ~50 spans/s into {api}" in line for line in run.seen)
+    with pytest.raises(urllib.error.HTTPError) as refused:
+        http("GET", f"{api}/metrics?window=1h")
+    assert refused.value.code == 401
+    deadline = time.monotonic() + 60
+    counted = 0
+    while counted == 0 and time.monotonic() < deadline:
+        request = urllib.request.Request(f"{api}/metrics?window=1h", headers={"Authorization": f"Bearer {token}"})
+        with urllib.request.urlopen(request, timeout=10) as response:
+            counted = json.loads(response.read())["span_count"]
+        time.sleep(0.5)
+    assert counted > 0, "the demo traffic, sent with the token, was counted"
+    below = descendants(run.proc.pid)
+    assert run.stop(signal.SIGTERM) == 0
+    assert living(below) == set() and marked(MARKER, run.marker) == set()
+
+
+def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:
+    config = tmp_path / "tokentrace.yml"
+    config.write_text("no_such_key: 1\n")
+    done = subprocess.run(
+        [sys.executable, "-m", "tokentrace", "dev-cluster", "-c", str(config)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 2 and "no_such_key" in done.stderr, done.stderr

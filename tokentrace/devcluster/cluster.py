@@ -16,7 +16,7 @@ import sys
 import tempfile
 import urllib.error
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -68,9 +68,11 @@ def pick_ports(given: int | None, default: int, count: int, what: str) -> tuple[
     return ports, f"port {busy[0]} is taken; {what} uses {', '.join(map(str, ports))} instead"
 
 
-def _answers(url: str) -> bool:
+def _answers(url: str, token: str | None = None) -> bool:
+    """Whether ``url`` answers 200 (with the bearer token, if the API wants one)."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     try:
-        with urllib.request.urlopen(url, timeout=2.0) as response:
+        with urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=2.0) as response:
             return int(response.status) == 200
     except (OSError, urllib.error.URLError):
         return False
@@ -94,6 +96,7 @@ class DevCluster:
     partitions: int = 4
     data_dir: Path | None = None
     config_path: Path | None = None
+    api_token: str | None = None
     say: Callable[[str], None] = print
 
     run_dir: Path = field(init=False)
@@ -147,10 +150,13 @@ class DevCluster:
         for i, port in enumerate(api_ports):
             servers.append(self._child(supervisor, f"api-{i + 1}", "api", *common, "--addr", f"127.0.0.1:{port}"))
         for url in self.api_urls:
-            wait_for(partial(_answers, f"{url}/health"), timeout=120.0, what=f"{url}/health", procs=servers)
+            ready = partial(_answers, f"{url}/health", self.api_token)
+            wait_for(ready, timeout=120.0, what=f"{url}/health", procs=servers)
         if self.demo_rate is not None:
             supervisor.tier("demo")
-            self._child(supervisor, "demo", "demo", "--url", self.api_urls[0], "--rate", f"{self.demo_rate:g}")
+            demo = ["--url", self.api_urls[0], "--rate", f"{self.demo_rate:g}"]
+            token = {"TOKENTRACE_API_TOKEN": self.api_token} if self.api_token else {}
+            self._child(supervisor, "demo", "demo", *demo, env=token)
 
     def cleanup(self) -> None:
         """Delete the run dir, or only its scratch space when it is a kept ``data_dir``."""
@@ -173,10 +179,12 @@ class DevCluster:
             picked.append(ports)
         return picked[0][0], picked[1][0], picked[2]
 
-    def _child(self, supervisor: Supervisor, name: str, *args: str) -> ServerProcess:
+    def _child(
+        self, supervisor: Supervisor, name: str, *args: str, env: Mapping[str, str] | None = None
+    ) -> ServerProcess:
         scratch = self.run_dir / "tmp"
         scratch.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, "TMPDIR": str(scratch)}
+        env = {**os.environ, "TMPDIR": str(scratch), **(env or {})}
         proc = ServerProcess(name, _tokentrace(*args), self.logs / f"{name}.log", env=env)
         supervisor.add(proc)
         proc.start()

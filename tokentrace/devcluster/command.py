@@ -15,6 +15,7 @@ from typing import Annotated
 
 import typer
 
+from tokentrace.config import ConfigError, load_config
 from tokentrace.devcluster.cluster import (
     DEFAULT_API_PORT,
     DEFAULT_KAFKA_PORT,
@@ -69,9 +70,11 @@ def dev_cluster(
         for line in problems:
             typer.echo(f"error: {line}", err=True)
         raise typer.Exit(1)
-    if config_path is not None and not config_path.is_file():
-        typer.echo(f"error: no configuration file at {config_path}", err=True)
-        raise typer.Exit(2)
+    try:
+        config = load_config(config_path)
+    except ConfigError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from None
 
     began = time.monotonic()
     cluster = DevCluster(
@@ -84,6 +87,7 @@ def dev_cluster(
         partitions=partitions,
         data_dir=data_dir,
         config_path=config_path.resolve() if config_path else None,
+        api_token=config.http_server.auth_token,
         say=_say,
     )
     code = 0
