@@ -1,14 +1,21 @@
-"""Creating the span topic on start, with an error that says what is wrong when Kafka is not there."""
+"""Creating the span topic on start, with an error that says what is wrong when Kafka is not there.
+
+A broker started a moment ago (``python -m tokentrace.devcluster.kafka &`` just before the workers) is waited
+for: the first connection is retried for ``connect_timeout_s`` (30 s) before the error.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import KafkaError
 
 __all__ = ["KafkaUnreachable", "ensure_topic"]
+
+log = logging.getLogger("tokentrace.topics")
 
 
 class KafkaUnreachable(RuntimeError):
@@ -16,17 +23,16 @@ class KafkaUnreachable(RuntimeError):
 
 
 async def ensure_topic(
-    bootstrap_servers: str, topic: str, partitions: int, replication_factor: int, timeout_s: float = 15.0
+    bootstrap_servers: str,
+    topic: str,
+    partitions: int,
+    replication_factor: int,
+    timeout_s: float = 15.0,
+    connect_timeout_s: float = 30.0,
 ) -> int:
     """Create ``topic`` unless it exists; returns its partition count (the existing one if it existed)."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+    admin = await _connect(bootstrap_servers, timeout_s, connect_timeout_s)
     try:
-        try:
-            await asyncio.wait_for(admin.start(), timeout_s)
-        except (KafkaError, OSError, TimeoutError) as exc:
-            raise KafkaUnreachable(
-                f"cannot reach Kafka at {bootstrap_servers} ({exc!r}); check kafka.bootstrap_servers"
-            ) from None
         existing = await _partition_count(admin, topic)
         if existing:
             return existing
@@ -43,6 +49,30 @@ async def ensure_topic(
     finally:
         with contextlib.suppress(Exception):
             await admin.close()
+
+
+async def _connect(bootstrap_servers: str, timeout_s: float, connect_timeout_s: float) -> AIOKafkaAdminClient:
+    """A started admin client; retries while no broker answers, up to ``connect_timeout_s``."""
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + connect_timeout_s
+    waited = False
+    while True:
+        admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap_servers, request_timeout_ms=int(timeout_s * 1000))
+        try:
+            await asyncio.wait_for(admin.start(), max(0.5, min(timeout_s, deadline - loop.time())))
+            return admin
+        except (KafkaError, OSError, TimeoutError) as exc:
+            with contextlib.suppress(Exception):
+                await admin.close()
+            if loop.time() >= deadline:
+                raise KafkaUnreachable(
+                    f"cannot reach Kafka at {bootstrap_servers} within {connect_timeout_s:g}s ({exc!r}); "
+                    "check kafka.bootstrap_servers"
+                ) from None
+            if not waited:
+                log.info("waiting up to %gs for Kafka at %s", connect_timeout_s, bootstrap_servers)
+                waited = True
+            await asyncio.sleep(1.0)
 
 
 async def _partition_count(admin: AIOKafkaAdminClient, topic: str) -> int:

@@ -116,7 +116,15 @@ def _register_distributed() -> None:
     app.command("api")(api)
 
 
+def _register_dev_cluster() -> None:
+    """``tokentrace dev-cluster`` (the whole distributed mode on this machine)."""
+    from tokentrace.devcluster.command import dev_cluster
+
+    app.command("dev-cluster")(dev_cluster)
+
+
 _register_distributed()
+_register_dev_cluster()
 
 
 def main() -> None:

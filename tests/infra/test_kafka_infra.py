@@ -14,7 +14,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from tests.infra.kafka import KafkaCluster, cache_dir, fetch, kafka_version
-from tests.infra.procs import InfraError, pid_alive
+from tests.infra.procs import InfraError, free_ports, pid_alive
 
 pytestmark = pytest.mark.kafka
 
@@ -125,8 +125,9 @@ async def test_cluster_keeps_accepting_acks_all_writes_with_a_killed_leader(kafk
 
 @pytest.mark.slow
 def test_cli_start_prints_the_bootstrap_and_stops_on_sigint() -> None:
+    (port,) = free_ports(1)
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tests.infra.kafka", "start"],
+        [sys.executable, "-m", "tests.infra.kafka", "start", "--port", str(port)],
         cwd=ROOT,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
@@ -138,8 +139,7 @@ def test_cli_start_prints_the_bootstrap_and_stops_on_sigint() -> None:
         banner = proc.stdout.readline()
         bootstrap = proc.stdout.readline().strip()
         assert "ready" in banner, banner + (proc.stderr.read() if proc.stderr else "")
-        host, port = bootstrap.split(":")
-        assert host == "127.0.0.1" and int(port) > 0
+        assert bootstrap == f"127.0.0.1:{port}"
         proc.send_signal(signal.SIGINT)
         assert proc.wait(30) == 0
     finally:
