@@ -9,7 +9,8 @@ in-process API, its metrics, alert payloads and deliveries are the server's, byt
 
 The application never waits on that thread. ``Tracer._send`` hands each finished batch (a trace's spans at
 ``Trace.end``) to :meth:`InProcess.add`: a list append under a lock, plus one loop wake-up when the
-aggregator is idle. The loop takes what has accumulated and applies it in chunks of :data:`CHUNK` spans,
+aggregator is idle. Woken, the loop lets spans gather for :data:`GATHER_S` (metrics lag by about that;
+``flush`` and ``close`` cut it short), then takes what has accumulated and applies it in chunks of :data:`CHUNK` spans,
 yielding between chunks, so neither the aggregator nor a query holds the GIL for long. Past
 ``max_pending`` spans not yet applied, batches are dropped and counted rather than queued without bound.
 
@@ -52,6 +53,9 @@ log = logging.getLogger(__name__)
 
 #: Spans applied per event-loop step.
 CHUNK = 512
+#: How long the aggregator lets spans gather after a wake-up before taking them: one wake-up (a write to
+#: the loop's self-pipe) and one GIL hand-over per this interval under load, not one per trace.
+GATHER_S = 0.01
 #: How long construction waits for the store, the alert service and the listening socket.
 START_TIMEOUT_S = 30.0
 #: How long ``close`` waits for the thread: pending spans, the last round and deliveries (5 s at most).
@@ -129,6 +133,7 @@ class InProcess:
         self.url: str | None = None
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
+        self._hurry: asyncio.Event | None = None
         ready: concurrent.futures.Future[str | None] = concurrent.futures.Future()
         self._thread = threading.Thread(target=self._run, args=(ready,), name="tokentrace-inprocess", daemon=True)
         self._thread.start()
@@ -171,6 +176,10 @@ class InProcess:
             return True
         with self._cond:
             target = self._added
+            if self._applied >= target:
+                return True
+        self._signal(hurry=True)
+        with self._cond:
             return self._cond.wait_for(lambda: self._applied >= target or not self._thread.is_alive(), timeout)
 
     def close(self) -> None:
@@ -187,11 +196,11 @@ class InProcess:
     def _stop(self) -> None:
         with self._cond:
             self._stopping = True
-        self._signal()
+        self._signal(hurry=True)
 
-    def _signal(self) -> None:
+    def _signal(self, hurry: bool = False) -> None:
         with contextlib.suppress(RuntimeError):  # RuntimeError: the loop is closed, the thread has ended
-            self._loop.call_soon_threadsafe(self._set_wake)
+            self._loop.call_soon_threadsafe(self._set_wake, hurry)
 
     def _forked_drop(self, count: int) -> None:
         self.dropped += count
@@ -206,9 +215,11 @@ class InProcess:
 
     # --- the loop's side -------------------------------------------------------------------------------
 
-    def _set_wake(self) -> None:
-        if self._wake is not None:
+    def _set_wake(self, hurry: bool) -> None:
+        if self._wake is not None and self._hurry is not None:
             self._wake.set()
+            if hurry:
+                self._hurry.set()
 
     def _run(self, ready: concurrent.futures.Future[str | None]) -> None:
         asyncio.set_event_loop(self._loop)
@@ -231,6 +242,7 @@ class InProcess:
         from tokentrace.api.server import start_site
 
         self._wake = asyncio.Event()
+        self._hurry = asyncio.Event()
         services = embedded_services(
             self._config, self._data_dir, rules=self._rules, pricer=self._pricer, final_round=True
         )
@@ -256,11 +268,15 @@ class InProcess:
 
     async def _consume(self, ctx: ServerContext) -> None:
         """Apply pending spans whenever woken, until stopping with nothing left."""
-        assert self._wake is not None
+        assert self._wake is not None and self._hurry is not None
         skew_ms = round(parse_duration(ctx.config.aggregation.max_future_skew) * 1000)
         while True:
             await self._wake.wait()
+            if not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._hurry.wait(), GATHER_S)
             self._wake.clear()
+            self._hurry.clear()
             with self._cond:
                 batch, self._pending = self._pending, []
                 self._scheduled = False
