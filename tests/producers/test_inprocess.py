@@ -300,6 +300,23 @@ sys.exit(os.waitstatus_to_exitcode(status))
     assert "was forked from the one that started it" in result.stderr
 
 
+def test_interpreter_exit_without_close_evaluates_stops_and_exits() -> None:
+    """A script that never closes its tracer still gets its last alert round and exits promptly."""
+    script = """
+from tokentrace.producers import AlertRule, HTTPServerConfig, NoopTransport, StdoutDelivery, Tracer
+rule = AlertRule(name="spend", metric="total_cost", op=">", threshold=0.001, delivery=StdoutDelivery())
+tracer = Tracer(transport=NoopTransport(), alerts=[rule], http_server=HTTPServerConfig(addr="127.0.0.1:0"))
+with tracer.start("t") as trace:
+    trace.record(model="gpt-4o", provider="openai", prompt_tokens=10_000, comp_tokens=10)
+"""
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert time.monotonic() - started < 15
+    [payload] = [json.loads(line) for line in result.stdout.splitlines()]
+    assert (payload["alert"], payload["status"]) == ("spend", "firing")
+
+
 def test_importing_the_sdk_does_not_import_the_server() -> None:
     script = (
         "import sys; import tokentrace.producers as p; p.Tracer(transport=p.NoopTransport()).close(); "
