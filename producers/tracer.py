@@ -10,7 +10,6 @@ from dataclasses import dataclass, field
 from types import TracebackType
 from typing import TYPE_CHECKING, Self
 
-from tokentrace.core.alerts import AlertRule
 from tokentrace.core.pricing import PriceTable, Rates, default_table
 from tokentrace.core.span import AttributeValue, Span
 
@@ -23,6 +22,7 @@ from .transports.stdout import StdoutTransport
 
 if TYPE_CHECKING:
     from tokentrace.config import HTTPServerConfig
+    from tokentrace.core.alerts import AlertRule
 
     from .inprocess import InProcess
 
