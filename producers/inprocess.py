@@ -47,7 +47,7 @@ if TYPE_CHECKING:
     from tokentrace.api.context import ServerContext
     from tokentrace.config import Config, HTTPServerConfig
 
-__all__ = ["CHUNK", "InProcess"]
+__all__ = ["CHUNK", "DEFAULT_INDEXED_SPANS", "InProcess"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +56,9 @@ CHUNK = 512
 #: How long the aggregator lets spans gather after a wake-up before taking them: one wake-up (a write to
 #: the loop's self-pipe) and one GIL hand-over per this interval under load, not one per trace.
 GATHER_S = 0.01
+#: Spans the trace index keeps for ``/traces`` (``storage.max_spans``; the server keeps 100,000). Each
+#: indexed trace is two objects the application's garbage collector walks in every full collection.
+DEFAULT_INDEXED_SPANS = 10_000
 #: How long construction waits for the store, the alert service and the listening socket.
 START_TIMEOUT_S = 30.0
 #: How long ``close`` waits for the thread: pending spans, the last round and deliveries (5 s at most).
@@ -73,7 +76,7 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def _config(
-    http_server: HTTPServerConfig | None, alert_interval: str | float, data_dir: Path | None
+    http_server: HTTPServerConfig | None, alert_interval: str | float, data_dir: Path | None, max_indexed_spans: int
 ) -> tuple[Config, str | None]:
     """The server configuration the in-process mode runs with, and the address to listen on (if any)."""
     from tokentrace.config import AlertingConfig, Config, HTTPServerConfig, StorageConfig
@@ -81,7 +84,9 @@ def _config(
     interval = duration_text(alert_interval, "alert_interval")
     parse_duration(interval)
     server = http_server if http_server is not None else HTTPServerConfig(enabled=False)
-    storage = StorageConfig() if data_dir is None else StorageConfig(data_dir=str(data_dir))
+    storage = StorageConfig(max_spans=max_indexed_spans)
+    if data_dir is not None:
+        storage.data_dir = str(data_dir)
     config = Config(http_server=server, storage=storage, alerting=AlertingConfig(interval=interval))
     addr = server.addr if server.enabled else None
     if addr is not None:
@@ -106,6 +111,7 @@ class InProcess:
         http_server: HTTPServerConfig | None = None,
         data_dir: str | os.PathLike[str] | None = None,
         pricer: Pricer | None = None,
+        max_indexed_spans: int = DEFAULT_INDEXED_SPANS,
         max_pending: int = 100_000,
     ) -> None:
         for rule in rules:
@@ -113,8 +119,10 @@ class InProcess:
                 raise TypeError(f"alerts must be AlertRule objects, got {type(rule).__name__}")
         if max_pending < 1:
             raise ValueError("max_pending must be >= 1")
+        if max_indexed_spans < 1:
+            raise ValueError("max_indexed_spans must be >= 1")
         directory = None if data_dir is None else Path(data_dir)
-        self._config, self._addr = _config(http_server, alert_interval, directory)
+        self._config, self._addr = _config(http_server, alert_interval, directory, max_indexed_spans)
         self._data_dir = directory
         self._rules = list(rules)
         self._pricer = pricer

@@ -42,6 +42,8 @@ class TracerConfig:
     aggregator inside this process; ``alerts`` are evaluated every ``alert_interval`` (a Go duration or
     seconds) and ``http_server`` serves the HTTP API of ``tokentrace serve`` from a background thread.
     Memory-only unless ``data_dir`` is given (then durable as ``tokentrace serve --data-dir``).
+    ``max_indexed_spans`` is how many of the newest spans ``/traces`` can show (the server's
+    ``storage.max_spans``, smaller here: every indexed trace is work for the application's garbage collector).
     """
 
     transport: Transport | None = None
@@ -53,6 +55,7 @@ class TracerConfig:
     alert_interval: str | float = "15s"
     http_server: HTTPServerConfig | None = None
     data_dir: str | os.PathLike[str] | None = None
+    max_indexed_spans: int = 10_000
 
 
 class Tracer:
@@ -79,6 +82,7 @@ class Tracer:
         alert_interval: str | float | None = None,
         http_server: HTTPServerConfig | None = None,
         data_dir: str | os.PathLike[str] | None = None,
+        max_indexed_spans: int | None = None,
     ) -> None:
         config = config or TracerConfig()
         self.transport: Transport = transport or config.transport or StdoutTransport()
@@ -102,6 +106,7 @@ class Tracer:
                 http_server=server,
                 data_dir=data_dir or config.data_dir,
                 pricer=self.prices,
+                max_indexed_spans=config.max_indexed_spans if max_indexed_spans is None else max_indexed_spans,
             )
 
     @property

@@ -215,6 +215,23 @@ def test_data_dir_makes_it_durable(tmp_path: Path, no_leftover_threads: None) ->
     assert (body["span_count"], body["total_usd"]) == (5, total_usd(costs))
 
 
+def test_the_trace_index_keeps_max_indexed_spans(no_leftover_threads: None) -> None:
+    """/traces shows the newest ``max_indexed_spans`` spans' traces; the metrics still count every span."""
+    with Tracer(transport=NoopTransport(), http_server=HTTPServerConfig(addr=LOCAL), max_indexed_spans=5) as tracer:
+        ids = []
+        for _ in range(8):
+            with tracer.start("t") as trace:
+                trace.record(model="gpt-4o", prompt_tokens=1, comp_tokens=1)
+            ids.append(trace.id)
+        tracer.flush()
+        url = local(tracer.server_url)
+        body = get(f"{url}/traces?limit=100")[1]
+        assert {t["trace_id"] for t in body["traces"]} == set(ids[-5:])
+        assert get(f"{url}/metrics/cost?window=1h")[1]["span_count"] == 8
+    with pytest.raises(ValueError, match="max_indexed_spans"):
+        Tracer(transport=NoopTransport(), http_server=HTTPServerConfig(addr=LOCAL), max_indexed_spans=0)
+
+
 def test_memory_only_writes_nothing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, no_leftover_threads: None) -> None:
     monkeypatch.chdir(tmp_path)
     with Tracer(transport=NoopTransport(), http_server=HTTPServerConfig(addr=LOCAL)) as tracer:
