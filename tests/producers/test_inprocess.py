@@ -395,7 +395,10 @@ def check_output(lines: list[str], cost_body: dict[str, Any] | None) -> None:
         5.0,
         "1h",
     )
-    assert alert["value"] == expected and alert["fired_at"].endswith("Z")
+    # The timer may fire while spans are still coming in: the value is the spend so far when it crossed $5.
+    costs = [s["cost_usd"] for s in spans]
+    assert alert["value"] > 5.0 and alert["fired_at"].endswith("Z")
+    assert any(alert["value"] == total_usd(costs[:k]) for k in range(1, len(costs) + 1))
     if cost_body is not None:  # the spec 002 shape, with the totals the printed spans add up to
         assert {k: cost_body[k] for k in ("total_usd", "by_model", "window", "span_count")} == {
             "total_usd": expected,
