@@ -137,7 +137,6 @@ class InProcess:
         self._fork_warned = False
         #: Spans dropped because ``max_pending`` were waiting, or the aggregator was closed or forked away.
         self.dropped = 0
-        self._ctx: ServerContext | None = None
         self.url: str | None = None
         self._loop = asyncio.new_event_loop()
         self._wake: asyncio.Event | None = None
@@ -188,7 +187,8 @@ class InProcess:
                 return True
         self._signal(hurry=True)
         with self._cond:
-            return self._cond.wait_for(lambda: self._applied >= target or not self._thread.is_alive(), timeout)
+            self._cond.wait_for(lambda: self._applied >= target or not self._thread.is_alive(), timeout)
+            return self._applied >= target
 
     def close(self) -> None:
         """Apply what is pending, stop the server and the alert timer (after a last round), join the
@@ -197,6 +197,8 @@ class InProcess:
         if self._forked:
             return
         self._stop()
+        if threading.current_thread() is self._thread:  # from an alert sink, say: it stops once this returns
+            return
         self._thread.join(CLOSE_TIMEOUT_S)
         if self._thread.is_alive():
             log.warning("in-process aggregator did not stop within %gs", CLOSE_TIMEOUT_S)
@@ -255,7 +257,6 @@ class InProcess:
             self._config, self._data_dir, rules=self._rules, pricer=self._pricer, final_round=True
         )
         async with services as ctx:
-            self._ctx = ctx
             runner = None
             url = None
             if self._addr is not None:
