@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 from collections.abc import Awaitable, Callable
 
 from aiohttp import web
@@ -20,15 +21,15 @@ def parse_addr(addr: str) -> tuple[str, int]:
     return host, int(port_text)
 
 
-async def start_site(app: web.Application, addr: str) -> tuple[web.AppRunner, str]:
-    """Start serving ``app`` on ``addr``: the runner (``cleanup()`` stops it) and the bound base URL.
-
-    OSError (address in use, permission denied) once nothing is left running."""
+async def start_site(app: web.Application, addr: str, sock: socket.socket | None = None) -> tuple[web.AppRunner, str]:
+    """Start serving ``app`` on ``addr`` (or on ``sock``, already bound): the runner (``cleanup()`` stops
+    it) and the bound base URL. OSError (address in use, permission denied) once nothing is left running."""
     host, port = parse_addr(addr)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     try:
-        await web.TCPSite(runner, host, port).start()
+        site = web.TCPSite(runner, host, port) if sock is None else web.SockSite(runner, sock)
+        await site.start()
     except BaseException:
         await runner.cleanup()
         raise

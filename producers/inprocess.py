@@ -31,6 +31,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import socket
 import threading
 import weakref
 from collections.abc import Sequence
@@ -94,6 +95,21 @@ def _config(
 
         parse_addr(addr)  # ValueError now, in the caller's thread
     return config, addr
+
+
+def _bind_any_port(host: str) -> socket.socket:
+    """A listening socket on a free port of ``host`` (for ``addr`` port 0), bound before the alert service
+    is built so its Alertmanager links name the real port."""
+    family, kind, proto, _, address = socket.getaddrinfo(host, 0, type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE)[0]
+    sock = socket.socket(family, kind, proto)
+    try:
+        sock.bind(address)
+        sock.listen(128)
+        sock.setblocking(False)
+    except BaseException:
+        sock.close()
+        raise
+    return sock
 
 
 class InProcess:
@@ -249,31 +265,45 @@ class InProcess:
     async def _main(self, ready: concurrent.futures.Future[str | None]) -> None:
         from tokentrace.api.app import create_app
         from tokentrace.api.embedded import embedded_services
-        from tokentrace.api.server import start_site
+        from tokentrace.api.server import parse_addr, start_site
 
         self._wake = asyncio.Event()
         self._hurry = asyncio.Event()
-        services = embedded_services(
-            self._config, self._data_dir, rules=self._rules, pricer=self._pricer, final_round=True
-        )
-        async with services as ctx:
-            runner = None
-            url = None
-            if self._addr is not None:
+        sock = None
+        config = self._config
+        if self._addr is not None:
+            host, port = parse_addr(self._addr)
+            if port == 0:
+                sock = _bind_any_port(host)
+                if config.alerting.external_url is None:
+                    bound = "localhost" if host in ("0.0.0.0", "::") else host
+                    bound = f"[{bound}]" if ":" in bound else bound
+                    config.alerting.external_url = f"http://{bound}:{sock.getsockname()[1]}"
+        runner = None
+        try:
+            services = embedded_services(
+                config, self._data_dir, rules=self._rules, pricer=self._pricer, final_round=True
+            )
+            async with services as ctx:
+                url = None
+                if self._addr is not None:
+                    try:
+                        runner, url = await start_site(create_app(ctx), self._addr, sock)
+                    except OSError as exc:
+                        raise OSError(
+                            exc.errno,
+                            f"tokentrace in-process server cannot listen on {self._addr}: {exc.strerror or exc} "
+                            "(is another tracer or `tokentrace serve` using it? choose another http_server addr)",
+                        ) from exc
                 try:
-                    runner, url = await start_site(create_app(ctx), self._addr)
-                except OSError as exc:
-                    raise OSError(
-                        exc.errno,
-                        f"tokentrace in-process server cannot listen on {self._addr}: {exc.strerror or exc} "
-                        "(is another tracer or `tokentrace serve` using it? choose another http_server addr)",
-                    ) from exc
-            try:
-                ready.set_result(url)
-                await self._consume(ctx)
-            finally:
-                if runner is not None:
-                    await runner.cleanup()
+                    ready.set_result(url)
+                    await self._consume(ctx)
+                finally:
+                    if runner is not None:
+                        await runner.cleanup()
+        finally:
+            if sock is not None and runner is None:  # never handed to a running server
+                sock.close()
 
     async def _consume(self, ctx: ServerContext) -> None:
         """Apply pending spans whenever woken, until stopping with nothing left."""

@@ -185,6 +185,35 @@ def test_alert_fires_to_a_webhook_once_and_shows_in_alerts(no_leftover_threads: 
     assert payload["value"] == total_usd([span.cost_usd or 0.0])
 
 
+@pytest.mark.slow
+def test_alert_reaches_a_real_alertmanager(no_leftover_threads: None) -> None:
+    from tests.infra.alertmanager import Alertmanager
+    from tokentrace.producers import AlertmanagerDelivery
+
+    with Alertmanager(f"http://127.0.0.1:{free_port()}/hook") as am:
+        rule = AlertRule(
+            name="inproc-cost",
+            metric="total_cost",
+            op=">",
+            threshold=0.01,
+            filter={"model": "gpt-4o"},
+            level="critical",
+            delivery=AlertmanagerDelivery(url=am.url),
+        )
+        http = HTTPServerConfig(addr=LOCAL)
+        with Tracer(transport=NoopTransport(), alerts=[rule], alert_interval=0.1, http_server=http) as tracer:
+            with tracer.start("t") as trace:
+                trace.record(model="gpt-4o", provider="openai", prompt_tokens=10_000, comp_tokens=100)
+            deadline = time.monotonic() + 15
+            held: list[dict[str, Any]] = []
+            while not held and time.monotonic() < deadline:
+                held = [a for a in am.alerts() if a["labels"].get("alertname") == "inproc-cost"]
+                time.sleep(0.1)
+            assert held, am.log_tail()
+            assert held[0]["labels"] == {"alertname": "inproc-cost", "severity": "critical", "model": "gpt-4o"}
+            assert held[0]["generatorURL"] == f"{tracer.server_url}/alerts".replace("0.0.0.0", "localhost")
+
+
 def test_alerts_endpoint_lists_code_rules_and_accepts_api_rules(no_leftover_threads: None) -> None:
     rule = AlertRule(name="cost-spike", metric="total_cost", op=">", threshold=100.0)
     with Tracer(transport=NoopTransport(), alerts=[rule], http_server=HTTPServerConfig(addr=LOCAL)) as tracer:
