@@ -5,12 +5,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
 import msgspec
 
-from tokentrace.alerting.repository import FileRuleRepository
+from tokentrace.alerting.repository import FileRuleRepository, MemoryRuleRepository
 from tokentrace.alerting.service import AlertService
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
@@ -18,13 +18,14 @@ from tokentrace.api.server import parse_addr, run_until_stopped
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
 from tokentrace.config import Config
 from tokentrace.core.alert_reader import TimelineReader
-from tokentrace.core.alerts.rules import rules_from_config
+from tokentrace.core.alerts.rules import AlertRule, rules_from_config
 from tokentrace.core.buckets import Caps
+from tokentrace.core.ingest import Pricer
 from tokentrace.core.pricing import PriceTable
 from tokentrace.core.timefmt import parse_duration
 from tokentrace.core.timeline import TimelineSettings
 
-__all__ = ["alert_service", "embedded_settings", "price_table", "serve_embedded"]
+__all__ = ["alert_service", "embedded_services", "embedded_settings", "price_table", "serve_embedded"]
 
 log = logging.getLogger(__name__)
 
@@ -51,12 +52,15 @@ def embedded_settings(config: Config) -> EmbeddedSettings:
     )
 
 
-def alert_service(config: Config, store: EmbeddedStore, external_url: str) -> AlertService:
-    """Config rules plus API rules and silences persisted next to the store's data."""
+def alert_service(
+    config: Config, store: EmbeddedStore, external_url: str, rules: Iterable[AlertRule] | None = None
+) -> AlertService:
+    """Config rules (or ``rules``, from code) plus API rules and silences persisted next to the store's
+    data (kept in memory by a memory-only store)."""
     return AlertService(
         TimelineReader(lambda: store.timeline),
-        rules=rules_from_config(config.alerts),
-        repository=FileRuleRepository(store.data_dir),
+        rules=rules_from_config(config.alerts) if rules is None else rules,
+        repository=MemoryRuleRepository() if store.data_dir is None else FileRuleRepository(store.data_dir),
         external_url=config.alerting.external_url or external_url,
     )
 
@@ -70,6 +74,52 @@ def price_table(config: Config) -> PriceTable:
     return PriceTable(overrides=overrides)
 
 
+def _listen_url(addr: str) -> str:
+    host, port = parse_addr(addr)
+    return f"http://{'localhost' if host == '0.0.0.0' else host}:{port}"
+
+
+@contextlib.asynccontextmanager
+async def embedded_services(
+    config: Config,
+    data_dir: Path | None,
+    *,
+    rules: Iterable[AlertRule] | None = None,
+    pricer: Pricer | None = None,
+    final_round: bool = False,
+) -> AsyncIterator[ServerContext]:
+    """The embedded store, the alert service with its evaluation timer running, and the context the
+    handlers read, for the duration of the block; on exit the timer stops, (with ``final_round``) the
+    rules are evaluated once more, queued notifications go out and the store closes.
+
+    ``data_dir`` None is memory-only. ``rules`` replace the config's ``alerts`` (rules from code);
+    ``pricer`` the config's price table. Shared by ``tokentrace serve`` and the SDK's in-process mode.
+    """
+    store = EmbeddedStore(data_dir, embedded_settings(config))
+    await store.open()
+    try:
+        alerts = alert_service(config, store, _listen_url(config.http_server.addr), rules)
+        try:
+            await alerts.start()
+            ctx = ServerContext(store=store, config=config, pricer=pricer or price_table(config), alerts=alerts)
+            timer = asyncio.create_task(alerts.run(parse_duration(config.alerting.interval)))
+            try:
+                yield ctx
+            finally:
+                timer.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await timer
+                if final_round:
+                    try:
+                        await alerts.evaluate_async()
+                    except Exception:
+                        log.exception("final alert evaluation round failed")
+        finally:
+            await alerts.aclose()
+    finally:
+        await store.close()
+
+
 async def serve_embedded(
     config: Config,
     data_dir: Path,
@@ -78,30 +128,23 @@ async def serve_embedded(
     stop: asyncio.Event | None = None,
 ) -> None:
     """Run the embedded server until stopped; with ``demo_rate``, feed it demo traffic over HTTP."""
-    store = EmbeddedStore(data_dir, embedded_settings(config))
-    await store.open()
-    host, port = parse_addr(config.http_server.addr)
-    alerts = alert_service(config, store, f"http://{'localhost' if host == '0.0.0.0' else host}:{port}")
-    await alerts.start()
-    ctx = ServerContext(store=store, config=config, pricer=price_table(config), alerts=alerts)
-    background: list[asyncio.Task[None]] = [asyncio.create_task(alerts.run(parse_duration(config.alerting.interval)))]
+    async with embedded_services(config, data_dir) as ctx:
+        background: list[asyncio.Task[None]] = []
 
-    async def started(url: str) -> None:
-        if demo_rate:
-            from tokentrace.producers.demo import post_demo_traffic
+        async def started(url: str) -> None:
+            if demo_rate:
+                from tokentrace.producers.demo import post_demo_traffic
 
-            local = url.replace("0.0.0.0", "127.0.0.1")
-            token = config.http_server.auth_token
-            background.append(asyncio.create_task(post_demo_traffic(local, demo_rate, token)))
-        if on_started is not None:
-            await on_started(url)
+                local = url.replace("0.0.0.0", "127.0.0.1")
+                token = config.http_server.auth_token
+                background.append(asyncio.create_task(post_demo_traffic(local, demo_rate, token)))
+            if on_started is not None:
+                await on_started(url)
 
-    try:
-        await run_until_stopped(create_app(ctx), config.http_server.addr, started, stop)
-    finally:
-        for task in background:
-            task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await task
-        await alerts.aclose()
-        await store.close()
+        try:
+            await run_until_stopped(create_app(ctx), config.http_server.addr, started, stop)
+        finally:
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task

@@ -8,6 +8,14 @@ validate the call, price it from the cached rates, generate a UUID 4 span id, st
 the ``Span`` and hand it to the transport. OpenTelemetry work per span: ``start_span`` with the same
 fields as attributes, then ``end`` through a ``SimpleSpanProcessor`` into an exporter that does nothing.
 
+In-process mode (``Tracer(http_server=...)``: the server's aggregator in the application) adds the
+``tt_record_inproc`` and ``tt_trace_inproc`` cases: the same calls on a tracer whose spans are also
+counted in-process, each round ending with ``tracer.flush()`` (which waits until the aggregator thread has
+counted every span), so the figure is the per-span cost plus the aggregate update, paired with the same
+case with aggregation off. ``tt_aggregate`` is the aggregate update alone, in the calling thread (what the
+aggregator thread does per span: ``prepare_spans`` and the embedded store's apply), so
+``tt_record_inproc - tt_record - tt_aggregate`` is what handing spans to another thread costs.
+
     .venv/bin/python bench/sdk_overhead.py                  # figures
     .venv/bin/python bench/sdk_overhead.py --append-results # ...also appended to bench/RESULTS.md
 """
@@ -29,7 +37,8 @@ from importlib.metadata import version
 from opentelemetry.sdk.trace import ReadableSpan, TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor, SpanExporter, SpanExportResult
 
-from tokentrace.producers import NoopTransport, Tracer
+from tokentrace.core.span import Span
+from tokentrace.producers import HTTPServerConfig, NoopTransport, Tracer
 
 Case = Callable[[int], None]
 RESULTS = os.path.join(os.path.dirname(os.path.abspath(__file__)), "RESULTS.md")
@@ -40,8 +49,7 @@ class _NoopExporter(SpanExporter):
         return SpanExportResult.SUCCESS
 
 
-def tokentrace_cases() -> dict[str, Case]:
-    tracer = Tracer(transport=NoopTransport(), caller="bench")
+def tokentrace_cases(tracer: Tracer, suffix: str = "") -> dict[str, Case]:
 
     def record(n: int) -> None:
         """``trace.record`` into an open trace, ended every 100 spans."""
@@ -70,7 +78,50 @@ def tokentrace_cases() -> dict[str, Case]:
                 trace = tracer.start("bench")
         trace.end()
 
-    return {"tt_record": record, "tt_trace": trace_per_span, "tt_step": step}
+    if not suffix:
+        return {"tt_record": record, "tt_trace": trace_per_span, "tt_step": step}
+
+    def flushed(case: Case, doc: str) -> Case:
+        def run(n: int) -> None:
+            case(n)
+            tracer.flush()
+
+        run.__doc__ = doc
+        return run
+
+    aggregated = " Counted in-process too (round ends with ``tracer.flush()``)."
+    return {
+        f"tt_record{suffix}": flushed(record, (record.__doc__ or "") + aggregated),
+        f"tt_trace{suffix}": flushed(trace_per_span, (trace_per_span.__doc__ or "") + aggregated),
+    }
+
+
+def aggregate_case() -> dict[str, Case]:
+    from tokentrace.api.stores.embedded import EmbeddedStore
+    from tokentrace.core.ingest import prepare_spans
+    from tokentrace.core.timefmt import now_ms
+
+    spans: list[Span] = []
+
+    class Keep(NoopTransport):
+        def send(self, batch: Sequence[Span]) -> None:
+            spans.extend(batch)
+
+    tracer = Tracer(transport=Keep(), caller="bench")
+    with tracer.start("bench") as trace:
+        for _ in range(2000):
+            trace.record(model="gpt-4o", provider="openai", prompt_tokens=512, comp_tokens=128, latency_ms=1240)
+    store = EmbeddedStore(None)  # memory-only; applied directly, as the in-process aggregator's ingest does
+
+    def aggregate(n: int) -> None:
+        """The aggregate update alone: ``prepare_spans`` + the memory-only store's apply, same thread."""
+        for start in range(0, n, len(spans)):
+            batch = spans[: n - start]
+            arrival = now_ms()
+            prepare_spans(batch, arrival, tracer.prices, store.oldest_allowed_ms(arrival), 300_000)
+            store._apply(batch)
+
+    return {"tt_aggregate": aggregate}
 
 
 def otel_cases() -> dict[str, Case]:
@@ -94,20 +145,25 @@ def otel_cases() -> dict[str, Case]:
     return {"otel_span": span, "otel_current": current_span}
 
 
-def measure(cases: dict[str, Case], spans_per_round: int, rounds: int) -> dict[str, list[float]]:
-    """ns per span for each case and round; cases interleave within each round."""
+def measure(
+    cases: dict[str, Case], spans_per_round: int, rounds: int
+) -> tuple[dict[str, list[float]], dict[str, list[float]]]:
+    """Wall and CPU (the whole process: every thread) ns per span for each case and round; cases
+    interleave within each round."""
     for case in cases.values():  # warm up: imports, price-rate derivation, caches
         case(spans_per_round // 10 or 1)
     results: dict[str, list[float]] = {name: [] for name in cases}
+    cpu: dict[str, list[float]] = {name: [] for name in cases}
     order = list(cases.items())
     for _ in range(rounds):
         order.reverse()
         for name, case in order:
             gc.collect()
-            started = time.perf_counter_ns()
+            started, started_cpu = time.perf_counter_ns(), time.process_time_ns()
             case(spans_per_round)
             results[name].append((time.perf_counter_ns() - started) / spans_per_round)
-    return results
+            cpu[name].append((time.process_time_ns() - started_cpu) / spans_per_round)
+    return results, cpu
 
 
 def machine() -> str:
@@ -119,17 +175,24 @@ def machine() -> str:
     return f"{model}, {os.cpu_count()} cores"
 
 
-def report(results: dict[str, list[float]], spans_per_round: int, rounds: int, markdown: bool) -> str:
+def report(
+    results: dict[str, list[float]], cpu: dict[str, list[float]], spans_per_round: int, rounds: int, markdown: bool
+) -> str:
     median = {name: statistics.median(values) for name, values in results.items()}
+    median_cpu = {name: statistics.median(values) for name, values in cpu.items()}
     best = {name: min(values) for name, values in results.items()}
     pairs = [("tt_record", "otel_span"), ("tt_trace", "otel_span"), ("tt_step", "otel_current")]
+    pairs += [(ours + "_inproc", ours) for ours in ("tt_record", "tt_trace") if ours + "_inproc" in results]
     load = os.getloadavg()[0]
     header = (
         f"{datetime.datetime.now(datetime.UTC):%Y-%m-%d %H:%M} UTC · {machine()} · load avg {load:.2f} · Python "
         f"{platform.python_version()} · opentelemetry-sdk {version('opentelemetry-sdk')} · "
         f"{rounds} rounds x {spans_per_round} spans"
     )
-    rows = [f"| {name} | {median[name]:,.0f} | {best[name]:,.0f} | {case_doc(name)} |" for name in results]
+    rows = [
+        f"| {name} | {median[name]:,.0f} | {best[name]:,.0f} | {median_cpu[name]:,.0f} | {case_doc(name)} |"
+        for name in results
+    ]
     paired = {
         pair: statistics.median(o / t for o, t in zip(results[pair[0]], results[pair[1]], strict=True))
         for pair in pairs
@@ -143,8 +206,8 @@ def report(results: dict[str, list[float]], spans_per_round: int, rounds: int, m
             [
                 header,
                 "",
-                "| case | median ns/span | best ns/span | what |",
-                "|---|---:|---:|---|",
+                "| case | median ns/span | best ns/span | median CPU ns/span (all threads) | what |",
+                "|---|---:|---:|---:|---|",
                 *rows,
                 "",
                 "| ratio | median of paired rounds | best / best |",
@@ -155,7 +218,10 @@ def report(results: dict[str, list[float]], spans_per_round: int, rounds: int, m
             ]
         )
     lines = [header, ""]
-    lines += [f"{name:13s} {median[name]:9,.0f} ns/span (best {best[name]:,.0f})" for name in results]
+    lines += [
+        f"{name:17s} {median[name]:9,.0f} ns/span (best {best[name]:,.0f}; CPU {median_cpu[name]:,.0f})"
+        for name in results
+    ]
     lines += [""] + [
         f"{ours} / {theirs}: {paired[ours, theirs]:.3f}x (median of paired rounds; best/best "
         f"{best[ours] / best[theirs]:.3f}x)"
@@ -189,14 +255,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--rounds", type=int, default=41)
     parser.add_argument("--append-results", action="store_true", help="append a section to bench/RESULTS.md")
     args = parser.parse_args(argv)
-    cases = tokentrace_cases() | otel_cases()
+    plain = Tracer(transport=NoopTransport(), caller="bench")
+    inproc = Tracer(transport=NoopTransport(), caller="bench", http_server=HTTPServerConfig(addr="127.0.0.1:0"))
+    cases = tokentrace_cases(plain) | tokentrace_cases(inproc, "_inproc") | aggregate_case() | otel_cases()
     for name, case in cases.items():
         _DOCS[name] = " ".join((case.__doc__ or "").split())
-    results = measure(cases, args.spans, args.rounds)
-    print(report(results, args.spans, args.rounds, markdown=False))
+    results, cpu = measure(cases, args.spans, args.rounds)
+    inproc.close()
+    print(report(results, cpu, args.spans, args.rounds, markdown=False))
     if args.append_results:
         command = " ".join(["`.venv/bin/python bench/sdk_overhead.py", *(argv or sys.argv[1:])]) + "`"
-        section = report(results, args.spans, args.rounds, markdown=True)
+        section = report(results, cpu, args.spans, args.rounds, markdown=True)
         with open(RESULTS, "a", encoding="utf-8") as out:
             out.write(
                 f"\n## SDK overhead per span vs OpenTelemetry (bench/sdk_overhead.py)\n\n{command}\n\n{section}\n"

@@ -11,8 +11,20 @@
     # leaving the block ends the trace: its spans go to the transport
 
 Costs come from ``tokentrace.core.pricing`` (``cost(...)``; ``None`` for an unknown model).
+
+In-process mode, metrics and alerts without a server to deploy (``tokentrace.producers.inprocess``):
+
+    tracer = Tracer(
+        transport=StdoutTransport(),
+        alerts=[AlertRule(name="hourly-cost-spike", metric="total_cost", op=">", threshold=5.00, window="1h",
+                          delivery=StdoutDelivery())],
+        http_server=HTTPServerConfig(addr=":9090"),
+    )
 """
 
+from typing import TYPE_CHECKING, Any
+
+from tokentrace.core.alerts import AlertmanagerDelivery, AlertRule, StdoutDelivery, WebhookDelivery
 from tokentrace.core.pricing import ModelPrices, PriceTable, cost
 from tokentrace.core.span import Span, Status
 
@@ -34,11 +46,17 @@ from .transports import (
     read_spans,
 )
 
+if TYPE_CHECKING:
+    from tokentrace.config import HTTPServerConfig
+
 __all__ = [
+    "AlertRule",
+    "AlertmanagerDelivery",
     "BaseTransport",
     "Budget",
     "BudgetExceeded",
     "FileTransport",
+    "HTTPServerConfig",
     "HTTPTransport",
     "ModelPrices",
     "MultiTransport",
@@ -50,14 +68,26 @@ __all__ = [
     "Span",
     "SpanScope",
     "Status",
+    "StdoutDelivery",
     "StdoutTransport",
     "Trace",
     "Tracer",
     "TracerConfig",
     "Transport",
     "TransportStats",
+    "WebhookDelivery",
     "cost",
     "current_span",
     "current_trace",
     "read_spans",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    """``HTTPServerConfig`` is the server's own config model (``tokentrace.config``), loaded on first use so
+    importing the SDK stays light and within the core."""
+    if name == "HTTPServerConfig":
+        from tokentrace.config import HTTPServerConfig
+
+        return HTTPServerConfig
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

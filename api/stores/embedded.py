@@ -1,5 +1,8 @@
 """The embedded store: aggregates and traces in memory, made durable by a WAL plus snapshots.
 
+Without a data directory (``EmbeddedStore(None)``, the SDK's in-process mode) it is memory-only: no log,
+no snapshots, nothing survives the process; ``ingest`` applies the batch at once. Otherwise:
+
 ``ingest`` appends the batch to the write-ahead log, applies it to memory in the same event-loop step,
 and returns once the log is fsync'd — so a 202 means "on disk". Snapshots are taken at a WAL segment
 boundary in one synchronous step (state and log position agree), written atomically, and let restart
@@ -54,11 +57,12 @@ _snapshot_encoder = msgspec.msgpack.Encoder()
 
 
 class EmbeddedStore:
-    """One process, no external services, durable across restarts and ``kill -9``."""
+    """One process, no external services, durable across restarts and ``kill -9`` (memory-only when
+    ``data_dir`` is None)."""
 
     transport = "embedded"
 
-    def __init__(self, data_dir: Path, settings: EmbeddedSettings | None = None) -> None:
+    def __init__(self, data_dir: Path | None, settings: EmbeddedSettings | None = None) -> None:
         self.settings_all = settings or EmbeddedSettings()
         self.settings = self.settings_all.timeline
         self.data_dir = data_dir
@@ -76,10 +80,16 @@ class EmbeddedStore:
 
     # --------------------------------------------------------------- lifecycle
     async def open(self) -> None:
-        """Recover state from disk and start background maintenance."""
-        self.data_dir.mkdir(parents=True, exist_ok=True)
-        snapshot_seq = self._load_snapshot()
-        self._wal = WriteAheadLog(self.data_dir / "wal")
+        """Recover state from disk (unless memory-only) and start background maintenance."""
+        if self.data_dir is not None:
+            self._recover(self.data_dir)
+        self._last_snapshot_s = asyncio.get_running_loop().time()
+        self._maintenance = asyncio.create_task(self._maintain())
+
+    def _recover(self, data_dir: Path) -> None:
+        data_dir.mkdir(parents=True, exist_ok=True)
+        snapshot_seq = self._load_snapshot(data_dir)
+        self._wal = WriteAheadLog(data_dir / "wal")
         replayed = 0
         for payload in self._wal.replay(snapshot_seq):
             try:
@@ -92,8 +102,6 @@ class EmbeddedStore:
             replayed += len(spans)
         self.timeline.compact(now_ms())
         log.info("recovered %d spans (%d replayed from the log)", self.span_total, replayed)
-        self._last_snapshot_s = asyncio.get_running_loop().time()
-        self._maintenance = asyncio.create_task(self._maintain())
 
     async def close(self) -> None:
         """Stop maintenance, take a final snapshot (fast restart), close the log. Idempotent."""
@@ -116,6 +124,9 @@ class EmbeddedStore:
     async def ingest(self, spans: list[Span]) -> None:
         if self._failure is not None:
             raise StoreUnavailable(self._failure)
+        if self.data_dir is None:
+            self._apply(spans)
+            return
         assert self._wal is not None, "store not opened"
         try:
             durable = self._wal.write(encode_wire(spans))
@@ -186,7 +197,8 @@ class EmbeddedStore:
         now = now_ms()
         self.timeline.compact(now)
         self.traces.expire(now)
-        assert self._wal is not None
+        if self._wal is None:  # memory-only: nothing to snapshot
+            return
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
@@ -209,25 +221,27 @@ class EmbeddedStore:
         self._wal.drop_before(seq)
 
     def _write_snapshot(self, seq: int, payload: bytes) -> None:
-        final = self.data_dir / f"snapshot-{seq:012d}.bin"
+        data_dir = self.data_dir
+        assert data_dir is not None, "a memory-only store takes no snapshots"
+        final = data_dir / f"snapshot-{seq:012d}.bin"
         tmp = final.with_suffix(".tmp")
         with open(tmp, "wb") as handle:
             handle.write(payload)
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, final)
-        dir_fd = os.open(self.data_dir, os.O_RDONLY)
+        dir_fd = os.open(data_dir, os.O_RDONLY)
         try:
             os.fsync(dir_fd)
         finally:
             os.close(dir_fd)
-        for old in self.data_dir.glob("snapshot-*.bin"):
+        for old in data_dir.glob("snapshot-*.bin"):
             if old != final:
                 old.unlink(missing_ok=True)
 
-    def _load_snapshot(self) -> int:
+    def _load_snapshot(self, data_dir: Path) -> int:
         """Load the newest readable snapshot; returns the first WAL segment to replay after it."""
-        for path in sorted(self.data_dir.glob("snapshot-*.bin"), reverse=True):
+        for path in sorted(data_dir.glob("snapshot-*.bin"), reverse=True):
             try:
                 snapshot = _snapshot_decoder.decode(path.read_bytes())
             except (OSError, msgspec.DecodeError) as exc:
