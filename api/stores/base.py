@@ -24,6 +24,8 @@ class StoreHealth(msgspec.Struct):
     span_count: int
     queue_depth: int
     transport: str
+    #: Takes writes and serves reads, but some data was found damaged (why, and where it was put).
+    degraded: str | None = None
 
 
 class Store(Protocol):

@@ -1,9 +1,11 @@
 """The embedded store: aggregates and traces in memory, made durable by a WAL plus snapshots.
 
-``ingest`` appends the batch to the write-ahead log, applies it to memory in the same event-loop step,
-and returns once the log is fsync'd — so a 202 means "on disk". Snapshots are taken at a WAL segment
-boundary in one synchronous step (state and log position agree), written atomically, and let restart
-replay only the segments after them. Recovery = newest readable snapshot + replay of later segments.
+``ingest`` queues the batch on the write-ahead log; the log applies it to memory only once it is fsync'd, and
+then ``ingest`` returns — so a 202 means "on disk", and a batch answered 503 was never counted. Snapshots are
+taken under the log's lock at a segment boundary (state and log position agree), sealed with a CRC32, written
+atomically and read back before anything older is let go: the previous snapshot generation and every segment
+since it stay on disk, so one bad snapshot costs nothing. Recovery = newest intact snapshot + replay of later
+segments; a damaged snapshot or segment is moved to ``quarantine/`` and reported (``health().degraded``).
 """
 
 from __future__ import annotations
@@ -12,12 +14,16 @@ import asyncio
 import contextlib
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
+from tokentrace.api.stores.fsio import FileSystem, fsync_dir
+from tokentrace.api.stores.quarantine import Quarantine
+from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.core.buckets import Projection
 from tokentrace.core.codec import decode_wire, encode_wire
@@ -58,7 +64,7 @@ class EmbeddedStore:
 
     transport = "embedded"
 
-    def __init__(self, data_dir: Path, settings: EmbeddedSettings | None = None) -> None:
+    def __init__(self, data_dir: Path, settings: EmbeddedSettings | None = None, fs: FileSystem | None = None) -> None:
         self.settings_all = settings or EmbeddedSettings()
         self.settings = self.settings_all.timeline
         self.data_dir = data_dir
@@ -68,7 +74,10 @@ class EmbeddedStore:
         #: Log records skipped at recovery because they could not be applied (logged with their error).
         self.replay_failures = 0
         self._wal: WriteAheadLog | None = None
-        self._failure: str | None = None
+        self._fs = fs
+        self.quarantine = Quarantine(data_dir)
+        #: What recovery found damaged or missing (one line each); the WAL adds its own.
+        self.damage: list[str] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
@@ -79,9 +88,9 @@ class EmbeddedStore:
         """Recover state from disk and start background maintenance."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
         snapshot_seq = self._load_snapshot()
-        self._wal = WriteAheadLog(self.data_dir / "wal")
+        self._wal = WriteAheadLog(self.data_dir / "wal", self.quarantine, self._fs)
         replayed = 0
-        for payload in self._wal.replay(snapshot_seq):
+        for payload in self._wal.recover(snapshot_seq):
             try:
                 spans = decode_wire(payload)
                 self._apply(spans)
@@ -90,6 +99,7 @@ class EmbeddedStore:
                 log.exception("skipping a write-ahead log record that cannot be applied")
                 continue
             replayed += len(spans)
+        self._wal.start()
         self.timeline.compact(now_ms())
         log.info("recovered %d spans (%d replayed from the log)", self.span_total, replayed)
         self._last_snapshot_s = asyncio.get_running_loop().time()
@@ -107,27 +117,18 @@ class EmbeddedStore:
         if self._snapshotting is not None:
             await asyncio.gather(self._snapshotting, return_exceptions=True)
         if self._wal is not None:
-            if self._failure is None:
+            if self._wal.failure is None:
                 with contextlib.suppress(OSError):
                     await self._snapshot()
             await self._wal.close()
 
     # ------------------------------------------------------------------ writes
     async def ingest(self, spans: list[Span]) -> None:
-        if self._failure is not None:
-            raise StoreUnavailable(self._failure)
         assert self._wal is not None, "store not opened"
         try:
-            durable = self._wal.write(encode_wire(spans))
+            await self._wal.write(encode_wire(spans), partial(self._apply, spans))
         except OSError as exc:
-            self._fail(f"cannot write the log: {exc}")
-            raise StoreUnavailable(self._failure or "") from exc
-        self._apply(spans)
-        try:
-            await durable
-        except OSError as exc:
-            self._fail(f"cannot fsync the log: {exc}")
-            raise StoreUnavailable(self._failure or "") from exc
+            raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
 
     def _apply(self, spans: list[Span]) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
@@ -135,11 +136,6 @@ class EmbeddedStore:
         for span in spans:
             traces.add(span)
         self.span_total += len(spans)
-
-    def _fail(self, reason: str) -> None:
-        if self._failure is None:
-            log.error("embedded store unhealthy: %s", reason)
-        self._failure = reason
 
     def oldest_allowed_ms(self, now: int) -> int:
         return self.timeline.oldest_allowed_ms(now)
@@ -164,7 +160,22 @@ class EmbeddedStore:
 
     async def health(self) -> StoreHealth:
         pending = self._wal.pending if self._wal is not None else 0
-        return StoreHealth(self._failure is None, self._failure, self.span_total, pending, self.transport)
+        failure = self._wal.failure if self._wal is not None else None
+        return StoreHealth(failure is None, failure, self.span_total, pending, self.transport, self.degraded())
+
+    def degraded(self) -> str | None:
+        """Why the data is not whole (damage found at recovery, files in quarantine), or None."""
+        found = self.damage + (self._wal.damage if self._wal is not None else [])
+        named = " ".join(found)
+        others = [name for name in self.quarantine.files() if name not in named]
+        if others:
+            found.append(f"quarantine/ holds {', '.join(others)} from an earlier start")
+        if not found:
+            return None
+        return (
+            "; ".join(found)
+            + f". Inspect with `tokentrace check-data {self.data_dir}`; delete the quarantined files to clear this."
+        )
 
     # ------------------------------------------------------------- maintenance
     async def _maintain(self) -> None:
@@ -185,51 +196,82 @@ class EmbeddedStore:
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
-        if (due_by_time or due_by_size) and idle and self._failure is None:
+        if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
     async def _snapshot(self) -> None:
-        """Rotate the log and capture state in one step, then write the snapshot off the loop."""
-        assert self._wal is not None
-        seq = self._wal.rotate()
-        payload = _snapshot_encoder.encode(
-            _Snapshot(SNAPSHOT_VERSION, seq, self.span_total, self.timeline.snapshot(), list(self.traces.spans()))
-        )
-        self._last_snapshot_s = asyncio.get_running_loop().time()
+        """Rotate the log and capture state under the log's lock, then write and verify the snapshot off the loop."""
+        wal = self._wal
+        assert wal is not None
+        loop = asyncio.get_running_loop()
+        async with wal.exclusive():
+            try:
+                seq = wal.rotate()
+            except OSError as exc:
+                log.error("snapshot skipped: cannot start a new log segment: %s", exc)
+                return
+            payload = _snapshot_encoder.encode(
+                _Snapshot(SNAPSHOT_VERSION, seq, self.span_total, self.timeline.snapshot(), list(self.traces.spans()))
+            )
+        self._last_snapshot_s = loop.time()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, seq, payload)
-        except OSError as exc:
-            log.error("snapshot failed (the log is kept, nothing is lost): %s", exc)
+            await loop.run_in_executor(None, self._write_snapshot, seq, payload)
+        except (OSError, DamagedFile) as exc:
+            log.error("snapshot failed (the previous snapshot and the log are kept, nothing is lost): %s", exc)
             return
-        self._wal.drop_before(seq)
+        previous = await loop.run_in_executor(None, self._retire_snapshots, seq)
+        if previous is not None:
+            wal.drop_before(previous)
+
+    def _snapshot_path(self, seq: int) -> Path:
+        return self.data_dir / f"snapshot-{seq:012d}.bin"
 
     def _write_snapshot(self, seq: int, payload: bytes) -> None:
-        final = self.data_dir / f"snapshot-{seq:012d}.bin"
+        """Write atomically, then read it back: a snapshot counts only once its bytes verify on disk."""
+        final = self._snapshot_path(seq)
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(self.data_dir, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        for old in self.data_dir.glob("snapshot-*.bin"):
-            if old != final:
-                old.unlink(missing_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(seal_snapshot(payload))
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # our own unfinished write: it holds nothing anyone relies on
+            raise
+        os.replace(tmp, final)
+        fsync_dir(self.data_dir)
+        written, _ = open_snapshot(final.read_bytes())
+        if written != payload:
+            raise DamagedFile(f"{final.name} reads back different from what was written")
+
+    def _retire_snapshots(self, seq: int) -> int | None:
+        """Keep the new snapshot and the one before it; returns the older one's log position (None: no older)."""
+        older = sorted(p for p in self.data_dir.glob("snapshot-*.bin") if p != self._snapshot_path(seq))
+        if not older:
+            return None
+        for path in older[:-1]:
+            path.unlink(missing_ok=True)
+        return int(older[-1].stem.split("-")[1])
 
     def _load_snapshot(self) -> int:
-        """Load the newest readable snapshot; returns the first WAL segment to replay after it."""
+        """Load the newest intact snapshot (quarantining damaged ones); returns the first log segment to replay."""
         for path in sorted(self.data_dir.glob("snapshot-*.bin"), reverse=True):
             try:
-                snapshot = _snapshot_decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError) as exc:
-                log.error("ignoring unreadable snapshot %s: %s", path.name, exc)
+                payload, _ = open_snapshot(path.read_bytes())
+                snapshot = _snapshot_decoder.decode(payload)
+            except (DamagedFile, msgspec.DecodeError) as exc:
+                moved = self.quarantine.move(path)
+                self.damage.append(f"{path.name}: {exc}; moved to quarantine/{moved.name}")
+                log.error("damaged snapshot: %s", self.damage[-1])
+                continue
+            except OSError as exc:
+                self.damage.append(f"{path.name}: unreadable ({exc})")
+                log.error("unreadable snapshot: %s", self.damage[-1])
                 continue
             if snapshot.version != SNAPSHOT_VERSION:
-                log.error("ignoring snapshot %s of unknown version %d", path.name, snapshot.version)
+                self.damage.append(f"{path.name}: unknown snapshot version {snapshot.version}, skipped")
+                log.error("%s", self.damage[-1])
                 continue
             self.timeline.restore(snapshot.timeline)
             for span in snapshot.spans:
