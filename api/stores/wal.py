@@ -21,10 +21,12 @@ new segment, so nothing is ever appended after it.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import os
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
+from typing import NamedTuple
 
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
 from tokentrace.api.stores.quarantine import Quarantine
@@ -34,6 +36,12 @@ __all__ = ["LogUnavailable", "WriteAheadLog"]
 
 log = logging.getLogger(__name__)
 _PROBE = ".write-probe"
+
+
+class _Group(NamedTuple):
+    future: asyncio.Future[None]
+    data: bytes
+    callbacks: list[Callable[[], None]]
 
 
 class LogUnavailable(OSError):
@@ -78,6 +86,7 @@ class WriteAheadLog:
         self._flushing: asyncio.Task[None] | None = None
         self._retrying: asyncio.Task[None] | None = None
         self._io = asyncio.Lock()
+        self._wanted = 0  # parties waiting for exclusive(): the flush task lets go between groups for them
         #: Records queued for the next group flush.
         self.pending = 0
         #: Bytes in the current segment (snapshots are due past a size).
@@ -164,33 +173,49 @@ class WriteAheadLog:
                 self._flushing = loop.create_task(self._flush_groups())
         return self._group
 
-    def exclusive(self) -> asyncio.Lock:
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
         """Held, no append is under way and every appended record has been applied."""
-        return self._io
+        self._wanted += 1
+        try:
+            async with self._io:
+                yield
+        finally:
+            self._wanted -= 1
+
+    def _take(self) -> _Group | None:
+        """The records queued since the last take, as one group."""
+        if self._group is None:
+            return None
+        group = _Group(self._group, b"".join(self._chunks), self._callbacks)
+        self._group, self._chunks, self._callbacks, self.pending = None, [], [], 0
+        return group
 
     async def _flush_groups(self) -> None:
+        """Append group after group; while one is fsync'd, the one before it is applied (pipelined)."""
         loop = asyncio.get_running_loop()
         while self._group is not None:
             await asyncio.sleep(self.flush_delay_s)
             async with self._io:
-                group, self._group = self._group, None
+                group = self._take()
                 if group is None:  # failed while this task waited for the lock
                     continue
-                chunks, self._chunks = self._chunks, []
-                callbacks, self._callbacks = self._callbacks, []
-                self.pending = 0
-                data = b"".join(chunks)
-                try:
-                    await loop.run_in_executor(None, self._append, data)
-                except OSError as exc:
-                    self._fail(exc, group, len(callbacks), len(data))
-                    continue
-                for callback in callbacks:
+                appending = loop.run_in_executor(None, self._append, group.data)
+                while group is not None:
                     try:
-                        callback()
-                    except Exception:  # one bad record must not stall the log
-                        log.exception("applying a durable log record failed")
-                group.set_result(None)
+                        await appending
+                    except OSError as exc:
+                        self._fail(exc, group.future, len(group.callbacks), len(group.data))
+                        break
+                    done, group = group, None if self._wanted else self._take()
+                    if group is not None:
+                        appending = loop.run_in_executor(None, self._append, group.data)
+                    for callback in done.callbacks:
+                        try:
+                            callback()
+                        except Exception:  # one bad record must not stall the log
+                            log.exception("applying a durable log record failed")
+                    done.future.set_result(None)
 
     def _append(self, data: bytes) -> None:
         """Append and fsync (in a thread); on failure cut the segment back to its durable size."""
