@@ -32,7 +32,7 @@ from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import Timeline, TimelineSettings, TimelineSnapshot
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
-__all__ = ["EmbeddedSettings", "EmbeddedStore"]
+__all__ = ["SNAPSHOT_VERSION", "EmbeddedSettings", "EmbeddedStore", "read_snapshot"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
@@ -57,6 +57,15 @@ class _Snapshot(msgspec.Struct):
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _snapshot_encoder = msgspec.msgpack.Encoder()
+
+
+def read_snapshot(raw: bytes) -> tuple[_Snapshot, bool]:
+    """A snapshot file's content and whether a checksum verified it; raises DamagedFile."""
+    payload, verified = open_snapshot(raw)
+    try:
+        return _snapshot_decoder.decode(payload), verified
+    except msgspec.DecodeError as exc:
+        raise DamagedFile(f"does not decode: {exc}") from None
 
 
 class EmbeddedStore:
@@ -258,9 +267,8 @@ class EmbeddedStore:
         """Load the newest intact snapshot (quarantining damaged ones); returns the first log segment to replay."""
         for path in sorted(self.data_dir.glob("snapshot-*.bin"), reverse=True):
             try:
-                payload, _ = open_snapshot(path.read_bytes())
-                snapshot = _snapshot_decoder.decode(payload)
-            except (DamagedFile, msgspec.DecodeError) as exc:
+                snapshot, _ = read_snapshot(path.read_bytes())
+            except DamagedFile as exc:
                 moved = self.quarantine.move(path)
                 self.damage.append(f"{path.name}: {exc}; moved to quarantine/{moved.name}")
                 log.error("damaged snapshot: %s", self.damage[-1])
