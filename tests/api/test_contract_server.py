@@ -8,6 +8,7 @@ from aiohttp.test_utils import TestClient
 
 from tests.api.conftest import MakeClient
 from tests.api.stores.faulty_fs import FullDisk
+from tests.api.test_openapi import assert_conforms
 from tokentrace.api.context import CONTEXT
 
 
@@ -61,3 +62,21 @@ async def test_health_is_503_when_the_disk_fails(make_client: MakeClient, tmp_pa
     body = await health.json()
     assert body["status"] == "unhealthy" and "resume" in body["error"]
     assert body["span_count"] == 0
+
+
+async def test_health_is_degraded_while_damaged_files_are_in_quarantine(make_client: MakeClient, tmp_path: Any) -> None:
+    data = tmp_path / "d"
+    (data / "quarantine").mkdir(parents=True)
+    (data / "quarantine" / "snapshot-000000000007.bin").write_bytes(b"damaged")
+    client = await make_client(data_dir=data)
+    health = await client.get("/health")
+    assert health.status == 200, "a degraded server still serves: load balancers keep routing to it"
+    body = await health.json()
+    assert body["status"] == "degraded" and "snapshot-000000000007.bin" in body["reason"]
+    assert_conforms("/health", "get", 200, body)
+    assert (await client.post("/spans", json={"model": "m", "prompt_tokens": 1})).status == 202
+
+    (data / "quarantine" / "snapshot-000000000007.bin").unlink()  # inspected and deleted: whole again
+    body = await (await client.get("/health")).json()
+    assert body["status"] == "ok" and "reason" not in body
+    assert_conforms("/health", "get", 200, body)
