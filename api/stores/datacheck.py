@@ -12,10 +12,10 @@ from pathlib import Path
 
 from tokentrace.api.stores.embedded import SNAPSHOT_VERSION, read_snapshot
 from tokentrace.api.stores.quarantine import Quarantine
+from tokentrace.api.stores.records import decode_record
 from tokentrace.api.stores.snapshot_file import DamagedFile
 from tokentrace.api.stores.wal import segment_name, segment_seq
 from tokentrace.api.stores.wal_format import scan_segment
-from tokentrace.core.codec import decode_wire
 
 __all__ = ["FileReport", "check_data_dir"]
 
@@ -52,7 +52,7 @@ def _check_segment(path: Path) -> FileReport:
     undecodable = 0
     for start, end in scan.records:
         try:
-            decode_wire(raw[start:end])
+            decode_record(raw[start:end])
         except Exception:  # a record this build cannot apply: the server skips it too
             undecodable += 1
     detail = scan.describe()

@@ -23,10 +23,10 @@ import msgspec
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
 from tokentrace.api.stores.quarantine import Quarantine
+from tokentrace.api.stores.records import decode_record, encode_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.core.buckets import Projection
-from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import Timeline, TimelineSettings, TimelineSnapshot
@@ -45,6 +45,9 @@ class EmbeddedSettings(msgspec.Struct, frozen=True):
     snapshot_interval_s: float = 300.0
     snapshot_wal_bytes: int = 64 * 1024 * 1024
     maintenance_interval_s: float = 30.0
+    #: How long an ``Idempotency-Key`` is remembered, and at most how many (the oldest are forgotten first).
+    idempotency_window_ms: int = 86_400_000
+    idempotency_max_keys: int = 200_000
 
 
 class _Snapshot(msgspec.Struct):
@@ -53,6 +56,8 @@ class _Snapshot(msgspec.Struct):
     span_total: int
     timeline: TimelineSnapshot
     spans: list[Span]
+    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
+    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
@@ -91,6 +96,9 @@ class EmbeddedStore:
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
         self._closed = False
+        #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
+        self.idempotency_keys: dict[str, int] = {}
+        self._writing: dict[str, asyncio.Future[None]] = {}  # key -> the log write carrying it
 
     # --------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -101,8 +109,8 @@ class EmbeddedStore:
         replayed = 0
         for payload in self._wal.recover(snapshot_seq):
             try:
-                spans = decode_wire(payload)
-                self._apply(spans)
+                spans, key, at_ms = decode_record(payload)
+                self._apply(spans, key, at_ms)
             except Exception:  # a record this build cannot apply must not keep the server down
                 self.replay_failures += 1
                 log.exception("skipping a write-ahead log record that cannot be applied")
@@ -132,19 +140,48 @@ class EmbeddedStore:
             await self._wal.close()
 
     # ------------------------------------------------------------------ writes
-    async def ingest(self, spans: list[Span]) -> None:
+    async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
+        """Count ``spans`` once they are durable. A batch whose key was counted within the window is not
+        counted again; a retry that arrives while its original is still being written waits for it."""
         assert self._wal is not None, "store not opened"
+        key = idempotency_key
+        if key is not None:
+            while (original := self._writing.get(key)) is not None and not original.done():
+                await asyncio.wait([original])
+            if key in self.idempotency_keys:
+                return
+        at_ms = now_ms()
         try:
-            await self._wal.write(encode_wire(spans), partial(self._apply, spans))
+            durable = self._wal.write(encode_record(spans, key, at_ms), partial(self._apply, spans, key, at_ms))
+        except OSError as exc:
+            raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
+        if key is not None:  # settled with the write itself, even if this request is cancelled meanwhile
+            self._writing[key] = durable
+            durable.add_done_callback(lambda _: self._writing.pop(key, None))
+        try:
+            await durable
         except OSError as exc:
             raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
 
-    def _apply(self, spans: list[Span]) -> None:
+    def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
         traces = self.traces
         for span in spans:
             traces.add(span)
         self.span_total += len(spans)
+        if key is not None:
+            keys = self.idempotency_keys
+            keys[key] = at_ms
+            if len(keys) > self.settings_all.idempotency_max_keys:
+                del keys[next(iter(keys))]
+
+    def _expire_keys(self, now: int) -> None:
+        keys, oldest = self.idempotency_keys, now - self.settings_all.idempotency_window_ms
+        while keys:
+            first = next(iter(keys))
+            if keys[first] >= oldest:
+                break
+            del keys[first]
 
     def oldest_allowed_ms(self, now: int) -> int:
         return self.timeline.oldest_allowed_ms(now)
@@ -201,6 +238,7 @@ class EmbeddedStore:
         now = now_ms()
         self.timeline.compact(now)
         self.traces.expire(now)
+        self._expire_keys(now)
         assert self._wal is not None
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
@@ -220,7 +258,14 @@ class EmbeddedStore:
                 log.error("snapshot skipped: cannot start a new log segment: %s", exc)
                 return
             payload = _snapshot_encoder.encode(
-                _Snapshot(SNAPSHOT_VERSION, seq, self.span_total, self.timeline.snapshot(), list(self.traces.spans()))
+                _Snapshot(
+                    SNAPSHOT_VERSION,
+                    seq,
+                    self.span_total,
+                    self.timeline.snapshot(),
+                    list(self.traces.spans()),
+                    dict(self.idempotency_keys),
+                )
             )
         self._last_snapshot_s = loop.time()
         try:
@@ -285,5 +330,6 @@ class EmbeddedStore:
             for span in snapshot.spans:
                 self.traces.add(span)
             self.span_total = snapshot.span_total
+            self.idempotency_keys = dict(sorted(snapshot.idempotency_keys.items(), key=lambda item: item[1]))
             return snapshot.wal_seq
         return 0
