@@ -99,11 +99,14 @@ class EmbeddedStore:
         #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
         self.idempotency_keys: dict[str, int] = {}
         self._writing: dict[str, asyncio.Future[None]] = {}  # key -> the log write carrying it
+        self._unusable: set[str] = set()  # snapshot files found damaged, unreadable or unknown at recovery
 
     # --------------------------------------------------------------- lifecycle
     async def open(self) -> None:
         """Recover state from disk and start background maintenance."""
         self.data_dir.mkdir(parents=True, exist_ok=True)
+        for unfinished in self.data_dir.glob("snapshot-*.tmp"):  # our own writes a crash cut: never relied on
+            unfinished.unlink()
         snapshot_seq = self._load_snapshot()
         self._wal = WriteAheadLog(self.data_dir / "wal", self.quarantine, self._fs)
         replayed = 0
@@ -270,8 +273,15 @@ class EmbeddedStore:
         self._last_snapshot_s = loop.time()
         try:
             await loop.run_in_executor(None, self._write_snapshot, seq, payload)
-        except (OSError, DamagedFile) as exc:
+        except OSError as exc:
             log.error("snapshot failed (the previous snapshot and the log are kept, nothing is lost): %s", exc)
+            return
+        except DamagedFile as exc:  # it did not read back as written: the disk is suspect
+            moved = self.quarantine.move(self._snapshot_path(seq))
+            self.damage.append(
+                f"{self._snapshot_path(seq).name} read back damaged ({exc}); moved to quarantine/{moved.name}"
+            )
+            log.error("snapshot failed verification (nothing is lost): %s", self.damage[-1])
             return
         previous = await loop.run_in_executor(None, self._retire_snapshots, seq)
         if previous is not None:
@@ -301,7 +311,8 @@ class EmbeddedStore:
 
     def _retire_snapshots(self, seq: int) -> int | None:
         """Keep the new snapshot and the one before it; returns the older one's log position (None: no older)."""
-        older = sorted(p for p in self.data_dir.glob("snapshot-*.bin") if p != self._snapshot_path(seq))
+        candidates = self.data_dir.glob("snapshot-*.bin")
+        older = sorted(p for p in candidates if p != self._snapshot_path(seq) and p.name not in self._unusable)
         if not older:
             return None
         for path in older[:-1]:
@@ -309,13 +320,20 @@ class EmbeddedStore:
         return int(older[-1].stem.split("-")[1])
 
     def _load_snapshot(self) -> int:
-        """Load the newest intact snapshot (quarantining damaged ones); returns the first log segment to replay."""
+        """Load the newest intact snapshot (quarantining damaged ones); returns the first log segment to replay.
+
+        A snapshot that could not be used (nor moved aside) is left alone: never retired, never a generation.
+        """
         for path in sorted(self.data_dir.glob("snapshot-*.bin"), reverse=True):
+            self._unusable.add(path.name)
             try:
                 snapshot, _ = read_snapshot(path.read_bytes())
             except DamagedFile as exc:
-                moved = self.quarantine.move(path)
-                self.damage.append(f"{path.name}: {exc}; moved to quarantine/{moved.name}")
+                try:
+                    where = f"moved to quarantine/{self.quarantine.move(path).name}"
+                except OSError as move_failed:
+                    where = f"left in place ({move_failed})"
+                self.damage.append(f"{path.name}: {exc}; {where}")
                 log.error("damaged snapshot: %s", self.damage[-1])
                 continue
             except OSError as exc:
@@ -326,6 +344,7 @@ class EmbeddedStore:
                 self.damage.append(f"{path.name}: unknown snapshot version {snapshot.version}, skipped")
                 log.error("%s", self.damage[-1])
                 continue
+            self._unusable.discard(path.name)
             self.timeline.restore(snapshot.timeline)
             for span in snapshot.spans:
                 self.traces.add(span)

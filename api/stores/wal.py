@@ -115,10 +115,15 @@ class WriteAheadLog:
             raw = path.read_bytes()
             scan = scan_segment(raw)
             if scan.damaged:
-                moved = self.quarantine.keep_copy(path)
-                self._repair(path, raw, scan.records)
-                self.damage.append(f"{path.name}: {scan.describe()}; original kept as quarantine/{moved.name}")
-                log.error("write-ahead log segment damaged: %s", self.damage[-1])
+                note = f"{path.name}: {scan.describe()}"
+                try:
+                    moved = self.quarantine.keep_copy(path)
+                    self._repair(path, raw, scan.records)
+                    note += f"; original kept as quarantine/{moved.name}"
+                except OSError as exc:  # e.g. a full disk: the original stays, repaired at a later start
+                    note += f"; left in place, not repaired yet ({exc})"
+                self.damage.append(note)
+                log.error("write-ahead log segment damaged: %s", note)
             elif scan.torn_tail:
                 log.warning(
                     "%s: ignoring a torn tail of %d bytes (an append cut by a crash)", path.name, scan.torn_tail
@@ -231,7 +236,7 @@ class WriteAheadLog:
             try:
                 self.fs.truncate(self._fd, self._durable_size)
             except OSError:
-                log.exception("cannot cut a failed append off %s (retried before the next write)", self.seq)
+                log.exception("cannot cut a failed append off %s (retried before any write)", segment_name(self.seq))
             raise
         self._durable_size += len(data)
         self.bytes_written = self._durable_size

@@ -147,3 +147,35 @@ async def test_two_snapshot_generations_and_the_log_since_the_older_are_kept(tmp
     assert store._wal is not None
     assert store._wal.segments()[0] == older, "the log since the older snapshot is kept, nothing before it"
     await store.close()
+
+
+async def test_a_snapshot_that_does_not_read_back_is_quarantined_and_costs_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A disk that returns other bytes than were written: the new snapshot is moved aside, nothing retired."""
+    import tokentrace.api.stores.embedded as embedded
+
+    store = await open_store(tmp_path / "d")
+    await store.ingest(spans("a", 2))
+    await store._snapshot()
+    await store.ingest(spans("b", 3))
+    before = sorted(p.name for p in (tmp_path / "d").rglob("*.*"))
+
+    def reads_back_changed(raw: bytes) -> tuple[memoryview, bool]:
+        raise embedded.DamagedFile("checksum mismatch")
+
+    monkeypatch.setattr(embedded, "open_snapshot", reads_back_changed)
+    await store._snapshot()
+    monkeypatch.undo()
+    quarantined = store.quarantine.files()
+    assert len(quarantined) == 1
+    assert set(before) <= {p.name for p in (tmp_path / "d").rglob("*.*")}, "nothing older was retired"
+    health = await store.health()
+    assert health.healthy and health.degraded is not None and quarantined[0] in health.degraded
+    await store.ingest(spans("c", 1))
+    store._closed = True  # crash: no final snapshot
+    assert store._wal is not None
+    await store._wal.close()
+    reopened = await open_store(tmp_path / "d")
+    assert reopened.span_total == 6
+    await reopened.close()
