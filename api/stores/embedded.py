@@ -22,7 +22,7 @@ import msgspec
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
-from tokentrace.api.stores.quarantine import Quarantine
+from tokentrace.api.stores.quarantine import Damage, Quarantine
 from tokentrace.api.stores.records import decode_record, encode_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
@@ -91,7 +91,7 @@ class EmbeddedStore:
         self._fs = fs
         self.quarantine = Quarantine(data_dir)
         #: What recovery found damaged or missing (one line each); the WAL adds its own.
-        self.damage: list[str] = []
+        self.damage: list[Damage] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
@@ -213,16 +213,22 @@ class EmbeddedStore:
         return StoreHealth(failure is None, failure, self.span_total, pending, self.transport, self.degraded())
 
     def degraded(self) -> str | None:
-        """Why the data is not whole (damage found at recovery, files in quarantine), or None."""
-        found = self.damage + (self._wal.damage if self._wal is not None else [])
-        named = " ".join(found)
-        others = [name for name in self.quarantine.files() if name not in named]
+        """Why the data is not whole, or None. Damage moved to quarantine counts while its file is there."""
+        present = self.quarantine.files()
+        found = [
+            damage
+            for damage in self.damage + (self._wal.damage if self._wal is not None else [])
+            if damage.quarantined is None or damage.quarantined in present
+        ]
+        named = {damage.quarantined for damage in found}
+        lines = [damage.text for damage in found]
+        others = [name for name in present if name not in named]
         if others:
-            found.append(f"quarantine/ holds {', '.join(others)} from an earlier start")
-        if not found:
+            lines.append(f"quarantine/ holds {', '.join(others)} from an earlier start")
+        if not lines:
             return None
         return (
-            "; ".join(found)
+            "; ".join(lines)
             + f". Inspect with `tokentrace check-data {self.data_dir}`; delete the quarantined files to clear this."
         )
 
@@ -277,15 +283,24 @@ class EmbeddedStore:
             log.error("snapshot failed (the previous snapshot and the log are kept, nothing is lost): %s", exc)
             return
         except DamagedFile as exc:  # it did not read back as written: the disk is suspect
-            moved = self.quarantine.move(self._snapshot_path(seq))
-            self.damage.append(
-                f"{self._snapshot_path(seq).name} read back damaged ({exc}); moved to quarantine/{moved.name}"
-            )
-            log.error("snapshot failed verification (nothing is lost): %s", self.damage[-1])
+            self._quarantine_snapshot(self._snapshot_path(seq), f"read back damaged ({exc})")
             return
         previous = await loop.run_in_executor(None, self._retire_snapshots, seq)
         if previous is not None:
             wal.drop_before(previous)
+
+    def _note(self, damage: Damage) -> None:
+        self.damage.append(damage)
+        log.error("damaged data: %s", damage.text)
+
+    def _quarantine_snapshot(self, path: Path, why: str) -> None:
+        try:
+            moved = self.quarantine.move(path).name
+        except OSError as exc:
+            self._unusable.add(path.name)
+            self._note(Damage(f"{path.name}: {why}; left in place ({exc})"))
+        else:
+            self._note(Damage(f"{path.name}: {why}; moved to quarantine/{moved}", moved))
 
     def _snapshot_path(self, seq: int) -> Path:
         return self.data_dir / f"snapshot-{seq:012d}.bin"
@@ -329,20 +344,13 @@ class EmbeddedStore:
             try:
                 snapshot, _ = read_snapshot(path.read_bytes())
             except DamagedFile as exc:
-                try:
-                    where = f"moved to quarantine/{self.quarantine.move(path).name}"
-                except OSError as move_failed:
-                    where = f"left in place ({move_failed})"
-                self.damage.append(f"{path.name}: {exc}; {where}")
-                log.error("damaged snapshot: %s", self.damage[-1])
+                self._quarantine_snapshot(path, str(exc))
                 continue
             except OSError as exc:
-                self.damage.append(f"{path.name}: unreadable ({exc})")
-                log.error("unreadable snapshot: %s", self.damage[-1])
+                self._note(Damage(f"{path.name}: unreadable ({exc})"))
                 continue
             if snapshot.version != SNAPSHOT_VERSION:
-                self.damage.append(f"{path.name}: unknown snapshot version {snapshot.version}, skipped")
-                log.error("%s", self.damage[-1])
+                self._note(Damage(f"{path.name}: unknown snapshot version {snapshot.version}, skipped"))
                 continue
             self._unusable.discard(path.name)
             self.timeline.restore(snapshot.timeline)

@@ -10,10 +10,18 @@ from __future__ import annotations
 import os
 import shutil
 from pathlib import Path
+from typing import NamedTuple
 
 from tokentrace.api.stores.fsio import fsync_dir
 
-__all__ = ["Quarantine"]
+__all__ = ["Damage", "Quarantine"]
+
+
+class Damage(NamedTuple):
+    """What recovery found wrong with one file, and the name it was quarantined under (None: not moved)."""
+
+    text: str
+    quarantined: str | None = None
 
 
 class Quarantine:

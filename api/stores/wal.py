@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import NamedTuple
 
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
-from tokentrace.api.stores.quarantine import Quarantine
+from tokentrace.api.stores.quarantine import Damage, Quarantine
 from tokentrace.api.stores.wal_format import SEGMENT_MAGIC, frame, scan_segment
 
 __all__ = ["LogUnavailable", "WriteAheadLog"]
@@ -94,7 +94,7 @@ class WriteAheadLog:
         #: Why writes are refused right now (None while the log takes writes).
         self.failure: str | None = None
         #: What recovery found damaged, one line per segment (empty when everything was intact).
-        self.damage: list[str] = []
+        self.damage: list[Damage] = []
 
     def segments(self) -> list[int]:
         """Sequence numbers of the segments on disk, oldest first."""
@@ -108,21 +108,21 @@ class WriteAheadLog:
         for seq in segments:
             if seq != expected:
                 missing = f"{segment_name(expected)}..{segment_name(seq - 1)}"
-                self.damage.append(f"log segments {missing} are missing: the spans they held are lost")
-                log.error("write-ahead log: %s", self.damage[-1])
+                self.damage.append(Damage(f"log segments {missing} are missing: the spans they held are lost"))
+                log.error("write-ahead log: %s", self.damage[-1].text)
             expected = seq + 1
             path = self.directory / segment_name(seq)
             raw = path.read_bytes()
             scan = scan_segment(raw)
             if scan.damaged:
-                note = f"{path.name}: {scan.describe()}"
+                note, moved = f"{path.name}: {scan.describe()}", None
                 try:
-                    moved = self.quarantine.keep_copy(path)
+                    moved = self.quarantine.keep_copy(path).name
                     self._repair(path, raw, scan.records)
-                    note += f"; original kept as quarantine/{moved.name}"
+                    note += f"; original kept as quarantine/{moved}"
                 except OSError as exc:  # e.g. a full disk: the original stays, repaired at a later start
                     note += f"; left in place, not repaired yet ({exc})"
-                self.damage.append(note)
+                self.damage.append(Damage(note, moved))
                 log.error("write-ahead log segment damaged: %s", note)
             elif scan.torn_tail:
                 log.warning(

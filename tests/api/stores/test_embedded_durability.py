@@ -172,6 +172,8 @@ async def test_a_snapshot_that_does_not_read_back_is_quarantined_and_costs_nothi
     assert set(before) <= {p.name for p in (tmp_path / "d").rglob("*.*")}, "nothing older was retired"
     health = await store.health()
     assert health.healthy and health.degraded is not None and quarantined[0] in health.degraded
+    (store.quarantine.folder / quarantined[0]).rename(tmp_path / "inspected")  # the operator takes it away
+    assert (await store.health()).degraded is None, "degraded while, and only while, the file is in quarantine"
     await store.ingest(spans("c", 1))
     store._closed = True  # crash: no final snapshot
     assert store._wal is not None
