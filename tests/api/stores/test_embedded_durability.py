@@ -181,3 +181,25 @@ async def test_a_snapshot_that_does_not_read_back_is_quarantined_and_costs_nothi
     reopened = await open_store(tmp_path / "d")
     assert reopened.span_total == 6
     await reopened.close()
+
+
+async def test_when_every_snapshot_is_damaged_the_loss_is_named(tmp_path: Path) -> None:
+    """Two bad snapshot generations (a double failure): what the log still holds is recovered, the gap is named."""
+    data = tmp_path / "d"
+    store = await open_store(data)
+    for round_ in range(3):
+        await store.ingest(spans(f"r{round_}", 2))
+        await store._snapshot()
+    await store.ingest(spans("last", 3))
+    store._closed = True  # crash: no final snapshot
+    assert store._wal is not None
+    await store._wal.close()
+    for path in data.glob("snapshot-*.bin"):
+        path.write_bytes(path.read_bytes()[:-1])
+
+    reopened = await open_store(data)
+    assert reopened.span_total == 2 + 3, "the log since the older snapshot is replayed"
+    degraded = (await reopened.health()).degraded
+    assert degraded is not None and "missing" in degraded and "snapshot-" in degraded
+    assert len(reopened.quarantine.files()) == 2
+    await reopened.close()
