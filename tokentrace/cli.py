@@ -108,6 +108,27 @@ def check_config(path: Annotated[Path, typer.Argument(help="tokentrace.yml to ch
     typer.echo(msgspec.json.format(msgspec.json.encode(config)).decode())
 
 
+@app.command("check-data")
+def check_data(
+    path: Annotated[Path, typer.Argument(help="The data dir of `tokentrace serve` (storage.data_dir).")],
+) -> None:
+    """Verify a data dir offline (snapshots, log segments, quarantine); exit 1 when anything is damaged."""
+    from tokentrace.api.stores.datacheck import check_data_dir
+
+    if not path.is_dir():
+        console.print(f"[red]error:[/red] {path} is not a directory")
+        raise typer.Exit(2)
+    reports = check_data_dir(path)
+    for report in reports:
+        typer.echo(report.line())
+    problems = sum(not report.ok for report in reports)
+    if not reports:
+        typer.echo(f"{path}: no snapshot, log segment or quarantined file (an empty data dir)")
+    typer.echo(f"{len(reports)} files checked, {problems} with problems")
+    if problems:
+        raise typer.Exit(1)
+
+
 def _register_distributed() -> None:
     """``tokentrace worker`` and ``tokentrace api`` (distributed mode; heavy imports happen inside them)."""
     from tokentrace.processors.cli import api, worker

@@ -1,4 +1,12 @@
-"""``GET /health``: 200 while the store can take writes, 503 (with the reason) when it cannot."""
+"""``GET /health``: ``ok``, ``degraded`` or ``unhealthy``.
+
+- ``ok`` (200): the store takes writes and its data is whole.
+- ``degraded`` (200, with ``reason``): it takes writes and serves reads, but recovery found damaged data files
+  and moved them to quarantine. 200 because a load balancer or a Kubernetes probe must keep sending traffic
+  (a restart does not repair a file); monitoring alerts on ``status``.
+- ``unhealthy`` (503, with ``error``): the store cannot write (e.g. the disk is full; writes resume by
+  themselves once it can).
+"""
 
 from __future__ import annotations
 
@@ -16,8 +24,9 @@ routes = web.RouteTableDef()
 async def health(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     state = await ctx.store.health()
+    status = "unhealthy" if not state.healthy else "degraded" if state.degraded else "ok"
     body = {
-        "status": "ok" if state.healthy else "unhealthy",
+        "status": status,
         "version": ctx.version,
         "uptime_s": ctx.uptime_s,
         "span_count": state.span_count,
@@ -26,4 +35,6 @@ async def health(request: web.Request) -> web.Response:
     }
     if not state.healthy:
         body["error"] = state.reason or "unhealthy"
+    if state.degraded:
+        body["reason"] = state.degraded
     return json_response(body, status=200 if state.healthy else 503)

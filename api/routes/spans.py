@@ -40,11 +40,22 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
         ctx.rejected[exc.reason] += 1
         raise APIError(400, str(exc)) from None
     try:
-        await ctx.store.ingest(spans)
+        await ctx.store.ingest(spans, idempotency_key(request))
     except StoreUnavailable as exc:
         ctx.rejected["unavailable"] += 1
         raise APIError(503, f"spans not accepted: {exc}") from None
     return len(spans)
+
+
+def idempotency_key(request: web.Request) -> str | None:
+    """The ``Idempotency-Key`` header: one batch's id, the same on every retry of it (1-255 printable ASCII)."""
+    key = request.headers.get("Idempotency-Key")
+    if key is None:
+        return None
+    if not 1 <= len(key) <= 255 or not key.isascii() or not key.isprintable():
+        request.app[CONTEXT].rejected["invalid"] += 1
+        raise APIError(400, "Idempotency-Key must be 1 to 255 printable ASCII characters")
+    return key
 
 
 @routes.post("/spans")

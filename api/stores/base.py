@@ -24,6 +24,8 @@ class StoreHealth(msgspec.Struct):
     span_count: int
     queue_depth: int
     transport: str
+    #: Takes writes and serves reads, but some data was found damaged (why, and where it was put).
+    degraded: str | None = None
 
 
 class Store(Protocol):
@@ -31,8 +33,11 @@ class Store(Protocol):
 
     settings: TimelineSettings
 
-    async def ingest(self, spans: list[Span]) -> None:
-        """Make ``spans`` durable and counted; return only once they are. Raises StoreUnavailable."""
+    async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
+        """Make ``spans`` durable and counted; return only once they are. Raises StoreUnavailable.
+
+        A batch whose ``idempotency_key`` was counted before (within the store's window) is not counted again.
+        """
 
     def oldest_allowed_ms(self, now_ms: int) -> int:
         """Spans that started before this are outside retention and are rejected."""

@@ -1,12 +1,15 @@
 """The embedded store: aggregates and traces in memory, made durable by a WAL plus snapshots.
 
-Without a data directory (``EmbeddedStore(None)``, the SDK's in-process mode) it is memory-only: no log,
-no snapshots, nothing survives the process; ``ingest`` applies the batch at once. Otherwise:
+Without a data directory (``EmbeddedStore(None)``, the SDK's in-process mode) it is memory-only: no log, no
+snapshots, nothing survives the process; ``ingest`` applies the batch at once (idempotency keys still apply).
+Otherwise:
 
-``ingest`` appends the batch to the write-ahead log, applies it to memory in the same event-loop step,
-and returns once the log is fsync'd — so a 202 means "on disk". Snapshots are taken at a WAL segment
-boundary in one synchronous step (state and log position agree), written atomically, and let restart
-replay only the segments after them. Recovery = newest readable snapshot + replay of later segments.
+``ingest`` queues the batch on the write-ahead log; the log applies it to memory only once it is fsync'd, and
+then ``ingest`` returns — so a 202 means "on disk", and a batch answered 503 was never counted. Snapshots are
+taken under the log's lock at a segment boundary (state and log position agree), sealed with a CRC32, written
+atomically and read back before anything older is let go: the previous snapshot generation and every segment
+since it stay on disk, so one bad snapshot costs nothing. Recovery = newest intact snapshot + replay of later
+segments; a damaged snapshot or segment is moved to ``quarantine/`` and reported (``health().degraded``).
 """
 
 from __future__ import annotations
@@ -15,21 +18,25 @@ import asyncio
 import contextlib
 import logging
 import os
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
+from tokentrace.api.stores.fsio import FileSystem, fsync_dir
+from tokentrace.api.stores.quarantine import Damage, Quarantine
+from tokentrace.api.stores.records import decode_record, encode_record
+from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.core.buckets import Projection
-from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import Timeline, TimelineSettings, TimelineSnapshot
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
-__all__ = ["EmbeddedSettings", "EmbeddedStore"]
+__all__ = ["SNAPSHOT_VERSION", "EmbeddedSettings", "EmbeddedStore", "read_snapshot"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
@@ -42,6 +49,9 @@ class EmbeddedSettings(msgspec.Struct, frozen=True):
     snapshot_interval_s: float = 300.0
     snapshot_wal_bytes: int = 64 * 1024 * 1024
     maintenance_interval_s: float = 30.0
+    #: How long an ``Idempotency-Key`` is remembered, and at most how many (the oldest are forgotten first).
+    idempotency_window_ms: int = 86_400_000
+    idempotency_max_keys: int = 200_000
 
 
 class _Snapshot(msgspec.Struct):
@@ -50,10 +60,21 @@ class _Snapshot(msgspec.Struct):
     span_total: int
     timeline: TimelineSnapshot
     spans: list[Span]
+    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
+    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
 _snapshot_encoder = msgspec.msgpack.Encoder()
+
+
+def read_snapshot(raw: bytes) -> tuple[_Snapshot, bool]:
+    """A snapshot file's content and whether a checksum verified it; raises DamagedFile."""
+    payload, verified = open_snapshot(raw)
+    try:
+        return _snapshot_decoder.decode(payload), verified
+    except msgspec.DecodeError as exc:
+        raise DamagedFile(f"does not decode: {exc}") from None
 
 
 class EmbeddedStore:
@@ -62,7 +83,9 @@ class EmbeddedStore:
 
     transport = "embedded"
 
-    def __init__(self, data_dir: Path | None, settings: EmbeddedSettings | None = None) -> None:
+    def __init__(
+        self, data_dir: Path | None, settings: EmbeddedSettings | None = None, fs: FileSystem | None = None
+    ) -> None:
         self.settings_all = settings or EmbeddedSettings()
         self.settings = self.settings_all.timeline
         self.data_dir = data_dir
@@ -72,11 +95,18 @@ class EmbeddedStore:
         #: Log records skipped at recovery because they could not be applied (logged with their error).
         self.replay_failures = 0
         self._wal: WriteAheadLog | None = None
-        self._failure: str | None = None
+        self._fs = fs
+        self.quarantine = Quarantine(data_dir) if data_dir is not None else None
+        #: What recovery found damaged or missing (one line each); the WAL adds its own.
+        self.damage: list[Damage] = []
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
         self._closed = False
+        #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
+        self.idempotency_keys: dict[str, int] = {}
+        self._writing: dict[str, asyncio.Future[None]] = {}  # key -> the log write carrying it
+        self._unusable: set[str] = set()  # snapshot files found damaged, unreadable or unknown at recovery
 
     # --------------------------------------------------------------- lifecycle
     async def open(self) -> None:
@@ -88,18 +118,22 @@ class EmbeddedStore:
 
     def _recover(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
-        snapshot_seq = self._load_snapshot(data_dir)
-        self._wal = WriteAheadLog(data_dir / "wal")
+        for unfinished in data_dir.glob("snapshot-*.tmp"):  # our own writes a crash cut: never relied on
+            unfinished.unlink()
+        snapshot_seq = self._load_snapshot()
+        assert self.quarantine is not None
+        self._wal = WriteAheadLog(data_dir / "wal", self.quarantine, self._fs)
         replayed = 0
-        for payload in self._wal.replay(snapshot_seq):
+        for payload in self._wal.recover(snapshot_seq):
             try:
-                spans = decode_wire(payload)
-                self._apply(spans)
+                spans, key, at_ms = decode_record(payload)
+                self._apply(spans, key, at_ms)
             except Exception:  # a record this build cannot apply must not keep the server down
                 self.replay_failures += 1
                 log.exception("skipping a write-ahead log record that cannot be applied")
                 continue
             replayed += len(spans)
+        self._wal.start()
         self.timeline.compact(now_ms())
         log.info("recovered %d spans (%d replayed from the log)", self.span_total, replayed)
 
@@ -115,42 +149,57 @@ class EmbeddedStore:
         if self._snapshotting is not None:
             await asyncio.gather(self._snapshotting, return_exceptions=True)
         if self._wal is not None:
-            if self._failure is None:
+            if self._wal.failure is None:
                 with contextlib.suppress(OSError):
                     await self._snapshot()
             await self._wal.close()
 
     # ------------------------------------------------------------------ writes
-    async def ingest(self, spans: list[Span]) -> None:
-        if self._failure is not None:
-            raise StoreUnavailable(self._failure)
-        if self.data_dir is None:
-            self._apply(spans)
+    async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
+        """Count ``spans`` once they are durable. A batch whose key was counted within the window is not
+        counted again; a retry that arrives while its original is still being written waits for it."""
+        key = idempotency_key
+        if key is not None:
+            while (original := self._writing.get(key)) is not None and not original.done():
+                await asyncio.wait([original])
+            if key in self.idempotency_keys:
+                return
+        at_ms = now_ms()
+        if self.data_dir is None:  # memory-only: nothing to make durable
+            self._apply(spans, key, at_ms)
             return
         assert self._wal is not None, "store not opened"
         try:
-            durable = self._wal.write(encode_wire(spans))
+            durable = self._wal.write(encode_record(spans, key, at_ms), partial(self._apply, spans, key, at_ms))
         except OSError as exc:
-            self._fail(f"cannot write the log: {exc}")
-            raise StoreUnavailable(self._failure or "") from exc
-        self._apply(spans)
+            raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
+        if key is not None:  # settled with the write itself, even if this request is cancelled meanwhile
+            self._writing[key] = durable
+            durable.add_done_callback(lambda _: self._writing.pop(key, None))
         try:
             await durable
         except OSError as exc:
-            self._fail(f"cannot fsync the log: {exc}")
-            raise StoreUnavailable(self._failure or "") from exc
+            raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
 
-    def _apply(self, spans: list[Span]) -> None:
+    def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
         traces = self.traces
         for span in spans:
             traces.add(span)
         self.span_total += len(spans)
+        if key is not None:
+            keys = self.idempotency_keys
+            keys[key] = at_ms
+            if len(keys) > self.settings_all.idempotency_max_keys:
+                del keys[next(iter(keys))]
 
-    def _fail(self, reason: str) -> None:
-        if self._failure is None:
-            log.error("embedded store unhealthy: %s", reason)
-        self._failure = reason
+    def _expire_keys(self, now: int) -> None:
+        keys, oldest = self.idempotency_keys, now - self.settings_all.idempotency_window_ms
+        while keys:
+            first = next(iter(keys))
+            if keys[first] >= oldest:
+                break
+            del keys[first]
 
     def oldest_allowed_ms(self, now: int) -> int:
         return self.timeline.oldest_allowed_ms(now)
@@ -180,7 +229,30 @@ class EmbeddedStore:
 
     async def health(self) -> StoreHealth:
         pending = self._wal.pending if self._wal is not None else 0
-        return StoreHealth(self._failure is None, self._failure, self.span_total, pending, self.transport)
+        failure = self._wal.failure if self._wal is not None else None
+        return StoreHealth(failure is None, failure, self.span_total, pending, self.transport, self.degraded())
+
+    def degraded(self) -> str | None:
+        """Why the data is not whole, or None. Damage moved to quarantine counts while its file is there."""
+        if self.quarantine is None:
+            return None  # memory-only: no files to damage
+        present = self.quarantine.files()
+        found = [
+            damage
+            for damage in self.damage + (self._wal.damage if self._wal is not None else [])
+            if damage.quarantined is None or damage.quarantined in present
+        ]
+        named = {damage.quarantined for damage in found}
+        lines = [damage.text for damage in found]
+        others = [name for name in present if name not in named]
+        if others:
+            lines.append(f"quarantine/ holds {', '.join(others)} from an earlier start")
+        if not lines:
+            return None
+        return (
+            "; ".join(lines)
+            + f". Inspect with `tokentrace check-data {self.data_dir}`; delete the quarantined files to clear this."
+        )
 
     # ------------------------------------------------------------- maintenance
     async def _maintain(self) -> None:
@@ -197,62 +269,123 @@ class EmbeddedStore:
         now = now_ms()
         self.timeline.compact(now)
         self.traces.expire(now)
+        self._expire_keys(now)
         if self._wal is None:  # memory-only: nothing to snapshot
             return
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
-        if (due_by_time or due_by_size) and idle and self._failure is None:
+        if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
     async def _snapshot(self) -> None:
-        """Rotate the log and capture state in one step, then write the snapshot off the loop."""
-        assert self._wal is not None
-        seq = self._wal.rotate()
-        payload = _snapshot_encoder.encode(
-            _Snapshot(SNAPSHOT_VERSION, seq, self.span_total, self.timeline.snapshot(), list(self.traces.spans()))
-        )
-        self._last_snapshot_s = asyncio.get_running_loop().time()
+        """Rotate the log and capture state under the log's lock, then write and verify the snapshot off the loop."""
+        wal = self._wal
+        assert wal is not None
+        loop = asyncio.get_running_loop()
+        async with wal.exclusive():
+            try:
+                seq = wal.rotate()
+            except OSError as exc:
+                log.error("snapshot skipped: cannot start a new log segment: %s", exc)
+                return
+            payload = _snapshot_encoder.encode(
+                _Snapshot(
+                    SNAPSHOT_VERSION,
+                    seq,
+                    self.span_total,
+                    self.timeline.snapshot(),
+                    list(self.traces.spans()),
+                    dict(self.idempotency_keys),
+                )
+            )
+        self._last_snapshot_s = loop.time()
         try:
-            await asyncio.get_running_loop().run_in_executor(None, self._write_snapshot, seq, payload)
+            await loop.run_in_executor(None, self._write_snapshot, seq, payload)
         except OSError as exc:
-            log.error("snapshot failed (the log is kept, nothing is lost): %s", exc)
+            log.error("snapshot failed (the previous snapshot and the log are kept, nothing is lost): %s", exc)
             return
-        self._wal.drop_before(seq)
+        except DamagedFile as exc:  # it did not read back as written: the disk is suspect
+            self._quarantine_snapshot(self._snapshot_path(seq), f"read back damaged ({exc})")
+            return
+        previous = await loop.run_in_executor(None, self._retire_snapshots, seq)
+        if previous is not None:
+            wal.drop_before(previous)
+
+    def _note(self, damage: Damage) -> None:
+        self.damage.append(damage)
+        log.error("damaged data: %s", damage.text)
+
+    def _quarantine_snapshot(self, path: Path, why: str) -> None:
+        assert self.quarantine is not None, "a memory-only store has no snapshots"
+        try:
+            moved = self.quarantine.move(path).name
+        except OSError as exc:
+            self._unusable.add(path.name)
+            self._note(Damage(f"{path.name}: {why}; left in place ({exc})"))
+        else:
+            self._note(Damage(f"{path.name}: {why}; moved to quarantine/{moved}", moved))
+
+    def _disk(self) -> Path:
+        """The data directory (snapshots are taken only by a store that has one)."""
+        assert self.data_dir is not None, "a memory-only store takes no snapshots"
+        return self.data_dir
+
+    def _snapshot_path(self, seq: int) -> Path:
+        return self._disk() / f"snapshot-{seq:012d}.bin"
 
     def _write_snapshot(self, seq: int, payload: bytes) -> None:
-        data_dir = self.data_dir
-        assert data_dir is not None, "a memory-only store takes no snapshots"
-        final = data_dir / f"snapshot-{seq:012d}.bin"
+        """Write atomically, then read it back: a snapshot counts only once its bytes verify on disk."""
+        final = self._snapshot_path(seq)
         tmp = final.with_suffix(".tmp")
-        with open(tmp, "wb") as handle:
-            handle.write(payload)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, final)
-        dir_fd = os.open(data_dir, os.O_RDONLY)
         try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-        for old in data_dir.glob("snapshot-*.bin"):
-            if old != final:
-                old.unlink(missing_ok=True)
+            with open(tmp, "wb") as handle:
+                handle.write(seal_snapshot(payload))
+                handle.write(payload)
+                handle.flush()
+                os.fsync(handle.fileno())
+        except OSError:
+            tmp.unlink(missing_ok=True)  # our own unfinished write: it holds nothing anyone relies on
+            raise
+        os.replace(tmp, final)
+        fsync_dir(self._disk())
+        written, _ = open_snapshot(final.read_bytes())
+        if written != payload:
+            raise DamagedFile(f"{final.name} reads back different from what was written")
 
-    def _load_snapshot(self, data_dir: Path) -> int:
-        """Load the newest readable snapshot; returns the first WAL segment to replay after it."""
-        for path in sorted(data_dir.glob("snapshot-*.bin"), reverse=True):
+    def _retire_snapshots(self, seq: int) -> int | None:
+        """Keep the new snapshot and the one before it; returns the older one's log position (None: no older)."""
+        candidates = self._disk().glob("snapshot-*.bin")
+        older = sorted(p for p in candidates if p != self._snapshot_path(seq) and p.name not in self._unusable)
+        if not older:
+            return None
+        for path in older[:-1]:
+            path.unlink(missing_ok=True)
+        return int(older[-1].stem.split("-")[1])
+
+    def _load_snapshot(self) -> int:
+        """Load the newest intact snapshot (quarantining damaged ones); returns the first log segment to replay.
+
+        A snapshot that could not be used (nor moved aside) is left alone: never retired, never a generation.
+        """
+        for path in sorted(self._disk().glob("snapshot-*.bin"), reverse=True):
+            self._unusable.add(path.name)
             try:
-                snapshot = _snapshot_decoder.decode(path.read_bytes())
-            except (OSError, msgspec.DecodeError) as exc:
-                log.error("ignoring unreadable snapshot %s: %s", path.name, exc)
+                snapshot, _ = read_snapshot(path.read_bytes())
+            except DamagedFile as exc:
+                self._quarantine_snapshot(path, str(exc))
+                continue
+            except OSError as exc:
+                self._note(Damage(f"{path.name}: unreadable ({exc})"))
                 continue
             if snapshot.version != SNAPSHOT_VERSION:
-                log.error("ignoring snapshot %s of unknown version %d", path.name, snapshot.version)
+                self._note(Damage(f"{path.name}: unknown snapshot version {snapshot.version}, skipped"))
                 continue
+            self._unusable.discard(path.name)
             self.timeline.restore(snapshot.timeline)
             for span in snapshot.spans:
                 self.traces.add(span)
             self.span_total = snapshot.span_total
+            self.idempotency_keys = dict(sorted(snapshot.idempotency_keys.items(), key=lambda item: item[1]))
             return snapshot.wal_seq
         return 0

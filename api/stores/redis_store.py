@@ -155,7 +155,8 @@ class RedisStore:
             self._redis = None
 
     # ------------------------------------------------------------------ writes
-    async def ingest(self, spans: list[Span]) -> None:
+    async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
+        # Idempotency keys are an embedded-store feature; here a retried batch is published again.
         producer = self._producer
         if producer is None:
             raise StoreUnavailable("not connected to Kafka")

@@ -6,7 +6,9 @@ traced code is never blocked or failed by the network. A worker thread posts bat
 span, and expects ``202 {"accepted": n}``:
 
 * connection errors, 429 and 5xx are retried with exponential backoff and jitter (``Retry-After`` is
-  honoured), up to ``max_retries`` times; then the batch is dropped and counted;
+  honoured), up to ``max_retries`` times; then the batch is dropped and counted. Every attempt at one batch
+  carries the same ``Idempotency-Key`` (a random one per batch), so a server that made the batch durable but
+  whose 202 was lost does not count it twice;
 * 413 splits the batch in halves; any other 4xx is not retried: the spans are counted as ``rejected``
   and the server's error message is logged.
 
@@ -22,6 +24,7 @@ import os
 import random
 import threading
 import time
+import uuid
 import weakref
 from collections import deque
 from collections.abc import Mapping, Sequence
@@ -277,6 +280,7 @@ class HTTPTransport(BaseTransport):
         retry_after: float | None = None
         problem = ""
         attempts = 0
+        key = uuid.uuid4().hex  # one per batch, the same on every retry of it
         for attempt in range(self.max_retries + 1):
             attempts = attempt + 1
             if attempt:
@@ -285,7 +289,7 @@ class HTTPTransport(BaseTransport):
                     break
                 self._count("retries")
             try:
-                status, payload, retry_after = self._post(body)
+                status, payload, retry_after = self._post(body, key)
             except (OSError, http.client.HTTPException) as exc:
                 self._count("failed_attempts")
                 problem, retry_after = f"{type(exc).__name__}: {exc}", None
@@ -324,12 +328,13 @@ class HTTPTransport(BaseTransport):
             time.sleep(max(0.0, end - time.monotonic()))
         return True
 
-    def _post(self, body: bytes) -> tuple[int, bytes, float | None]:
+    def _post(self, body: bytes, key: str) -> tuple[int, bytes, float | None]:
         """One POST; retried once at once if a kept-alive connection turned out to be closed."""
+        headers = {**self._headers, "Idempotency-Key": key}
         for fresh in (self._conn is None, True):
             conn = self._connect()
             try:
-                conn.request("POST", self._path, body=body, headers=self._headers)
+                conn.request("POST", self._path, body=body, headers=headers)
                 response = conn.getresponse()
                 payload = response.read()
             except _STALE_CONNECTION:

@@ -15,6 +15,7 @@ from hypothesis import strategies as st
 
 from tests.api.conftest import MakeClient
 from tests.api.server_process import ServerProcess
+from tests.api.stores.faulty_fs import FullDisk
 from tests.api.test_fuzz import FUZZ, _raw, assert_envelope
 from tests.api.test_openapi import assert_conforms
 from tokentrace.api.context import CONTEXT
@@ -315,7 +316,7 @@ async def test_413_above_the_mist_message_limit(client: TestClient[Any, Any]) ->
 async def test_503_when_the_store_cannot_write(make_client: MakeClient, tmp_path: Any) -> None:
     client = await make_client(data_dir=tmp_path / "d")
     wal = client.app[CONTEXT].store._wal  # type: ignore[attr-defined]
-    wal._file = open("/dev/full", "wb", buffering=0)  # noqa: ASYNC230, SIM115 - every write now fails (ENOSPC)
+    wal.fs = FullDisk()  # every write now fails (ENOSPC)
     status, body = await post(client, message(GOOD))
     assert status == 503 and "not accepted" in body["error"]
     assert_conforms("/mist", "post", 503, body)

@@ -7,6 +7,8 @@ from typing import Any
 from aiohttp.test_utils import TestClient
 
 from tests.api.conftest import MakeClient
+from tests.api.stores.faulty_fs import FullDisk
+from tests.api.test_openapi import assert_conforms
 from tokentrace.api.context import CONTEXT
 
 
@@ -51,10 +53,30 @@ async def test_empty_token_means_no_auth(make_client: MakeClient, monkeypatch: A
 async def test_health_is_503_when_the_disk_fails(make_client: MakeClient, tmp_path: Any) -> None:
     client = await make_client(data_dir=tmp_path / "d")
     wal = client.app[CONTEXT].store._wal  # type: ignore[attr-defined]
-    wal._file = open("/dev/full", "wb", buffering=0)  # noqa: ASYNC230, SIM115 - every write now fails (ENOSPC)
+    wal.fs = FullDisk()
     response = await client.post("/spans", json={"model": "m", "prompt_tokens": 1})
     assert response.status == 503
     assert "not accepted" in (await response.json())["error"]
     health = await client.get("/health")
     assert health.status == 503
-    assert (await health.json())["status"] == "unhealthy"
+    body = await health.json()
+    assert body["status"] == "unhealthy" and "resume" in body["error"]
+    assert body["span_count"] == 0
+
+
+async def test_health_is_degraded_while_damaged_files_are_in_quarantine(make_client: MakeClient, tmp_path: Any) -> None:
+    data = tmp_path / "d"
+    (data / "quarantine").mkdir(parents=True)
+    (data / "quarantine" / "snapshot-000000000007.bin").write_bytes(b"damaged")
+    client = await make_client(data_dir=data)
+    health = await client.get("/health")
+    assert health.status == 200, "a degraded server still serves: load balancers keep routing to it"
+    body = await health.json()
+    assert body["status"] == "degraded" and "snapshot-000000000007.bin" in body["reason"]
+    assert_conforms("/health", "get", 200, body)
+    assert (await client.post("/spans", json={"model": "m", "prompt_tokens": 1})).status == 202
+
+    (data / "quarantine" / "snapshot-000000000007.bin").unlink()  # inspected and deleted: whole again
+    body = await (await client.get("/health")).json()
+    assert body["status"] == "ok" and "reason" not in body
+    assert_conforms("/health", "get", 200, body)

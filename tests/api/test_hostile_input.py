@@ -68,12 +68,14 @@ async def test_a_huge_rule_window_is_rejected_or_bounded(client: TestClient[Any,
 async def test_a_log_record_that_cannot_be_applied_does_not_keep_the_server_down(
     make_client: MakeClient, tmp_path: Path
 ) -> None:
+    from tokentrace.api.stores.quarantine import Quarantine
     from tokentrace.api.stores.wal import WriteAheadLog
 
     data = tmp_path / "poisoned"
-    wal = WriteAheadLog(data / "wal")
+    wal = WriteAheadLog(data / "wal", Quarantine(data))
+    wal.start()
     future_write = b"\x81\xa1v\x02"  # a msgpack {"v": 2}: a wire version this build does not know
-    await wal.write(future_write)
+    await wal.write(future_write, lambda: None)
     await wal.close()
     client = await make_client(data_dir=data)
     assert (await client.get("/health")).status == 200

@@ -230,3 +230,12 @@ def test_a_tracer_can_report_over_mist_and_recent_is_newest_first_capped_by_max_
     recent = get(server, "/traces/recent?limit=100")["spans"]
     assert [s["attrs"]["tokens_in"] for s in recent] == [23, 13, 22, 12, 21, 11]
     assert [s["start_ns"] for s in recent] == sorted((s["start_ns"] for s in recent), reverse=True)
+
+
+def test_a_retried_mist_message_carries_the_same_idempotency_key(recorder: RecordingServer) -> None:
+    recorder.script.extend([503])
+    with Reporter("app", recorder.url, backoff=0.01) as reporter:
+        reporter.report(Span(name="a", model="m", prompt_tokens=1))
+        reporter.report(Span(name="b", model="m", prompt_tokens=1))
+    keys = [headers.get("Idempotency-Key") for _, headers, _ in recorder.bodies]
+    assert len(keys) == 3 and keys[0] and keys[0] == keys[1] != keys[2]

@@ -183,3 +183,15 @@ def test_tracer_spans_arrive_intact(span_server: SpanServer, prices: PriceTable)
     assert span_server.spans[1] == recorded[0]
     child = span_server.spans[0]
     assert child.parent_span_id == step.span_id and child.caller == "svc" and child.latency_ms == 12.5
+
+
+def test_every_attempt_at_a_batch_carries_the_same_idempotency_key(span_server: SpanServer) -> None:
+    span_server.script(503, 500)
+    transport = fast(span_server.url, batch_size=5, flush_interval=5.0)
+    transport.send(spans(10))  # two batches; the first is retried twice
+    transport.flush(10)
+    keys = [r.headers.get("Idempotency-Key") for r in span_server.requests]
+    assert [r.status for r in span_server.requests] == [503, 500, 202, 202]
+    assert keys[0] and keys[0] == keys[1] == keys[2], "a retry reuses its batch's key"
+    assert keys[3] and keys[3] != keys[0], "another batch has another key"
+    transport.close()
