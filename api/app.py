@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import logging
+
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
@@ -12,13 +14,18 @@ from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spa
 
 __all__ = ["create_app"]
 
+log = logging.getLogger(__name__)
+
 
 def create_app(ctx: ServerContext) -> web.Application:
     """Build the application; the caller owns the store's lifecycle."""
     server = ctx.config.http_server
     middlewares: list[Middleware] = [error_middleware]
-    if server.auth_token:
+    if server.auth_token is not None:
         middlewares.append(auth_middleware(server.auth_token))
+        log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
+    else:
+        log.warning("auth: off (http_server.auth_token is not set): every endpoint answers without a token")
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
     app[CONTEXT] = ctx
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.

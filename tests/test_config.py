@@ -54,6 +54,40 @@ def test_errors_name_the_key(text: str, fragment: str) -> None:
     assert fragment in str(raised.value)
 
 
+def test_unset_variable_without_default_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``auth_token: "${TOKENTRACE_API_TOKEN}"`` with the variable unset must not mean "no auth"."""
+    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        parse_config('http_server:\n  auth_token: "${TT_UNSET_TOKEN}"\n')
+    assert "TT_UNSET_TOKEN" in str(raised.value)
+    assert "http_server.auth_token" in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ['http_server:\n  auth_token: ""\n', 'http_server:\n  auth_token: "${TT_EMPTY}"\n'])
+def test_empty_auth_token_is_an_error(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TT_EMPTY", "")
+    with pytest.raises(ConfigError, match="auth_token"):
+        parse_config(text)
+
+
+def test_auth_off_only_when_the_token_is_absent_or_explicitly_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
+    assert parse_config("").http_server.auth_token is None
+    assert parse_config("http_server:\n  auth_token: null\n").http_server.auth_token is None
+    # ${VAR:-} declares the variable optional: unset or empty leaves the key unset.
+    assert parse_config("http_server:\n  auth_token: ${TT_UNSET_TOKEN:-}\n").http_server.auth_token is None
+    monkeypatch.setenv("TT_UNSET_TOKEN", "t0k")
+    assert parse_config("http_server:\n  auth_token: ${TT_UNSET_TOKEN:-}\n").http_server.auth_token == "t0k"
+
+
+def test_unset_variable_in_a_list_names_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_HOOK_SECRET", raising=False)
+    text = "alerts:\n  - name: a\n    delivery: {type: http, url: 'http://h', secret: '${TT_HOOK_SECRET}'}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert "TT_HOOK_SECRET" in str(raised.value) and "alerts[0].delivery.secret" in str(raised.value)
+
+
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(tmp_path / "absent.yml")
