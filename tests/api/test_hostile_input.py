@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import time
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -13,6 +15,15 @@ from aiohttp.test_utils import TestClient
 from tests.api.conftest import MakeClient
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.middleware import error_middleware
+from tokentrace.core.limits import (
+    MAX_ATTRIBUTE_KEY_CHARS,
+    MAX_ATTRIBUTE_VALUE_CHARS,
+    MAX_ATTRIBUTES,
+    MAX_ERROR_CHARS,
+    MAX_ID_CHARS,
+    MAX_LABEL_CHARS,
+    MAX_NAME_CHARS,
+)
 
 
 @pytest.mark.parametrize(
@@ -93,3 +104,119 @@ async def test_an_unreadable_body_is_a_400_envelope_not_a_500(aiohttp_client: An
     response = await client.post("/spans", data=b"{}")
     assert response.status == 400
     assert "unreadable request body" in (await response.json())["error"]
+
+
+def _mist(attrs: str) -> bytes:
+    now = time.time_ns()
+    payload = f'{{"trace_id": "t1", "span_id": "s1", "start_ns": {now - 10**9}, "end_ns": {now}, "attrs": {attrs}}}'
+    return f'{{"version": "1", "id": "m1", "source": "app", "type": "trace.span", "payload": {payload}}}'.encode()
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+async def test_mist_attrs_nested_deep_are_400(client: TestClient[Any, Any], depth: int) -> None:
+    """Was a 500: RecursionError in the envelope decoder."""
+    for nested in ("[" * depth + "]" * depth, '{"a":' * depth + "1" + "}" * depth):
+        response = await client.post("/mist", data=_mist(f'{{"model": "m", "tokens_in": 1, "deep": {nested}}}'))
+        assert response.status == 400, await response.text()
+        assert "payload" in (await response.json())["error"]
+    assert (await client.post("/mist", data=_mist('{"model": "m", "tokens_in": 1, "x": [[1]]}'))).status == 202
+
+
+@pytest.mark.parametrize("depth", [1000, 100_000])
+async def test_spans_nested_deep_are_400(client: TestClient[Any, Any], depth: int) -> None:
+    for body in ("[" * depth + "]" * depth, '{"model": "m", "total_tokens": 1, "attributes": {"a": ' + "[" * depth):
+        response = await client.post("/spans", data=body.encode())
+        assert response.status == 400, await response.text()
+
+
+def _iso(ms: int) -> str:
+    return datetime.fromtimestamp(ms / 1000, UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"ended_at": 9 * 365 * 86_400_000}, "ended_at"),  # only ended_at, nine years ahead: was a 9-year trace
+        ({"started_at": -60_000, "ended_at": 86_400_000}, "ended_at"),  # a day-long call ending tomorrow
+        ({"started_at": -60_000, "latency_ms": 86_400_000}, "ended_at"),  # ends a day from now
+    ],
+)
+async def test_every_timestamp_obeys_the_future_skew(
+    client: TestClient[Any, Any], fields: dict[str, int], field: str
+) -> None:
+    now = int(time.time() * 1000)
+    span: dict[str, Any] = {"model": "m", "total_tokens": 1}
+    for key, offset in fields.items():
+        span[key] = _iso(now + offset) if key.endswith("_at") else offset
+    response = await client.post("/spans", json=[span])
+    assert response.status == 400, await response.text()
+    assert field in (await response.json())["error"] and "future" in (await response.json())["error"]
+    assert (await client.get("/traces")).status == 200
+    assert (await (await client.get("/traces")).json())["total"] == 0
+    # Within the skew (4 minutes ahead) is still accepted.
+    ok = {"model": "m", "total_tokens": 1, "ended_at": _iso(now + 240_000)}
+    assert (await client.post("/spans", json=[ok])).status == 202
+
+
+async def test_mist_end_far_in_the_future_is_400(client: TestClient[Any, Any]) -> None:
+    now = time.time_ns()
+    payload = f'{{"trace_id": "t1", "start_ns": {now}, "end_ns": {now + 86_400 * 10**9}, "attrs": {{}}}}'
+    body = f'{{"version": "1", "id": "m1", "source": "a", "type": "trace.span", "payload": {payload}}}'
+    response = await client.post("/mist", data=body.encode())
+    assert response.status == 400
+    assert "future" in (await response.json())["error"]
+
+
+@pytest.mark.parametrize(
+    ("extra", "field"),
+    [
+        ({"model": "m" * (MAX_LABEL_CHARS + 1)}, "model"),
+        ({"model": "m" * (10 << 20)}, "model"),  # was a 160 MB Prometheus exposition
+        ({"provider": "p" * (MAX_LABEL_CHARS + 1)}, "provider"),
+        ({"caller": "c" * (MAX_LABEL_CHARS + 1)}, "caller"),
+        ({"name": "n" * (MAX_NAME_CHARS + 1)}, "name"),
+        ({"trace_id": "t" * (MAX_ID_CHARS + 1)}, "trace_id"),
+        ({"span_id": "s" * (MAX_ID_CHARS + 1)}, "span_id"),
+        ({"parent_span_id": "s" * (MAX_ID_CHARS + 1)}, "parent_span_id"),
+        ({"status": "error", "error": "e" * (MAX_ERROR_CHARS + 1)}, "error"),
+        ({"attributes": {"k" * (MAX_ATTRIBUTE_KEY_CHARS + 1): 1}}, "attributes"),
+        ({"attributes": {"k": "v" * (MAX_ATTRIBUTE_VALUE_CHARS + 1)}}, "attributes.k"),
+        ({"attributes": {f"k{i}": i for i in range(MAX_ATTRIBUTES + 1)}}, "attributes"),
+    ],
+)
+async def test_text_over_its_cap_is_400_naming_the_field(
+    client: TestClient[Any, Any], extra: dict[str, Any], field: str
+) -> None:
+    span = {"model": "m", "total_tokens": 1, **extra}
+    response = await client.post("/spans", json=[{"model": "fine", "total_tokens": 1}, span])
+    assert response.status == 400
+    error = (await response.json())["error"]
+    assert error.startswith("span 1: " + field), error
+    assert len(error) < 500
+    exposition = await (await client.get("/metrics/prometheus")).read()
+    assert len(exposition) < 100_000 and b"fine" not in exposition  # the batch was rejected whole
+    # Cut to the caps, the span is accepted.
+    at_cap = {k: _cut(k, v) for k, v in extra.items()}
+    response = await client.post("/spans", json=[{"model": "m", "total_tokens": 1, **at_cap}])
+    assert response.status == 202, await response.text()
+
+
+_CAPS = {"name": MAX_NAME_CHARS, "error": MAX_ERROR_CHARS}
+
+
+def _cut(key: str, value: Any) -> Any:
+    """``value`` cut down to the caps of ``key``."""
+    if isinstance(value, dict):
+        items = list(value.items())[:MAX_ATTRIBUTES]
+        return {k[:MAX_ATTRIBUTE_KEY_CHARS]: _cut("value", v) for k, v in items}
+    if isinstance(value, str):
+        return value[: _CAPS.get(key, MAX_ATTRIBUTE_VALUE_CHARS if key == "value" else MAX_LABEL_CHARS)]
+    return value
+
+
+async def test_mist_text_over_its_cap_is_400(client: TestClient[Any, Any]) -> None:
+    response = await client.post(
+        "/mist", data=_mist('{"model": "' + "m" * (MAX_LABEL_CHARS + 1) + '", "tokens_in": 1}')
+    )
+    assert response.status == 400
+    assert "model" in (await response.json())["error"]

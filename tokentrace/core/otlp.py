@@ -35,7 +35,8 @@ A span is skipped, and counted by reason, when it has no model (``no_model``: no
 it is an agent or workflow invocation whose usage sums the inference spans below it (``aggregate``:
 ``invoke_workflow``, and ``invoke_agent`` unless its kind is CLIENT, i.e. a remote agent whose
 inference is not traced here), when it has a model but no token count (``no_tokens``), or when a value
-is out of range (``invalid``: negative or huge counts, times past year 9999, control characters).
+is out of range (``invalid``: negative or huge counts, times past year 9999, control characters, text
+over the caps of ``core.limits``).
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as OTLPSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as OTLPStatus
 
 from tokentrace.core.ingest import CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE
+from tokentrace.core.limits import text_limit_error
 from tokentrace.core.span import EVAL_SCORE, MAX_SCORE, MAX_TOKENS, AttributeValue, Span, Status
 from tokentrace.core.timefmt import format_ms
 
@@ -238,7 +240,7 @@ def convert_span(otlp_span: OTLPSpan, caller: str = "") -> Span:
     status, error = _status(otlp_span, attrs)
     started_at, ended_at, latency_ms = _times(otlp_span)
     try:
-        return Span(
+        span = Span(
             trace_id=otlp_span.trace_id.hex(),
             span_id=otlp_span.span_id.hex(),
             parent_span_id=otlp_span.parent_span_id.hex() or None,
@@ -257,6 +259,10 @@ def convert_span(otlp_span: OTLPSpan, caller: str = "") -> Span:
         )
     except ValueError as exc:
         raise _Skip("invalid", str(exc)) from None
+    too_long = text_limit_error(span)
+    if too_long is not None:
+        raise _Skip("invalid", too_long)
+    return span
 
 
 def _value(value: AnyValue) -> AttributeValue | None:
