@@ -26,7 +26,10 @@ def create_app(ctx: ServerContext) -> web.Application:
         log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
     else:
         log.warning("auth: off (http_server.auth_token is not set): every endpoint answers without a token")
-    app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes)
+    # Bodies are inflated by api.body, bounded; aiohttp's own inflating went on past a 413 (gzip bombs).
+    app = web.Application(
+        middlewares=middlewares, client_max_size=server.max_body_bytes, handler_args={"auto_decompress": False}
+    )
     app[CONTEXT] = ctx
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
     app.router.add_get(server.prometheus_path, handle_prometheus)

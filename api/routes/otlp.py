@@ -1,9 +1,9 @@
 """``POST /v1/traces``: OTLP/HTTP trace export; spans following the GenAI conventions become tokentrace spans.
 
 Status codes follow OTLP/HTTP: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` set when
-spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (checked
-after decompression: aiohttp inflates ``Content-Encoding: gzip`` bodies in bounded chunks and stops at the
-limit), 415 for other media types or content codings; the converted spans then go through
+spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (raw or
+inflated: ``api.body`` inflates gzip in a thread and stops one byte past the limit), 415 for other media
+types or content codings; the converted spans then go through
 ``accept_spans`` like ``POST /spans`` (400 outside the time bounds, 503), bounded by ``max_body_bytes`` only.
 
 Error bodies: a JSON request gets the API's ``{"error": ...}`` envelope; a protobuf request gets the
@@ -17,6 +17,7 @@ from collections import Counter
 
 from aiohttp import web
 
+from tokentrace.api.body import BodyTooLarge, UndecodableBody, read_body
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.responses import APIError
 from tokentrace.api.routes.spans import accept_spans
@@ -37,8 +38,6 @@ routes = web.RouteTableDef()
 
 #: Prometheus family (``..._total{reason}``) of OTLP spans skipped, in ``ServerContext.extra_counters``.
 SKIPPED_COUNTER = "tokentrace_otlp_skipped_spans"
-#: Content codings aiohttp has already decoded by the time the handler reads the body.
-_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 #: google.rpc.Code for the HTTP statuses this route answers (OTLP clients log it; they act on the HTTP status).
 _GRPC_CODES = {400: 3, 413: 8, 415: 3, 503: 14}
 _UNKNOWN = 2
@@ -70,17 +69,14 @@ async def post_traces(request: web.Request) -> web.Response:
 
 async def _export(request: web.Request, encoding: Encoding, media_type: str) -> web.Response:
     ctx = request.app[CONTEXT]
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding not in _CODINGS:
-        raise APIError(415, f"unsupported Content-Encoding {coding!r}: send gzip or no encoding")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+        body = await read_body(request, ctx.config.http_server.max_body_bytes)
+    except BodyTooLarge:
         ctx.rejected["too_large"] += 1
-        raise APIError(413, f"request body too large: {exc.text}") from None
-    except web.RequestPayloadError as exc:  # aiohttp could not inflate the Content-Encoding
+        raise
+    except UndecodableBody:
         ctx.rejected["invalid"] += 1
-        raise APIError(400, f"body does not decode as Content-Encoding {coding!r}: {exc}") from None
+        raise
     try:
         export = decode_request(body, encoding)
     except OTLPDecodeError as exc:

@@ -7,6 +7,7 @@ import logging
 import msgspec
 from aiohttp import web
 
+from tokentrace.api.body import BodyTooLarge, read_body
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.stores.base import StoreUnavailable
@@ -49,7 +50,12 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
 
 @routes.post("/spans")
 async def post_spans(request: web.Request) -> web.Response:
-    body = await request.read()
+    ctx = request.app[CONTEXT]
+    try:
+        body = await read_body(request, ctx.config.http_server.max_body_bytes)
+    except BodyTooLarge:
+        ctx.rejected["too_large"] += 1
+        raise
     if not body.strip():
         raise APIError(400, "empty request body: send a span object or an array of spans")
     try:
