@@ -59,10 +59,13 @@ class HTTPServerConfig(_Section):
     prometheus_path: str = "/metrics/prometheus"
     max_batch_size: int = 1000
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Spans one ``POST /v1/traces`` request may carry (``max_batch_size`` does not apply to OTLP).
+    max_otlp_spans: int = 10_000
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+        for name in ("max_batch_size", "max_body_bytes", "max_otlp_spans"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         if not self.prometheus_path.startswith("/"):
             raise ValueError("prometheus_path must start with /")
         if self.auth_token is not None and not self.auth_token.strip():
