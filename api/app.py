@@ -7,10 +7,12 @@ import logging
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from tokentrace.api.connections import GUARD, ConnectionGuard, busy_middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
 from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spans, stats, traces
+from tokentrace.core.timefmt import parse_duration
 
 __all__ = ["create_app"]
 
@@ -20,17 +22,20 @@ log = logging.getLogger(__name__)
 def create_app(ctx: ServerContext) -> web.Application:
     """Build the application; the caller owns the store's lifecycle."""
     server = ctx.config.http_server
-    middlewares: list[Middleware] = [error_middleware]
+    middlewares: list[Middleware] = [busy_middleware, error_middleware]
     if server.auth_token is not None:
         middlewares.append(auth_middleware(server.auth_token))
         log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
     else:
         log.warning("auth: off (http_server.auth_token is not set): every endpoint answers without a token")
-    # Bodies are inflated by api.body, bounded; aiohttp's own inflating went on past a 413 (gzip bombs).
-    app = web.Application(
-        middlewares=middlewares, client_max_size=server.max_body_bytes, handler_args={"auto_decompress": False}
-    )
+    header_timeout = parse_duration(server.read_header_timeout)
+    handler_args = {
+        "auto_decompress": False,  # api.body inflates, bounded; aiohttp's inflating went on past a 413
+        "keepalive_timeout": header_timeout,  # idle keep-alive connections: closed (the guard does too)
+    }
+    app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes, handler_args=handler_args)
     app[CONTEXT] = ctx
+    app[GUARD] = ConnectionGuard(server.max_connections, header_timeout)
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
     app.router.add_get(server.prometheus_path, handle_prometheus)
     for table in (

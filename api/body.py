@@ -14,7 +14,9 @@ import zlib
 
 from aiohttp import web
 
+from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError
+from tokentrace.core.timefmt import format_duration, parse_duration
 
 __all__ = ["CODINGS", "BodyTooLarge", "UndecodableBody", "UnsupportedCoding", "inflate", "read_body"]
 
@@ -79,7 +81,26 @@ def inflate(data: bytes, coding: str, limit: int) -> bytes:
 
 async def read_body(request: web.Request, limit: int) -> bytes:
     """The request's body decoded from its ``Content-Encoding``; 413 beyond ``limit`` bytes (raw or inflated),
-    415 for an unknown coding, 400 for a corrupt one. Nothing past the limit is read or inflated."""
+    415 for an unknown coding, 400 for a corrupt one, 408 when it has not arrived within
+    ``http_server.read_body_timeout``. Nothing past the limit is read or inflated."""
+    timeout = parse_duration(request.app[CONTEXT].config.http_server.read_body_timeout)
+    try:
+        async with asyncio.timeout(timeout):
+            raw = await _read_raw(request, limit)
+    except TimeoutError:
+        request.app[CONTEXT].rejected["timeout"] += 1
+        raise APIError(
+            408, f"request body not received within {format_duration(timeout)} (read_body_timeout)"
+        ) from None
+    coding = request.headers.get("Content-Encoding", "").strip().lower()
+    if coding in _PLAIN:
+        return raw
+    if len(raw) <= _INLINE:  # small (so at most ~4 MB inflated): cheaper inline than a thread hop
+        return inflate(raw, coding, limit)
+    return await asyncio.to_thread(inflate, raw, coding, limit)
+
+
+async def _read_raw(request: web.Request, limit: int) -> bytes:
     coding = request.headers.get("Content-Encoding", "").strip().lower()
     if coding not in CODINGS:
         raise UnsupportedCoding(coding)
@@ -92,9 +113,4 @@ async def read_body(request: web.Request, limit: int) -> bytes:
         if size > limit:
             raise BodyTooLarge(limit)
         chunks.append(chunk)
-    raw = b"".join(chunks)
-    if coding in _PLAIN:
-        return raw
-    if len(raw) <= _INLINE:  # small (so at most ~4 MB inflated): cheaper inline than a thread hop
-        return inflate(raw, coding, limit)
-    return await asyncio.to_thread(inflate, raw, coding, limit)
+    return b"".join(chunks)

@@ -8,7 +8,12 @@ from collections.abc import Awaitable, Callable
 
 from aiohttp import web
 
+from tokentrace.api.connections import GUARD
+
 __all__ = ["parse_addr", "run_until_stopped"]
+
+#: Pending connections the kernel queues before accept (aiohttp's default is 128).
+_BACKLOG = 1024
 
 
 def parse_addr(addr: str) -> tuple[str, int]:
@@ -26,20 +31,32 @@ async def run_until_stopped(
     on_started: Callable[[str], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Serve ``app`` on ``addr`` until a signal (or ``stop``) arrives, then shut down gracefully."""
+    """Serve ``app`` on ``addr`` until a signal (or ``stop``) arrives, then shut down gracefully.
+
+    The listening socket's connections go through the app's ``ConnectionGuard`` (``create_app`` puts one
+    in ``app[GUARD]``): a cap on open connections and a deadline for request headers.
+    """
     host, port = parse_addr(addr)
+    guard = app.get(GUARD)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    site = web.TCPSite(runner, host, port)
+    assert runner.server is not None
+    listener: asyncio.Server | None = None
     try:
-        await site.start()
-        bound = runner.addresses[0] if runner.addresses else (host, port)
-        stop = stop or asyncio.Event()
         loop = asyncio.get_running_loop()
+        if guard is not None:
+            guard.start(runner.server)
+        listener = await loop.create_server(guard or runner.server, host, port, backlog=_BACKLOG, reuse_address=True)
+        bound = listener.sockets[0].getsockname()[:2] if listener.sockets else (host, port)
+        stop = stop or asyncio.Event()
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, stop.set)
         if on_started is not None:
             await on_started(f"http://{bound[0]}:{bound[1]}")
         await stop.wait()
     finally:
+        if listener is not None:
+            listener.close()
+        if guard is not None:
+            await guard.stop()
         await runner.cleanup()

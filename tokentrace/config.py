@@ -61,11 +61,20 @@ class HTTPServerConfig(_Section):
     max_body_bytes: int = 32 * 1024 * 1024
     #: Spans one ``POST /v1/traces`` request may carry (``max_batch_size`` does not apply to OTLP).
     max_otlp_spans: int = 10_000
+    #: Open connections at most; more are answered 503 and closed.
+    max_connections: int = 1024
+    #: A connection must send a request's complete headers within this of opening or of its last answer.
+    read_header_timeout: str = "10s"
+    #: A request body must arrive within this once its headers are in, else 408.
+    read_body_timeout: str = "60s"
 
     def __post_init__(self) -> None:
-        for name in ("max_batch_size", "max_body_bytes", "max_otlp_spans"):
+        for name in ("max_batch_size", "max_body_bytes", "max_otlp_spans", "max_connections"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
+        for name in ("read_header_timeout", "read_body_timeout"):
+            if parse_duration(getattr(self, name)) <= 0:
+                raise ValueError(f"{name} must be a positive duration")
         if not self.prometheus_path.startswith("/"):
             raise ValueError("prometheus_path must start with /")
         if self.auth_token is not None and not self.auth_token.strip():

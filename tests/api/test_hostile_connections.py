@@ -128,3 +128,89 @@ def test_eight_bombs_at_once_leave_health_responsive(server: ServerProcess, bomb
     assert [status for status, _ in results] == [413] * 8, results
     assert worst < 2.0, f"/health took {worst:.2f} s while bombs were inflated: {results}"
     assert _status_kb(pid, "VmHWM") - rss_before < 300 * 1024  # peak growth under 300 MB for all eight
+
+
+@pytest.fixture(scope="module")
+def strict_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServerProcess]:
+    """Short deadlines and a small connection cap, so the tests take seconds."""
+    work = tmp_path_factory.mktemp("strict")
+    config = work / "tokentrace.yml"
+    config.write_text("http_server: {max_connections: 50, read_header_timeout: 1s, read_body_timeout: 2s}\n")
+    process = ServerProcess(work / "data", config=config)
+    process.start()
+    try:
+        yield process
+    finally:
+        process.stop()
+
+
+def _closed_by_server(sock: socket.socket, within: float) -> bool:
+    """Whether the server closes ``sock`` within ``within`` seconds (whatever it sent first)."""
+    sock.settimeout(within)
+    deadline = time.monotonic() + within
+    try:
+        while time.monotonic() < deadline:
+            if not sock.recv(65536):
+                return True
+    except TimeoutError:
+        return False
+    except OSError:
+        return True  # reset
+    return False
+
+
+def _health(server: ServerProcess) -> int:
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=10)
+    try:
+        connection.request("GET", "/health")
+        return connection.getresponse().status
+    finally:
+        connection.close()
+
+
+def test_slow_header_connections_are_cut(strict_server: ServerProcess) -> None:
+    """Was: 2,000 slowloris connections were never cut. Silent ones and ones trickling a header both go."""
+    silent = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(20)]
+    trickling = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(20)]
+    for sock in trickling:
+        sock.sendall(b"GET /health HTTP/1.1\r\nHost: x\r\n")
+    try:
+        time.sleep(0.6)
+        for sock in trickling:
+            sock.sendall(b"X-Slow: 1\r\n")  # still sending, never finishing the headers
+        assert all(_closed_by_server(sock, 4.0) for sock in silent + trickling)
+    finally:
+        for sock in silent + trickling:
+            sock.close()
+    assert _health(strict_server) == 200
+
+
+def test_a_slow_body_is_408(strict_server: ServerProcess) -> None:
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /spans HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n["
+        )
+        started = time.monotonic()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
+        assert 1.5 < time.monotonic() - started < 6
+
+
+def test_connections_over_the_cap_are_refused_and_the_server_recovers(strict_server: ServerProcess) -> None:
+    sockets = [socket.create_connection(("127.0.0.1", strict_server.port)) for _ in range(70)]
+    try:
+        refused = 0
+        for sock in sockets[50:]:
+            sock.settimeout(5)
+            got = sock.recv(1024)
+            if got.startswith(b"HTTP/1.1 503"):
+                refused += 1
+        assert refused == 20
+    finally:
+        for sock in sockets:
+            sock.close()
+    deadline = time.monotonic() + 5
+    while _health(strict_server) != 200:
+        assert time.monotonic() < deadline
+        time.sleep(0.1)
