@@ -12,6 +12,7 @@ from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
 from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, spans, stats, traces
+from tokentrace.core.labels import LabelCaps, LabelLimits
 from tokentrace.core.timefmt import parse_duration
 
 __all__ = ["create_app"]
@@ -34,6 +35,10 @@ def create_app(ctx: ServerContext) -> web.Application:
         "keepalive_timeout": header_timeout,  # idle keep-alive connections: closed (the guard does too)
     }
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes, handler_args=handler_args)
+    aggregation = ctx.config.aggregation
+    ctx.labels = LabelCaps(
+        LabelLimits(aggregation.max_models, aggregation.max_providers, aggregation.max_callers, aggregation.max_series)
+    )
     app[CONTEXT] = ctx
     app[GUARD] = ConnectionGuard(server.max_connections, header_timeout)
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.

@@ -25,10 +25,13 @@ from tokentrace.alerting.service import AlertService
 from tokentrace.api.context import CONTEXT
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
+from tokentrace.core.labels import LABELS, LabelCaps
 from tokentrace.core.timefmt import now_ms
 
-__all__ = ["QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
+__all__ = ["FOLDED_COUNTER", "QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
 
+#: Family of spans whose model, provider or caller was folded into ``__overflow__`` (``..._total{label}``).
+FOLDED_COUNTER = "tokentrace_folded_labels"
 #: ``tokentrace_quality_score`` is the average eval score over this trailing window.
 QUALITY_WINDOW_MS = 5 * 60_000
 
@@ -165,6 +168,11 @@ def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
     return counts
 
 
+def _folded(labels: LabelCaps) -> dict[tuple[tuple[str, str], ...], float]:
+    """Spans whose label was folded into ``__overflow__``, by label, 0 for labels never folded."""
+    return {(("label", label),): float(labels.folded[label]) for label in (*LABELS, "series")}
+
+
 async def handle_prometheus(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     store = ctx.store
@@ -179,7 +187,7 @@ async def handle_prometheus(request: web.Request) -> web.Response:
         alert_firings=_alert_firings(ctx.alerts),
         rejected=dict(ctx.rejected),
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
-        extra=ctx.extra_counters,
+        extra={**ctx.extra_counters, FOLDED_COUNTER: _folded(ctx.labels)},
         extra_gauges=ctx.extra_gauges,
     )
     return web.Response(body=render(snapshot), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -103,10 +103,26 @@ class AggregationConfig(_Section):
     max_attribute_keys: int = 32
     max_attribute_values: int = 100
     max_future_skew: str = "5m"
+    #: Distinct models, providers and callers kept apart, and (model, provider, caller) series; the rest
+    #: count under ``__overflow__`` (``tokentrace_folded_labels_total{label}``).
+    max_models: int = 1000
+    max_providers: int = 100
+    max_callers: int = 1000
+    max_series: int = 10_000
 
     def __post_init__(self) -> None:
         parse_duration(self.bucket)
         parse_duration(self.max_future_skew)
+        for name in (
+            "max_attribute_keys",
+            "max_attribute_values",
+            "max_models",
+            "max_providers",
+            "max_callers",
+            "max_series",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
 
 class PriceOverride(_Section):

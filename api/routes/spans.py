@@ -11,6 +11,7 @@ from tokentrace.api.body import BodyTooLarge, read_body
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.stores.base import StoreUnavailable
+from tokentrace.core.buckets import SERIES
 from tokentrace.core.codec import decode_json_spans
 from tokentrace.core.ingest import SpanRejected, prepare_batch
 from tokentrace.core.span import Span
@@ -40,6 +41,10 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
     except SpanRejected as exc:
         ctx.rejected[exc.reason] += 1
         raise APIError(400, str(exc)) from None
+    if not ctx.labels_seeded:
+        ctx.labels.seed((await ctx.store.lifetime(SERIES)).keys())
+        ctx.labels_seeded = True
+    ctx.labels.admit(spans)
     try:
         await ctx.store.ingest(spans)
     except StoreUnavailable as exc:

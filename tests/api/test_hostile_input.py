@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from datetime import UTC, datetime
 from pathlib import Path
@@ -11,6 +12,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 from aiohttp.test_utils import TestClient
+from prometheus_client.parser import text_string_to_metric_families
 
 from tests.api.conftest import MakeClient
 from tokentrace.api.context import CONTEXT
@@ -220,3 +222,31 @@ async def test_mist_text_over_its_cap_is_400(client: TestClient[Any, Any]) -> No
     )
     assert response.status == 400
     assert "model" in (await response.json())["error"]
+
+
+async def test_distinct_models_beyond_the_cap_fold_into_overflow(make_client: MakeClient) -> None:
+    """Was: 100k distinct models made a 128 MB exposition rendered in 21 s. Now the label sets are capped,
+    the excess counted exactly under ``__overflow__`` and the folds counted."""
+    client = await make_client("aggregation: {max_models: 50, max_callers: 20, max_series: 200}")
+    for batch in range(3):
+        spans = [
+            {"model": f"model-{batch}-{i}", "caller": f"svc-{i % 40}", "prompt_tokens": 1, "cost_usd": 0.5}
+            for i in range(1000)
+        ]
+        assert (await client.post("/spans", json=spans)).status == 202
+    text = await (await client.get("/metrics/prometheus")).text()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    cost = families["tokentrace_cost"].samples
+    assert len({s.labels["model"] for s in cost}) <= 51 and len({s.labels["caller"] for s in cost}) <= 21
+    assert len(cost) <= 201
+    assert sum(s.value for s in cost) == 1500.0  # every span still counted, to the cent
+    spans_total = sum(s.value for s in families["tokentrace_spans"].samples)
+    assert spans_total == 3000
+    folded = {s.labels["label"]: s.value for s in families["tokentrace_folded_labels"].samples}
+    assert folded["model"] == 3000 - 50
+    assert len(text) < 200_000
+    by_model = await (await client.get("/metrics?window=1h&groupby=model")).json()
+    assert "__overflow__" in json.dumps(by_model)
+    [summary] = (await (await client.get("/traces?model=__overflow__&limit=1")).json())["traces"]
+    trace = await (await client.get(f"/traces/{summary['trace_id']}")).json()
+    assert trace["spans"][0]["attributes"]["tokentrace.overflow.model"].startswith("model-")
