@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from tokentrace.config import ConfigError, load_config, parse_config
+from tokentrace.config import Config, ConfigError, load_config, parse_config
 
 
 def test_defaults_match_the_spec() -> None:
@@ -46,6 +47,12 @@ def test_env_default_value(monkeypatch: pytest.MonkeyPatch) -> None:
         ("kafka:\n  dead_letter_topic: 'poison/1'\n", "kafka.dead_letter_topic"),
         ("kafka:\n  app_id: 'team:a'\n", "kafka.app_id"),
         (f"kafka:\n  app_id: {'a' * 201}\n", "kafka.app_id"),
+        ("http_server:\n  max_connections: 0\n", "max_connections"),
+        ("http_server:\n  max_otlp_spans: 0\n", "max_otlp_spans"),
+        ("http_server:\n  read_header_timeout: 0s\n", "read_header_timeout"),
+        ("http_server:\n  read_body_timeout: soon\n", "soon"),
+        ("aggregation:\n  max_models: 0\n", "max_models"),
+        ("aggregation:\n  max_series: -1\n", "max_series"),
     ],
 )
 def test_errors_name_the_key(text: str, fragment: str) -> None:
@@ -96,3 +103,16 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_kafka_names_kafka_accepts_pass() -> None:
     kafka = parse_config("kafka:\n  topic: team-a.spans_v2\n  app_id: team-a.workers\n  dead_letter_topic: dlq\n").kafka
     assert (kafka.topic, kafka.app_id, kafka.dead_letter_topic) == ("team-a.spans_v2", "team-a.workers", "dlq")
+
+
+def test_readme_tokentrace_yml_parses_and_states_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``tokentrace.yml`` block: every key exists, and its values are the defaults it documents."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### tokentrace.yml", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TOKENTRACE_API_TOKEN", "t")
+    documented = msgspec.to_builtins(parse_config(block))
+    defaults = msgspec.to_builtins(Config())
+    for section in ("http_server", "storage", "aggregation"):
+        for key, value in documented[section].items():
+            if key != "auth_token":
+                assert value == defaults[section][key], f"{section}.{key}"

@@ -73,8 +73,10 @@ class HTTPServerConfig(_Section):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be >= 1")
         for name in ("read_header_timeout", "read_body_timeout"):
-            if parse_duration(getattr(self, name)) <= 0:
-                raise ValueError(f"{name} must be a positive duration")
+            try:
+                parse_duration(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         if not self.prometheus_path.startswith("/"):
             raise ValueError("prometheus_path must start with /")
         if self.auth_token is not None and not self.auth_token.strip():
