@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.core.aggregate import to_nanos
+from tokentrace.core.buckets import OVERFLOW, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
@@ -154,3 +155,26 @@ def test_settled_window_memo_sees_late_writes(first: list[tuple[Span, int]], lat
         timeline.add(span, NOW - age)
     assert total(timeline.query(start, end)).count == len(first) + len(late)
     assert timeline.query(start, end, "model") == timeline.query(start, end, "model")
+
+
+def test_compacted_and_retired_attributes_keep_the_caps() -> None:
+    """Each minute keeps at most 3 values of a key; the hours and the retired totals they are folded into
+    keep the same caps (the excess under ``__overflow__``), so a new value every minute does not grow them
+    without bound, and every span still counts once under its key."""
+    caps = Caps(max_attribute_keys=2, max_attribute_values=3)
+    timeline = Timeline(TimelineSettings(fine_retention_ms=HOUR_MS, retention_ms=DAY_MS, caps=caps))
+    start = NOW - 2 * DAY_MS
+    spans = 0
+    for minute in range(0, 2 * DAY_MS // MINUTE_MS, 7):
+        attributes = {"request": f"r{minute}", f"key{minute % 5}": "x", "workflow": "w"}
+        timeline.add(Span(model="m", prompt_tokens=1, attributes=attributes), start + minute * MINUTE_MS)
+        spans += 1
+    timeline.compact(NOW)
+    snapshot = timeline.snapshot()
+    for state in [snapshot.retired, *snapshot.coarse.values(), *snapshot.fine.values()]:
+        assert len(state.attributes) <= 2
+        assert all(len(values - {OVERFLOW}) <= 3 for values in map(set, state.attributes.values()))
+    assert total(timeline.lifetime()).count == spans
+    by_request = timeline.lifetime("request")  # the first key of every span: kept in every bucket
+    assert sum(a.count for a in by_request.values()) == spans
+    assert by_request[OVERFLOW].count > 0

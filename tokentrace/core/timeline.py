@@ -157,7 +157,7 @@ class Timeline:
         for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
             state = self._fine.pop(start)
             hour = start - start % HOUR_MS
-            self._coarse.setdefault(hour, BucketState()).merge(state)
+            self._coarse.setdefault(hour, BucketState()).merge(state, settings.caps)
             self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
         moved_before = fine_cutoff - fine_cutoff % HOUR_MS
         for memo_key in [k for k in self._memo if k[0] == _FINE and k[1] < moved_before]:
@@ -165,7 +165,7 @@ class Timeline:
         horizon = self.oldest_allowed_ms(now_ms)
         for table in (self._fine, self._coarse):
             for start in [s for s in table if s < horizon]:
-                self._retired.merge(table.pop(start))
+                self._retired.merge(table.pop(start), settings.caps)
                 self._touch(start)  # the day memo holding this bucket is stale now
         for key in [k for k in self._versions if k[1] < horizon - DAY_MS]:
             del self._versions[key]
