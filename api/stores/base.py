@@ -43,6 +43,10 @@ class Store(Protocol):
     async def lifetime(self, groupby: str | None) -> Projection:
         """Everything ever counted (monotonic, for Prometheus counters)."""
 
+    async def lifetime_parts(self, groupby: str | None) -> list[Projection]:
+        """``lifetime`` as projections that nothing changes any more, to be summed (``merge_parts``) off the
+        event loop."""
+
     async def trace(self, trace_id: str) -> dict[str, Any] | None:
         """One trace with its spans, or None."""
 

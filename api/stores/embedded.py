@@ -151,6 +151,9 @@ class EmbeddedStore:
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
 
+    async def lifetime_parts(self, groupby: str | None) -> list[Projection]:
+        return self.timeline.lifetime_parts(groupby)
+
     async def trace(self, trace_id: str) -> dict[str, Any] | None:
         trace = self.traces.get(trace_id)
         return None if trace is None else trace.body()

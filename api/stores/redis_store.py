@@ -188,6 +188,10 @@ class RedisStore:
         await self.sync()
         return self._view.lifetime(groupby)
 
+    async def lifetime_parts(self, groupby: str | None) -> list[Projection]:
+        await self.sync()
+        return self._view.lifetime_parts(groupby)
+
     async def sync(self) -> None:
         """Catch up with the view's change feed (one round trip when nothing changed)."""
         async with self._sync_lock:

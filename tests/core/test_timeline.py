@@ -11,7 +11,7 @@ from tokentrace.core.aggregate import to_nanos
 from tokentrace.core.buckets import OVERFLOW, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
+from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, merge_parts, total
 
 NOW = 1_780_000_000_000 + 17 * MINUTE_MS + 12_345  # mid-bucket, mid-hour
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet")
@@ -178,3 +178,24 @@ def test_compacted_and_retired_attributes_keep_the_caps() -> None:
     by_request = timeline.lifetime("request")  # the first key of every span: kept in every bucket
     assert sum(a.count for a in by_request.values()) == spans
     assert by_request[OVERFLOW].count > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(timed_spans, timed_spans, st.sampled_from([None, "model", "__series__", "workflow"]))
+def test_lifetime_parts_sum_to_lifetime(
+    first: list[tuple[Span, int]], late: list[tuple[Span, int]], groupby: str | None
+) -> None:
+    """The parts the Prometheus scrape sums in a thread equal ``lifetime``, whichever memos are fresh or stale,
+    and the parts gathered before later writes and a compaction are not changed by them."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=6 * HOUR_MS, retention_ms=2 * DAY_MS))
+    for span, offset in first:
+        timeline.add(span, NOW - offset)
+    timeline.query(NOW - 3 * DAY_MS, NOW + MINUTE_MS, groupby)  # memoises days, hours and buckets
+    assert merge_parts(timeline.lifetime_parts(groupby)) == timeline.lifetime(groupby)
+    before = timeline.lifetime_parts(groupby)
+    expected = merge_parts(before)
+    for span, offset in late:
+        timeline.add(span, NOW - offset % (2 * DAY_MS))
+    timeline.compact(NOW)
+    assert merge_parts(before) == expected  # nothing gathered was changed afterwards
+    assert merge_parts(timeline.lifetime_parts(groupby)) == timeline.lifetime(groupby)
