@@ -28,7 +28,7 @@ from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, 
 from tokentrace.core.buckets import SEP, SERIES, Projection
 from tokentrace.core.labels import LABELS, LabelCaps
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import merge_parts
+from tokentrace.core.timeline import LifetimeParts
 
 __all__ = ["FOLDED_COUNTER", "QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
 
@@ -170,8 +170,8 @@ def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
     return counts
 
 
-def _sum_and_render(parts: list[Projection], snapshot: ExpositionSnapshot) -> bytes:
-    snapshot.series = merge_parts(parts)
+def _sum_and_render(parts: LifetimeParts, snapshot: ExpositionSnapshot) -> bytes:
+    snapshot.series = parts.total()
     return render(snapshot)
 
 
@@ -203,4 +203,5 @@ async def handle_prometheus(request: web.Request) -> web.Response:
     # Summing the lifetime parts (seconds for 10k series) and rendering run in a thread: the parts are
     # projections the store never changes again, and everything else in the snapshot is a copy.
     body = await asyncio.to_thread(_sum_and_render, parts, snapshot)
+    parts.install()  # the settled days and hours summed in the thread are memoised for the next scrape
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -23,7 +23,7 @@ from tokentrace.core.buckets import Projection
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import Timeline, TimelineSettings, TimelineSnapshot
+from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings, TimelineSnapshot
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
 __all__ = ["EmbeddedSettings", "EmbeddedStore"]
@@ -151,7 +151,7 @@ class EmbeddedStore:
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
 
-    async def lifetime_parts(self, groupby: str | None) -> list[Projection]:
+    async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
         return self.timeline.lifetime_parts(groupby)
 
     async def trace(self, trace_id: str) -> dict[str, Any] | None:

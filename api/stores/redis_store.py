@@ -32,7 +32,7 @@ from tokentrace.api.stores.topic_lag import EndOffsets, lag_by_partition
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
+from tokentrace.core.timeline import HOUR_MS, LifetimeParts, Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
 from tokentrace.processors.state import (
     HOUR_TAG,
@@ -188,7 +188,7 @@ class RedisStore:
         await self.sync()
         return self._view.lifetime(groupby)
 
-    async def lifetime_parts(self, groupby: str | None) -> list[Projection]:
+    async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
         await self.sync()
         return self._view.lifetime_parts(groupby)
 

@@ -11,7 +11,7 @@ from tokentrace.core.aggregate import to_nanos
 from tokentrace.core.buckets import OVERFLOW, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, merge_parts, total
+from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
 
 NOW = 1_780_000_000_000 + 17 * MINUTE_MS + 12_345  # mid-bucket, mid-hour
 MODELS = ("gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet")
@@ -191,11 +191,17 @@ def test_lifetime_parts_sum_to_lifetime(
     for span, offset in first:
         timeline.add(span, NOW - offset)
     timeline.query(NOW - 3 * DAY_MS, NOW + MINUTE_MS, groupby)  # memoises days, hours and buckets
-    assert merge_parts(timeline.lifetime_parts(groupby)) == timeline.lifetime(groupby)
+    assert timeline.lifetime_parts(groupby).total() == timeline.lifetime(groupby)
     before = timeline.lifetime_parts(groupby)
-    expected = merge_parts(before)
+    expected = before.total()
     for span, offset in late:
         timeline.add(span, NOW - offset % (2 * DAY_MS))
     timeline.compact(NOW)
-    assert merge_parts(before) == expected  # nothing gathered was changed afterwards
-    assert merge_parts(timeline.lifetime_parts(groupby)) == timeline.lifetime(groupby)
+    assert before.total() == expected  # nothing gathered was changed afterwards
+    before.install()  # its settled blocks, if not written since
+    parts = timeline.lifetime_parts(groupby)
+    assert parts.total() == timeline.lifetime(groupby)
+    parts.install()
+    again = timeline.lifetime_parts(groupby)
+    assert not again.builds  # what the last call summed is memoised now
+    assert again.total() == timeline.lifetime(groupby)

@@ -13,6 +13,7 @@ results are independent of how the window is split, because merging is exact.
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
 
 import msgspec
 
@@ -24,6 +25,7 @@ __all__ = [
     "DAY_MS",
     "HOUR_MS",
     "MINUTE_MS",
+    "LifetimeParts",
     "Timeline",
     "TimelineSettings",
     "TimelineSnapshot",
@@ -261,52 +263,71 @@ class Timeline:
             _merge_projection(out, self.query(first, last, groupby))
         return out
 
-    def lifetime_parts(self, groupby: str | None = None) -> list[Projection]:
-        """``lifetime`` as projections still to be summed (``merge_parts``), each one never changed afterwards:
-        memoised projections of the retired totals, of unchanged days, hours and buckets, and new ones of the
-        buckets written since. Gathering them is cheap; the summing, which for 10k series took seconds, can
-        then run in another thread while this timeline goes on changing on the event loop."""
+    def lifetime_parts(self, groupby: str | None = None) -> LifetimeParts:
+        """``lifetime`` as projections still to be summed (``LifetimeParts.total``), none of which anything
+        changes afterwards: memoised projections of the retired totals and of unchanged days, hours and
+        buckets, and new ones of the buckets written since. Gathering them is cheap; summing them, which for
+        10k series took seconds, can run in another thread while this timeline goes on changing.
+
+        A stale day or hour before the newest hour with data is summed as a ``build`` too, whose result
+        ``LifetimeParts.install`` memoises (back on this timeline's thread), so the next call takes it whole.
+        """
         spec: _QuerySpec = (groupby, ())
         cached = self._retired_memo.get(spec)
         if cached is None or cached[0] != self._retired_version:
             cached = self._retired_memo[spec] = (self._retired_version, self._retired.project(groupby, {}))
-        parts = [cached[1]]
+        out = LifetimeParts([cached[1]], [], self)
         starts = list(self._fine) + list(self._coarse)
         if starts:
+            newest = max(starts)
             first = min(starts)
             first -= first % DAY_MS
-            last = max(starts) + HOUR_MS
+            last = newest + HOUR_MS
             first = max(first, last - self.settings.retention_ms - 2 * DAY_MS)  # as ``query`` bounds it
-            self._parts(first, last, spec, parts, (DAY_MS, HOUR_MS))
-        return parts
+            self._parts(first, last, spec, out, (DAY_MS, HOUR_MS), newest - newest % HOUR_MS)
+        return out
 
-    def _parts(self, start: int, end: int, spec: _QuerySpec, parts: list[Projection], sizes: tuple[int, ...]) -> None:
-        """``_collect`` that appends projections instead of merging them, and goes down into a block whose
-        memo is stale instead of rebuilding it (rebuilding merges every series of the block)."""
+    def _parts(
+        self, start: int, end: int, spec: _QuerySpec, out: LifetimeParts, sizes: tuple[int, ...], hot: int | None
+    ) -> None:
+        """``_collect`` that lists projections instead of merging them. A block whose memo is stale is gone
+        into (its parts listed); before ``hot`` (settled), as a build of its memo. ``hot`` None: no builds."""
         if start >= end:
             return
         if not sizes:
-            parts.extend(self._bucket_projection(key, state, spec) for key, state in self._states_between(start, end))
+            out.parts.extend(
+                self._bucket_projection(key, state, spec) for key, state in self._states_between(start, end)
+            )
             return
         size, finer = sizes[0], sizes[1:]
         first_block = start - start % size
         if first_block < start:
             first_block += size
         if first_block + size > end:
-            self._parts(start, end, spec, parts, finer)
+            self._parts(start, end, spec, out, finer, hot)
             return
-        self._parts(start, first_block, spec, parts, finer)
+        self._parts(start, first_block, spec, out, finer, hot)
         block = first_block
         while block + size <= end:
             version = self._versions.get((size, block))
             if version is not None:
                 cached = self._memo.get((size, block, spec))
                 if cached is not None and cached[0] == version:
-                    parts.append(cached[1])
+                    out.parts.append(cached[1])
+                elif hot is not None and block + size <= hot:
+                    inner = LifetimeParts([], [], self)
+                    self._parts(block, block + size, spec, inner, finer, None)
+                    out.builds.append(_Build((size, block), spec, version, inner.parts))
                 else:
-                    self._parts(block, block + size, spec, parts, finer)
+                    self._parts(block, block + size, spec, out, finer, hot)
             block += size
-        self._parts(block, end, spec, parts, finer)
+        self._parts(block, end, spec, out, finer, hot)
+
+    def install(self, builds: Iterable[_Build]) -> None:
+        """Memoise the blocks ``builds`` summed, unless written since they were listed."""
+        for build in builds:
+            if build.result is not None and self._versions.get(build.block) == build.version:
+                self._memo[(build.block[0], build.block[1], build.spec)] = (build.version, build.result)
 
     def _collect(self, start: int, end: int, spec: _QuerySpec, out: Projection, sizes: tuple[int, ...]) -> None:
         if start >= end:
@@ -400,6 +421,43 @@ def _merge_projection(into: Projection, other: Projection) -> None:
             into[group] = aggregate.copy()
         else:
             mine.merge(aggregate)
+
+
+@dataclass
+class _Build:
+    """A stale settled block to memoise: its parts, summed off the timeline's thread into ``result``."""
+
+    block: tuple[int, int]
+    spec: _QuerySpec
+    version: int
+    parts: list[Projection]
+    result: Projection | None = None
+
+
+@dataclass
+class LifetimeParts:
+    """``Timeline.lifetime_parts``: ``total`` may run in any thread; ``install`` then on the timeline's."""
+
+    parts: list[Projection]
+    builds: list[_Build]
+    timeline: Timeline
+
+    def total(self) -> Projection:
+        """The lifetime projection: a new one, sharing nothing with the timeline."""
+        for build in self.builds:
+            build.result = merge_parts(build.parts)
+        return merge_parts([*self.parts, *(build.result or {} for build in self.builds)])
+
+    def keys(self) -> set[str]:
+        """The groups, without summing anything."""
+        out: set[str] = set()
+        for part in [*self.parts, *(p for build in self.builds for p in build.parts)]:
+            out.update(part)
+        return out
+
+    def install(self) -> None:
+        """Memoise the settled blocks ``total`` summed (call on the timeline's thread, after ``total``)."""
+        self.timeline.install(self.builds)
 
 
 def merge_parts(parts: Iterable[Projection]) -> Projection:
