@@ -43,6 +43,11 @@ class Store(Protocol):
     async def lifetime(self, groupby: str | None) -> Projection:
         """Everything ever counted (monotonic, for Prometheus counters)."""
 
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        """``query`` as projections that nothing changes any more, to be summed off the event loop."""
+
     async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
         """``lifetime`` as projections that nothing changes any more, to be summed (``LifetimeParts.total``)
         off the event loop."""

@@ -151,6 +151,11 @@ class EmbeddedStore:
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
 
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        return self.timeline.query_parts(start_ms, end_ms, groupby, where)
+
     async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
         return self.timeline.lifetime_parts(groupby)
 

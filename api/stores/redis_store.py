@@ -188,6 +188,12 @@ class RedisStore:
         await self.sync()
         return self._view.lifetime(groupby)
 
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        await self.sync()
+        return self._view.query_parts(start_ms, end_ms, groupby, where)
+
     async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
         await self.sync()
         return self._view.lifetime_parts(groupby)

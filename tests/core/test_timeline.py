@@ -205,3 +205,36 @@ def test_lifetime_parts_sum_to_lifetime(
     again = timeline.lifetime_parts(groupby)
     assert not again.builds  # what the last call summed is memoised now
     assert again.total() == timeline.lifetime(groupby)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    timed_spans,
+    timed_spans,
+    st.sampled_from([MINUTE_MS, HOUR_MS, 6 * HOUR_MS, DAY_MS, 3 * DAY_MS]),
+    st.sampled_from([None, "model", "caller", "workflow"]),
+    st.sampled_from([{}, {"model": "gpt-4o"}, {"workflow": "chat"}]),
+)
+def test_query_parts_sum_to_query(
+    first: list[tuple[Span, int]],
+    late: list[tuple[Span, int]],
+    window_ms: int,
+    groupby: str | None,
+    where: dict[str, str],
+) -> None:
+    """What ``/metrics`` sums in a thread equals ``query``, with the settled window's memo fresh, stale or
+    installed from an earlier build."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=30 * DAY_MS))
+    for span, offset in first:
+        timeline.add(span, NOW - offset)
+    end = timeline.window_end(NOW)
+    start = timeline.window_start(NOW, window_ms)
+    parts = timeline.query_parts(start, end, groupby, where)
+    assert parts.total() == timeline.query(start, end, groupby, where)
+    for span, offset in late:
+        timeline.add(span, NOW - offset)
+    parts.install()  # stale now: must not be taken
+    again = timeline.query_parts(start, end, groupby, where)
+    assert again.total() == timeline.query(start, end, groupby, where)
+    again.install()
+    assert timeline.query_parts(start, end, groupby, where).total() == timeline.query(start, end, groupby, where)

@@ -323,6 +323,44 @@ class Timeline:
             block += size
         self._parts(block, end, spec, out, finer, hot)
 
+    def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None = None, where: Mapping[str, str] | None = None
+    ) -> LifetimeParts:
+        """``query`` as parts to be summed in another thread (``LifetimeParts.total``), as ``lifetime_parts``:
+        the settled window (everything before the current hour) whole when its memo is fresh, else as a build
+        of it from its days, hours and buckets; then the current hour's buckets."""
+        spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
+        out = LifetimeParts([], [], self)
+        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
+        cut = end_ms - end_ms % HOUR_MS
+        if cut - start_ms >= 2 * HOUR_MS:
+            first_hour = start_ms - start_ms % HOUR_MS
+            versions = self._versions
+            stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
+            key = (start_ms, cut, spec)
+            cached = self._window_memo.get(key)
+            if cached is not None and cached[0] == stamp:
+                out.parts.append(cached[1])
+            else:
+                inner = LifetimeParts([], [], self)
+                self._parts(start_ms, cut, spec, inner, (DAY_MS, HOUR_MS), cut)
+                out.window = _WindowBuild(key, stamp, inner)
+            start_ms = cut
+        self._parts(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS), None)
+        return out
+
+    def install_window(self, window: _WindowBuild) -> None:
+        """Memoise a settled window ``query_parts`` built, unless its hours were written since."""
+        start, cut, _ = window.key
+        first_hour = start - start % HOUR_MS
+        versions = self._versions
+        stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
+        if window.result is None or stamp != window.stamp:
+            return
+        if len(self._window_memo) >= _WINDOW_MEMO_SIZE:
+            del self._window_memo[next(iter(self._window_memo))]
+        self._window_memo[window.key] = (stamp, window.result)
+
     def install(self, builds: Iterable[_Build]) -> None:
         """Memoise the blocks ``builds`` summed, unless written since they were listed."""
         for build in builds:
@@ -435,29 +473,50 @@ class _Build:
 
 
 @dataclass
+class _WindowBuild:
+    """A stale settled window (``query``'s memo of everything before the current hour), built from ``parts``."""
+
+    key: tuple[int, int, _QuerySpec]
+    stamp: tuple[int, int]
+    parts: LifetimeParts
+    result: Projection | None = None
+
+
+@dataclass
 class LifetimeParts:
-    """``Timeline.lifetime_parts``: ``total`` may run in any thread; ``install`` then on the timeline's."""
+    """``Timeline.lifetime_parts`` or ``query_parts``: ``total`` may run in any thread; ``install`` then on the
+    timeline's (its event loop)."""
 
     parts: list[Projection]
     builds: list[_Build]
     timeline: Timeline
+    window: _WindowBuild | None = None
 
     def total(self) -> Projection:
-        """The lifetime projection: a new one, sharing nothing with the timeline."""
+        """The projection: a new one, sharing nothing with the timeline."""
         for build in self.builds:
             build.result = merge_parts(build.parts)
-        return merge_parts([*self.parts, *(build.result or {} for build in self.builds)])
+        extra = [build.result or {} for build in self.builds]
+        if self.window is not None:
+            self.window.result = self.window.parts.total()
+            extra.append(self.window.result)
+        return merge_parts([*self.parts, *extra])
 
     def keys(self) -> set[str]:
         """The groups, without summing anything."""
         out: set[str] = set()
         for part in [*self.parts, *(p for build in self.builds for p in build.parts)]:
             out.update(part)
+        if self.window is not None:
+            out |= self.window.parts.keys()
         return out
 
     def install(self) -> None:
-        """Memoise the settled blocks ``total`` summed (call on the timeline's thread, after ``total``)."""
+        """Memoise the settled blocks and window ``total`` summed (on the timeline's thread, after ``total``)."""
         self.timeline.install(self.builds)
+        if self.window is not None:
+            self.window.parts.install()
+            self.timeline.install_window(self.window)
 
 
 def merge_parts(parts: Iterable[Projection]) -> Projection:
