@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import gzip
 import json
 import time
+import zlib
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -250,3 +252,22 @@ async def test_distinct_models_beyond_the_cap_fold_into_overflow(make_client: Ma
     [summary] = (await (await client.get("/traces?model=__overflow__&limit=1")).json())["traces"]
     trace = await (await client.get(f"/traces/{summary['trace_id']}")).json()
     assert trace["spans"][0]["attributes"]["tokentrace.overflow.model"].startswith("model-")
+
+
+@pytest.mark.parametrize("path", ["/spans", "/mist"])
+async def test_compressed_bodies_are_read_and_bombs_are_413(make_client: MakeClient, path: str) -> None:
+    """Every ingest route inflates gzip itself (bounded), not only OTLP."""
+    client = await make_client("http_server: {max_body_bytes: 1048576}")
+    body = (
+        _mist('{"model": "m", "tokens_in": 1}')
+        if path == "/mist"
+        else json.dumps([{"model": "m", "prompt_tokens": 1}]).encode()
+    )
+    response = await client.post(path, data=gzip.compress(body), headers={"Content-Encoding": "gzip"})
+    assert response.status == 202, await response.text()
+    bomb = zlib.compressobj(9, zlib.DEFLATED, 31)
+    data = b"".join(bomb.compress(b" " * (1 << 20)) for _ in range(64)) + bomb.flush()
+    response = await client.post(path, data=data, headers={"Content-Encoding": "gzip"})
+    assert response.status == 413
+    response = await client.post(path, data=body, headers={"Content-Encoding": "br"})
+    assert response.status == 415
