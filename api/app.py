@@ -23,12 +23,14 @@ log = logging.getLogger(__name__)
 def create_app(ctx: ServerContext) -> web.Application:
     """Build the application; the caller owns the store's lifecycle."""
     server = ctx.config.http_server
-    middlewares: list[Middleware] = [busy_middleware, error_middleware]
+    # Outermost first: errors become the envelope; the token is checked before any body is read.
+    middlewares: list[Middleware] = [error_middleware]
     if server.auth_token is not None:
         middlewares.append(auth_middleware(server.auth_token))
         log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
     else:
         log.warning("auth: off (http_server.auth_token is not set): every endpoint answers without a token")
+    middlewares.append(busy_middleware)
     header_timeout = parse_duration(server.read_header_timeout)
     handler_args = {
         "auto_decompress": False,  # api.body inflates, bounded; aiohttp's inflating went on past a 413
@@ -40,7 +42,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         LabelLimits(aggregation.max_models, aggregation.max_providers, aggregation.max_callers, aggregation.max_series)
     )
     app[CONTEXT] = ctx
-    app[GUARD] = ConnectionGuard(server.max_connections, header_timeout)
+    app[GUARD] = ConnectionGuard(server.max_connections, header_timeout, parse_duration(server.read_body_timeout))
     # The Prometheus path is registered before /metrics/{name} so the default path is not a metric name.
     app.router.add_get(server.prometheus_path, handle_prometheus)
     for table in (

@@ -22,6 +22,8 @@ from collections.abc import Awaitable, Callable
 from aiohttp import web
 from aiohttp.web_protocol import RequestHandler
 
+from tokentrace.api.responses import APIError
+
 __all__ = ["GUARD", "ConnectionGuard", "busy_middleware"]
 
 log = logging.getLogger(__name__)
@@ -45,11 +47,13 @@ class _Refuse(asyncio.Protocol):
 class ConnectionGuard:
     """The protocol factory for the listening socket; ``start`` runs the header-deadline sweep."""
 
-    def __init__(self, max_connections: int, header_timeout: float) -> None:
+    def __init__(self, max_connections: int, header_timeout: float, body_timeout: float = 60.0) -> None:
         #: Set by ``start`` (the runner's server exists once the runner is set up).
         self.server: web.Server | None = None
         self.max_connections = max_connections
         self.header_timeout = header_timeout
+        #: The deadline for a request body (``http_server.read_body_timeout``).
+        self.body_timeout = body_timeout
         #: Connections closed by the guard, by reason (``too_many``, ``header_timeout``).
         self.closed: Counter[str] = Counter()
         # Plain dicts (RequestHandler has no __weakref__ slot), pruned of closed connections by ``sweep``.
@@ -122,15 +126,26 @@ GUARD = web.AppKey("tokentrace_connection_guard", ConnectionGuard)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 
+#: Routes that read their body themselves, under the body deadline (``api.body.read_body``).
+STREAMED_BODIES = frozenset({"/spans", "/mist", "/v1/traces"})
+
+
 @web.middleware
 async def busy_middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Mark the connection busy while its request runs (no deadline for headers then)."""
+    """Mark the connection busy while its request runs (no deadline for headers then). A body the route
+    does not read under the body deadline itself is read here first, under that deadline (408 past it)."""
     guard = request.app.get(GUARD)
     protocol = request.protocol
     if guard is None or not isinstance(protocol, RequestHandler):
         return await handler(request)
     guard.busy(protocol)
     try:
+        if request.body_exists and request.path not in STREAMED_BODIES:
+            try:
+                async with asyncio.timeout(guard.body_timeout):
+                    await request.read()  # kept by aiohttp for the handler's read() / json()
+            except TimeoutError:
+                raise APIError(408, "request body not received within http_server.read_body_timeout") from None
         return await handler(request)
     finally:
         guard.idle(protocol)

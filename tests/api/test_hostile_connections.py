@@ -312,3 +312,17 @@ def test_a_large_groupby_leaves_health_responsive(server: ServerProcess) -> None
     thread.join()
     assert results == [40_000]
     assert worst < 0.5, f"/health took {worst:.2f} s during the query"  # 1.10 s before, 0.21-0.23 s now
+
+
+def test_a_slow_body_on_any_route_is_408(strict_server: ServerProcess) -> None:
+    """Routes that read their body with ``request.read()`` (``POST /alerts``) get the body deadline too."""
+    with socket.create_connection(("127.0.0.1", strict_server.port), timeout=10) as sock:
+        sock.sendall(
+            b"POST /alerts HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 100\r\n\r\n{"
+        )
+        started = time.monotonic()
+        response = http.client.HTTPResponse(sock)
+        response.begin()
+        assert response.status == 408
+        assert "error" in json.loads(response.read())
+        assert 1.5 < time.monotonic() - started < 6
