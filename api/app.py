@@ -34,7 +34,8 @@ def create_app(ctx: ServerContext) -> web.Application:
     header_timeout = parse_duration(server.read_header_timeout)
     handler_args = {
         "auto_decompress": False,  # api.body inflates, bounded; aiohttp's inflating went on past a 413
-        "keepalive_timeout": header_timeout,  # idle keep-alive connections: closed (the guard does too)
+        # aiohttp's own idle timer (an hour by default) only as a backstop: the guard cuts (and counts) first.
+        "keepalive_timeout": 2 * header_timeout,
     }
     app = web.Application(middlewares=middlewares, client_max_size=server.max_body_bytes, handler_args=handler_args)
     aggregation = ctx.config.aggregation

@@ -24,7 +24,10 @@ from aiohttp.web_protocol import RequestHandler
 
 from tokentrace.api.responses import APIError
 
-__all__ = ["GUARD", "ConnectionGuard", "busy_middleware"]
+__all__ = ["CLOSE_REASONS", "GUARD", "STREAMED_BODIES", "ConnectionGuard", "busy_middleware"]
+
+#: Why the guard closes a connection: over ``max_connections``, or no complete headers in time.
+CLOSE_REASONS = ("too_many", "header_timeout")
 
 log = logging.getLogger(__name__)
 

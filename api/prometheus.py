@@ -23,6 +23,7 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tokentrace.alerting.service import AlertService
+from tokentrace.api.connections import CLOSE_REASONS, GUARD, ConnectionGuard
 from tokentrace.api.context import CONTEXT
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
@@ -30,10 +31,19 @@ from tokentrace.core.labels import LABELS, LabelCaps
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import LifetimeParts
 
-__all__ = ["FOLDED_COUNTER", "QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
+__all__ = [
+    "CONNECTIONS_COUNTER",
+    "FOLDED_COUNTER",
+    "QUALITY_WINDOW_MS",
+    "ExpositionSnapshot",
+    "handle_prometheus",
+    "render",
+]
 
 #: Family of spans whose model, provider or caller was folded into ``__overflow__`` (``..._total{label}``).
 FOLDED_COUNTER = "tokentrace_folded_labels"
+#: Family of connections refused (``too_many``) or cut (``header_timeout``) by the guard.
+CONNECTIONS_COUNTER = "tokentrace_connections_closed"
 #: ``tokentrace_quality_score`` is the average eval score over this trailing window.
 QUALITY_WINDOW_MS = 5 * 60_000
 
@@ -175,6 +185,12 @@ def _sum_and_render(parts: LifetimeParts, snapshot: ExpositionSnapshot) -> bytes
     return render(snapshot)
 
 
+def _closed(guard: ConnectionGuard | None) -> dict[tuple[tuple[str, str], ...], float]:
+    """Connections the guard refused or cut, by reason, 0 for reasons that never happened."""
+    closed = guard.closed if guard is not None else {}
+    return {(("reason", reason),): float(closed.get(reason, 0)) for reason in CLOSE_REASONS}
+
+
 def _folded(labels: LabelCaps) -> dict[tuple[tuple[str, str], ...], float]:
     """Spans whose label was folded into ``__overflow__``, by label, 0 for labels never folded."""
     return {(("label", label),): float(labels.folded[label]) for label in (*LABELS, "series")}
@@ -197,7 +213,7 @@ async def handle_prometheus(request: web.Request) -> web.Response:
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
         # Copies: the loop keeps updating these while the exposition is rendered in a thread.
         extra={name: dict(samples) for name, samples in ctx.extra_counters.items()}
-        | {FOLDED_COUNTER: _folded(ctx.labels)},
+        | {FOLDED_COUNTER: _folded(ctx.labels), CONNECTIONS_COUNTER: _closed(request.app.get(GUARD))},
         extra_gauges={name: dict(samples) for name, samples in ctx.extra_gauges.items()},
     )
     # Summing the lifetime parts (seconds for 10k series) and rendering run in a thread: the parts are

@@ -17,6 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from prometheus_client.parser import text_string_to_metric_families
 
 from .server_process import ServerProcess
 
@@ -184,6 +185,7 @@ def test_slow_header_connections_are_cut(strict_server: ServerProcess) -> None:
         for sock in silent + trickling:
             sock.close()
     assert _health(strict_server) == 200
+    assert _closed_counter(strict_server)["header_timeout"] >= 40
 
 
 def test_a_slow_body_is_408(strict_server: ServerProcess) -> None:
@@ -215,6 +217,17 @@ def test_connections_over_the_cap_are_refused_and_the_server_recovers(strict_ser
     while _health(strict_server) != 200:
         assert time.monotonic() < deadline
         time.sleep(0.1)
+    assert _closed_counter(strict_server)["too_many"] >= 20
+
+
+def _closed_counter(server: ServerProcess) -> dict[str, float]:
+    """``tokentrace_connections_closed_total`` by reason."""
+    connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=30)
+    connection.request("GET", "/metrics/prometheus")
+    text = connection.getresponse().read().decode()
+    connection.close()
+    families = {f.name: f for f in text_string_to_metric_families(text)}
+    return {s.labels["reason"]: s.value for s in families["tokentrace_connections_closed"].samples}
 
 
 def test_a_scrape_of_ten_thousand_series_leaves_health_responsive(server: ServerProcess) -> None:
