@@ -23,6 +23,7 @@ from tokentrace.core.limits import (
     MAX_ATTRIBUTE_KEY_CHARS,
     MAX_ATTRIBUTE_VALUE_CHARS,
     MAX_ATTRIBUTES,
+    MAX_ATTRIBUTES_CHARS,
     MAX_ERROR_CHARS,
     MAX_ID_CHARS,
     MAX_LABEL_CHARS,
@@ -186,6 +187,7 @@ async def test_mist_end_far_in_the_future_is_400(client: TestClient[Any, Any]) -
         ({"attributes": {"k" * (MAX_ATTRIBUTE_KEY_CHARS + 1): 1}}, "attributes"),
         ({"attributes": {"k": "v" * (MAX_ATTRIBUTE_VALUE_CHARS + 1)}}, "attributes.k"),
         ({"attributes": {f"k{i}": i for i in range(MAX_ATTRIBUTES + 1)}}, "attributes"),
+        ({"attributes": {f"k{i}": "v" * MAX_ATTRIBUTE_VALUE_CHARS for i in range(9)}}, "attributes"),
     ],
 )
 async def test_text_over_its_cap_is_400_naming_the_field(
@@ -211,8 +213,15 @@ _CAPS = {"name": MAX_NAME_CHARS, "error": MAX_ERROR_CHARS}
 def _cut(key: str, value: Any) -> Any:
     """``value`` cut down to the caps of ``key``."""
     if isinstance(value, dict):
-        items = list(value.items())[:MAX_ATTRIBUTES]
-        return {k[:MAX_ATTRIBUTE_KEY_CHARS]: _cut("value", v) for k, v in items}
+        kept: dict[str, Any] = {}
+        chars = 0
+        for k, v in list(value.items())[:MAX_ATTRIBUTES]:
+            k, v = k[:MAX_ATTRIBUTE_KEY_CHARS], _cut("value", v)
+            chars += len(k) + (len(v) if isinstance(v, str) else 0)
+            if chars > MAX_ATTRIBUTES_CHARS:
+                break
+            kept[k] = v
+        return kept
     if isinstance(value, str):
         return value[: _CAPS.get(key, MAX_ATTRIBUTE_VALUE_CHARS if key == "value" else MAX_LABEL_CHARS)]
     return value

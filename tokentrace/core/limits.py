@@ -15,6 +15,7 @@ from tokentrace.core.span import Span
 
 __all__ = [
     "MAX_ATTRIBUTES",
+    "MAX_ATTRIBUTES_CHARS",
     "MAX_ATTRIBUTE_KEY_CHARS",
     "MAX_ATTRIBUTE_VALUE_CHARS",
     "MAX_ERROR_CHARS",
@@ -38,6 +39,8 @@ MAX_ATTRIBUTES: Final = 128
 MAX_ATTRIBUTE_KEY_CHARS: Final = 256
 #: A string attribute value (a group name).
 MAX_ATTRIBUTE_VALUE_CHARS: Final = 4096
+#: All attribute keys and string values of a span together: what one span may hold in the trace index.
+MAX_ATTRIBUTES_CHARS: Final = 32768
 
 _SMALLEST: Final = min(MAX_LABEL_CHARS, MAX_ID_CHARS)
 
@@ -69,11 +72,15 @@ def text_limit_error(span: Span) -> str | None:
     if attributes:
         if len(attributes) > MAX_ATTRIBUTES:
             return f"attributes has {len(attributes)} keys; at most {MAX_ATTRIBUTES} are accepted"
+        chars = 0
         for key, value in attributes.items():
+            chars += len(key) + (len(value) if type(value) is str else 0)
             if len(key) > MAX_ATTRIBUTE_KEY_CHARS:
                 return (
                     f"attributes: a key is {len(key)} characters long; at most {MAX_ATTRIBUTE_KEY_CHARS} are accepted"
                 )
             if type(value) is str and len(value) > MAX_ATTRIBUTE_VALUE_CHARS:
                 return _too_long(f"attributes.{key}", value, MAX_ATTRIBUTE_VALUE_CHARS)
+        if chars > MAX_ATTRIBUTES_CHARS:
+            return f"attributes hold {chars} characters of keys and text; at most {MAX_ATTRIBUTES_CHARS} are accepted"
     return None
