@@ -12,6 +12,7 @@ from aiohttp import web
 from tokentrace.api.stores.base import Store
 from tokentrace.config import Config
 from tokentrace.core.ingest import Pricer
+from tokentrace.core.labels import LabelCaps
 
 if TYPE_CHECKING:
     from tokentrace.alerting.service import AlertService
@@ -35,6 +36,9 @@ class ServerContext:
     #: Extra Prometheus gauges likewise (e.g. the view's lag behind the span topic).
     extra_gauges: dict[str, Any] = field(default_factory=dict)
     version: str = VERSION
+    #: The label cardinality caps (seeded from the store's lifetime series on the first ingest).
+    labels: LabelCaps = field(default_factory=LabelCaps)
+    labels_seeded: bool = False
 
     @property
     def uptime_s(self) -> int:

@@ -8,6 +8,7 @@ series (model, provider, caller), which the store already bounds.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -22,13 +23,27 @@ from prometheus_client.core import (
 from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 
 from tokentrace.alerting.service import AlertService
+from tokentrace.api.connections import CLOSE_REASONS, GUARD, ConnectionGuard
 from tokentrace.api.context import CONTEXT
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
+from tokentrace.core.labels import LABELS, LabelCaps
 from tokentrace.core.timefmt import now_ms
+from tokentrace.core.timeline import LifetimeParts
 
-__all__ = ["QUALITY_WINDOW_MS", "ExpositionSnapshot", "handle_prometheus", "render"]
+__all__ = [
+    "CONNECTIONS_COUNTER",
+    "FOLDED_COUNTER",
+    "QUALITY_WINDOW_MS",
+    "ExpositionSnapshot",
+    "handle_prometheus",
+    "render",
+]
 
+#: Family of spans whose model, provider or caller was folded into ``__overflow__`` (``..._total{label}``).
+FOLDED_COUNTER = "tokentrace_folded_labels"
+#: Family of connections refused (``too_many``) or cut (``header_timeout``) by the guard.
+CONNECTIONS_COUNTER = "tokentrace_connections_closed"
 #: ``tokentrace_quality_score`` is the average eval score over this trailing window.
 QUALITY_WINDOW_MS = 5 * 60_000
 
@@ -165,6 +180,22 @@ def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
     return counts
 
 
+def _sum_and_render(parts: LifetimeParts, snapshot: ExpositionSnapshot) -> bytes:
+    snapshot.series = parts.total()
+    return render(snapshot)
+
+
+def _closed(guard: ConnectionGuard | None) -> dict[tuple[tuple[str, str], ...], float]:
+    """Connections the guard refused or cut, by reason, 0 for reasons that never happened."""
+    closed = guard.closed if guard is not None else {}
+    return {(("reason", reason),): float(closed.get(reason, 0)) for reason in CLOSE_REASONS}
+
+
+def _folded(labels: LabelCaps) -> dict[tuple[tuple[str, str], ...], float]:
+    """Spans whose label was folded into ``__overflow__``, by label, 0 for labels never folded."""
+    return {(("label", label),): float(labels.folded[label]) for label in (*LABELS, "series")}
+
+
 async def handle_prometheus(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     store = ctx.store
@@ -173,13 +204,20 @@ async def handle_prometheus(request: web.Request) -> web.Response:
     now = now_ms()
     bucket = store.settings.bucket_ms
     end = now - now % bucket + bucket
+    parts = await store.lifetime_parts(SERIES)
     snapshot = ExpositionSnapshot(
-        series=await store.lifetime(SERIES),
+        series={},  # summed from ``parts`` in the thread
         quality_by_model=await store.query(end - max(QUALITY_WINDOW_MS, bucket), end, "model", {}),
         alert_firings=_alert_firings(ctx.alerts),
         rejected=dict(ctx.rejected),
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
-        extra=ctx.extra_counters,
-        extra_gauges=ctx.extra_gauges,
+        # Copies: the loop keeps updating these while the exposition is rendered in a thread.
+        extra={name: dict(samples) for name, samples in ctx.extra_counters.items()}
+        | {FOLDED_COUNTER: _folded(ctx.labels), CONNECTIONS_COUNTER: _closed(request.app.get(GUARD))},
+        extra_gauges={name: dict(samples) for name, samples in ctx.extra_gauges.items()},
     )
-    return web.Response(body=render(snapshot), headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})
+    # Summing the lifetime parts (seconds for 10k series) and rendering run in a thread: the parts are
+    # projections the store never changes again, and everything else in the snapshot is a copy.
+    body = await asyncio.to_thread(_sum_and_render, parts, snapshot)
+    parts.install()  # the settled days and hours summed in the thread are memoised for the next scrape
+    return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -173,7 +173,9 @@ def is_hour_key(key: bytes | str) -> bool:
     return text.partition(":")[2].startswith(HOUR_TAG)
 
 
-def compact(entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: int) -> tuple[list[bytes], list[bytes]]:
+def compact(
+    entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: int, caps: Caps | None = None
+) -> tuple[list[bytes], list[bytes]]:
     """Fold ``partition``'s minute buckets that start before ``cutoff_ms`` (hour-aligned) into hour
     entries; returns (hour keys to write, minute keys to delete once those writes are durable).
 
@@ -199,7 +201,7 @@ def compact(entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: in
                 deleted.append(key)
                 continue
             target = hours[hour] = BucketEntry(-1, BucketState())
-        target.state.merge(entry.state)
+        target.state.merge(entry.state, caps)  # the hour keeps the per-bucket attribute caps
         target.offset = max(target.offset, entry.offset)
         del entries[key]
         deleted.append(key)
@@ -211,7 +213,9 @@ def compact(entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: in
     return written, deleted
 
 
-def expire(entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int) -> tuple[list[bytes], list[bytes]]:
+def expire(
+    entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int, caps: Caps | None = None
+) -> tuple[list[bytes], list[bytes]]:
     """Retire ``partition``'s buckets (minutes and hours) that start before ``horizon_ms`` (hour-aligned);
     returns (keys to write: the retired entry, keys to delete once that write is durable)."""
     rkey = retired_key(partition)
@@ -231,7 +235,7 @@ def expire(entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: in
             not is_hour_key(key) and hour_key(partition, start - start % HOUR_MS) in hours
         )
         if not stale:
-            retired.state.merge(entry.state)
+            retired.state.merge(entry.state, caps)
         del entries[key]
         deleted.append(key)
     retired.horizon = horizon_ms

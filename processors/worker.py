@@ -614,8 +614,8 @@ class _Worker:
             if not self._consistent(partition):
                 continue  # still replaying after a recovery (see on_recovered)
             for written, deleted in (
-                compact(entries, partition, fine_cutoff),
-                expire(entries, partition, horizon),
+                compact(entries, partition, fine_cutoff, self.settings.timeline.caps),
+                expire(entries, partition, horizon, self.settings.timeline.caps),
             ):
                 flusher.dirty.update(written)
                 flusher.delete_pending.update(deleted)

@@ -279,7 +279,7 @@ class InProcess:
                     bound = "localhost" if host in ("0.0.0.0", "::") else host
                     bound = f"[{bound}]" if ":" in bound else bound
                     config.alerting.external_url = f"http://{bound}:{sock.getsockname()[1]}"
-        runner = None
+        site = None
         try:
             services = embedded_services(
                 config, self._data_dir, rules=self._rules, pricer=self._pricer, final_round=True
@@ -288,7 +288,8 @@ class InProcess:
                 url = None
                 if self._addr is not None:
                     try:
-                        runner, url = await start_site(create_app(ctx), self._addr, sock)
+                        site = await start_site(create_app(ctx), self._addr, sock)
+                        url = site.url
                     except OSError as exc:
                         raise OSError(
                             exc.errno,
@@ -299,10 +300,10 @@ class InProcess:
                     ready.set_result(url)
                     await self._consume(ctx)
                 finally:
-                    if runner is not None:
-                        await runner.cleanup()
+                    if site is not None:
+                        await site.close()
         finally:
-            if sock is not None and runner is None:  # never handed to a running server
+            if sock is not None and site is None:  # never handed to a running server
                 sock.close()
 
     async def _consume(self, ctx: ServerContext) -> None:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import msgspec
 import pytest
 
-from tokentrace.config import ConfigError, load_config, parse_config
+from tokentrace.config import Config, ConfigError, load_config, parse_config
 
 
 def test_defaults_match_the_spec() -> None:
@@ -46,12 +47,52 @@ def test_env_default_value(monkeypatch: pytest.MonkeyPatch) -> None:
         ("kafka:\n  dead_letter_topic: 'poison/1'\n", "kafka.dead_letter_topic"),
         ("kafka:\n  app_id: 'team:a'\n", "kafka.app_id"),
         (f"kafka:\n  app_id: {'a' * 201}\n", "kafka.app_id"),
+        ("http_server:\n  max_connections: 0\n", "max_connections"),
+        ("http_server:\n  max_otlp_spans: 0\n", "max_otlp_spans"),
+        ("http_server:\n  read_header_timeout: 0s\n", "read_header_timeout"),
+        ("http_server:\n  read_body_timeout: soon\n", "soon"),
+        ("aggregation:\n  max_models: 0\n", "max_models"),
+        ("aggregation:\n  max_series: -1\n", "max_series"),
     ],
 )
 def test_errors_name_the_key(text: str, fragment: str) -> None:
     with pytest.raises(ConfigError) as raised:
         parse_config(text)
     assert fragment in str(raised.value)
+
+
+def test_unset_variable_without_default_is_an_error_naming_it(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``auth_token: "${TOKENTRACE_API_TOKEN}"`` with the variable unset must not mean "no auth"."""
+    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
+    with pytest.raises(ConfigError) as raised:
+        parse_config('http_server:\n  auth_token: "${TT_UNSET_TOKEN}"\n')
+    assert "TT_UNSET_TOKEN" in str(raised.value)
+    assert "http_server.auth_token" in str(raised.value)
+
+
+@pytest.mark.parametrize("text", ['http_server:\n  auth_token: ""\n', 'http_server:\n  auth_token: "${TT_EMPTY}"\n'])
+def test_empty_auth_token_is_an_error(text: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TT_EMPTY", "")
+    with pytest.raises(ConfigError, match="auth_token"):
+        parse_config(text)
+
+
+def test_auth_off_only_when_the_token_is_absent_or_explicitly_optional(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
+    assert parse_config("").http_server.auth_token is None
+    assert parse_config("http_server:\n  auth_token: null\n").http_server.auth_token is None
+    # ${VAR:-} declares the variable optional: unset or empty leaves the key unset.
+    assert parse_config("http_server:\n  auth_token: ${TT_UNSET_TOKEN:-}\n").http_server.auth_token is None
+    monkeypatch.setenv("TT_UNSET_TOKEN", "t0k")
+    assert parse_config("http_server:\n  auth_token: ${TT_UNSET_TOKEN:-}\n").http_server.auth_token == "t0k"
+
+
+def test_unset_variable_in_a_list_names_its_path(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("TT_HOOK_SECRET", raising=False)
+    text = "alerts:\n  - name: a\n    delivery: {type: http, url: 'http://h', secret: '${TT_HOOK_SECRET}'}\n"
+    with pytest.raises(ConfigError) as raised:
+        parse_config(text)
+    assert "TT_HOOK_SECRET" in str(raised.value) and "alerts[0].delivery.secret" in str(raised.value)
 
 
 def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
@@ -62,3 +103,16 @@ def test_missing_file_is_a_config_error(tmp_path: Path) -> None:
 def test_kafka_names_kafka_accepts_pass() -> None:
     kafka = parse_config("kafka:\n  topic: team-a.spans_v2\n  app_id: team-a.workers\n  dead_letter_topic: dlq\n").kafka
     assert (kafka.topic, kafka.app_id, kafka.dead_letter_topic) == ("team-a.spans_v2", "team-a.workers", "dlq")
+
+
+def test_readme_tokentrace_yml_parses_and_states_the_defaults(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The README's ``tokentrace.yml`` block: every key exists, and its values are the defaults it documents."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    block = readme.split("### tokentrace.yml", 1)[1].split("```yaml\n", 1)[1].split("```", 1)[0]
+    monkeypatch.setenv("TOKENTRACE_API_TOKEN", "t")
+    documented = msgspec.to_builtins(parse_config(block))
+    defaults = msgspec.to_builtins(Config())
+    for section in ("http_server", "storage", "aggregation"):
+        for key, value in documented[section].items():
+            if key != "auth_token":
+                assert value == defaults[section][key], f"{section}.{key}"

@@ -3,6 +3,11 @@
 Keys follow spec 003/004 (``http_server.addr``, ``http_server.auth_token``, ``prometheus_path``,
 ``max_batch_size``). ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment. An unknown key
 or a bad value is an error that names it (``unknown field `adr` - at `$.http_server```).
+
+Nothing fails open: ``${VAR}`` with VAR unset is an error naming VAR and the key (``auth_token:
+"${TOKENTRACE_API_TOKEN}"`` must never quietly become "no token"), and an empty ``auth_token`` is an error,
+not "authentication off". A value that is exactly ``${VAR:-}`` declares the variable optional: unset or
+empty, the key is left unset (null), which is how the compose stack makes its token optional.
 """
 
 from __future__ import annotations
@@ -54,14 +59,30 @@ class HTTPServerConfig(_Section):
     prometheus_path: str = "/metrics/prometheus"
     max_batch_size: int = 1000
     max_body_bytes: int = 32 * 1024 * 1024
+    #: Spans one ``POST /v1/traces`` request may carry (``max_batch_size`` does not apply to OTLP).
+    max_otlp_spans: int = 10_000
+    #: Open connections at most; more are answered 503 and closed.
+    max_connections: int = 1024
+    #: A connection must send a request's complete headers within this of opening or of its last answer.
+    read_header_timeout: str = "10s"
+    #: A request body must arrive within this once its headers are in, else 408.
+    read_body_timeout: str = "60s"
 
     def __post_init__(self) -> None:
-        if self.max_batch_size < 1:
-            raise ValueError("max_batch_size must be >= 1")
+        for name in ("max_batch_size", "max_body_bytes", "max_otlp_spans", "max_connections"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
+        for name in ("read_header_timeout", "read_body_timeout"):
+            try:
+                parse_duration(getattr(self, name))
+            except ValueError as exc:
+                raise ValueError(f"{name}: {exc}") from None
         if not self.prometheus_path.startswith("/"):
             raise ValueError("prometheus_path must start with /")
-        if self.auth_token == "":
-            self.auth_token = None
+        if self.auth_token is not None and not self.auth_token.strip():
+            raise ValueError(
+                "http_server.auth_token is empty: set a token, or remove the key to serve without authentication"
+            )
 
 
 class StorageConfig(_Section):
@@ -84,10 +105,26 @@ class AggregationConfig(_Section):
     max_attribute_keys: int = 32
     max_attribute_values: int = 100
     max_future_skew: str = "5m"
+    #: Distinct models, providers and callers kept apart, and (model, provider, caller) series; the rest
+    #: count under ``__overflow__`` (``tokentrace_folded_labels_total{label}``).
+    max_models: int = 1000
+    max_providers: int = 100
+    max_callers: int = 1000
+    max_series: int = 10_000
 
     def __post_init__(self) -> None:
         parse_duration(self.bucket)
         parse_duration(self.max_future_skew)
+        for name in (
+            "max_attribute_keys",
+            "max_attribute_values",
+            "max_models",
+            "max_providers",
+            "max_callers",
+            "max_series",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
 
 
 class PriceOverride(_Section):
@@ -155,13 +192,29 @@ class Config(_Section):
     redis: RedisConfig = msgspec.field(default_factory=RedisConfig)
 
 
-def _expand(value: Any) -> Any:
+def _expand(value: Any, path: str = "") -> Any:
+    """Expand ``${VAR}`` / ``${VAR:-default}`` in every string; ``path`` names the key in errors."""
     if isinstance(value, str):
-        return _ENV.sub(lambda m: os.environ.get(m.group(1), m.group(2) or ""), value)
+        whole = _ENV.fullmatch(value)
+        if whole is not None and whole.group(2) == "" and not os.environ.get(whole.group(1)):
+            return None  # exactly ``${VAR:-}``: an optional variable, unset or empty, leaves the key unset
+
+        def substitute(match: re.Match[str]) -> str:
+            name, default = match.group(1), match.group(2)
+            if default is not None:  # shell semantics: ``:-`` also covers a variable set to ""
+                return os.environ.get(name) or default
+            if name not in os.environ:
+                raise ConfigError(
+                    f"environment variable {name} is not set (used by {path or 'the top level'}); set it, or "
+                    f"write ${{{name}:-default}} to give a default"
+                )
+            return os.environ[name]
+
+        return _ENV.sub(substitute, value)
     if isinstance(value, list):
-        return [_expand(v) for v in value]
+        return [_expand(v, f"{path}[{i}]") for i, v in enumerate(value)]
     if isinstance(value, dict):
-        return {k: _expand(v) for k, v in value.items()}
+        return {k: _expand(v, f"{path}.{k}" if path else str(k)) for k, v in value.items()}
     return value
 
 
@@ -176,7 +229,11 @@ def parse_config(text: str, source: str = "tokentrace.yml") -> Config:
     if not isinstance(raw, dict):
         raise ConfigError(f"{source}: the top level must be a mapping of keys")
     try:
-        config = msgspec.convert(_expand(raw), Config, strict=False)
+        expanded = _expand(raw)
+    except ConfigError as exc:
+        raise ConfigError(f"{source}: {exc}") from None
+    try:
+        config = msgspec.convert(expanded, Config, strict=False)
         rules_from_config(config.alerts)  # validated now so a bad rule stops start-up with its index
     except (msgspec.ValidationError, ValueError) as exc:
         raise ConfigError(f"{source}: {exc}") from None

@@ -6,6 +6,8 @@ buckets before it, by the spans' own ``started_at``.
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -24,7 +26,7 @@ from tokentrace.core.metrics import (
     scalar_value,
 )
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import total
+from tokentrace.core.timeline import LifetimeParts, total
 
 __all__ = ["Window", "routes"]
 
@@ -55,25 +57,47 @@ class Window:
             raise APIError(400, "groupby: not a dimension or attribute key")
         self.groupby = groupby or None
 
-    async def project(self, ctx: ServerContext, groupby: str | None) -> Projection:
-        return await ctx.store.query(self.start, self.end, groupby, {})
+    async def parts(self, ctx: ServerContext, groupby: str | None) -> LifetimeParts:
+        """The window grouped by ``groupby`` as parts the store no longer changes, to sum in a thread."""
+        return await ctx.store.query_parts(self.start, self.end, groupby, {})
+
+
+async def _off_loop(parts: list[LifetimeParts], body: Callable[[list[Projection]], dict[str, Any]]) -> dict[str, Any]:
+    """Sum ``parts`` and build the answer from them in a thread (a day of capped attribute values can be 100k
+    groups: seconds of merging and percentiles), then memoise what was summed, back on the loop."""
+
+    def work() -> dict[str, Any]:
+        return body([p.total() for p in parts])
+
+    answer = await asyncio.to_thread(work)
+    for p in parts:
+        p.install()
+    return answer
 
 
 @routes.get("/metrics")
 async def all_metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
     window = Window(request)
-    by_model = await window.project(ctx, "model")
-    if window.groupby is None:
-        return json_response({"window": window.label, **full_body(total(by_model), cost_by_model(by_model))})
-    groups = by_model if window.groupby == "model" else await window.project(ctx, window.groupby)
-    body = {}
-    for value, aggregate in sorted(groups.items()):
-        group_costs = cost_by_model({value: aggregate}) if window.groupby == "model" else {}
-        body[value] = full_body(aggregate, group_costs)
-        if window.groupby != "model":
-            del body[value]["cost"]["by_model"]
-    return json_response({"window": window.label, "groupby": window.groupby, f"by_{window.groupby}": body})
+    groupby = window.groupby
+    parts = [await window.parts(ctx, "model")]
+    if groupby is not None and groupby != "model":
+        parts.append(await window.parts(ctx, groupby))
+
+    def body(projections: list[Projection]) -> dict[str, Any]:
+        by_model = projections[0]
+        if groupby is None:
+            return {"window": window.label, **full_body(total(by_model), cost_by_model(by_model))}
+        groups = projections[-1]
+        out = {}
+        for value, aggregate in sorted(groups.items()):
+            group_costs = cost_by_model({value: aggregate}) if groupby == "model" else {}
+            out[value] = full_body(aggregate, group_costs)
+            if groupby != "model":
+                del out[value]["cost"]["by_model"]
+        return {"window": window.label, "groupby": groupby, f"by_{groupby}": out}
+
+    return json_response(await _off_loop(parts, body))
 
 
 @routes.get("/metrics/{name}")
@@ -83,22 +107,28 @@ async def one_metric(request: web.Request) -> web.Response:
     if name not in GROUP_METRICS and name not in SCALAR_METRICS:
         raise APIError(404, f"unknown metric {name!r}; known metrics: {', '.join(metric_names())}")
     window = Window(request)
-    body: dict[str, Any] = {"window": window.label}
-    if window.groupby is not None:
-        groups = await window.project(ctx, window.groupby)
-        body["groupby"] = window.groupby
+    groupby = window.groupby
+    parts = [await window.parts(ctx, groupby if groupby is not None else "model")]
+
+    def body(projections: list[Projection]) -> dict[str, Any]:
+        out: dict[str, Any] = {"window": window.label}
+        if groupby is not None:
+            groups = projections[0]
+            out["groupby"] = groupby
+            if name in GROUP_METRICS:
+                out[f"by_{groupby}"] = {v: group_body(name, a) for v, a in sorted(groups.items())}
+            else:
+                out["name"] = name
+                out[f"by_{groupby}"] = {v: scalar_value(name, a) for v, a in sorted(groups.items())}
+            return out
+        by_model = projections[0]
+        overall = total(by_model)
         if name in GROUP_METRICS:
-            body[f"by_{window.groupby}"] = {v: group_body(name, a) for v, a in sorted(groups.items())}
+            out.update(group_body(name, overall))
+            if name == "cost":
+                out["by_model"] = cost_by_model(by_model)
         else:
-            body["name"] = name
-            body[f"by_{window.groupby}"] = {v: scalar_value(name, a) for v, a in sorted(groups.items())}
-        return json_response(body)
-    by_model = await window.project(ctx, "model")
-    overall = total(by_model)
-    if name in GROUP_METRICS:
-        body.update(group_body(name, overall))
-        if name == "cost":
-            body["by_model"] = cost_by_model(by_model)
-    else:
-        body.update({"name": name, "value": scalar_value(name, overall)})
-    return json_response(body)
+            out.update({"name": name, "value": scalar_value(name, overall)})
+        return out
+
+    return json_response(await _off_loop(parts, body))

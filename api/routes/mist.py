@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from aiohttp import web
 
+from tokentrace.api.body import BodyTooLarge, read_body
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.routes.spans import accept_spans
@@ -14,29 +15,15 @@ __all__ = ["routes"]
 routes = web.RouteTableDef()
 
 
-async def _read(request: web.Request, limit: int) -> bytes:
-    """The body, or 413 as soon as it is known to exceed ``limit`` bytes (without reading the rest)."""
-    too_large = APIError(413, f"MIST message larger than {limit} bytes")
-    if request.content_length is not None and request.content_length > limit:
-        raise too_large
-    chunks: list[bytes] = []
-    size = 0
-    async for chunk in request.content.iter_any():
-        size += len(chunk)
-        if size > limit:
-            raise too_large
-        chunks.append(chunk)
-    return b"".join(chunks)
-
-
 @routes.post("/mist")
 async def post_mist(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
+    limit = min(MAX_MESSAGE_BYTES, ctx.config.http_server.max_body_bytes)
     try:
-        body = await _read(request, min(MAX_MESSAGE_BYTES, ctx.config.http_server.max_body_bytes))
-    except APIError:
+        body = await read_body(request, limit)
+    except BodyTooLarge:
         ctx.rejected["too_large"] += 1
-        raise
+        raise APIError(413, f"MIST message larger than {limit} bytes") from None
     try:
         envelope, payload = decode_message(body)
         span = to_span(envelope.source, payload)

@@ -1,9 +1,9 @@
 """``POST /v1/traces``: OTLP/HTTP trace export; spans following the GenAI conventions become tokentrace spans.
 
 Status codes follow OTLP/HTTP: 200 with an ``ExportTraceServiceResponse`` (``partial_success`` set when
-spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (checked
-after decompression: aiohttp inflates ``Content-Encoding: gzip`` bodies in bounded chunks and stops at the
-limit), 415 for other media types or content codings; the converted spans then go through
+spans were skipped), 400 for a body that does not decode, 413 for a body over ``max_body_bytes`` (raw or
+inflated: ``api.body`` inflates gzip in a thread and stops one byte past the limit), 415 for other media
+types or content codings; the converted spans then go through
 ``accept_spans`` like ``POST /spans`` (400 outside the time bounds, 503), bounded by ``max_body_bytes`` only.
 
 Error bodies: a JSON request gets the API's ``{"error": ...}`` envelope; a protobuf request gets the
@@ -13,14 +13,18 @@ unsupported ``Content-Type`` (encoding unknown) gets the envelope.
 
 from __future__ import annotations
 
+import asyncio
+import functools
 from collections import Counter
 
 from aiohttp import web
 
+from tokentrace.api.body import BodyTooLarge, UndecodableBody, read_body
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.responses import APIError
-from tokentrace.api.routes.spans import accept_spans
-from tokentrace.core.otlp import SKIP_REASONS, convert_request
+from tokentrace.api.routes.spans import accept_spans, batch_bounds
+from tokentrace.core.ingest import Pricer, SpanRejected, prepare_batch
+from tokentrace.core.otlp import SKIP_REASONS, Conversion, convert_request
 from tokentrace.core.otlp_codec import (
     JSON,
     Encoding,
@@ -37,11 +41,11 @@ routes = web.RouteTableDef()
 
 #: Prometheus family (``..._total{reason}``) of OTLP spans skipped, in ``ServerContext.extra_counters``.
 SKIPPED_COUNTER = "tokentrace_otlp_skipped_spans"
-#: Content codings aiohttp has already decoded by the time the handler reads the body.
-_CODINGS = frozenset({"", "identity", "gzip", "deflate"})
 #: google.rpc.Code for the HTTP statuses this route answers (OTLP clients log it; they act on the HTTP status).
 _GRPC_CODES = {400: 3, 413: 8, 415: 3, 503: 14}
 _UNKNOWN = 2
+#: Bodies up to this size are decoded on the event loop (a thread hop costs more than they do).
+_INLINE_BYTES = 16 * 1024
 
 
 def init_counters(ctx: ServerContext) -> None:
@@ -70,29 +74,56 @@ async def post_traces(request: web.Request) -> web.Response:
 
 async def _export(request: web.Request, encoding: Encoding, media_type: str) -> web.Response:
     ctx = request.app[CONTEXT]
-    coding = request.headers.get("Content-Encoding", "").strip().lower()
-    if coding not in _CODINGS:
-        raise APIError(415, f"unsupported Content-Encoding {coding!r}: send gzip or no encoding")
     try:
-        body = await request.read()
-    except web.HTTPRequestEntityTooLarge as exc:
+        body = await read_body(request, ctx.config.http_server.max_body_bytes)
+    except BodyTooLarge:
         ctx.rejected["too_large"] += 1
-        raise APIError(413, f"request body too large: {exc.text}") from None
-    except web.RequestPayloadError as exc:  # aiohttp could not inflate the Content-Encoding
+        raise
+    except UndecodableBody:
         ctx.rejected["invalid"] += 1
-        raise APIError(400, f"body does not decode as Content-Encoding {coding!r}: {exc}") from None
+        raise
+    limit = ctx.config.http_server.max_otlp_spans
+    work = functools.partial(_decode_and_prepare, body, encoding, limit, ctx.pricer, batch_bounds(ctx))
     try:
-        export = decode_request(body, encoding)
+        # Off the event loop unless small: 100k spans of JSON took 9 s to decode and convert, and pricing
+        # 10k spans 0.2 s (the price table is thread-safe; the spans are this request's own).
+        conversion = work() if len(body) <= _INLINE_BYTES else await asyncio.to_thread(work)
     except OTLPDecodeError as exc:
         ctx.rejected["invalid"] += 1
         raise APIError(400, str(exc)) from None
-    conversion = convert_request(export)
+    except _TooManySpans as exc:
+        ctx.rejected["too_large"] += 1
+        raise APIError(413, f"request of {exc.count} spans exceeds http_server.max_otlp_spans {limit}") from None
+    except SpanRejected as exc:
+        ctx.rejected[exc.reason] += 1
+        raise APIError(400, str(exc)) from None
     if conversion.spans:
         # Not bounded by max_batch_size: OTLP exporters and Collectors drop a batch answered 413.
-        await accept_spans(request, conversion.spans, bounded=False)
+        await accept_spans(request, conversion.spans, bounded=False, prepared=True)
     _count_skipped(ctx, conversion.skipped)
     answer = encode_response(conversion.rejected, conversion.message(), encoding)
     return web.Response(body=answer, content_type=media_type)
+
+
+class _TooManySpans(Exception):
+    def __init__(self, count: int) -> None:
+        super().__init__(count)
+        self.count = count
+
+
+def _decode_and_prepare(
+    body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
+) -> Conversion:
+    """Decode the request, convert its spans and ``prepare_batch`` them (stamp, bounds, price); raises
+    _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected."""
+    export = decode_request(body, encoding)
+    count = sum(len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans)
+    if count > limit:
+        raise _TooManySpans(count)
+    conversion = convert_request(export)
+    arrival, oldest, skew_ms = bounds
+    prepare_batch(conversion.spans, arrival, pricer, oldest, skew_ms)
+    return conversion
 
 
 def _count_skipped(ctx: ServerContext, skipped: Counter[str]) -> None:

@@ -7,38 +7,53 @@ import logging
 import msgspec
 from aiohttp import web
 
-from tokentrace.api.context import CONTEXT
+from tokentrace.api.body import BodyTooLarge, read_body
+from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.stores.base import StoreUnavailable
+from tokentrace.core.buckets import SERIES
 from tokentrace.core.codec import decode_json_spans
 from tokentrace.core.ingest import SpanRejected, prepare_batch
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms, parse_duration
 
-__all__ = ["accept_spans", "routes"]
+__all__ = ["accept_spans", "batch_bounds", "routes"]
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
 
 
-async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool = True) -> int:
+def batch_bounds(ctx: ServerContext) -> tuple[int, int, int]:
+    """(arrival, oldest allowed, future skew) in ms, for ``prepare_batch`` of a batch arriving now."""
+    arrival = now_ms()
+    skew_ms = round(parse_duration(ctx.config.aggregation.max_future_skew) * 1000)
+    return arrival, ctx.store.oldest_allowed_ms(arrival), skew_ms
+
+
+async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool = True, prepared: bool = False) -> int:
     """Check the batch size, stamp, price and store ``spans``; the shared tail of every ingest path.
 
     ``bounded=False`` skips the ``max_batch_size`` check, for protocols whose clients drop rather than split a
-    batch answered 413 (OTLP); their size is bounded by ``max_body_bytes`` alone.
+    batch answered 413 (OTLP, capped by ``max_otlp_spans``). ``prepared=True``: the caller ran
+    ``prepare_batch`` already (OTLP does, in a thread, with ``batch_bounds``).
     """
     ctx = request.app[CONTEXT]
     limit = ctx.config.http_server.max_batch_size
     if bounded and len(spans) > limit:
         ctx.rejected["too_large"] += 1
         raise APIError(413, f"batch of {len(spans)} spans exceeds max_batch_size {limit}")
-    arrival = now_ms()
-    skew_ms = round(parse_duration(ctx.config.aggregation.max_future_skew) * 1000)
-    try:
-        prepare_batch(spans, arrival, ctx.pricer, ctx.store.oldest_allowed_ms(arrival), skew_ms)
-    except SpanRejected as exc:
-        ctx.rejected[exc.reason] += 1
-        raise APIError(400, str(exc)) from None
+    if not prepared:
+        arrival, oldest, skew_ms = batch_bounds(ctx)
+        try:
+            prepare_batch(spans, arrival, ctx.pricer, oldest, skew_ms)
+        except SpanRejected as exc:
+            ctx.rejected[exc.reason] += 1
+            raise APIError(400, str(exc)) from None
+    if not ctx.labels_seeded:
+        # The keys of the lifetime parts: no aggregate is copied (lifetime() took seconds at 10k series).
+        ctx.labels.seed((await ctx.store.lifetime_parts(SERIES)).keys())
+        ctx.labels_seeded = True
+    ctx.labels.admit(spans)
     try:
         await ctx.store.ingest(spans, idempotency_key(request))
     except StoreUnavailable as exc:
@@ -60,7 +75,12 @@ def idempotency_key(request: web.Request) -> str | None:
 
 @routes.post("/spans")
 async def post_spans(request: web.Request) -> web.Response:
-    body = await request.read()
+    ctx = request.app[CONTEXT]
+    try:
+        body = await read_body(request, ctx.config.http_server.max_body_bytes)
+    except BodyTooLarge:
+        ctx.rejected["too_large"] += 1
+        raise
     if not body.strip():
         raise APIError(400, "empty request body: send a span object or an array of spans")
     try:

@@ -8,7 +8,7 @@ import msgspec
 
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import TimelineSettings
+from tokentrace.core.timeline import LifetimeParts, TimelineSettings
 from tokentrace.core.traces import TraceFilter
 
 __all__ = ["Store", "StoreHealth", "StoreUnavailable"]
@@ -52,6 +52,15 @@ class Store(Protocol):
 
     async def lifetime(self, groupby: str | None) -> Projection:
         """Everything ever counted (monotonic, for Prometheus counters)."""
+
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        """``query`` as projections that nothing changes any more, to be summed off the event loop."""
+
+    async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
+        """``lifetime`` as projections that nothing changes any more, to be summed (``LifetimeParts.total``)
+        off the event loop."""
 
     async def trace(self, trace_id: str) -> dict[str, Any] | None:
         """One trace with its spans, or None."""

@@ -33,7 +33,7 @@ from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import Timeline, TimelineSettings, TimelineSnapshot
+from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings, TimelineSnapshot
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
 __all__ = ["SNAPSHOT_VERSION", "EmbeddedSettings", "EmbeddedStore", "read_snapshot"]
@@ -215,6 +215,14 @@ class EmbeddedStore:
 
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
+
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        return self.timeline.query_parts(start_ms, end_ms, groupby, where)
+
+    async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
+        return self.timeline.lifetime_parts(groupby)
 
     async def trace(self, trace_id: str) -> dict[str, Any] | None:
         trace = self.traces.get(trace_id)

@@ -32,7 +32,7 @@ from tokentrace.api.stores.topic_lag import EndOffsets, lag_by_partition
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
+from tokentrace.core.timeline import HOUR_MS, LifetimeParts, Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
 from tokentrace.processors.state import (
     HOUR_TAG,
@@ -195,6 +195,16 @@ class RedisStore:
     async def lifetime(self, groupby: str | None) -> Projection:
         await self.sync()
         return self._view.lifetime(groupby)
+
+    async def query_parts(
+        self, start_ms: int, end_ms: int, groupby: str | None, where: dict[str, str]
+    ) -> LifetimeParts:
+        await self.sync()
+        return self._view.query_parts(start_ms, end_ms, groupby, where)
+
+    async def lifetime_parts(self, groupby: str | None) -> LifetimeParts:
+        await self.sync()
+        return self._view.lifetime_parts(groupby)
 
     async def sync(self) -> None:
         """Catch up with the view's change feed (one round trip when nothing changed)."""

@@ -24,10 +24,14 @@ def free_port() -> int:
 class ServerProcess:
     """Starts, kills and restarts one embedded server over a fixed data dir and port."""
 
-    def __init__(self, data_dir: Path, config: Path | None = None, extra: list[str] | None = None) -> None:
+    def __init__(
+        self, data_dir: Path, config: Path | None = None, extra: list[str] | None = None, token: str | None = None
+    ) -> None:
         self.data_dir = data_dir
         self.config = config
         self.extra = extra or []
+        #: Sent as a bearer token by the health check in ``start``.
+        self.token = token
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
@@ -44,8 +48,11 @@ class ServerProcess:
         while time.monotonic() < deadline:
             if self.process.poll() is not None:
                 raise RuntimeError(f"server exited with {self.process.returncode}: {self.log.read_text()[-2000:]}")
+            request = urllib.request.Request(f"{self.url}/health")
+            if self.token is not None:
+                request.add_header("Authorization", f"Bearer {self.token}")
             try:
-                with urllib.request.urlopen(f"{self.url}/health", timeout=1) as response:
+                with urllib.request.urlopen(request, timeout=1) as response:
                     if response.status == 200:
                         return
             except urllib.error.HTTPError as exc:

@@ -404,3 +404,17 @@ async def test_spans_from_the_opentelemetry_sdk_exporter(client: TestClient[Any,
 def test_start_ns_is_recent() -> None:
     """The shared spans start a minute ago: inside retention, not in the future."""
     assert 0 < now_ms() - START_NS // 1_000_000 < 3_600_000
+
+
+@pytest.mark.parametrize("media_type", [PROTOBUF, JSON])
+async def test_more_spans_than_max_otlp_spans_is_413(make_client: MakeClient, media_type: str) -> None:
+    """The cap the OpenAPI document states (``http_server.max_otlp_spans``); skipped spans count too."""
+    client = await make_client("http_server: {max_otlp_spans: 20, max_batch_size: 5}")
+    spans = [otlp_span(GENAI, span_id=i.to_bytes(8, "big")) for i in range(1, 21)]
+    status, _, body = await export(client, body_of(export_request(*spans), media_type), media_type)
+    assert status == 200, body  # 20 spans: at the cap, and max_batch_size (5) does not apply to OTLP
+    spans.append(otlp_span({}, span_id=(21).to_bytes(8, "big")))  # a 21st span, one OTLP would skip
+    status, content_type, body = await export(client, body_of(export_request(*spans), media_type), media_type)
+    assert (status, content_type) == (413, media_type)
+    assert "max_otlp_spans" in error_of(body, media_type)
+    assert (await (await client.get("/metrics")).json())["span_count"] == 20

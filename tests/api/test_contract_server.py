@@ -2,11 +2,19 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
 from typing import Any
 
+import pytest
 from aiohttp.test_utils import TestClient
 
 from tests.api.conftest import MakeClient
+from tests.api.server_process import ServerProcess
 from tests.api.stores.faulty_fs import FullDisk
 from tests.api.test_openapi import assert_conforms
 from tokentrace.api.context import CONTEXT
@@ -44,10 +52,33 @@ async def test_bearer_token_required_everywhere(make_client: MakeClient, monkeyp
     assert right.status == 200
 
 
-async def test_empty_token_means_no_auth(make_client: MakeClient, monkeypatch: Any) -> None:
-    monkeypatch.delenv("TT_UNSET_TOKEN", raising=False)
-    client = await make_client('http_server:\n  auth_token: "${TT_UNSET_TOKEN}"\n')
-    assert (await client.get("/health")).status == 200
+def test_unset_token_variable_stops_the_server(tmp_path: Path) -> None:
+    """A real ``tokentrace serve`` with ``auth_token: "${VAR}"`` and VAR unset exits naming VAR; it never
+    serves without a token."""
+    config = tmp_path / "tokentrace.yml"
+    config.write_text('http_server:\n  auth_token: "${TT_UNSET_TOKEN}"\n')
+    env = {k: v for k, v in os.environ.items() if k != "TT_UNSET_TOKEN"}
+    command = [sys.executable, "-m", "tokentrace", "serve", "--addr", "127.0.0.1:0", "--data-dir", str(tmp_path / "d")]
+    done = subprocess.run([*command, "--config", str(config)], env=env, capture_output=True, timeout=60)
+    assert done.returncode == 2
+    assert b"TT_UNSET_TOKEN" in done.stderr
+
+
+def test_start_log_says_whether_auth_is_on(tmp_path: Path) -> None:
+    config = tmp_path / "tokentrace.yml"
+    config.write_text('http_server:\n  auth_token: "s3cret"\n')
+    for with_token in (True, False):
+        server = ServerProcess(tmp_path / f"d{with_token}", config if with_token else None, token="s3cret")
+        try:
+            server.start()
+            if with_token:
+                with pytest.raises(urllib.error.HTTPError) as raised:
+                    urllib.request.urlopen(f"{server.url}/health", timeout=5)
+                assert raised.value.code == 401
+        finally:
+            server.stop()
+        log = server.log.read_text()
+        assert ("auth: on" in log) == with_token and ("auth: off" in log) != with_token, log
 
 
 async def test_health_is_503_when_the_disk_fails(make_client: MakeClient, tmp_path: Any) -> None:

@@ -15,6 +15,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import ResourceSpans, ScopeSpans, St
 from opentelemetry.proto.trace.v1.trace_pb2 import Span as OTLPSpan
 
 from tokentrace.core.ingest import CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE, prepare_batch
+from tokentrace.core.limits import MAX_ATTRIBUTES, MAX_ATTRIBUTES_CHARS, text_limit_error
 from tokentrace.core.otlp import (
     CACHE_READ_NAMES,
     CACHE_WRITE_NAMES,
@@ -500,3 +501,23 @@ def test_any_attribute_values_convert_or_skip_and_always_price(
     assert set(conversion.skipped) <= set(SKIP_REASONS)
     for converted in conversion.spans:
         prepare_batch([converted], now_ms(), PriceTable(), 0, 10**15)
+
+
+def test_attributes_past_the_span_caps_are_dropped_not_the_span() -> None:
+    """200 attributes of 1000 characters: the span is kept, with what fits the caps of ``core.limits``."""
+    many = {f"tool.{i}.description": "d" * 1000 for i in range(200)} | {"small": 1}
+    conversion = convert_request(export_request(otlp_span(GENAI | many)))
+    [span] = conversion.spans
+    assert not conversion.skipped
+    assert len(span.attributes) <= MAX_ATTRIBUTES
+    assert sum(len(k) + (len(v) if isinstance(v, str) else 0) for k, v in span.attributes.items()) <= (
+        MAX_ATTRIBUTES_CHARS
+    )
+    assert span.attributes["small"] == 1 and span.attributes["gen_ai.operation.name"] == "chat"
+    assert text_limit_error(span) is None
+
+
+def test_a_model_name_over_its_cap_skips_the_span_as_invalid() -> None:
+    conversion = convert_request(export_request(otlp_span(GENAI | {"gen_ai.request.model": "m" * 257})))
+    assert conversion.spans == [] and conversion.skipped == {"invalid": 1}
+    assert "model" in conversion.message()

@@ -8,6 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.core.aggregate import to_nanos
+from tokentrace.core.buckets import OVERFLOW, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
@@ -154,3 +155,86 @@ def test_settled_window_memo_sees_late_writes(first: list[tuple[Span, int]], lat
         timeline.add(span, NOW - age)
     assert total(timeline.query(start, end)).count == len(first) + len(late)
     assert timeline.query(start, end, "model") == timeline.query(start, end, "model")
+
+
+def test_compacted_and_retired_attributes_keep_the_caps() -> None:
+    """Each minute keeps at most 3 values of a key; the hours and the retired totals they are folded into
+    keep the same caps (the excess under ``__overflow__``), so a new value every minute does not grow them
+    without bound, and every span still counts once under its key."""
+    caps = Caps(max_attribute_keys=2, max_attribute_values=3)
+    timeline = Timeline(TimelineSettings(fine_retention_ms=HOUR_MS, retention_ms=DAY_MS, caps=caps))
+    start = NOW - 2 * DAY_MS
+    spans = 0
+    for minute in range(0, 2 * DAY_MS // MINUTE_MS, 7):
+        attributes = {"request": f"r{minute}", f"key{minute % 5}": "x", "workflow": "w"}
+        timeline.add(Span(model="m", prompt_tokens=1, attributes=attributes), start + minute * MINUTE_MS)
+        spans += 1
+    timeline.compact(NOW)
+    snapshot = timeline.snapshot()
+    for state in [snapshot.retired, *snapshot.coarse.values(), *snapshot.fine.values()]:
+        assert len(state.attributes) <= 2
+        assert all(len(values - {OVERFLOW}) <= 3 for values in map(set, state.attributes.values()))
+    assert total(timeline.lifetime()).count == spans
+    by_request = timeline.lifetime("request")  # the first key of every span: kept in every bucket
+    assert sum(a.count for a in by_request.values()) == spans
+    assert by_request[OVERFLOW].count > 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(timed_spans, timed_spans, st.sampled_from([None, "model", "__series__", "workflow"]))
+def test_lifetime_parts_sum_to_lifetime(
+    first: list[tuple[Span, int]], late: list[tuple[Span, int]], groupby: str | None
+) -> None:
+    """The parts the Prometheus scrape sums in a thread equal ``lifetime``, whichever memos are fresh or stale,
+    and the parts gathered before later writes and a compaction are not changed by them."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=6 * HOUR_MS, retention_ms=2 * DAY_MS))
+    for span, offset in first:
+        timeline.add(span, NOW - offset)
+    timeline.query(NOW - 3 * DAY_MS, NOW + MINUTE_MS, groupby)  # memoises days, hours and buckets
+    assert timeline.lifetime_parts(groupby).total() == timeline.lifetime(groupby)
+    before = timeline.lifetime_parts(groupby)
+    expected = before.total()
+    for span, offset in late:
+        timeline.add(span, NOW - offset % (2 * DAY_MS))
+    timeline.compact(NOW)
+    assert before.total() == expected  # nothing gathered was changed afterwards
+    before.install()  # its settled blocks, if not written since
+    parts = timeline.lifetime_parts(groupby)
+    assert parts.total() == timeline.lifetime(groupby)
+    parts.install()
+    again = timeline.lifetime_parts(groupby)
+    assert not again.builds  # what the last call summed is memoised now
+    assert again.total() == timeline.lifetime(groupby)
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    timed_spans,
+    timed_spans,
+    st.sampled_from([MINUTE_MS, HOUR_MS, 6 * HOUR_MS, DAY_MS, 3 * DAY_MS]),
+    st.sampled_from([None, "model", "caller", "workflow"]),
+    st.sampled_from([{}, {"model": "gpt-4o"}, {"workflow": "chat"}]),
+)
+def test_query_parts_sum_to_query(
+    first: list[tuple[Span, int]],
+    late: list[tuple[Span, int]],
+    window_ms: int,
+    groupby: str | None,
+    where: dict[str, str],
+) -> None:
+    """What ``/metrics`` sums in a thread equals ``query``, with the settled window's memo fresh, stale or
+    installed from an earlier build."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=30 * DAY_MS))
+    for span, offset in first:
+        timeline.add(span, NOW - offset)
+    end = timeline.window_end(NOW)
+    start = timeline.window_start(NOW, window_ms)
+    parts = timeline.query_parts(start, end, groupby, where)
+    assert parts.total() == timeline.query(start, end, groupby, where)
+    for span, offset in late:
+        timeline.add(span, NOW - offset)
+    parts.install()  # stale now: must not be taken
+    again = timeline.query_parts(start, end, groupby, where)
+    assert again.total() == timeline.query(start, end, groupby, where)
+    again.install()
+    assert timeline.query_parts(start, end, groupby, where).total() == timeline.query(start, end, groupby, where)

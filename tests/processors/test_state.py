@@ -15,7 +15,7 @@ from hypothesis import strategies as st
 from tokentrace.api.stores.redis_view import encode_span
 from tokentrace.core import aggregate as aggregate_module
 from tokentrace.core import native
-from tokentrace.core.buckets import BucketState
+from tokentrace.core.buckets import OVERFLOW, BucketState, Caps
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.ingest import SpanRejected, prepare_batch
 from tokentrace.core.span import Span, span_time_ms
@@ -563,3 +563,23 @@ def test_compiled_routing_takes_the_usual_message_and_declines_the_rest() -> Non
     assert route(spans(), oldest, latest, MINUTE_MS, NOW, True, key_of) is None  # below the retired horizon
     unstamped = [Span(trace_id="t", span_id="s", model="m", prompt_tokens=1, cost_usd=0.1)]
     assert route(unstamped, oldest, latest, MINUTE_MS, 0, True, key_of) is None
+
+
+def test_compacted_hours_and_retired_totals_keep_the_attribute_caps() -> None:
+    """A new attribute value every minute: the worker's hour entries and retired totals keep the per-bucket
+    caps (values beyond under ``__overflow__``), and every span still counts under its key."""
+    caps = Caps(max_attribute_keys=4, max_attribute_values=3)
+    applier = Applier(TimelineSettings(caps=caps), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    start = NOW - 3 * HOUR_MS - NOW % HOUR_MS
+    spans = [_span(1, start + m * MINUTE_MS, attributes={"request": f"r{m}"}) for m in range(120)]
+    applier.apply(entries, 1, 0, NOW, encode_wire(spans))
+    compact(entries, 1, NOW - NOW % HOUR_MS, caps)
+    hours = [e for k, e in entries.items() if parse_key(k)[1] is not None and isinstance(e, BucketEntry)]
+    assert hours and all(len(set(e.state.attributes["request"]) - {OVERFLOW}) <= 3 for e in hours)
+    expire(entries, 1, NOW - NOW % HOUR_MS, caps)
+    retired = entries[retired_key(1)]
+    assert isinstance(retired, RetiredEntry)
+    values = retired.state.attributes["request"]
+    assert len(set(values) - {OVERFLOW}) <= 3
+    assert sum(a.count for by_series in values.values() for a in by_series.values()) == 120

@@ -170,13 +170,32 @@ class BucketState(msgspec.Struct):
             groups.append(group)
         return groups
 
-    def merge(self, other: BucketState) -> None:
-        """Add another bucket's aggregates into this one."""
+    def merge(self, other: BucketState, caps: Caps | None = None) -> None:
+        """Add another bucket's aggregates into this one.
+
+        With ``caps`` (compaction into hours, retirement), the merged bucket keeps the per-bucket caps too: a
+        key beyond ``max_attribute_keys`` is not kept and a value beyond ``max_attribute_values`` joins
+        ``OVERFLOW``, each counted in ``overflowed`` by the spans it held; otherwise the union of many capped
+        minutes (100 new values each) grew without bound in the hour buckets and the retired totals.
+        """
         _merge_groups(self.series, other.series)
         for name, values in other.attributes.items():
-            mine = self.attributes.setdefault(name, {})
+            mine = self.attributes.get(name)
+            if mine is None:
+                if caps is not None and len(self.attributes) >= caps.max_attribute_keys:
+                    self.overflowed += _spans_in(values)
+                    continue
+                mine = self.attributes[name] = {}
             for value, by_series in values.items():
-                _merge_groups(mine.setdefault(value, {}), by_series)
+                target = mine.get(value)
+                if target is None:
+                    if caps is not None and len(mine) >= caps.max_attribute_values and value != OVERFLOW:
+                        self.overflowed += sum(a.count for a in by_series.values())
+                        value = OVERFLOW
+                        target = mine.get(value)
+                    if target is None:
+                        target = mine[value] = {}
+                _merge_groups(target, by_series)
         self.overflowed += other.overflowed
 
     def project(self, groupby: str | None, where: Mapping[str, str]) -> Projection:
@@ -212,6 +231,10 @@ class BucketState(msgspec.Struct):
             group = parts[index] if index is not None else (key if groupby == SERIES else "")
             _add_into(out, group, aggregate)
         return out
+
+
+def _spans_in(values: Mapping[str, Mapping[str, Aggregate]]) -> int:
+    return sum(a.count for by_series in values.values() for a in by_series.values())
 
 
 def _matches(parts: tuple[str, ...] | list[str], filters: list[tuple[int, str]]) -> bool:

@@ -9,8 +9,9 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
+from tokentrace.core.limits import text_limit_error
 from tokentrace.core.span import Span
-from tokentrace.core.timefmt import format_duration, format_ms
+from tokentrace.core.timefmt import format_duration, format_ms, parse_rfc3339_ms
 
 __all__ = [
     "CACHE_READ_ATTRIBUTE",
@@ -24,6 +25,10 @@ __all__ = [
 #: Attributes (OpenTelemetry GenAI names) carrying cached prompt tokens, priced at the cache rates.
 CACHE_READ_ATTRIBUTE = "gen_ai.usage.cache_read_input_tokens"
 CACHE_WRITE_ATTRIBUTE = "gen_ai.usage.cache_creation_input_tokens"
+
+
+#: Length of a normalised timestamp, ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (years 1000 to 9999).
+_NORMALISED = 24
 
 
 class Pricer(Protocol):
@@ -62,9 +67,11 @@ def prepare_batch(
 ) -> list[int]:
     """Stamp, bound-check and price ``spans`` in place; raise SpanRejected naming the first bad span.
 
+    - a span with text over a cap of ``core.limits`` (a 10 MB model name) is rejected naming the field;
     - a span without timestamps counts at its arrival time;
-    - a span that started before ``oldest_allowed_ms`` (outside aggregate retention) or more than
-      ``max_future_ms`` after arrival (clock skew) is rejected rather than mis-bucketed;
+    - a span that started before ``oldest_allowed_ms`` (outside aggregate retention), or that starts or
+      ends more than ``max_future_ms`` after arrival (clock skew; ``ended_at`` as given or as derived from
+      ``started_at`` and ``latency_ms``), is rejected rather than mis-bucketed or kept as a years-long trace;
     - a span without ``cost_usd`` is priced from the table; it stays ``None`` for an unknown model or
       when only ``total_tokens`` is known (the split between input and output decides the price).
 
@@ -101,6 +108,9 @@ def prepare_spans(
 
 def _prepare(index: int, span: Span, arrival_ms: int, pricer: Pricer | None, oldest_ms: int, max_future_ms: int) -> int:
     """Stamp, bound-check and price one span; the time it counts at. Raises SpanRejected."""
+    too_long = text_limit_error(span)
+    if too_long is not None:
+        raise SpanRejected(f"span {index}: {too_long}", "too_long")
     at = span.stamp(arrival_ms)
     if at < oldest_ms:
         raise SpanRejected(
@@ -108,10 +118,22 @@ def _prepare(index: int, span: Span, arrival_ms: int, pricer: Pricer | None, old
             f"(oldest accepted: {format_ms(oldest_ms)})",
             "too_old",
         )
-    if at > arrival_ms + max_future_ms:
+    latest = arrival_ms + max_future_ms
+    if at > latest:
         raise SpanRejected(
             f"span {index}: started_at {span.started_at} is more than "
             f"{format_duration(max_future_ms / 1000)} in the future (check the sender's clock)",
+            "future",
+        )
+    ended = span.ended_at  # stamped: normalised, so fixed-width text compares as time does
+    if (
+        ended is not None
+        and (ended > format_ms(latest) or len(ended) != _NORMALISED)
+        and parse_rfc3339_ms(ended) > latest
+    ):
+        raise SpanRejected(
+            f"span {index}: ended_at {ended} is more than {format_duration(max_future_ms / 1000)} in the future "
+            "(check the sender's clock, or the latency given with started_at)",
             "future",
         )
     priceable = span.prompt_tokens is not None or span.comp_tokens is not None

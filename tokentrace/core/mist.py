@@ -70,6 +70,7 @@ _MIST_NAMES = {
     "caller": "source",
     "attributes.eval.score": "payload.attrs.eval.score",
 }
+_TOO_DEEP = "invalid trace.span payload: objects or arrays nested too deep"
 _FIELD = re.compile(r"^(attributes\.eval\.score|\w+)")
 
 
@@ -137,6 +138,8 @@ def decode_message(body: bytes) -> tuple[Envelope, TraceSpan]:
         raise MistError(f"invalid MIST envelope: {exc}") from None
     except msgspec.DecodeError as exc:
         raise MistError(f"malformed JSON: {exc}") from None
+    except RecursionError:  # msgspec walks nesting recursively (a Raw payload too), up to the recursion limit
+        raise MistError(_TOO_DEEP) from None
     for field in ("id", "source"):
         if not getattr(envelope, field):
             raise MistError(f"invalid MIST envelope: {field} must not be empty")
@@ -151,6 +154,8 @@ def decode_message(body: bytes) -> tuple[Envelope, TraceSpan]:
         span = _trace_span.decode(raw)
     except msgspec.ValidationError as exc:
         raise MistError(f"invalid trace.span payload: {_at(exc, 'payload')}") from None
+    except RecursionError:
+        raise MistError(_TOO_DEEP) from None
     if not span.trace_id:
         raise MistError("payload.trace_id must not be empty")
     return envelope, span
@@ -196,7 +201,10 @@ def to_span(source: str, span: TraceSpan) -> Span:
     for key, value in attrs.items():
         if key in _MAPPED or key in _RESERVED or (key == "error" and isinstance(error, str)):
             continue
-        kept = _attribute(value)
+        try:
+            kept = _attribute(value)
+        except RecursionError:
+            raise MistError(_TOO_DEEP) from None
         if kept is not None:
             attributes[key] = kept
     if unknown_status is not None:

@@ -29,13 +29,15 @@ Where a value comes from (the first attribute present wins):
 - other span attributes with a string, bool, int or finite double value are kept, except message
   contents (``CONTENT_ATTRIBUTES``, ``gen_ai.prompt.*``, ``gen_ai.completion.*``), per-call ids
   (``gen_ai.response.id``, ``gen_ai.tool.call.id``), strings over 1024 characters and the usage
-  attributes consumed above. Resource attributes other than ``service.name`` are not kept.
+  attributes consumed above; past the span caps of ``core.limits`` (128 attributes, 32 KiB of text) the
+  remaining attributes are dropped. Resource attributes other than ``service.name`` are not kept.
 
 A span is skipped, and counted by reason, when it has no model (``no_model``: not a GenAI span), when
 it is an agent or workflow invocation whose usage sums the inference spans below it (``aggregate``:
 ``invoke_workflow``, and ``invoke_agent`` unless its kind is CLIENT, i.e. a remote agent whose
 inference is not traced here), when it has a model but no token count (``no_tokens``), or when a value
-is out of range (``invalid``: negative or huge counts, times past year 9999, control characters).
+is out of range (``invalid``: negative or huge counts, times past year 9999, control characters, text
+over the caps of ``core.limits``).
 """
 
 from __future__ import annotations
@@ -51,6 +53,7 @@ from opentelemetry.proto.trace.v1.trace_pb2 import Span as OTLPSpan
 from opentelemetry.proto.trace.v1.trace_pb2 import Status as OTLPStatus
 
 from tokentrace.core.ingest import CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE
+from tokentrace.core.limits import MAX_ATTRIBUTE_KEY_CHARS, MAX_ATTRIBUTES, MAX_ATTRIBUTES_CHARS, text_limit_error
 from tokentrace.core.span import EVAL_SCORE, MAX_SCORE, MAX_TOKENS, AttributeValue, Span, Status
 from tokentrace.core.timefmt import format_ms
 
@@ -114,6 +117,10 @@ _CONSUMED = frozenset(
     | set(CACHE_WRITE_NAMES)
 )
 MAX_ATTRIBUTE_TEXT = 1024
+#: Attributes kept of an OTLP span, leaving room for the ones the conversion adds (request model, provider,
+#: cache counts, score: at most 6, each a short key and a value within MAX_ATTRIBUTE_TEXT).
+_KEPT_ATTRIBUTES = MAX_ATTRIBUTES - 8
+_KEPT_CHARS = MAX_ATTRIBUTES_CHARS - 8 * (MAX_ATTRIBUTE_TEXT + 64)
 MAX_ERROR_TEXT = 1024
 #: The well-known ``gen_ai.provider.name`` / ``gen_ai.system`` values, as the price table names them.
 PROVIDERS: Mapping[str, str] = {
@@ -238,7 +245,7 @@ def convert_span(otlp_span: OTLPSpan, caller: str = "") -> Span:
     status, error = _status(otlp_span, attrs)
     started_at, ended_at, latency_ms = _times(otlp_span)
     try:
-        return Span(
+        span = Span(
             trace_id=otlp_span.trace_id.hex(),
             span_id=otlp_span.span_id.hex(),
             parent_span_id=otlp_span.parent_span_id.hex() or None,
@@ -257,6 +264,10 @@ def convert_span(otlp_span: OTLPSpan, caller: str = "") -> Span:
         )
     except ValueError as exc:
         raise _Skip("invalid", str(exc)) from None
+    too_long = text_limit_error(span)
+    if too_long is not None:
+        raise _Skip("invalid", too_long)
+    return span
 
 
 def _value(value: AnyValue) -> AttributeValue | None:
@@ -302,15 +313,26 @@ def _count(attrs: Mapping[str, AttributeValue], keys: tuple[str, ...]) -> int | 
 
 
 def _kept(attrs: Mapping[str, AttributeValue]) -> dict[str, AttributeValue]:
-    return {
-        key: value
-        for key, value in attrs.items()
-        if key not in _CONSUMED
-        and key not in CONTENT_ATTRIBUTES
-        and key not in _PER_CALL_IDS
-        and not key.startswith(_CONTENT_PREFIXES)
-        and not (isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT)
-    }
+    """The attributes kept, in order, within the span caps of ``core.limits`` (a few are added after this,
+    hence the room left): the rest are dropped, as long strings are, rather than the span skipped."""
+    kept: dict[str, AttributeValue] = {}
+    chars = 0
+    for key, value in attrs.items():
+        if (
+            key in _CONSUMED
+            or key in CONTENT_ATTRIBUTES
+            or key in _PER_CALL_IDS
+            or key.startswith(_CONTENT_PREFIXES)
+            or (isinstance(value, str) and len(value) > MAX_ATTRIBUTE_TEXT)
+            or len(key) > MAX_ATTRIBUTE_KEY_CHARS
+        ):
+            continue
+        size = len(key) + (len(value) if isinstance(value, str) else 0)
+        if len(kept) >= _KEPT_ATTRIBUTES or chars + size > _KEPT_CHARS:
+            continue
+        chars += size
+        kept[key] = value
+    return kept
 
 
 def _number(value: AttributeValue | None) -> float | None:
