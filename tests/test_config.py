@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -186,3 +187,13 @@ def test_empty_and_unrelated_variables_change_nothing() -> None:
 def test_flag_errors_name_the_flag() -> None:
     with pytest.raises(ConfigError, match="--max-spans"):
         load_settings(None, {"storage.max_spans": ("--max-spans", 0)}, environ={})
+
+
+def test_readme_names_only_variables_that_exist() -> None:
+    """The environment variables the README's tokentrace.yml section names are keys, older names or the two
+    command options, so the documentation cannot drift from the settings module."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### tokentrace.yml", 1)[1].split("\n### ", 1)[0]
+    named = set(re.findall(r"TOKENTRACE_[A-Z_]+[A-Z]", section)) - {"TOKENTRACE_API_TOKEN"}
+    known = set(environment_keys()) | set(ENV_ALIASES) | {"TOKENTRACE_REDIS_PREFIX", "TOKENTRACE_FETCH_BYTES"}
+    assert named and named <= known, named - known
