@@ -41,3 +41,13 @@ def test_a_changed_key_reaches_the_settings() -> None:
 def test_the_sdk_and_the_dev_cluster_use_the_configs_topic_and_partitions() -> None:
     assert Config().kafka.topic == DEFAULT_TOPIC
     assert DevCluster().partitions == Config().kafka.partitions
+
+
+def test_the_core_and_sdk_fallbacks_agree_with_the_config() -> None:
+    """Defaults that cannot import the config (the pure core, the light SDK) are pinned to it here."""
+    from tokentrace.config import HTTPServerConfig, timeline_settings
+    from tokentrace.core.timeline import TimelineSettings
+    from tokentrace.producers.transports.http import MAX_BATCH
+
+    assert TimelineSettings() == timeline_settings(Config())
+    assert HTTPServerConfig().max_batch_size == MAX_BATCH
