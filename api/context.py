@@ -13,13 +13,15 @@ from tokentrace.api.stores.base import Store
 from tokentrace.config import Config
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.labels import LabelCaps
+from tokentrace.version import __version__
 
 if TYPE_CHECKING:
     from tokentrace.alerting.service import AlertService
 
 __all__ = ["CONTEXT", "ServerContext"]
 
-VERSION = "0.4.0"
+#: The running package's version (``GET /health``), from its metadata (``tokentrace.version``).
+VERSION = __version__
 
 
 @dataclass

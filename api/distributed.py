@@ -13,11 +13,10 @@ from collections.abc import Awaitable, Callable
 from tokentrace.alerting.redis_shared import shared_alert_service
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
-from tokentrace.api.embedded import embedded_settings, price_table
 from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
-from tokentrace.config import Config
+from tokentrace.config import Config, price_table, timeline_settings
 from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.processors.topics import ensure_topic
 
@@ -30,7 +29,7 @@ def redis_store(config: Config, prefix: str | None = None) -> RedisStore:
         config.redis.url,
         config.kafka.bootstrap_servers,
         config.kafka.topic,
-        embedded_settings(config).timeline,
+        timeline_settings(config),
         prefix=prefix or DEFAULT_PREFIX,
     )
 

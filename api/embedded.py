@@ -8,47 +8,33 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from pathlib import Path
 
-import msgspec
-
 from tokentrace.alerting.repository import FileRuleRepository, MemoryRuleRepository
 from tokentrace.alerting.service import AlertService
 from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
 from tokentrace.api.server import parse_addr, run_until_stopped
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
-from tokentrace.config import Config
+from tokentrace.config import Config, price_table, timeline_settings
 from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts.rules import AlertRule, rules_from_config
-from tokentrace.core.buckets import Caps
 from tokentrace.core.ingest import Pricer
-from tokentrace.core.pricing import PriceTable
 from tokentrace.core.timefmt import parse_duration
-from tokentrace.core.timeline import TimelineSettings
 
 __all__ = ["alert_service", "embedded_services", "embedded_settings", "price_table", "serve_embedded"]
 
 log = logging.getLogger(__name__)
 
 
-def _ms(duration: str) -> int:
-    return round(parse_duration(duration) * 1000)
-
-
 def embedded_settings(config: Config) -> EmbeddedSettings:
     """Store settings from the ``storage`` and ``aggregation`` sections."""
-    storage, aggregation = config.storage, config.aggregation
-    timeline = TimelineSettings(
-        bucket_ms=_ms(aggregation.bucket),
-        fine_retention_ms=_ms(storage.fine_retention),
-        retention_ms=_ms(storage.retention),
-        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values),
-    )
+    storage = config.storage
+    snapshot_interval_s = parse_duration(storage.snapshot_interval)
     return EmbeddedSettings(
-        timeline=timeline,
+        timeline=timeline_settings(config),
         max_spans=storage.max_spans,
-        trace_retention_ms=_ms(storage.trace_retention),
-        snapshot_interval_s=parse_duration(storage.snapshot_interval),
-        maintenance_interval_s=min(30.0, parse_duration(storage.snapshot_interval)),
+        trace_retention_ms=storage.trace_retention_ms,
+        snapshot_interval_s=snapshot_interval_s,
+        maintenance_interval_s=min(EmbeddedSettings().maintenance_interval_s, snapshot_interval_s),
     )
 
 
@@ -63,15 +49,6 @@ def alert_service(
         repository=MemoryRuleRepository() if store.data_dir is None else FileRuleRepository(store.data_dir),
         external_url=config.alerting.external_url or external_url,
     )
-
-
-def price_table(config: Config) -> PriceTable:
-    """The bundled price table with the ``prices`` overrides of the configuration."""
-    overrides = {
-        model: {k: v for k, v in msgspec.structs.asdict(prices).items() if v is not None}
-        for model, prices in config.prices.items()
-    }
-    return PriceTable(overrides=overrides)
 
 
 def _listen_url(addr: str) -> str:

@@ -130,7 +130,7 @@ class Progress:
 
 def build(args: argparse.Namespace, progress: Progress) -> Application:
     """The quixstreams app: one stateful ``update`` applying each message like the worker does."""
-    config = Config()  # the worker's defaults, as processors/cli.py ``worker_settings`` derives them
+    config = Config()  # the worker's defaults, as ``WorkerSettings.from_config`` derives them
     max_future_ms = round(parse_duration(config.aggregation.max_future_skew) * 1000)
     applier = Applier(embedded_settings(config).timeline, price_table(config), max_future_ms)
     app = Application(

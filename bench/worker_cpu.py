@@ -114,7 +114,7 @@ async def one_run(
 
 
 def worker_paths(against: list[str]) -> dict[str, str | None]:
-    """The PYTHONPATH of each variant's worker: the worker runs ``python -m tokentrace.processors.cli``, so
+    """The PYTHONPATH of each variant's worker: the worker runs ``python -m tokentrace worker``, so
     PYTHONPATH decides which code it imports (the working tree's: the environment's own)."""
     sources = Path(tempfile.mkdtemp(prefix="tokentrace-worker-cpu-src-"))
     variants: dict[str, str | None] = {"working tree": os.environ.get("PYTHONPATH")}

@@ -43,7 +43,7 @@ OUTPUT = Path(__file__).with_name("grafana.json")
 UID = "tokentrace-overview"
 #: Grafana 10.4's dashboard schema; Grafana 10 and 11 import it as is.
 SCHEMA_VERSION = 39
-#: The alert threshold the quality panel draws, as in spec 003 and the QualityDrop rule.
+#: The alert threshold the quality panel draws, as in the QualityDrop rule (dashboards/prometheus-rules.yml).
 QUALITY_THRESHOLD = 0.75
 
 DATASOURCE = DataSourceRef(type_val="prometheus", uid="${datasource}")

@@ -1,4 +1,4 @@
-"""The spec 002 quickstart in Python: record spans, print them, alert on cost, serve metrics — one process.
+"""The quickstart in Python: record spans, print them, alert on cost, serve metrics — one process.
 
     python examples/quickstart.py                      # records, prints spans, alerts, exits
     python examples/quickstart.py --wait               # ...and keeps serving until Enter (or end of input)

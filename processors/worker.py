@@ -53,7 +53,7 @@ from tokentrace.alerting.redis_shared import shared_alert_service
 from tokentrace.alerting.service import AlertService
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
-from tokentrace.config import Config
+from tokentrace.config import Config, milliseconds, timeline_settings
 from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
@@ -120,18 +120,24 @@ codecs.register(ENTRY_CODEC, _EntryCodec())
 _EntryValue = faust_adapter.value_type_with_codec(ENTRY_CODEC)
 
 
+#: The configuration's defaults: the settings below that come from ``tokentrace.yml`` default to them.
+_DEFAULTS = Config()
+
+
 @dataclass
 class WorkerSettings:
+    """What a worker runs with; ``from_config`` derives it from ``tokentrace.yml``, the rest are tuning."""
+
     bootstrap_servers: str
     redis_url: str
-    topic: str = "tokentrace.spans"
-    partitions: int = 4
-    replication_factor: int = 1
-    app_id: str = "tokentrace"
+    topic: str = _DEFAULTS.kafka.topic
+    partitions: int = _DEFAULTS.kafka.partitions
+    replication_factor: int = _DEFAULTS.kafka.replication_factor
+    app_id: str = _DEFAULTS.kafka.app_id
     prefix: str = DEFAULT_PREFIX
-    timeline: TimelineSettings = field(default_factory=TimelineSettings)
-    max_future_ms: int = 5 * 60_000
-    trace_retention_ms: int = 7 * 86_400_000
+    timeline: TimelineSettings = field(default_factory=lambda: timeline_settings(_DEFAULTS))
+    max_future_ms: int = milliseconds(_DEFAULTS.aggregation.max_future_skew)
+    trace_retention_ms: int = _DEFAULTS.storage.trace_retention_ms
     flush_interval_s: float = 0.5
     flush_events: int = 5000
     changelog_timeout_s: float = 60.0
@@ -140,11 +146,11 @@ class WorkerSettings:
     #: Copy poison messages there (with headers naming the source and the error); None: only count them.
     dead_letter_topic: str | None = None
     #: How long the group waits for a crashed worker before rebalancing its partitions (Faust's default: 60 s).
-    session_timeout_s: float = 10.0
+    session_timeout_s: float = milliseconds(_DEFAULTS.kafka.session_timeout) / 1000
     datadir: str | None = None
     #: Evaluate the configuration's alert rules (and the API's, from Redis) on the leader; None: no alerts.
     alerts_config: Config | None = None
-    alert_interval_s: float = 15.0
+    alert_interval_s: float = milliseconds(_DEFAULTS.alerting.interval) / 1000
     #: Most bytes fetched per partition and request. Faust's default (1 MiB) holds about five 500-span
     #: messages, and a worker then waits for the broker most of the time: 11-12k spans/s at 55 % of a core,
     #: against 17-25k at 85-90 % with 8 MiB (bench/RESULTS.md). A fetch request stays under aiokafka's 50 MiB.
@@ -160,6 +166,28 @@ class WorkerSettings:
     #: and the view apart from this build's and rebuilds them from the span topic (upgrade tests use it).
     state_schema: int = STATE_SCHEMA
     faust_options: dict[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def from_config(cls, config: Config, prefix: str | None = None) -> WorkerSettings:
+        """The settings ``tokentrace.yml`` (``kafka``, ``redis``, ``storage``, ``aggregation``, ``alerting``)
+        gives; ``prefix`` is the view's Redis key prefix."""
+        kafka = config.kafka
+        return cls(
+            bootstrap_servers=kafka.bootstrap_servers,
+            redis_url=config.redis.url,
+            topic=kafka.topic,
+            partitions=kafka.partitions,
+            replication_factor=kafka.replication_factor,
+            app_id=kafka.app_id,
+            prefix=prefix or DEFAULT_PREFIX,
+            timeline=timeline_settings(config),
+            max_future_ms=milliseconds(config.aggregation.max_future_skew),
+            trace_retention_ms=config.storage.trace_retention_ms,
+            dead_letter_topic=kafka.dead_letter_topic,
+            session_timeout_s=milliseconds(kafka.session_timeout) / 1000,
+            alerts_config=config,
+            alert_interval_s=milliseconds(config.alerting.interval) / 1000,
+        )
 
 
 @dataclass

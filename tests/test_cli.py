@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 import time
@@ -12,8 +13,10 @@ from pathlib import Path
 from tests.api.server_process import ServerProcess
 
 
-def run(*args: str) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "tokentrace", *args], capture_output=True, text=True, timeout=60)
+def run(*args: str, env: dict[str, str] | None = None, module: str = "tokentrace") -> subprocess.CompletedProcess[str]:
+    environ = {k: v for k, v in os.environ.items() if not k.startswith("TOKENTRACE_")} | (env or {})
+    command = [sys.executable, "-m", module, *args]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, env=environ)
 
 
 def test_bad_config_is_a_clear_error(tmp_path: Path) -> None:
@@ -66,3 +69,63 @@ def test_serve_with_demo_traffic_shows_live_numbers(tmp_path: Path) -> None:
         assert len(body["cost"]["by_model"]) >= 2
     finally:
         server.stop()
+
+
+def test_one_app_has_every_command() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    for command in ("serve", "demo", "check-config", "check-data", "worker", "api", "dev-cluster"):
+        assert command in result.stdout, command
+
+
+def test_serve_reads_tokentrace_variables_too(tmp_path: Path) -> None:
+    env = {"TOKENTRACE_HTTP_SERVER_ADDR": "nowhere", "TOKENTRACE_STORAGE_DATA_DIR": str(tmp_path / "d")}
+    result = run("serve", env=env)
+    assert result.returncode == 2
+    assert "invalid address" in result.stderr and "Traceback" not in result.stderr
+    # A flag wins over the variable: the same environment with --max-spans 0 fails on the flag first.
+    result = run("serve", "--max-spans", "0", env=env)
+    assert result.returncode == 2 and "--max-spans" in result.stderr, result.stderr
+
+
+def test_a_bad_variable_stops_every_command_naming_it(tmp_path: Path) -> None:
+    env = {"TOKENTRACE_STORAGE_MAX_SPANS": "lots"}
+    config = tmp_path / "tokentrace.yml"
+    config.write_text("")
+    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
+    for args in (["serve", "--data-dir", str(tmp_path / "d")], ["check-config", str(config)], ["api", *nowhere]):
+        result = run(*args, env=env)
+        assert result.returncode == 2, (args, result.stderr[-500:])
+        assert "TOKENTRACE_STORAGE_MAX_SPANS" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_check_config_prints_the_settings_with_variables_applied(tmp_path: Path) -> None:
+    config = tmp_path / "tokentrace.yml"
+    config.write_text("storage:\n  max_spans: 10\nkafka:\n  partitions: 2\n")
+    result = run("check-config", str(config), env={"TOKENTRACE_KAFKA_PARTITIONS": "6"})
+    assert result.returncode == 0, result.stderr
+    settings = json.loads(result.stdout)
+    assert (settings["storage"]["max_spans"], settings["kafka"]["partitions"]) == (10, 6)
+
+
+def test_worker_reads_the_older_variable_names() -> None:
+    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
+    result = run("worker", *nowhere, env={"TOKENTRACE_APP_ID": "team:a"})
+    assert result.returncode == 2 and "got 'team:a'" in result.stderr, result.stderr[-500:]
+
+
+def test_old_module_entry_point_still_runs_the_commands() -> None:
+    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
+    result = run("worker", *nowhere, "--app-id", "team:a", module="tokentrace.processors.cli")
+    assert result.returncode == 2 and "got 'team:a'" in result.stderr, result.stderr[-500:]
+
+
+def test_importing_the_processors_cli_registers_nothing_and_imports_no_api() -> None:
+    code = (
+        "import sys; import tokentrace.processors.cli as old; "
+        "print(sorted(m for m in ('tokentrace.cli', 'tokentrace.api') if m in sys.modules)); "
+        "print(old.worker_settings.__name__, old.worker.__name__, old.api.__name__)"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines() == ["[]", "worker_settings worker api"]

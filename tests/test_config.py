@@ -2,12 +2,22 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from tokentrace.config import Config, ConfigError, load_config, parse_config
+from tokentrace.config import (
+    ENV_ALIASES,
+    Config,
+    ConfigError,
+    environment_keys,
+    environment_overrides,
+    load_config,
+    load_settings,
+    parse_config,
+)
 
 
 def test_defaults_match_the_spec() -> None:
@@ -116,3 +126,74 @@ def test_readme_tokentrace_yml_parses_and_states_the_defaults(monkeypatch: pytes
         for key, value in documented[section].items():
             if key != "auth_token":
                 assert value == defaults[section][key], f"{section}.{key}"
+
+
+def test_environment_overrides_the_file_and_flags_override_both(tmp_path: Path) -> None:
+    path = tmp_path / "tokentrace.yml"
+    path.write_text("kafka:\n  partitions: 2\n  topic: from-file\nstorage:\n  max_spans: 7\n")
+    environ = {"TOKENTRACE_KAFKA_PARTITIONS": "8", "TOKENTRACE_STORAGE_MAX_SPANS": "9"}
+    config = load_settings(path, {"storage.max_spans": ("--max-spans", 11), "kafka.topic": ("--topic", None)}, environ)
+    assert config.kafka.partitions == 8  # the variable, converted to the key's type
+    assert config.storage.max_spans == 11  # the flag
+    assert config.kafka.topic == "from-file"  # a flag not given (None) leaves the file's value
+    assert load_settings(path, environ={}).kafka.partitions == 2
+
+
+def test_every_scalar_key_has_its_variable() -> None:
+    keys = environment_keys()
+    defaults = msgspec.to_builtins(Config())
+    expected = {
+        f"TOKENTRACE_{section}_{key}".upper(): f"{section}.{key}"
+        for section, values in defaults.items()
+        if isinstance(values, dict) and section != "prices"
+        for key in values
+    }
+    assert keys == expected
+    assert keys["TOKENTRACE_HTTP_SERVER_ADDR"] == "http_server.addr"
+    assert keys["TOKENTRACE_KAFKA_BOOTSTRAP_SERVERS"] == "kafka.bootstrap_servers"
+
+
+@pytest.mark.parametrize(
+    ("environ", "fragment"),
+    [
+        ({"TOKENTRACE_KAFKA_PARTITIONS": "many"}, "TOKENTRACE_KAFKA_PARTITIONS"),
+        ({"TOKENTRACE_KAFKA_PARTITIONS": "0"}, "partitions must be >= 1"),
+        ({"TOKENTRACE_STORAGE_MAX_SPANS": "0"}, "TOKENTRACE_STORAGE_MAX_SPANS"),
+        ({"TOKENTRACE_KAFKA_TOPIC": "a topic"}, "got 'a topic'"),
+        ({"TOKENTRACE_APP_ID": "team:a"}, "TOKENTRACE_APP_ID"),
+        ({"TOKENTRACE_HTTP_SERVER_READ_BODY_TIMEOUT": "soon"}, "TOKENTRACE_HTTP_SERVER_READ_BODY_TIMEOUT"),
+    ],
+)
+def test_a_bad_variable_is_an_error_naming_it(environ: dict[str, str], fragment: str) -> None:
+    with pytest.raises(ConfigError, match=fragment):
+        load_settings(None, environ=environ)
+
+
+def test_older_variable_names_still_work_and_the_systematic_name_wins() -> None:
+    assert set(ENV_ALIASES.values()) <= set(environment_keys().values())
+    assert load_settings(None, environ={"TOKENTRACE_APP_ID": "old"}).kafka.app_id == "old"
+    both = {"TOKENTRACE_APP_ID": "old", "TOKENTRACE_KAFKA_APP_ID": "new"}
+    assert load_settings(None, environ=both).kafka.app_id == "new"
+    dead = load_settings(None, environ={"TOKENTRACE_DEAD_LETTER_TOPIC": "poison"}).kafka.dead_letter_topic
+    assert dead == "poison"
+
+
+def test_empty_and_unrelated_variables_change_nothing() -> None:
+    environ = {"TOKENTRACE_KAFKA_TOPIC": "", "TOKENTRACE_API_TOKEN": "t", "TOKENTRACE_NATIVE": "0"}
+    assert environment_overrides(environ) == {}
+    assert load_settings(None, environ=environ) == Config()
+
+
+def test_flag_errors_name_the_flag() -> None:
+    with pytest.raises(ConfigError, match="--max-spans"):
+        load_settings(None, {"storage.max_spans": ("--max-spans", 0)}, environ={})
+
+
+def test_readme_names_only_variables_that_exist() -> None:
+    """The environment variables the README's tokentrace.yml section names are keys, older names or the two
+    command options, so the documentation cannot drift from the settings module."""
+    readme = (Path(__file__).parent.parent / "README.md").read_text()
+    section = readme.split("### tokentrace.yml", 1)[1].split("\n### ", 1)[0]
+    named = set(re.findall(r"TOKENTRACE_[A-Z_]+[A-Z]", section)) - {"TOKENTRACE_API_TOKEN"}
+    known = set(environment_keys()) | set(ENV_ALIASES) | {"TOKENTRACE_REDIS_PREFIX", "TOKENTRACE_FETCH_BYTES"}
+    assert named and named <= known, named - known

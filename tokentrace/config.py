@@ -1,8 +1,13 @@
-"""``tokentrace.yml``: the server's configuration file.
+"""``tokentrace.yml``: the settings of every ``tokentrace`` command, and the one place their defaults live.
 
-Keys follow spec 003/004 (``http_server.addr``, ``http_server.auth_token``, ``prometheus_path``,
-``max_batch_size``). ``${VAR}`` and ``${VAR:-default}`` are expanded from the environment. An unknown key
-or a bad value is an error that names it (``unknown field `adr` - at `$.http_server```).
+The keys are the product's configuration contract (README, "tokentrace.yml": ``http_server.addr``,
+``http_server.auth_token``, ``prometheus_path``, ``max_batch_size``, ...). ``${VAR}`` and ``${VAR:-default}``
+are expanded from the environment. An unknown key or a bad value is an error that names it
+(``unknown field `adr` - at `$.http_server```).
+
+Precedence, lowest first: these defaults, the file, ``TOKENTRACE_<SECTION>_<KEY>`` environment variables
+(``environment_overrides``; every command applies them, ``serve`` included), then command-line flags
+(``with_overrides``). Overrides are validated like the file, and an error names the variable or flag.
 
 Nothing fails open: ``${VAR}`` with VAR unset is an error naming VAR and the key (``auth_token:
 "${TOKENTRACE_API_TOKEN}"`` must never quietly become "no token"), and an empty ``auth_token`` is an error,
@@ -14,17 +19,26 @@ from __future__ import annotations
 
 import os
 import re
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 import yaml
 
 from tokentrace.core.alerts.rules import rules_from_config
+from tokentrace.core.buckets import Caps
+from tokentrace.core.codec import SPAN_TOPIC
 from tokentrace.core.timefmt import parse_duration
+from tokentrace.core.timeline import TimelineSettings
+
+if TYPE_CHECKING:
+    from tokentrace.core.pricing import PriceTable
 
 __all__ = [
+    "ENV_ALIASES",
     "AggregationConfig",
+    "AlertingConfig",
     "Config",
     "ConfigError",
     "HTTPServerConfig",
@@ -32,8 +46,15 @@ __all__ = [
     "PriceOverride",
     "RedisConfig",
     "StorageConfig",
+    "environment_keys",
+    "environment_overrides",
     "load_config",
+    "load_settings",
+    "milliseconds",
     "parse_config",
+    "price_table",
+    "timeline_settings",
+    "with_overrides",
 ]
 
 _ENV = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
@@ -99,6 +120,11 @@ class StorageConfig(_Section):
         if self.max_spans < 1:
             raise ValueError("max_spans must be >= 1")
 
+    @property
+    def trace_retention_ms(self) -> int:
+        """``trace_retention`` in milliseconds."""
+        return milliseconds(self.trace_retention)
+
 
 class AggregationConfig(_Section):
     bucket: str = "1m"
@@ -138,7 +164,7 @@ class PriceOverride(_Section):
 
 class KafkaConfig(_Section):
     bootstrap_servers: str = "127.0.0.1:9092"
-    topic: str = "tokentrace.spans"
+    topic: str = SPAN_TOPIC
     partitions: int = 4
     replication_factor: int = 1
     #: The workers' consumer group and table namespace: one per deployment.
@@ -150,6 +176,9 @@ class KafkaConfig(_Section):
 
     def __post_init__(self) -> None:
         parse_duration(self.session_timeout)
+        for name in ("partitions", "replication_factor"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1")
         self.check_names()
 
     def check_names(self) -> None:
@@ -249,3 +278,91 @@ def load_config(path: Path | None) -> Config:
     except OSError as exc:
         raise ConfigError(f"cannot read {path}: {exc.strerror}") from None
     return parse_config(text, str(path))
+
+
+def milliseconds(duration: str) -> int:
+    """A duration of the configuration (``7d``, ``90s``) in whole milliseconds."""
+    return round(parse_duration(duration) * 1000)
+
+
+def timeline_settings(config: Config) -> TimelineSettings:
+    """The aggregate timeline's settings (``storage`` retentions, ``aggregation`` bucket and caps): the same
+    for the embedded store, the workers and the Redis view."""
+    storage, aggregation = config.storage, config.aggregation
+    return TimelineSettings(
+        bucket_ms=milliseconds(aggregation.bucket),
+        fine_retention_ms=milliseconds(storage.fine_retention),
+        retention_ms=milliseconds(storage.retention),
+        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values),
+    )
+
+
+def price_table(config: Config) -> PriceTable:
+    """The bundled price table with the ``prices`` overrides of the configuration."""
+    from tokentrace.core.pricing import PriceTable
+
+    overrides = {
+        model: {k: v for k, v in msgspec.structs.asdict(prices).items() if v is not None}
+        for model, prices in config.prices.items()
+    }
+    return PriceTable(overrides=overrides)
+
+
+#: Variable names from before ``TOKENTRACE_<SECTION>_<KEY>``, still read (the systematic name wins).
+ENV_ALIASES: Mapping[str, str] = {
+    "TOKENTRACE_APP_ID": "kafka.app_id",
+    "TOKENTRACE_DEAD_LETTER_TOPIC": "kafka.dead_letter_topic",
+}
+
+
+def environment_keys() -> dict[str, str]:
+    """``TOKENTRACE_<SECTION>_<KEY>`` -> ``section.key`` for every scalar key of every section
+    (``TOKENTRACE_KAFKA_BOOTSTRAP_SERVERS`` -> ``kafka.bootstrap_servers``); ``prices`` and ``alerts``
+    are lists and maps, set in the file only."""
+    keys: dict[str, str] = {}
+    for section in msgspec.structs.fields(Config):
+        if not (isinstance(section.type, type) and issubclass(section.type, _Section)):
+            continue
+        for field in msgspec.structs.fields(section.type):
+            keys[f"TOKENTRACE_{section.name}_{field.name}".upper()] = f"{section.name}.{field.name}"
+    return keys
+
+
+def environment_overrides(environ: Mapping[str, str] | None = None) -> dict[str, tuple[str, str]]:
+    """The keys the environment sets: ``section.key`` -> (variable, value). A variable set to "" counts as
+    unset, as it did for the flags' variables."""
+    environ = os.environ if environ is None else environ
+    found: dict[str, tuple[str, str]] = {}
+    for variable, key in [*ENV_ALIASES.items(), *environment_keys().items()]:  # systematic names last: they win
+        value = environ.get(variable)
+        if value:
+            found[key] = (variable, value)
+    return found
+
+
+def with_overrides(config: Config, overrides: Mapping[str, tuple[str, object]]) -> Config:
+    """``config`` with ``section.key`` -> (source, value) applied in order and validated like the file
+    (strings are converted: ``"4"`` for an int key); ConfigError names the source (a variable or flag)."""
+    for key, (source, value) in overrides.items():
+        section, _, name = key.partition(".")
+        raw = msgspec.to_builtins(config)
+        if not isinstance(raw.get(section), dict) or name not in raw[section]:
+            raise ConfigError(f"{source}: no such setting {key}")
+        raw[section][name] = value
+        try:
+            config = msgspec.convert(raw, Config, strict=False)
+        except (msgspec.ValidationError, ValueError) as exc:
+            raise ConfigError(f"{source}: {exc}") from None
+    return config
+
+
+def load_settings(
+    path: Path | None,
+    flags: Mapping[str, tuple[str, object]] | None = None,
+    environ: Mapping[str, str] | None = None,
+) -> Config:
+    """What a command runs with: ``path`` (or the defaults), then ``TOKENTRACE_*`` variables, then ``flags``
+    (``section.key`` -> (flag, value); a None value is a flag not given)."""
+    config = with_overrides(load_config(path), environment_overrides(environ))
+    given = {key: (flag, value) for key, (flag, value) in (flags or {}).items() if value is not None}
+    return with_overrides(config, given)

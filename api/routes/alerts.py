@@ -1,4 +1,4 @@
-"""``/alerts``: list rules with their state, create, silence and delete them (spec 004)."""
+"""``/alerts``: list rules with their state, create, silence and delete them (README, Alerts; api/openapi.yaml)."""
 
 from __future__ import annotations
 

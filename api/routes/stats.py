@@ -1,4 +1,4 @@
-"""``GET /stats``: the seed 001 totals, read from the store's lifetime aggregates (as Prometheus reads them).
+"""``GET /stats``: the MIST-era totals (README, "Seed 001 (MIST) compatibility"), read from the store's lifetime aggregates (as Prometheus reads them).
 
 ``by_operation`` groups the attribute ``mist.operation`` that ``POST /mist`` records, so it needs no
 aggregation of its own: spans sent elsewhere (``POST /spans``) count in the totals but have no operation.

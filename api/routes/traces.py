@@ -1,4 +1,4 @@
-"""``GET /traces`` (search), ``GET /traces/recent`` (seed 001) and ``GET /traces/{id}``."""
+"""``GET /traces`` (search), ``GET /traces/recent`` (the MIST-era answer) and ``GET /traces/{id}``."""
 
 from __future__ import annotations
 
@@ -64,7 +64,7 @@ async def search_traces(request: web.Request) -> web.Response:
 
 @routes.get("/traces/recent")
 async def recent_spans(request: web.Request) -> web.Response:
-    """Seed 001's answer: ``{"spans": [MIST trace spans], "count": n}``, so seed tools read it unchanged."""
+    """The MIST-era answer (README, "Seed 001 (MIST) compatibility"): ``{"spans": [MIST trace spans], "count": n}``, so seed tools read it unchanged."""
     limit = _int(request, "limit", RECENT_DEFAULT, 1, MAX_RECENT)
     spans = [from_span(span) for span in await request.app[CONTEXT].store.recent_spans(limit)]
     return json_response({"spans": spans, "count": len(spans)})

@@ -8,7 +8,7 @@ import msgspec
 
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span
-from tokentrace.core.timeline import LifetimeParts, TimelineSettings
+from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings
 from tokentrace.core.traces import TraceFilter
 
 __all__ = ["Store", "StoreHealth", "StoreUnavailable"]
@@ -29,9 +29,20 @@ class StoreHealth(msgspec.Struct):
 
 
 class Store(Protocol):
-    """State behind the API: spans in, aggregates and traces out."""
+    """State behind the API: spans in, aggregates and traces out. The wiring (``api.embedded``,
+    ``api.distributed``) opens it before serving, closes it after, and evaluates alert rules on ``timeline``."""
 
     settings: TimelineSettings
+
+    @property
+    def timeline(self) -> Timeline:
+        """The aggregates as a timeline (this store's own, or its latest copy of the shared view)."""
+
+    async def open(self) -> None:
+        """Load or connect; called once before anything else."""
+
+    async def close(self) -> None:
+        """Flush what must be kept and release files and connections; called once at the end."""
 
     async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
         """Make ``spans`` durable and counted; return only once they are. Raises StoreUnavailable.

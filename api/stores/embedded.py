@@ -30,6 +30,7 @@ from tokentrace.api.stores.quarantine import Damage, Quarantine
 from tokentrace.api.stores.records import decode_record, encode_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
+from tokentrace.config import Config, milliseconds, timeline_settings
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
@@ -42,11 +43,17 @@ log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
 
 
+#: The configuration's defaults: the settings below that come from ``tokentrace.yml`` default to them.
+_DEFAULTS = Config()
+
+
 class EmbeddedSettings(msgspec.Struct, frozen=True):
-    timeline: TimelineSettings = TimelineSettings()
-    max_spans: int = 100_000
-    trace_retention_ms: int = 7 * 86_400_000
-    snapshot_interval_s: float = 300.0
+    """What the store runs with (``tokentrace.api.embedded.embedded_settings`` derives it from the config)."""
+
+    timeline: TimelineSettings = timeline_settings(_DEFAULTS)
+    max_spans: int = _DEFAULTS.storage.max_spans
+    trace_retention_ms: int = _DEFAULTS.storage.trace_retention_ms
+    snapshot_interval_s: float = milliseconds(_DEFAULTS.storage.snapshot_interval) / 1000
     snapshot_wal_bytes: int = 64 * 1024 * 1024
     maintenance_interval_s: float = 30.0
     #: How long an ``Idempotency-Key`` is remembered, and at most how many (the oldest are forgotten first).

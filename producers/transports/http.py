@@ -42,7 +42,7 @@ __all__ = ["MAX_BATCH", "HTTPTransport"]
 
 log = logging.getLogger(__name__)
 
-#: The server's default ``max_batch_size`` (spec 004): no batch is larger.
+#: The server's default ``http_server.max_batch_size`` (``HTTPServerConfig``): no batch is larger.
 MAX_BATCH = 1000
 _STALE_CONNECTION = (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError)
 _live: weakref.WeakSet[HTTPTransport] = weakref.WeakSet()

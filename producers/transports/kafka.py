@@ -42,7 +42,7 @@ from aiokafka import AIOKafkaProducer
 from aiokafka.codec import has_zstd
 from aiokafka.partitioner import murmur2
 
-from tokentrace.core.codec import encode_wire
+from tokentrace.core.codec import SPAN_TOPIC, encode_wire
 from tokentrace.core.span import Span
 
 from .base import BaseTransport
@@ -51,7 +51,7 @@ __all__ = ["DEFAULT_TOPIC", "KafkaDeliveryError", "KafkaTransport", "best_compre
 
 log = logging.getLogger(__name__)
 
-DEFAULT_TOPIC = "tokentrace.spans"
+DEFAULT_TOPIC = SPAN_TOPIC
 
 
 class KafkaDeliveryError(RuntimeError):

@@ -1,4 +1,4 @@
-"""Spans to standard output, one JSON object per line (spec 002 field names)."""
+"""Spans to standard output, one JSON object per line (the span format's JSON field names, as ``POST /spans`` takes them)."""
 
 from __future__ import annotations
 

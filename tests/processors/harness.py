@@ -60,7 +60,7 @@ class Workers:
 
     def start(self) -> ServerProcess:
         self.started += 1
-        argv = [sys.executable, "-m", "tokentrace.processors.cli", "worker"]
+        argv = [sys.executable, "-m", "tokentrace", "worker"]
         argv += ["--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url, "--topic", self.topic]
         argv += ["--app-id", self.app_id, "--session-timeout", str(self.session_timeout), *self.extra_args]
         proc = ServerProcess(f"worker {self.started}", argv, self.log_dir / f"worker-{self.started}.log", cwd=self.cwd)

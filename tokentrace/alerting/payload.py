@@ -1,4 +1,4 @@
-"""What a notification looks like on the wire: the spec 002 webhook payload and an Alertmanager alert."""
+"""What a notification looks like on the wire: the webhook payload (README, Alerts) and an Alertmanager alert."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ _RESERVED = frozenset({"alertname", "severity"})
 
 
 def webhook_payload(note: Notification) -> dict[str, Any]:
-    """The spec 002 payload ``{alert, fired_at, metric, value, threshold, window}`` + status, level, filter.
+    """The webhook payload ``{alert, fired_at, metric, value, threshold, window}`` + status, level, filter.
 
     ``fired_at`` is when the firing episode began (the same in its repeats and in its resolution);
     ``value`` is the value at this evaluation, null when there was no data.

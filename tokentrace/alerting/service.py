@@ -306,7 +306,7 @@ class AlertService:
     # --- the HTTP API ----------------------------------------------------------------------------------
 
     def list_alerts(self) -> list[dict[str, Any]]:
-        """``GET /alerts``: spec 004's fields, then rule_id, level, source, cooldown, min_spans, filter,
+        """``GET /alerts``: ``name``, ``metric``, ``op``, ``threshold``, ``window``, ``firing`` (README, Alerts), then rule_id, level, source, cooldown, min_spans, filter,
         state, delivery type, delivery counters and the last read error."""
         now = self._clock()
         return [self._describe(entry, now) for entry in self._entries.values()]

@@ -103,7 +103,7 @@ async def _post(
 
 
 class WebhookSink:
-    """POSTs the spec 002 payload, signed when the delivery has a secret (see :mod:`.signing`)."""
+    """POSTs the webhook payload (``payload.webhook_payload``), signed when the delivery has a secret (see :mod:`.signing`)."""
 
     def __init__(self, session: aiohttp.ClientSession, delivery: WebhookDelivery) -> None:
         self._session = session

@@ -27,7 +27,7 @@ __all__ = [
 ]
 
 NANO = 1_000_000_000
-#: Upper bounds of the Prometheus latency histogram (spec 003: 100 ms, 500 ms, 1000 ms, ...); +Inf implied.
+#: Upper bounds of the Prometheus latency histogram (``tokentrace_latency_ms_bucket``'s ``le``: 100 ms, 500 ms, 1000 ms, ...); +Inf implied.
 LATENCY_BUCKETS_MS: tuple[float, ...] = (100, 500, 1000, 2000, 5000, 10000, 30000, 60000)
 #: Upper bounds of the Prometheus prompt-token histogram; +Inf implied.
 PROMPT_TOKEN_BUCKETS: tuple[float, ...] = (64, 256, 1024, 4096, 16384, 65536, 262144)
@@ -204,7 +204,7 @@ class Aggregate(msgspec.Struct, array_like=True, gc=False):
 
     @property
     def error_rate(self) -> float:
-        """Share of spans with status ``error`` (as spec 003's PromQL computes it; timeouts are apart)."""
+        """Share of spans with status ``error`` (as the shipped Prometheus rules compute it, dashboards/prometheus-rules.yml; timeouts are apart)."""
         return self.errors / self.count if self.count else 0.0
 
     @property

@@ -2,7 +2,8 @@
 
 The Kafka wire format, version 1: one Kafka message carries one batch of spans, encoded as a MessagePack
 map ``{"v": 1, "spans": [<span>, ...]}`` whose span maps have exactly the JSON field names. A consumer
-rejects any other ``v`` as a poison message rather than guessing.
+rejects any other ``v`` as a poison message rather than guessing. ``SPAN_TOPIC`` is the topic such messages
+go to unless ``kafka.topic`` names another (the SDK's ``KafkaTransport`` and the workers share it).
 """
 
 from __future__ import annotations
@@ -12,6 +13,7 @@ import msgspec
 from tokentrace.core.span import Span
 
 __all__ = [
+    "SPAN_TOPIC",
     "WIRE_VERSION",
     "SpanBatch",
     "UnknownWireVersion",
@@ -22,6 +24,8 @@ __all__ = [
 ]
 
 WIRE_VERSION = 1
+#: The default span topic (``kafka.topic``).
+SPAN_TOPIC = "tokentrace.spans"
 
 
 class SpanBatch(msgspec.Struct):

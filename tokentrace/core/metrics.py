@@ -1,6 +1,6 @@
 """Metric definitions: from a merged aggregate to the bodies and values users read.
 
-One table of scalar metrics serves ``GET /metrics/{name}`` for scalar names, the seed 001 names and alert
+One table of scalar metrics serves ``GET /metrics/{name}`` for scalar names, the MIST-era names (README, "Seed 001 (MIST) compatibility") and alert
 rules, so a number means the same thing everywhere.
 """
 

@@ -1,4 +1,4 @@
-"""The MIST protocol of seed 001 (github.com/greynewell/mist-go): envelope, checksum and span mapping.
+"""The MIST protocol (github.com/greynewell/mist-go; README, "Seed 001 (MIST) compatibility"): envelope, checksum and span mapping.
 
 A MIST message is ``{version, id, source, type, timestamp_ns, payload, checksum?}``; tokentrace takes
 ``type: "trace.span"`` whose payload is ``{trace_id, span_id, parent_id, operation, start_ns, end_ns,

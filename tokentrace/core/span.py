@@ -35,7 +35,7 @@ EVAL_SCORE = "eval.score"
 
 
 def new_id() -> str:
-    """A new random trace or span id (UUID 4, as in spec 002)."""
+    """A new random trace or span id (a UUID 4 string, the form the span format's ids take)."""
     return str(uuid.uuid4())
 
 

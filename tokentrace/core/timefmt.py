@@ -1,8 +1,8 @@
 """Timestamps and durations as they appear on the wire.
 
 Timestamps are RFC 3339 in UTC with millisecond precision (``2026-03-15T14:23:01.441Z``), the form
-spec 004 shows. Durations are Go duration strings (``90m``, ``1h30m``, ``1.5h``, ``250ms``) plus the
-day suffix the spec's windows use (``7d``, ``30d``).
+every JSON answer uses. Durations are Go duration strings (``90m``, ``1h30m``, ``1.5h``, ``250ms``) plus the
+day suffix ``window`` parameters use (``7d``, ``30d``).
 """
 
 from __future__ import annotations

@@ -106,9 +106,9 @@ class Trace:
 
 
 class TraceIndex:
-    """Recent traces, bounded by span count and retention."""
+    """Recent traces, bounded by span count and retention (``storage.max_spans``, ``storage.trace_retention``)."""
 
-    def __init__(self, max_spans: int = 100_000, retention_ms: int = 7 * 86_400_000) -> None:
+    def __init__(self, max_spans: int, retention_ms: int) -> None:
         self.max_spans = max_spans
         self.retention_ms = retention_ms
         self._traces: OrderedDict[str, Trace] = OrderedDict()
@@ -156,7 +156,7 @@ class TraceIndex:
         return len(matched), matched[offset : offset + limit]
 
     def recent_spans(self, limit: int) -> list[Span]:
-        """The newest spans by start time (seed 001 ``/traces/recent``)."""
+        """The newest spans by start time (``GET /traces/recent``, the MIST-era answer)."""
         spans = [s for t in self._traces.values() for s in t.spans]
         spans.sort(key=lambda s: s.started_at or "", reverse=True)
         return spans[:limit]

@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
 
+from tokentrace.config import KafkaConfig
 from tokentrace.devcluster.kafka import KafkaCluster, find_java, is_cached
 from tokentrace.devcluster.procs import DevClusterError, ServerProcess, find_tool, free_ports, port_free, wait_for
 from tokentrace.devcluster.redis import RedisServer, find_redis_server
@@ -93,7 +94,7 @@ class DevCluster:
     kafka_port: int | None = None
     redis_port: int | None = None
     api_port: int | None = None
-    partitions: int = 4
+    partitions: int = KafkaConfig().partitions
     data_dir: Path | None = None
     config_path: Path | None = None
     api_token: str | None = None

@@ -1,6 +1,6 @@
 """Where a rule's notifications go: the ``delivery`` object of a rule, tagged by ``type``.
 
-``{"type": "stdout"}``, ``{"type": "http", "url": ...}`` (spec 002's HTTPDelivery: a webhook) and
+``{"type": "stdout"}``, ``{"type": "http", "url": ...}`` (a webhook receiving ``alerting.payload.webhook_payload``) and
 ``{"type": "alertmanager", "url": ...}`` (Prometheus Alertmanager's v2 API). Configuration only; the
 senders live in :mod:`tokentrace.alerting`.
 """
@@ -39,7 +39,7 @@ class StdoutDelivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True, ta
 
 
 class WebhookDelivery(msgspec.Struct, frozen=True, forbid_unknown_fields=True, tag_field="type", tag="http"):
-    """POST the spec 002 payload to ``url``.
+    """POST the webhook payload to ``url``.
 
     ``secret`` turns on the HMAC-SHA256 signature headers (see :mod:`tokentrace.alerting.signing`).
     ``timeout`` bounds one attempt; a failed attempt is retried up to ``max_retries`` times.

@@ -20,7 +20,7 @@ from tokentrace.core.alerts.state import RuleState, step
 
 __all__ = ["DEFAULT_COOLDOWN_S", "Evaluation", "Notification", "Round", "breaches", "evaluate"]
 
-#: Seed 001's ``AlertCooldown`` default.
+#: Least time between repeated notifications of a rule that keeps firing, unless it sets ``cooldown``.
 DEFAULT_COOLDOWN_S = 300.0
 
 _ReadKey = tuple[str, float, tuple[tuple[str, str], ...]]

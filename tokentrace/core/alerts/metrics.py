@@ -1,6 +1,6 @@
 """The metric names an alert rule may watch.
 
-The names a reader must understand are :data:`READER_METRICS`. The seed 001 names are accepted as
+The names a reader must understand are :data:`READER_METRICS`. The MIST-era names (README, "Seed 001 (MIST) compatibility") are accepted as
 aliases and map onto them (``latency_p99_ms`` is ``latency_p99``); ``total_tokens_in`` and
 ``total_tokens_out`` are prompt and completion token sums in the window.
 """
@@ -28,7 +28,7 @@ READER_METRICS: frozenset[str] = frozenset(
     }
 )
 
-#: Seed 001 metric names and what they mean here.
+#: MIST-era metric names and what they mean here.
 ALIASES: dict[str, str] = {
     "total_spans": "span_count",
     "latency_p50_ms": "latency_p50",

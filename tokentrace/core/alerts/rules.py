@@ -50,7 +50,7 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """A threshold rule: fire when ``metric`` over the last ``window`` is ``op threshold``.
 
     ``cooldown`` is the minimum time between repeated notifications while the rule keeps firing (None:
-    the service default, 5m as in seed 001). ``min_spans`` is the least number of spans in the window
+    the service default, 5m, ``engine.DEFAULT_COOLDOWN_S``). ``min_spans`` is the least number of spans in the window
     for the rule to fire at all. ``filter`` narrows the spans: keys ``model``, ``provider`` and
     ``caller`` match those fields, any other key is a span attribute (one at most). ``delivery`` None means the
     service's default delivery.
@@ -108,7 +108,7 @@ class AlertRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     @property
     def reader_metric(self) -> str:
-        """The metric name the reader is asked for (seed 001 aliases resolved)."""
+        """The metric name the reader is asked for (MIST-era aliases resolved, ``metrics.ALIASES``)."""
         return canonical_metric(self.metric)
 
     @property
@@ -178,7 +178,7 @@ def _config_item(item: Any, index: int) -> Any:
 def rules_from_config(items: Iterable[Any]) -> list[AlertRule]:
     """Rules from the ``alerts:`` list of ``tokentrace.yml`` (already parsed YAML).
 
-    A rule without ``name`` (seed 001 style) is named ``<metric>_<op>_<threshold>``; scalar filter
+    A rule without ``name`` (as MIST-era rules are written) is named ``<metric>_<op>_<threshold>``; scalar filter
     values become strings. Errors name the item and field: ``alerts[2].window: ...``.
     """
     rules: list[AlertRule] = []
