@@ -8,6 +8,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from tokentrace.api import console
+from tokentrace.api.compression import compression_middleware
 from tokentrace.api.connections import GUARD, ConnectionGuard, busy_middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 def create_app(ctx: ServerContext) -> web.Application:
     """Build the application; the caller owns the store's lifecycle."""
     server = ctx.config.http_server
-    # Outermost first: errors become the envelope; the token is checked before any body is read.
-    middlewares: list[Middleware] = [error_middleware]
+    # Outermost first: JSON answers (error envelopes included) are gzipped for clients that accept it; errors
+    # become the envelope; the token is checked before any body is read.
+    middlewares: list[Middleware] = [compression_middleware, error_middleware]
     if server.auth_token is not None:
         middlewares.append(auth_middleware(server.auth_token, console.is_console_path))
         log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
