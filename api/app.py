@@ -13,7 +13,7 @@ from tokentrace.api.connections import GUARD, ConnectionGuard, busy_middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, series, spans, stats, traces
+from tokentrace.api.routes import alerts, dimensions, docs, health, metrics, mist, otlp, series, spans, stats, traces
 from tokentrace.core.labels import LabelCaps, LabelLimits
 from tokentrace.core.timefmt import parse_duration
 
@@ -54,6 +54,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         otlp.routes,
         mist.routes,
         series.routes,  # before metrics: /metrics/series is not a metric name
+        dimensions.routes,  # nor is /metrics/dimensions
         metrics.routes,
         stats.routes,
         traces.routes,
