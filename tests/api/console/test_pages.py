@@ -377,3 +377,28 @@ def test_traces_filter_by_model_caller_and_time_range(console: Watched, server: 
     # The form shows the filters it applied after the reload.
     assert page.input_value("input[name=since]") == since.strftime("%Y-%m-%dT%H:%M")
 
+
+def test_the_ingest_rate_shows_within_seconds_and_never_a_stuck_placeholder(
+    console: Watched, server: ServerProcess
+) -> None:
+    page = console.page
+    # Every text the header's ingest figure ever shows, with its tooltip, from the first paint on.
+    page.add_init_script(
+        """
+        window.__ingest = [];
+        new MutationObserver(() => {
+          const el = document.getElementById("ingest-rate");
+          if (el) window.__ingest.push([el.textContent, el.title]);
+        }).observe(document, { subtree: true, childList: true, characterData: true });
+        """
+    )
+    page.goto(f"{server.url}/console/traces")
+    page.wait_for_function(
+        "() => /spans\\/s/.test((document.getElementById('ingest-rate') || {}).textContent || '')", timeout=5_000
+    )
+    seen = page.evaluate("() => window.__ingest")
+    assert seen, "the ingest figure was never drawn"
+    for text, title in seen:
+        assert re.fullmatch(r"ingest (—|\d+\.\d spans/s)", text.strip()), text
+        assert title, f"{text!r} has no tooltip"
+    assert "spans/s" in seen[-1][0] and "per second" in seen[-1][1]
