@@ -58,7 +58,7 @@ async def loaded(client: TestClient[Any, Any]) -> TestClient[Any, Any]:
 @pytest.mark.parametrize(
     "path",
     [
-        "/metrics/series?window=1h&step=1m&groupby=model",  # inflated in line
+        "/metrics/series?window=1h&step=1m&groupby=model",
         "/metrics/series?window=12h&step=1m&groupby=model",  # past INLINE_BYTES: compressed in a thread
         "/traces/recent?limit=100",
     ],

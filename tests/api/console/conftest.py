@@ -178,6 +178,10 @@ class Watched:
         return any(status == s and p in url for s, p in self.expected_status)
 
     def shot(self, name: str) -> None:
+        # The header's ingest rate needs two reads of /health, a second apart: show the figure, not its "—".
+        self.page.wait_for_function(
+            "() => { const el = document.getElementById('ingest-rate'); return !el || /spans\\/s/.test(el.textContent); }"
+        )
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 
