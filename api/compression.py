@@ -67,7 +67,7 @@ async def compression_middleware(request: web.Request, handler: Handler) -> web.
     ):
         return response
     response.headers.add("Vary", "Accept-Encoding")
-    if request.method == "HEAD" or not accepts_gzip(request.headers.get("Accept-Encoding", "")):
+    if not accepts_gzip(request.headers.get("Accept-Encoding", "")):  # HEAD too: the same headers as GET
         return response
     body = response.body
     response.body = gzip_bytes(body) if len(body) <= INLINE_BYTES else await asyncio.to_thread(gzip_bytes, body)

@@ -117,3 +117,16 @@ async def test_the_aiohttp_client_inflates_transparently(loaded: TestClient[Any,
 )
 def test_accept_encoding_is_read_with_its_q_values(header: str, expected: bool) -> None:
     assert accepts_gzip(header) is expected
+
+
+async def test_head_answers_the_headers_of_get(loaded: TestClient[Any, Any]) -> None:
+    path = "/metrics/series?window=1h&step=1m&groupby=model"
+    get, body = await raw_get(loaded, path, "gzip")
+    async with (
+        aiohttp.ClientSession(auto_decompress=False) as session,
+        session.head(str(loaded.make_url(path)), headers={"Accept-Encoding": "gzip"}) as head,
+    ):
+        assert head.status == 200 and await head.read() == b""
+        for name in ("Content-Type", "Content-Encoding", "Content-Length", "Vary"):
+            assert head.headers[name] == get.headers[name], name
+    assert int(get.headers["Content-Length"]) == len(body)
