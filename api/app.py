@@ -8,11 +8,12 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from tokentrace.api import console
+from tokentrace.api.compression import compression_middleware
 from tokentrace.api.connections import GUARD, ConnectionGuard, busy_middleware
 from tokentrace.api.context import CONTEXT, ServerContext
 from tokentrace.api.middleware import auth_middleware, error_middleware
 from tokentrace.api.prometheus import handle_prometheus
-from tokentrace.api.routes import alerts, docs, health, metrics, mist, otlp, series, spans, stats, traces
+from tokentrace.api.routes import alerts, dimensions, docs, health, metrics, mist, otlp, series, spans, stats, traces
 from tokentrace.core.labels import LabelCaps, LabelLimits
 from tokentrace.core.timefmt import parse_duration
 
@@ -24,8 +25,9 @@ log = logging.getLogger(__name__)
 def create_app(ctx: ServerContext) -> web.Application:
     """Build the application; the caller owns the store's lifecycle."""
     server = ctx.config.http_server
-    # Outermost first: errors become the envelope; the token is checked before any body is read.
-    middlewares: list[Middleware] = [error_middleware]
+    # Outermost first: JSON answers (error envelopes included) are gzipped for clients that accept it; errors
+    # become the envelope; the token is checked before any body is read.
+    middlewares: list[Middleware] = [compression_middleware, error_middleware]
     if server.auth_token is not None:
         middlewares.append(auth_middleware(server.auth_token, console.is_console_path))
         log.info("auth: on (every request needs Authorization: Bearer <http_server.auth_token>)")
@@ -52,6 +54,7 @@ def create_app(ctx: ServerContext) -> web.Application:
         otlp.routes,
         mist.routes,
         series.routes,  # before metrics: /metrics/series is not a metric name
+        dimensions.routes,  # nor is /metrics/dimensions
         metrics.routes,
         stats.routes,
         traces.routes,

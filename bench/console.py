@@ -10,7 +10,7 @@
   10 overview pages open and auto-refreshing (every 30 s, plus the health strip every 15 s), as % of a core.
   The browser's own CPU is not counted; it runs on the same 2 shared cores, so the load average is reported.
 
-    .venv/bin/python bench/console.py [--spans 2000000] [--seconds 60] [--append-results]
+    .venv/bin/python bench/console.py [--spans 2000000] [--seconds 60] [--weight-only] [--append-results]
 """
 
 from __future__ import annotations
@@ -40,21 +40,27 @@ CHROMIUM_ARGS = [
 WINDOWS = ["1h", "24h", "7d", "30d"]
 
 
-def page_weight(context: Any, url: str) -> tuple[int, int, int]:
-    """(static bytes as sent, data bytes as sent, requests) of a first load of the overview."""
+def page_weight(context: Any, url: str) -> tuple[int, int, int, int]:
+    """(static bytes as sent, data bytes as sent, data bytes inflated, requests) of a first load of the overview.
+
+    The JSON inflated is what it weighed as sent before JSON answers were gzipped."""
     page = context.new_page()
-    sizes: dict[str, list[int]] = {"static": [], "data": []}
+    sizes: dict[str, list[int]] = {"static": [], "data": [], "inflated": []}
 
     def on_response(response: Any) -> None:
         body = len(response.body())
         encoded = int(response.headers.get("content-length", body))
-        kind = "data" if response.headers.get("content-type", "").startswith("application/json") else "static"
-        sizes[kind].append(encoded)
+        if response.headers.get("content-type", "").startswith("application/json"):
+            sizes["data"].append(encoded)
+            sizes["inflated"].append(body)
+        else:
+            sizes["static"].append(encoded)
 
     page.on("response", on_response)
     page.goto(f"{url}/?window=1h&groupby=model", wait_until="networkidle")
     page.close()
-    return sum(sizes["static"]), sum(sizes["data"]), len(sizes["static"]) + len(sizes["data"])
+    requests = len(sizes["static"]) + len(sizes["data"])
+    return sum(sizes["static"]), sum(sizes["data"]), sum(sizes["inflated"]), requests
 
 
 def render_ms(context: Any, url: str, window: str) -> float:
@@ -81,6 +87,7 @@ def main() -> None:
     parser.add_argument("--renders", type=int, default=3)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--consoles", type=int, default=10)
+    parser.add_argument("--weight-only", action="store_true", help="stop after the page weight")
     parser.add_argument("--append-results", action="store_true")
     args = parser.parse_args()
     from playwright.sync_api import sync_playwright
@@ -111,11 +118,15 @@ def main() -> None:
                 context = playwright.chromium.launch_persistent_context(
                     str(work / "profile"), executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
                 )
-                static, data, requests = page_weight(context, server.url)
+                static, data, inflated, requests = page_weight(context, server.url)
                 say(
                     f"page weight before data: {static / 1024:.1f} KiB as sent (gzip) in the static files of a first "
-                    f"load (budget 300 KiB); that load's JSON: {data / 1024:.1f} KiB; {requests} requests"
+                    f"load (budget 300 KiB); that load's JSON: {data / 1024:.1f} KiB as sent (gzip), "
+                    f"{inflated / 1024:.1f} KiB inflated; {requests} requests"
                 )
+                if args.weight_only:
+                    context.close()
+                    return
                 for window in WINDOWS:
                     times = sorted(render_ms(context, server.url, window) for _ in range(args.renders))
                     say(

@@ -61,6 +61,9 @@ class Store(Protocol):
     ) -> list[Projection]:
         """``query`` of each ``[start, end)`` interval, all read from one consistent state."""
 
+    async def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
+        """Attribute keys the aggregates of ``[start_ms, end_ms)`` are grouped by."""
+
     async def lifetime(self, groupby: str | None) -> Projection:
         """Everything ever counted (monotonic, for Prometheus counters)."""
 

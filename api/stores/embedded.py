@@ -220,6 +220,9 @@ class EmbeddedStore:
     ) -> list[Projection]:
         return [self.timeline.query(start, end, groupby, where) for start, end in intervals]
 
+    async def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
+        return self.timeline.attribute_keys(start_ms, end_ms)
+
     async def lifetime(self, groupby: str | None) -> Projection:
         return self.timeline.lifetime(groupby)
 

@@ -192,6 +192,10 @@ class RedisStore:
         view = self._view
         return [view.query(start, end, groupby, where) for start, end in intervals]
 
+    async def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
+        await self.sync()
+        return self._view.attribute_keys(start_ms, end_ms)
+
     async def lifetime(self, groupby: str | None) -> Projection:
         await self.sync()
         return self._view.lifetime(groupby)

@@ -238,3 +238,39 @@ def test_query_parts_sum_to_query(
     assert again.total() == timeline.query(start, end, groupby, where)
     again.install()
     assert timeline.query_parts(start, end, groupby, where).total() == timeline.query(start, end, groupby, where)
+
+
+_KEY_POOL = tuple(f"k{i}" for i in range(6))
+
+
+@given(
+    st.lists(
+        st.tuples(
+            st.integers(0, 3 * DAY_MS),
+            st.dictionaries(st.sampled_from(_KEY_POOL), st.one_of(st.text(max_size=2), st.integers(0, 3), st.floats())),
+        ),
+        max_size=80,
+    ),
+    windows,
+    st.integers(1, 6),
+    st.booleans(),
+)
+@settings(max_examples=150, deadline=None)
+def test_attribute_keys_are_the_keys_a_groupby_finds(
+    data: list[tuple[int, dict[str, object]]], window_ms: int, max_keys: int, compact: bool
+) -> None:
+    """Oracle: a key is offered exactly when grouping the window by it finds a group (caps, floats, compacted
+    hours and retention included), and only keys some span of the window carried."""
+    settings_ = TimelineSettings(
+        fine_retention_ms=DAY_MS, retention_ms=2 * DAY_MS, caps=Caps(max_attribute_keys=max_keys)
+    )
+    timeline = Timeline(settings_)
+    for age, attributes in data:
+        timeline.add(Span(model="m", prompt_tokens=1, attributes=attributes), NOW - age)
+    if compact:
+        timeline.compact(NOW)
+    start, end = timeline.window_start(NOW, window_ms), timeline.window_end(NOW)
+    keys = timeline.attribute_keys(start, end)
+    assert keys == {key for key in _KEY_POOL if timeline.query(start, end, key)}
+    carried = {k for age, attributes in data if start <= NOW - age < end for k in attributes}
+    assert keys <= carried

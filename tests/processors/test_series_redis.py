@@ -99,3 +99,40 @@ async def test_every_api_replica_serves_the_console_and_the_same_series(
     for model in ("a", "b"):
         points = bodies[0]["series"][model]
         assert sum(p["span_count"] for p in points) == metrics["by_model"][model]["span_count"] == 60
+
+
+async def test_dimensions_on_the_redis_view_are_the_keys_written_in_the_window(
+    store: RedisStore, redis_server: RedisServer, make_api: MakeAPI
+) -> None:
+    """``GET /metrics/dimensions`` on a replica: the attribute keys of the window's spans, old ones included."""
+    now = now_ms()
+    rng = random.Random(11)
+    keys = ["variant", "tenant", "retry", "feature"]
+    spans = []
+    for i in range(1, 201):
+        age = rng.choice([rng.randrange(1, 40) * MINUTE_MS, rng.randrange(70, 170) * MINUTE_MS])
+        attributes = {key: rng.choice(["x", 7, False]) for key in rng.sample(keys, rng.randrange(0, 2))}
+        attributes["ratio"] = 0.5  # a measurement: never grouped
+        if age > 60 * MINUTE_MS:
+            attributes["legacy"] = True  # a key of old spans only
+        spans.append(_span(i, now - age, attributes=attributes))
+    expected = {
+        window: sorted({k for s in spans if now - _ms(s.started_at) < length for k in s.attributes} - {"ratio"})
+        for window, length in (("1h", 60 * MINUTE_MS), ("3h", 180 * MINUTE_MS))
+    }
+    assert expected["1h"] != expected["3h"]
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    applier.apply(entries, 0, 0, now, encode_wire(spans))
+    materializer = Materializer(redis_server.url, store.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        await _written(materializer, _pending(entries, list(entries)))
+        replica = await make_api()
+        bodies = {w: await (await replica.get("/metrics/dimensions", params={"window": w})).json() for w in expected}
+    finally:
+        writer.cancel()
+        await materializer.close()
+    for window, attribute_keys in expected.items():
+        assert bodies[window] == {"window": window, "dimensions": ["model", "provider", "caller", *attribute_keys]}

@@ -412,6 +412,14 @@ class Timeline:
         self._memo[memo_key] = (version, projection)
         return projection
 
+    def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
+        """Attribute keys grouped in any bucket counted in ``[start_ms, end_ms)`` (what ``groupby`` can name)."""
+        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
+        keys: set[str] = set()
+        for _, state in self._states_between(start_ms, end_ms):
+            keys.update(state.attributes)
+        return keys
+
     def _states_between(self, start: int, end: int) -> Iterable[tuple[tuple[int, int], BucketState]]:
         """Stored buckets starting in ``[start, end)`` with their version keys."""
         bucket_ms = self.settings.bucket_ms

@@ -108,8 +108,8 @@ function startHealth() {
   const strip = document.getElementById("health-strip");
   const tick = () => renderHealthStrip(strip).catch(() => {});
   tick();
-  // A second read soon after the first gives the ingest rate without waiting a whole period.
-  setTimeout(tick, 3000);
+  // A second read a second after the first gives the ingest rate without waiting a whole period.
+  setTimeout(tick, 1000);
   healthTimer = setInterval(tick, 15_000);
 }
 

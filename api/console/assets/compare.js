@@ -40,10 +40,10 @@ export async function render(main, query) {
       go({ only: picked.join(",") });
     } else go({ window: form.elements.window.value, groupby: form.elements.groupby.value, only: "" });
   });
-  groupChoices()
+  groupChoices(window_)
     .then((choices) => {
       if (!choices.includes(groupby)) choices.push(groupby);
-      form.elements.groupby.innerHTML = choices.map((c) => `<option${c === groupby ? " selected" : ""}>${esc(c)}</option>`).join("");
+      form.elements.groupby.innerHTML = choices.map((c) => `<option value="${esc(c)}"${c === groupby ? " selected" : ""}>${esc(c)}</option>`).join("");
     })
     .catch(() => {});
 

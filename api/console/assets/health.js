@@ -25,15 +25,23 @@ function describe(body) {
     mode: body.transport ? (distributed ? "distributed" : "embedded") : "unknown",
     queueLabel: distributed ? "view lag" : "fsync queue",
     queueUnit: distributed ? "messages" : "batches",
-    rate: body.rate === null ? "measuring…" : `${body.rate.toFixed(1)} spans/s`,
+    rate: body.rate === null ? "—" : `${body.rate.toFixed(1)} spans/s`,
+    rateTitle: rateTitle(body),
   };
+}
+
+/** What the rate is, or why there is none yet: never a placeholder that looks stuck. */
+function rateTitle(body) {
+  if (body.span_count === undefined) return "Ingest rate: this server does not report its accepted-span count";
+  if (body.rate === null) return "Ingest rate: needs two reads of /health by this page; the second follows within a second";
+  return "Spans accepted per second between this page's last two reads of /health";
 }
 
 export async function renderHealthStrip(strip) {
   const body = await read();
   const d = describe(body);
   const status = body.status === "ok" ? "" : `<span class="bad">unhealthy: ${esc(body.error)}</span>`;
-  strip.innerHTML = `${status}<span>v${esc(body.version)}</span><span>${d.mode}</span><span>ingest ${d.rate}</span>
+  strip.innerHTML = `${status}<span>v${esc(body.version)}</span><span>${d.mode}</span><span id="ingest-rate" title="${esc(d.rateTitle)}">ingest ${d.rate}</span>
     <span>${d.queueLabel} ${count(body.queue_depth)} ${d.queueUnit}</span>`;
 }
 
@@ -48,7 +56,7 @@ export async function render(main) {
       ["Mode", `${d.mode} (store: ${esc(body.transport)})`],
       ["Uptime", `<span class="num">${count(body.uptime_s)} s</span>`],
       ["Spans accepted", `<span class="num">${count(body.span_count)}</span>`],
-      ["Ingest rate", `<span class="num">${d.rate}</span>`],
+      ["Ingest rate", `<span class="num" title="${esc(d.rateTitle)}">${d.rate}</span>`],
       [d.queueLabel[0].toUpperCase() + d.queueLabel.slice(1), `<span class="num">${count(body.queue_depth)} ${d.queueUnit}</span>`],
     ];
     main.querySelector("#health-body").innerHTML = `<table class="kv" style="width:auto"><tbody>${rows

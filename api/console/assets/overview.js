@@ -1,6 +1,6 @@
 // Overview: the window's headline figures (GET /metrics, the same numbers) and its time series
 // (GET /metrics/series), grouped by a dimension or an attribute, refreshed every 30 s unless paused.
-import { api } from "./api.js";
+import { api, AuthRequired } from "./api.js";
 import { showError } from "./app.js";
 import { lineChart, PALETTE } from "./charts.js";
 import { count, esc, ms, pct, score, tokens, usd } from "./format.js";
@@ -38,24 +38,20 @@ function learnBucket(error) {
   return true;
 }
 
-/** Span fields that /traces/recent (seed 001's MIST shape) folds into `attrs`: not attributes. */
-const MIST_FIELDS = new Set(["model", "provider", "tokens_in", "tokens_out", "total_tokens", "cost_usd", "error", "eval.score"]);
+const BUILT_IN = ["model", "provider", "caller"];
 
-/** Group-by choices: the built-in dimensions and the attribute keys seen on the newest spans. */
-export async function groupChoices() {
-  const keys = new Set();
+/**
+ * Group-by choices over a window: the built-in dimensions and every attribute key the window's aggregates
+ * are grouped by (GET /metrics/dimensions), so a key seen only early in the window is offered too.
+ */
+export async function groupChoices(window_) {
   try {
-    const recent = await api("/traces/recent", { params: { limit: 100 } });
-    for (const span of recent.spans) {
-      for (const [key, value] of Object.entries(span.attrs || {})) {
-        const groupable = typeof value === "string" || typeof value === "boolean" || Number.isInteger(value);
-        if (groupable && !MIST_FIELDS.has(key) && !key.startsWith("mist.")) keys.add(key);
-      }
-    }
+    const body = await api("/metrics/dimensions", { params: { window: window_ } });
+    return body.dimensions;
   } catch (error) {
-    if (error.name === "AuthRequired") throw error;
+    if (error instanceof AuthRequired) throw error;
+    return [...BUILT_IN];
   }
-  return ["model", "provider", "caller", ...[...keys].sort()];
 }
 
 function options(values, selected, label = (v) => v) {
@@ -214,12 +210,21 @@ export async function render(main, query) {
   });
   main.querySelector("#refresh-now").addEventListener("click", reload);
 
-  groupChoices()
-    .then((choices) => {
-      if (!choices.includes(state.groupby)) choices.push(state.groupby);
-      form.elements.groupby.innerHTML = options(choices, state.groupby);
-    })
-    .catch(() => {});
+  let asked = 0;
+  const fillChoices = () => {
+    const mine = ++asked;
+    return groupChoices(state.window)
+      .then((choices) => {
+        if (mine !== asked) return; // a later window's answer is (or will be) shown
+        if (!choices.includes(state.groupby)) choices.push(state.groupby);
+        form.elements.groupby.innerHTML = options(choices, state.groupby);
+      })
+      .catch(() => {});
+  };
+  form.addEventListener("change", (event) => {
+    if (event.target.name === "window") fillChoices();
+  });
+  fillChoices();
   await load();
   schedule();
   return () => {

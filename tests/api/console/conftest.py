@@ -41,6 +41,8 @@ alerts:
   - {name: config-cost, metric: total_cost, op: gt, threshold: 1000, window: 1h}
 """
 MINUTE = 60_000
+#: Spans older than this carry the attribute ``cohort`` too.
+EARLY_MS = 3 * 60 * MINUTE
 MODELS = {"gpt-4o": "openai", "gpt-4o-mini": "openai", "claude-3-5-haiku": "anthropic"}
 
 
@@ -67,6 +69,9 @@ def make_spans(now: int, seed: int = 3) -> list[dict[str, Any]]:
             began, latency, parent = timing[span_id]
             model = rng.choice(list(MODELS))
             status = rng.choices(["ok", "error", "timeout"], [90, 7, 3])[0]
+            attributes: dict[str, Any] = {"variant": variant, "eval.score": round(rng.uniform(0.4, 1), 3)}
+            if now - began > EARLY_MS:  # a key only old spans have: never among the newest 100
+                attributes["cohort"] = ("pilot", "rollout")[t % 2]
             span = {
                 "trace_id": f"trace-{t:03d}",
                 "span_id": span_id,
@@ -81,7 +86,7 @@ def make_spans(now: int, seed: int = 3) -> list[dict[str, Any]]:
                 "latency_ms": latency,
                 "status": status,
                 "started_at": format_ms(began),
-                "attributes": {"variant": variant, "eval.score": round(rng.uniform(0.4, 1), 3)},
+                "attributes": attributes,
             }
             if status == "error":
                 span["error"] = "upstream 500"
@@ -173,6 +178,10 @@ class Watched:
         return any(status == s and p in url for s, p in self.expected_status)
 
     def shot(self, name: str) -> None:
+        # The header's ingest rate needs two reads of /health, a second apart: show the figure, not its "—".
+        self.page.wait_for_function(
+            "() => { const el = document.getElementById('ingest-rate'); return !el || /spans\\/s/.test(el.textContent); }"
+        )
         self.page.screenshot(path=str(ARTIFACTS / f"{name}.png"), full_page=True)
 
 

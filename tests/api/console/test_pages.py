@@ -55,6 +55,14 @@ def test_overview_shows_the_numbers_of_get_metrics_and_charts_them(console: Watc
     page.select_option("select[name=groupby]", "variant")
     page.wait_for_function("() => document.querySelector('#chart-calls .u-legend').textContent.includes('b')")
     assert "groupby=variant" in page.url
+    # The choices are the window's dimensions: `cohort` only on spans older than 3h (none of the newest 100).
+    page.select_option("select[name=window]", "6h")
+    page.wait_for_selector("select[name=groupby] option[value=cohort]", state="attached")
+    dimensions = get_json(f"{server.url}/metrics/dimensions?window=6h")["dimensions"]
+    assert "cohort" in dimensions and "variant" in dimensions
+    assert page.locator("select[name=groupby] option").evaluate_all("os => os.map(o => o.value)") == dimensions
+    page.select_option("select[name=window]", "1h")
+    page.wait_for_selector("select[name=groupby] option[value=cohort]", state="detached")
     # Auto-refresh pauses.
     page.uncheck("input[name=auto]")
     page.wait_for_url(re.compile(r"refresh=off"))
@@ -196,6 +204,7 @@ def test_compare_marks_the_best_value_of_each_row(console: Watched, server: Serv
     page = console.page
     page.goto(f"{server.url}/console/compare?window=6h&groupby=variant")
     page.wait_for_selector("#compare-table table")
+    page.wait_for_selector("select[name=groupby] option[value=cohort]", state="attached")  # seen only early
     body = get_json(f"{server.url}/metrics?window=6h&groupby=variant")["by_variant"]
     headers = page.locator("#compare-table thead th").all_inner_texts()[1:]
     assert headers == sorted(body)
@@ -367,3 +376,29 @@ def test_traces_filter_by_model_caller_and_time_range(console: Watched, server: 
     assert f"of {wanted['total']}" in page.locator(".pager").inner_text()
     # The form shows the filters it applied after the reload.
     assert page.input_value("input[name=since]") == since.strftime("%Y-%m-%dT%H:%M")
+
+
+def test_the_ingest_rate_shows_within_seconds_and_never_a_stuck_placeholder(
+    console: Watched, server: ServerProcess
+) -> None:
+    page = console.page
+    # Every text the header's ingest figure ever shows, with its tooltip, from the first paint on.
+    page.add_init_script(
+        """
+        window.__ingest = [];
+        new MutationObserver(() => {
+          const el = document.getElementById("ingest-rate");
+          if (el) window.__ingest.push([el.textContent, el.title]);
+        }).observe(document, { subtree: true, childList: true, characterData: true });
+        """
+    )
+    page.goto(f"{server.url}/console/traces")
+    page.wait_for_function(
+        "() => /spans\\/s/.test((document.getElementById('ingest-rate') || {}).textContent || '')", timeout=5_000
+    )
+    seen = page.evaluate("() => window.__ingest")
+    assert seen, "the ingest figure was never drawn"
+    for text, title in seen:
+        assert re.fullmatch(r"ingest (—|\d+\.\d spans/s)", text.strip()), text
+        assert title, f"{text!r} has no tooltip"
+    assert "spans/s" in seen[-1][0] and "per second" in seen[-1][1]
