@@ -1,0 +1,83 @@
+"""Idempotency keys in the distributed mode: a retried batch counts once, whichever ``tokentrace api`` replica
+took each attempt, also after a worker was killed with ``kill -9`` (the ids are restored from the changelog)."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import msgspec
+import pytest
+
+from tests.processors.conftest import MakeAPI
+from tests.processors.harness import Oracle, Workers, aggregate_totals, make_spans
+from tokentrace.api.stores.redis_store import RETRIED_COUNTER, RedisStore
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import now_ms
+from tokentrace.core.timeline import HOUR_MS, total
+
+pytestmark = [pytest.mark.kafka, pytest.mark.redis]
+
+_encode = msgspec.json.Encoder()
+
+
+async def _post(client: Any, spans: Sequence[Span], key: str) -> None:
+    body = _encode.encode([msgspec.structs.asdict(s) for s in spans])
+    response = await client.post(
+        "/spans", data=body, headers={"Content-Type": "application/json", "Idempotency-Key": key}
+    )
+    assert response.status == 202, await response.text()
+    assert await response.json() == {"accepted": len(spans)}
+
+
+async def _settled(store: RedisStore, workers: Workers, retried: int, within_s: float = 90) -> int:
+    """Wait until the workers processed every message on the topic and skipped ``retried`` as retries; the
+    view's span count then."""
+    deadline = time.monotonic() + within_s
+    while True:
+        lag = await store.refresh_lag()
+        seen = store.counters.get(RETRIED_COUNTER, {}).get((), 0.0)
+        if lag and not any(lag.values()) and seen >= retried:
+            break
+        assert time.monotonic() < deadline, f"lag {lag}, {seen} retries seen{workers.logs()}"
+        await asyncio.sleep(0.25)
+    assert store.counters[RETRIED_COUNTER] == {(): float(retried)}
+    return (await store.health()).span_count
+
+
+async def _assert_view(store: RedisStore, spans: list[Span]) -> None:
+    now = now_ms()
+    view = total(await store.query(now - 2 * HOUR_MS, now + HOUR_MS, None, {}))
+    assert aggregate_totals(view) == Oracle(spans).totals()
+
+
+async def test_a_retried_batch_counts_once_across_replicas_and_a_worker_kill(
+    workers: Workers, store: RedisStore, make_api: MakeAPI
+) -> None:
+    rng = random.Random(27)
+    big = make_spans(700, rng, spread_ms=10 * 60_000)  # two Kafka messages: the API cuts at 500 spans
+    small = make_spans(40, rng, spread_ms=10 * 60_000)
+    first = workers.start()
+    api, replica = await make_api(), await make_api()
+
+    await _post(api, big, "batch-big")
+    await _post(replica, big, "batch-big")  # its 202 was lost: retried through another replica
+    await _post(replica, small, "batch-small")
+    await _post(api, small, "batch-small")
+    await _post(api, small, "batch-small-again")  # the same spans under a new key: a new batch, counted
+    assert await _settled(store, workers, retried=3) == 700 + 40 + 40
+    await _assert_view(store, big + small + small)
+
+    first.kill()  # SIGKILL: its successor restores the ids with the aggregates, from the changelog
+    workers.start()
+    fresh = make_spans(30, rng, spread_ms=10 * 60_000)
+    await _post(replica, big, "batch-big")
+    await _post(api, small, "batch-small")
+    await _post(api, fresh, "batch-fresh")
+    assert await _settled(store, workers, retried=6, within_s=120) == 700 + 40 + 40 + 30
+    await _assert_view(store, big + small + small + fresh)
+    responses = [await c.get("/metrics?window=1h") for c in (api, replica)]
+    assert [(await r.json())["span_count"] for r in responses] == [810, 810]
