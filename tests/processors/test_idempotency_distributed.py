@@ -12,12 +12,14 @@ from typing import Any
 import msgspec
 import pytest
 
+from tests.api.lossy_proxy import LossyProxy
 from tests.processors.conftest import MakeAPI
 from tests.processors.harness import Oracle, Workers, aggregate_totals, make_spans
 from tokentrace.api.stores.redis_store import RETRIED_COUNTER, RedisStore
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, total
+from tokentrace.producers import HTTPTransport
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 
@@ -81,3 +83,26 @@ async def test_a_retried_batch_counts_once_across_replicas_and_a_worker_kill(
     await _assert_view(store, big + small + small + fresh)
     responses = [await c.get("/metrics?window=1h") for c in (api, replica)]
     assert [(await r.json())["span_count"] for r in responses] == [810, 810]
+
+
+async def test_sdk_retries_after_a_lost_202_count_every_span_once(
+    workers: Workers, store: RedisStore, make_api: MakeAPI
+) -> None:
+    """A proxy in front of a replica replaces every third 202 by a 502: ``HTTPTransport`` retries batches that
+    are in Kafka already, under the same key; each is skipped by the worker once."""
+    workers.start()
+    api = await make_api()
+    proxy = LossyProxy(str(api.make_url("")).rstrip("/")).start()
+    sent = make_spans(600, random.Random(31), spread_ms=10 * 60_000)
+    transport = HTTPTransport(proxy.url, batch_size=20, flush_interval=0.01, max_queue=len(sent), backoff=0.01)
+    try:
+        transport.send(sent)
+        await asyncio.to_thread(transport.flush, 60)  # the replica answers on this loop meanwhile
+        assert transport.stats().sent == len(sent)
+        assert proxy.lost >= 10
+        # Every lost answer made one more message of the same batch (the same id), which the worker skipped.
+        assert await _settled(store, workers, retried=proxy.lost) == len(sent)
+        await _assert_view(store, sent)
+    finally:
+        transport.close()
+        proxy.stop()
