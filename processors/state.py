@@ -21,6 +21,10 @@ Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
   deletes them. Written in that order; a bucket below the horizon that survived a crash is ignored by
   every reader and deleted (not folded again) by the next pass, and spans for a retired bucket are
   rejected as too old, so retiring never loses or doubles a count.
+* A message carrying an idempotency id (a Kafka header the API sets from ``Idempotency-Key``) that an earlier
+  message of the partition applied is a retry: counted in the meta entry's ``retries`` and skipped whole.
+  The ids live in key block entries (``b"p:k<n>"``, ``processors.idempotency``), written in the same
+  flushes as the aggregates, so they are restored with them after a crash or a rebalance.
 * Every decision is a function of the message alone (its bytes, offset and timestamp), never of the
   wall clock, so a replay decides exactly as the first run did. Spans without timestamps count at the
   message's timestamp; spans older than aggregate retention or too far in the future of the message's
@@ -41,6 +45,7 @@ from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
+from tokentrace.processors.idempotency import KEY_TAG, KeyBlock, KeyPolicy, applied_before, digest, record
 
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
@@ -69,6 +74,7 @@ __all__ = [
     "expire",
     "hour_key",
     "is_hour_key",
+    "is_key_block",
     "meta_key",
     "parse_key",
     "retired_key",
@@ -107,6 +113,10 @@ class PartitionMeta(msgspec.Struct, array_like=True, tag="m"):
     too_old: int = 0
     future: int = 0
     invalid: int = 0
+    #: Messages skipped as retries (their idempotency id was applied before).
+    retries: int = 0
+    #: The newest timestamp (ms) of a message with an idempotency id: the clock ids are forgotten by.
+    key_clock: int = 0
 
 
 class RetiredEntry(msgspec.Struct, array_like=True, tag="r"):
@@ -121,7 +131,7 @@ class RetiredEntry(msgspec.Struct, array_like=True, tag="r"):
         return self.horizon
 
 
-Entry = BucketEntry | PartitionMeta | RetiredEntry
+Entry = BucketEntry | PartitionMeta | RetiredEntry | KeyBlock
 #: One source message: its offset, its timestamp in ms and its value.
 Message = tuple[int, int, bytes | None]
 _encoder = msgspec.msgpack.Encoder()
@@ -163,7 +173,7 @@ def parse_key(key: bytes | str) -> tuple[int, int | None]:
     (an hour entry's start is its hour; ``is_hour_key`` tells them apart)."""
     text = key.decode() if isinstance(key, bytes) else key
     partition, _, rest = text.partition(":")
-    if rest in (META, RETIRED):
+    if rest in (META, RETIRED) or rest.startswith(KEY_TAG):
         return int(partition), None
     return int(partition), int(rest[1:] if rest.startswith(HOUR_TAG) else rest)
 
@@ -171,6 +181,12 @@ def parse_key(key: bytes | str) -> tuple[int, int | None]:
 def is_hour_key(key: bytes | str) -> bool:
     text = key.decode() if isinstance(key, bytes) else key
     return text.partition(":")[2].startswith(HOUR_TAG)
+
+
+def is_key_block(key: bytes | str) -> bool:
+    """Whether ``key`` is a block of idempotency ids (worker state only: never materialized in the view)."""
+    text = key.decode() if isinstance(key, bytes) else key
+    return text.partition(":")[2].startswith(KEY_TAG)
 
 
 def compact(
@@ -253,6 +269,8 @@ class Applied:
     #: How many spans it accepted.
     accepted: int = 0
     poison: str | None = None
+    #: Whether it was skipped as a retry of a message the partition applied before.
+    retry: bool = False
 
 
 def count_spans(items: Iterable[IndexItem]) -> int:
@@ -342,10 +360,13 @@ class _Bounds(NamedTuple):
 class Applier:
     """Applies Kafka messages of the span topic to a partition's entries (see the module docstring)."""
 
-    def __init__(self, settings: TimelineSettings, pricer: Pricer | None, max_future_ms: int) -> None:
+    def __init__(
+        self, settings: TimelineSettings, pricer: Pricer | None, max_future_ms: int, keys: KeyPolicy | None = None
+    ) -> None:
         self.settings = settings
         self.pricer = pricer
         self.max_future_ms = max_future_ms
+        self.keys = keys or KeyPolicy()
         self._timeline = Timeline(settings)  # only for its retention rule
 
     def oldest_allowed_ms(self, at_ms: int) -> int:
@@ -358,9 +379,15 @@ class Applier:
         offset: int,
         timestamp_ms: int,
         payload: bytes | None,
+        ident: str | None = None,
     ) -> Applied:
-        """Apply one message; entries that already reached ``offset`` are left alone."""
-        return self.apply_many(entries, partition, [(offset, timestamp_ms, payload)])[0]
+        """Apply one message (``ident``: its idempotency id); entries that already reached ``offset`` are left
+        alone."""
+        additions = Additions(self.settings.caps)
+        try:
+            return self._apply_one(entries, partition, (offset, timestamp_ms, payload), additions, ident)
+        finally:
+            additions.settle()
 
     def apply_many(
         self, entries: MutableMapping[bytes, Entry], partition: int, messages: Iterable[Message]
@@ -385,10 +412,11 @@ class Applier:
         timestamp_ms: int,
         payload: bytes | None,
         additions: Additions,
+        ident: str | None = None,
     ) -> Applied:
         """``apply``, with the spans' additions left in ``additions``: the entries are those of ``apply`` once
         ``additions.settle()`` has run (settle before reading or encoding them)."""
-        return self._apply_one(entries, partition, (offset, timestamp_ms, payload), additions)
+        return self._apply_one(entries, partition, (offset, timestamp_ms, payload), additions, ident)
 
     def _apply_one(
         self,
@@ -396,6 +424,7 @@ class Applier:
         partition: int,
         message: Message,
         additions: Additions,
+        ident: str | None = None,
     ) -> Applied:
         """``apply`` for one message, its spans queued in ``additions`` instead of added."""
         offset, timestamp_ms, payload = message
@@ -405,6 +434,14 @@ class Applier:
         if not isinstance(meta, PartitionMeta):
             meta = PartitionMeta()
         fresh = offset > meta.offset
+        if ident is not None and self._is_retry(entries, partition, meta, fresh, message, ident, out):
+            if fresh:
+                meta.messages += 1
+                meta.retries += 1
+                meta.offset = offset
+                entries[mkey] = meta
+                out.dirty.append(mkey)
+            return out
         bounds = self._bounds(entries, partition, timestamp_ms)
         decode = native.decode_batch
         if decode is not None and payload is not None:  # the usual message, compiled from bytes to rows
@@ -461,6 +498,29 @@ class Applier:
             entries[mkey] = meta
             out.dirty.append(mkey)
         return out
+
+    def _is_retry(
+        self,
+        entries: MutableMapping[bytes, Entry],
+        partition: int,
+        meta: PartitionMeta,
+        fresh: bool,
+        message: Message,
+        ident: str,
+        out: Applied,
+    ) -> bool:
+        """Whether the message is a retry (``out.retry``); if not and it is new to the partition, record its id
+        (advancing ``meta.key_clock``; the caller stores the meta entry)."""
+        offset, timestamp_ms, _ = message
+        key = digest(ident)
+        clock = max(meta.key_clock, timestamp_ms)
+        if applied_before(entries, partition, key, offset, clock, self.keys):
+            out.retry = True
+        elif fresh:  # an offset the meta entry counted is recorded already (its block was written first)
+            out.dirty.append(record(entries, partition, key, offset, timestamp_ms))
+        if fresh:
+            meta.key_clock = clock
+        return out.retry
 
     def _bounds(self, entries: MutableMapping[bytes, Entry], partition: int, timestamp_ms: int) -> _Bounds:
         """What decides where a message's spans go: its oldest accepted start, the retired horizon, and the

@@ -21,6 +21,9 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
   own spans are indexed. Aggregates are materialized once the changelog acked them (not waiting for the
   trace index), by a background writer that retries while Redis is down and re-materializes everything the
   worker owns after a rebalance or a Redis flush.
+* A message whose idempotency id (the ``tokentrace-idempotency-key`` header, set by the API from a request's
+  ``Idempotency-Key``) the partition applied before is skipped as a retry (``processors.idempotency``); the
+  ids are table entries flushed with the aggregates, restored with them, and never materialized in Redis.
 * Poison messages (bad bytes, wrong schema, unknown wire version) are logged and counted in the
   partition's meta entry; they never stop the partition.
 
@@ -59,6 +62,7 @@ from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
 from tokentrace.processors import faust_adapter
+from tokentrace.processors.idempotency import KeyBlock, KeyPolicy, collect, header_id
 from tokentrace.processors.materialize import Materializer, Pending
 from tokentrace.processors.state import (
     HOUR_MS,
@@ -73,6 +77,7 @@ from tokentrace.processors.state import (
     decode_entry,
     encode_entry,
     expire,
+    is_key_block,
     meta_key,
     parse_key,
     table_name,
@@ -165,6 +170,10 @@ class WorkerSettings:
     #: The state layout this worker writes (``processors.state.STATE_SCHEMA``); another value keeps the table
     #: and the view apart from this build's and rebuilds them from the span topic (upgrade tests use it).
     state_schema: int = STATE_SCHEMA
+    #: How long (message time) each partition remembers the idempotency ids it applied, and the ids of at
+    #: least how many of its last messages (``processors.idempotency.KeyPolicy``).
+    idempotency_window_ms: int = 86_400_000
+    idempotency_max_keys: int = 200_000
     faust_options: dict[str, Any] = field(default_factory=dict)
 
     @classmethod
@@ -266,11 +275,13 @@ class _Flusher:
                     continue
                 data = encode_entry(entry)
                 futures.append(send(parse_key(key)[0], key, data, key_serializer="raw", value_serializer="raw"))
-                written.append((key, entry.offset, data))
+                if not isinstance(entry, KeyBlock):  # worker state only: not part of the view
+                    written.append((key, entry.offset, data))
             for key in deletions:
                 if key not in entries:
                     futures.append(send(parse_key(key)[0], key, None, key_serializer="raw", value_serializer="raw"))
-                    written.append((key, TOMBSTONE_VERSION, b""))
+                    if not is_key_block(key):
+                        written.append((key, TOMBSTONE_VERSION, b""))
             durable: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             previous = self.in_flight[-1] if self.in_flight else None
             self.durable = durable
@@ -335,7 +346,12 @@ class _Worker:
 
     def __init__(self, settings: WorkerSettings, pricer: Pricer | None) -> None:
         self.settings = settings
-        self.applier = Applier(settings.timeline, pricer, settings.max_future_ms)
+        self.applier = Applier(
+            settings.timeline,
+            pricer,
+            settings.max_future_ms,
+            KeyPolicy(settings.idempotency_window_ms, settings.idempotency_max_keys),
+        )
         #: What the agent applied but has not added to the aggregates yet (``settle`` before any entry is read).
         self.additions = Additions(settings.timeline.caps)
         self.keys = Keys(settings.prefix, settings.state_schema)
@@ -368,6 +384,7 @@ class _Worker:
         self.events = 0
         self.spans = 0
         self.poison = 0
+        self.retries = 0  # messages skipped as retries
         self.flushes = 0
         self.apply_s = 0.0  # time spent applying messages
         self.wait_s = 0.0  # time the agent waited for the previous flush to complete
@@ -407,7 +424,7 @@ class _Worker:
         self.settle()
         owned = self.owned_partitions()
         for key, entry in list(self.entries.items()):
-            if parse_key(key)[0] in owned:
+            if parse_key(key)[0] in owned and not isinstance(entry, KeyBlock):
                 yield key, entry.offset, encode_entry(entry)
 
     async def process(self, stream: Any) -> None:
@@ -433,7 +450,15 @@ class _Worker:
                 del self._holes[partition]  # the hole is filled
             began = time.monotonic()
             try:
-                applied = apply(entries, partition, offset, round(message.timestamp * 1000), event.value, additions)
+                applied = apply(
+                    entries,
+                    partition,
+                    offset,
+                    round(message.timestamp * 1000),
+                    event.value,
+                    additions,
+                    header_id(message.headers),
+                )
             except Exception:  # a bug, not bad input (that is poison): stop before anything partial is flushed
                 _exit_now(
                     EXIT_APPLY_FAILED,
@@ -445,6 +470,9 @@ class _Worker:
             self.apply_s += time.monotonic() - began
             self._position[partition] = offset
             next_offsets[partition] = offset + 1
+            if applied.retry:
+                self.retries += 1
+                log.info("partition %d: offset %d is a retry of a message applied before: skipped", partition, offset)
             if applied.poison is not None:
                 self.poison += 1
                 log.warning(
@@ -647,6 +675,11 @@ class _Worker:
             ):
                 flusher.dirty.update(written)
                 flusher.delete_pending.update(deleted)
+            meta = entries.get(meta_key(partition))
+            if isinstance(meta, PartitionMeta):  # ids no later message can use (decided by the meta entry)
+                flusher.delete_pending.update(
+                    collect(entries, partition, meta.offset + 1, meta.key_clock, self.applier.keys)
+                )
 
     def _consistent(self, partition: int) -> bool:
         """Whether every entry of the partition is complete through the same offset (see on_recovered)."""

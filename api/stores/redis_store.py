@@ -5,6 +5,9 @@ Stateless apart from caches that Redis can always rebuild, so any number of repl
 * ``ingest`` publishes the batch to the span topic (``acks=all``, idempotent producer; one message per
   request, cut only by size, on its first trace's partition) and returns once the broker acknowledged every
   message — a 202 means "in Kafka", and the workers count it exactly once from there.
+  An ``Idempotency-Key`` travels as a Kafka header of each message (``processors.idempotency``): a retry
+  goes to the same partition (its first trace's) and that partition's worker skips a message id it applied
+  before, so a retried batch whose 202 was lost counts once, whichever replica took each attempt.
 * Reads first catch up with the view's change feed (``redis_view``): only the entries written since the
   last read are fetched, each replacing its (partition, bucket) version; a bucket's partitions are
   merged with ``BucketState.merge`` into a local ``Timeline``, whose rollup memos keep long windows
@@ -34,6 +37,7 @@ from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import HOUR_MS, LifetimeParts, Timeline, TimelineSettings
 from tokentrace.core.traces import Trace, TraceFilter
+from tokentrace.processors.idempotency import MESSAGE_ID_HEADER, message_id
 from tokentrace.processors.state import (
     HOUR_TAG,
     META,
@@ -51,6 +55,7 @@ __all__ = ["LAG_GAUGE", "POISON_COUNTER", "RedisStore"]
 log = logging.getLogger(__name__)
 
 POISON_COUNTER = "tokentrace_poison_messages"
+RETRIED_COUNTER = "tokentrace_worker_retried_messages"
 REJECTED_COUNTER = "tokentrace_worker_rejected_spans"
 UNREADABLE_COUNTER = "tokentrace_view_unreadable_entries"
 LAG_GAUGE = "tokentrace_view_lag_messages"
@@ -156,7 +161,6 @@ class RedisStore:
 
     # ------------------------------------------------------------------ writes
     async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
-        # Idempotency keys are an embedded-store feature; here a retried batch is published again.
         producer = self._producer
         if producer is None:
             raise StoreUnavailable("not connected to Kafka")
@@ -166,8 +170,17 @@ class RedisStore:
         messages, too_large = split_messages(spans, partitions, self.max_batch_spans, self.max_message_bytes)
         if too_large:
             raise StoreUnavailable(f"{len(too_large)} spans are larger than a Kafka message may be")
+
+        def headers(part: int) -> list[tuple[str, bytes]] | None:
+            if idempotency_key is None:
+                return None
+            return [(MESSAGE_ID_HEADER, message_id(idempotency_key, part).encode())]
+
         try:
-            futures = [await producer.send(self.topic, m.value, key=m.key, partition=m.partition) for m in messages]
+            futures = [
+                await producer.send(self.topic, m.value, key=m.key, partition=m.partition, headers=headers(part))
+                for part, m in enumerate(messages)
+            ]
             await asyncio.gather(*futures)
         except Exception as exc:
             raise StoreUnavailable(f"Kafka did not acknowledge the spans: {exc!r}") from exc
@@ -350,6 +363,7 @@ class RedisStore:
         self._refresh_lag_gauge()
         metas = self._meta.values()
         self.counters[POISON_COUNTER] = {(): float(sum(m.poison for m in metas))}
+        self.counters[RETRIED_COUNTER] = {(): float(sum(m.retries for m in metas))}
         self.counters[REJECTED_COUNTER] = {
             (("reason", "too_old"),): float(sum(m.too_old for m in metas)),
             (("reason", "future"),): float(sum(m.future for m in metas)),
