@@ -436,11 +436,8 @@ class Applier:
         fresh = offset > meta.offset
         if ident is not None and self._is_retry(entries, partition, meta, fresh, message, ident, out):
             if fresh:
-                meta.messages += 1
                 meta.retries += 1
-                meta.offset = offset
-                entries[mkey] = meta
-                out.dirty.append(mkey)
+                _count_message(entries, mkey, meta, offset, out)
             return out
         bounds = self._bounds(entries, partition, timestamp_ms)
         decode = native.decode_batch
@@ -461,11 +458,8 @@ class Applier:
             if batch is not None:
                 self._apply_batch(entries, offset, batch, bounds.key_of, additions, out)
                 if fresh:
-                    meta.messages += 1
                     meta.spans += out.accepted
-                    meta.offset = offset
-                    entries[mkey] = meta
-                    out.dirty.append(mkey)
+                    _count_message(entries, mkey, meta, offset, out)
                 return out
         try:
             if payload is None:
@@ -475,10 +469,7 @@ class Applier:
             out.poison = str(exc) or type(exc).__name__
             if fresh:
                 meta.poison += 1
-                meta.messages += 1
-                meta.offset = offset
-                entries[mkey] = meta
-                out.dirty.append(mkey)
+                _count_message(entries, mkey, meta, offset, out)
             return out
 
         rejected, by_key = self._route(bounds, timestamp_ms, spans, out)
@@ -489,14 +480,11 @@ class Applier:
                 out.dirty.append(key)
 
         if fresh:
-            meta.messages += 1
             meta.spans += out.accepted
             meta.too_old += rejected["too_old"]
             meta.future += rejected["future"]
             meta.invalid += rejected["invalid"]
-            meta.offset = offset
-            entries[mkey] = meta
-            out.dirty.append(mkey)
+            _count_message(entries, mkey, meta, offset, out)
         return out
 
     def _is_retry(
@@ -603,3 +591,13 @@ class Applier:
             out.spans.append((span, at))
             out.accepted += 1
         return rejected, by_key
+
+
+def _count_message(
+    entries: MutableMapping[bytes, Entry], mkey: bytes, meta: PartitionMeta, offset: int, out: Applied
+) -> None:
+    """A fresh message is counted: the partition's meta entry moves past ``offset`` and is written."""
+    meta.messages += 1
+    meta.offset = offset
+    entries[mkey] = meta
+    out.dirty.append(mkey)
