@@ -12,6 +12,9 @@ against the installed releases.
 * ``key partition``: a memory store's ``_key_partition`` map, which a custom changelog restore must fill.
 * ``value codec``: a table's value type names its codec in a nested ``_options.serializer`` (read by
   ``Collection._serializer_from_type``; anything else silently means JSON).
+* ``fetch flow``: what decides whether Faust fetches a partition (its consumer's active, paused and buffered
+  partition sets, read offsets, flow events; aiokafka's fetch position), read to explain a partition that
+  stops arriving, and Faust's ``resume_partitions`` to put one back.
 """
 
 from __future__ import annotations
@@ -26,7 +29,15 @@ from faust.types import TP
 
 from tokentrace.core.compat import IncompatibleLibrary
 
-__all__ = ["check", "committed_offset", "remember_partition", "use_fetch_wait", "value_type_with_codec"]
+__all__ = [
+    "check",
+    "committed_offset",
+    "fetch_flow",
+    "remember_partition",
+    "resume_fetching",
+    "use_fetch_wait",
+    "value_type_with_codec",
+]
 
 FAUST = "faust-streaming"
 FAUST_RANGE = ">=0.11,<0.16"
@@ -91,6 +102,51 @@ def remember_partition(store: Any, key: Any, partition: int) -> None:
     if partitions is None:
         raise IncompatibleLibrary(FAUST, "its memory Store no longer keeps _key_partition", FAUST_RANGE)
     partitions[key] = partition
+
+
+def fetch_flow(app: faust.App, topic: str, partition: int) -> dict[str, object]:
+    """Everything that decides whether ``topic``/``partition`` is fetched now, for a log line (read-only)."""
+    consumer: Any = app.consumer
+    tp = TP(topic, partition)
+    try:
+        active = consumer._active_partitions
+        flow: dict[str, object] = {
+            "assigned": _assigned(consumer, tp),
+            "active": active is None or tp in active,
+            "paused": tp in consumer._paused_partitions,
+            "buffer_full": tp in consumer._buffered_partitions,
+            "read_offset": consumer._read_offset.get(tp),
+            "committed": consumer._committed_offset.get(tp),
+            "consumer_flow": consumer.flow_active,
+            "app_flow": app.flow_control.is_active(),
+            "in_recovery": app.in_recovery,
+            "rebalancing": app.rebalancing,
+        }
+    except AttributeError as exc:
+        raise IncompatibleLibrary(FAUST, f"its Consumer's fetch state changed ({exc})", FAUST_RANGE) from None
+    kafka = getattr(getattr(consumer, "_thread", None), "_consumer", None)
+    state = None
+    if kafka is not None:
+        try:
+            state = kafka._subscription.subscription.assignment.state_value(tp)
+        except AttributeError:
+            state = None
+    if state is not None:
+        flow["fetch_position"] = state.position if state.has_valid_position else None
+        flow["fetch_paused"] = state.paused
+    return flow
+
+
+def _assigned(consumer: Any, tp: TP) -> bool | None:
+    try:
+        return tp in consumer.assignment()
+    except Exception:  # not started (or stopping): unknown
+        return None
+
+
+def resume_fetching(app: faust.App, topic: str, partition: int) -> None:
+    """Put ``topic``/``partition`` back among the partitions Faust fetches (a no-op where it is already)."""
+    app.consumer.resume_partitions([TP(topic, partition)])
 
 
 def check() -> None:

@@ -99,6 +99,13 @@ TOMBSTONE_GRACE_S = 3600.0
 TOMBSTONE_CHECK_S = 60.0
 #: A hole still there this long after the partition was sought back over it is sought back again.
 RESEEK_S = 2.0
+#: A partition with messages waiting at the offset its state needs next, none of which arrived for this long, is
+#: stalled: logged with Faust's fetch state, put back among the fetched partitions and sought to that offset.
+#: (Faust's Consumer.getmany drops records aiokafka already returned when the generation changes or the flow
+#: stops mid-batch, and a later seek to the committed offset skips partitions committed at 0 or never.)
+STALL_S = 10.0
+#: How often the broker's end offsets are read to look for stalled partitions.
+STALL_CHECK_S = 5.0
 
 
 def _exit_now(status: int, message: str, *args: object) -> NoReturn:
@@ -396,6 +403,9 @@ class _Worker:
         self._next: dict[int, int] = {}  # partition -> the offset its state needs next
         self._holes: dict[int, _Hole] = {}  # partition -> the hole it was sought back over
         self.rewinds = 0
+        self.stalls = 0  # partitions found stalled and restarted (see STALL_S)
+        self._stall_checked = time.monotonic()
+        self._waiting_since: dict[int, tuple[int, float]] = {}  # partition -> (offset needed, since when)
         self.lost_to_retention = 0  # messages deleted by retention before they were counted
         self._collected_at = time.monotonic()
         self._view: RedisStore | None = None
@@ -584,9 +594,58 @@ class _Worker:
             except Exception:  # a failed changelog write exits the process; anything else: log, go on
                 log.exception("flush failed")
 
+    async def _restart_stalled(self) -> None:
+        """Find owned partitions whose next needed message is on the broker but never arrives; restart them.
+
+        Seen after a restart over kept state and after a kill -9 takeover: "Worker ready", then nothing from a
+        partition while its end offset grows; aiokafka's fetch position stood past the offset the state needs
+        (the records were fetched, then dropped by Faust, see ``STALL_S``). Nothing is skipped by this: the
+        partition is sought to the offset its state needs next, as for a hole, and messages applied already
+        are skipped by offset.
+        """
+        now = time.monotonic()
+        if now - self._stall_checked < STALL_CHECK_S:
+            return
+        self._stall_checked = now
+        app = self.app
+        if app.in_recovery or app.rebalancing:
+            self._waiting_since.clear()
+            return
+        topic = self.settings.topic
+        owned = sorted(self.owned_partitions())
+        ends = await app.consumer.highwaters(*(TP(topic, p) for p in owned))  # end offsets: the next to be written
+        for partition in owned:
+            needed = self._next.get(partition)
+            end = ends.get(TP(topic, partition))
+            if needed is None or end is None or end <= needed or partition in self._holes:
+                self._waiting_since.pop(partition, None)
+                continue
+            offset, since = self._waiting_since.setdefault(partition, (needed, now))
+            if offset != needed:
+                self._waiting_since[partition] = (needed, now)  # it moved: not stalled
+            elif now - since >= STALL_S:
+                self.stalls += 1
+                log.error(
+                    "partition %d: offsets %d..%d are on the broker but none arrived for %.0fs (fetch state %s): "
+                    "resuming it and seeking to %d",
+                    partition,
+                    needed,
+                    end - 1,
+                    now - since,
+                    faust_adapter.fetch_flow(app, topic, partition),
+                    needed,
+                )
+                self._waiting_since[partition] = (needed, now)
+                faust_adapter.resume_fetching(app, topic, partition)
+                await app.consumer.seek_wait({TP(topic, partition): needed})
+
     async def tick(self) -> None:
         if self._holes:
             await self._reseek_holes()
+        try:
+            await self._restart_stalled()
+        except Exception as exc:  # e.g. the broker unreachable for a moment: next time
+            log.warning("checking for stalled partitions failed: %r", exc)
         flusher = self.flusher
         if flusher.due():
             await flusher.flush()
@@ -632,8 +691,8 @@ class _Worker:
             elapsed = now - then
             log.info(
                 "%d spans/s over %.0fs (applying %.0f%%, waiting for the last flush %.0f%%; traces %.1fs), %d events, "
-                "%d flushes, %d seeks back over holes, %d messages lost to retention, %d spans not indexed for "
-                "/traces (Redis errors)",
+                "%d flushes, %d seeks back over holes, %d stalled partitions restarted, %d messages lost to "
+                "retention, %d spans not indexed for /traces (Redis errors)",
                 (self.spans - spans) / elapsed,
                 elapsed,
                 100 * (self.apply_s - apply_s) / elapsed,
@@ -642,6 +701,7 @@ class _Worker:
                 self.events,
                 self.flushes,
                 self.rewinds,
+                self.stalls,
                 self.lost_to_retention,
                 self.materializer.trace_failures,
             )

@@ -229,15 +229,9 @@ def test_data_dir_keeps_the_view_and_the_log_across_runs_and_sigint_stops_it(tmp
     assert body["span_count"] == 30, "the view came back from the kept Redis data"
     more = spans(5, uuid.uuid4().hex)
     assert http("POST", f"{api}/spans", more) == (202, {"accepted": 5})
-    try:
-        assert wait_for_count(api, 35)["span_count"] == 35
-    except AssertionError:
-        # A known bug, not yet found: now and then (under load, 1 run in ~10 of the full suite) a worker restarted
-        # over kept state logs "Worker ready" and then fetches nothing at all, so spans posted after it are not
-        # counted while it runs (tests/processors saw the same stall after a kill -9). Kept visible here
-        # (xfailed, with the worker's log in the test's output) until it is fixed; everything else stays asserted.
-        print((data / "logs" / "worker-1.log").read_text()[-4000:])
-        pytest.xfail("known worker stall after a restart over kept state: new spans never fetched")
+    # Once in ~10 full-suite runs the restarted worker fetched nothing here until its stall watchdog sought the
+    # partition again (processors/worker.py STALL_S): counted within the wait, never lost.
+    assert wait_for_count(api, 35)["span_count"] == 35
     second_below = descendants(second.proc.pid)
     assert second.stop(signal.SIGTERM) == 0
     assert living(second_below) == set() and marked(MARKER, second.marker) == set()

@@ -72,3 +72,28 @@ def test_a_missing_internal_is_an_error_naming_the_library() -> None:
     assert ">=0.11,<0.16" in str(raised.value)
     with pytest.raises(IncompatibleLibrary, match="faust-streaming"):
         faust_adapter.remember_partition(object(), b"k", 0)
+
+
+async def test_the_fetch_flow_of_a_partition_is_read_and_a_paused_one_resumed(app: faust.App) -> None:
+    consumer = app.consumer
+    tp = faust.types.TP("t", 2)
+    consumer.pause_partitions([tp])
+    flow = faust_adapter.fetch_flow(app, "t", 2)
+    assert flow["paused"] is True and flow["active"] is False, f"{FAUST}: Consumer._paused/_active_partitions"
+    assert {"buffer_full", "read_offset", "committed", "consumer_flow", "app_flow", "in_recovery"} <= flow.keys()
+    faust_adapter.resume_fetching(app, "t", 2)
+    flow = faust_adapter.fetch_flow(app, "t", 2)
+    assert flow["paused"] is False and flow["active"] is True
+
+
+async def test_aiokafka_keeps_a_fetch_position_per_assigned_partition() -> None:
+    consumer = aiokafka.AIOKafkaConsumer(bootstrap_servers="127.0.0.1:1")
+    tp = aiokafka.TopicPartition("t", 0)
+    try:
+        consumer._subscription.assign_from_user([tp])
+        state = consumer._subscription.subscription.assignment.state_value(tp)
+        assert state.has_valid_position is False and state.paused is False, f"{AIOKAFKA}: TopicPartitionState"
+        state.seek(5)
+        assert state.position == 5
+    finally:
+        await consumer.stop()

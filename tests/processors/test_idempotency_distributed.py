@@ -4,7 +4,6 @@ took each attempt, also after a worker was killed with ``kill -9`` (the ids are 
 from __future__ import annotations
 
 import asyncio
-import os
 import random
 import time
 from collections.abc import Sequence
@@ -82,12 +81,6 @@ async def test_a_retried_batch_counts_once_across_replicas(
     await _phase_one(store, workers, make_api)
 
 
-@pytest.mark.skipif(
-    not os.environ.get("TOKENTRACE_KILL_TESTS"),
-    reason="flaky for a reason outside the ids: in 5 of ~34 runs the worker that took over after the kill stopped "
-    "consuming some partitions for minutes (also in 1 of 9 runs without any Idempotency-Key; in some, Faust restored "
-    "a changelog partition that had records as empty, highwater -1); TOKENTRACE_KILL_TESTS=1 runs it",
-)
 async def test_ids_survive_a_rebalance_and_a_worker_kill_9(
     workers: Workers, store: RedisStore, make_api: MakeAPI
 ) -> None:
