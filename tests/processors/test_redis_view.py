@@ -10,23 +10,15 @@ import pytest
 from tests.infra.redis import RedisServer
 from tests.processors.test_state import _span
 from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.api.stores.redis_view import encode_span, trace_spans
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings, total
 from tokentrace.core.traces import TraceFilter
-from tokentrace.processors.materialize import Materializer, Pending
-from tokentrace.processors.state import (
-    TOMBSTONE_VERSION,
-    Applier,
-    BucketEntry,
-    Entry,
-    bucket_key,
-    compact,
-    encode_entry,
-    expire,
-)
+from tokentrace.processors.state import Applier, compact, expire
+from tokentrace.view.keys import encode_span, trace_spans
+from tokentrace.view.schema import TOMBSTONE_VERSION, BucketEntry, Entry, bucket_key, encode_entry
+from tokentrace.view.writer import Materializer, Pending
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

@@ -18,8 +18,9 @@ from tokentrace.core.codec import encode_wire
 from tokentrace.core.series import intervals
 from tokentrace.core.timefmt import now_ms, parse_rfc3339_ms
 from tokentrace.core.timeline import MINUTE_MS, TimelineSettings, total
-from tokentrace.processors.materialize import Materializer
-from tokentrace.processors.state import Applier, Entry
+from tokentrace.processors.state import Applier
+from tokentrace.view.schema import Entry
+from tokentrace.view.writer import Materializer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

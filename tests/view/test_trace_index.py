@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokentrace.api.stores import redis_view
-from tokentrace.api.stores.redis_view import decode_span, encode_span, trace_index_commands, trace_spans
 from tokentrace.core import native
 from tokentrace.core.buckets import SEP
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms
+from tokentrace.view import keys as redis_view
+from tokentrace.view.keys import decode_span, encode_span, trace_index_commands, trace_spans
 
 needs_native = pytest.mark.skipif(native.trace_index_commands is None, reason="compiled module not built")
 ids = st.one_of(st.sampled_from(["t1", "t2", "trace-ü", "x" * 40]), st.text(min_size=1, max_size=300))

@@ -10,8 +10,9 @@ import redis.asyncio as aioredis
 
 from tests.infra.redis import RedisServer
 from tokentrace.core.compat import IncompatibleLibrary
-from tokentrace.processors import materialize, redis_pipeline
-from tokentrace.processors.redis_pipeline import send_counted
+from tokentrace.view import pipeline as redis_pipeline
+from tokentrace.view import writer as materialize
+from tokentrace.view.pipeline import send_counted
 
 pytestmark = pytest.mark.redis
 
