@@ -166,7 +166,7 @@ class WorkerSettings:
     #: message could wait for that long poll to end: at a steady 5k spans/s, p99 freshness was 1.9-2.4 s
     #: in about 40 % of runs with 1500 ms and 0.71-0.79 s in every run with 100 ms.
     fetch_wait_ms: int = 100
-    #: The state layout this worker writes (``processors.state.STATE_SCHEMA``); another value keeps the table
+    #: The state layout this worker writes (``view.schema.STATE_SCHEMA``); another value keeps the table
     #: and the view apart from this build's and rebuilds them from the span topic (upgrade tests use it).
     state_schema: int = STATE_SCHEMA
     #: How long (message time) each partition remembers the idempotency ids it applied, and the ids of at

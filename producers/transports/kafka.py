@@ -45,7 +45,8 @@ from tokentrace.core.topic import split_messages
 
 from .base import BaseTransport
 
-__all__ = ["DEFAULT_TOPIC", "KafkaDeliveryError", "KafkaTransport", "best_compression"]
+#: ``split_messages`` is the one rule of ``tokentrace.core.topic``, re-exported here where it was first public.
+__all__ = ["DEFAULT_TOPIC", "KafkaDeliveryError", "KafkaTransport", "best_compression", "split_messages"]
 
 log = logging.getLogger(__name__)
 
