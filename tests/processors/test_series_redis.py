@@ -10,8 +10,8 @@ import pytest
 
 from tests.infra.redis import RedisServer
 from tests.processors.conftest import MakeAPI
-from tests.processors.test_redis_view import _pending, _written
 from tests.processors.test_state import _span
+from tests.view.test_writer_reader import _pending, _written
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.aggregate import to_nanos
 from tokentrace.core.codec import encode_wire
