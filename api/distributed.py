@@ -15,10 +15,10 @@ from tokentrace.api.app import create_app
 from tokentrace.api.context import ServerContext
 from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
 from tokentrace.config import Config, price_table, timeline_settings
 from tokentrace.core.alert_reader import TimelineReader
-from tokentrace.processors.topics import ensure_topic
+from tokentrace.kafka_topics import ensure_topic
+from tokentrace.view.keys import DEFAULT_PREFIX
 
 __all__ = ["distributed_context", "redis_store", "serve_distributed"]
 

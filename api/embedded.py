@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
+from typing import Any
 
 from tokentrace.alerting.repository import FileRuleRepository, MemoryRuleRepository
 from tokentrace.alerting.service import AlertService
@@ -100,21 +101,18 @@ async def embedded_services(
 async def serve_embedded(
     config: Config,
     data_dir: Path,
-    demo_rate: float | None = None,
+    alongside: Callable[[str], Coroutine[Any, Any, None]] | None = None,
     on_started: Callable[[str], Awaitable[None]] | None = None,
     stop: asyncio.Event | None = None,
 ) -> None:
-    """Run the embedded server until stopped; with ``demo_rate``, feed it demo traffic over HTTP."""
+    """Run the embedded server until stopped; ``alongside(url)`` (``tokentrace serve --demo``'s traffic, say)
+    runs as a task once it listens, given its local URL, and is cancelled when it stops."""
     async with embedded_services(config, data_dir) as ctx:
         background: list[asyncio.Task[None]] = []
 
         async def started(url: str) -> None:
-            if demo_rate:
-                from tokentrace.producers.demo import post_demo_traffic
-
-                local = url.replace("0.0.0.0", "127.0.0.1")
-                token = config.http_server.auth_token
-                background.append(asyncio.create_task(post_demo_traffic(local, demo_rate, token)))
+            if alongside is not None:
+                background.append(asyncio.create_task(alongside(url.replace("0.0.0.0", "127.0.0.1"))))
             if on_started is not None:
                 await on_started(url)
 

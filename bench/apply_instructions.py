@@ -44,7 +44,8 @@ def child(spans: int, passes: int, heap: int) -> None:
     from tokentrace.config import Config
     from tokentrace.core.codec import encode_wire
     from tokentrace.core.timeline import TimelineSettings
-    from tokentrace.processors.state import Applied, Applier, Entry
+    from tokentrace.processors.state import Applied, Applier
+    from tokentrace.view.schema import Entry
 
     built = make_spans(spans, random.Random(1), now=CLOCK_MS, spread_ms=60_000)
     messages = [encode_wire(built[i : i + MESSAGE_SPANS]) for i in range(0, len(built), MESSAGE_SPANS)]

@@ -96,7 +96,8 @@ def _worker_figures(spread_ms: int) -> tuple[float, float, float | None]:
     from tokentrace.core.codec import encode_wire
     from tokentrace.core.timefmt import now_ms
     from tokentrace.core.timeline import TimelineSettings
-    from tokentrace.processors.state import Applier, Entry
+    from tokentrace.processors.state import Applier
+    from tokentrace.view.schema import Entry
 
     spans = make_spans(WORKER_SPANS, random.Random(1), spread_ms=spread_ms)
     messages = [encode_wire(spans[i : i + MESSAGE_SPANS]) for i in range(0, len(spans), MESSAGE_SPANS)]

@@ -67,7 +67,7 @@ async def main(rounds: int, spans: int, worker_args: list[str]) -> int:
             try:
                 await store.sync()
                 for partition, expected in counts.items():
-                    meta = store._meta.get(partition)  # the view's per-partition counters
+                    meta = store.view.meta.get(partition)  # the view's per-partition counters
                     seen = (meta.offset, meta.messages, meta.spans) if meta else None
                     print(
                         f"  partition {partition}: view (offset, messages, spans) {seen}; "

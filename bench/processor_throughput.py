@@ -59,13 +59,13 @@ from tests.infra.redis import RedisServer
 from tests.processors.harness import Workers, make_spans, produce
 from tokentrace.api.stores.base import StoreUnavailable
 from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.api.stores.redis_view import Keys
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import total
-from tokentrace.processors.state import PartitionMeta, decode_entry, meta_key
-from tokentrace.producers.transports.kafka import partition_for
+from tokentrace.core.topic import partition_for
+from tokentrace.view.keys import Keys
+from tokentrace.view.schema import PartitionMeta, decode_entry, meta_key
 
 #: The freshness run sends 100-span batches from this many made in advance (making spans costs this script
 #: more CPU than sending them), with up to ``FRESH_IN_FLIGHT`` awaiting the broker's ack at once, as many

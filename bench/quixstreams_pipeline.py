@@ -56,7 +56,8 @@ from quixstreams.models.serializers import Deserializer, SerializationContext
 from tokentrace.api.embedded import embedded_settings, price_table
 from tokentrace.config import Config
 from tokentrace.core.timefmt import parse_duration
-from tokentrace.processors.state import Applier, BucketEntry, Entry, PartitionMeta, decode_entry, encode_entry
+from tokentrace.processors.state import Applier
+from tokentrace.view.schema import BucketEntry, Entry, PartitionMeta, decode_entry, encode_entry
 
 
 class OnePrefix(Deserializer):

@@ -1,12 +1,12 @@
 """Idempotency keys in a worker's state: which message ids a partition applied, so a retry is skipped.
 
-The API publishes a request's ``Idempotency-Key`` as a Kafka header of its message(s) (``MESSAGE_ID_HEADER``,
-``message_id``), and a retry of the same batch goes to the same partition (its first trace's), so the
+The API publishes a request's ``Idempotency-Key`` as a Kafka header of its message(s) (``core.topic``:
+``MESSAGE_ID_HEADER``, ``message_id``), and a retry of the same batch goes to the same partition, so the
 partition's worker can tell a retry from a new batch. Pure logic, no Faust and no I/O, built for the replay
 rules of ``processors.state`` — every decision is a function of the partition's messages up to it:
 
 * A message's id is kept as a 16-byte digest with the offset and timestamp of the message that applied it,
-  in the ``KeyBlock`` of its offset (``b"p:k<offset // KEY_BLOCK>"``). Replaying a message records the same
+  in the ``KeyBlock`` (``view.schema``) of its offset (``b"p:k<offset // KEY_BLOCK>"``). Replaying a message records the same
   digest in the same block again: a no-op. Only the current block changes, so a flush re-encodes at most
   ``KEY_BLOCK`` digests per partition, never the whole set.
 * A message is a retry when a message *before it* (a lower offset) applied the same id and that id is still
@@ -23,41 +23,16 @@ rules of ``processors.state`` — every decision is a function of the partition'
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, MutableMapping
+from collections.abc import MutableMapping
 from dataclasses import dataclass
 from typing import Any
 
-import msgspec
+from tokentrace.view.schema import KEY_TAG, KeyBlock, key_block_key
 
-__all__ = [
-    "KEY_BLOCK",
-    "KEY_TAG",
-    "MESSAGE_ID_HEADER",
-    "KeyBlock",
-    "KeyPolicy",
-    "applied_before",
-    "collect",
-    "digest",
-    "header_id",
-    "key_block_key",
-    "message_id",
-    "record",
-]
+__all__ = ["KEY_BLOCK", "KeyPolicy", "applied_before", "collect", "digest", "record"]
 
-#: Kafka header carrying a message's idempotency id (the request's key, suffixed for a batch's later parts).
-MESSAGE_ID_HEADER = "tokentrace-idempotency-key"
-KEY_TAG = "k"
 #: Source offsets per key block (a block holds at most this many ids: one per message).
 KEY_BLOCK = 1024
-
-
-class KeyBlock(msgspec.Struct, array_like=True, tag="k"):
-    """The ids applied by the messages of one range of ``KEY_BLOCK`` source offsets of a partition."""
-
-    #: The highest source offset recorded (the entry's version).
-    offset: int
-    #: Digest of an id -> ``timestamp_ms * KEY_BLOCK + offset % KEY_BLOCK`` of the message that applied it.
-    keys: dict[bytes, int]
 
 
 @dataclass(frozen=True)
@@ -74,25 +49,8 @@ class KeyPolicy:
         return self.max_keys // KEY_BLOCK + 2
 
 
-def message_id(key: str, part: int) -> str:
-    """The id of part ``part`` of a batch sent under ``key`` (a key is printable ASCII: no tab in it)."""
-    return key if part == 0 else f"{key}\t{part}"
-
-
-def header_id(headers: Iterable[tuple[str, bytes]] | None) -> str | None:
-    """A message's id from its Kafka headers, or None."""
-    for name, value in headers or ():
-        if name == MESSAGE_ID_HEADER and value:
-            return value.decode("utf-8", "replace")
-    return None
-
-
 def digest(ident: str) -> bytes:
     return hashlib.blake2b(ident.encode("utf-8", "surrogateescape"), digest_size=16).digest()
-
-
-def key_block_key(partition: int, seq: int) -> bytes:
-    return f"{partition}:{KEY_TAG}{seq}".encode()
 
 
 def applied_before(

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import NoReturn
 
 from tokentrace.config import Config, price_table
-from tokentrace.processors.topics import ensure_topic
+from tokentrace.kafka_topics import ensure_topic
 from tokentrace.processors.worker import WorkerSettings
 
 __all__ = ["log_build", "run_worker"]
@@ -20,13 +20,12 @@ log = logging.getLogger("tokentrace.worker")
 
 def log_build() -> None:
     """Log which code this process runs: the package's directory and whether its compiled core is loaded."""
-    import tokentrace
     from tokentrace.core import native
 
     compiled = sys.modules.get("tokentrace._native")
     log.info(
         "code from %s; compiled core: %s",
-        Path(tokentrace.__file__).parent,
+        Path(native.__file__).parents[1],  # the tokentrace package: tokentrace/core/native.py
         getattr(compiled, "__file__", None) if native.AVAILABLE else "not in use (Python fallback)",
     )
 

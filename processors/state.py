@@ -2,10 +2,10 @@
 
 Pure logic, no Faust and no I/O, so the replay rules can be tested on their own:
 
-* The state of source partition ``p`` is a set of entries keyed ``b"p:<bucket start ms>"`` (a
-  ``BucketEntry``: the core's ``BucketState`` plus the highest source offset applied to it) and one
-  ``b"p:meta"`` entry (``PartitionMeta``: counters of spans, poison messages and out-of-bounds spans, with
-  its own offset).
+* The state of source partition ``p`` is a set of entries (their types, keys and encoding are the view's
+  schema, ``tokentrace.view.schema``): ``b"p:<bucket start ms>"`` (a ``BucketEntry``: the core's
+  ``BucketState`` plus the highest source offset applied to it) and one ``b"p:meta"`` entry
+  (``PartitionMeta``: counters of spans, poison messages and out-of-bounds spans, with its own offset).
 * ``Applier.apply`` applies one Kafka message to the entries it touches and skips every entry whose
   offset is already >= the message's offset. Replaying a message — after a crash, a rebalance or a
   changelog write that got ahead of the committed source offset — changes nothing, and since each entry
@@ -45,148 +45,44 @@ from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
-from tokentrace.processors.idempotency import KEY_TAG, KeyBlock, KeyPolicy, applied_before, digest, record
+from tokentrace.processors.idempotency import KeyPolicy, applied_before, digest, record
+from tokentrace.view.schema import (
+    STATE_SCHEMA,
+    BucketEntry,
+    Entry,
+    PartitionMeta,
+    RetiredEntry,
+    bucket_key,
+    hour_key,
+    is_hour_key,
+    meta_key,
+    parse_key,
+    retired_key,
+)
 
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
-
-    #: Accepted spans for the trace index: a ``(span, start ms)`` pair, or a compiled batch of them.
-    IndexItem = tuple[Span, int] | WireBatch
+    from tokentrace.view.keys import IndexItem
 
 __all__ = [
-    "META",
-    "RETIRED",
-    "STATE_SCHEMA",
-    "TOMBSTONE_VERSION",
+    "HOUR_MS",
     "Additions",
     "Applied",
     "Applier",
-    "BucketEntry",
-    "Entry",
     "Message",
-    "PartitionMeta",
-    "RetiredEntry",
-    "bucket_key",
     "compact",
-    "count_spans",
-    "decode_entry",
-    "encode_entry",
     "expire",
-    "hour_key",
-    "is_hour_key",
-    "is_key_block",
-    "meta_key",
-    "parse_key",
-    "retired_key",
     "table_name",
 ]
 
-#: Version of the state's layout: the entries below and the core aggregates they hold, as they are encoded in
-#: the changelog and the Redis view. Bump it with any incompatible change to that encoding: a worker of a new
-#: schema keeps its table in a new changelog topic (``table_name``) and its view under new Redis keys
-#: (``tokentrace.api.stores.redis_view.Keys``), so it starts with no state and rebuilds it from the span
-#: topic (seeking back to each partition's first offset, see ``processors.worker``) instead of misreading
-#: the old entries; API replicas of each build read their own schema's view meanwhile.
-STATE_SCHEMA = 1
-META = "meta"
-RETIRED = "retired"
-HOUR_TAG = "h"
 HOUR_MS = 3_600_000
-#: Version under which a retired bucket's deletion is materialized: nothing can overwrite it.
-TOMBSTONE_VERSION = 2**62
-
-
-class BucketEntry(msgspec.Struct, array_like=True, tag="b"):
-    """One bucket of one source partition, and the highest source offset counted in it."""
-
-    offset: int
-    state: BucketState
-
-
-class PartitionMeta(msgspec.Struct, array_like=True, tag="m"):
-    """Per-partition counters (exact, with their own offset): what the partition's messages held."""
-
-    offset: int = -1
-    messages: int = 0
-    spans: int = 0
-    poison: int = 0
-    too_old: int = 0
-    future: int = 0
-    invalid: int = 0
-    #: Messages skipped as retries (their idempotency id was applied before).
-    retries: int = 0
-    #: The newest timestamp (ms) of a message with an idempotency id: the clock ids are forgotten by.
-    key_clock: int = 0
-
-
-class RetiredEntry(msgspec.Struct, array_like=True, tag="r"):
-    """Everything a partition counted in buckets that started before ``horizon`` (retired buckets)."""
-
-    horizon: int
-    state: BucketState
-
-    @property
-    def offset(self) -> int:
-        """The entry's version for the Redis compare-and-set: the horizon only moves forward."""
-        return self.horizon
-
-
-Entry = BucketEntry | PartitionMeta | RetiredEntry | KeyBlock
 #: One source message: its offset, its timestamp in ms and its value.
 Message = tuple[int, int, bytes | None]
-_encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Entry)
-
-
-def encode_entry(entry: Entry) -> bytes:
-    return _encoder.encode(entry)
-
-
-def decode_entry(data: bytes) -> Entry:
-    entry: Entry = _decoder.decode(data)
-    return entry
 
 
 def table_name(schema: int = STATE_SCHEMA) -> str:
     """The worker table of ``schema`` (its changelog topic is ``<app id>-<table name>-changelog``)."""
     return "buckets" if schema == 1 else f"buckets-v{schema}"
-
-
-def bucket_key(partition: int, start_ms: int) -> bytes:
-    return f"{partition}:{start_ms}".encode()
-
-
-def meta_key(partition: int) -> bytes:
-    return f"{partition}:{META}".encode()
-
-
-def retired_key(partition: int) -> bytes:
-    return f"{partition}:{RETIRED}".encode()
-
-
-def hour_key(partition: int, hour_ms: int) -> bytes:
-    return f"{partition}:{HOUR_TAG}{hour_ms}".encode()
-
-
-def parse_key(key: bytes | str) -> tuple[int, int | None]:
-    """``(partition, bucket start)``; the start is None for the partition's meta and retired entries
-    (an hour entry's start is its hour; ``is_hour_key`` tells them apart)."""
-    text = key.decode() if isinstance(key, bytes) else key
-    partition, _, rest = text.partition(":")
-    if rest in (META, RETIRED) or rest.startswith(KEY_TAG):
-        return int(partition), None
-    return int(partition), int(rest[1:] if rest.startswith(HOUR_TAG) else rest)
-
-
-def is_hour_key(key: bytes | str) -> bool:
-    text = key.decode() if isinstance(key, bytes) else key
-    return text.partition(":")[2].startswith(HOUR_TAG)
-
-
-def is_key_block(key: bytes | str) -> bool:
-    """Whether ``key`` is a block of idempotency ids (worker state only: never materialized in the view)."""
-    text = key.decode() if isinstance(key, bytes) else key
-    return text.partition(":")[2].startswith(KEY_TAG)
 
 
 def compact(
@@ -271,11 +167,6 @@ class Applied:
     poison: str | None = None
     #: Whether it was skipped as a retry of a message the partition applied before.
     retry: bool = False
-
-
-def count_spans(items: Iterable[IndexItem]) -> int:
-    """The number of spans in trace index items."""
-    return sum(1 if isinstance(item, tuple) else len(item) for item in items)
 
 
 #: What ``Additions`` holds for one state, in order: lists of spans, and compiled batches with the buckets

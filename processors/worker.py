@@ -10,7 +10,8 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
   ``Table.send_changelog``, keeping the future. A failed or stuck changelog write ends the process
   (``os._exit``): raising would let Faust ack and commit the event.
 * A plain table (``memory://``) keyed ``b"<source partition>:<bucket start>"`` whose value carries the
-  highest source offset it has counted (``processors.state``); any replayed event is skipped per entry.
+  highest source offset it has counted (``processors.state``; encoded as ``view.schema`` says); any replayed
+  event is skipped per entry.
   No windowed tables, no ``take()``, no ``group_by``.
 * Table writes are coalesced: every ``flush_interval`` (or ``flush_events`` events) each changed entry
   is encoded once and sent once; the events since the last flush are acked when those sends are acked.
@@ -31,9 +32,10 @@ Built to be exact under ``kill -9`` and rebalances, around what faust-streaming 
   retention into the partition's retired entry (lifetime totals for Prometheus); the replaced entries
   are deleted with changelog tombstones one flush later, once what absorbed them is durable.
 
-* Alert rules are evaluated on Faust's leader timer (one worker of the group) against the Redis view,
-  from the rule states shared in Redis; state writes are compare-and-set, so a leader change, or two
-  workers that both think they lead during a rebalance, never announce an episode twice.
+* Alert rules are evaluated on Faust's leader timer (one worker of the group) against the Redis view, read
+  through the view's reader (``view.reader``), from the rule states shared in Redis; state writes are
+  compare-and-set, so a leader change, or two workers that both think they lead during a rebalance, never
+  announce an episode twice.
 """
 
 from __future__ import annotations
@@ -54,35 +56,32 @@ from faust.types import TP
 
 from tokentrace.alerting.redis_shared import shared_alert_service
 from tokentrace.alerting.service import AlertService
-from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
 from tokentrace.config import Config, milliseconds, timeline_settings
 from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
+from tokentrace.core.topic import header_id
 from tokentrace.processors import faust_adapter
-from tokentrace.processors.idempotency import KeyBlock, KeyPolicy, collect, header_id
-from tokentrace.processors.materialize import Materializer, Pending
-from tokentrace.processors.state import (
-    HOUR_MS,
+from tokentrace.processors.idempotency import KeyPolicy, collect
+from tokentrace.processors.state import HOUR_MS, Additions, Applier, compact, expire, table_name
+from tokentrace.processors.store import STORE_URL
+from tokentrace.view.keys import DEFAULT_PREFIX, Keys
+from tokentrace.view.reader import ViewReader
+from tokentrace.view.schema import (
     META,
     STATE_SCHEMA,
     TOMBSTONE_VERSION,
-    Additions,
-    Applier,
     BucketEntry,
+    KeyBlock,
     PartitionMeta,
-    compact,
     decode_entry,
     encode_entry,
-    expire,
     is_key_block,
     meta_key,
     parse_key,
-    table_name,
 )
-from tokentrace.processors.store import STORE_URL
+from tokentrace.view.writer import Materializer, Pending
 
 __all__ = ["ENTRY_CODEC", "WorkerSettings", "build_app"]
 
@@ -174,7 +173,7 @@ class WorkerSettings:
     #: message could wait for that long poll to end: at a steady 5k spans/s, p99 freshness was 1.9-2.4 s
     #: in about 40 % of runs with 1500 ms and 0.71-0.79 s in every run with 100 ms.
     fetch_wait_ms: int = 100
-    #: The state layout this worker writes (``processors.state.STATE_SCHEMA``); another value keeps the table
+    #: The state layout this worker writes (``view.schema.STATE_SCHEMA``); another value keeps the table
     #: and the view apart from this build's and rebuilds them from the span topic (upgrade tests use it).
     state_schema: int = STATE_SCHEMA
     #: How long (message time) each partition remembers the idempotency ids it applied, and the ids of at
@@ -408,7 +407,7 @@ class _Worker:
         self._waiting_since: dict[int, tuple[int, float]] = {}  # partition -> (offset needed, since when)
         self.lost_to_retention = 0  # messages deleted by retention before they were counted
         self._collected_at = time.monotonic()
-        self._view: RedisStore | None = None
+        self._view: ViewReader | None = None
         self.alerts: AlertService | None = None
 
     @property
@@ -757,15 +756,13 @@ class _Worker:
             return
         try:
             if self._view is None:
-                view = RedisStore(
+                view = ViewReader(
                     self.settings.redis_url,
-                    self.settings.bootstrap_servers,
-                    self.settings.topic,
                     self.settings.timeline,
                     prefix=self.settings.prefix,
                     state_schema=self.settings.state_schema,
                 )
-                await view.open(publish=False)
+                await view.open()
                 self._view = view
                 reader = TimelineReader(lambda: view.timeline)
                 self.alerts = shared_alert_service(config, view.redis, self.settings.prefix, reader)

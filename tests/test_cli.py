@@ -112,20 +112,3 @@ def test_worker_reads_the_older_variable_names() -> None:
     nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
     result = run("worker", *nowhere, env={"TOKENTRACE_APP_ID": "team:a"})
     assert result.returncode == 2 and "got 'team:a'" in result.stderr, result.stderr[-500:]
-
-
-def test_old_module_entry_point_still_runs_the_commands() -> None:
-    nowhere = ["--bootstrap-servers", "127.0.0.1:1", "--redis-url", "redis://127.0.0.1:1/0"]
-    result = run("worker", *nowhere, "--app-id", "team:a", module="tokentrace.processors.cli")
-    assert result.returncode == 2 and "got 'team:a'" in result.stderr, result.stderr[-500:]
-
-
-def test_importing_the_processors_cli_registers_nothing_and_imports_no_api() -> None:
-    code = (
-        "import sys; import tokentrace.processors.cli as old; "
-        "print(sorted(m for m in ('tokentrace.cli', 'tokentrace.api') if m in sys.modules)); "
-        "print(old.worker_settings.__name__, old.worker.__name__, old.api.__name__)"
-    )
-    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
-    assert result.returncode == 0, result.stderr
-    assert result.stdout.splitlines() == ["[]", "worker_settings worker api"]

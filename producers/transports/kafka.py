@@ -8,13 +8,11 @@ How it works:
 * ``send()`` appends to a bounded in-memory queue and returns; a full queue or a closed transport
   drops the spans and counts them. The sender waits up to ``linger_ms`` for more spans (less when
   ``max_batch_spans`` are queued or a flush is pending), then hands a batch to the producer.
-* One Kafka message is one wire-format batch (``encode_wire``). A batch is split by partition: a
-  trace goes to partition ``murmur2(trace_id) % partitions``, exactly what Kafka's keyed partitioner
-  would pick for key ``trace_id``, so all spans of a trace land in one partition in ``send`` order,
-  while the many small traces of a busy service share messages (consumers pay per message, not per
-  span). The message key is the trace id of its first span; every trace in it hashes to the same
-  partition. A message holds at most ``max_batch_spans`` spans and ``max_message_bytes`` bytes; a
-  single span larger than that is dropped as ``rejected``.
+* One Kafka message is one wire-format batch (``encode_wire``). A batch goes whole to one partition, the
+  one Kafka's keyed partitioner picks for its first span's trace id (the messages' key), as every producer
+  does (``tokentrace.core.topic``): the many small traces of a busy service share messages (consumers pay
+  per message, not per span). A message holds at most ``max_batch_spans`` spans and ``max_message_bytes``
+  bytes; a single span larger than that is dropped as ``rejected``.
 * A span that cannot be handed to the producer within ``delivery_timeout`` seconds of ``send()``
   (no broker reachable) is dropped and counted; aiokafka retries broker fail-overs itself.
 * ``flush()`` puts a barrier in the queue and returns when everything sent before it has been acked
@@ -40,13 +38,14 @@ from typing import Any
 
 from aiokafka import AIOKafkaProducer
 from aiokafka.codec import has_zstd
-from aiokafka.partitioner import murmur2
 
-from tokentrace.core.codec import SPAN_TOPIC, encode_wire
+from tokentrace.core.codec import SPAN_TOPIC
 from tokentrace.core.span import Span
+from tokentrace.core.topic import split_messages
 
 from .base import BaseTransport
 
+#: ``split_messages`` is the one rule of ``tokentrace.core.topic``, re-exported here where it was first public.
 __all__ = ["DEFAULT_TOPIC", "KafkaDeliveryError", "KafkaTransport", "best_compression", "split_messages"]
 
 log = logging.getLogger(__name__)
@@ -61,59 +60,6 @@ class KafkaDeliveryError(RuntimeError):
 def best_compression() -> str:
     """``"zstd"`` when aiokafka can compress with it (``cramjam`` installed), else ``"gzip"``."""
     return "zstd" if has_zstd() else "gzip"
-
-
-@dataclass(frozen=True, slots=True)
-class Message:
-    """One Kafka message to produce: a wire-format batch of ``count`` spans for one partition."""
-
-    partition: int
-    key: bytes
-    value: bytes
-    count: int
-
-
-@functools.lru_cache(maxsize=1 << 16)
-def _key_hash(trace_id: str) -> int:
-    return int(murmur2(trace_id.encode())) & 0x7FFFFFFF  # ~7 µs in pure Python, hence the cache
-
-
-def partition_for(trace_id: str, partitions: Sequence[int]) -> int:
-    """The partition Kafka's default partitioner picks for key ``trace_id`` (``partitions`` sorted)."""
-    return partitions[_key_hash(trace_id) % len(partitions)]
-
-
-def split_messages(
-    spans: Sequence[Span], partitions: Sequence[int], max_spans: int, max_bytes: int
-) -> tuple[list[Message], list[Span]]:
-    """Group spans into messages by partition, keeping ``spans`` order within each partition.
-
-    Returns the messages and the spans too large to fit in any message on their own.
-    """
-    ordered = sorted(partitions)
-    groups: dict[int, list[Span]] = {}
-    for span in spans:
-        groups.setdefault(partition_for(span.trace_id, ordered), []).append(span)
-    messages: list[Message] = []
-    too_large: list[Span] = []
-    for partition, group in groups.items():
-        for start in range(0, len(group), max_spans):
-            _encode_fitting(group[start : start + max_spans], partition, max_bytes, messages, too_large)
-    return messages, too_large
-
-
-def _encode_fitting(
-    chunk: list[Span], partition: int, max_bytes: int, out: list[Message], too_large: list[Span]
-) -> None:
-    value = encode_wire(chunk)
-    if len(value) <= max_bytes:
-        out.append(Message(partition, chunk[0].trace_id.encode(), value, len(chunk)))
-    elif len(chunk) == 1:
-        too_large.append(chunk[0])
-    else:
-        half = len(chunk) // 2
-        _encode_fitting(chunk[:half], partition, max_bytes, out, too_large)
-        _encode_fitting(chunk[half:], partition, max_bytes, out, too_large)
 
 
 @dataclass(slots=True)

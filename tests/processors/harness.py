@@ -22,7 +22,7 @@ from tokentrace.core.aggregate import NANO
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span, new_id
 from tokentrace.core.timefmt import format_ms, now_ms
-from tokentrace.producers.transports.kafka import split_messages
+from tokentrace.core.topic import split_messages
 
 MODELS = (("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("claude-3-5-sonnet", "anthropic"))
 CALLERS = ("summarizer", "search", "chat")
@@ -179,7 +179,8 @@ async def produce(
     rate: float | None = None,
     acked: list[Span] | None = None,
 ) -> None:
-    """Publish spans as wire batches (partitioned by trace id like the SDK), acks=all; ``rate`` spans/s.
+    """Publish spans as batches of ``batch`` spans (each on its first trace's partition, as every producer
+    does: ``core.topic``), acks=all; ``rate`` spans/s.
 
     With ``acked``, a failed send is tolerated and the spans the broker acknowledged are appended to it.
     """
@@ -192,7 +193,11 @@ async def produce(
         began = time.monotonic()
         for i in range(0, len(spans), batch * 10):
             chunk = list(spans[i : i + batch * 10])
-            messages, _ = split_messages(chunk, partitions, batch, 900_000)
+            messages = [
+                m
+                for j in range(0, len(chunk), batch)
+                for m in split_messages(chunk[j : j + batch], partitions, batch, 900_000)[0]
+            ]
             futures = [await producer.send(topic, m.value, key=m.key, partition=m.partition) for m in messages]
             results = await asyncio.gather(*futures, return_exceptions=acked is not None)
             if acked is not None:
@@ -264,7 +269,7 @@ async def wait_counted(
         if counted >= expected:
             break
         await asyncio.sleep(0.25)
-    metas = {p: (m.offset, m.spans, m.messages) for p, m in sorted(store._meta.items())}
+    metas = {p: (m.offset, m.spans, m.messages) for p, m in sorted(store.view.meta.items())}
     assert counted >= expected if at_least else counted == expected, (
         f"view counted {counted} spans, expected {expected}; metas {metas}"
         + (workers.logs() if workers and counted != expected else "")

@@ -27,10 +27,10 @@ from tests.processors.harness import (
     wait_view_total,
 )
 from tokentrace.api.stores.redis_store import POISON_COUNTER, RedisStore
-from tokentrace.api.stores.redis_view import trace_spans
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, total
+from tokentrace.view.keys import trace_spans
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

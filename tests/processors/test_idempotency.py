@@ -12,19 +12,12 @@ from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
-from tokentrace.processors.idempotency import (
-    KEY_BLOCK,
-    MESSAGE_ID_HEADER,
-    KeyBlock,
-    KeyPolicy,
-    collect,
-    header_id,
-    message_id,
-)
-from tokentrace.processors.state import (
-    Applier,
+from tokentrace.processors.idempotency import KEY_BLOCK, KeyPolicy, collect
+from tokentrace.processors.state import Applier
+from tokentrace.view.schema import (
     BucketEntry,
     Entry,
+    KeyBlock,
     PartitionMeta,
     decode_entry,
     encode_entry,
@@ -57,13 +50,6 @@ def _meta(entries: dict[bytes, Entry], partition: int = 0) -> PartitionMeta:
 
 def _copy(entries: dict[bytes, Entry]) -> dict[bytes, Entry]:
     return {k: decode_entry(encode_entry(v)) for k, v in entries.items()}
-
-
-def test_message_ids_and_headers() -> None:
-    assert message_id("abc", 0) == "abc"
-    assert len({message_id("k", part) for part in range(5)}) == 5
-    assert header_id([("other", b"x"), (MESSAGE_ID_HEADER, b"k1")]) == "k1"
-    assert header_id([]) is None and header_id(None) is None and header_id([(MESSAGE_ID_HEADER, b"")]) is None
 
 
 def test_a_retry_counts_once_and_other_ids_count() -> None:

@@ -11,7 +11,7 @@ from tests.infra.kafka import KafkaCluster
 from tests.processors.harness import make_spans, read_topic
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.codec import decode_wire
-from tokentrace.producers.transports.kafka import partition_for
+from tokentrace.core.topic import partition_for
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

@@ -10,16 +10,17 @@ import pytest
 
 from tests.infra.redis import RedisServer
 from tests.processors.conftest import MakeAPI
-from tests.processors.test_redis_view import _pending, _written
 from tests.processors.test_state import _span
+from tests.view.test_writer_reader import _pending, _written
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.aggregate import to_nanos
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.series import intervals
 from tokentrace.core.timefmt import now_ms, parse_rfc3339_ms
 from tokentrace.core.timeline import MINUTE_MS, TimelineSettings, total
-from tokentrace.processors.materialize import Materializer
-from tokentrace.processors.state import Applier, Entry
+from tokentrace.processors.state import Applier
+from tokentrace.view.schema import Entry
+from tokentrace.view.writer import Materializer
 
 pytestmark = [pytest.mark.kafka, pytest.mark.redis]
 

@@ -12,7 +12,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokentrace.api.stores.redis_view import encode_span
 from tokentrace.core import aggregate as aggregate_module
 from tokentrace.core import native
 from tokentrace.core.buckets import OVERFLOW, BucketState, Caps
@@ -21,19 +20,16 @@ from tokentrace.core.ingest import SpanRejected, prepare_batch
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import format_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
-from tokentrace.processors.state import (
-    Additions,
-    Applied,
-    Applier,
+from tokentrace.processors.state import Additions, Applied, Applier, compact, expire
+from tokentrace.view.keys import encode_span
+from tokentrace.view.schema import (
     BucketEntry,
     Entry,
     PartitionMeta,
     RetiredEntry,
     bucket_key,
-    compact,
     decode_entry,
     encode_entry,
-    expire,
     hour_key,
     meta_key,
     parse_key,
@@ -41,7 +37,7 @@ from tokentrace.processors.state import (
 )
 
 if TYPE_CHECKING:
-    from tokentrace.processors.state import IndexItem
+    from tokentrace.view.keys import IndexItem
 
 NOW = 1_780_000_000_000 - 1_780_000_000_000 % MINUTE_MS
 

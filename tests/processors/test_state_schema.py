@@ -18,8 +18,8 @@ from tests.infra.kafka import KafkaCluster
 from tests.infra.redis import RedisServer
 from tests.processors.harness import Workers, assert_view_is_recount, make_spans, produce, wait_counted
 from tokentrace.api.stores.redis_store import RedisStore
-from tokentrace.api.stores.redis_view import Keys
 from tokentrace.processors.state import table_name
+from tokentrace.view.keys import Keys
 
 
 def _whole_log(workers: Workers) -> str:

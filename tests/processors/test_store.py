@@ -6,8 +6,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from tokentrace.core.buckets import BucketState
-from tokentrace.processors.state import BucketEntry, decode_entry, encode_entry
 from tokentrace.processors.store import MonotonicStore
+from tokentrace.view.schema import BucketEntry, decode_entry, encode_entry
 
 
 def _event(key: bytes, value: bytes | None) -> Any:

@@ -92,8 +92,8 @@ def worker(
     verbose: VerboseOption = False,
 ) -> None:
     """Run a stream worker: consume the span topic, keep exact aggregates, materialize them into Redis."""
+    from tokentrace.kafka_topics import KafkaUnreachable
     from tokentrace.processors.run import log_build, run_worker
-    from tokentrace.processors.topics import KafkaUnreachable
     from tokentrace.processors.worker import WorkerSettings
 
     setup_logging(verbose)
@@ -135,7 +135,7 @@ def api(
 ) -> None:
     """Run a stateless API replica: POST /spans to Kafka (acks=all), queries from the Redis view."""
     from tokentrace.api.distributed import serve_distributed
-    from tokentrace.processors.topics import KafkaUnreachable
+    from tokentrace.kafka_topics import KafkaUnreachable
 
     setup_logging(verbose)
     config = _settings(

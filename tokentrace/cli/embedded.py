@@ -56,8 +56,13 @@ def serve(
         if demo:
             console.print(f"  demo traffic: ~{demo_rate:g} spans/s")
 
+    async def demo_traffic(url: str) -> None:
+        from tokentrace.producers.demo import post_demo_traffic
+
+        await post_demo_traffic(url, demo_rate, config.http_server.auth_token)
+
     try:
-        asyncio.run(serve_embedded(config, Path(config.storage.data_dir), demo_rate if demo else None, started))
+        asyncio.run(serve_embedded(config, Path(config.storage.data_dir), demo_traffic if demo else None, started))
     except OSError as exc:
         fail(str(exc), 1)
 

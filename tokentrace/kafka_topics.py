@@ -1,4 +1,5 @@
-"""Creating the span topic on start, with an error that says what is wrong when Kafka is not there.
+"""The span topic on the broker: created on start (by the workers and the API replicas alike), with an error
+that says what is wrong when Kafka is not there.
 
 A broker started a moment ago (``python -m tokentrace.devcluster.kafka &`` just before the workers) is waited
 for: the first connection is retried for ``connect_timeout_s`` (30 s) before the error.

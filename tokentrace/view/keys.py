@@ -1,9 +1,9 @@
-"""The materialized view in Redis: its key layout, the idempotent writes and the change feed.
+"""The view in Redis: its key layout, the idempotent writes (Lua scripts) and the change feed, the trace index.
 
 Layout (``{p}`` is the namespace prefix, ``tt:`` by default):
 
 * ``{p}e:<partition>:<bucket start | meta>`` — hash ``o`` (the highest source offset the entry has
-  counted) and ``d`` (the worker's msgpack entry, ``tokentrace.processors.state``). Written only through
+  counted) and ``d`` (the entry, encoded by ``view.schema``). Written only through
   ``WRITE_ENTRY``: a compare-and-set that keeps the entry with the highest offset, so a replay, a
   rebalance or a re-materialization can never move the view back or count anything twice.
 * ``{p}seq`` and ``{p}changes`` — every accepted write takes the next sequence number and records
@@ -33,10 +33,13 @@ import msgspec
 
 from tokentrace.core import native
 from tokentrace.core.span import Span
-from tokentrace.processors.state import STATE_SCHEMA
+from tokentrace.view.schema import STATE_SCHEMA
 
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
+
+    #: Accepted spans for the trace index: a ``(span, start ms)`` pair, or a compiled batch of them.
+    IndexItem = tuple[Span, int] | WireBatch
 
 __all__ = [
     "COLLECT_TOMBSTONES",
@@ -46,6 +49,7 @@ __all__ = [
     "INDEX_TRACES_PER_CALL",
     "WRITE_ENTRY",
     "Keys",
+    "count_spans",
     "decode_span",
     "encode_span",
     "trace_index_commands",
@@ -122,6 +126,11 @@ def decode_span(data: bytes) -> Span:
     return _span_decoder.decode(data)
 
 
+def count_spans(items: Iterable[IndexItem]) -> int:
+    """The number of spans in trace index items."""
+    return sum(1 if isinstance(item, tuple) else len(item) for item in items)
+
+
 def _command(out: bytearray, *args: bytes) -> None:
     """Append one command in the Redis protocol (RESP): an array of bulk strings."""
     out += b"*%d\r\n" % len(args)
@@ -132,7 +141,7 @@ def _command(out: bytearray, *args: bytes) -> None:
 
 
 def trace_index_commands(
-    spans: Sequence[tuple[Span, int] | WireBatch],
+    spans: Sequence[IndexItem],
     trace_prefix: str,
     listing: str,
     per_call: int = INDEX_TRACES_PER_CALL,
@@ -215,7 +224,7 @@ def trace_spans(lines: bytes | None, legacy: Iterable[bytes] = ()) -> list[Span]
 
 
 class Keys:
-    """Key names under one prefix, the entries' under their state schema (``processors.state.STATE_SCHEMA``).
+    """Key names under one prefix, the entries' under their state schema (``view.schema.STATE_SCHEMA``).
 
     Schema 1's keys are the prefix's own (``{p}e:...``, ``{p}seq``, ...); any other schema's entry keys, change
     feed and epoch sit under ``{p}v<schema>:``, so builds of two schemas never read each other's entries. The

@@ -10,8 +10,9 @@ import redis.asyncio as aioredis
 
 from tests.infra.redis import RedisServer
 from tokentrace.core.compat import IncompatibleLibrary
-from tokentrace.processors import materialize, redis_pipeline
-from tokentrace.processors.redis_pipeline import send_counted
+from tokentrace.view import pipeline
+from tokentrace.view import writer as materialize
+from tokentrace.view.pipeline import send_counted
 
 pytestmark = pytest.mark.redis
 
@@ -27,12 +28,12 @@ async def test_a_connected_connection_has_the_streams_the_pipeline_writes_to(cli
     """redis-py's private ``_reader``/``_writer``: an upgrade that drops them fails here, naming redis-py."""
     connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
     try:
-        reader, writer = redis_pipeline.streams(connection)
+        reader, writer = pipeline.streams(connection)
         assert (reader, writer) == (connection._reader, connection._writer)
     finally:
         await client.connection_pool.release(connection)
     with pytest.raises(IncompatibleLibrary, match=r"^redis \S+ is not compatible with tokentrace: .*_reader"):
-        redis_pipeline.streams(mock.Mock(spec=[]))
+        pipeline.streams(mock.Mock(spec=[]))
 
 
 def resp(*commands: tuple[bytes, ...]) -> bytes:
@@ -48,7 +49,7 @@ async def test_many_commands_are_applied_and_counted_over_many_reads(client: aio
     """20,000 commands (1.7 MB, written in several pieces): their replies arrive in many reads, and the call
     returns only once all are in; the pooled connection's write buffer limits are left as they were."""
     commands = resp(*((b"HSET", b"h%d" % (i % 100), b"f%d" % i, b"x" * 50) for i in range(20_000)))
-    assert len(commands) > 4 * redis_pipeline._WRITE_SIZE
+    assert len(commands) > 4 * pipeline._WRITE_SIZE
     connection = await client.connection_pool.get_connection()  # type: ignore[no-untyped-call]
     limits = connection._writer.transport.get_write_buffer_limits()
     await client.connection_pool.release(connection)

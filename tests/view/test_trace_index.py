@@ -11,13 +11,13 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tokentrace.api.stores import redis_view
-from tokentrace.api.stores.redis_view import decode_span, encode_span, trace_index_commands, trace_spans
 from tokentrace.core import native
 from tokentrace.core.buckets import SEP
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms
+from tokentrace.view import keys
+from tokentrace.view.keys import decode_span, encode_span, trace_index_commands, trace_spans
 
 needs_native = pytest.mark.skipif(native.trace_index_commands is None, reason="compiled module not built")
 ids = st.one_of(st.sampled_from(["t1", "t2", "trace-ü", "x" * 40]), st.text(min_size=1, max_size=300))
@@ -101,7 +101,7 @@ def test_a_large_batch_gives_the_same_commands_both_ways() -> None:
         )
         for i in range(9000)
     ]
-    expected = python_commands(spans, redis_view.INDEX_TRACES_PER_CALL, redis_view.INDEX_SPANS_PER_TRACE)
+    expected = python_commands(spans, keys.INDEX_TRACES_PER_CALL, keys.INDEX_SPANS_PER_TRACE)
     # 3,000 short traces and "long" (3,000 spans, in 2 commands) appended; then 3,001 traces listed
     assert [replies for _, replies in expected] == [2000, 1002, 1, 1]
     assert trace_index_commands(spans, PREFIX, LISTING) == expected

@@ -1,4 +1,4 @@
-"""Writes a worker's state into the Redis view (``tokentrace.api.stores.redis_view``), idempotently.
+"""The view's writer: a worker's entries into the Redis view (layout: ``view.keys``), idempotently.
 
 Entries go through the view's compare-and-set script, so they can be written again at any time: after
 a crash, after a rebalance, or after Redis lost everything. ``Materializer`` keeps the newest encoded
@@ -18,20 +18,20 @@ from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 
-from tokentrace.api.stores.redis_view import (
+from tokentrace.view.keys import (
     COLLECT_TOMBSTONES,
     EXPIRE_TRACES,
     WRITE_ENTRY,
     Keys,
+    count_spans,
     trace_index_commands,
 )
-from tokentrace.processors.redis_pipeline import send_counted
-from tokentrace.processors.state import count_spans
+from tokentrace.view.pipeline import send_counted
 
 if TYPE_CHECKING:
-    from tokentrace.processors.state import IndexItem
+    from tokentrace.view.keys import IndexItem
 
-__all__ = ["Materializer"]
+__all__ = ["Materializer", "Pending"]
 
 log = logging.getLogger(__name__)
 

@@ -10,7 +10,7 @@ import pytest
 
 from tests.infra.kafka import KafkaCluster
 from tests.infra.procs import free_ports
-from tokentrace.processors.topics import KafkaUnreachable, ensure_topic
+from tokentrace.kafka_topics import KafkaUnreachable, ensure_topic
 
 
 async def test_no_broker_is_a_clear_error_after_the_connect_timeout() -> None:

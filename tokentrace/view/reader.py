@@ -1,0 +1,261 @@
+"""The view's reader: the Redis view the workers write, as a local ``Timeline`` and the trace index.
+
+* ``sync`` catches up with the change feed (``view.keys``): only the entries written since the last read are
+  fetched, each replacing its (partition, bucket) version; a bucket's partitions are merged with
+  ``BucketState.merge`` into the local ``Timeline``, whose rollup memos keep long windows
+  (``/metrics?window=30d``) cheap. A changed or missing epoch (Redis flushed or restarted) drops the copy and
+  starts over, while the workers re-materialize. Entries below a partition's retired horizon, and minutes
+  under their hour entry, are hidden (they are counted there).
+* ``traces``, ``search_traces`` and ``recent_spans`` read the trace index (spans by trace id, a sorted set by
+  start time).
+
+Used by the API replicas (``api.stores.redis_store``) and by the worker's alert evaluation alike. Redis
+errors are raised as ``redis.RedisError``; callers decide what an outage means for them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any
+
+import msgspec
+import redis.asyncio as aioredis
+
+from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
+from tokentrace.core.buckets import BucketState
+from tokentrace.core.span import Span
+from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
+from tokentrace.core.traces import Trace, TraceFilter
+from tokentrace.view.keys import DEFAULT_PREFIX, Keys, trace_spans
+from tokentrace.view.schema import (
+    HOUR_TAG,
+    META,
+    RETIRED,
+    STATE_SCHEMA,
+    BucketEntry,
+    PartitionMeta,
+    RetiredEntry,
+    decode_entry,
+)
+
+__all__ = ["ViewReader"]
+
+log = logging.getLogger(__name__)
+
+_FETCH_CHUNK = 500
+
+
+class ViewReader:
+    """A local copy of the Redis view under ``prefix`` for entries of ``state_schema``."""
+
+    def __init__(
+        self,
+        redis_url: str,
+        settings: TimelineSettings | None = None,
+        *,
+        prefix: str = DEFAULT_PREFIX,
+        state_schema: int = STATE_SCHEMA,
+        max_trace_scan: int = 100_000,
+    ) -> None:
+        self.redis_url = redis_url
+        self.settings = settings or TimelineSettings()
+        self.keys = Keys(prefix, state_schema)
+        self.max_trace_scan = max_trace_scan
+        #: The connection (None until ``open``).
+        self.client: aioredis.Redis | None = None
+        #: Each partition's meta entry as last read (exact counters, the offset the view counted through).
+        self.meta: dict[int, PartitionMeta] = {}
+        #: Entries skipped because this build cannot read them (another version's aggregate layout).
+        self.unreadable = 0
+        self._timeline = Timeline(self.settings)
+        self._parts: dict[int, dict[int, BucketState]] = {}  # minute -> partition -> state
+        self._hours: dict[int, dict[int, BucketState]] = {}  # compacted hour -> partition -> state
+        self._retired: dict[int, RetiredEntry] = {}
+        self._epoch: bytes | None = None
+        self._seq = 0.0
+        self._lock = asyncio.Lock()
+
+    async def open(self) -> None:
+        self.client = aioredis.Redis.from_url(self.redis_url, socket_timeout=10.0, socket_connect_timeout=5.0)
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.aclose()
+            self.client = None
+
+    @property
+    def redis(self) -> aioredis.Redis:
+        if self.client is None:
+            raise RuntimeError("view reader not opened")
+        return self.client
+
+    @property
+    def timeline(self) -> Timeline:
+        """The copy as of the last ``sync`` (a new object after Redis lost its data)."""
+        return self._timeline
+
+    # ------------------------------------------------------------- aggregates
+    async def sync(self) -> bool:
+        """Catch up with the change feed (one round trip when nothing changed); whether anything changed."""
+        async with self._lock:
+            return await self._sync()
+
+    async def _sync(self) -> bool:
+        keys = self.keys
+        async with self.redis.pipeline(transaction=False) as pipe:
+            pipe.get(keys.epoch)
+            pipe.zrangebyscore(keys.changes, f"({self._seq}", "+inf", withscores=True)
+            epoch, changes = await pipe.execute()
+        if epoch != self._epoch:
+            log.info("redis view: new epoch %r, reloading", epoch)
+            self._epoch = epoch
+            self._timeline = Timeline(self.settings)
+            self._parts.clear()
+            self._hours.clear()
+            self.meta.clear()
+            self._retired.clear()
+            self._seq = 0.0
+            changes = await self.redis.zrangebyscore(keys.changes, "-inf", "+inf", withscores=True)
+        if not changes:
+            return False
+        touched: set[int] = set()
+        touched_hours: set[int] = set()
+        horizons = {p: r.horizon for p, r in self._retired.items()}
+        for i in range(0, len(changes), _FETCH_CHUNK):
+            chunk = changes[i : i + _FETCH_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member, _ in chunk:
+                    pipe.hget(keys.entry(member.decode()), "d")
+                values = await pipe.execute()
+            for (member, _), data in zip(chunk, values, strict=True):
+                try:
+                    self._apply(member.decode(), data, touched, touched_hours)
+                except (msgspec.DecodeError, ValueError) as exc:  # written by an incompatible version
+                    self.unreadable += 1
+                    log.error("redis view: skipping unreadable entry %s: %s", member.decode(), exc)
+        self._seq = max(self._seq, max(score for _, score in changes))
+        if horizons != {p: r.horizon for p, r in self._retired.items()}:
+            # Buckets below a partition's horizon are counted in its retired entry.
+            touched.update(self._parts)
+            touched_hours.update(self._hours)
+            retired = BucketState()
+            for entry in self._retired.values():
+                retired.merge(entry.state)
+            self._timeline.replace_retired(retired)
+        for hour in touched_hours:  # a new hour entry hides its partition's minutes of that hour
+            touched.update(
+                start for start in range(hour, hour + HOUR_MS, self.settings.bucket_ms) if start in self._parts
+            )
+            self._timeline.replace_hour(hour, self._merged(self._hours.get(hour, {}), hour, hour=True))
+        for start in touched:
+            self._timeline.replace_bucket(start, self._merged(self._parts.get(start, {}), start, hour=False))
+        return True
+
+    def _merged(self, states: dict[int, BucketState], start: int, *, hour: bool) -> BucketState | None:
+        """The bucket as the merge of the partitions that count it here (not retired, not compacted)."""
+        hour_start = start - start % HOUR_MS
+        merged: BucketState | None = None
+        for partition, state in states.items():
+            if start < self._horizon(partition):
+                continue
+            if not hour and partition in self._hours.get(hour_start, {}):
+                continue
+            if merged is None:
+                merged = BucketState()
+            merged.merge(state)
+        return merged
+
+    def _apply(self, member: str, data: bytes | None, touched: set[int], touched_hours: set[int]) -> None:
+        partition_text, _, rest = member.partition(":")
+        partition = int(partition_text)
+        entry = decode_entry(data) if data else None
+        if rest == META:
+            if isinstance(entry, PartitionMeta):
+                self.meta[partition] = entry
+            else:
+                self.meta.pop(partition, None)
+            return
+        if rest == RETIRED:
+            if isinstance(entry, RetiredEntry):
+                self._retired[partition] = entry
+            return
+        if isinstance(entry, BucketEntry):
+            _check_shape(entry.state)
+        is_hour = rest.startswith(HOUR_TAG)
+        start = int(rest[1:] if is_hour else rest)
+        (touched_hours if is_hour else touched).add(start)
+        table = self._hours if is_hour else self._parts
+        if isinstance(entry, BucketEntry):
+            table.setdefault(start, {})[partition] = entry.state
+        else:
+            states = table.get(start)
+            if states is not None:
+                states.pop(partition, None)
+                if not states:
+                    del table[start]
+
+    def _horizon(self, partition: int) -> int:
+        retired = self._retired.get(partition)
+        return retired.horizon if retired is not None else 0
+
+    # ------------------------------------------------------------------ traces
+    async def traces(self, trace_ids: list[str]) -> list[Trace]:
+        """The traces of ``trace_ids`` that the index holds, in that order, each's spans by start."""
+        traces: list[Trace] = []
+        for i in range(0, len(trace_ids), _FETCH_CHUNK):
+            chunk = trace_ids[i : i + _FETCH_CHUNK]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for trace_id in chunk:
+                    pipe.get(self.keys.trace(trace_id))
+                    pipe.hvals(self.keys.legacy_trace(trace_id))  # written by an earlier build
+                rows = await pipe.execute()
+            for trace_id, lines, legacy in zip(chunk, rows[0::2], rows[1::2], strict=True):
+                if not lines and not legacy:
+                    continue
+                spans = sorted(trace_spans(lines, legacy), key=lambda s: (s.started_at or "", s.span_id))
+                trace = Trace(trace_id)
+                for span in spans:
+                    trace.add(span)
+                traces.append(trace)
+        return traces
+
+    async def search_traces(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[dict[str, Any]]]:
+        """How many traces match and the summaries of page ``offset``/``limit``, newest first. Without span
+        filters this is the listing's count; with them, the newest ``max_trace_scan`` traces are scanned."""
+        low = "-inf" if where.since_ms is None else str(where.since_ms)
+        high = "+inf" if where.until_ms is None else f"({where.until_ms}"
+        redis = self.redis
+        if not (where.attributes or where.model or where.caller or where.status):
+            total = int(await redis.zcount(self.keys.traces, low, high))
+            ids = await redis.zrevrangebyscore(self.keys.traces, high, low, start=offset, num=limit)
+            page = await self.traces(_texts(ids))
+            return total, [t.summary() for t in page]
+        ids = await redis.zrevrangebyscore(self.keys.traces, high, low, start=0, num=self.max_trace_scan)
+        matched = [t for t in await self.traces(_texts(ids)) if any(where.matches_span(s) for s in t.spans)]
+        matched.sort(key=lambda t: t.started_ms, reverse=True)
+        return len(matched), [t.summary() for t in matched[offset : offset + limit]]
+
+    async def recent_spans(self, limit: int) -> list[Span]:
+        """The spans of the newest ``limit`` traces, newest first, at most ``limit``."""
+        ids = await self.redis.zrevrange(self.keys.traces, 0, limit - 1)
+        spans = [s for t in await self.traces(_texts(ids)) for s in t.spans]
+        spans.sort(key=lambda s: s.started_at or "", reverse=True)
+        return spans[:limit]
+
+
+_LATENCY_SLOTS = len(LATENCY_BUCKETS_MS) + 1
+_PROMPT_SLOTS = len(PROMPT_TOKEN_BUCKETS) + 1
+
+
+def _check_shape(state: BucketState) -> None:
+    """Raise ValueError if the aggregates' histogram layout is not this build's (merging would fail)."""
+    groups = [state.series, *(by_series for values in state.attributes.values() for by_series in values.values())]
+    for group in groups:
+        for aggregate in group.values():
+            if len(aggregate.latency_buckets) != _LATENCY_SLOTS or len(aggregate.prompt_buckets) != _PROMPT_SLOTS:
+                raise ValueError("histogram buckets differ from this build's (written by another version)")
+
+
+def _texts(values: Any) -> list[str]:
+    return [v.decode() if isinstance(v, bytes) else str(v) for v in values]
