@@ -12,9 +12,10 @@ import platform
 import subprocess
 from pathlib import Path
 
-__all__ = ["code", "cpu_model", "cpu_seconds", "load", "machine_cpu", "peak_rss_mib"]
+__all__ = ["TICK", "code", "cpu_model", "cpu_seconds", "load", "machine_cpu", "peak_rss_mib"]
 
 ROOT = Path(__file__).resolve().parents[2]
+#: Clock ticks per second, the unit of /proc CPU times.
 TICK = os.sysconf("SC_CLK_TCK")
 
 
