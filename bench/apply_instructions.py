@@ -6,7 +6,7 @@ the neighbours: valgrind's callgrind counts them (deterministically, given ``PYT
 revisions compare to the per mille. Instructions are not time (cache misses and branch mispredictions do not
 show), but for interpreter-bound code they follow it closely.
 
-Each variant runs twice under callgrind: once building the data (``--spans`` spans of the test harness in
+Each variant runs twice under callgrind: once building the data (``--spans`` spans of ``benchkit.spans.make_spans`` in
 500-span wire messages, a fixed clock) and once more applying them ``--passes`` times; the difference over
 the spans applied is the figure. ``--heap N`` first allocates N small tracked objects, as many as a running
 worker holds (Faust, aiokafka, its tables), so the cyclic collector's share is what it is in a worker.
@@ -28,9 +28,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from apply_path import add_against_option, link_tree, variant_source
+from benchkit.variants import ROOT, add_against_option, link_tree, variant_source
 
-ROOT = Path(__file__).resolve().parent.parent
 MESSAGE_SPANS = 500
 CLOCK_MS = 1_764_000_000_000
 
@@ -39,7 +38,8 @@ def child(spans: int, passes: int, heap: int) -> None:
     """Build the messages, then apply them ``passes`` times (counted from outside)."""
     import random
 
-    from tests.processors.harness import make_spans
+    from benchkit.spans import make_spans
+
     from tokentrace.api.embedded import price_table
     from tokentrace.config import Config
     from tokentrace.core.codec import encode_wire

@@ -1,7 +1,7 @@
 """Exactness probe: the benchmark's two-worker run, repeated; on a shortfall, where the view is short.
 
-Fills a 4-partition topic with ``--spans`` spans, then runs ``bench/processor_throughput.py``'s two-worker
-measurement (one worker takes every partition, the second joins and takes half while the first is mid-way
+Fills a 4-partition topic with ``--spans`` spans, then runs bench/processor_throughput.py's two-worker
+measurement (``benchkit.workers.workers_run``: one worker takes every partition, the second joins and takes half while the first is mid-way
 through the backlog) ``--rounds`` times, each with a fresh consumer group and Redis prefix. When a round
 counts fewer spans than the topic holds, it prints, per partition, the view's meta entry (offset, messages,
 spans) beside a recount of the topic, so the missing message can be found in the workers' logs.
@@ -23,16 +23,14 @@ import sys
 import tempfile
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
+from benchkit.spans import make_spans
+from benchkit.topics import create_topic, produce, read_topic
+from benchkit.workers import workers_run
 
-import processor_throughput as bench
-
-from tests.infra.kafka import KafkaCluster
-from tests.infra.redis import RedisServer
-from tests.processors.harness import make_spans, produce, read_topic
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.codec import decode_wire
+from tokentrace.devcluster.kafka import KafkaCluster
+from tokentrace.devcluster.redis import RedisServer
 
 PARTITIONS = 4
 
@@ -50,13 +48,13 @@ async def main(rounds: int, spans: int, worker_args: list[str]) -> int:
     print(f"worker logs in {logs}", flush=True)
     short = 0
     with KafkaCluster(1) as kafka, RedisServer() as redis:
-        topic = kafka.create_topic("takeover", partitions=PARTITIONS)
+        topic = await create_topic(kafka, "takeover", PARTITIONS)
         await produce(kafka.bootstrap, topic, make_spans(spans, random.Random(1), spread_ms=60_000), batch=500)
         counts = await recount(kafka.bootstrap, topic)
         for round_ in range(rounds):
             tag = f"t{round_}"
             try:
-                rate = (await bench.workers_run(kafka, redis, topic, 2, spans, logs, tag, worker_args, PARTITIONS)).rate
+                rate = (await workers_run(kafka, redis, topic, 2, spans, logs, tag, worker_args, PARTITIONS)).rate
                 print(f"round {round_}: exact, {rate:,.0f} spans/s", flush=True)
                 continue
             except RuntimeError as exc:

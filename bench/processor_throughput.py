@@ -1,6 +1,6 @@
 """Processor throughput: one ``tokentrace worker`` (and two) against an aiokafka decode baseline and quixstreams.
 
-Starts a single-node Kafka broker and a redis-server (tests/infra), fills a 4-partition topic with
+Starts a single-node Kafka broker and a redis-server (``tokentrace.devcluster``), fills a 4-partition topic with
 ``--spans`` spans in ``--batch``-span wire messages (started within the last minute, as live traffic is),
 then measures, on the same topic in the same run, each with a fresh consumer group:
 
@@ -39,24 +39,20 @@ import os
 import platform
 import random
 import statistics
-import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaConsumer, TopicPartition
+from benchkit.procfs import code, cpu_model, cpu_seconds, load
+from benchkit.spans import make_spans
+from benchkit.topics import create_topic, produce
+from benchkit.workers import Workers, workers_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from tests.infra.kafka import KafkaCluster
-from tests.infra.redis import RedisServer
-from tests.processors.harness import Workers, make_spans, produce
 from tokentrace.api.stores.base import StoreUnavailable
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.codec import decode_wire
@@ -64,38 +60,14 @@ from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import total
 from tokentrace.core.topic import partition_for
-from tokentrace.view.keys import Keys
-from tokentrace.view.schema import PartitionMeta, decode_entry, meta_key
+from tokentrace.devcluster.kafka import KafkaCluster
+from tokentrace.devcluster.redis import RedisServer
 
 #: The freshness run sends 100-span batches from this many made in advance (making spans costs this script
 #: more CPU than sending them), with up to ``FRESH_IN_FLIGHT`` awaiting the broker's ack at once, as many
 #: concurrent ``POST /spans`` would.
 FRESH_POOL = 50
 FRESH_IN_FLIGHT = 16
-#: A rate run gives up when the view's count has not moved for this long.
-STALL_S = 90.0
-
-
-class ViewCount:
-    """Spans counted in the Redis view: the sum of its partition meta entries, the figure ``/health`` reports
-    as ``span_count``. A ``RedisStore`` gets it by syncing the whole view, decoding every bucket entry a flush
-    changed; that cost this script 12-16 % of a core, taken from the workers it measures on the same cores.
-    This reads the meta entries alone."""
-
-    def __init__(self, redis_url: str, prefix: str, partitions: int) -> None:
-        self.redis = aioredis.Redis.from_url(redis_url)
-        self.members = [Keys(prefix).entry(meta_key(p).decode()) for p in range(partitions)]
-
-    async def spans(self) -> int:
-        async with self.redis.pipeline(transaction=False) as pipe:
-            for member in self.members:
-                pipe.hget(member, "d")
-            values = await pipe.execute()
-        metas = [decode_entry(value) for value in values if value]
-        return sum(meta.spans for meta in metas if isinstance(meta, PartitionMeta))
-
-    async def close(self) -> None:
-        await self.redis.aclose()
 
 
 async def baseline(bootstrap: str, topic: str, partitions: int, total: int) -> float:
@@ -165,135 +137,6 @@ async def quixstreams_rate(
 
 
 @dataclass
-class WorkersRun:
-    """One measured run of ``workers_run``: its rate and what the workers and the machine spent on it."""
-
-    rate: float  # spans/s
-    cpu_us_per_span: float  # the workers' CPU together
-    machine_busy_cores: float
-    stolen_cores: float  # taken by other tenants of the machine
-
-
-async def workers_run(
-    kafka: KafkaCluster,
-    redis: RedisServer,
-    topic: str,
-    count: int,
-    total: int,
-    logs: Path,
-    tag: str = "",
-    worker_args: Sequence[str] = (),
-    partitions: int = 4,
-    on_start: Callable[[int], None] | None = None,
-) -> WorkersRun:
-    """Spans/s of ``count`` workers (fresh group and Redis prefix), from the first span counted once every
-    worker is ready (``_group_ready``) to the last. ``on_start`` is called with each worker's pid as it starts
-    (bench/worker_scaling.py puts it under a CPU quota there).
-
-    Workers started together rarely join in one generation: the first takes every partition and starts on
-    the backlog, the others join and a rebalance pauses them all. Counting from the first span would charge
-    that rebalance to the throughput (a fifth of a 300,000-span run); the rebalance is reported instead."""
-    prefix = f"bench{count}{tag}-{topic}:"
-    workers = Workers(
-        kafka.bootstrap,
-        redis.url,
-        topic,
-        logs,
-        app_id=f"bench-{count}{tag}-{topic}",
-        extra_args=["--prefix", prefix, *worker_args],
-    )
-    view = ViewCount(redis.url, prefix, partitions)
-    try:
-        for _ in range(count):
-            pid = workers.start().pid
-            if on_start is not None and pid is not None:
-                on_start(pid)
-        # (wall clock, spans counted in the view, the workers' CPU seconds, the machine's busy and stolen seconds)
-        samples: list[tuple[float, int, float, float, float]] = []
-        counted = 0
-        deadline = time.monotonic() + 600
-        moved = time.monotonic()
-        while counted < total and time.monotonic() < deadline and time.monotonic() - moved < STALL_S:
-            now_counted = await view.spans()
-            if now_counted != counted:
-                moved = time.monotonic()
-            counted = now_counted
-            workers_cpu = sum(cpu_seconds(proc.pid) for proc in workers.procs)
-            samples.append((time.time(), counted, workers_cpu, *_machine_cpu()))
-            await asyncio.sleep(0.02)
-        if counted != total:
-            raise RuntimeError(
-                f"{count} worker(s) counted {counted:,} of {total:,} spans in the view (prefix {prefix!r}; "
-                f"no progress for {STALL_S:.0f} s or past the deadline); logs in {logs}"
-            )
-        ready = max(_group_ready(proc.log_path) for proc in workers.procs)
-        counting = [sample for sample in samples if sample[1]]
-        start = max([sample for sample in counting if sample[0] <= ready] or [counting[0]])
-        end = samples[-1]
-        if count > 1:
-            print(
-                f"{count} workers: {start[1]:,} of {total:,} spans counted before the group settled "
-                f"({max(0.0, ready - counting[0][0]):.1f} s after the first count); rate measured after it",
-                file=sys.stderr,
-            )
-            if start[1] > total / 2:
-                print("  (more than half counted before: use more --spans for a steadier figure)", file=sys.stderr)
-        wall, spans = end[0] - start[0], total - start[1]
-        run = WorkersRun(
-            rate=spans / wall,
-            cpu_us_per_span=1e6 * (end[2] - start[2]) / spans,
-            machine_busy_cores=(end[3] - start[3]) / wall,
-            stolen_cores=(end[4] - start[4]) / wall,
-        )
-        print(
-            f"{count} worker(s), measured {wall:.1f} s: workers {run.cpu_us_per_span:.1f} CPU µs per span; machine "
-            f"{run.machine_busy_cores:.2f} of {os.cpu_count()} cores busy ({run.stolen_cores:.2f} stolen by other "
-            "tenants)",
-            file=sys.stderr,
-        )
-        return run
-    finally:
-        workers.stop_all()
-        await view.close()
-
-
-def _machine_cpu() -> tuple[float, float]:
-    """Seconds the machine's CPUs have been busy (neither idle nor waiting for I/O), and stolen, since boot."""
-    fields = [int(value) for value in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    tick = os.sysconf("SC_CLK_TCK")
-    return (sum(fields[:8]) - fields[3] - fields[4] - fields[7]) / tick, fields[7] / tick
-
-
-def _group_ready(log: Path) -> float:
-    """When a worker last logged Faust's "Worker ready" (after each rebalance), as a Unix time; 0 if never."""
-    ready = 0.0
-    for line in log.read_text(errors="replace").splitlines():
-        if "Worker ready" in line and line.startswith("["):
-            stamp = datetime.strptime(line[1:24], "%Y-%m-%d %H:%M:%S,%f")  # local time, as logging writes it
-            ready = max(ready, stamp.timestamp())
-    return ready
-
-
-def _cpu() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process so far (0 when it is gone)."""
-    try:
-        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    except (OSError, IndexError):
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-@dataclass
 class Freshness:
     latencies: list[float]  # sorted, seconds
     wall_s: float  # the steady phase
@@ -308,7 +151,7 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
     counted in a ``/metrics`` query, at a steady ``rate`` spans/s through one worker; with the CPU the
     worker and this script (producer and reader, sharing the machine) used meanwhile."""
     partitions = 4
-    topic = kafka.create_topic("fresh", partitions=partitions)
+    topic = await create_topic(kafka, "fresh", partitions)
     prefix = f"fresh-{topic}:"
     workers = Workers(kafka.bootstrap, redis.url, topic, logs, app_id=f"fresh-{topic}", extra_args=["--prefix", prefix])
     writer = RedisStore(redis.url, kafka.bootstrap, topic, prefix=prefix)
@@ -392,29 +235,6 @@ async def freshness(kafka: KafkaCluster, redis: RedisServer, rate: float, second
         await reader.close()
 
 
-def _code() -> str:
-    """The commit measured, and whether the worker's code differed from it (others edit the tree too)."""
-    root = Path(__file__).resolve().parents[1]
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=root, capture_output=True, text=True, check=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "processors", "tokentrace"],
-            cwd=root,
-            capture_output=True,
-            text=True,
-            check=True,
-        ).stdout.split()
-    except (OSError, subprocess.CalledProcessError):
-        return "commit unknown"
-    return f"commit {head}" + (" with uncommitted changes in processors/ or tokentrace/" if dirty else "")
-
-
-def _load() -> str:
-    return " ".join(f"{x:.2f}" for x in os.getloadavg())
-
-
 def _round(rates: dict[str, list[float | None]], index: int) -> str:
     return ", ".join(
         f"{name} " + ("failed" if values[index] is None else f"{values[index]:,.0f}")
@@ -441,14 +261,14 @@ async def main() -> None:
     args = parser.parse_args()
     logs = Path(tempfile.mkdtemp(prefix="tokentrace-bench-"))
     has_quix = importlib.util.find_spec("quixstreams") is not None
-    load_before = _load()
-    code_before = _code()
+    load_before = load()
+    code_before = code()
     began = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     rates: dict[str, list[float | None]] = {"base": [], "quix": [], "one": [], "two": []}
     quix_runs: list[dict[str, Any]] = []
     failures: list[str] = []
     with KafkaCluster(1) as kafka, RedisServer() as redis:
-        topic = kafka.create_topic("bench", partitions=args.partitions)
+        topic = await create_topic(kafka, "bench", args.partitions)
         if args.rounds:
             spans = make_spans(args.spans, random.Random(1), spread_ms=60_000)
             await produce(kafka.bootstrap, topic, spans, batch=args.batch)
@@ -469,7 +289,7 @@ async def main() -> None:
                     failures.append(f"round {round_}: {exc}")
                     print(failures[-1], file=sys.stderr)
                 rates[name].append(rate)
-            print(f"round {round_}: {_round(rates, -1)} spans/s; load {_load()}", file=sys.stderr)
+            print(f"round {round_}: {_round(rates, -1)} spans/s; load {load()}", file=sys.stderr)
         fresh_runs: list[Freshness] = []
         for _ in range(args.fresh_runs):  # each on an empty Redis, like a new deployment
             flusher = aioredis.Redis.from_url(redis.url)
@@ -477,10 +297,10 @@ async def main() -> None:
             await flusher.flushall(asynchronous=True)
             await flusher.aclose()
             fresh_runs.append(await freshness(kafka, redis, args.fresh_rate, 30, logs))
-    load_after = _load()
-    code_after = _code()
+    load_after = load()
+    code_after = code()
     print(
-        f"machine: {_cpu()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
         f"load average {load_before} before, {load_after} after"
     )
     print(f"code: {code_before}" + (f" at the start, {code_after} at the end" if code_after != code_before else ""))

@@ -23,29 +23,19 @@ import asyncio
 import os
 import random
 import statistics
-import sys
 import tempfile
 import time
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from benchkit.procfs import cpu_seconds, peak_rss_mib
+from benchkit.spans import make_spans
+from benchkit.topics import create_topic, produce
+from benchkit.variants import add_against_option, link_tree, variant_source
+from benchkit.workers import ViewCount, Workers
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-
-from apply_path import add_against_option, link_tree, variant_source
-from processor_throughput import ViewCount, cpu_seconds
-
-from tests.infra.kafka import KafkaCluster
-from tests.infra.redis import RedisServer
-from tests.processors.harness import Workers, make_spans, produce
-
-
-def peak_rss_mib(pid: int | None) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
+from tokentrace.devcluster.kafka import KafkaCluster
+from tokentrace.devcluster.redis import RedisServer
 
 
 async def one_run(
@@ -128,7 +118,7 @@ async def main(spans: int, batch: int, fetches: list[int], rounds: int, variants
     logs = Path(tempfile.mkdtemp(prefix="tokentrace-worker-cpu-"))
     figures: dict[tuple[str, int], list[tuple[float, float]]] = {}
     with KafkaCluster(1) as kafka, RedisServer() as redis:
-        topic = kafka.create_topic("cpu", partitions=4)
+        topic = await create_topic(kafka, "cpu", 4)
         await produce(kafka.bootstrap, topic, make_spans(spans, random.Random(1), spread_ms=60_000), batch=batch)
         print(f"{spans:,} spans in {batch}-span messages, 4 partitions; load average {os.getloadavg()[0]:.2f}")
         run = 0

@@ -4,7 +4,7 @@ On a machine with fewer cores than the deployment uses (here two, shared by the 
 workers and this script) one worker already keeps the cores busy, so a second adds little: that is the
 "unlimited" rows, what the whole machine allows. A deployment gives each worker its own CPU (a container's
 CPU limit, a node per worker); this script does that with a cgroup CFS quota of ``--quota`` cores per worker
-(bench/cpu_quota.py; the broker and redis-server stay unlimited) and measures 1..N workers on the same
+(``benchkit.quota``; the broker and redis-server stay unlimited) and measures 1..N workers on the same
 backlog, each count in a fresh consumer group, the configurations in reverse order every other round, the
 rate counted as bench/processor_throughput.py counts it (from the moment every worker is ready to the last
 span in the Redis view; exact or reported as failed).
@@ -14,7 +14,7 @@ the table gives the share of CFS periods in which the kernel throttled them (nea
 limit) and how many of the machine's cores were busy (well under all of them: Redis and the broker had room).
 
 Run: ``.venv/bin/python bench/worker_scaling.py [--spans 600000] [--quota 0.4] [--workers 1 2] [--rounds 3]``
-(needs root for the cgroup; see bench/cpu_quota.py).
+(needs root for the cgroup; see bench/benchkit/quota.py).
 """
 
 from __future__ import annotations
@@ -32,16 +32,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import redis.asyncio as aioredis
+from benchkit.procfs import code, cpu_model, load
+from benchkit.quota import CpuQuota, QuotaUnavailable
+from benchkit.spans import make_spans
+from benchkit.topics import create_topic, produce
+from benchkit.workers import WorkersRun, workers_run
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from cpu_quota import CpuQuota, QuotaUnavailable
-from processor_throughput import WorkersRun, _code, _cpu, _load, workers_run
-
-from tests.infra.kafka import KafkaCluster
-from tests.infra.redis import RedisServer
-from tests.processors.harness import make_spans, produce
+from tokentrace.devcluster.kafka import KafkaCluster
+from tokentrace.devcluster.redis import RedisServer
 
 
 @dataclass
@@ -121,10 +119,10 @@ async def main() -> None:
         sys.exit(f"worker_scaling: {exc}")
     quotas: list[float | None] = [*args.quota] + ([] if args.no_unlimited else [None])
     logs = Path(tempfile.mkdtemp(prefix="tokentrace-scaling-"))
-    load_before, code, began = _load(), _code(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
+    load_before, commit, began = load(), code(), time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     results = {(quota, count): Runs() for quota in quotas for count in args.workers}
     with KafkaCluster(1) as kafka, RedisServer() as redis:
-        topic = kafka.create_topic("scaling", partitions=args.partitions)
+        topic = await create_topic(kafka, "scaling", args.partitions)
         await produce(kafka.bootstrap, topic, make_spans(args.spans, random.Random(1), spread_ms=60_000), args.batch)
         for round_ in range(1, args.rounds + 1):
             print(f"round {round_}:", file=sys.stderr)
@@ -138,10 +136,10 @@ async def main() -> None:
                     kafka, redis, topic, args, quota, count, f"r{round_}q{index}", logs, results[quota, count]
                 )
     print(
-        f"machine: {_cpu()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
-        f"load average {load_before} before, {_load()} after"
+        f"machine: {cpu_model()}, {os.cpu_count()} cores; {began}; Python {platform.python_version()}; "
+        f"load average {load_before} before, {load()} after"
     )
-    print(f"code: {code}")
+    print(f"code: {commit}")
     print(
         f"{args.spans:,} spans, {args.batch}-span messages, {args.partitions} partitions, broker and redis-server on "
         f"the same host without a quota; median of {args.rounds} rounds; worker logs in {logs}"
