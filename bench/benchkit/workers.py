@@ -71,6 +71,14 @@ class Workers:
         self.procs.append(proc)
         return proc
 
+    def alive(self) -> list[ServerProcess]:
+        """The workers still running."""
+        return [p for p in self.procs if p.running]
+
+    def logs(self) -> str:
+        """The last lines of every worker's log, for a failure message."""
+        return "".join(f"\n--- {p.log_path}:\n{p.log_tail(30)}" for p in self.procs)
+
     def stop_all(self) -> None:
         """SIGTERM every worker, SIGKILL those not gone within 15 s."""
         for proc in self.procs:

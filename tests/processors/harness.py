@@ -1,119 +1,40 @@
-"""Test harness for the distributed pipeline: worker processes, span generators, a brute-force oracle."""
+"""Test harness for the distributed pipeline: a brute-force oracle, producing, waiting for the view."""
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import random
-import sys
 import time
 from collections import Counter
-from collections.abc import AsyncIterator, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, TopicPartition
-from aiokafka.structs import ConsumerRecord
+from aiokafka import AIOKafkaProducer
+from benchkit.spans import make_spans
+from benchkit.topics import read_topic
+from benchkit.workers import Workers
 
-from tests.infra.procs import ServerProcess
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.aggregate import NANO
 from tokentrace.core.codec import decode_wire, encode_wire
-from tokentrace.core.span import Span, new_id
-from tokentrace.core.timefmt import format_ms, now_ms
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import now_ms
 from tokentrace.core.topic import split_messages
 
-MODELS = (("gpt-4o", "openai"), ("gpt-4o-mini", "openai"), ("claude-3-5-sonnet", "anthropic"))
-CALLERS = ("summarizer", "search", "chat")
-WORKFLOWS = ("ingest", "answer", "review", "triage")
-
-
-class Workers:
-    """``tokentrace worker`` processes of one deployment (same app id, topic and Redis)."""
-
-    def __init__(
-        self,
-        bootstrap: str,
-        redis_url: str,
-        topic: str,
-        log_dir: Path,
-        *,
-        app_id: str | None = None,
-        session_timeout: float = 6.0,
-        extra_args: Sequence[str] = (),
-        cwd: Path | None = None,
-    ) -> None:
-        """``cwd``: where the workers run. ``python -m`` puts it first on ``sys.path``, ahead of PYTHONPATH, so a
-        worker meant to import another tree's ``tokentrace`` (a benchmark's variant) must run where that one is
-        found, not in a checkout with its own ``tokentrace/``."""
-        self.bootstrap = bootstrap
-        self.redis_url = redis_url
-        self.topic = topic
-        self.log_dir = log_dir
-        self.app_id = app_id or f"tt-{topic}"
-        self.session_timeout = session_timeout
-        self.extra_args = list(extra_args)
-        self.cwd = cwd
-        self.procs: list[ServerProcess] = []
-        self.started = 0
-
-    def start(self) -> ServerProcess:
-        self.started += 1
-        argv = [sys.executable, "-m", "tokentrace", "worker"]
-        argv += ["--bootstrap-servers", self.bootstrap, "--redis-url", self.redis_url, "--topic", self.topic]
-        argv += ["--app-id", self.app_id, "--session-timeout", str(self.session_timeout), *self.extra_args]
-        proc = ServerProcess(f"worker {self.started}", argv, self.log_dir / f"worker-{self.started}.log", cwd=self.cwd)
-        proc.start()
-        self.procs.append(proc)
-        return proc
-
-    def alive(self) -> list[ServerProcess]:
-        return [p for p in self.procs if p.running]
-
-    def stop_all(self) -> None:
-        for proc in self.procs:
-            proc.terminate()
-        for proc in self.procs:
-            if not proc.wait(15):
-                proc.kill()
-
-    def logs(self) -> str:
-        return "".join(f"\n--- {p.log_path}:\n{p.log_tail(30)}" for p in self.procs)
-
-
-def make_spans(count: int, rng: random.Random, now: int | None = None, spread_ms: int = 50 * 60_000) -> list[Span]:
-    """Spans of 1-3 span traces over the last ``spread_ms``, with costs, scores and attributes."""
-    now = now or now_ms()
-    spans: list[Span] = []
-    while len(spans) < count:
-        trace_id = new_id()
-        root = None
-        started = now - rng.randrange(0, spread_ms)
-        for _ in range(min(rng.randrange(1, 4), count - len(spans))):
-            model, provider = rng.choice(MODELS)
-            status = rng.choices(("ok", "error", "timeout"), (90, 7, 3))[0]
-            attributes: dict[str, Any] = {"workflow": rng.choice(WORKFLOWS)}
-            if rng.random() < 0.6:
-                attributes["eval.score"] = round(rng.random(), 3)
-            span = Span(
-                trace_id=trace_id,
-                parent_span_id=root,
-                name=f"step-{len(spans) % 5}",
-                model=model,
-                provider=provider,
-                prompt_tokens=rng.randrange(1, 4000),
-                comp_tokens=rng.randrange(0, 800),
-                cost_usd=round(rng.random() / 100, 7),
-                latency_ms=rng.randrange(20, 9000),
-                status=status,
-                caller=rng.choice(CALLERS),
-                started_at=format_ms(started),
-                attributes=attributes,
-            )
-            root = root or span.span_id
-            spans.append(span)
-    return spans
+# The span generator, worker processes and topic reader are the benchmarks' (bench/benchkit, on pytest's path).
+__all__ = [
+    "Oracle",
+    "Workers",
+    "aggregate_totals",
+    "assert_view_is_recount",
+    "make_spans",
+    "produce",
+    "produce_raw",
+    "read_topic",
+    "recount_topic",
+    "wait_counted",
+    "wait_view_total",
+]
 
 
 @dataclass
@@ -221,28 +142,6 @@ async def produce_raw(bootstrap: str, topic: str, values: Sequence[tuple[int, by
             await producer.send_and_wait(topic, value, partition=partition)
     finally:
         await producer.stop()
-
-
-async def read_topic(bootstrap: str, topic: str, partitions: int = 4) -> AsyncIterator[ConsumerRecord[bytes, bytes]]:
-    """Every record of the topic's partitions, from each log's start to its end as it was when called."""
-    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, enable_auto_commit=False, auto_offset_reset="earliest")
-    await consumer.start()
-    try:
-        parts = [TopicPartition(topic, p) for p in range(partitions)]
-        consumer.assign(parts)
-        await consumer.seek_to_beginning(*parts)
-        ends = await consumer.end_offsets(parts)
-        remaining = {tp for tp in parts if ends[tp] > 0}
-        while remaining:
-            batches = await consumer.getmany(*remaining, timeout_ms=1000)
-            for tp, records in batches.items():
-                for record in records:
-                    yield record
-                    if record.offset + 1 >= ends[tp]:
-                        remaining.discard(tp)
-    finally:
-        with contextlib.suppress(asyncio.CancelledError):  # aiokafka 0.14 without a group id
-            await consumer.stop()
 
 
 async def recount_topic(bootstrap: str, topic: str, partitions: int = 4) -> tuple[list[Span], int]:
