@@ -20,12 +20,20 @@ class BucketKernel:
         max_attribute_keys: int,
         max_attribute_values: int,
     ) -> None: ...
+    def add_batch_to_states(
+        self,
+        batch: WireBatch,
+        targets: Sequence[tuple[object, list[int]]],
+        max_attribute_keys: int,
+        max_attribute_values: int,
+    ) -> None: ...
 
 class WireBatch:
     def __len__(self) -> int: ...
     def buckets(self) -> list[tuple[int, int]]: ...
     def lines(self) -> bytes: ...
     def starts(self) -> list[int]: ...
+    def traces(self) -> list[tuple[str, list[int], int, int, int, int, int, int]]: ...
 
 def decode_batch(
     payload: bytes,
@@ -55,3 +63,12 @@ def route_spans(
     priced: bool,
     key_of: Callable[[int], bytes],
 ) -> tuple[dict[bytes, list[Any]], list[tuple[Any, int]]] | None: ...
+def prepare_spans(
+    spans: object,
+    oldest_ms: int,
+    latest_ms: int,
+    rates: dict[str, dict[str | None, tuple[float, float, float, float, float] | None]] | None,
+    scale: float,
+    caps: object,
+    cache_keys: list[str],
+) -> tuple[list[int], list[int]] | None: ...

@@ -197,6 +197,8 @@ pub struct WireSpan {
     pub trace_id: (usize, usize),
     pub span_id: (usize, usize),
     pub start: i64,
+    /// Its `ended_at` (as given, or as `Span.stamp` fills it), in epoch ms.
+    pub end: i64,
     pub bucket: i64,
     pub status: u8,
     pub cost_nanos: Option<i128>,
@@ -521,6 +523,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     let total = total.unwrap_or(prompt.unwrap_or(0) + comp.unwrap_or(0));
 
     // Span.stamp: fill ended_at from the start and the latency (Python's round).
+    let mut end = ended.unwrap_or(0);
     let ended_text = match fields.ended_at {
         Some(text) => text.to_owned(),
         None => {
@@ -531,15 +534,16 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
                 Some(_) => return None,
             };
             let mut text = [0u8; 24];
-            format_into((start + rounded).min(LAST_MS), &mut text);
+            end = (start + rounded).min(LAST_MS);
+            format_into(end, &mut text);
             // SAFETY: format_into writes ASCII digits and separators only.
             unsafe { std::str::from_utf8_unchecked(&text) }.to_owned()
         }
     };
 
     // Applier._route: bounds, price and horizon, decided by the message alone.
-    if start < limits.oldest_ms || start > limits.latest_ms {
-        return None;
+    if start < limits.oldest_ms || start > limits.latest_ms || end > limits.latest_ms {
+        return None; // too old, or starting or ending too far in the future: rejected in Python
     }
     if limits.priced && cost.is_none() && (prompt.is_some() || comp.is_some()) {
         return None;
@@ -617,6 +621,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         trace_id,
         span_id,
         start,
+        end,
         bucket,
         status,
         cost_nanos,
@@ -673,11 +678,13 @@ impl WireBatch {
     /// The spans' buckets in order of first appearance: `(bucket start, spans in it)`.
     fn buckets(&self) -> Vec<(i64, usize)> {
         let mut seen: Vec<(i64, usize)> = Vec::new();
+        let mut index: FxHashMap<i64, usize> = FxHashMap::default();
         for span in &self.spans {
-            match seen.iter_mut().find(|(bucket, _)| *bucket == span.bucket) {
-                Some((_, count)) => *count += 1,
-                None => seen.push((span.bucket, 1)),
-            }
+            let at = *index.entry(span.bucket).or_insert_with(|| {
+                seen.push((span.bucket, 0));
+                seen.len() - 1
+            });
+            seen[at].1 += 1;
         }
         seen
     }
@@ -690,6 +697,33 @@ impl WireBatch {
     /// The time each span counts at, in order.
     fn starts(&self) -> Vec<i64> {
         self.spans.iter().map(|span| span.start).collect()
+    }
+
+    /// The spans by trace, in order of first appearance, for the embedded trace index (`TraceIndex.add_batch`):
+    /// per trace `(trace id, indices of its spans, earliest start ms, latest end ms, cost in nanos, priced spans,
+    /// total tokens, worst status rank)`, the rank of `ok` 0, `timeout` 1, `error` 2 (as `Trace.add` ranks them).
+    #[allow(clippy::type_complexity)]
+    fn traces(&self) -> Vec<(&str, Vec<usize>, i64, i64, i128, usize, i64, u8)> {
+        let mut out: Vec<(&str, Vec<usize>, i64, i64, i128, usize, i64, u8)> = Vec::new();
+        let mut index: FxHashMap<&str, usize> = FxHashMap::default();
+        for (at, span) in self.spans.iter().enumerate() {
+            let id = self.text(span.trace_id);
+            let slot = *index.entry(id).or_insert_with(|| {
+                out.push((id, Vec::new(), i64::MAX, 0, 0, 0, 0, 0));
+                out.len() - 1
+            });
+            let trace = &mut out[slot];
+            trace.1.push(at);
+            trace.2 = trace.2.min(span.start);
+            trace.3 = trace.3.max(span.end);
+            if let Some(cost) = span.cost_nanos {
+                trace.4 += cost;
+                trace.5 += 1;
+            }
+            trace.6 += span.total;
+            trace.7 = trace.7.max([0, 2, 1][usize::from(span.status)]);
+        }
+        out
     }
 }
 

@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import BucketState, Caps, Projection
 from tokentrace.core.span import Span
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = [
     "DAY_MS",
@@ -133,6 +137,26 @@ class Timeline:
             state.add_many(members, caps)
             versions[key] = versions.get(key, 0) + count
             self._touch(start, count)
+
+    def add_batch(self, batch: WireBatch) -> None:
+        """``add_many`` of a compiled batch's spans (``native.decode_batch``, bucketed by this timeline's
+        ``bucket_ms``) at their starts: the same state, versions and generation, in one compiled call."""
+        targets: list[tuple[BucketState, list[int]]] = []
+        versions = self._versions
+        for start, count in batch.buckets():
+            state = self._fine.get(start)
+            key = (_FINE, start)
+            if state is None:
+                hour = start - start % HOUR_MS
+                state = self._coarse.get(hour)
+                if state is None:
+                    state = self._fine[start] = BucketState()
+                else:
+                    key = (_COARSE, hour)
+            targets.append((state, [start]))
+            versions[key] = versions.get(key, 0) + count
+            self._touch(start, count)
+        BucketState.add_batch_to(targets, batch, self.settings.caps)
 
     def merge_bucket(self, start_ms: int, state: BucketState) -> None:
         """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""
