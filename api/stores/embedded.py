@@ -200,13 +200,15 @@ class EmbeddedStore:
     def _compile(self, wire: bytes) -> WireBatch | None:
         """The batch's compiled form (the worker's ``native.decode_batch``) for ``_apply``, when it takes it.
 
-        The spans were checked, stamped and priced before (``prepare_batch``), so no bound applies here.
+        The spans were checked, stamped and priced before (``prepare_batch``), so no bound applies here; they
+        are counted as they are in memory (``live``: a span without a latency has none, though its stamped
+        timestamps would give its decoded copy one).
         """
         decode = native.decode_batch
         if decode is None:
             return None
         bucket_ms = self.settings.bucket_ms
-        return decode(wire, _LOWEST, _HIGHEST, bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP)
+        return decode(wire, _LOWEST, _HIGHEST, bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP, live=True)
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0, batch: WireBatch | None = None) -> None:
         """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""

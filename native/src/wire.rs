@@ -244,6 +244,9 @@ pub struct Limits<'a> {
     pub horizon_ms: i64,
     pub priced: bool,
     pub sep: &'a str,
+    /// The spans are the caller's own, stamped in memory: a span without `latency_ms` holds none there (its
+    /// decoded copy would derive one from the stamped timestamps), so it is left to the Python code.
+    pub live: bool,
 }
 
 /// The fields of one span as read (before any check).
@@ -473,6 +476,9 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     let comp = token_count(fields.comp.unwrap_or(Value::Nil), max_tokens)?;
     let total = token_count(fields.total.unwrap_or(Value::Nil), max_tokens)?;
     if prompt.is_none() && comp.is_none() && total.is_none() {
+        return None;
+    }
+    if limits.live && matches!(fields.latency, None | Some(Value::Nil)) {
         return None;
     }
     let cost = bounded(fields.cost.unwrap_or(Value::Nil), limits.max_cost)?;
@@ -730,7 +736,7 @@ impl WireBatch {
 /// The message as a `WireBatch` when it is the usual message (see the module docstring); `None` otherwise.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep))]
+#[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep, live=false))]
 pub fn decode_batch(
     py: Python<'_>,
     payload: &Bound<'_, PyBytes>,
@@ -744,6 +750,7 @@ pub fn decode_batch(
     max_latency: f64,
     max_score: f64,
     sep: &str,
+    live: bool,
 ) -> Option<WireBatch> {
     let limits = Limits {
         max_tokens,
@@ -756,6 +763,7 @@ pub fn decode_batch(
         horizon_ms,
         priced,
         sep,
+        live,
     };
     let bytes = payload.as_bytes();
     // Reading the message takes no Python object: other threads (Faust's consumer) run meanwhile.

@@ -54,9 +54,7 @@ prepare_spans: (
     ]
     | None
 ) = None
-decode_batch: Callable[[bytes, int, int, int, int, bool, int, float, float, float, str], _WireBatch | None] | None = (
-    None
-)
+decode_batch: Callable[..., _WireBatch | None] | None = None
 
 if not DISABLED:
     try:
