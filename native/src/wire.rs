@@ -245,7 +245,8 @@ pub struct Limits<'a> {
     pub priced: bool,
     pub sep: &'a str,
     /// The spans are the caller's own, stamped in memory: a span without `latency_ms` holds none there (its
-    /// decoded copy would derive one from the stamped timestamps), so it is left to the Python code.
+    /// decoded copy would derive one from the stamped timestamps), so it is left to the Python code; and no
+    /// JSON is written (`lines` is then empty: the caller has the spans).
     pub live: bool,
 }
 
@@ -572,53 +573,59 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         Some(Num::Float(value)) => Some((value * NANO + 0.5).trunc() as i128),
     };
 
-    // msgspec's JSON of the stamped span, field by field in the struct's order.
-    let out = &mut batch.json;
-    let from = out.len();
-    out.extend_from_slice(b"{\"trace_id\":");
-    json_str(out, trace_id);
-    out.extend_from_slice(b",\"span_id\":");
-    json_str(out, span_id);
-    out.extend_from_slice(b",\"parent_span_id\":");
-    json_optional_str(out, fields.parent_span_id);
-    out.extend_from_slice(b",\"name\":");
-    json_str(out, fields.name.unwrap_or(""));
-    out.extend_from_slice(b",\"model\":");
-    json_str(out, model);
-    out.extend_from_slice(b",\"provider\":");
-    json_str(out, provider);
-    out.extend_from_slice(b",\"prompt_tokens\":");
-    json_num(out, prompt.map(Num::Int));
-    out.extend_from_slice(b",\"comp_tokens\":");
-    json_num(out, comp.map(Num::Int));
-    out.extend_from_slice(b",\"total_tokens\":");
-    json_int(out, total);
-    out.extend_from_slice(b",\"cost_usd\":");
-    json_num(out, cost);
-    out.extend_from_slice(b",\"latency_ms\":");
-    json_num(out, latency);
-    out.extend_from_slice(b",\"status\":");
-    json_str(out, ["ok", "error", "timeout"][usize::from(status)]);
-    out.extend_from_slice(b",\"error\":");
-    json_optional_str(out, fields.error);
-    out.extend_from_slice(b",\"caller\":");
-    json_str(out, caller);
-    out.extend_from_slice(b",\"started_at\":");
-    json_str(out, fields.started_at?);
-    out.extend_from_slice(b",\"ended_at\":");
-    json_str(out, &ended_text);
-    out.extend_from_slice(b",\"attributes\":{");
-    for (at, &(name, value)) in fields.attributes.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
+    // msgspec's JSON of the stamped span, field by field in the struct's order (not for a live batch: the
+    // caller has the spans themselves).
+    let json = if limits.live {
+        (0, 0)
+    } else {
+        let out = &mut batch.json;
+        let from = out.len();
+        out.extend_from_slice(b"{\"trace_id\":");
+        json_str(out, trace_id);
+        out.extend_from_slice(b",\"span_id\":");
+        json_str(out, span_id);
+        out.extend_from_slice(b",\"parent_span_id\":");
+        json_optional_str(out, fields.parent_span_id);
+        out.extend_from_slice(b",\"name\":");
+        json_str(out, fields.name.unwrap_or(""));
+        out.extend_from_slice(b",\"model\":");
+        json_str(out, model);
+        out.extend_from_slice(b",\"provider\":");
+        json_str(out, provider);
+        out.extend_from_slice(b",\"prompt_tokens\":");
+        json_num(out, prompt.map(Num::Int));
+        out.extend_from_slice(b",\"comp_tokens\":");
+        json_num(out, comp.map(Num::Int));
+        out.extend_from_slice(b",\"total_tokens\":");
+        json_int(out, total);
+        out.extend_from_slice(b",\"cost_usd\":");
+        json_num(out, cost);
+        out.extend_from_slice(b",\"latency_ms\":");
+        json_num(out, latency);
+        out.extend_from_slice(b",\"status\":");
+        json_str(out, ["ok", "error", "timeout"][usize::from(status)]);
+        out.extend_from_slice(b",\"error\":");
+        json_optional_str(out, fields.error);
+        out.extend_from_slice(b",\"caller\":");
+        json_str(out, caller);
+        out.extend_from_slice(b",\"started_at\":");
+        json_str(out, fields.started_at?);
+        out.extend_from_slice(b",\"ended_at\":");
+        json_str(out, &ended_text);
+        out.extend_from_slice(b",\"attributes\":{");
+        for (at, &(name, value)) in fields.attributes.iter().enumerate() {
+            if at > 0 {
+                out.push(b',');
+            }
+            json_str(out, name);
+            out.push(b':');
+            json_value(out, value);
         }
-        json_str(out, name);
-        out.push(b':');
-        json_value(out, value);
-    }
-    out.extend_from_slice(b"}}");
-    let json = (from, out.len());
-    out.push(b'\n');
+        out.extend_from_slice(b"}}");
+        let json = (from, out.len());
+        out.push(b'\n');
+        json
+    };
 
     let arena = &mut batch.text;
     let (trace_id, span_id) = (push_text(arena, &[trace_id]), push_text(arena, &[span_id]));
@@ -664,7 +671,7 @@ impl WireBatch {
             attributes: Vec::new(),
             strings: Vec::new(),
             series: Vec::new(),
-            json: Vec::with_capacity(payload.len() * 2),
+            json: Vec::with_capacity(if limits.live { 0 } else { payload.len() * 2 }),
         };
         let mut interner = Interner::default();
         for _ in 0..count {

@@ -55,23 +55,26 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class Trace:
-    """The spans of one trace and running totals over them."""
+class Trace(msgspec.Struct, gc=False):
+    """The spans of one trace and running totals over them.
 
-    __slots__ = ("cost_nanos", "ended_ms", "priced", "spans", "started_ms", "status", "total_tokens", "trace_id")
+    ``gc=False``, and the spans a tuple (of untracked spans, so untracked too once the collector has seen it): the
+    index holds 100,000 spans by default, and tracked, its traces and their lists made every full collection
+    of an ingesting server walk them all (a fifth of its CPU at 1000-span batches). Nothing here can be part of
+    a reference cycle.
+    """
 
-    def __init__(self, trace_id: str) -> None:
-        self.trace_id = trace_id
-        self.spans: list[Span] = []
-        self.started_ms = 2**62
-        self.ended_ms = 0
-        self.cost_nanos = 0
-        self.priced = 0
-        self.total_tokens = 0
-        self.status = "ok"
+    trace_id: str
+    spans: tuple[Span, ...] = ()
+    started_ms: int = 2**62
+    ended_ms: int = 0
+    cost_nanos: int = 0
+    priced: int = 0
+    total_tokens: int = 0
+    status: str = "ok"
 
     def add(self, span: Span) -> None:
-        self.spans.append(span)
+        self.spans += (span,)
         if span.started_at is not None:
             self.started_ms = min(self.started_ms, parse_rfc3339_ms(span.started_at))
         if span.ended_at is not None:
@@ -148,7 +151,7 @@ class TraceIndex:
             trace = table.get(trace_id)
             if trace is None:
                 trace = table[trace_id] = Trace(trace_id)
-            trace.spans += [spans[at] for at in members]
+            trace.spans += tuple([spans[at] for at in members])
             if started < trace.started_ms:
                 trace.started_ms = started
             if ended > trace.ended_ms:
