@@ -212,11 +212,13 @@ class EmbeddedStore:
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0, batch: WireBatch | None = None) -> None:
         """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
+        timeline = self.timeline
+        hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
         if batch is not None:
-            self.timeline.add_batch(batch)
+            timeline.add_batch(batch, hours_before)
             self.traces.add_batch(spans, batch.traces())
         else:
-            self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
+            timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces
             for span in spans:
                 traces.add(span)

@@ -94,9 +94,9 @@ def test_the_compiled_apply_keeps_what_the_python_apply_keeps(
         compiled_batch = compiled._compile(encode_wire(batch))
         # Taken unless a span has no latency (in memory it has none; a decoded copy would derive one).
         assert (compiled_batch is None) == any(span.latency_ms is None for span in batch)
-        compiled._apply(list(batch), None, 0, compiled_batch)
+        compiled._apply(list(batch), None, NOW, compiled_batch)
         with python_path():
-            reference._apply(list(batch), None, 0)
+            reference._apply(list(batch), None, NOW)
         assert _traces(compiled) == _traces(reference)
     snapshot = msgspec.msgpack.encode
     assert snapshot(compiled.timeline.snapshot()) == snapshot(reference.timeline.snapshot())
