@@ -216,7 +216,7 @@ class EmbeddedStore:
         hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
         if batch is not None:
             timeline.add_batch(batch, hours_before)
-            self.traces.add_batch(spans, batch.traces())
+            self.traces.add_batch(spans, batch)
         else:
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces

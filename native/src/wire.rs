@@ -12,7 +12,7 @@
 //! type, a span to price or to reject), makes `decode_batch` return `None` and the Python code decide.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PySet};
 
 use rustc_hash::FxHashMap;
 
@@ -712,31 +712,17 @@ impl WireBatch {
         self.spans.iter().map(|span| span.start).collect()
     }
 
-    /// The spans by trace, in order of first appearance, for the embedded trace index (`TraceIndex.add_batch`):
-    /// per trace `(trace id, indices of its spans, earliest start ms, latest end ms, cost in nanos, priced spans,
-    /// total tokens, worst status rank)`, the rank of `ok` 0, `timeout` 1, `error` 2 (as `Trace.add` ranks them).
-    #[allow(clippy::type_complexity)]
-    fn traces(&self) -> Vec<(&str, Vec<usize>, i64, i64, i128, usize, i64, u8)> {
-        let mut out: Vec<(&str, Vec<usize>, i64, i64, i128, usize, i64, u8)> = Vec::new();
-        let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-        for (at, span) in self.spans.iter().enumerate() {
+    /// The distinct trace ids of the batch.
+    fn trace_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let ids = PySet::empty(py)?;
+        let mut seen: rustc_hash::FxHashSet<&str> = rustc_hash::FxHashSet::default();
+        for span in &self.spans {
             let id = self.text(span.trace_id);
-            let slot = *index.entry(id).or_insert_with(|| {
-                out.push((id, Vec::new(), i64::MAX, 0, 0, 0, 0, 0));
-                out.len() - 1
-            });
-            let trace = &mut out[slot];
-            trace.1.push(at);
-            trace.2 = trace.2.min(span.start);
-            trace.3 = trace.3.max(span.end);
-            if let Some(cost) = span.cost_nanos {
-                trace.4 += cost;
-                trace.5 += 1;
+            if seen.insert(id) {
+                ids.add(id)?;
             }
-            trace.6 += span.total;
-            trace.7 = trace.7.max([0, 2, 1][usize::from(span.status)]);
         }
-        out
+        Ok(ids)
     }
 }
 

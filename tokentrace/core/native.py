@@ -22,6 +22,7 @@ __all__ = [
     "DISABLED",
     "AggregateKernel",
     "BucketKernel",
+    "add_to_traces",
     "canonical_ms",
     "check_span",
     "decode_batch",
@@ -47,6 +48,7 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
+add_to_traces: Callable[[object, object, list[Any], _WireBatch], None] | None = None
 prepare_spans: (
     Callable[
         [object, int, int, dict[str, dict[str | None, Any]] | None, float, object, list[str]],
@@ -71,6 +73,7 @@ if not DISABLED:
         route_spans = _native.route_spans
         decode_batch = _native.decode_batch
         prepare_spans = _native.prepare_spans
+        add_to_traces = _native.add_to_traces
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None

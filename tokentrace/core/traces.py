@@ -7,22 +7,22 @@ never shown half), and traces that ended more than ``retention_ms`` ago are drop
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterable, Iterator, Mapping, Sequence
-from typing import Any
+from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.aggregate import from_nanos, to_nanos
-from tokentrace.core.span import Span, Status
+from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
 
-__all__ = ["BatchTrace", "Trace", "TraceFilter", "TraceIndex"]
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
+
+__all__ = ["Trace", "TraceFilter", "TraceIndex"]
 
 _STATUS_RANK = {"ok": 0, "timeout": 1, "error": 2}
-_BY_RANK: tuple[Status, ...] = ("ok", "timeout", "error")
-#: One trace of a batch (``WireBatch.traces``): id, span indices, earliest start ms, latest end ms, cost in
-#: nanos, priced spans, total tokens, worst status rank.
-BatchTrace = tuple[str, list[int], int, int, int, int, int, int]
 
 
 class TraceFilter(msgspec.Struct, frozen=True):
@@ -129,46 +129,32 @@ class TraceIndex:
         while self.span_count > self.max_spans and len(self._traces) > 1:
             self._evict_oldest()
 
-    def add_batch(self, spans: Sequence[Span], traces: Iterable[BatchTrace]) -> None:
-        """``add`` of each of ``spans`` in order, given their totals by trace in order of first appearance
-        (``WireBatch.traces``: id, indices in ``spans``, earliest start, latest end, cost in nanos, priced spans,
-        tokens, worst status rank): the same traces, totals and order, with one step per trace, not per span.
+    def add_batch(self, spans: list[Span], batch: WireBatch) -> None:
+        """``add`` of each of ``spans`` in order, given their compiled batch (``native.decode_batch``, the same
+        spans): the same traces, totals and order, with one compiled step per trace, not per span
+        (``native.add_to_traces``).
 
         When the spans push the index over ``max_spans`` and a trace that ``add`` would evict meanwhile is one
         they add to (it would come back holding only its later spans), ``add`` runs span by span instead.
         """
-        groups = list(traces)
         count = len(spans)
         excess = self.span_count + count - self.max_spans
-        if excess > 0 and not self._evicts_untouched(excess, count, groups):
+        compiled = native.add_to_traces
+        if compiled is None or (excess > 0 and not self._evicts_untouched(excess, count, batch.trace_ids())):
             for span in spans:
                 self.add(span)
             return
         table = self._traces
-        for trace_id, members, started, ended, cost, priced, tokens, rank in groups:
-            trace = table.get(trace_id)
-            if trace is None:
-                trace = table[trace_id] = Trace(trace_id)
-            trace.spans += [spans[at] for at in members]
-            if started < trace.started_ms:
-                trace.started_ms = started
-            if ended > trace.ended_ms:
-                trace.ended_ms = ended
-            trace.cost_nanos += cost
-            trace.priced += priced
-            trace.total_tokens += tokens
-            if rank > _STATUS_RANK[trace.status]:
-                trace.status = _BY_RANK[rank]
+        compiled(table, Trace, spans, batch)
         self.span_count += count
         while self.span_count > self.max_spans and len(table) > 1:
             self._evict_oldest()
 
-    def _evicts_untouched(self, excess: int, count: int, groups: list[BatchTrace]) -> bool:
+    def _evicts_untouched(self, excess: int, count: int, touched: set[str]) -> bool:
         """Whether adding ``count`` spans one by one would evict only traces none of them belongs to: the
-        oldest traces holding ``excess`` spans, none of ``groups``, and never one of the new spans' traces."""
+        oldest traces holding ``excess`` spans, none in ``touched``, and never one of the new spans' traces."""
         if count > self.max_spans:
             return False
-        touched = {group[0] for group in groups}
         gone = 0
         for trace in self._traces.values():
             if trace.trace_id in touched:
