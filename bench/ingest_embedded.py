@@ -14,11 +14,10 @@ second of server CPU (user + system of the whole process, the fsync thread inclu
 same bodies with an untyped ``msgspec.json.decode`` in this process (and, for reference, with
 ``tokentrace.core.codec.decode_json_spans``); the ratio is the server's CPU rate over the baseline's.
 
-``--profile`` also runs the server under cProfile (main thread only: fsync runs in a thread) and times
-each phase of the server-side path in-process without HTTP: decode, prepare_batch, WAL encode + write,
-Timeline.add, TraceIndex.add and the fsync wait.
+``--profile`` also runs the server under cProfile (main thread only: fsync runs in a thread) and lists the
+phases of its path by cumulative time, then the functions by own time.
 
-    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--clients 1,4,16] [--profile] [--append-results]
+    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--clients 4] [--modes current,backfill] [--profile]
 """
 
 from __future__ import annotations
@@ -50,10 +49,13 @@ PHASES = [
     ("routes/spans.py", "post_spans", "POST /spans handler (all below)"),
     ("core/codec.py", "decode_json_spans", "decode (msgspec + Span.__post_init__)"),
     ("core/ingest.py", "prepare_batch", "prepare_batch (stamp, bounds, price)"),
+    ("core/labels.py", "admit", "label caps"),
     ("core/codec.py", "encode_wire", "WAL payload encode (msgpack)"),
+    ("stores/embedded.py", "_compile", "compiled batch (decode_batch of the payload)"),
     ("stores/wal.py", "write", "WAL write"),
-    ("core/timeline.py", "add", "Timeline.add"),
-    ("core/traces.py", "add", "TraceIndex.add"),
+    ("stores/embedded.py", "_apply", "apply once durable (in the log's flush task, not the handler)"),
+    ("core/timeline.py", "add_batch", "Timeline.add_batch"),
+    ("core/traces.py", "add_batch", "TraceIndex.add_batch"),
 ]
 
 
