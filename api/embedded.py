@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import gc
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine, Iterable
 from pathlib import Path
@@ -21,7 +22,14 @@ from tokentrace.core.alerts.rules import AlertRule, rules_from_config
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import parse_duration
 
-__all__ = ["alert_service", "embedded_services", "embedded_settings", "price_table", "serve_embedded"]
+__all__ = [
+    "alert_service",
+    "embedded_services",
+    "embedded_settings",
+    "price_table",
+    "serve_embedded",
+    "settle_heap",
+]
 
 log = logging.getLogger(__name__)
 
@@ -98,6 +106,19 @@ async def embedded_services(
         await store.close()
 
 
+def settle_heap(pricer: object) -> None:
+    """Load the price data now rather than in the first request, then move every object made so far (modules,
+    price data, the recovered state) out of the cycle collector's sight (``gc.freeze``): they live as long as the
+    server, and each full collection of an ingesting server walked them all again. Objects made later are
+    collected as before; frozen ones are still freed when no longer referenced (none of them forms a cycle).
+    """
+    knows = getattr(pricer, "knows", None)
+    if knows is not None:
+        knows("gpt-4o")
+    gc.collect()
+    gc.freeze()
+
+
 async def serve_embedded(
     config: Config,
     data_dir: Path,
@@ -108,6 +129,7 @@ async def serve_embedded(
     """Run the embedded server until stopped; ``alongside(url)`` (``tokentrace serve --demo``'s traffic, say)
     runs as a task once it listens, given its local URL, and is cancelled when it stops."""
     async with embedded_services(config, data_dir) as ctx:
+        settle_heap(ctx.pricer)
         background: list[asyncio.Task[None]] = []
 
         async def started(url: str) -> None:

@@ -1,17 +1,23 @@
 """Benchmark: embedded ingest rate, POST /spans in batches of 1000 realistic spans, beside msgspec decoding.
 
-Bodies are built up front from ``DemoTraffic`` (several models and providers, callers, errors, timeouts,
-eval scores, agent traces with child spans), each span unique. For every client count a fresh
-``tokentrace serve`` subprocess on a loopback port takes all bodies from that many concurrent aiohttp
-clients; the rate is spans acknowledged (202, i.e. fsync'd) per wall second, and per second of server
-CPU (the server is one event loop: its CPU rate is its one-core rate). The baseline decodes the same
-bodies with ``tokentrace.core.codec.decode_json_spans`` in this process.
+Two kinds of bodies, built up front, each span unique (``--modes``):
 
-``--profile`` also runs the server under cProfile (main thread only: fsync runs in a thread) and times
-each phase of the server-side path in-process without HTTP: decode, prepare_batch, WAL encode + write,
-Timeline.add, TraceIndex.add and the fsync wait.
+- ``current``: ``DemoTraffic`` (several models and providers, callers, errors, timeouts, eval scores, agent
+  traces with child spans) that started a minute ago;
+- ``backfill``: spans spread uniformly over the last 30 days (the aggregate retention): 60 model/provider/caller
+  series, a 6-value attribute, eval scores on most spans, no ``cost_usd`` (the server prices them).
 
-    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--clients 1,4,16] [--profile] [--append-results]
+For every client count a fresh ``tokentrace serve`` subprocess on a loopback port takes one more batch first
+(its first request loads the price table, a one-off ~0.3 CPU-second), then all bodies from that many concurrent
+aiohttp clients; the rate is spans acknowledged (202, i.e. fsync'd) per wall second, and per
+second of server CPU (user + system of the whole process, the fsync thread included). The baseline decodes the
+same bodies with an untyped ``msgspec.json.decode`` in this process (and, for reference, with
+``tokentrace.core.codec.decode_json_spans``); the ratio is the server's CPU rate over the baseline's.
+
+``--profile`` also runs the server under cProfile (main thread only: fsync runs in a thread) and lists the
+phases of its path by cumulative time, then the functions by own time.
+
+    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--clients 4] [--modes current,backfill] [--profile]
 """
 
 from __future__ import annotations
@@ -20,9 +26,12 @@ import argparse
 import asyncio
 import io
 import pstats
+import random
 import sys
 import tempfile
 import time
+import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,13 +39,8 @@ import aiohttp
 import msgspec
 from apibench import Server, append_results
 
-from tokentrace.api.embedded import embedded_settings, price_table
-from tokentrace.api.stores.embedded import EmbeddedStore
-from tokentrace.config import Config
-from tokentrace.core.codec import decode_json_spans, encode_json, encode_wire
-from tokentrace.core.ingest import prepare_batch
-from tokentrace.core.span import span_time_ms
-from tokentrace.core.timefmt import now_ms, parse_duration
+from tokentrace.core.codec import decode_json_spans, encode_json
+from tokentrace.core.timefmt import format_ms, now_ms
 from tokentrace.producers.demo import DemoTraffic
 
 BATCH = 1000
@@ -45,10 +49,13 @@ PHASES = [
     ("routes/spans.py", "post_spans", "POST /spans handler (all below)"),
     ("core/codec.py", "decode_json_spans", "decode (msgspec + Span.__post_init__)"),
     ("core/ingest.py", "prepare_batch", "prepare_batch (stamp, bounds, price)"),
+    ("core/labels.py", "admit", "label caps"),
     ("core/codec.py", "encode_wire", "WAL payload encode (msgpack)"),
+    ("stores/embedded.py", "_compile", "compiled batch (decode_batch of the payload)"),
     ("stores/wal.py", "write", "WAL write"),
-    ("core/timeline.py", "add", "Timeline.add"),
-    ("core/traces.py", "add", "TraceIndex.add"),
+    ("stores/embedded.py", "_apply", "apply once durable (in the log's flush task, not the handler)"),
+    ("core/timeline.py", "add_batch", "Timeline.add_batch"),
+    ("core/traces.py", "add_batch", "TraceIndex.add_batch"),
 ]
 
 
@@ -57,6 +64,55 @@ def build_bodies(count: int, seed: int) -> list[bytes]:
     traffic = DemoTraffic(seed)
     at = now_ms() - 60_000
     return [encode_json(traffic.next_batch(BATCH, at_ms=at)[:BATCH]) for _ in range(count)]
+
+
+BACKFILL_MODELS = (
+    ("gpt-4o", "openai"),
+    ("gpt-4o-mini", "openai"),
+    ("claude-3-5-sonnet-20241022", "anthropic"),
+    ("claude-3-5-haiku-20241022", "anthropic"),
+    ("gemini-1.5-flash", "google"),
+)
+BACKFILL_CALLERS = tuple(f"service-{n:02d}" for n in range(12))  # 5 models x 12 callers = 60 series
+BACKFILL_ROUTES = ("chat", "search", "summarize", "classify", "extract", "agent")
+DAY_MS = 86_400_000
+
+
+def build_backfill_bodies(count: int, seed: int) -> list[bytes]:
+    """``count`` JSON bodies of ``BATCH`` unique spans that started at uniformly random times over the last 30
+    days (kept an hour inside the retention): 60 series, a 6-value ``route`` attribute, most spans scored."""
+    rng = random.Random(seed)
+    now = now_ms()
+    oldest = now - 30 * DAY_MS + 2 * 3_600_000
+    bodies = []
+    for _ in range(count):
+        spans = []
+        for _ in range(BATCH):
+            model, provider = rng.choice(BACKFILL_MODELS)
+            start = rng.randrange(oldest, now - 60_000)
+            latency = round(rng.lognormvariate(6.5, 0.5), 1)
+            attributes: dict[str, object] = {"route": rng.choice(BACKFILL_ROUTES)}
+            if rng.random() < 0.8:
+                attributes["eval.score"] = round(rng.random(), 3)
+            spans.append(
+                {
+                    "trace_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "span_id": str(uuid.UUID(int=rng.getrandbits(128), version=4)),
+                    "name": "call",
+                    "model": model,
+                    "provider": provider,
+                    "prompt_tokens": int(rng.lognormvariate(6.5, 0.8)),
+                    "comp_tokens": int(rng.lognormvariate(4.8, 0.7)),
+                    "latency_ms": latency,
+                    "status": "ok" if rng.random() < 0.98 else "error",
+                    "caller": rng.choice(BACKFILL_CALLERS),
+                    "started_at": format_ms(start),
+                    "ended_at": format_ms(start + round(latency)),
+                    "attributes": attributes,
+                }
+            )
+        bodies.append(encode_json(spans))
+    return bodies
 
 
 @dataclass
@@ -72,16 +128,19 @@ class Rate:
         )
 
 
-def decode_baseline(bodies: list[bytes]) -> tuple[Rate, Rate]:
-    """decode_json_spans over every body, and untyped msgspec decoding for reference."""
-    began, began_cpu = time.perf_counter(), time.process_time()
-    spans = sum(len(decode_json_spans(body)) for body in bodies)
-    typed = Rate(spans, time.perf_counter() - began, time.process_time() - began_cpu)
-    began, began_cpu = time.perf_counter(), time.process_time()
-    for body in bodies:
-        msgspec.json.decode(body)
-    untyped = Rate(spans, time.perf_counter() - began, time.process_time() - began_cpu)
-    return typed, untyped
+def decode_baseline(bodies: list[bytes], repeats: int = 3) -> tuple[Rate, Rate]:
+    """``decode_json_spans`` over every body, and untyped msgspec decoding (the baseline): best of ``repeats``."""
+
+    def best(decode: Callable[[bytes], object]) -> Rate:
+        rates = []
+        for _ in range(repeats):
+            began, began_cpu = time.perf_counter(), time.process_time()
+            for body in bodies:
+                decode(body)
+            rates.append(Rate(len(bodies) * BATCH, time.perf_counter() - began, time.process_time() - began_cpu))
+        return min(rates, key=lambda rate: rate.cpu_s)
+
+    return best(decode_json_spans), best(msgspec.json.decode)
 
 
 async def post_all(url: str, bodies: list[bytes], clients: int) -> float:
@@ -106,57 +165,20 @@ async def post_all(url: str, bodies: list[bytes], clients: int) -> float:
         return time.perf_counter() - began
 
 
-def serve_and_post(work: Path, bodies: list[bytes], clients: int, prefix: list[str] | None = None) -> Rate:
-    """A fresh server takes every body; the rate by wall time and by the server's CPU time."""
+def serve_and_post(
+    work: Path, bodies: list[bytes], clients: int, warm_up: bytes, prefix: list[str] | None = None
+) -> Rate:
+    """A fresh server takes ``warm_up`` (its first request loads the price table), then every body; the rate
+    of the bodies by wall time and by the server's CPU time."""
     server = Server(work / f"data-{clients}-{len(list(work.iterdir()))}", prefix=prefix)
     try:
+        asyncio.run(post_all(server.url, [warm_up], 1))
         cpu_before = server.cpu_s()
         wall = asyncio.run(post_all(server.url, bodies, clients))
         cpu = server.cpu_s() - cpu_before
     finally:
         server.stop()
     return Rate(len(bodies) * BATCH, wall, cpu)
-
-
-async def phase_times(work: Path, bodies: list[bytes]) -> dict[str, float]:
-    """Seconds per phase of the server-side path, in-process and without HTTP (mirrors POST /spans)."""
-    config = Config()
-    store = EmbeddedStore(work / "phases", embedded_settings(config))
-    await store.open()
-    pricer = price_table(config)
-    skew_ms = round(parse_duration(config.aggregation.max_future_skew) * 1000)
-    times = dict.fromkeys(
-        ["decode", "prepare_batch", "wal encode", "wal write", "Timeline.add", "TraceIndex.add", "fsync wait"], 0.0
-    )
-    assert store._wal is not None
-    clock = time.perf_counter
-    try:
-        for body in bodies:
-            t0 = clock()
-            spans = decode_json_spans(body)
-            t1 = clock()
-            arrival = now_ms()
-            prepare_batch(spans, arrival, pricer, store.oldest_allowed_ms(arrival), skew_ms)
-            t2 = clock()
-            payload = encode_wire(spans)
-            t3 = clock()
-            durable = store._wal.write(payload, lambda: None)  # applied below, phase by phase
-            t4 = clock()
-            for span in spans:
-                store.timeline.add(span, span_time_ms(span))
-            t5 = clock()
-            for span in spans:
-                store.traces.add(span)
-            t6 = clock()
-            await durable
-            t7 = clock()
-            for name, seconds in zip(
-                times, (t1 - t0, t2 - t1, t3 - t2, t4 - t3, t5 - t4, t6 - t5, t7 - t6), strict=True
-            ):
-                times[name] += seconds
-    finally:
-        await store.close()
-    return times
 
 
 def profile_lines(stats_path: Path, top: int, spans: int) -> list[str]:
@@ -194,11 +216,15 @@ def profile_lines(stats_path: Path, top: int, spans: int) -> list[str]:
     return lines
 
 
+MODES = {"current": build_bodies, "backfill": build_backfill_bodies}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=100, help="batches of 1000 spans per client count")
-    parser.add_argument("--clients", default="1,4,16", help="comma-separated concurrent client counts")
-    parser.add_argument("--profile", action="store_true", help="also profile the server-side path")
+    parser.add_argument("--clients", default="4", help="comma-separated concurrent client counts")
+    parser.add_argument("--modes", default="current,backfill", help="comma-separated: current, backfill")
+    parser.add_argument("--profile", action="store_true", help="also run the server under cProfile (4 clients)")
     parser.add_argument("--profile-top", type=int, default=25)
     parser.add_argument("--append-results", action="store_true", help="append a section to bench/RESULTS.md")
     args = parser.parse_args()
@@ -210,45 +236,38 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    began = time.perf_counter()
-    bodies = build_bodies(args.batches, seed=1)
-    size = sum(map(len, bodies)) / len(bodies)
-    print(
-        f"built {args.batches} bodies of {BATCH} spans ({size / 1024:.0f} KiB each) in {time.perf_counter() - began:.1f}s"
-    )
-    typed, untyped = decode_baseline(bodies)
-    say(f"- batches of {BATCH} DemoTraffic spans, {size / 1024:.0f} KiB of JSON each, {args.batches} batches per run")
-    say(f"- baseline `decode_json_spans` alone, same bodies, this process: {typed.line()}")
-    say(f"- reference: untyped `msgspec.json.decode` of the same bodies: {untyped.line()}")
+    say(f"- goal: 200,000 spans per server CPU-second, batches of {BATCH}, {args.batches} batches per run")
     with tempfile.TemporaryDirectory(prefix="tokentrace-bench-") as tmp:
         work = Path(tmp)
-        for clients in client_counts:
-            rate = serve_and_post(work, bodies, clients)
-            ratio = (rate.spans / rate.cpu_s) / (typed.spans / typed.cpu_s)
-            say(
-                f"- `tokentrace serve`, {clients} concurrent client(s): {rate.line()}; "
-                f"server CPU rate / decode-alone rate = {ratio:.2f}"
+        for mode in args.modes.split(","):
+            began = time.perf_counter()
+            warm_up, *bodies = MODES[mode](args.batches + 1, 1)
+            size = sum(map(len, bodies)) / len(bodies)
+            print(
+                f"built {args.batches} {mode} bodies ({size / 1024:.0f} KiB each) in {time.perf_counter() - began:.1f}s"
             )
-        say("- goal: 200,000 spans/s on one core")
-        if args.profile:
-            phases = asyncio.run(phase_times(work, bodies))
-            spent = sum(phases.values())
-            count = len(bodies) * BATCH
-            say(
-                f"- server-side path in-process, no HTTP ({count:,} spans): "
-                f"{count / spent:,.0f} spans/s; per span: "
-                + ", ".join(
-                    f"{name} {seconds / count * 1e6:.1f} µs ({seconds / spent:.0%})" for name, seconds in phases.items()
+            typed, untyped = decode_baseline(bodies)
+            baseline = untyped.spans / untyped.cpu_s
+            say(f"- {mode} spans, {size / 1024:.0f} KiB of JSON per batch:")
+            say(f"  - baseline, untyped `msgspec.json.decode` of the same bodies: {untyped.line()}")
+            say(f"  - `decode_json_spans` of the same bodies (reference): {typed.line()}")
+            for clients in client_counts:
+                rate = serve_and_post(work, bodies, clients, warm_up)
+                say(
+                    f"  - `tokentrace serve`, {clients} client(s): {rate.line()}; "
+                    f"server CPU rate / baseline = {rate.spans / rate.cpu_s / baseline:.3f}"
                 )
-            )
-            stats_path = work / "server.prof"
-            profiled = serve_and_post(work, bodies, 4, prefix=[sys.executable, "-m", "cProfile", "-o", str(stats_path)])
-            say(f"- under cProfile (4 clients, overhead included): {profiled.line()}")
-            for line in profile_lines(stats_path, args.profile_top, profiled.spans):
-                say(line)
-            buffer = io.StringIO()
-            pstats.Stats(str(stats_path), stream=buffer).sort_stats("cumulative").print_stats(40)
-            print(buffer.getvalue())
+            if args.profile:
+                stats_path = work / f"server-{mode}.prof"
+                profiled = serve_and_post(
+                    work, bodies, 4, warm_up, prefix=[sys.executable, "-m", "cProfile", "-o", str(stats_path)]
+                )
+                say(f"  - under cProfile (4 clients, overhead included): {profiled.line()}")
+                for line in profile_lines(stats_path, args.profile_top, profiled.spans):
+                    say("  " + line)
+                buffer = io.StringIO()
+                pstats.Stats(str(stats_path), stream=buffer).sort_stats("cumulative").print_stats(40)
+                print(buffer.getvalue())
     if args.append_results:
         append_results(
             "Embedded ingest: POST /spans in batches of 1000 (bench/ingest_embedded.py)",

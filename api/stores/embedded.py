@@ -20,27 +20,34 @@ import logging
 import os
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
 from tokentrace.api.stores.quarantine import Damage, Quarantine
-from tokentrace.api.stores.records import decode_record, encode_record
+from tokentrace.api.stores.records import decode_record, wire_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.config import Config, milliseconds, timeline_settings
-from tokentrace.core.buckets import Projection
-from tokentrace.core.span import Span, span_time_ms
+from tokentrace.core import native
+from tokentrace.core.buckets import SEP, Projection
+from tokentrace.core.codec import encode_wire
+from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings, TimelineSnapshot
 from tokentrace.core.traces import TraceFilter, TraceIndex
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = ["SNAPSHOT_VERSION", "EmbeddedSettings", "EmbeddedStore", "read_snapshot"]
 
 log = logging.getLogger(__name__)
 SNAPSHOT_VERSION = 1
+_LOWEST, _HIGHEST = -(2**63), 2**63 - 1
+_SPAN_BOUNDS = (MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE)
 
 
 #: The configuration's defaults: the settings below that come from ``tokentrace.yml`` default to them.
@@ -172,12 +179,14 @@ class EmbeddedStore:
             if key in self.idempotency_keys:
                 return
         at_ms = now_ms()
+        wire = encode_wire(spans)
+        batch = self._compile(wire)
         if self.data_dir is None:  # memory-only: nothing to make durable
-            self._apply(spans, key, at_ms)
+            self._apply(spans, key, at_ms, batch)
             return
         assert self._wal is not None, "store not opened"
         try:
-            durable = self._wal.write(encode_record(spans, key, at_ms), partial(self._apply, spans, key, at_ms))
+            durable = self._wal.write(wire_record(wire, key, at_ms), partial(self._apply, spans, key, at_ms, batch))
         except OSError as exc:
             raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
         if key is not None:  # settled with the write itself, even if this request is cancelled meanwhile
@@ -188,11 +197,31 @@ class EmbeddedStore:
         except OSError as exc:
             raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
 
-    def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
-        self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
-        traces = self.traces
-        for span in spans:
-            traces.add(span)
+    def _compile(self, wire: bytes) -> WireBatch | None:
+        """The batch's compiled form (the worker's ``native.decode_batch``) for ``_apply``, when it takes it.
+
+        The spans were checked, stamped and priced before (``prepare_batch``), so no bound applies here; they
+        are counted as they are in memory (``live``: a span without a latency has none, though its stamped
+        timestamps would give its decoded copy one).
+        """
+        decode = native.decode_batch
+        if decode is None:
+            return None
+        bucket_ms = self.settings.bucket_ms
+        return decode(wire, _LOWEST, _HIGHEST, bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP, live=True)
+
+    def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0, batch: WireBatch | None = None) -> None:
+        """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
+        timeline = self.timeline
+        hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
+        if batch is not None:
+            timeline.add_batch(batch, hours_before)
+            self.traces.add_batch(spans, batch)
+        else:
+            timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
+            traces = self.traces
+            for span in spans:
+                traces.add(span)
         self.span_total += len(spans)
         if key is not None:
             keys = self.idempotency_keys

@@ -12,17 +12,22 @@ import struct
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import Span
 
-__all__ = ["decode_record", "encode_record"]
+__all__ = ["decode_record", "encode_record", "wire_record"]
 
 _KEYED = b"K"
 _HEAD = struct.Struct("<qH")
 
 
 def encode_record(spans: list[Span], key: str | None, at_ms: int) -> bytes:
+    return wire_record(encode_wire(spans), key, at_ms)
+
+
+def wire_record(wire: bytes, key: str | None, at_ms: int) -> bytes:
+    """The record of a batch already in the wire format (``encode_wire``)."""
     if key is None:
-        return encode_wire(spans)
+        return wire
     raw = key.encode()
-    return _KEYED + _HEAD.pack(at_ms, len(raw)) + raw + encode_wire(spans)
+    return _KEYED + _HEAD.pack(at_ms, len(raw)) + raw + wire
 
 
 def decode_record(payload: bytes) -> tuple[list[Span], str | None, int]:

@@ -16,7 +16,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
 use crate::aggregate::{AggregateKernel, Delta, Row};
-use crate::wire::WireBatch;
+use crate::wire::{WireBatch, WireSpan};
 
 /// How an attribute value groups: as this text, or not at all (floats are measurements).
 enum Grouping<'py> {
@@ -154,6 +154,40 @@ impl BucketKernel {
 
     /// Count the spans of ``segments`` (``(WireBatch, bucket starts)`` pairs: each batch's spans in those
     /// buckets, in order) into ``state``, as ``add_many`` of the equal ``Span`` objects would.
+    /// Count the spans of one compiled ``batch`` into several states: ``targets`` lists ``(state, bucket
+    /// starts)`` pairs, each state taking the batch's spans in those buckets, in order, as ``add_batches`` of
+    /// ``[(batch, starts)]`` on each state in turn would (the batch's texts are made Python strings once, and
+    /// its spans are sorted to their targets in one pass, whatever the number of buckets).
+    fn add_batch_to_states(
+        &self,
+        py: Python<'_>,
+        batch: &Bound<'_, WireBatch>,
+        targets: &Bound<'_, PyList>,
+        max_attribute_keys: usize,
+        max_attribute_values: usize,
+    ) -> PyResult<()> {
+        let targets: Vec<(Bound<'_, PyAny>, Vec<i64>)> =
+            targets.iter().map(|target| target.extract()).collect::<PyResult<_>>()?;
+        let batch = batch.get();
+        let strings: Vec<Bound<'_, PyString>> =
+            batch.strings.iter().map(|&range| PyString::new(py, batch.text(range))).collect();
+        let mut target_of: FxHashMap<i64, usize> = FxHashMap::default();
+        for (at, (_, starts)) in targets.iter().enumerate() {
+            for &start in starts {
+                target_of.entry(start).or_insert(at);
+            }
+        }
+        let mut entries: Vec<Entries<'_>> = targets.iter().map(|_| Entries::default()).collect();
+        for span in &batch.spans {
+            let Some(&at) = target_of.get(&span.bucket) else { continue };
+            push_batch_span(batch, span, &strings, &mut entries[at]);
+        }
+        for ((state, _), entries) in targets.iter().zip(&entries) {
+            self.add_entries(py, state, entries, max_attribute_keys, max_attribute_values)?;
+        }
+        Ok(())
+    }
+
     fn add_batches(
         &self,
         py: Python<'_>,
@@ -179,32 +213,42 @@ impl BucketKernel {
                 })
                 .collect();
             for span in batch.spans.iter().filter(|span| buckets.contains(&span.bucket)) {
-                let from = entries.attributes.len();
-                entries.attributes.extend(batch.attributes[span.attributes.0..span.attributes.1].iter().map(
-                    |&(name, grouping)| {
-                        let grouping = match grouping {
-                            Some(value) => Grouping::Text(strings[value as usize].clone()),
-                            None => Grouping::Skip,
-                        };
-                        (strings[name as usize].clone(), grouping)
-                    },
-                ));
-                let attributes = (from, entries.attributes.len());
-                let row = Row {
-                    status: span.status,
-                    cost_nanos: span.cost_nanos,
-                    prompt: span.prompt,
-                    comp: span.comp,
-                    total: span.total,
-                    latency: span.latency.map(|n| (n, None)),
-                    score: span.score,
-                };
-                let series = Cow::Borrowed(batch.text(batch.series[span.series as usize]));
-                entries.spans.push(Entry { row, series, attributes });
+                push_batch_span(batch, span, &strings, &mut entries);
             }
         }
         self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)
     }
+}
+
+/// One span of a compiled batch as an entry (``strings``: the batch's texts as Python strings).
+fn push_batch_span<'a, 'py>(
+    batch: &'a WireBatch,
+    span: &WireSpan,
+    strings: &[Bound<'py, PyString>],
+    entries: &mut Entries<'py>,
+) where
+    'a: 'py,
+{
+    let from = entries.attributes.len();
+    entries.attributes.extend(batch.attributes[span.attributes.0..span.attributes.1].iter().map(|&(name, grouping)| {
+        let grouping = match grouping {
+            Some(value) => Grouping::Text(strings[value as usize].clone()),
+            None => Grouping::Skip,
+        };
+        (strings[name as usize].clone(), grouping)
+    }));
+    let attributes = (from, entries.attributes.len());
+    let row = Row {
+        status: span.status,
+        cost_nanos: span.cost_nanos,
+        prompt: span.prompt,
+        comp: span.comp,
+        total: span.total,
+        latency: span.latency.map(|n| (n, None)),
+        score: span.score,
+    };
+    let series = Cow::Borrowed(batch.text(batch.series[span.series as usize]));
+    entries.spans.push(Entry { row, series, attributes });
 }
 
 /// Where a span's attribute counts: nowhere (a new key past the key cap), or a group, perhaps the overflow

@@ -9,9 +9,11 @@ use pyo3::prelude::*;
 
 mod aggregate;
 mod bucket;
+mod prepare;
 mod route;
 mod span_check;
 mod trace_index;
+mod traces;
 mod wire;
 
 #[pymodule]
@@ -23,6 +25,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(trace_index::trace_index_commands, m)?)?;
     m.add_function(wrap_pyfunction!(route::route_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(prepare::prepare_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(traces::add_to_traces, m)?)?;
     m.add_class::<wire::WireBatch>()?;
     m.add_function(wrap_pyfunction!(wire::decode_batch, m)?)?;
     Ok(())

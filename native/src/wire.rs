@@ -12,7 +12,7 @@
 //! type, a span to price or to reject), makes `decode_batch` return `None` and the Python code decide.
 
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PySet};
 
 use rustc_hash::FxHashMap;
 
@@ -197,6 +197,8 @@ pub struct WireSpan {
     pub trace_id: (usize, usize),
     pub span_id: (usize, usize),
     pub start: i64,
+    /// Its `ended_at` (as given, or as `Span.stamp` fills it), in epoch ms.
+    pub end: i64,
     pub bucket: i64,
     pub status: u8,
     pub cost_nanos: Option<i128>,
@@ -242,6 +244,10 @@ pub struct Limits<'a> {
     pub horizon_ms: i64,
     pub priced: bool,
     pub sep: &'a str,
+    /// The spans are the caller's own, stamped in memory: a span without `latency_ms` holds none there (its
+    /// decoded copy would derive one from the stamped timestamps), so it is left to the Python code; and no
+    /// JSON is written (`lines` is then empty: the caller has the spans).
+    pub live: bool,
 }
 
 /// The fields of one span as read (before any check).
@@ -473,6 +479,9 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     if prompt.is_none() && comp.is_none() && total.is_none() {
         return None;
     }
+    if limits.live && matches!(fields.latency, None | Some(Value::Nil)) {
+        return None;
+    }
     let cost = bounded(fields.cost.unwrap_or(Value::Nil), limits.max_cost)?;
     let mut latency = bounded(fields.latency.unwrap_or(Value::Nil), limits.max_latency)?;
     let start = canonical(fields.started_at?)?; // no started_at: stamped with the arrival time, in Python
@@ -521,6 +530,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     let total = total.unwrap_or(prompt.unwrap_or(0) + comp.unwrap_or(0));
 
     // Span.stamp: fill ended_at from the start and the latency (Python's round).
+    let mut end = ended.unwrap_or(0);
     let ended_text = match fields.ended_at {
         Some(text) => text.to_owned(),
         None => {
@@ -531,15 +541,16 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
                 Some(_) => return None,
             };
             let mut text = [0u8; 24];
-            format_into((start + rounded).min(LAST_MS), &mut text);
+            end = (start + rounded).min(LAST_MS);
+            format_into(end, &mut text);
             // SAFETY: format_into writes ASCII digits and separators only.
             unsafe { std::str::from_utf8_unchecked(&text) }.to_owned()
         }
     };
 
     // Applier._route: bounds, price and horizon, decided by the message alone.
-    if start < limits.oldest_ms || start > limits.latest_ms {
-        return None;
+    if start < limits.oldest_ms || start > limits.latest_ms || end > limits.latest_ms {
+        return None; // too old, or starting or ending too far in the future: rejected in Python
     }
     if limits.priced && cost.is_none() && (prompt.is_some() || comp.is_some()) {
         return None;
@@ -562,53 +573,59 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         Some(Num::Float(value)) => Some((value * NANO + 0.5).trunc() as i128),
     };
 
-    // msgspec's JSON of the stamped span, field by field in the struct's order.
-    let out = &mut batch.json;
-    let from = out.len();
-    out.extend_from_slice(b"{\"trace_id\":");
-    json_str(out, trace_id);
-    out.extend_from_slice(b",\"span_id\":");
-    json_str(out, span_id);
-    out.extend_from_slice(b",\"parent_span_id\":");
-    json_optional_str(out, fields.parent_span_id);
-    out.extend_from_slice(b",\"name\":");
-    json_str(out, fields.name.unwrap_or(""));
-    out.extend_from_slice(b",\"model\":");
-    json_str(out, model);
-    out.extend_from_slice(b",\"provider\":");
-    json_str(out, provider);
-    out.extend_from_slice(b",\"prompt_tokens\":");
-    json_num(out, prompt.map(Num::Int));
-    out.extend_from_slice(b",\"comp_tokens\":");
-    json_num(out, comp.map(Num::Int));
-    out.extend_from_slice(b",\"total_tokens\":");
-    json_int(out, total);
-    out.extend_from_slice(b",\"cost_usd\":");
-    json_num(out, cost);
-    out.extend_from_slice(b",\"latency_ms\":");
-    json_num(out, latency);
-    out.extend_from_slice(b",\"status\":");
-    json_str(out, ["ok", "error", "timeout"][usize::from(status)]);
-    out.extend_from_slice(b",\"error\":");
-    json_optional_str(out, fields.error);
-    out.extend_from_slice(b",\"caller\":");
-    json_str(out, caller);
-    out.extend_from_slice(b",\"started_at\":");
-    json_str(out, fields.started_at?);
-    out.extend_from_slice(b",\"ended_at\":");
-    json_str(out, &ended_text);
-    out.extend_from_slice(b",\"attributes\":{");
-    for (at, &(name, value)) in fields.attributes.iter().enumerate() {
-        if at > 0 {
-            out.push(b',');
+    // msgspec's JSON of the stamped span, field by field in the struct's order (not for a live batch: the
+    // caller has the spans themselves).
+    let json = if limits.live {
+        (0, 0)
+    } else {
+        let out = &mut batch.json;
+        let from = out.len();
+        out.extend_from_slice(b"{\"trace_id\":");
+        json_str(out, trace_id);
+        out.extend_from_slice(b",\"span_id\":");
+        json_str(out, span_id);
+        out.extend_from_slice(b",\"parent_span_id\":");
+        json_optional_str(out, fields.parent_span_id);
+        out.extend_from_slice(b",\"name\":");
+        json_str(out, fields.name.unwrap_or(""));
+        out.extend_from_slice(b",\"model\":");
+        json_str(out, model);
+        out.extend_from_slice(b",\"provider\":");
+        json_str(out, provider);
+        out.extend_from_slice(b",\"prompt_tokens\":");
+        json_num(out, prompt.map(Num::Int));
+        out.extend_from_slice(b",\"comp_tokens\":");
+        json_num(out, comp.map(Num::Int));
+        out.extend_from_slice(b",\"total_tokens\":");
+        json_int(out, total);
+        out.extend_from_slice(b",\"cost_usd\":");
+        json_num(out, cost);
+        out.extend_from_slice(b",\"latency_ms\":");
+        json_num(out, latency);
+        out.extend_from_slice(b",\"status\":");
+        json_str(out, ["ok", "error", "timeout"][usize::from(status)]);
+        out.extend_from_slice(b",\"error\":");
+        json_optional_str(out, fields.error);
+        out.extend_from_slice(b",\"caller\":");
+        json_str(out, caller);
+        out.extend_from_slice(b",\"started_at\":");
+        json_str(out, fields.started_at?);
+        out.extend_from_slice(b",\"ended_at\":");
+        json_str(out, &ended_text);
+        out.extend_from_slice(b",\"attributes\":{");
+        for (at, &(name, value)) in fields.attributes.iter().enumerate() {
+            if at > 0 {
+                out.push(b',');
+            }
+            json_str(out, name);
+            out.push(b':');
+            json_value(out, value);
         }
-        json_str(out, name);
-        out.push(b':');
-        json_value(out, value);
-    }
-    out.extend_from_slice(b"}}");
-    let json = (from, out.len());
-    out.push(b'\n');
+        out.extend_from_slice(b"}}");
+        let json = (from, out.len());
+        out.push(b'\n');
+        json
+    };
 
     let arena = &mut batch.text;
     let (trace_id, span_id) = (push_text(arena, &[trace_id]), push_text(arena, &[span_id]));
@@ -617,6 +634,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         trace_id,
         span_id,
         start,
+        end,
         bucket,
         status,
         cost_nanos,
@@ -653,7 +671,7 @@ impl WireBatch {
             attributes: Vec::new(),
             strings: Vec::new(),
             series: Vec::new(),
-            json: Vec::with_capacity(payload.len() * 2),
+            json: Vec::with_capacity(if limits.live { 0 } else { payload.len() * 2 }),
         };
         let mut interner = Interner::default();
         for _ in 0..count {
@@ -673,11 +691,13 @@ impl WireBatch {
     /// The spans' buckets in order of first appearance: `(bucket start, spans in it)`.
     fn buckets(&self) -> Vec<(i64, usize)> {
         let mut seen: Vec<(i64, usize)> = Vec::new();
+        let mut index: FxHashMap<i64, usize> = FxHashMap::default();
         for span in &self.spans {
-            match seen.iter_mut().find(|(bucket, _)| *bucket == span.bucket) {
-                Some((_, count)) => *count += 1,
-                None => seen.push((span.bucket, 1)),
-            }
+            let at = *index.entry(span.bucket).or_insert_with(|| {
+                seen.push((span.bucket, 0));
+                seen.len() - 1
+            });
+            seen[at].1 += 1;
         }
         seen
     }
@@ -691,12 +711,25 @@ impl WireBatch {
     fn starts(&self) -> Vec<i64> {
         self.spans.iter().map(|span| span.start).collect()
     }
+
+    /// The distinct trace ids of the batch.
+    fn trace_ids<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PySet>> {
+        let ids = PySet::empty(py)?;
+        let mut seen: rustc_hash::FxHashSet<&str> = rustc_hash::FxHashSet::default();
+        for span in &self.spans {
+            let id = self.text(span.trace_id);
+            if seen.insert(id) {
+                ids.add(id)?;
+            }
+        }
+        Ok(ids)
+    }
 }
 
 /// The message as a `WireBatch` when it is the usual message (see the module docstring); `None` otherwise.
 #[pyfunction]
 #[allow(clippy::too_many_arguments)]
-#[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep))]
+#[pyo3(signature = (payload, oldest_ms, latest_ms, bucket_ms, horizon_ms, priced, max_tokens, max_cost, max_latency, max_score, sep, live=false))]
 pub fn decode_batch(
     py: Python<'_>,
     payload: &Bound<'_, PyBytes>,
@@ -710,6 +743,7 @@ pub fn decode_batch(
     max_latency: f64,
     max_score: f64,
     sep: &str,
+    live: bool,
 ) -> Option<WireBatch> {
     let limits = Limits {
         max_tokens,
@@ -722,6 +756,7 @@ pub fn decode_batch(
         horizon_ms,
         priced,
         sep,
+        live,
     };
     let bytes = payload.as_bytes();
     // Reading the message takes no Python object: other threads (Faust's consumer) run meanwhile.

@@ -22,7 +22,7 @@ from tokentrace.core import native
 from tokentrace.core.buckets import SEP, BucketState, Caps
 from tokentrace.core.codec import decode_wire, encode_wire
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
-from tokentrace.core.timefmt import format_ms
+from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
 
 pytestmark = [] if REQUIRED else [pytest.mark.skipif(native.decode_batch is None, reason="compiled module not built")]
 
@@ -116,6 +116,8 @@ def _python(payload: bytes, oldest: int, latest: int, horizon: int, priced: bool
         priceable = span.prompt_tokens is not None or span.comp_tokens is not None
         if not oldest <= at <= latest or at - at % MINUTE < horizon or (priced and span.cost_usd is None and priceable):
             return None
+        if span.ended_at is not None and parse_rfc3339_ms(span.ended_at) > latest:
+            return None  # ends too far in the future: rejected
         pairs.append((span, at))
     return pairs
 
@@ -201,3 +203,21 @@ def test_the_usual_message_is_taken_and_anything_else_declined() -> None:
     for payload in (b"", b"\xc1", msgspec.msgpack.encode({"v": 2, "spans": []}), encode_wire([])[:-1]):
         assert _decode(payload, 0, NOW, 0, False) is None
     assert _decode(encode_wire([]) + b"\x00", 0, NOW, 0, False) is None  # trailing bytes
+
+
+def test_a_span_ending_past_the_latest_time_is_declined() -> None:
+    """As ``prepare_spans`` rejects it (``future``), whether its end is given or derived from its latency."""
+    latest = NOW + MINUTE
+    for fields in ({"ended_at": format_ms(latest + 1)}, {"started_at": format_ms(latest), "latency_ms": 1}):
+        assert _decode(msgspec.msgpack.encode({"v": 1, "spans": [_usual(0, **fields)]}), 0, latest, 0, False) is None
+    at_the_edge = _usual(0, started_at=format_ms(latest), latency_ms=0)
+    assert _decode(msgspec.msgpack.encode({"v": 1, "spans": [at_the_edge]}), 0, latest, 0, False) is not None
+
+
+def test_a_live_batch_leaves_a_span_without_latency_to_python() -> None:
+    """``live``: the caller's spans hold no latency where none was given (a decoded copy derives one)."""
+    assert native.decode_batch is not None
+    payload = msgspec.msgpack.encode({"v": 1, "spans": [_usual(0, latency_ms=None, ended_at=format_ms(NOW))]})
+    args = (payload, 0, NOW + MINUTE, MINUTE, 0, False, MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, SEP)
+    assert native.decode_batch(*args) is not None
+    assert native.decode_batch(*args, live=True) is None

@@ -132,6 +132,14 @@ class BucketState(msgspec.Struct):
             raise RuntimeError("compiled span batches need the compiled bucket kernel")
         _KERNEL.add_batches(self, segments, caps.max_attribute_keys, caps.max_attribute_values)
 
+    @staticmethod
+    def add_batch_to(targets: list[tuple[BucketState, list[int]]], batch: WireBatch, caps: Caps) -> None:
+        """Count a compiled batch's spans into several states: each ``(state, bucket starts)`` takes the spans in
+        those buckets, as ``add_batches([(batch, starts)])`` on each in turn would, in one compiled call."""
+        if _KERNEL is None:
+            raise RuntimeError("compiled span batches need the compiled bucket kernel")
+        _KERNEL.add_batch_to_states(batch, targets, caps.max_attribute_keys, caps.max_attribute_values)
+
     def _add(self, span: Span, key: str, caps: Caps) -> None:
         aggregate = self.series.get(key)
         if aggregate is None:

@@ -6,9 +6,11 @@ guess which of its spans were counted.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Sequence
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
+from tokentrace.core import limits, native
 from tokentrace.core.limits import text_limit_error
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_duration, format_ms, parse_rfc3339_ms
@@ -26,6 +28,36 @@ __all__ = [
 CACHE_READ_ATTRIBUTE = "gen_ai.usage.cache_read_input_tokens"
 CACHE_WRITE_ATTRIBUTE = "gen_ai.usage.cache_creation_input_tokens"
 
+
+class _TextCaps(NamedTuple):
+    """The caps of ``core.limits`` as the compiled ``prepare_spans`` reads them."""
+
+    label: int
+    name: int
+    id: int
+    error: int
+    attributes: int
+    attribute_key: int
+    attribute_value: int
+    attributes_chars: int
+
+
+_CAPS = _TextCaps(
+    limits.MAX_LABEL_CHARS,
+    limits.MAX_NAME_CHARS,
+    limits.MAX_ID_CHARS,
+    limits.MAX_ERROR_CHARS,
+    limits.MAX_ATTRIBUTES,
+    limits.MAX_ATTRIBUTE_KEY_CHARS,
+    limits.MAX_ATTRIBUTE_VALUE_CHARS,
+    limits.MAX_ATTRIBUTES_CHARS,
+)
+_CACHE_KEYS = [CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE]
+#: ``PriceTable.cost`` rounds to 1e-10 USD.
+_PRICE_SCALE = 1e10
+#: A model's linear rates by model and provider (None: it has none), as ``PriceTable.linear_rates`` gives them.
+_Rates = dict[str, dict[str | None, tuple[float, float, float, float, float] | None]]
+_RATES: weakref.WeakKeyDictionary[Pricer, _Rates] = weakref.WeakKeyDictionary()
 
 #: Length of a normalised timestamp, ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (years 1000 to 9999).
 _NORMALISED = 24
@@ -76,7 +108,22 @@ def prepare_batch(
       when only ``total_tokens`` is known (the split between input and output decides the price).
 
     Returns the time each span counts at (``span_time_ms``). Spans after a rejected one are left as they were.
+
+    The compiled ``prepare_spans`` does the checks and stamps of the usual batch (native/src/prepare.rs) and
+    names the spans to price; anything else it leaves, having stamped only spans this code would have stamped
+    the same, to the loop below. (When the pricer refuses a span's tokens, the spans after it are stamped too.)
     """
+    compiled = native.prepare_spans
+    if compiled is not None and type(spans) is list:
+        rates = None if pricer is None else _linear_rates(pricer)
+        latest = arrival_ms + max_future_ms
+        prepared = compiled(spans, oldest_allowed_ms, latest, rates, _PRICE_SCALE, _CAPS, _CACHE_KEYS)
+        if prepared is not None:
+            starts, to_price = prepared
+            if to_price:
+                assert pricer is not None and rates is not None
+                _price_rest(pricer, rates, spans, to_price)
+            return starts
     return [
         _prepare(index, span, arrival_ms, pricer, oldest_allowed_ms, max_future_ms) for index, span in enumerate(spans)
     ]
@@ -143,6 +190,41 @@ def _prepare(index: int, span: Span, arrival_ms: int, pricer: Pricer | None, old
         except ValueError as exc:
             raise SpanRejected(f"span {index}: {exc}", "invalid") from None
     return at
+
+
+def _linear_rates(pricer: Pricer) -> _Rates:
+    """The linear rates ``pricer`` gave so far, for the compiled pricing (kept while the pricer lives)."""
+    try:
+        rates = _RATES.get(pricer)
+        if rates is None:
+            rates = _RATES[pricer] = {}
+    except TypeError:  # a pricer that cannot be weakly referenced: no rates kept, the pricer prices
+        return {}
+    return rates
+
+
+def _price_rest(pricer: Pricer, rates: _Rates, spans: Sequence[Span], indices: list[int]) -> None:
+    """Price ``spans[i]`` for ``i`` in ``indices`` with the pricer (none has cached-token attributes), and learn
+    each model's linear rates, if it has any, for the compiled pricing of later batches."""
+    cost = pricer.cost
+    linear = getattr(pricer, "linear_rates", None)
+    for index in indices:
+        span = spans[index]
+        provider = span.provider or None
+        try:
+            span.cost_usd = cost(
+                span.model, int(span.prompt_tokens or 0), int(span.comp_tokens or 0), provider=provider
+            )
+        except ValueError as exc:
+            raise SpanRejected(f"span {index}: {exc}", "invalid") from None
+        by_provider = rates.setdefault(span.model, {})
+        if provider not in by_provider:
+            found = linear(span.model, provider) if linear is not None else None
+            by_provider[provider] = (
+                None
+                if found is None
+                else (found.per_call, found.input, found.output, found.cache_read, found.cache_write)
+            )
 
 
 def _price(pricer: Pricer, span: Span) -> float | None:

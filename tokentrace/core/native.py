@@ -22,9 +22,11 @@ __all__ = [
     "DISABLED",
     "AggregateKernel",
     "BucketKernel",
+    "add_to_traces",
     "canonical_ms",
     "check_span",
     "decode_batch",
+    "prepare_spans",
     "route_spans",
     "stamp",
     "trace_index_commands",
@@ -46,9 +48,15 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
-decode_batch: Callable[[bytes, int, int, int, int, bool, int, float, float, float, str], _WireBatch | None] | None = (
-    None
-)
+add_to_traces: Callable[[object, object, list[Any], _WireBatch], None] | None = None
+prepare_spans: (
+    Callable[
+        [object, int, int, dict[str, dict[str | None, Any]] | None, float, object, list[str]],
+        tuple[list[int], list[int]] | None,
+    ]
+    | None
+) = None
+decode_batch: Callable[..., _WireBatch | None] | None = None
 
 if not DISABLED:
     try:
@@ -64,6 +72,8 @@ if not DISABLED:
         trace_index_commands = _native.trace_index_commands
         route_spans = _native.route_spans
         decode_batch = _native.decode_batch
+        prepare_spans = _native.prepare_spans
+        add_to_traces = _native.add_to_traces
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None

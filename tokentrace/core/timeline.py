@@ -14,12 +14,16 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import msgspec
 
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import BucketState, Caps, Projection
 from tokentrace.core.span import Span
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = [
     "DAY_MS",
@@ -106,9 +110,13 @@ class Timeline:
         versions[key] = versions.get(key, 0) + 1
         self._touch(at_ms)
 
-    def add_many(self, spans: Sequence[Span], times: Sequence[int]) -> None:
+    def add_many(self, spans: Sequence[Span], times: Sequence[int], hours_before: int | None = None) -> None:
         """Count each span at its event time (``times[i]`` for ``spans[i]``): the same state, versions and
-        generation as ``add`` for each in order, with each bucket's spans added in one batch."""
+        generation as ``add`` for each in order, with each bucket's spans added in one batch.
+
+        ``hours_before`` (``hours_before(now)``): a span older than it whose minute holds nothing yet counts in its
+        hour at once, as ``compact`` would fold that minute into it (a back-filled span no longer makes a minute
+        bucket of its own, each with its aggregates, only for the next compaction to fold it)."""
         bucket_ms = self.settings.bucket_ms
         by_bucket: dict[int, list[Span]] = {}
         for span, at_ms in zip(spans, times, strict=True):
@@ -121,18 +129,43 @@ class Timeline:
         versions = self._versions
         for start, members in by_bucket.items():
             count = len(members)
-            state = self._fine.get(start)
-            key = (_FINE, start)
-            if state is None:
-                hour = start - start % HOUR_MS
-                state = self._coarse.get(hour)
-                if state is None:
-                    state = self._fine[start] = BucketState()
-                else:
-                    key = (_COARSE, hour)
+            state, key = self._target(start, hours_before)
             state.add_many(members, caps)
             versions[key] = versions.get(key, 0) + count
             self._touch(start, count)
+
+    def hours_before(self, now_ms: int) -> int:
+        """The start of the hour before which ``compact(now_ms)`` keeps no minute bucket."""
+        cutoff = now_ms - self.settings.fine_retention_ms
+        return cutoff - cutoff % HOUR_MS
+
+    def _target(self, start: int, hours_before: int | None) -> tuple[BucketState, tuple[int, int]]:
+        """The state a span of the bucket ``start`` counts in, and its version key: its minute if it exists, else
+        its hour if that exists or the minute is before ``hours_before``, else a new minute."""
+        state = self._fine.get(start)
+        if state is not None:
+            return state, (_FINE, start)
+        hour = start - start % HOUR_MS
+        state = self._coarse.get(hour)
+        if state is not None:
+            return state, (_COARSE, hour)
+        if hours_before is not None and start < hours_before:
+            state = self._coarse[hour] = BucketState()
+            return state, (_COARSE, hour)
+        state = self._fine[start] = BucketState()
+        return state, (_FINE, start)
+
+    def add_batch(self, batch: WireBatch, hours_before: int | None = None) -> None:
+        """``add_many`` of a compiled batch's spans (``native.decode_batch``, bucketed by this timeline's
+        ``bucket_ms``) at their starts: the same state, versions and generation, in one compiled call."""
+        targets: list[tuple[BucketState, list[int]]] = []
+        versions = self._versions
+        for start, count in batch.buckets():
+            state, key = self._target(start, hours_before)
+            targets.append((state, [start]))
+            versions[key] = versions.get(key, 0) + count
+            self._touch(start, count)
+        BucketState.add_batch_to(targets, batch, self.settings.caps)
 
     def merge_bucket(self, start_ms: int, state: BucketState) -> None:
         """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""

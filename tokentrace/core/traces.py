@@ -8,13 +8,17 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Iterator, Mapping
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.aggregate import from_nanos, to_nanos
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = ["Trace", "TraceFilter", "TraceIndex"]
 
@@ -51,20 +55,21 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class Trace:
-    """The spans of one trace and running totals over them."""
+class Trace(msgspec.Struct, gc=False):
+    """The spans of one trace and running totals over them.
 
-    __slots__ = ("cost_nanos", "ended_ms", "priced", "spans", "started_ms", "status", "total_tokens", "trace_id")
+    ``gc=False``: the index holds 100,000 spans by default, and its traces, tracked, made every full collection
+    of an ingesting server walk them (their span lists still are). Nothing here can be part of a reference cycle.
+    """
 
-    def __init__(self, trace_id: str) -> None:
-        self.trace_id = trace_id
-        self.spans: list[Span] = []
-        self.started_ms = 2**62
-        self.ended_ms = 0
-        self.cost_nanos = 0
-        self.priced = 0
-        self.total_tokens = 0
-        self.status = "ok"
+    trace_id: str
+    spans: list[Span] = msgspec.field(default_factory=list)
+    started_ms: int = 2**62
+    ended_ms: int = 0
+    cost_nanos: int = 0
+    priced: int = 0
+    total_tokens: int = 0
+    status: str = "ok"
 
     def add(self, span: Span) -> None:
         self.spans.append(span)
@@ -123,6 +128,41 @@ class TraceIndex:
         self.span_count += 1
         while self.span_count > self.max_spans and len(self._traces) > 1:
             self._evict_oldest()
+
+    def add_batch(self, spans: list[Span], batch: WireBatch) -> None:
+        """``add`` of each of ``spans`` in order, given their compiled batch (``native.decode_batch``, the same
+        spans): the same traces, totals and order, with one compiled step per trace, not per span
+        (``native.add_to_traces``).
+
+        When the spans push the index over ``max_spans`` and a trace that ``add`` would evict meanwhile is one
+        they add to (it would come back holding only its later spans), ``add`` runs span by span instead.
+        """
+        count = len(spans)
+        excess = self.span_count + count - self.max_spans
+        compiled = native.add_to_traces
+        if compiled is None or (excess > 0 and not self._evicts_untouched(excess, count, batch.trace_ids())):
+            for span in spans:
+                self.add(span)
+            return
+        table = self._traces
+        compiled(table, Trace, spans, batch)
+        self.span_count += count
+        while self.span_count > self.max_spans and len(table) > 1:
+            self._evict_oldest()
+
+    def _evicts_untouched(self, excess: int, count: int, touched: set[str]) -> bool:
+        """Whether adding ``count`` spans one by one would evict only traces none of them belongs to: the
+        oldest traces holding ``excess`` spans, none in ``touched``, and never one of the new spans' traces."""
+        if count > self.max_spans:
+            return False
+        gone = 0
+        for trace in self._traces.values():
+            if trace.trace_id in touched:
+                return False
+            gone += len(trace.spans)
+            if gone >= excess:
+                return True
+        return False
 
     def _evict_oldest(self) -> None:
         _, trace = self._traces.popitem(last=False)

@@ -1,0 +1,75 @@
+"""``Timeline.add_many(..., hours_before)``: a span older than the fine retention goes straight to its hour.
+
+Once ``compact`` has run, every query must answer as if the span had made a minute bucket that ``compact``
+folded: counts and sums exact, sketches bin for bin. (A sketch's min or max is the same number either way, but
+where an int and a float tie, e.g. latencies 1 and 1.0, it may be the other span's: the spans meet in another
+order. Numbers are compared as floats for that.)
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.span import Span
+from tokentrace.core.timefmt import format_ms
+from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline
+
+NOW = 1_780_000_000_000 + 17 * MINUTE_MS + 1234
+GROUPS = [None, "model", "caller", "route"]
+
+
+@st.composite
+def spans(draw: st.DrawFn) -> Span:
+    at = NOW - draw(st.sampled_from([0, 47 * HOUR_MS, 48 * HOUR_MS, 49 * HOUR_MS, 3 * DAY_MS, 20 * DAY_MS]))
+    at -= draw(st.integers(0, 2 * HOUR_MS))
+    return Span(
+        model=draw(st.sampled_from(["gpt-4o", "claude"])),
+        caller=draw(st.sampled_from(["", "bot"])),
+        prompt_tokens=draw(st.integers(0, 5000)),
+        comp_tokens=draw(st.integers(0, 500)),
+        cost_usd=draw(st.one_of(st.none(), st.floats(0, 1))),
+        latency_ms=draw(st.one_of(st.floats(0, 1e5), st.integers(0, 10**5))),
+        status=draw(st.sampled_from(["ok", "error", "timeout"])),
+        started_at=format_ms(at),
+        attributes=draw(st.sampled_from([{}, {"route": "a"}, {"route": "b", "eval.score": 0.5}])),
+    )
+
+
+def _numbers(value: Any) -> Any:
+    """``value`` (decoded msgpack) with every number a float (all are below 2**53 here: exact)."""
+    if isinstance(value, list):
+        return [_numbers(item) for item in value]
+    if isinstance(value, dict):
+        return {key: _numbers(item) for key, item in value.items()}
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else value
+
+
+def _answers(timeline: Timeline) -> list[Any]:
+    """Every grouping over the whole retention, each group's aggregate, groups sorted."""
+    out = []
+    projections = [timeline.query(NOW - 31 * DAY_MS, NOW + HOUR_MS, groupby) for groupby in GROUPS]
+    lifetime: dict[str, Aggregate] = timeline.lifetime()
+    for projection in [*projections, lifetime]:
+        out.append(_numbers(msgspec.msgpack.decode(msgspec.msgpack.encode(sorted(projection.items())))))
+    return out
+
+
+@given(st.lists(st.lists(spans(), min_size=1, max_size=10), max_size=4))
+@settings(max_examples=300, deadline=None)
+def test_straight_to_the_hour_answers_as_a_folded_minute(batches: list[list[Span]]) -> None:
+    folded, direct = Timeline(), Timeline()
+    hours_before = direct.hours_before(NOW)
+    for batch in batches:
+        times = [span.stamp(NOW) for span in batch]
+        folded.add_many(batch, times)
+        direct.add_many(batch, times, hours_before)
+    assert all(start >= hours_before for start in direct._fine), "no minute before the cut is made"
+    folded.compact(NOW)
+    direct.compact(NOW)
+    assert _answers(direct) == _answers(folded)
+    assert direct._fine.keys() == folded._fine.keys() and direct._coarse.keys() == folded._coarse.keys()
