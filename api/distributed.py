@@ -17,7 +17,7 @@ from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX
 from tokentrace.config import Config, price_table, timeline_settings
-from tokentrace.core.alert_reader import TimelineReader
+from tokentrace.core.timeline_reader import TimelineReader
 from tokentrace.processors.topics import ensure_topic
 
 __all__ = ["distributed_context", "redis_store", "serve_distributed"]

@@ -57,10 +57,10 @@ from tokentrace.alerting.service import AlertService
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.api.stores.redis_view import DEFAULT_PREFIX, Keys
 from tokentrace.config import Config, milliseconds, timeline_settings
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
+from tokentrace.core.timeline_reader import TimelineReader
 from tokentrace.processors import faust_adapter
 from tokentrace.processors.idempotency import KeyBlock, KeyPolicy, collect, header_id
 from tokentrace.processors.materialize import Materializer, Pending

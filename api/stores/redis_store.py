@@ -36,7 +36,8 @@ from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import HOUR_MS, LifetimeParts, Timeline, TimelineSettings
-from tokentrace.core.traces import Trace, TraceFilter
+from tokentrace.core.traces import StoredTrace as Trace
+from tokentrace.core.traces import TraceFilter
 from tokentrace.processors.idempotency import MESSAGE_ID_HEADER, message_id
 from tokentrace.processors.state import (
     HOUR_TAG,
