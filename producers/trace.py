@@ -397,7 +397,7 @@ class SpanScope:
         """Begin the step: reserve its estimate, make it the current step, start the clock."""
         if self._started:
             raise RuntimeError(f"step {self.name!r} already started")
-        budget = self.trace._budget
+        budget = self.trace.budget
         if budget is not None and self._estimate is not None:
             self._reservation = budget.reserve(self._estimate)
         self._started = True
@@ -554,7 +554,7 @@ class SpanScope:
             else:
                 self._reservation.settle(cost)
             return
-        budget = self.trace._budget
+        budget = self.trace.budget
         if budget is None or cost is None:
             return
         try:
