@@ -27,6 +27,7 @@ __all__ = [
     "ChildServer",
     "DevClusterError",
     "ServerProcess",
+    "Service",
     "find_tool",
     "free_ports",
     "pid_alive",
@@ -218,10 +219,28 @@ class ServerProcess:
         return "\n".join(text.splitlines()[-lines:])
 
 
-class ChildServer:
-    """A server run as one ``ServerProcess``: what every such wrapper shares (its process, ``with``, and the
-    start-and-wait step). A subclass defines ``start`` (build the process, then ``_launch`` it) and ``stop``
-    (stop the process and clean up, idempotent)."""
+class Service:
+    """Something ``start()`` runs and ``stop()`` (idempotent) ends; ``with`` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ChildServer(Service):
+    """A server run as one ``ServerProcess``: what every such wrapper shares (its process, ``log_tail`` and
+    the start-and-wait step). A subclass defines ``start`` (build the process, then ``_launch`` it) and
+    ``stop`` (stop the process and clean up)."""
 
     _process: ServerProcess | None = None
 
@@ -244,23 +263,9 @@ class ChildServer:
             self.stop()
             raise
 
-    def start(self) -> Self:
-        raise NotImplementedError
-
-    def stop(self) -> None:
-        raise NotImplementedError
-
     def log_tail(self, lines: int = 40) -> str:
         """The end of the server log."""
         return self.process.log_tail(lines)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def wait_for(
