@@ -16,7 +16,7 @@ from tokentrace.api.context import ServerContext
 from tokentrace.api.server import run_until_stopped
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.config import Config, price_table, timeline_settings
-from tokentrace.core.alert_reader import TimelineReader
+from tokentrace.core.timeline_reader import TimelineReader
 from tokentrace.kafka_topics import ensure_topic
 from tokentrace.view.keys import DEFAULT_PREFIX
 

@@ -17,10 +17,10 @@ from tokentrace.api.context import ServerContext
 from tokentrace.api.server import parse_addr, run_until_stopped
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
 from tokentrace.config import Config, price_table, timeline_settings
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts.rules import AlertRule, rules_from_config
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import parse_duration
+from tokentrace.core.timeline_reader import TimelineReader
 
 __all__ = [
     "alert_service",

@@ -25,12 +25,12 @@ from datetime import UTC, datetime
 from pathlib import Path
 
 from tokentrace.core.aggregate import Aggregate
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts import METRICS, AlertRule, MetricReader, MetricReading, RuleState, evaluate
 from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SEP, SERIES, Projection
 from tokentrace.core.metrics import scalar_value
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import Timeline, total
+from tokentrace.core.timeline_reader import TimelineReader
 
 INTERVAL_S = 15.0
 MODELS = {
@@ -242,7 +242,7 @@ def main() -> None:
         f"- {args.rules} rules; per round {unique} distinct (metric, window, filter) reads, {shapes} distinct "
         f"(window, filter); {args.spans:,} synthetic spans over 24h in the real `Timeline` (filled in "
         f"{fill_s:.1f}s), 250 new spans before each of {args.rounds} rounds, clock +15s per round",
-        f"- the server's reader (tokentrace.core.alert_reader: per window by series, cached per round): {summary(plain_times)} "
+        f"- the server's reader (tokentrace.core.timeline_reader: per window by series, cached per round): {summary(plain_times)} "
         f"({unique} queries a round, {notes} notifications in all)",
         f"- reader sharing the aggregate per (window, filter) within a round: {summary(shared_times)} "
         f"({shared.queries / args.rounds:.0f} queries a round)",

@@ -24,19 +24,13 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
 from apibench import Server, append_results
 from metrics_query import build_timeline, write_snapshot
 
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
+from tests.api.console.chromium import launch
+
 WINDOWS = ["1h", "24h", "7d", "30d"]
 
 
@@ -115,9 +109,7 @@ def main() -> None:
         say(f"`tokentrace serve` loaded it in {time.perf_counter() - began:.1f} s")
         try:
             with sync_playwright() as playwright:
-                context = playwright.chromium.launch_persistent_context(
-                    str(work / "profile"), executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS
-                )
+                context = launch(playwright, work / "profile")
                 static, data, inflated, requests = page_weight(context, server.url)
                 say(
                     f"page weight before data: {static / 1024:.1f} KiB as sent (gzip) in the static files of a first "

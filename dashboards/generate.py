@@ -253,7 +253,7 @@ def build() -> dict[str, Any]:
     builder = (
         dash.Dashboard("tokentrace")
         .uid(UID)
-        .description("Token-level observability for LLM calls: cost, latency, usage, quality and alerts (spec 003).")
+        .description("Token-level observability for LLM calls: cost, latency, usage, quality and alerts.")
         .tags(["tokentrace", "llm"])
         .editable()
         .time("now-6h", "now")

@@ -57,10 +57,10 @@ from faust.types import TP
 from tokentrace.alerting.redis_shared import shared_alert_service
 from tokentrace.alerting.service import AlertService
 from tokentrace.config import Config, milliseconds, timeline_settings
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.ingest import Pricer
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import TimelineSettings
+from tokentrace.core.timeline_reader import TimelineReader
 from tokentrace.core.topic import header_id
 from tokentrace.processors import faust_adapter
 from tokentrace.processors.idempotency import KeyPolicy, collect

@@ -28,7 +28,11 @@ __all__ = [
 ]
 
 _TEMPLATE = Span(trace_id="-", span_id="-", model="-", prompt_tokens=0)
-_copy: Callable[[], Span] = _TEMPLATE.__copy__  # type: ignore[attr-defined]  # msgspec: no __post_init__
+#: A copy of the template span, to fill field by field (``__post_init__`` does not run). Fields left at the
+#: template's values: ``parent_span_id``/``error``/``cost_usd``/``latency_ms``/``ended_at`` ``None``,
+#: ``status`` ``"ok"``, ``provider``/``caller`` ``""``; ``attributes`` must always be set (the template's
+#: dict is shared). The bound method itself, not a function calling it: one frame less per span.
+new_span: Callable[[], Span] = _TEMPLATE.__copy__  # type: ignore[attr-defined]  # msgspec: no __post_init__
 _ATTRIBUTE_TYPES = (str, int, float, bool)
 
 
@@ -93,16 +97,6 @@ def check_attributes(attributes: Mapping[str, Any] | None) -> dict[str, Attribut
     return checked
 
 
-def new_span() -> Span:
-    """A copy of the template span, to fill field by field (``__post_init__`` does not run).
-
-    Fields left at the template's values: ``parent_span_id``/``error``/``cost_usd``/``latency_ms``/
-    ``ended_at`` ``None``, ``status`` ``"ok"``, ``provider``/``caller`` ``""``; ``attributes`` must always
-    be set (the template's dict is shared).
-    """
-    return _copy()
-
-
 def make_span(
     trace_id: str,
     span_id: str,
@@ -136,7 +130,7 @@ def make_span(
         if prompt_tokens is None and comp_tokens is None:
             raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
         total_tokens = (prompt_tokens or 0) + (comp_tokens or 0)
-    span = _copy()
+    span = new_span()
     span.trace_id = trace_id
     span.span_id = span_id
     span.parent_span_id = parent_span_id

@@ -7,7 +7,7 @@ unless ``data_dir`` is given, and the alert service with its evaluation timer) a
 :func:`tokentrace.api.app.create_app` listening through :func:`tokentrace.api.server.start_site`. So the
 in-process API, its metrics, alert payloads and deliveries are the server's, byte for byte.
 
-The application never waits on that thread. ``Tracer._send`` hands each finished batch (a trace's spans at
+The application never waits on that thread. ``Tracer.send`` hands each finished batch (a trace's spans at
 ``Trace.end``) to :meth:`InProcess.add`: a list append under a lock, plus one loop wake-up when the
 aggregator is idle. Woken, the loop lets spans gather for :data:`GATHER_S` (metrics lag by about that;
 ``flush`` and ``close`` cut it short), then takes what has accumulated and applies it in chunks of :data:`CHUNK` spans,

@@ -71,17 +71,17 @@ class Trace:
     """
 
     __slots__ = (
-        "_attributes",
         "_budget",
-        "_caller",
         "_ended",
         "_lock",
         "_recorded_exc",
         "_spans",
         "_token",
-        "_tracer",
+        "attributes",
+        "caller",
         "id",
         "name",
+        "tracer",
     )
 
     def __init__(
@@ -93,12 +93,15 @@ class Trace:
         attributes: dict[str, AttributeValue],
         budget: Budget | None,
     ) -> None:
-        self._tracer = tracer
+        #: The tracer that started the trace; it prices and sends the trace's spans.
+        self.tracer = tracer
         #: The trace id (UUID 4), shared by all its spans.
         self.id = trace_id
         self.name = name
-        self._caller = caller
-        self._attributes = attributes
+        #: The service on every span of the trace.
+        self.caller = caller
+        #: Attributes on every span of the trace (the tracer's, then ``start``'s); read-only.
+        self.attributes = attributes
         self._budget = budget
         self._spans: list[Span] = []
         self._lock = threading.Lock()
@@ -175,29 +178,18 @@ class Trace:
             name = check_text(name, "name")
         if attributes:
             attrs = check_attributes(attributes)
-            if self._attributes:
-                attrs = {**self._attributes, **attrs}
+            if self.attributes:
+                attrs = {**self.attributes, **attrs}
         else:
-            attrs = dict(self._attributes) if self._attributes else {}
+            attrs = dict(self.attributes) if self.attributes else {}
         if cache_read_tokens or cache_write_tokens:
             _cache_attributes(attrs, cache_read_tokens, cache_write_tokens)
         if cost_usd is not None:
             cost_usd = check_number(cost_usd, "cost_usd")
         elif prompt_tokens is not None or comp_tokens is not None:
-            tracer = self._tracer
-            rates = None if cache_read_tokens or cache_write_tokens else tracer._rates.get((model, provider))
-            if rates is not None:  # inlined PriceTable.cost for cached linear rates, same arithmetic
-                cost_usd = (
-                    int(
-                        (rates.per_call + (prompt_tokens or 0) * rates.input + (comp_tokens or 0) * rates.output) * 1e10
-                        + 0.5
-                    )
-                    / 1e10
-                )
-            else:
-                cost_usd = tracer._price(
-                    model, provider, prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens
-                )
+            cost_usd = self.tracer.price(
+                model, provider, prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens
+            )
         if self._budget is not None and cost_usd is not None:
             self._budget.charge(cost_usd)
         span = new_span()
@@ -207,7 +199,7 @@ class Trace:
         if scope is not None and scope.trace is self:
             span.parent_span_id = scope.span_id
         span.name = self.name if name is None else name
-        span.caller = self._caller
+        span.caller = self.caller
         span.model = model
         span.provider = provider
         span.prompt_tokens = prompt_tokens
@@ -219,20 +211,14 @@ class Trace:
             span.started_at = stamp(now)
         else:
             span.latency_ms = latency_ms
-            span.started_at = stamp(now - round(latency_ms))
+            span.started_at = stamp(now - (latency_ms if type(latency_ms) is int else round(latency_ms)))
             span.ended_at = stamp(now)
         if status != "ok":
             span.status = status
         if error is not None:
             span.error = error
         span.attributes = attrs
-        with self._lock:  # inlined _append
-            if not self._ended:
-                self._spans.append(span)
-                if len(self._spans) < self._tracer.max_buffered_spans:
-                    return span
-            batch, self._spans = self._spans or [span], []
-        self._tracer._send(batch)
+        self.add(span)
         return span
 
     def span(
@@ -281,18 +267,20 @@ class Trace:
             spans, self._spans = self._spans, []
             self._ended = True
         if spans:
-            self._tracer._send(spans)
+            self.tracer.send(spans)
 
-    def _append(self, span: Span) -> None:
+    def add(self, span: Span) -> None:
+        """Buffer a finished span of this trace (sent by ``end``, or now once the trace has ended or the
+        buffer is full). For spans built elsewhere, such as an instrumented client's calls."""
         with self._lock:
             if self._ended:
                 batch = [span]
             else:
                 self._spans.append(span)
-                if len(self._spans) < self._tracer.max_buffered_spans:
+                if len(self._spans) < self.tracer.max_buffered_spans:
                     return
                 batch, self._spans = self._spans, []
-        self._tracer._send(batch)
+        self.tracer.send(batch)
 
     def _exit(self, exc: BaseException | None) -> None:
         if self._token is not None:
@@ -400,11 +388,16 @@ class SpanScope:
         self._start_ms = 0
         self._t0 = 0.0
 
+    @property
+    def reserved(self) -> bool:
+        """Whether the step reserved an estimate of the trace's budget (it then settles the cost itself)."""
+        return self._reservation is not None
+
     def start(self) -> Self:
         """Begin the step: reserve its estimate, make it the current step, start the clock."""
         if self._started:
             raise RuntimeError(f"step {self.name!r} already started")
-        budget = self.trace._budget
+        budget = self.trace.budget
         if budget is not None and self._estimate is not None:
             self._reservation = budget.reserve(self._estimate)
         self._started = True
@@ -494,7 +487,7 @@ class SpanScope:
         self._settle(span, exc)
         if span is not None:
             self.span = span
-            self.trace._append(span)
+            self.trace.add(span)
         return span
 
     def _leave(self) -> None:
@@ -518,7 +511,7 @@ class SpanScope:
             prompt = 0  # a failed call that consumed nothing
         cost = self._cost
         if cost is None and (prompt is not None or comp is not None):
-            cost = self.trace._tracer._price(
+            cost = self.trace.tracer.price(
                 self._model, self._provider, prompt, comp, self._cache_read, self._cache_write
             )
         latency = self._latency
@@ -530,7 +523,8 @@ class SpanScope:
             started, ended = stamp(end_ms - round(latency)), stamp(end_ms)
         else:
             started, ended = stamp(end_ms), None
-        attrs = {**self.trace._attributes, **self._attributes} if self.trace._attributes else self._attributes
+        base = self.trace.attributes
+        attrs = {**base, **self._attributes} if base else self._attributes
         _cache_attributes(attrs, self._cache_read, self._cache_write)
         return make_span(
             self.trace.id,
@@ -546,7 +540,7 @@ class SpanScope:
             latency,
             self._status,
             self._error,
-            self.trace._caller,
+            self.trace.caller,
             started,
             ended,
             attrs,
@@ -560,7 +554,7 @@ class SpanScope:
             else:
                 self._reservation.settle(cost)
             return
-        budget = self.trace._budget
+        budget = self.trace.budget
         if budget is None or cost is None:
             return
         try:

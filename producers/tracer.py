@@ -92,7 +92,7 @@ class Tracer:
         self.max_buffered_spans = config.max_buffered_spans if max_buffered_spans is None else max_buffered_spans
         if self.max_buffered_spans < 1:
             raise ValueError("max_buffered_spans must be >= 1")
-        # (model, provider) -> per-token rates of linearly priced models, for Trace.record's hot path.
+        # (model, provider) -> per-token rates of linearly priced models, for ``price`` on the hot path.
         self._rates: dict[tuple[str, str], Rates] = {}
         self._inprocess: InProcess | None = None
         rules = list(config.alerts if alerts is None else alerts)
@@ -157,14 +157,25 @@ class Tracer:
             if self._inprocess is not None:
                 self._inprocess.close()
 
-    def _price(
-        self, model: str, provider: str, prompt: int | None, comp: int | None, cache_read: int, cache_write: int
+    def price(
+        self,
+        model: str,
+        provider: str,
+        prompt: int | None,
+        comp: int | None,
+        cache_read: int = 0,
+        cache_write: int = 0,
     ) -> float | None:
-        """Price a call: from remembered linear rates (the arithmetic of ``PriceTable.cost``), else through
-        the table, remembering the model's rates when they are linear."""
-        rates = None if cache_read or cache_write else self._rates.get((model, provider))
-        if rates is not None:
-            return int((rates.per_call + (prompt or 0) * rates.input + (comp or 0) * rates.output) * 1e10 + 0.5) / 1e10
+        """A call's cost in USD from ``prices`` (``None`` for an unknown model), for counts already checked.
+
+        Linearly priced models are priced from rates remembered per ``(model, provider)``, which skips the
+        table's argument checks on the SDK's hot path; the result is the table's (``Rates.cost``). Raises
+        ValueError when the cached tokens exceed the prompt.
+        """
+        if not (cache_read or cache_write):
+            rates = self._rates.get((model, provider))
+            if rates is not None:
+                return rates.cost(prompt or 0, comp or 0)
         cost = self.prices.cost(model, prompt, comp, provider or None, cache_read, cache_write)
         if cost is not None and (model, provider) not in self._rates:
             rates = self.prices.linear_rates(model, provider or None)
@@ -172,7 +183,9 @@ class Tracer:
                 self._rates[(model, provider)] = rates
         return cost
 
-    def _send(self, spans: Sequence[Span]) -> None:
+    def send(self, spans: Sequence[Span]) -> None:
+        """Hand finished spans to the in-process aggregator (if any) and the transport. Never raises: a
+        transport that does is logged, and the spans are lost."""
         inprocess = self._inprocess
         if inprocess is not None:
             inprocess.add(spans)

@@ -100,7 +100,7 @@ class Call:
             scope = SCOPE.get()
             if scope is not None and scope.trace is trace and not scope.done:
                 self.parent_span_id = scope.span_id
-                self._reserved = scope._reservation is not None
+                self._reserved = scope.reserved
             budget = trace.budget
             if budget is not None and budget.exhausted:
                 raise BudgetExceeded(budget.name, budget.limit_usd, budget.spent_usd, budget.reserved_usd, 0.0)
@@ -169,8 +169,8 @@ class Call:
                 prompt = 0  # a failed call that consumed nothing (the SDK's convention for failed steps)
         trace, tracer = self.trace, self.target.tracer
         if trace is not None:
-            tracer = trace._tracer
-            name, caller, base = trace.name, trace._caller, trace._attributes
+            tracer = trace.tracer
+            name, caller, base = trace.name, trace.caller, trace.attributes
         else:
             name, caller, base = self.method, tracer.caller, tracer.attributes
         if base:
@@ -182,7 +182,7 @@ class Call:
         cost = None
         if prompt is not None or comp is not None:
             try:
-                cost = tracer._price(model, self.target.provider, prompt, comp, usage.cache_read, usage.cache_write)
+                cost = tracer.price(model, self.target.provider, prompt, comp, usage.cache_read, usage.cache_write)
             except ValueError as err:  # e.g. cached tokens above the prompt: inconsistent provider data
                 log.warning("tokentrace: cannot price %s call of %r: %s", self.method, model, err)
         latency = round(elapsed_ms, 3)
@@ -206,11 +206,11 @@ class Call:
             attributes,
         )
         if trace is None:
-            tracer._send([span])
+            tracer.send([span])
             return
         if cost is not None:
             self._charge(trace, cost)
-        trace._append(span)
+        trace.add(span)
 
     def _charge(self, trace: Trace, cost: float) -> None:
         """Charge the trace's budget with money already spent (never raising: the call is done). A step that

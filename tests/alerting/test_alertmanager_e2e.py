@@ -12,11 +12,11 @@ import pytest
 from tests.infra.alertmanager import Alertmanager
 from tests.infra.procs import free_ports
 from tokentrace.alerting import AlertService, RetryPolicy
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts import AlertmanagerDelivery, AlertRule
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms, parse_rfc3339_ms
 from tokentrace.core.timeline import Timeline
+from tokentrace.core.timeline_reader import TimelineReader
 
 from .receiver import Receiver
 

@@ -1,4 +1,4 @@
-"""/alerts over the embedded server: spec 004 bodies and statuses, persistence, firing from real spans."""
+"""/alerts over the embedded server: the bodies and statuses of api/openapi.yaml, persistence, firing from real spans."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /metrics and /metrics/{name}: spec 004 bodies, checked against a recount of what was sent."""
+"""GET /metrics and /metrics/{name}: the bodies of api/openapi.yaml, checked against a recount of what was sent."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""POST /mist: seed 001 MIST messages, every status code, the exact mapping onto a span, the checksum."""
+"""POST /mist: MIST ``trace.span`` messages (README, "Seed 001 (MIST) compatibility"), every status code, the exact mapping onto a span, the checksum."""
 
 from __future__ import annotations
 

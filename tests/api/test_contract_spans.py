@@ -1,4 +1,4 @@
-"""POST /spans: spec 004 statuses, bodies and error messages."""
+"""POST /spans: the statuses, bodies and error messages of api/openapi.yaml."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""GET /stats: the seed 001 totals against a brute-force oracle over the spans posted."""
+"""GET /stats: the MIST-era totals (README, "Seed 001 (MIST) compatibility") against a brute-force oracle over the spans posted."""
 
 from __future__ import annotations
 

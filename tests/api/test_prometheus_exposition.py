@@ -1,4 +1,4 @@
-"""``GET /metrics/prometheus`` against spec 003: content type, families, types, labels, values, promtool.
+"""``GET /metrics/prometheus`` against the README's "Prometheus" section: content type, families, types, labels, values, promtool.
 
 Spans of several models, providers and callers (errors, timeouts, eval scores, an unknown model, a span
 with only ``total_tokens``, spans without latency) go in through ``POST /spans``; the scrape is parsed
@@ -35,7 +35,7 @@ MODELS = [
 ]
 UNKNOWN_MODEL = "homebrew-llm"
 CALLERS = ["", "summarizer-service", "support-bot", "agent-runner"]
-#: Spec 003's families: (name in the exposition, type, label names).
+#: The documented families, which the dashboards and example rules query: (name in the exposition, type, label names).
 SPEC_FAMILIES = {
     "tokentrace_cost_total": ("counter", {"model", "provider", "caller"}),
     "tokentrace_spans_total": ("counter", {"status", "model", "provider"}),
@@ -51,8 +51,8 @@ SPEC_HELP = {
     "tokentrace_latency_ms": "Inference latency in milliseconds.",
 }
 PROMTOOL = shutil.which("promtool") or "/usr/bin/promtool"
-#: promtool's one lint on spec 003's names: the spec fixes ``tokentrace_latency_ms`` (dashboards and
-#: PromQL use it), and promtool prefers base units. Anything else promtool says fails the test.
+#: promtool's one lint on those names: ``tokentrace_latency_ms`` is fixed (the dashboards, example rules
+#: and users' PromQL use it), and promtool prefers base units. Anything else promtool says fails the test.
 SPEC_MANDATED_LINT = "tokentrace_latency_ms metric names should not contain abbreviated units"
 
 
@@ -292,7 +292,7 @@ async def test_promtool_check_metrics_passes(scraped: tuple[str, Expected]) -> N
     code, problems = promtool_check(text)
     assert problems == [SPEC_MANDATED_LINT], problems
     assert code == 3  # promtool: 3 = lint problems only, 1 = the exposition could not be parsed
-    # With the spec-mandated name out of the way (any unit suffix but seconds lints), promtool is silent.
+    # With the fixed name out of the way (any unit suffix but seconds lints), promtool is silent.
     renamed = text.replace("tokentrace_latency_ms", "tokentrace_latency")
     assert promtool_check(renamed) == (0, [])
 

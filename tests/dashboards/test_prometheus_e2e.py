@@ -168,7 +168,7 @@ def test_prometheus_config_passes_promtool(stack: Stack) -> None:
 
 
 def test_exposition_passes_promtool_check_metrics(stack: Stack) -> None:
-    """The scrape parses; the only lint finding is the unit in ``tokentrace_latency_ms``, named by spec 003."""
+    """The scrape parses; the only lint finding is the unit in ``tokentrace_latency_ms``, a fixed name (README, "Prometheus")."""
     with urllib.request.urlopen(f"{stack.server.url}{PROMETHEUS_PATH}", timeout=5) as response:
         exposition = response.read()
     checked = promtool("check", "metrics", stdin=exposition)

@@ -15,12 +15,11 @@ import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self
 
 import yaml
 
-from tests.infra.procs import InfraError, ServerProcess, free_ports, serve_until_signalled, wait_for
+from tests.infra.procs import ChildServer, InfraError, ServerProcess, free_ports, serve_until_signalled
 
 __all__ = ["Alertmanager"]
 
@@ -35,7 +34,7 @@ def _binary() -> str:
     return found
 
 
-class Alertmanager:
+class Alertmanager(ChildServer):
     """One Alertmanager process whose single route posts to ``webhook_url``."""
 
     def __init__(
@@ -66,13 +65,6 @@ class Alertmanager:
         """The base URL, ``http://127.0.0.1:PORT``."""
         return f"http://{self.host}:{self.port}"
 
-    @property
-    def process(self) -> ServerProcess:
-        """The server process (after ``start()``)."""
-        if self._process is None:
-            raise InfraError("alertmanager not started")
-        return self._process
-
     def config(self) -> dict[str, Any]:
         """The alertmanager.yml contents."""
         return {
@@ -99,19 +91,10 @@ class Alertmanager:
             "--cluster.listen-address=",
             "--log.level=debug",
         ]
-        self._process = ServerProcess(f"alertmanager :{self.port}", argv, self.dir / "alertmanager.log", cwd=self.dir)
-        try:
-            self._process.start()
-            wait_for(
-                self._ready,
-                timeout=self.startup_timeout,
-                what=f"alertmanager on port {self.port}",
-                procs=[self._process],
-                interval=0.05,
-            )
-        except BaseException:
-            self.stop()
-            raise
+        process = ServerProcess(f"alertmanager :{self.port}", argv, self.dir / "alertmanager.log", cwd=self.dir)
+        self._launch(
+            process, self._ready, timeout=self.startup_timeout, what=f"alertmanager on port {self.port}", interval=0.05
+        )
         return self
 
     def _ready(self) -> bool:
@@ -127,10 +110,6 @@ class Alertmanager:
             result: list[dict[str, Any]] = json.loads(response.read())
         return result
 
-    def log_tail(self, lines: int = 40) -> str:
-        """The end of the server log."""
-        return self.process.log_tail(lines)
-
     def stop(self) -> None:
         """Stop the server and delete its dir. Idempotent."""
         if self._process is not None:
@@ -138,14 +117,6 @@ class Alertmanager:
         if self.dir is not None:
             shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
 
 def _main() -> int:

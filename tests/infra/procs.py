@@ -8,10 +8,11 @@ start servers from a thread that outlives them (pytest's main thread does).
 from __future__ import annotations
 
 from tokentrace.devcluster.kafka import serve_until_signalled
+from tokentrace.devcluster.procs import ChildServer, ServerProcess, free_ports, pid_alive, port_accepts, wait_for
 from tokentrace.devcluster.procs import DevClusterError as InfraError
-from tokentrace.devcluster.procs import ServerProcess, free_ports, pid_alive, port_accepts, wait_for
 
 __all__ = [
+    "ChildServer",
     "InfraError",
     "ServerProcess",
     "free_ports",

@@ -1,4 +1,4 @@
-"""Seed 001 in distributed mode: POST /mist on a ``tokentrace api`` replica goes through Kafka and the workers
+"""MIST ingest (README, "Seed 001 (MIST) compatibility") in distributed mode: POST /mist on a ``tokentrace api`` replica goes through Kafka and the workers
 like POST /spans, and GET /stats reads the same numbers from every replica."""
 
 from __future__ import annotations

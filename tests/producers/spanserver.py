@@ -1,4 +1,4 @@
-"""A real local aiohttp server speaking ``POST /spans`` (spec 004), run in its own thread.
+"""A real local aiohttp server speaking ``POST /spans`` (the server's contract: api/openapi.yaml), run in its own thread.
 
 Tests script its answers (``script(503, 202)``) and read what arrived (``requests``), so the HTTP transport
 is exercised over real sockets rather than against a mock.

@@ -1,5 +1,5 @@
 """In-process mode: the tracer's own aggregator, alert rules and HTTP server, against real HTTP and real
-subprocesses (the spec 002 quickstart scripts in examples/)."""
+subprocesses (the quickstart scripts in examples/, README "Metrics and alerts inside your process")."""
 
 from __future__ import annotations
 
@@ -404,7 +404,7 @@ def read_until_done(process: subprocess.Popen[str]) -> list[str]:
 
 
 def check_output(lines: list[str], cost_body: dict[str, Any] | None) -> None:
-    """Every span printed (spec 002 fields), the alert printed once with the spec 002 payload, and the
+    """Every span printed (all Span fields), the alert printed once with the stdout delivery's payload, and the
     metrics the spans add up to."""
     objects = [json.loads(line) for line in lines]
     spans = [o for o in objects if "trace_id" in o]
@@ -428,7 +428,7 @@ def check_output(lines: list[str], cost_body: dict[str, Any] | None) -> None:
     costs = [s["cost_usd"] for s in spans]
     assert alert["value"] > 5.0 and alert["fired_at"].endswith("Z")
     assert any(alert["value"] == total_usd(costs[:k]) for k in range(1, len(costs) + 1))
-    if cost_body is not None:  # the spec 002 shape, with the totals the printed spans add up to
+    if cost_body is not None:  # the README's cost body, with the totals the printed spans add up to
         assert {k: cost_body[k] for k in ("total_usd", "by_model", "window", "span_count")} == {
             "total_usd": expected,
             "by_model": {"gpt-4o": expected},

@@ -56,11 +56,6 @@ _T = TypeVar("_T")
 _MAX_CONFLICTS = 20
 
 RuleSource = Literal["config", "api"]
-_DELIVERY_TYPES = {
-    "StdoutDelivery": "stdout",
-    "WebhookDelivery": "http",
-    "AlertmanagerDelivery": "alertmanager",
-}
 
 
 class _Entry(msgspec.Struct, frozen=True):

@@ -76,6 +76,11 @@ class ModelPrices:
         return cls(**value)
 
 
+def _round(usd: float) -> float:
+    """Round a non-negative cost to 1e-10 USD (``round(x, 10)`` is five times slower)."""
+    return int(usd * _SCALE + 0.5) / _SCALE
+
+
 @dataclass(frozen=True, slots=True)
 class Rates:
     """Per-token USD rates of a linearly priced model.
@@ -104,14 +109,16 @@ class Rates:
             cache_write / _PER_MILLION,
         )
 
-    def price(self, prompt: int, comp: int, cache_read: int, cache_write: int) -> float:
-        return (
-            self.per_call
-            + (prompt - cache_read - cache_write) * self.input
-            + comp * self.output
-            + cache_read * self.cache_read
-            + cache_write * self.cache_write
-        )
+    def cost(self, prompt: int, comp: int, cache_read: int = 0, cache_write: int = 0) -> float:
+        """The call's cost in USD, rounded to 1e-10 (the one pricing formula: every path prices through it).
+
+        The counts must be whole numbers >= 0 with ``cache_read + cache_write <= prompt`` (not checked here:
+        ``PriceTable.cost`` checks them). Rounded as ``_round`` does, inlined: this runs for every span.
+        """
+        usd = self.per_call + prompt * self.input + comp * self.output
+        if cache_read or cache_write:  # cached prompt tokens at their own rates instead of the input rate
+            usd += cache_read * (self.cache_read - self.input) + cache_write * (self.cache_write - self.input)
+        return int(usd * _SCALE + 0.5) / _SCALE
 
 
 @dataclass(frozen=True, slots=True)
@@ -126,8 +133,8 @@ class _Tiered:
     regions: tuple[Rates, ...]
     expires: float = math.inf
 
-    def price(self, prompt: int, comp: int, cache_read: int, cache_write: int) -> float:
-        return self.regions[bisect_left(self.starts, prompt)].price(prompt, comp, cache_read, cache_write)
+    def cost(self, prompt: int, comp: int, cache_read: int, cache_write: int) -> float:
+        return self.regions[bisect_left(self.starts, prompt)].cost(prompt, comp, cache_read, cache_write)
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,9 +237,14 @@ def _derive(model: str, provider: str | None) -> _Entry:
     except (ValueError, ArithmeticError) as exc:
         log.debug("pricing %s (%s) exactly: rates could not be derived: %s", model, provider, exc)
         return _Exact(expires)
-    if not math.isclose(rates.price(*probe), exact, rel_tol=1e-9, abs_tol=1e-12):
+    if not _agrees(rates.cost(*probe), exact):
         return _Exact(expires)
     return rates
+
+
+def _agrees(cost: float, exact: float) -> bool:
+    """Whether rates priced a probe as the library did, up to the 1e-10 USD that costs are rounded to."""
+    return math.isclose(cost, exact, rel_tol=1e-9, abs_tol=1.5 / _SCALE)
 
 
 def _derive_tiered(model: str, provider: str | None, first: Any, expires: float) -> _Tiered | _Exact:
@@ -268,18 +280,13 @@ def _derive_tiered(model: str, provider: str | None, first: Any, expires: float)
             )
             mid = (n0 + n1) // 2
             probe = (mid, 7_654, mid // 3, mid // 7)
-            if not math.isclose(rates.price(*probe), total(*probe), rel_tol=1e-9, abs_tol=1e-12):
+            if not _agrees(rates.cost(*probe), total(*probe)):
                 return _Exact(expires)
             regions.append(rates)
     except (ValueError, ArithmeticError, ZeroDivisionError) as exc:
         log.debug("pricing %s (%s) exactly: tier rates could not be derived: %s", model, provider, exc)
         return _Exact(expires)
     return _Tiered(tuple(starts), tuple(regions), expires)
-
-
-def _round(usd: float) -> float:
-    """Round a non-negative cost to 1e-10 USD (``round(x, 10)`` is five times slower)."""
-    return int(usd * _SCALE + 0.5) / _SCALE
 
 
 def _tokens(value: int | float | None, field: str) -> int:
@@ -349,13 +356,7 @@ class PriceTable:
             and cache_write_tokens >= 0
             and prompt_tokens >= cache_read_tokens + cache_write_tokens
         ):
-            return _round(
-                entry.per_call
-                + (prompt_tokens - cache_read_tokens - cache_write_tokens) * entry.input
-                + comp_tokens * entry.output
-                + cache_read_tokens * entry.cache_read
-                + cache_write_tokens * entry.cache_write
-            )
+            return entry.cost(prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens)
         return self._cost(model, provider, prompt_tokens, comp_tokens, cache_read_tokens, cache_write_tokens)
 
     def _cost(
@@ -378,7 +379,7 @@ class PriceTable:
             )
         entry = self._entry(model, provider)
         if isinstance(entry, Rates | _Tiered):
-            return _round(entry.price(prompt, comp, cache_read, cache_write))
+            return entry.cost(prompt, comp, cache_read, cache_write)
         if isinstance(entry, _Exact):
             return self._exact(model, provider, prompt, comp, cache_read, cache_write)
         self._count_unknown(model, provider, entry)

@@ -20,7 +20,7 @@ from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
 
-__all__ = ["Trace", "TraceFilter", "TraceIndex"]
+__all__ = ["StoredTrace", "TraceFilter", "TraceIndex"]
 
 _STATUS_RANK = {"ok": 0, "timeout": 1, "error": 2}
 
@@ -55,8 +55,9 @@ def _text(value: object) -> str:
     return str(value)
 
 
-class Trace(msgspec.Struct, gc=False):
-    """The spans of one trace and running totals over them.
+class StoredTrace(msgspec.Struct, gc=False):
+    """One trace as the server keeps it for ``GET /traces``: its spans and running totals over them.
+    (The SDK's ``tokentrace.producers.Trace`` is the other side: a run being recorded.)
 
     ``gc=False``: the index holds 100,000 spans by default, and its traces, tracked, made every full collection
     of an ingesting server walk them (their span lists still are). Nothing here can be part of a reference cycle.
@@ -116,14 +117,14 @@ class TraceIndex:
     def __init__(self, max_spans: int, retention_ms: int) -> None:
         self.max_spans = max_spans
         self.retention_ms = retention_ms
-        self._traces: OrderedDict[str, Trace] = OrderedDict()
+        self._traces: OrderedDict[str, StoredTrace] = OrderedDict()
         self.span_count = 0
         self.evicted_traces = 0
 
     def add(self, span: Span) -> None:
         trace = self._traces.get(span.trace_id)
         if trace is None:
-            trace = self._traces[span.trace_id] = Trace(span.trace_id)
+            trace = self._traces[span.trace_id] = StoredTrace(span.trace_id)
         trace.add(span)
         self.span_count += 1
         while self.span_count > self.max_spans and len(self._traces) > 1:
@@ -145,7 +146,7 @@ class TraceIndex:
                 self.add(span)
             return
         table = self._traces
-        compiled(table, Trace, spans, batch)
+        compiled(table, StoredTrace, spans, batch)
         self.span_count += count
         while self.span_count > self.max_spans and len(table) > 1:
             self._evict_oldest()
@@ -178,7 +179,7 @@ class TraceIndex:
                 break
             self._evict_oldest()
 
-    def get(self, trace_id: str) -> Trace | None:
+    def get(self, trace_id: str) -> StoredTrace | None:
         return self._traces.get(trace_id)
 
     def __len__(self) -> int:
@@ -189,7 +190,7 @@ class TraceIndex:
         for trace in self._traces.values():
             yield from trace.spans
 
-    def search(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[Trace]]:
+    def search(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[StoredTrace]]:
         """Matching traces, newest start first: (total matches, the requested page)."""
         matched = [t for t in self._traces.values() if _trace_matches(t, where)]
         matched.sort(key=lambda t: t.started_ms, reverse=True)
@@ -202,7 +203,7 @@ class TraceIndex:
         return spans[:limit]
 
 
-def _trace_matches(trace: Trace, where: TraceFilter) -> bool:
+def _trace_matches(trace: StoredTrace, where: TraceFilter) -> bool:
     if where.since_ms is not None and trace.started_ms < where.since_ms:
         return False
     if where.until_ms is not None and trace.started_ms >= where.until_ms:

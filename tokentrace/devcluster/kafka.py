@@ -31,7 +31,6 @@ from collections.abc import Callable, Coroutine, Mapping, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Self, TypeVar
 
 from aiokafka.admin import AIOKafkaAdminClient
@@ -39,6 +38,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 from tokentrace.devcluster.procs import (
     DevClusterError,
     ServerProcess,
+    Service,
     find_tool,
     free_ports,
     port_accepts,
@@ -222,7 +222,7 @@ class KafkaNode:
         return self.process.running
 
 
-class KafkaCluster:
+class KafkaCluster(Service):
     """A KRaft cluster of ``size`` combined nodes on loopback; ``size=1`` is a single broker.
 
     ``start()`` fetches the jars if needed, formats the storage (once, for a kept ``data_dir``) and
@@ -350,14 +350,6 @@ class KafkaCluster:
             raise DevClusterError(f"Kafka node {node_id} is still running; kill or stop it first")
         node.process.start()
         self.wait_ready(timeout)
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()
 
     # -- internals -----------------------------------------------------------------------------------
 

@@ -20,10 +20,14 @@ import subprocess
 import time
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
+from types import TracebackType
+from typing import Self
 
 __all__ = [
+    "ChildServer",
     "DevClusterError",
     "ServerProcess",
+    "Service",
     "find_tool",
     "free_ports",
     "pid_alive",
@@ -213,6 +217,55 @@ class ServerProcess:
         except OSError:
             return ""
         return "\n".join(text.splitlines()[-lines:])
+
+
+class Service:
+    """Something ``start()`` runs and ``stop()`` (idempotent) ends; ``with`` does both."""
+
+    def start(self) -> Self:
+        raise NotImplementedError
+
+    def stop(self) -> None:
+        raise NotImplementedError
+
+    def __enter__(self) -> Self:
+        return self.start()
+
+    def __exit__(
+        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
+    ) -> None:
+        self.stop()
+
+
+class ChildServer(Service):
+    """A server run as one ``ServerProcess``: what every such wrapper shares (its process, ``log_tail`` and
+    the start-and-wait step). A subclass defines ``start`` (build the process, then ``_launch`` it) and
+    ``stop`` (stop the process and clean up)."""
+
+    _process: ServerProcess | None = None
+
+    @property
+    def process(self) -> ServerProcess:
+        """The server process (after ``start()``)."""
+        if self._process is None:
+            raise DevClusterError(f"{type(self).__name__} not started")
+        return self._process
+
+    def _launch(
+        self, process: ServerProcess, ready: Callable[[], bool], *, timeout: float, what: str, interval: float
+    ) -> None:
+        """Start ``process`` and wait until ``ready()``; if anything fails, ``stop()`` (which cleans up) and re-raise."""
+        self._process = process
+        try:
+            process.start()
+            wait_for(ready, timeout=timeout, what=what, procs=[process], interval=interval)
+        except BaseException:
+            self.stop()
+            raise
+
+    def log_tail(self, lines: int = 40) -> str:
+        """The end of the server log."""
+        return self.process.log_tail(lines)
 
 
 def wait_for(

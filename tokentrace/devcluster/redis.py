@@ -10,12 +10,19 @@ from __future__ import annotations
 import shutil
 import tempfile
 from pathlib import Path
-from types import TracebackType
 from typing import Self
 
 import redis
 
-from tokentrace.devcluster.procs import DevClusterError, ServerProcess, find_tool, free_ports, port_free, wait_for
+from tokentrace.devcluster.procs import (
+    ChildServer,
+    DevClusterError,
+    ServerProcess,
+    find_tool,
+    free_ports,
+    port_free,
+    wait_for,
+)
 
 __all__ = ["RedisServer", "find_redis_server"]
 
@@ -25,7 +32,7 @@ def find_redis_server(path: str | None = None) -> str:
     return find_tool("redis-server", "redis-server", path=path)
 
 
-class RedisServer:
+class RedisServer(ChildServer):
     """One ``redis-server`` process. ``start()`` waits until it answers PING; ``stop()`` deletes a temp dir."""
 
     def __init__(
@@ -49,13 +56,6 @@ class RedisServer:
         """``redis://127.0.0.1:PORT/0``."""
         return f"redis://{self.host}:{self.port}/0"
 
-    @property
-    def process(self) -> ServerProcess:
-        """The server process (after ``start()``)."""
-        if self._process is None:
-            raise DevClusterError("redis server not started")
-        return self._process
-
     def client(self, **kwargs: object) -> redis.Redis:
         """A new synchronous client for this server (``decode_responses`` etc. pass through)."""
         return redis.Redis(host=self.host, port=self.port, **kwargs)  # type: ignore[arg-type]
@@ -76,24 +76,19 @@ class RedisServer:
             argv += ["--appendonly", "yes", "--appendfsync", "always"]
         else:
             argv += ["--appendonly", "no"]
-        self._process = ServerProcess(f"redis-server :{self.port}", argv, self.dir / "redis.log", cwd=self.dir)
-        try:
-            self._process.start()
-            self.wait_ready()
-        except BaseException:
-            self.stop()
-            raise
+        process = ServerProcess(f"redis-server :{self.port}", argv, self.dir / "redis.log", cwd=self.dir)
+        self._launch(process, self._pings, timeout=self.startup_timeout, what=self._what, interval=0.02)
         return self
 
     def wait_ready(self, timeout: float | None = None) -> None:
         """Wait until the server answers PING (and has loaded its data)."""
         wait_for(
-            self._pings,
-            timeout=timeout or self.startup_timeout,
-            what=f"redis-server on port {self.port}",
-            procs=[self.process],
-            interval=0.02,
+            self._pings, timeout=timeout or self.startup_timeout, what=self._what, procs=[self.process], interval=0.02
         )
+
+    @property
+    def _what(self) -> str:
+        return f"redis-server on port {self.port}"
 
     def _pings(self) -> bool:
         try:
@@ -134,11 +129,3 @@ class RedisServer:
             if self.dir != self.data_dir:
                 shutil.rmtree(self.dir, ignore_errors=True)
             self.dir = None
-
-    def __enter__(self) -> Self:
-        return self.start()
-
-    def __exit__(
-        self, exc_type: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None
-    ) -> None:
-        self.stop()

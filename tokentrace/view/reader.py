@@ -26,7 +26,7 @@ from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
-from tokentrace.core.traces import Trace, TraceFilter
+from tokentrace.core.traces import StoredTrace, TraceFilter
 from tokentrace.view.keys import DEFAULT_PREFIX, Keys, trace_spans
 from tokentrace.view.schema import (
     HOUR_TAG,
@@ -200,9 +200,9 @@ class ViewReader:
         return retired.horizon if retired is not None else 0
 
     # ------------------------------------------------------------------ traces
-    async def traces(self, trace_ids: list[str]) -> list[Trace]:
+    async def traces(self, trace_ids: list[str]) -> list[StoredTrace]:
         """The traces of ``trace_ids`` that the index holds, in that order, each's spans by start."""
-        traces: list[Trace] = []
+        traces: list[StoredTrace] = []
         for i in range(0, len(trace_ids), _FETCH_CHUNK):
             chunk = trace_ids[i : i + _FETCH_CHUNK]
             async with self.redis.pipeline(transaction=False) as pipe:
@@ -214,7 +214,7 @@ class ViewReader:
                 if not lines and not legacy:
                     continue
                 spans = sorted(trace_spans(lines, legacy), key=lambda s: (s.started_at or "", s.span_id))
-                trace = Trace(trace_id)
+                trace = StoredTrace(trace_id)
                 for span in spans:
                     trace.add(span)
                 traces.append(trace)

@@ -10,7 +10,7 @@ export const WINDOWS = ["15m", "1h", "6h", "24h", "7d", "30d"];
 export const STEPS = { "15m": "1m", "1h": "1m", "6h": "5m", "24h": "15m", "7d": "2h", "30d": "6h" };
 const REFRESH_MS = 30_000;
 const MAX_GROUPS = 8;
-/** Spec 003's quality threshold, drawn as a reference line. */
+/** The quality threshold of the example alert rules (TokentraceQualityDrop in dashboards/prometheus-rules.yml), drawn as a reference line. */
 const QUALITY_THRESHOLD = 0.75;
 
 /** The server's bucket in seconds once a step was refused for not being whole buckets (null: 1m works). */

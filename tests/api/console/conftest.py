@@ -20,20 +20,10 @@ from urllib.parse import urlsplit
 import playwright.sync_api as playwright_sync
 import pytest
 
+from tests.api.console.chromium import CHROMIUM, launch
 from tests.api.server_process import ServerProcess
 from tokentrace.core.timefmt import format_ms, now_ms
 
-CHROMIUM = "/usr/bin/chromium"
-CHROMIUM_ARGS = [
-    "--headless",
-    "--no-sandbox",
-    "--disable-gpu",
-    "--disable-quic",
-    "--no-first-run",
-    "--disable-background-networking",
-    "--disable-component-update",
-    "--disable-sync",
-]
 ARTIFACTS = Path(__file__).resolve().parents[3] / "test-artifacts" / "console"
 CONFIG = """
 alerting: {interval: 1s}
@@ -148,10 +138,9 @@ def browser_context(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
         )
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     with playwright_sync.sync_playwright() as playwright:
-        context = playwright.chromium.launch_persistent_context(
-            str(tmp_path_factory.mktemp("chromium-profile")),
-            executable_path=CHROMIUM,
-            args=CHROMIUM_ARGS,
+        context = launch(
+            playwright,
+            tmp_path_factory.mktemp("chromium-profile"),
             viewport={"width": 1400, "height": 1000},
             locale="en-GB",
             timezone_id="UTC",

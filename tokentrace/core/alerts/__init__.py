@@ -17,7 +17,7 @@ from tokentrace.core.alerts.rules import (
     encode_rule,
     rules_from_config,
 )
-from tokentrace.core.alerts.state import RuleState, Status
+from tokentrace.core.alerts.state import RuleState, RuleStatus
 
 __all__ = [
     "DEFAULT_COOLDOWN_S",
@@ -35,7 +35,7 @@ __all__ = [
     "Notification",
     "Op",
     "RuleState",
-    "Status",
+    "RuleStatus",
     "StdoutDelivery",
     "WebhookDelivery",
     "decode_rule",

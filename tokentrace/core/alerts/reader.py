@@ -1,4 +1,5 @@
-"""What the engine reads metrics through. The aggregate layer implements :class:`MetricReader`."""
+"""What the engine reads metrics through: the :class:`MetricReader` protocol. The server's implementation,
+over its Timeline, is :class:`tokentrace.core.timeline_reader.TimelineReader`."""
 
 from __future__ import annotations
 

@@ -19,16 +19,17 @@ from typing import Literal, NamedTuple
 
 import msgspec
 
-__all__ = ["NotifyKind", "RuleState", "Status", "Step", "step"]
+__all__ = ["NotifyKind", "RuleState", "RuleStatus", "Step", "step"]
 
-Status = Literal["ok", "firing", "resolved"]
+#: A rule's alert status (a span's ``ok``/``error``/``timeout`` is ``tokentrace.core.span.Status``).
+RuleStatus = Literal["ok", "firing", "resolved"]
 NotifyKind = Literal["firing", "resolved"]
 
 
 class RuleState(msgspec.Struct, frozen=True):
     """What the engine remembers about one rule between evaluations (times in epoch ms)."""
 
-    status: Status = "ok"
+    status: RuleStatus = "ok"
     #: Start of the current firing episode (None when not firing).
     firing_since_ms: int | None = None
     #: Start of the latest firing episode, kept after it resolves.
@@ -82,7 +83,7 @@ def step(
             return Step(nxt, "firing", started)
         nxt = msgspec.structs.replace(state, status="firing", firing_since_ms=since, last_fired_ms=last_fired, **seen)
         return Step(nxt, None, started)
-    status: Status = "resolved" if state.status in ("firing", "resolved") else "ok"
+    status: RuleStatus = "resolved" if state.status in ("firing", "resolved") else "ok"
     if state.announced and not silenced:
         nxt = msgspec.structs.replace(state, status=status, firing_since_ms=None, announced=False, **seen)
         return Step(nxt, "resolved", False)

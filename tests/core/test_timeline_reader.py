@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from tokentrace.core.alert_reader import TimelineReader
 from tokentrace.core.alerts.metrics import READER_METRICS
 from tokentrace.core.metrics import SCALAR_METRICS
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, Timeline
+from tokentrace.core.timeline_reader import TimelineReader
 
 NOW = 1_780_000_000_000 + 30 * MINUTE_MS + 500
 

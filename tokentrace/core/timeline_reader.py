@@ -1,4 +1,5 @@
-"""Alert rules read their metrics from a Timeline, through the same metric table as the HTTP API.
+"""The server's :class:`~tokentrace.core.alerts.MetricReader` (the protocol in ``core/alerts/reader.py``):
+alert rules read their metrics from a Timeline, through the same metric table as the HTTP API.
 
 One evaluation round asks for many (window, filter) pairs over the same few windows. The reader queries
 each window once, grouped by series, and answers filters on model/provider/caller by merging the matching
