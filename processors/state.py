@@ -69,7 +69,7 @@ __all__ = [
     "Additions",
     "Applied",
     "Applier",
-    "Message",
+    "ConsumedMessage",
     "compact",
     "expire",
     "table_name",
@@ -77,7 +77,7 @@ __all__ = [
 
 HOUR_MS = 3_600_000
 #: One source message: its offset, its timestamp in ms and its value.
-Message = tuple[int, int, bytes | None]
+ConsumedMessage = tuple[int, int, bytes | None]
 
 
 def table_name(schema: int = STATE_SCHEMA) -> str:
@@ -281,7 +281,7 @@ class Applier:
             additions.settle()
 
     def apply_many(
-        self, entries: MutableMapping[bytes, Entry], partition: int, messages: Iterable[Message]
+        self, entries: MutableMapping[bytes, Entry], partition: int, messages: Iterable[ConsumedMessage]
     ) -> list[Applied]:
         """Apply messages of one partition, in order: the entries and results of ``apply`` for each in turn.
 
@@ -313,7 +313,7 @@ class Applier:
         self,
         entries: MutableMapping[bytes, Entry],
         partition: int,
-        message: Message,
+        message: ConsumedMessage,
         additions: Additions,
         ident: str | None = None,
     ) -> Applied:
@@ -384,7 +384,7 @@ class Applier:
         partition: int,
         meta: PartitionMeta,
         fresh: bool,
-        message: Message,
+        message: ConsumedMessage,
         ident: str,
         out: Applied,
     ) -> bool:

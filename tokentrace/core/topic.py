@@ -25,14 +25,14 @@ from aiokafka.partitioner import murmur2
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import Span
 
-__all__ = ["MESSAGE_ID_HEADER", "Message", "header_id", "message_id", "partition_for", "split_messages"]
+__all__ = ["MESSAGE_ID_HEADER", "TopicMessage", "header_id", "message_id", "partition_for", "split_messages"]
 
 #: Kafka header carrying a message's idempotency id (the request's key, suffixed for a batch's later parts).
 MESSAGE_ID_HEADER = "tokentrace-idempotency-key"
 
 
 @dataclass(frozen=True, slots=True)
-class Message:
+class TopicMessage:
     """One Kafka message to produce: a wire-format batch of ``count`` spans for one partition."""
 
     partition: int
@@ -53,14 +53,14 @@ def partition_for(trace_id: str, partitions: Sequence[int]) -> int:
 
 def split_messages(
     spans: Sequence[Span], partitions: Sequence[int], max_spans: int, max_bytes: int
-) -> tuple[list[Message], list[Span]]:
+) -> tuple[list[TopicMessage], list[Span]]:
     """The messages of one batch (see the module docstring), in ``spans`` order, and the spans too large to
     fit in a message on their own (left out)."""
     if not spans:
         return [], []
     key = spans[0].trace_id
     partition = partition_for(key, sorted(partitions))
-    messages: list[Message] = []
+    messages: list[TopicMessage] = []
     too_large: list[Span] = []
     for start in range(0, len(spans), max_spans):
         _encode_fitting(list(spans[start : start + max_spans]), partition, key.encode(), max_bytes, messages, too_large)
@@ -68,11 +68,11 @@ def split_messages(
 
 
 def _encode_fitting(
-    chunk: list[Span], partition: int, key: bytes, max_bytes: int, out: list[Message], too_large: list[Span]
+    chunk: list[Span], partition: int, key: bytes, max_bytes: int, out: list[TopicMessage], too_large: list[Span]
 ) -> None:
     value = encode_wire(chunk)
     if len(value) <= max_bytes:
-        out.append(Message(partition, key, value, len(chunk)))
+        out.append(TopicMessage(partition, key, value, len(chunk)))
     elif len(chunk) == 1:
         too_large.append(chunk[0])
     else:
