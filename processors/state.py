@@ -44,7 +44,8 @@ from tokentrace.core.buckets import SEP, BucketState, Caps
 from tokentrace.core.codec import decode_wire
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_spans
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
-from tokentrace.core.timeline import Timeline, TimelineSettings
+from tokentrace.core.tiers import NEVER, Fate, Tiers, hour_of, tiers_at
+from tokentrace.core.timeline import TimelineSettings
 from tokentrace.processors.idempotency import KeyPolicy, applied_before, digest, record
 from tokentrace.view.schema import (
     STATE_SCHEMA,
@@ -88,23 +89,25 @@ def table_name(schema: int = STATE_SCHEMA) -> str:
 def compact(
     entries: MutableMapping[bytes, Entry], partition: int, cutoff_ms: int, caps: Caps | None = None
 ) -> tuple[list[bytes], list[bytes]]:
-    """Fold ``partition``'s minute buckets that start before ``cutoff_ms`` (hour-aligned) into hour
-    entries; returns (hour keys to write, minute keys to delete once those writes are durable).
+    """Fold ``partition``'s minute buckets that start before the fine cutoff ``cutoff_ms`` into hour entries
+    (rule 1 of tokentrace/core/tiers.py); returns (hour keys to write, minute keys to delete once those writes
+    are durable).
 
     An hour entry, once it exists, takes every later span of its hour (``Applier`` routes them) and
     carries the highest offset of what it absorbed, so replays skip it like any bucket. A minute bucket
-    whose hour entry already existed before this pass is a survivor of a crash between the two writes:
-    deleted, never folded again.
+    whose hour entry already existed before this pass is a survivor of a crash between the two writes
+    (rule 3): deleted, never folded again.
     """
+    tiers = Tiers(fine_cutoff_ms=cutoff_ms, horizon_ms=NEVER)  # folding only: ``expire`` retires
     hours: dict[int, BucketEntry] = {}
     deleted: list[bytes] = []
     for key, entry in list(entries.items()):
         owner, start = parse_key(key)
-        if owner != partition or start is None or start >= cutoff_ms or not isinstance(entry, BucketEntry):
+        if owner != partition or start is None or not isinstance(entry, BucketEntry):
             continue
-        if is_hour_key(key):
+        if tiers.fate(start, is_hour=is_hour_key(key)) is not Fate.FOLD:
             continue
-        hour = start - start % HOUR_MS
+        hour = hour_of(start)
         target = hours.get(hour)
         if target is None:
             existing = entries.get(hour_key(partition, hour))
@@ -128,25 +131,34 @@ def compact(
 def expire(
     entries: MutableMapping[bytes, Entry], partition: int, horizon_ms: int, caps: Caps | None = None
 ) -> tuple[list[bytes], list[bytes]]:
-    """Retire ``partition``'s buckets (minutes and hours) that start before ``horizon_ms`` (hour-aligned);
-    returns (keys to write: the retired entry, keys to delete once that write is durable)."""
+    """Retire ``partition``'s buckets (minutes and hours) that start before the horizon ``horizon_ms`` (rule 2
+    of tokentrace/core/tiers.py); returns (keys to write: the retired entry, keys to delete once that write is
+    durable)."""
     rkey = retired_key(partition)
     retired = entries.get(rkey)
     if not isinstance(retired, RetiredEntry):
         retired = RetiredEntry(0, BucketState())
     if horizon_ms <= retired.horizon:
         return [], []
+    retiring = Tiers(fine_cutoff_ms=NEVER, horizon_ms=horizon_ms)
+    # What counts where it is now: not below the old horizon (retired already), not a minute under an hour
+    # entry (counted in that hour). Hour entries as they were before this pass deletes any.
+    counted = Tiers(fine_cutoff_ms=NEVER, horizon_ms=retired.horizon)
+    hours: set[int] = set()
+    for key in entries:
+        if is_hour_key(key):
+            owner, start = parse_key(key)
+            if owner == partition and start is not None:
+                hours.add(start)
     deleted: list[bytes] = []
-    hours = {key for key in entries if is_hour_key(key)}  # as they were before this pass deletes any
     for key, entry in list(entries.items()):
         owner, start = parse_key(key)
-        if owner != partition or start is None or start >= horizon_ms or not isinstance(entry, BucketEntry):
+        if owner != partition or start is None or not isinstance(entry, BucketEntry):
             continue
-        # Below the old horizon it was folded already; a minute under an hour entry is in that hour.
-        stale = start < retired.horizon or (
-            not is_hour_key(key) and hour_key(partition, start - start % HOUR_MS) in hours
-        )
-        if not stale:
+        is_hour = is_hour_key(key)
+        if retiring.fate(start, is_hour=is_hour) is not Fate.RETIRE:
+            continue
+        if counted.counts(start, is_hour=is_hour, hours=hours):
             retired.state.merge(entry.state, caps)
         del entries[key]
         deleted.append(key)
@@ -258,10 +270,14 @@ class Applier:
         self.pricer = pricer
         self.max_future_ms = max_future_ms
         self.keys = keys or KeyPolicy()
-        self._timeline = Timeline(settings)  # only for its retention rule
+
+    def tiers(self, at_ms: int) -> Tiers:
+        """Where the fine cutoff and the retention horizon stand at ``at_ms`` (tokentrace/core/tiers.py)."""
+        return tiers_at(at_ms, self.settings.fine_retention_ms, self.settings.retention_ms)
 
     def oldest_allowed_ms(self, at_ms: int) -> int:
-        return self._timeline.oldest_allowed_ms(at_ms)
+        """Start of the oldest bucket still kept: spans before it are outside retention."""
+        return self.tiers(at_ms).horizon_ms
 
     def apply(
         self,
@@ -407,7 +423,7 @@ class Applier:
         retired = entries.get(retired_key(partition))
 
         def key_of(start: int) -> bytes:
-            key = hour_key(partition, start - start % HOUR_MS)
+            key = hour_key(partition, hour_of(start))
             return key if key in entries else bucket_key(partition, start)
 
         return _Bounds(

@@ -64,7 +64,7 @@ from tokentrace.core.timeline_reader import TimelineReader
 from tokentrace.core.topic import header_id
 from tokentrace.processors import faust_adapter
 from tokentrace.processors.idempotency import KeyPolicy, collect
-from tokentrace.processors.state import HOUR_MS, Additions, Applier, compact, expire, table_name
+from tokentrace.processors.state import Additions, Applier, compact, expire, table_name
 from tokentrace.processors.store import STORE_URL
 from tokentrace.view.keys import DEFAULT_PREFIX, Keys
 from tokentrace.view.reader import ViewReader
@@ -719,18 +719,15 @@ class _Worker:
     async def retire(self) -> None:
         """Compact minute buckets past the fine retention into hours; retire buckets past retention."""
         self.settle()  # compaction and retirement merge aggregates
-        now = now_ms()
-        horizon = self.applier.oldest_allowed_ms(now)
-        fine_cutoff = now - self.settings.timeline.fine_retention_ms
-        fine_cutoff -= fine_cutoff % HOUR_MS
+        tiers = self.applier.tiers(now_ms())
         entries = self.entries
         flusher = self.flusher
         for partition in sorted(self.owned_partitions()):
             if not self._consistent(partition):
                 continue  # still replaying after a recovery (see on_recovered)
             for written, deleted in (
-                compact(entries, partition, fine_cutoff, self.settings.timeline.caps),
-                expire(entries, partition, horizon, self.settings.timeline.caps),
+                compact(entries, partition, tiers.fine_cutoff_ms, self.settings.timeline.caps),
+                expire(entries, partition, tiers.horizon_ms, self.settings.timeline.caps),
             ):
                 flusher.dirty.update(written)
                 flusher.delete_pending.update(deleted)

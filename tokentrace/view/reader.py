@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.span import Span
+from tokentrace.core.tiers import NEVER, Tiers, hour_of
 from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
 from tokentrace.core.traces import StoredTrace, TraceFilter
 from tokentrace.view.keys import DEFAULT_PREFIX, Keys, trace_spans
@@ -153,13 +154,13 @@ class ViewReader:
         return True
 
     def _merged(self, states: dict[int, BucketState], start: int, *, hour: bool) -> BucketState | None:
-        """The bucket as the merge of the partitions that count it here (not retired, not compacted)."""
-        hour_start = start - start % HOUR_MS
+        """The bucket as the merge of the partitions that count it here (rules 2 and 3 of core/tiers.py: not
+        retired, and a minute not under its partition's hour entry)."""
+        in_hour = self._hours.get(hour_of(start), {})
         merged: BucketState | None = None
         for partition, state in states.items():
-            if start < self._horizon(partition):
-                continue
-            if not hour and partition in self._hours.get(hour_start, {}):
+            hours = (hour_of(start),) if partition in in_hour else ()
+            if not Tiers(NEVER, self._horizon(partition)).counts(start, is_hour=hour, hours=hours):
                 continue
             if merged is None:
                 merged = BucketState()
