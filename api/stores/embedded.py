@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from functools import partial
@@ -34,7 +35,13 @@ from tokentrace.config import Config, milliseconds, timeline_settings
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings, TimelineSnapshot
+from tokentrace.core.timeline import (
+    FrozenTimelineSnapshot,
+    LifetimeParts,
+    Timeline,
+    TimelineSettings,
+    TimelineSnapshot,
+)
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
 __all__ = ["SNAPSHOT_VERSION", "EmbeddedSettings", "EmbeddedStore", "read_snapshot"]
@@ -62,13 +69,29 @@ class EmbeddedSettings(msgspec.Struct, frozen=True):
 
 
 class _Snapshot(msgspec.Struct):
+    """A snapshot as read: its buckets stay frozen (``FrozenTimelineSnapshot``), so loading decodes no aggregate.
+
+    ``timeline.memos`` was added without a version bump: older builds ignore it and read the rest as before.
+    """
+
+    version: int
+    wal_seq: int
+    span_total: int
+    timeline: FrozenTimelineSnapshot
+    spans: list[Span]
+    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
+    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class _SnapshotOut(msgspec.Struct):
+    """``_Snapshot`` as written (the same fields; live and frozen buckets encode alike)."""
+
     version: int
     wal_seq: int
     span_total: int
     timeline: TimelineSnapshot
     spans: list[Span]
-    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
-    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
+    idempotency_keys: dict[str, int]
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
@@ -109,6 +132,7 @@ class EmbeddedStore:
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._closed = False
         #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
         self.idempotency_keys: dict[str, int] = {}
@@ -122,6 +146,7 @@ class EmbeddedStore:
             self._recover(self.data_dir)
         self._last_snapshot_s = asyncio.get_running_loop().time()
         self._maintenance = asyncio.create_task(self._maintain())
+        self._warm_memos()
 
     def _recover(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -153,6 +178,9 @@ class EmbeddedStore:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self._snapshotting is not None:
             await asyncio.gather(self._snapshotting, return_exceptions=True)
         if self._wal is not None:
@@ -290,11 +318,26 @@ class EmbeddedStore:
         self._expire_keys(now)
         if self._wal is None:  # memory-only: nothing to snapshot
             return
+        self._warm_memos()
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
         if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
+
+    def _warm_memos(self) -> None:
+        """Compute, 20 ms at a time between requests, the memos the next snapshot carries (so that the first
+        long-window query after a restart reads them instead of every bucket); unless running already."""
+        if self.data_dir is None or (self._warming is not None and not self._warming.done()):
+            return
+
+        async def warm() -> None:
+            for _ in itertools.count():
+                if self.timeline.warm_memos(0.02):
+                    return
+                await asyncio.sleep(0)  # let requests in between slices
+
+        self._warming = asyncio.create_task(warm())
 
     async def _snapshot(self) -> None:
         """Rotate the log and capture state under the log's lock, then write and verify the snapshot off the loop."""
@@ -307,12 +350,14 @@ class EmbeddedStore:
             except OSError as exc:
                 log.error("snapshot skipped: cannot start a new log segment: %s", exc)
                 return
+            timeline = self.timeline.snapshot()
+            timeline.memos = self.timeline.memo_records()
             payload = _snapshot_encoder.encode(
-                _Snapshot(
+                _SnapshotOut(
                     SNAPSHOT_VERSION,
                     seq,
                     self.span_total,
-                    self.timeline.snapshot(),
+                    timeline,
                     list(self.traces.spans()),
                     dict(self.idempotency_keys),
                 )
