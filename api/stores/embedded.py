@@ -218,6 +218,8 @@ class EmbeddedStore:
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
+        if self.timeline.pending_spans and self._maintenance is not None:  # back-filled into frozen buckets
+            self._warm_memos()
         traces = self.traces
         for span in spans:
             traces.add(span)
@@ -326,14 +328,16 @@ class EmbeddedStore:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
     def _warm_memos(self) -> None:
-        """Compute, 20 ms at a time between requests, the memos the next snapshot carries (so that the first
+        """In the background, 20 ms at a time between requests: apply the writes back-filled into frozen buckets
+        (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
         long-window query after a restart reads them instead of every bucket); unless running already."""
-        if self.data_dir is None or (self._warming is not None and not self._warming.done()):
+        if self._warming is not None and not self._warming.done():
             return
 
         async def warm() -> None:
+            timeline = self.timeline
             for _ in itertools.count():
-                if self.timeline.warm_memos(0.02):
+                if timeline.flush_pending(0.02) and (self.data_dir is None or timeline.warm_memos(0.02)):
                     return
                 await asyncio.sleep(0)  # let requests in between slices
 

@@ -209,3 +209,31 @@ def test_caches_stay_within_their_bounds(monkeypatch: pytest.MonkeyPatch) -> Non
     reference.restore(timeline.snapshot())
     for groupby in (None, "model", SERIES):
         assert timeline.query(NOW - 3 * DAY_MS, NOW, groupby) == reference.query(NOW - 3 * DAY_MS, NOW, groupby)
+
+
+varied_spans = st.lists(
+    st.builds(
+        lambda span, extra: msgspec.structs.replace(span, attributes={**span.attributes, **extra}),
+        span_strategy,
+        st.dictionaries(
+            st.sampled_from(["tier", "flag", "user"]),
+            st.one_of(st.integers(0, 3), st.booleans(), st.sampled_from(["a", "b", "c"]), st.floats(0, 1)),
+            max_size=3,
+        ),
+    ),
+    max_size=40,
+)
+capped = st.sampled_from([Caps(), Caps(max_attribute_keys=1, max_attribute_values=2), Caps(2, 1)])
+
+
+@given(varied_spans, varied_spans, capped)
+@settings(max_examples=150, deadline=None)
+def test_adding_to_a_frozen_bucket_is_adding_to_the_live_one(before: list[Span], late: list[Span], caps: Caps) -> None:
+    """Byte for byte, caps and overflow counts included, with only the reached aggregates decoded."""
+    state = BucketState()
+    for span in before:
+        state.add(span, caps)
+    raw = frozen.freeze(state)
+    for span in late:
+        state.add(span, caps)
+    assert bytes(frozen.add_many(raw, late, caps)) == _encode(state)

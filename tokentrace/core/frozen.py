@@ -13,14 +13,26 @@ form, so a snapshot loads as one read of the file with no per-object decoding, a
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
 
 import msgspec
 
 from tokentrace.core.aggregate import Aggregate
-from tokentrace.core.buckets import BUILTIN_DIMENSIONS, BucketState, Projection, attribute_dimension
+from tokentrace.core.buckets import (
+    BUILTIN_DIMENSIONS,
+    OVERFLOW,
+    BucketState,
+    Caps,
+    Projection,
+    _attribute_text,
+    attribute_dimension,
+    series_key,
+)
+from tokentrace.core.span import EVAL_SCORE, Span
 
 __all__ = [
+    "add_many",
     "attribute_keys",
     "freeze",
     "freeze_projection",
@@ -47,7 +59,17 @@ class _Attributes(msgspec.Struct):
     attributes: dict[str, msgspec.Raw] = {}
 
 
+class _Shell(msgspec.Struct):
+    """A bucket with each aggregate left encoded: the dicts' keys (and order) without their aggregates."""
+
+    series: dict[str, msgspec.Raw] = {}
+    attributes: dict[str, dict[str, dict[str, msgspec.Raw]]] = {}
+    overflowed: int = 0
+
+
 _series = msgspec.msgpack.Decoder(_Series).decode
+_shell = msgspec.msgpack.Decoder(_Shell).decode
+_aggregate = msgspec.msgpack.Decoder(Aggregate).decode
 _attributes = msgspec.msgpack.Decoder(_Attributes).decode
 
 
@@ -59,6 +81,36 @@ def freeze(state: BucketState) -> msgspec.Raw:
 def thaw(raw: msgspec.Raw) -> BucketState:
     """The live bucket back, whole."""
     return _bucket(raw)
+
+
+def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:
+    """``freeze(thaw(raw).add_many(spans, caps))``, byte for byte, decoding only the aggregates the spans reach.
+
+    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series;
+    per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
+    ``BucketState.add_many`` runs on it, which only looks up, counts and adds keys (caps and dict order as in the
+    live bucket), and untouched aggregates encode back as the bytes they were.
+    """
+    shell = _shell(raw)
+    series: dict[str, Any] = shell.series
+    attributes: dict[str, dict[str, dict[str, Any]]] = shell.attributes
+    for span in spans:
+        key = series_key(span)
+        found = series.get(key)
+        if type(found) is msgspec.Raw:
+            series[key] = _aggregate(found)
+        for name, raw_value in span.attributes.items():
+            values = attributes.get(name)
+            if values is None or name == EVAL_SCORE:
+                continue
+            value = raw_value if type(raw_value) is str else _attribute_text(raw_value)
+            for slot in (value, OVERFLOW) if value is not None else ():
+                by_series = values.get(slot)
+                if by_series is not None and type(found := by_series.get(key)) is msgspec.Raw:
+                    by_series[key] = _aggregate(found)
+    state = BucketState(series=series, attributes=cast(Any, attributes), overflowed=shell.overflowed)
+    state.add_many(spans, caps)
+    return freeze(state)
 
 
 def project(raw: msgspec.Raw, groupby: str | None, where: Mapping[str, str]) -> Projection:

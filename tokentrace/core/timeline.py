@@ -126,8 +126,8 @@ _WINDOW_MEMO_GROUPS = 4096
 _BLOCK_MEMO_BYTES = 48 * 2**20
 #: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
 _BUCKET_MEMO_SIZE = 1024
-#: Spans waiting for their frozen bucket (a back-fill) before all are applied at once.
-_PENDING_SPANS = 20_000
+#: Spans waiting for their frozen buckets (a back-fill; ~1 kB each) before the fullest buckets take theirs at once.
+_PENDING_SPANS = 50_000
 #: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
 #: built-in dimension; by series, day memos only (what ``lifetime_parts`` reads).
 _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in BUILTIN_DIMENSIONS))
@@ -263,9 +263,11 @@ class Timeline:
         """Fold buckets older than the fine retention into hours; retire those past retention."""
         self._compactions += 1
         self._hot_from = max(self._hot_from, now_ms - now_ms % HOUR_MS - HOUR_MS)
-        self._flush_all()
         settings = self.settings
         fine_cutoff = now_ms - settings.fine_retention_ms
+        moving, retiring = fine_cutoff - fine_cutoff % HOUR_MS, self.oldest_allowed_ms(now_ms)
+        for key in [k for k in self._pending if k[1] < retiring or (k[0] == _FINE and k[1] < moving)]:
+            self._stored(key)  # what moves or retires takes its deferred writes along
         for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
             state = _thawed(self._fine.pop(start))
             hour = start - start % HOUR_MS
@@ -313,27 +315,51 @@ class Timeline:
         return state
 
     def _defer(self, key: tuple[int, int], spans: Sequence[Span]) -> None:
-        """Queue spans for a frozen bucket before the hot hours (a back-fill): thawing it per batch would cost
-        a decode and an encode of the whole bucket each time. ``_stored`` applies them, in order, when the
-        bucket is read; ``compact`` (each maintenance pass) and ``_PENDING_SPANS`` bound how many wait."""
+        """Queue spans for a frozen bucket before the hot hours (a back-fill): applying them costs a pass over
+        the bucket's bytes (``frozen.add_many``) however few they are, so they are applied in bulk: when the
+        bucket is read (``_stored``), by ``flush_pending`` (the store's background task, between requests),
+        and here, the buckets with the most first, once more than ``_PENDING_SPANS`` wait."""
         queued = self._pending.get(key)
         if queued is None:
             queued = self._pending[key] = []
         queued.extend(spans)
         self._pending_spans += len(spans)
         if self._pending_spans > _PENDING_SPANS:
-            self._flush_all()
+            for fullest in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+                self._stored(fullest)
+                if self._pending_spans <= _PENDING_SPANS // 2:
+                    break
+
+    @property
+    def pending_spans(self) -> int:
+        """Spans counted in frozen buckets' versions but not applied to their bytes yet (``flush_pending``)."""
+        return self._pending_spans
+
+    def flush_pending(self, budget_s: float | None = None) -> bool:
+        """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: all); True once
+        none is left."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        for key in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+            self._stored(key)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        return not self._pending
 
     def _stored(self, key: tuple[int, int]) -> _Stored | None:
-        """The stored bucket at ``key`` with its deferred writes applied (then frozen again)."""
+        """The stored bucket at ``key`` with its deferred writes applied (it stays frozen)."""
         table = self._fine if key[0] == _FINE else self._coarse
-        if key in self._pending:
-            table[key[1]] = frozen.freeze(self._live(key))
+        deferred = self._pending.pop(key, None)
+        if deferred is not None:
+            self._pending_spans -= len(deferred)
+            state = table[key[1]]
+            if isinstance(state, BucketState):
+                state.add_many(deferred, self.settings.caps)
+            else:
+                table[key[1]] = frozen.add_many(state, deferred, self.settings.caps)
         return table.get(key[1])
 
     def _flush_all(self) -> None:
-        for key in list(self._pending):
-            self._stored(key)
+        self.flush_pending()
 
     def oldest_allowed_ms(self, now_ms: int) -> int:
         """Start of the oldest bucket still kept: spans before it are outside retention."""
