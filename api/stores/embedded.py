@@ -32,10 +32,12 @@ from tokentrace.api.stores.records import decode_record, encode_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.config import Config, milliseconds, timeline_settings
+from tokentrace.core import memory
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import (
+    FLUSH_FROM,
     FrozenTimelineSnapshot,
     LifetimeParts,
     Timeline,
@@ -218,7 +220,7 @@ class EmbeddedStore:
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
-        if self.timeline.pending_spans and self._maintenance is not None:  # back-filled into frozen buckets
+        if self.timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:  # a back-fill
             self._warm_memos()
         traces = self.traces
         for span in spans:
@@ -338,8 +340,9 @@ class EmbeddedStore:
             timeline = self.timeline
             for _ in itertools.count():
                 if timeline.flush_pending(0.02) and (self.data_dir is None or timeline.warm_memos(0.02)):
-                    return
+                    break
                 await asyncio.sleep(0)  # let requests in between slices
+            memory.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
 
         self._warming = asyncio.create_task(warm())
 

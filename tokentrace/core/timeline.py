@@ -32,6 +32,7 @@ from tokentrace.core.span import Span
 
 __all__ = [
     "DAY_MS",
+    "FLUSH_FROM",
     "HOUR_MS",
     "MINUTE_MS",
     "CacheStats",
@@ -126,8 +127,12 @@ _WINDOW_MEMO_GROUPS = 4096
 _BLOCK_MEMO_BYTES = 48 * 2**20
 #: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
 _BUCKET_MEMO_SIZE = 1024
-#: Spans waiting for their frozen buckets (a back-fill; ~1 kB each) before the fullest buckets take theirs at once.
-_PENDING_SPANS = 50_000
+#: Spans waiting for their frozen buckets (a back-fill; the same objects the trace index holds) before the fullest
+#: buckets take theirs at once; the store's background task applies them from ``FLUSH_FROM`` on, and at each
+#: maintenance pass. Each bucket's pass costs ~0.5-2 ms at 10M spans a month, whatever it applies: the more wait,
+#: the cheaper a back-filled span.
+_PENDING_SPANS = 100_000
+FLUSH_FROM = 40_000
 #: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
 #: built-in dimension; by series, day memos only (what ``lifetime_parts`` reads).
 _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in BUILTIN_DIMENSIONS))
