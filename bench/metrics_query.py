@@ -349,7 +349,7 @@ def main() -> None:
             [
                 "git",
                 "-C",
-                str(Path(args.baseline_python).resolve().parent.parent.parent),
+                str(Path(args.baseline_python).absolute().parents[2]),
                 "rev-parse",
                 "--short",
                 "HEAD",

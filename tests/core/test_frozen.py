@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.core.test_timeline import NOW, span_strategy
 from tokentrace.core import frozen
 from tokentrace.core import timeline as timeline_module
-from tokentrace.core.buckets import SERIES, BucketState, Caps
+from tokentrace.core.buckets import OVERFLOW, SERIES, BucketState, Caps
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import (
     DAY_MS,
@@ -136,14 +136,30 @@ def test_memo_records_cover_every_day_and_hour_for_the_persisted_specs() -> None
     hours = {(NOW - 37 * MINUTE_MS * o) // HOUR_MS * HOUR_MS for o in range(100)}
     for groupby in (None, "model", "provider", "caller"):
         assert {(HOUR_MS, h, groupby) for h in hours} <= blocks
-    assert all(not r.where for r in records)
     assert any(r.groupby == SERIES and r.size == DAY_MS for r in records)
 
 
-def test_attribute_memos_are_not_persisted() -> None:
-    timeline = build([(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), 3 * HOUR_MS)])
-    timeline.query(NOW - 2 * DAY_MS, NOW, "workflow")
-    assert all(r.groupby != "workflow" for r in timeline.memo_records())
+def test_compaction_that_regroups_attributes_makes_the_hours_memos_stale() -> None:
+    """Two values a minute, at most two an hour: the merged hour puts the rest under ``__overflow__``, and a memo
+    made from the minutes must not outlive that (nor be persisted for a restart)."""
+    caps = Caps(max_attribute_keys=4, max_attribute_values=2)
+    timeline = Timeline(TimelineSettings(fine_retention_ms=HOUR_MS, retention_ms=5 * DAY_MS, caps=caps))
+    hour = NOW - 3 * HOUR_MS - (NOW - 3 * HOUR_MS) % HOUR_MS
+    for minute, values in enumerate((("a", "b"), ("c", "d"), ("a", "e"))):
+        for value in values:
+            timeline.add(Span(model="m", prompt_tokens=1, attributes={"workflow": value}), hour + minute * MINUTE_MS)
+    window = (hour - DAY_MS, NOW)
+    assert set(timeline.query(*window, "workflow")) == {"a", "b", "c", "d", "e"}  # memoised from the minutes
+    timeline.compact(NOW)
+    recount = Timeline(timeline.settings)
+    recount.restore(timeline.snapshot())
+    assert timeline.query(*window, "workflow") == recount.query(*window, "workflow")
+    assert set(recount.query(*window, "workflow")) == {"a", "b", OVERFLOW}
+    restored = Timeline(timeline.settings)
+    snapshot = timeline.snapshot()
+    snapshot.memos = timeline.memo_records()
+    restored.restore(msgspec.msgpack.decode(_encode(snapshot), type=FrozenTimelineSnapshot))
+    assert restored.query(*window, "workflow") == recount.query(*window, "workflow")
 
 
 def test_a_snapshot_without_memos_still_restores() -> None:

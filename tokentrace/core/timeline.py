@@ -10,10 +10,10 @@ fully covers and from single buckets at its edges; a write into a block invalida
 results are independent of how the window is split, because merging is exact.
 
 Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
-tokentrace/core/frozen.py) and thawed by the next write into it; day and hour memos are frozen too. Every
-cache is bounded and counted (``cache_stats``): block memos by bytes, bucket memos and settled windows by
-entries and groups. A snapshot carries the fresh day and hour memos of the specs that read no attribute
-(``memo_records``), so the first long-window query after a restart finds them instead of decoding every bucket.
+tokentrace/core/frozen.py); writes into it wait and are applied in bulk; day and hour memos are frozen too.
+Every cache is bounded and counted (``cache_stats``): block memos by bytes, bucket memos and settled windows by
+entries and groups. A snapshot carries the fresh day and hour memos (``memo_records``), so the first
+long-window query after a restart finds them instead of decoding every bucket.
 """
 
 from __future__ import annotations
@@ -276,7 +276,11 @@ class Timeline:
         for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
             state = _thawed(self._fine.pop(start))
             hour = start - start % HOUR_MS
-            self._live((_COARSE, hour)).merge(state, settings.caps)
+            target = self._live((_COARSE, hour))
+            overflowed = target.overflowed + state.overflowed
+            target.merge(state, settings.caps)
+            if target.overflowed != overflowed:  # the caps regrouped attributes: the hour's memos are stale
+                self._touch(hour)
             self._written.add((_COARSE, hour))
             self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
         moved_before = fine_cutoff - fine_cutoff % HOUR_MS
@@ -674,17 +678,14 @@ class Timeline:
         return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired)
 
     def memo_records(self) -> list[MemoRecord]:
-        """The fresh day and hour memos of the specs that read no attribute, for a snapshot (``warm_memos``
-        computes those of ``_PERSISTED_SPECS`` ahead).
-
-        Attribute specs are left out: compaction's caps may change an hour's attribute groups without touching
-        its memo, and only a memo recomputed after a restart must give the answer of the buckets themselves.
-        """
+        """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS``
+        ahead; others are there once queried). A fresh memo is the projection of the buckets as they are:
+        compaction touches an hour whose attribute groups its caps change."""
         versions = self._versions
         return [
             MemoRecord(size, block, spec[0], list(spec[1]), raw)
             for (size, block, spec), (version, raw) in self._memo.items()
-            if versions.get((size, block)) == version and _reads_no_attribute(spec)
+            if versions.get((size, block)) == version
         ]
 
     def warm_memos(self, budget_s: float | None = None) -> bool:
@@ -753,7 +754,7 @@ class Timeline:
         for record in snapshot.memos:
             version = self._versions.get((record.size, record.block))
             spec: _QuerySpec = (record.groupby, tuple((key, value) for key, value in record.where))
-            if record.size in (DAY_MS, HOUR_MS) and version is not None and _reads_no_attribute(spec):
+            if record.size in (DAY_MS, HOUR_MS) and version is not None:
                 self._remember_frozen((record.size, record.block, spec), version, record.projection.copy())
 
     def cache_stats(self) -> CacheStats:
@@ -771,13 +772,6 @@ class Timeline:
             window_memos=len(self._window_memo),
             window_memo_groups=self._window_groups,
         )
-
-
-def _reads_no_attribute(spec: _QuerySpec) -> bool:
-    groupby, where = spec
-    return (groupby is None or groupby in BUILTIN_DIMENSIONS or groupby == SERIES) and all(
-        key in BUILTIN_DIMENSIONS for key, _ in where
-    )
 
 
 def _own(state: _Stored) -> _Stored:
