@@ -220,8 +220,8 @@ class EmbeddedStore:
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0) -> None:
         self.timeline.add_many(spans, [span_time_ms(span) for span in spans])
-        if self.timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:  # a back-fill
-            self._warm_memos()
+        if self.timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:
+            self._warm_memos(backfill=True)
         traces = self.traces
         for span in spans:
             traces.add(span)
@@ -329,17 +329,23 @@ class EmbeddedStore:
         if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
-    def _warm_memos(self) -> None:
+    def _warm_memos(self, *, backfill: bool = False) -> None:
         """In the background, 20 ms at a time between requests: apply the writes back-filled into frozen buckets
         (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
-        long-window query after a restart reads them instead of every bucket); unless running already."""
+        long-window query after a restart reads them instead of every bucket); unless running already.
+
+        ``backfill`` (a back-fill is under way): apply half of what waits and stop; the memos would be stale
+        again at its next batch (the maintenance pass computes them)."""
         if self._warming is not None and not self._warming.done():
             return
 
         async def warm() -> None:
             timeline = self.timeline
+            keep = FLUSH_FROM // 2 if backfill else 0
             for _ in itertools.count():
-                if timeline.flush_pending(0.02) and (self.data_dir is None or timeline.warm_memos(0.02)):
+                if timeline.flush_pending(0.02, keep) and (
+                    backfill or self.data_dir is None or timeline.warm_memos(0.02)
+                ):
                     break
                 await asyncio.sleep(0)  # let requests in between slices
             memory.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS

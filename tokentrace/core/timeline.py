@@ -344,15 +344,17 @@ class Timeline:
         """Spans counted in frozen buckets' versions but not applied to their bytes yet (``flush_pending``)."""
         return self._pending_spans
 
-    def flush_pending(self, budget_s: float | None = None) -> bool:
-        """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: all); True once
-        none is left."""
+    def flush_pending(self, budget_s: float | None = None, keep: int = 0) -> bool:
+        """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: no limit),
+        until at most ``keep`` spans wait; True once there."""
         deadline = None if budget_s is None else time.perf_counter() + budget_s
         for key in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+            if self._pending_spans <= keep:
+                break
             self._stored(key)
             if deadline is not None and time.perf_counter() > deadline:
                 break
-        return not self._pending
+        return self._pending_spans <= keep
 
     def _stored(self, key: tuple[int, int]) -> _Stored | None:
         """The stored bucket at ``key`` with its deferred writes applied (it stays frozen)."""
