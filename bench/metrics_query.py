@@ -7,14 +7,21 @@ spans (``BucketState.add``: 5 models x 3 providers x 4 callers = 60 series, one 
 of them. Every bucket of the window gets its own copy (a msgpack round trip, so nothing is shared):
 minute buckets for the fine retention (48h), hour buckets before it, as ``Timeline.compact`` leaves
 them. The spans the pool leaves short of exactly 10M are added with ``Timeline.add`` at random times.
-The state goes to disk as an ``EmbeddedStore`` snapshot, and a real ``tokentrace serve`` loads it.
+The state goes to disk as an ``EmbeddedStore`` snapshot, with the memos a running server computes in its warm-up
+task (``Timeline.warm_memos``), and a real ``tokentrace serve`` loads it.
 
-Measured through real HTTP (keep-alive, sequential, after warm-up): ``/metrics?window=30d`` and a few
-variants, idle and while spans keep arriving (a small POST before each GET invalidates the current
-hour's and day's memos, as live traffic does). Memory: the server's RSS with the state minus an empty
-server's RSS.
+Measured through real HTTP (keep-alive, sequential, after warm-up): the restart (spawn to ``/health`` 200),
+the first ``/metrics?window=30d``, then ``/metrics?window=30d`` and a few variants, idle and while spans keep
+arriving (a small POST before each GET invalidates the current hour's and day's memos, as live traffic
+does). Memory: the server's RSS with the state minus an empty server's RSS. Back-fill: ``--backfill`` spans
+spread over the retention are POSTed (batches of 1000), the RSS is read after a maintenance pass (the
+server's 30 s interval), and again after a restart of the same state.
 
-    .venv/bin/python bench/metrics_query.py [--spans 10000000] [--requests 300] [--append-results]
+``--baseline-python`` (e.g. another checkout's ``.venv/bin/python``) runs the same measurements with that
+install's server on a copy of the same snapshot (the snapshot format is shared), and a table sets them
+side by side.
+
+    .venv/bin/python bench/metrics_query.py [--spans 10000000] [--requests 300] [--baseline-python PATH]
 """
 
 from __future__ import annotations
@@ -25,13 +32,15 @@ import http.client
 import json
 import pstats
 import random
+import shutil
+import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import msgspec
-from apibench import Server, append_results, percentile
+from apibench import Server, percentile
 
 from tokentrace.api.embedded import embedded_settings
 from tokentrace.api.stores.embedded import EmbeddedStore
@@ -158,6 +167,7 @@ async def write_snapshot(data_dir: Path, timeline: Timeline, spans: int) -> None
     store = EmbeddedStore(data_dir, embedded_settings(Config()))
     await store.open()
     store.timeline.restore(timeline.snapshot())
+    store.timeline.warm_memos()  # what the server's warm-up task has done a minute after it started
     store.span_total = spans
     await store.close()
 
@@ -219,88 +229,172 @@ def latency_line(label: str, seconds: list[float]) -> str:
     )
 
 
+def measure(label: str, python: str, data: Path, work: Path, args: argparse.Namespace) -> dict[str, float]:
+    """One server flavour over ``data`` (a copy of the snapshot): restart, first query, latencies, memory,
+    back-fill; prints its lines and returns its figures."""
+    figures: dict[str, float] = {}
+
+    def say(line: str) -> None:
+        print(f"[{label}] {line}", flush=True)
+
+    empty = Server(work / f"empty-{label}", prefix=[python])
+    empty_rss = empty.rss_bytes()
+    empty.stop()
+    began = time.perf_counter()
+    server = Server(data, prefix=[python])
+    figures["restart_s"] = time.perf_counter() - began
+    say(f"restart: /health 200 after {figures['restart_s']:.2f} s")
+    try:
+        connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+        cold, body = get(connection, QUERIES[0])
+        figures["first_ms"] = cold * 1000
+        counted = json.loads(body)["span_count"]
+        say(f"first `{QUERIES[0]}`: {cold * 1000:.1f} ms; span_count {counted:,}")
+        for target in QUERIES:
+            began = time.perf_counter()
+            get(connection, target)
+            first = time.perf_counter() - began
+            for _ in range(args.warmup):
+                get(connection, target)
+            timed = [get(connection, target)[0] for _ in range(args.requests)]
+            figures[f"idle {target}"] = percentile(sorted(timed), 0.99) * 1000
+            say(f"idle `{target}` (first {first * 1000:.0f} ms): " + latency_line("", timed).lstrip(": "))
+        rss = server.rss_bytes()
+        figures["state_mib"] = (rss - empty_rss) / 2**20
+        say(
+            f"RSS {rss / 2**20:.0f} MiB vs {empty_rss / 2**20:.0f} MiB empty: the state takes {figures['state_mib']:.0f} MiB"
+        )
+        rng = random.Random(11)
+        for target in QUERIES[:3]:
+            timed = []
+            for _ in range(args.warmup + args.requests):
+                post(connection, msgspec.json.encode([synthetic_span(rng, now_ms() - 1000) for _ in range(10)]))
+                timed.append(get(connection, target)[0])
+            figures[f"ingesting {target}"] = percentile(sorted(timed[args.warmup :]), 0.99) * 1000
+            say(f"ingesting `{target}`: " + latency_line("", timed[args.warmup :]).lstrip(": "))
+        if args.backfill:
+            before = server.rss_bytes()
+            oldest = now_ms() - 30 * 86_400_000 + 2 * HOUR_MS
+            began = time.perf_counter()
+            for done in range(0, args.backfill, 1000):
+                batch = [
+                    synthetic_span(rng, rng.randrange(oldest, now_ms())) for _ in range(min(1000, args.backfill - done))
+                ]
+                post(connection, msgspec.json.encode(batch))
+            posted_s = time.perf_counter() - began
+            right_after = server.rss_bytes()
+            connection.close()
+            time.sleep(args.settle)
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            cold, _ = get(connection, QUERIES[0])
+            settled = server.rss_bytes()
+            traced = json.loads(get(connection, "/traces?limit=1")[1])["total"]
+            figures["backfill_mib"] = (settled - before) / 2**20
+            figures["backfilled_mib"] = (settled - empty_rss) / 2**20
+            say(
+                f"back-fill: {args.backfill:,} spans over 30 days posted in {posted_s:.1f} s; RSS +{(right_after - before) / 2**20:.0f} MiB "
+                f"right after, +{figures['backfill_mib']:.0f} MiB {args.settle:.0f} s later (then `{QUERIES[0]}` {cold * 1000:.0f} ms); "
+                f"the trace index holds {traced:,} traces (storage.max_spans bounds its spans)"
+            )
+        connection.close()
+    finally:
+        server.stop()
+    snapshots = sorted(data.glob("snapshot-*.bin"))
+    figures["snapshot_mib"] = snapshots[-1].stat().st_size / 2**20
+    if args.backfill:
+        began = time.perf_counter()
+        server = Server(data, prefix=[python])
+        restart_s = time.perf_counter() - began
+        try:
+            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=600)
+            cold, _ = get(connection, QUERIES[0])
+            figures["after_restart_mib"] = (server.rss_bytes() - empty_rss) / 2**20
+            say(
+                f"restarted with the back-filled state ({figures['snapshot_mib']:.1f} MiB snapshot): /health after "
+                f"{restart_s:.2f} s, first query {cold * 1000:.0f} ms, the state takes {figures['after_restart_mib']:.0f} MiB"
+            )
+            connection.close()
+        finally:
+            server.stop()
+    return figures
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--spans", type=int, default=10_000_000)
     parser.add_argument("--pool", type=int, default=48, help="distinct minute (and hour) buckets to copy from")
     parser.add_argument("--requests", type=int, default=300, help="measured requests per query (after warm-up)")
     parser.add_argument("--warmup", type=int, default=20)
+    parser.add_argument("--backfill", type=int, default=500_000, help="spans to back-fill over 30 days (0: none)")
+    parser.add_argument("--settle", type=float, default=35.0, help="seconds to wait after the back-fill")
+    parser.add_argument("--baseline-python", help="also measure the server of this Python's install")
     parser.add_argument("--profile", action="store_true", help="also profile the server answering the 30d query")
-    parser.add_argument("--append-results", action="store_true", help="append a section to bench/RESULTS.md")
     args = parser.parse_args()
-    lines: list[str] = []
 
     def say(line: str) -> None:
         print(line, flush=True)
-        lines.append(line)
 
     began = time.perf_counter()
     timeline, t = build_timeline(args.spans, args.pool, seed=7)
     build_s = time.perf_counter() - began
     say(
-        f"- state: {args.spans:,} spans over the 30-day retention; {t['per_minute']:.0f} spans a minute; "
+        f"state: {args.spans:,} spans over the 30-day retention; {t['per_minute']:.0f} spans a minute; "
         f"{t['fine_buckets']:.0f} minute buckets (48h) + {t['coarse_buckets']:.0f} hour buckets; 60 series "
-        f"(5 models x 3 providers x 4 callers) and `workflow` (6 values) per bucket"
+        f"(5 models x 3 providers x 4 callers) and `workflow` (6 values) per bucket; built in {build_s:.1f} s"
     )
-    say(
-        f"- built in {build_s:.1f} s by sample-and-merge: {args.pool} minute buckets of real spans "
-        f"({t['minute pool']:.1f} s), {args.pool} hour merges ({t['hour pool']:.1f} s), a msgpack copy per "
-        f"bucket ({t['copies']:.1f} s), {t['top_up']:.0f} spans added one by one to reach the exact count "
-        f"({t['top-up']:.1f} s)"
-    )
-    say(f"- census: {census(timeline)}")
+    say(f"census: {census(timeline)}")
+    flavours = [("this tree", sys.executable)]
+    if args.baseline_python:
+        commit = subprocess.run(
+            [
+                "git",
+                "-C",
+                str(Path(args.baseline_python).absolute().parents[2]),
+                "rev-parse",
+                "--short",
+                "HEAD",
+            ],
+            capture_output=True,
+            text=True,
+        ).stdout.strip()
+        flavours.insert(0, (f"baseline {commit or '?'}", args.baseline_python))
+    results: dict[str, dict[str, float]] = {}
     with tempfile.TemporaryDirectory(prefix="tokentrace-bench-") as tmp:
         work = Path(tmp)
         began = time.perf_counter()
         asyncio.run(write_snapshot(work / "data", timeline, args.spans))
         size = sum(p.stat().st_size for p in (work / "data").glob("snapshot-*.bin"))
         del timeline
-        say(f"- snapshot: {size / 2**20:.1f} MiB, written in {time.perf_counter() - began:.1f} s")
-
-        empty = Server(work / "empty")
-        empty_rss = empty.rss_bytes()
-        empty.stop()
-        began = time.perf_counter()
-        server = Server(work / "data")
-        say(f"- `tokentrace serve` loaded it and answered /health after {time.perf_counter() - began:.1f} s")
-        try:
-            connection = http.client.HTTPConnection("127.0.0.1", server.port, timeout=60)
-            cold, body = get(connection, QUERIES[0])
-            counted = json.loads(body)["span_count"]
-            say(f"- first `{QUERIES[0]}` (cold memos): {cold * 1000:.1f} ms; span_count {counted:,}")
-            for target in QUERIES:
-                for _ in range(args.warmup):
-                    get(connection, target)
-                timed = [get(connection, target)[0] for _ in range(args.requests)]
-                say(f"- idle, `{target}`: " + latency_line("", timed).lstrip(": "))
-            rss = server.rss_bytes()
-            say(
-                f"- resident memory: {rss / 2**20:.0f} MiB with the state vs {empty_rss / 2**20:.0f} MiB empty: "
-                f"the state takes {(rss - empty_rss) / 2**20:.0f} MiB"
-            )
-            rng = random.Random(11)
-            for target in QUERIES[:3]:
-                timed = []
-                for _ in range(args.warmup + args.requests):
-                    post(connection, msgspec.json.encode([synthetic_span(rng, now_ms() - 1000) for _ in range(10)]))
-                    timed.append(get(connection, target)[0])
-                say(
-                    f"- while ingesting (10 new spans before each GET), `{target}`: "
-                    + latency_line("", timed[args.warmup :]).lstrip(": ")
-                )
-            say("- goal: p99 <= 20 ms for `/metrics?window=30d`")
-            connection.close()
-        finally:
-            server.stop()
+        say(
+            f"snapshot (this tree's format, with its memos): {size / 2**20:.1f} MiB, written in {time.perf_counter() - began:.1f} s"
+        )
+        for label, python in flavours:
+            copy = work / f"data-{label.split()[0]}"
+            shutil.copytree(work / "data", copy)
+            results[label] = measure(label.split()[0], python, copy, work, args)
+            shutil.rmtree(copy)
         if args.profile:
             for line in profile_query(work, args.requests):
                 say(line)
-    if args.append_results:
-        append_results(
-            "GET /metrics?window=30d over 10M spans of state (bench/metrics_query.py)",
-            f".venv/bin/python bench/metrics_query.py {' '.join(sys.argv[1:])}",
-            lines,
-        )
+    rows = [
+        ("state RSS (MiB)", "state_mib", "<= 250"),
+        ("snapshot on disk after the run (MiB)", "snapshot_mib", "-"),
+        ("restart to /health 200 (s)", "restart_s", "<= 2"),
+        ("first /metrics?window=30d (ms)", "first_ms", "<= 200"),
+        *((f"p99 idle {q} (ms)", f"idle {q}", "keep") for q in QUERIES),
+        *((f"p99 ingesting {q} (ms)", f"ingesting {q}", "keep") for q in QUERIES[:3]),
+    ]
+    if args.backfill:
+        rows += [
+            (f"state RSS after back-filling {args.backfill:,} spans (MiB)", "backfilled_mib", "<= the next row"),
+            ("the same state's RSS after a restart (MiB)", "after_restart_mib", "-"),
+        ]
+    say("")
+    say("| measure | " + " | ".join(results) + " | goal |")
+    say("|---|" + "---:|" * len(results) + "---|")
+    for name, key, goal in rows:
+        cells = " | ".join(f"{figures.get(key, float('nan')):,.1f}" for figures in results.values())
+        say(f"| {name} | {cells} | {goal} |")
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import os
 from functools import partial
@@ -31,12 +32,19 @@ from tokentrace.api.stores.records import decode_record, wire_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.config import Config, milliseconds, timeline_settings
-from tokentrace.core import native
+from tokentrace.core import memory, native
 from tokentrace.core.buckets import SEP, Projection
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span, span_time_ms
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings, TimelineSnapshot
+from tokentrace.core.timeline import (
+    FLUSH_FROM,
+    FrozenTimelineSnapshot,
+    LifetimeParts,
+    Timeline,
+    TimelineSettings,
+    TimelineSnapshot,
+)
 from tokentrace.core.traces import TraceFilter, TraceIndex
 
 if TYPE_CHECKING:
@@ -69,13 +77,29 @@ class EmbeddedSettings(msgspec.Struct, frozen=True):
 
 
 class _Snapshot(msgspec.Struct):
+    """A snapshot as read: its buckets stay frozen (``FrozenTimelineSnapshot``), so loading decodes no aggregate.
+
+    ``timeline.memos`` was added without a version bump: older builds ignore it and read the rest as before.
+    """
+
+    version: int
+    wal_seq: int
+    span_total: int
+    timeline: FrozenTimelineSnapshot
+    spans: list[Span]
+    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
+    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
+
+
+class _SnapshotOut(msgspec.Struct):
+    """``_Snapshot`` as written (the same fields; live and frozen buckets encode alike)."""
+
     version: int
     wal_seq: int
     span_total: int
     timeline: TimelineSnapshot
     spans: list[Span]
-    #: Idempotency keys seen in the window -> when their batch was accepted (ms). Absent before keys existed.
-    idempotency_keys: dict[str, int] = msgspec.field(default_factory=dict)
+    idempotency_keys: dict[str, int]
 
 
 _snapshot_decoder = msgspec.msgpack.Decoder(_Snapshot)
@@ -116,6 +140,7 @@ class EmbeddedStore:
         self._maintenance: asyncio.Task[None] | None = None
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
+        self._warming: asyncio.Task[None] | None = None
         self._closed = False
         #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
         self.idempotency_keys: dict[str, int] = {}
@@ -129,6 +154,7 @@ class EmbeddedStore:
             self._recover(self.data_dir)
         self._last_snapshot_s = asyncio.get_running_loop().time()
         self._maintenance = asyncio.create_task(self._maintain())
+        self._warm_memos()
 
     def _recover(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -160,6 +186,9 @@ class EmbeddedStore:
             self._maintenance.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._maintenance
+        if self._warming is not None:
+            self._warming.cancel()
+            await asyncio.gather(self._warming, return_exceptions=True)
         if self._snapshotting is not None:
             await asyncio.gather(self._snapshotting, return_exceptions=True)
         if self._wal is not None:
@@ -214,14 +243,15 @@ class EmbeddedStore:
         """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
         timeline = self.timeline
         hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
-        if batch is not None:
-            timeline.add_batch(batch, hours_before)
+        if batch is not None and timeline.add_batch(batch, hours_before):
             self.traces.add_batch(spans, batch)
-        else:
+        else:  # no compiled form, or a back-fill into frozen buckets (deferred: they take the spans themselves)
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces
             for span in spans:
                 traces.add(span)
+        if timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:
+            self._warm_memos(backfill=True)
         self.span_total += len(spans)
         if key is not None:
             keys = self.idempotency_keys
@@ -319,11 +349,35 @@ class EmbeddedStore:
         self._expire_keys(now)
         if self._wal is None:  # memory-only: nothing to snapshot
             return
+        self._warm_memos()
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
         if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
+
+    def _warm_memos(self, *, backfill: bool = False) -> None:
+        """In the background, 20 ms at a time between requests: apply the writes back-filled into frozen buckets
+        (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
+        long-window query after a restart reads them instead of every bucket); unless running already.
+
+        ``backfill`` (a back-fill is under way): apply half of what waits and stop; the memos would be stale
+        again at its next batch (the maintenance pass computes them)."""
+        if self._warming is not None and not self._warming.done():
+            return
+
+        async def warm() -> None:
+            timeline = self.timeline
+            keep = FLUSH_FROM // 2 if backfill else 0
+            for _ in itertools.count():
+                if timeline.flush_pending(0.02, keep) and (
+                    backfill or self.data_dir is None or timeline.warm_memos(0.02)
+                ):
+                    break
+                await asyncio.sleep(0)  # let requests in between slices
+            memory.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
+
+        self._warming = asyncio.create_task(warm())
 
     async def _snapshot(self) -> None:
         """Rotate the log and capture state under the log's lock, then write and verify the snapshot off the loop."""
@@ -336,12 +390,14 @@ class EmbeddedStore:
             except OSError as exc:
                 log.error("snapshot skipped: cannot start a new log segment: %s", exc)
                 return
+            timeline = self.timeline.snapshot()
+            timeline.memos = self.timeline.memo_records()
             payload = _snapshot_encoder.encode(
-                _Snapshot(
+                _SnapshotOut(
                     SNAPSHOT_VERSION,
                     seq,
                     self.span_total,
-                    self.timeline.snapshot(),
+                    timeline,
                     list(self.traces.spans()),
                     dict(self.idempotency_keys),
                 )

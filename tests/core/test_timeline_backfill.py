@@ -73,3 +73,43 @@ def test_straight_to_the_hour_answers_as_a_folded_minute(batches: list[list[Span
     direct.compact(NOW)
     assert _answers(direct) == _answers(folded)
     assert direct._fine.keys() == folded._fine.keys() and direct._coarse.keys() == folded._coarse.keys()
+
+
+def _compiled(batch: list[Span], times: list[int]) -> Any:
+    """The batch as the embedded store compiles it (``EmbeddedStore._compile``), its spans already stamped."""
+    from tokentrace.core import native
+    from tokentrace.core.buckets import SEP
+    from tokentrace.core.codec import encode_wire
+    from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS
+
+    if native.decode_batch is None:
+        return None
+    low, high = -(2**63), 2**63 - 1
+    bounds = (MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE)
+    return native.decode_batch(encode_wire(batch), low, high, MINUTE_MS, low, False, *bounds, SEP, live=True)
+
+
+@given(st.lists(st.lists(spans(), min_size=1, max_size=10), min_size=1, max_size=4))
+@settings(max_examples=200, deadline=None)
+def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(batches: list[list[Span]]) -> None:
+    """Settled buckets are frozen (tokentrace/core/frozen.py); a compiled batch that reaches one before the hot
+    hours is declined (``add_batch`` is False, nothing counted) and its spans deferred by ``add_many`` instead,
+    as the embedded store does: the answers are those of the spans added one batch at a time."""
+    compiled, reference = Timeline(), Timeline()
+    seed = [span for batch in batches for span in batch]
+    for timeline in (compiled, reference):  # the same history, frozen where settled
+        timeline.add_many(seed, [span.stamp(NOW) for span in seed])
+        timeline.compact(NOW)
+        timeline.compact(NOW)
+    hours_before = compiled.hours_before(NOW)
+    declined = 0
+    for batch in batches:
+        times = [span.stamp(NOW) for span in batch]
+        wire = _compiled(batch, times)
+        if wire is None or not compiled.add_batch(wire, hours_before):
+            declined += wire is not None
+            compiled.add_many(batch, times, hours_before)
+        reference.add_many(batch, times, hours_before)
+    compiled.compact(NOW)
+    reference.compact(NOW)
+    assert _answers(compiled) == _answers(reference)

@@ -8,28 +8,43 @@ O(buckets x groups), never O(spans).
 A window query ``[start, end)`` is answered from memoised day and hour projections for the blocks it
 fully covers and from single buckets at its edges; a write into a block invalidates its memo. Query
 results are independent of how the window is split, because merging is exact.
+
+Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
+tokentrace/core/frozen.py); writes into it wait and are applied in bulk; day and hour memos are frozen too.
+Every cache is bounded and counted (``cache_stats``): block memos by bytes, bucket memos and settled windows by
+entries and groups. A snapshot carries the fresh day and hour memos (``memo_records``), so the first
+long-window query after a restart finds them instead of decoding every bucket.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, cast
 
 import msgspec
 
+from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
-from tokentrace.core.buckets import BucketState, Caps, Projection
+from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
 from tokentrace.core.span import Span
+from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
 
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
 
 __all__ = [
     "DAY_MS",
+    "FLUSH_FROM",
     "HOUR_MS",
     "MINUTE_MS",
+    "CacheStats",
+    "FrozenPart",
+    "FrozenTimelineSnapshot",
     "LifetimeParts",
+    "MemoRecord",
+    "Part",
     "Timeline",
     "TimelineSettings",
     "TimelineSnapshot",
@@ -57,12 +72,51 @@ class TimelineSettings(msgspec.Struct, frozen=True):
             raise ValueError("fine retention cannot exceed retention")
 
 
+class MemoRecord(msgspec.Struct, array_like=True):
+    """A day or hour block's memoised projection for one query spec, as a snapshot carries it."""
+
+    size: int
+    block: int
+    groupby: str | None
+    where: list[tuple[str, str]]
+    projection: msgspec.Raw
+
+
 class TimelineSnapshot(msgspec.Struct):
-    """The timeline's whole state, for snapshots and materialised views."""
+    """The timeline's whole state, for snapshots and materialised views.
+
+    ``snapshot()`` may hold frozen buckets (``msgspec.Raw``, the same bytes once encoded); decode a snapshot
+    as ``FrozenTimelineSnapshot`` to keep them frozen. ``memos`` (absent before memos were persisted) are
+    derived data: fresh day and hour projections of these very buckets.
+    """
 
     fine: dict[int, BucketState]
     coarse: dict[int, BucketState]
     retired: BucketState
+    memos: list[MemoRecord] = msgspec.field(default_factory=list)
+
+
+class FrozenTimelineSnapshot(msgspec.Struct):
+    """``TimelineSnapshot`` decoded with every bucket left as its bytes: loading costs one pass over them."""
+
+    fine: dict[int, msgspec.Raw]
+    coarse: dict[int, msgspec.Raw]
+    retired: BucketState
+    memos: list[MemoRecord] = msgspec.field(default_factory=list)
+
+
+class CacheStats(msgspec.Struct, frozen=True):
+    """What the timeline holds and what its caches hold (all bounded)."""
+
+    live_buckets: int
+    frozen_buckets: int
+    frozen_bytes: int
+    block_memos: int
+    block_memo_bytes: int
+    bucket_memos: int
+    pending_spans: int
+    window_memos: int
+    window_memo_groups: int
 
 
 _QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
@@ -71,6 +125,23 @@ _COARSE = -1
 _FINE = -2
 #: Settled-window results kept (the oldest is dropped first); windows slide once a bucket.
 _WINDOW_MEMO_SIZE = 256
+#: ... and at most this many groups in all of them (a groupby over thousands of series is big).
+_WINDOW_MEMO_GROUPS = 4096
+#: Frozen day and hour memos kept, in encoded bytes (the oldest written is dropped first).
+_BLOCK_MEMO_BYTES = 48 * 2**20
+#: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
+_BUCKET_MEMO_SIZE = 1024
+#: Spans waiting for their frozen buckets (a back-fill; the same objects the trace index holds) before the fullest
+#: buckets take theirs at once; the store's background task applies them from ``FLUSH_FROM`` on, and at each
+#: maintenance pass. Each bucket's pass costs ~0.5-2 ms at 10M spans a month, whatever it applies: the more wait,
+#: the cheaper a back-filled span.
+_PENDING_SPANS = 100_000
+FLUSH_FROM = 40_000
+#: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
+#: built-in dimension; by series, day memos only (what ``lifetime_parts`` reads).
+_PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in BUILTIN_DIMENSIONS))
+_SERIES_SPEC: _QuerySpec = (SERIES, ())
+_Stored = BucketState | msgspec.Raw
 
 
 class Timeline:
@@ -78,12 +149,24 @@ class Timeline:
 
     def __init__(self, settings: TimelineSettings | None = None) -> None:
         self.settings = settings or TimelineSettings()
-        self._fine: dict[int, BucketState] = {}
-        self._coarse: dict[int, BucketState] = {}
+        self._fine: dict[int, _Stored] = {}
+        self._coarse: dict[int, _Stored] = {}
         self._retired = BucketState()
         self._versions: dict[tuple[int, int], int] = {}
-        self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
+        #: Day and hour memos (frozen), and their bytes in all.
+        self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, msgspec.Raw]] = {}
+        self._memo_bytes = 0
+        #: Single buckets' projections (live), keyed by the bucket's version key.
+        self._bucket_memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
         self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int], Projection]] = {}
+        self._window_groups = 0
+        #: Version keys of the buckets written since the last ``compact`` (those stay live through it).
+        self._written: set[tuple[int, int]] = set()
+        #: Buckets from here on are the hot ones: never frozen, thawed by a write (``compact`` moves it on).
+        self._hot_from = 0
+        #: Spans written into frozen buckets before ``_hot_from``, not applied yet (``_defer``), and their count.
+        self._pending: dict[tuple[int, int], list[Span]] = {}
+        self._pending_spans = 0
         self._compactions = 0
         #: Bumped whenever ``_retired`` changes; keys the memo of its projections.
         self._retired_version = 0
@@ -105,7 +188,14 @@ class Timeline:
                 state = self._fine[start] = BucketState()
             else:
                 key = (_COARSE, hour)
-        state.add(span, self.settings.caps)
+        if type(state) is BucketState:
+            state.add(span, self.settings.caps)
+            self._written.add(key)
+        elif key[1] < self._hot_from:
+            self._defer(key, [span])
+        else:
+            self._live(key).add(span, self.settings.caps)
+            self._written.add(key)
         versions = self._versions
         versions[key] = versions.get(key, 0) + 1
         self._touch(at_ms)
@@ -130,16 +220,26 @@ class Timeline:
         for start, members in by_bucket.items():
             count = len(members)
             state, key = self._target(start, hours_before)
-            state.add_many(members, caps)
+            if type(state) is BucketState:
+                state.add_many(members, caps)
+                self._written.add(key)
+            elif key[1] < self._hot_from:
+                self._defer(key, members)
+            else:
+                self._live(key).add_many(members, caps)
+                self._written.add(key)
             versions[key] = versions.get(key, 0) + count
             self._touch(start, count)
 
     def hours_before(self, now_ms: int) -> int:
-        """The start of the hour before which ``compact(now_ms)`` keeps no minute bucket."""
-        cutoff = now_ms - self.settings.fine_retention_ms
-        return cutoff - cutoff % HOUR_MS
+        """The start of the hour before which ``compact(now_ms)`` keeps no minute bucket (the fine cutoff)."""
+        return self.tiers(now_ms).fine_cutoff_ms
 
-    def _target(self, start: int, hours_before: int | None) -> tuple[BucketState, tuple[int, int]]:
+    def tiers(self, now_ms: int) -> Tiers:
+        """Where the fine cutoff and the retention horizon stand at ``now_ms`` (tokentrace/core/tiers.py)."""
+        return tiers_at(now_ms, self.settings.fine_retention_ms, self.settings.retention_ms)
+
+    def _target(self, start: int, hours_before: int | None) -> tuple[_Stored, tuple[int, int]]:
         """The state a span of the bucket ``start`` counts in, and its version key: its minute if it exists, else
         its hour if that exists or the minute is before ``hours_before``, else a new minute."""
         state = self._fine.get(start)
@@ -155,22 +255,38 @@ class Timeline:
         state = self._fine[start] = BucketState()
         return state, (_FINE, start)
 
-    def add_batch(self, batch: WireBatch, hours_before: int | None = None) -> None:
+    def add_batch(self, batch: WireBatch, hours_before: int | None = None) -> bool:
         """``add_many`` of a compiled batch's spans (``native.decode_batch``, bucketed by this timeline's
-        ``bucket_ms``) at their starts: the same state, versions and generation, in one compiled call."""
-        targets: list[tuple[BucketState, list[int]]] = []
-        versions = self._versions
+        ``bucket_ms``) at their starts: the same state, versions and generation, in one compiled call.
+
+        False, with nothing counted, when a span goes to a frozen bucket before the hot hours (a back-fill):
+        ``add_many`` of the same spans defers those (``_defer``), which needs the spans themselves.
+        """
+        planned: list[tuple[BucketState, tuple[int, int], int, int]] = []
         for start, count in batch.buckets():
-            state, key = self._target(start, hours_before)
+            stored, key = self._target(start, hours_before)
+            if type(stored) is BucketState:
+                state = stored
+            elif key[1] < self._hot_from:
+                return False
+            else:
+                state = self._live(key)
+            planned.append((state, key, start, count))
+        versions = self._versions
+        targets: list[tuple[BucketState, list[int]]] = []
+        for state, key, start, count in planned:
             targets.append((state, [start]))
+            self._written.add(key)
             versions[key] = versions.get(key, 0) + count
             self._touch(start, count)
         BucketState.add_batch_to(targets, batch, self.settings.caps)
+        return True
 
     def merge_bucket(self, start_ms: int, state: BucketState) -> None:
         """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""
-        self._fine.setdefault(start_ms, BucketState()).merge(state)
         key = (_FINE, start_ms)
+        self._live(key).merge(state)
+        self._written.add(key)
         self._versions[key] = self._versions.get(key, 0) + 1
         self._touch(start_ms)
 
@@ -188,11 +304,13 @@ class Timeline:
         self._retired_version += 1
         self.generation += 1
 
-    def _replace(self, table: dict[int, BucketState], kind: int, start: int, state: BucketState | None) -> None:
+    def _replace(self, table: dict[int, _Stored], kind: int, start: int, state: BucketState | None) -> None:
+        self._pending_spans -= len(self._pending.pop((kind, start), ()))
         if state is None:
             table.pop(start, None)
         else:
             table[start] = state
+            self._written.add((kind, start))
         versions = self._versions
         versions[(kind, start)] = versions.get((kind, start), 0) + 1
         self._touch(start)
@@ -200,31 +318,113 @@ class Timeline:
     def compact(self, now_ms: int) -> None:
         """Fold buckets older than the fine retention into hours; retire those past retention."""
         self._compactions += 1
+        self._hot_from = max(self._hot_from, now_ms - now_ms % HOUR_MS - HOUR_MS)
         settings = self.settings
-        fine_cutoff = now_ms - settings.fine_retention_ms
-        for start in [s for s in self._fine if s < fine_cutoff - fine_cutoff % HOUR_MS]:
-            state = self._fine.pop(start)
-            hour = start - start % HOUR_MS
-            self._coarse.setdefault(hour, BucketState()).merge(state, settings.caps)
+        tiers = self.tiers(now_ms)
+        moving, horizon = tiers.fine_cutoff_ms, tiers.horizon_ms
+        for key in [k for k in self._pending if k[1] < horizon or (k[0] == _FINE and k[1] < moving)]:
+            self._stored(key)  # what moves or retires takes its deferred writes along
+        # Minutes past the fine cutoff fold into their hours (those past the horizon too: their hour retires).
+        for start in [s for s in self._fine if tiers.fate(s, is_hour=False) is not Fate.KEEP]:
+            state = _thawed(self._fine.pop(start))
+            hour = hour_of(start)
+            target = self._live((_COARSE, hour))
+            overflowed = target.overflowed + state.overflowed
+            target.merge(state, settings.caps)
+            if target.overflowed != overflowed:  # the caps regrouped attributes: the hour's memos are stale
+                self._touch(hour)
+            self._written.add((_COARSE, hour))
             self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
-        moved_before = fine_cutoff - fine_cutoff % HOUR_MS
-        for memo_key in [k for k in self._memo if k[0] == _FINE and k[1] < moved_before]:
-            del self._memo[memo_key]
-        horizon = self.oldest_allowed_ms(now_ms)
-        for table in (self._fine, self._coarse):
-            for start in [s for s in table if s < horizon]:
-                self._retired.merge(table.pop(start), settings.caps)
+        for memo_key in [k for k in self._bucket_memo if k[0] == _FINE and k[1] < moving]:
+            del self._bucket_memo[memo_key]
+        for table, is_hour in ((self._fine, False), (self._coarse, True)):
+            for start in [s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE]:
+                self._retired.merge(_thawed(table.pop(start)), settings.caps)
                 self._retired_version += 1
                 self._touch(start)  # the day memo holding this bucket is stale now
         for key in [k for k in self._versions if k[1] < horizon - DAY_MS]:
             del self._versions[key]
         for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
-            del self._memo[memo_key]
+            self._memo_bytes -= len(self._memo.pop(memo_key)[1])
+        for memo_key in [k for k in self._bucket_memo if k[1] < horizon - DAY_MS]:
+            del self._bucket_memo[memo_key]
+        self._freeze_settled()
+
+    def _freeze_settled(self) -> None:
+        """Freeze every live bucket before the hot hours that no write reached since the previous ``compact``."""
+        written, hot_from = self._written, self._hot_from
+        for kind, table in ((_FINE, self._fine), (_COARSE, self._coarse)):
+            for start, state in table.items():
+                if type(state) is BucketState and start < hot_from and (kind, start) not in written:
+                    table[start] = frozen.freeze(state)
+        written.clear()
+
+    def _live(self, key: tuple[int, int]) -> BucketState:
+        """The stored bucket at ``key`` as a live object (thawed, its deferred writes applied, or created)."""
+        table = self._fine if key[0] == _FINE else self._coarse
+        state = table.get(key[1])
+        if state is None:
+            state = table[key[1]] = BucketState()
+        elif not isinstance(state, BucketState):
+            state = table[key[1]] = frozen.thaw(state)
+        deferred = self._pending.pop(key, None)
+        if deferred is not None:
+            self._pending_spans -= len(deferred)
+            state.add_many(deferred, self.settings.caps)
+        return state
+
+    def _defer(self, key: tuple[int, int], spans: Sequence[Span]) -> None:
+        """Queue spans for a frozen bucket before the hot hours (a back-fill): applying them costs a pass over
+        the bucket's bytes (``frozen.add_many``) however few they are, so they are applied in bulk: when the
+        bucket is read (``_stored``), by ``flush_pending`` (the store's background task, between requests),
+        and here, the buckets with the most first, once more than ``_PENDING_SPANS`` wait."""
+        queued = self._pending.get(key)
+        if queued is None:
+            queued = self._pending[key] = []
+        queued.extend(spans)
+        self._pending_spans += len(spans)
+        if self._pending_spans > _PENDING_SPANS:
+            for fullest in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+                self._stored(fullest)
+                if self._pending_spans <= _PENDING_SPANS // 2:
+                    break
+
+    @property
+    def pending_spans(self) -> int:
+        """Spans counted in frozen buckets' versions but not applied to their bytes yet (``flush_pending``)."""
+        return self._pending_spans
+
+    def flush_pending(self, budget_s: float | None = None, keep: int = 0) -> bool:
+        """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: no limit),
+        until at most ``keep`` spans wait; True once there."""
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        for key in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+            if self._pending_spans <= keep:
+                break
+            self._stored(key)
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+        return self._pending_spans <= keep
+
+    def _stored(self, key: tuple[int, int]) -> _Stored | None:
+        """The stored bucket at ``key`` with its deferred writes applied (it stays frozen)."""
+        table = self._fine if key[0] == _FINE else self._coarse
+        deferred = self._pending.pop(key, None)
+        if deferred is not None:
+            self._pending_spans -= len(deferred)
+            state = table[key[1]]
+            if isinstance(state, BucketState):
+                state.add_many(deferred, self.settings.caps)
+            else:
+                table[key[1]] = frozen.add_many(state, deferred, self.settings.caps)
+        return table.get(key[1])
+
+    def _flush_all(self) -> None:
+        self.flush_pending()
 
     def oldest_allowed_ms(self, now_ms: int) -> int:
         """Start of the oldest bucket still kept: spans before it are outside retention."""
-        horizon = now_ms - self.settings.retention_ms
-        return horizon - horizon % HOUR_MS + HOUR_MS
+        return self.tiers(now_ms).horizon_ms
 
     def _touch(self, at_ms: int, changes: int = 1) -> None:
         self.generation += changes
@@ -280,10 +480,18 @@ class Timeline:
             return cached[1]
         projection: Projection = {}
         self._collect(start, cut, spec, projection, (DAY_MS, HOUR_MS))
-        if len(self._window_memo) >= _WINDOW_MEMO_SIZE:
-            del self._window_memo[next(iter(self._window_memo))]
-        self._window_memo[key] = (stamp, projection)
+        self._remember_window(key, stamp, projection)
         return projection
+
+    def _remember_window(self, key: tuple[int, int, _QuerySpec], stamp: tuple[int, int], result: Projection) -> None:
+        memo = self._window_memo
+        old = memo.pop(key, None)
+        if old is not None:
+            self._window_groups -= len(old[1])
+        while memo and (len(memo) >= _WINDOW_MEMO_SIZE or self._window_groups + len(result) > _WINDOW_MEMO_GROUPS):
+            self._window_groups -= len(memo.pop(next(iter(memo)))[1])
+        memo[key] = (stamp, result)
+        self._window_groups += len(result)
 
     def lifetime(self, groupby: str | None = None) -> Projection:
         """Everything ever counted, including retired buckets (for monotonic counters)."""
@@ -328,9 +536,7 @@ class Timeline:
         if start >= end:
             return
         if not sizes:
-            out.parts.extend(
-                self._bucket_projection(key, state, spec) for key, state in self._states_between(start, end)
-            )
+            out.parts.extend(self._bucket_part(key, state, spec) for key, state in self._states_between(start, end))
             return
         size, finer = sizes[0], sizes[1:]
         first_block = start - start % size
@@ -344,9 +550,9 @@ class Timeline:
         while block + size <= end:
             version = self._versions.get((size, block))
             if version is not None:
-                cached = self._memo.get((size, block, spec))
-                if cached is not None and cached[0] == version:
-                    out.parts.append(cached[1])
+                cached = self._block_memo(size, block, spec, version)
+                if cached is not None:
+                    out.parts.append(cached)
                 elif hot is not None and block + size <= hot:
                     inner = LifetimeParts([], [], self)
                     self._parts(block, block + size, spec, inner, finer, None)
@@ -390,15 +596,13 @@ class Timeline:
         stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
         if window.result is None or stamp != window.stamp:
             return
-        if len(self._window_memo) >= _WINDOW_MEMO_SIZE:
-            del self._window_memo[next(iter(self._window_memo))]
-        self._window_memo[window.key] = (stamp, window.result)
+        self._remember_window(window.key, stamp, window.result)
 
     def install(self, builds: Iterable[_Build]) -> None:
         """Memoise the blocks ``builds`` summed, unless written since they were listed."""
         for build in builds:
             if build.result is not None and self._versions.get(build.block) == build.version:
-                self._memo[(build.block[0], build.block[1], build.spec)] = (build.version, build.result)
+                self._remember_block(build.block[0], build.block[1], build.spec, build.version, build.result)
 
     def _collect(self, start: int, end: int, spec: _QuerySpec, out: Projection, sizes: tuple[int, ...]) -> None:
         if start >= end:
@@ -425,35 +629,78 @@ class Timeline:
         version = self._versions.get((size, block))
         if version is None:
             return {}
-        memo_key = (size, block, spec)
-        cached = self._memo.get(memo_key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        cached = self._block_memo(size, block, spec, version)
+        if cached is not None:
+            return cached
         projection: Projection = {}
         self._collect(block, block + size, spec, projection, finer)
-        self._memo[memo_key] = (version, projection)
+        self._remember_block(size, block, spec, version, projection)
         return projection
 
-    def _bucket_projection(self, key: tuple[int, int], state: BucketState, spec: _QuerySpec) -> Projection:
+    def _block_memo(self, size: int, block: int, spec: _QuerySpec, version: int) -> Projection | None:
+        """A new copy of the block's memo if it is fresh at ``version``."""
+        cached = self._memo.get((size, block, spec))
+        if cached is None or cached[0] != version:
+            return None
+        return frozen.thaw_projection(cached[1])
+
+    def _remember_block(self, size: int, block: int, spec: _QuerySpec, version: int, result: Projection) -> None:
+        self._remember_frozen((size, block, spec), version, frozen.freeze_projection(result))
+
+    def _remember_frozen(self, key: tuple[int, int, _QuerySpec], version: int, raw: msgspec.Raw) -> None:
+        memo = self._memo
+        old = memo.pop(key, None)
+        if old is not None:
+            self._memo_bytes -= len(old[1])
+        while memo and self._memo_bytes + len(raw) > _BLOCK_MEMO_BYTES:
+            self._memo_bytes -= len(memo.pop(next(iter(memo)))[1])
+        memo[key] = (version, raw)
+        self._memo_bytes += len(raw)
+
+    def _bucket_part(self, key: tuple[int, int], state: _Stored, spec: _QuerySpec) -> Part:
+        """``_bucket_projection``, except that a frozen bucket outside the hot hours is listed as a ``FrozenPart``:
+        projected where the parts are summed (another thread), one at a time, instead of all held at once."""
+        if key[1] >= self._hot_from:
+            return self._bucket_projection(key, state, spec)
+        if key in self._pending:
+            state = self._stored(key) or BucketState()
+        if isinstance(state, BucketState):
+            return self._bucket_projection(key, state, spec)
+        return FrozenPart(state, spec[0], spec[1])
+
+    def _bucket_projection(self, key: tuple[int, int], state: _Stored, spec: _QuerySpec) -> Projection:
         """One stored bucket's projection, memoised until that bucket is written again."""
         version = self._versions.get(key, 0)
         memo_key = (key[0], key[1], spec)
-        cached = self._memo.get(memo_key)
+        memo = self._bucket_memo
+        cached = memo.get(memo_key)
         if cached is not None and cached[0] == version:
             return cached[1]
-        projection = state.project(spec[0], dict(spec[1]))
-        self._memo[memo_key] = (version, projection)
+        if key in self._pending:
+            state = self._stored(key) or BucketState()
+        if isinstance(state, BucketState):
+            projection = state.project(spec[0], dict(spec[1]))
+        else:
+            projection = frozen.project(state, spec[0], dict(spec[1]))
+        if cached is not None:
+            del memo[memo_key]
+        if key[1] >= self._hot_from:  # older buckets are read through their hour's memo, not one by one
+            if len(memo) >= _BUCKET_MEMO_SIZE:
+                del memo[next(iter(memo))]
+            memo[memo_key] = (version, projection)
         return projection
 
     def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
         """Attribute keys grouped in any bucket counted in ``[start_ms, end_ms)`` (what ``groupby`` can name)."""
         start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
         keys: set[str] = set()
-        for _, state in self._states_between(start_ms, end_ms):
-            keys.update(state.attributes)
+        for key, state in list(self._states_between(start_ms, end_ms)):
+            if key in self._pending:
+                state = self._stored(key) or BucketState()
+            keys.update(state.attributes if isinstance(state, BucketState) else frozen.attribute_keys(state))
         return keys
 
-    def _states_between(self, start: int, end: int) -> Iterable[tuple[tuple[int, int], BucketState]]:
+    def _states_between(self, start: int, end: int) -> Iterable[tuple[tuple[int, int], _Stored]]:
         """Stored buckets starting in ``[start, end)`` with their version keys."""
         bucket_ms = self.settings.bucket_ms
         fine = self._fine
@@ -474,16 +721,80 @@ class Timeline:
 
     # ------------------------------------------------------------ persistence
     def snapshot(self) -> TimelineSnapshot:
-        return TimelineSnapshot(fine=self._fine, coarse=self._coarse, retired=self._retired)
+        """The buckets as stored (frozen ones as their bytes: encoding writes them as they are); no memos
+        (``memo_records`` lists them)."""
+        self._flush_all()
+        fine = cast(dict[int, BucketState], self._fine)
+        coarse = cast(dict[int, BucketState], self._coarse)
+        return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired)
 
-    def restore(self, snapshot: TimelineSnapshot) -> None:
-        self._fine = dict(snapshot.fine)
-        self._coarse = dict(snapshot.coarse)
+    def memo_records(self) -> list[MemoRecord]:
+        """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS``
+        ahead; others are there once queried). A fresh memo is the projection of the buckets as they are:
+        compaction touches an hour whose attribute groups its caps change."""
+        versions = self._versions
+        return [
+            MemoRecord(size, block, spec[0], list(spec[1]), raw)
+            for (size, block, spec), (version, raw) in self._memo.items()
+            if versions.get((size, block)) == version
+        ]
+
+    def warm_memos(self, budget_s: float | None = None) -> bool:
+        """Compute the missing memos a snapshot should carry, newest blocks first, for ``budget_s`` seconds at
+        most (None: all); True once none is missing. Only settled blocks (before the hot hours): the hour and day
+        memos of ``_PERSISTED_SPECS``, and the day memos by series (what ``lifetime_parts`` reads).
+
+        Stops (True) once the day and hour memos fill half their byte budget, so warming never evicts them.
+        """
+        deadline = None if budget_s is None else time.perf_counter() + budget_s
+        hot_from = self._hot_from
+        versions = self._versions
+        for day in sorted({block for size, block in versions if size == DAY_MS}, reverse=True):
+            settled = day + DAY_MS <= hot_from
+            for spec in _PERSISTED_SPECS:
+                if settled and self._fresh(DAY_MS, day, spec):
+                    continue
+                for hour in range(day, min(day + DAY_MS, hot_from), HOUR_MS):
+                    if (HOUR_MS, hour) in versions and not self._fresh(HOUR_MS, hour, spec):
+                        if self._memo_bytes > _BLOCK_MEMO_BYTES // 2:
+                            return True
+                        self._block(HOUR_MS, hour, spec, ())
+                        if deadline is not None and time.perf_counter() > deadline:
+                            return False
+                if settled:
+                    self._block(DAY_MS, day, spec, (HOUR_MS,))
+            if settled and not self._fresh(DAY_MS, day, _SERIES_SPEC):
+                if self._memo_bytes > _BLOCK_MEMO_BYTES // 2:
+                    return True
+                projection: Projection = {}
+                self._collect(day, day + DAY_MS, _SERIES_SPEC, projection, ())
+                self._remember_block(DAY_MS, day, _SERIES_SPEC, versions[(DAY_MS, day)], projection)
+                if deadline is not None and time.perf_counter() > deadline:
+                    return False
+        return True
+
+    def _fresh(self, size: int, block: int, spec: _QuerySpec) -> bool:
+        cached = self._memo.get((size, block, spec))
+        return cached is not None and cached[0] == self._versions.get((size, block))
+
+    def restore(self, snapshot: TimelineSnapshot | FrozenTimelineSnapshot) -> None:
+        """Take the snapshot's state (its frozen buckets stay frozen, copied out of the snapshot's buffer) and
+        the memos it carries."""
+        self._fine = {start: _own(state) for start, state in snapshot.fine.items()}
+        self._coarse = {start: _own(state) for start, state in snapshot.coarse.items()}
         self._retired = snapshot.retired
         self._retired_version += 1
         self._versions.clear()
         self._memo.clear()
+        self._memo_bytes = 0
+        self._bucket_memo.clear()
         self._window_memo.clear()
+        self._window_groups = 0
+        self._written.clear()
+        self._pending.clear()
+        self._pending_spans = 0
+        newest = max([*self._fine, *self._coarse], default=0)
+        self._hot_from = newest - newest % HOUR_MS - HOUR_MS
         self._compactions += 1
         for start in self._fine:
             self._versions[(_FINE, start)] = 1
@@ -491,6 +802,36 @@ class Timeline:
         for start in self._coarse:
             self._versions[(_COARSE, start)] = 1
             self._touch(start)
+        for record in snapshot.memos:
+            version = self._versions.get((record.size, record.block))
+            spec: _QuerySpec = (record.groupby, tuple((key, value) for key, value in record.where))
+            if record.size in (DAY_MS, HOUR_MS) and version is not None:
+                self._remember_frozen((record.size, record.block, spec), version, record.projection.copy())
+
+    def cache_stats(self) -> CacheStats:
+        """Counts of live and frozen buckets and of what each memo holds."""
+        stored = [*self._fine.values(), *self._coarse.values()]
+        frozen_states = [len(state) for state in stored if not isinstance(state, BucketState)]
+        return CacheStats(
+            live_buckets=len(stored) - len(frozen_states),
+            frozen_buckets=len(frozen_states),
+            frozen_bytes=sum(frozen_states),
+            block_memos=len(self._memo),
+            block_memo_bytes=self._memo_bytes,
+            bucket_memos=len(self._bucket_memo),
+            pending_spans=self._pending_spans,
+            window_memos=len(self._window_memo),
+            window_memo_groups=self._window_groups,
+        )
+
+
+def _own(state: _Stored) -> _Stored:
+    """A frozen bucket as bytes of its own (not a view pinning a whole snapshot file), or the live bucket."""
+    return state if isinstance(state, BucketState) else state.copy()
+
+
+def _thawed(state: _Stored) -> BucketState:
+    return state if isinstance(state, BucketState) else frozen.thaw(state)
 
 
 def _merge_projection(into: Projection, other: Projection) -> None:
@@ -502,6 +843,22 @@ def _merge_projection(into: Projection, other: Projection) -> None:
             mine.merge(aggregate)
 
 
+@dataclass(frozen=True)
+class FrozenPart:
+    """A frozen bucket's projection still to be made (``project``): its bytes never change, so any thread may."""
+
+    raw: msgspec.Raw
+    groupby: str | None
+    where: tuple[tuple[str, str], ...]
+
+    def project(self) -> Projection:
+        return frozen.project(self.raw, self.groupby, dict(self.where))
+
+
+#: One of the projections ``LifetimeParts`` sums.
+Part = Projection | FrozenPart
+
+
 @dataclass
 class _Build:
     """A stale settled block to memoise: its parts, summed off the timeline's thread into ``result``."""
@@ -509,7 +866,7 @@ class _Build:
     block: tuple[int, int]
     spec: _QuerySpec
     version: int
-    parts: list[Projection]
+    parts: list[Part]
     result: Projection | None = None
 
 
@@ -528,7 +885,7 @@ class LifetimeParts:
     """``Timeline.lifetime_parts`` or ``query_parts``: ``total`` may run in any thread; ``install`` then on the
     timeline's (its event loop)."""
 
-    parts: list[Projection]
+    parts: list[Part]
     builds: list[_Build]
     timeline: Timeline
     window: _WindowBuild | None = None
@@ -547,7 +904,7 @@ class LifetimeParts:
         """The groups, without summing anything."""
         out: set[str] = set()
         for part in [*self.parts, *(p for build in self.builds for p in build.parts)]:
-            out.update(part)
+            out.update(part.project() if isinstance(part, FrozenPart) else part)
         if self.window is not None:
             out |= self.window.parts.keys()
         return out
@@ -560,11 +917,11 @@ class LifetimeParts:
             self.timeline.install_window(self.window)
 
 
-def merge_parts(parts: Iterable[Projection]) -> Projection:
+def merge_parts(parts: Iterable[Part]) -> Projection:
     """The sum of ``Timeline.lifetime_parts``: equal to ``lifetime``, a new projection sharing nothing."""
     out: Projection = {}
     for part in parts:
-        _merge_projection(out, part)
+        _merge_projection(out, part.project() if isinstance(part, FrozenPart) else part)
     return out
 
 

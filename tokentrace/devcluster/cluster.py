@@ -23,15 +23,12 @@ from pathlib import Path
 
 from tokentrace.config import KafkaConfig
 from tokentrace.devcluster.kafka import KafkaCluster, find_java, is_cached
+from tokentrace.devcluster.ports import DEFAULT_API_PORT, DEFAULT_KAFKA_PORT, DEFAULT_REDIS_PORT
 from tokentrace.devcluster.procs import DevClusterError, ServerProcess, find_tool, free_ports, port_free, wait_for
 from tokentrace.devcluster.redis import RedisServer, find_redis_server
 from tokentrace.devcluster.supervisor import Supervisor
 
 __all__ = ["DEFAULT_API_PORT", "DEFAULT_KAFKA_PORT", "DEFAULT_REDIS_PORT", "DevCluster", "missing_tools"]
-
-DEFAULT_KAFKA_PORT = 9092
-DEFAULT_REDIS_PORT = 6379
-DEFAULT_API_PORT = 9095
 
 
 def missing_tools() -> list[str]:

@@ -1,0 +1,140 @@
+"""Settled buckets and memoised projections kept as their encoded bytes ("frozen"), not as live objects.
+
+A bucket nobody writes any more costs as much memory as its msgpack encoding (the snapshot's bytes for it),
+some 15x less than its ``Aggregate`` objects with their dicts of Python ints. A write thaws it (decodes it
+whole, in place); ``Timeline.compact`` freezes it again once no write has landed in it for a whole maintenance
+interval. A query that needs a frozen bucket's projection decodes only the part the projection reads (the
+series, or the one attribute it groups or filters by) into a throwaway ``BucketState`` and calls its own
+``project``, so every answer is the reference code's answer on the same data.
+
+The frozen form is exactly the encoded ``BucketState`` (``msgspec.Raw``): snapshots hold buckets in that
+form, so a snapshot loads as one read of the file with no per-object decoding, and old snapshots load as is.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from typing import Any, cast
+
+import msgspec
+
+from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.buckets import (
+    BUILTIN_DIMENSIONS,
+    OVERFLOW,
+    BucketState,
+    Caps,
+    Projection,
+    _attribute_text,
+    attribute_dimension,
+    series_key,
+)
+from tokentrace.core.span import EVAL_SCORE, Span
+
+__all__ = [
+    "add_many",
+    "attribute_keys",
+    "freeze",
+    "freeze_projection",
+    "project",
+    "thaw",
+    "thaw_projection",
+]
+
+_encode = msgspec.msgpack.Encoder().encode
+_bucket = msgspec.msgpack.Decoder(BucketState).decode
+_projection = msgspec.msgpack.Decoder(dict[str, Aggregate]).decode
+_values = msgspec.msgpack.Decoder(dict[str, dict[str, Aggregate]]).decode
+
+
+class _Series(msgspec.Struct):
+    """A bucket's series alone (its other fields are skipped undecoded)."""
+
+    series: dict[str, Aggregate] = {}
+
+
+class _Attributes(msgspec.Struct):
+    """A bucket's attribute keys, each key's values left encoded."""
+
+    attributes: dict[str, msgspec.Raw] = {}
+
+
+class _Shell(msgspec.Struct):
+    """A bucket with each aggregate left encoded: the dicts' keys (and order) without their aggregates."""
+
+    series: dict[str, msgspec.Raw] = {}
+    attributes: dict[str, dict[str, dict[str, msgspec.Raw]]] = {}
+    overflowed: int = 0
+
+
+_series = msgspec.msgpack.Decoder(_Series).decode
+_shell = msgspec.msgpack.Decoder(_Shell).decode
+_aggregate = msgspec.msgpack.Decoder(Aggregate).decode
+_attributes = msgspec.msgpack.Decoder(_Attributes).decode
+
+
+def freeze(state: BucketState) -> msgspec.Raw:
+    """``state`` as its encoded bytes (what a snapshot holds for it)."""
+    return msgspec.Raw(_encode(state))
+
+
+def thaw(raw: msgspec.Raw) -> BucketState:
+    """The live bucket back, whole."""
+    return _bucket(raw)
+
+
+def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:
+    """``freeze(thaw(raw).add_many(spans, caps))``, byte for byte, decoding only the aggregates the spans reach.
+
+    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series;
+    per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
+    ``BucketState.add_many`` runs on it, which only looks up, counts and adds keys (caps and dict order as in the
+    live bucket), and untouched aggregates encode back as the bytes they were.
+    """
+    shell = _shell(raw)
+    series: dict[str, Any] = shell.series
+    attributes: dict[str, dict[str, dict[str, Any]]] = shell.attributes
+    for span in spans:
+        key = series_key(span)
+        found = series.get(key)
+        if type(found) is msgspec.Raw:
+            series[key] = _aggregate(found)
+        for name, raw_value in span.attributes.items():
+            values = attributes.get(name)
+            if values is None or name == EVAL_SCORE:
+                continue
+            value = raw_value if type(raw_value) is str else _attribute_text(raw_value)
+            for slot in (value, OVERFLOW) if value is not None else ():
+                by_series = values.get(slot)
+                if by_series is not None and type(found := by_series.get(key)) is msgspec.Raw:
+                    by_series[key] = _aggregate(found)
+    state = BucketState(series=series, attributes=cast(Any, attributes), overflowed=shell.overflowed)
+    state.add_many(spans, caps)
+    return freeze(state)
+
+
+def project(raw: msgspec.Raw, groupby: str | None, where: Mapping[str, str]) -> Projection:
+    """``thaw(raw).project(groupby, where)``, decoding only what that projection reads."""
+    names = {k for k in where if k not in BUILTIN_DIMENSIONS}
+    if groupby and (name := attribute_dimension(groupby)) is not None:
+        names.add(name)
+    if not names:
+        return BucketState(series=_series(raw).series).project(groupby, where)
+    encoded = _attributes(raw).attributes
+    attributes = {name: _values(encoded[name]) for name in sorted(names) if name in encoded}
+    return BucketState(attributes=attributes).project(groupby, where)
+
+
+def attribute_keys(raw: msgspec.Raw) -> list[str]:
+    """``list(thaw(raw).attributes)``, without decoding their aggregates."""
+    return list(_attributes(raw).attributes)
+
+
+def freeze_projection(projection: Projection) -> msgspec.Raw:
+    """A memoised projection as bytes (a day or hour block's memo)."""
+    return msgspec.Raw(_encode(projection))
+
+
+def thaw_projection(raw: msgspec.Raw) -> Projection:
+    """A new projection, sharing nothing, equal to the one frozen."""
+    return _projection(raw)
