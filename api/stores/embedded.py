@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from tokentrace.api.stores import heap
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
 from tokentrace.api.stores.quarantine import Damage, Quarantine
@@ -32,7 +33,7 @@ from tokentrace.api.stores.records import decode_record, wire_record
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.config import Config, milliseconds, timeline_settings
-from tokentrace.core import memory, native
+from tokentrace.core import native
 from tokentrace.core.buckets import SEP, Projection
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span, span_time_ms
@@ -375,7 +376,7 @@ class EmbeddedStore:
                 ):
                     break
                 await asyncio.sleep(0)  # let requests in between slices
-            memory.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
+            heap.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
 
         self._warming = asyncio.create_task(warm())
 
