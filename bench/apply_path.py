@@ -22,9 +22,8 @@ Baselines, same child process, same bytes: untyped ``msgspec.msgpack.decode`` of
 untyped ``msgspec.json.decode`` of the embedded bodies (no ``Span`` validation, so they do not move when the
 span code changes). ``--against REV`` (repeatable) runs the same rounds on the code of a git revision
 (exported with ``git archive``) or of a source tree, alternating with the working tree, and reports each
-variant's ratio to the first one named. Code older than the public methods this uses gives no ``embedded``
-figure (no ``EmbeddedStore.apply_recovered``), and its timestamp caches stay warm between repetitions (no
-``timefmt.clear_caches``; the child says so on stderr), as code without ``apply_many`` gives no ``apply_many``.
+variant's ratio to the first one named. Code without ``EmbeddedStore.apply_recovered`` gives no ``embedded``
+figure, as code without ``apply_many`` gives no ``apply_many`` figures.
 
     .venv/bin/python bench/apply_path.py [--rounds 5] [--against REV ...] [--append-results]
 """
@@ -32,7 +31,7 @@ figure (no ``EmbeddedStore.apply_recovered``), and its timestamp caches stay war
 from __future__ import annotations
 
 import argparse
-import functools
+import importlib
 import json
 import os
 import statistics
@@ -80,20 +79,16 @@ def _cpu_rate(spans: int, run: Callable[[], object]) -> float:
 
 def _forget_timestamps() -> None:
     """Empty ``tokentrace.core.timefmt``'s caches: the data was formatted in this process, and the previous
-    repetition saw the same timestamps, while a server sees each once. Code without ``clear_caches`` keeps
-    them (said once on stderr)."""
+    repetition saw the same timestamps, while a server sees each once. Code older than ``clear_caches`` kept
+    its caches in module globals: reloading the module binds them anew, empty (its functions, wherever
+    imported, read them from the module's namespace, which a reload reuses)."""
     from tokentrace.core import timefmt
 
     clear = getattr(timefmt, "clear_caches", None)
     if clear is None:
-        _say_caches_stay_warm()
+        importlib.reload(timefmt)
     else:
         clear()
-
-
-@functools.cache
-def _say_caches_stay_warm() -> None:
-    print("apply_path: this code has no timefmt.clear_caches: its timestamp caches stay warm", file=sys.stderr)
 
 
 def _worker_figures(spread_ms: int) -> tuple[float, float, float | None]:
@@ -211,6 +206,11 @@ def _median(values: list[float | None]) -> float | None:
     return statistics.median(present) if present else None
 
 
+def _ratio(rounds: list[dict[str, float | None]], figure: str, baseline: str) -> float | None:
+    """The median over rounds of ``figure / baseline`` (None when the code measured has no such figure)."""
+    return _median([(r[figure] or 0) / (r[baseline] or 1) if r[figure] is not None else None for r in rounds])
+
+
 def _cell(value: float | None, form: str) -> str:
     return "-" if value is None else format(value, form)
 
@@ -269,11 +269,11 @@ def report(args: argparse.Namespace, rounds: dict[str, list[dict[str, float | No
             cells.append(_cell(_median([n[figure] / o[figure] for n, o in pairs if n[figure] and o[figure]]), ".2f"))
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     for name in names:
-        worker = [(r["worker 10m"] or 0) / (r["msgpack decode (baseline)"] or 1) for r in rounds[name]]
-        embedded = [(r["embedded"] or 0) / (r["json decode (baseline)"] or 1) for r in rounds[name]]
+        worker = _ratio(rounds[name], "worker 10m", "msgpack decode (baseline)")
+        embedded = _ratio(rounds[name], "embedded", "json decode (baseline)")
         lines.append(
-            f"- `{name}`: worker 10m / msgpack decode = {statistics.median(worker):.2f}; "
-            f"embedded / json decode = {statistics.median(embedded):.2f}"
+            f"- `{name}`: worker 10m / msgpack decode = {_cell(worker, '.2f')}; "
+            f"embedded / json decode = {_cell(embedded, '.2f')}"
         )
     return lines
 
