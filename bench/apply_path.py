@@ -8,27 +8,30 @@ repetition, so no repetition reads a timestamp the process has formatted or pars
 
 Workloads:
 
-- ``worker 10m``: ``Applier.apply`` over 100-span wire messages of ``make_spans`` (the test harness's spans:
-  3 models x 3 callers, a ``workflow`` attribute, 60 % scored, priced) started over the last 10 minutes,
+- ``worker 10m``: ``Applier.apply`` over 100-span wire messages of ``benchkit.spans.make_spans`` (the spans of
+  the distributed benchmarks and the test harness: 3 models x 3 callers, a ``workflow`` attribute, 60 % scored,
+  priced) started over the last 10 minutes,
   round-robin over 4 partitions, into fresh entries (the workload of the issue's profile);
 - ``worker 1m``: the same spans started over the last minute (as ``bench/processor_throughput.py``);
 - ``..., apply_many``: the same messages, 10 at a time per partition through ``Applier.apply_many``;
 - ``embedded``: what ``POST /spans`` does after reading the body, in-process: ``decode_json_spans``,
-  ``prepare_batch`` (stamp, bounds, price), ``encode_wire`` (the WAL payload) and the store's apply
-  (timeline and trace index), for 1000-span ``DemoTraffic`` batches.
+  ``prepare_batch`` (stamp, bounds, price), ``encode_wire`` (the WAL payload) and the store's count of durable
+  spans (``EmbeddedStore.apply_recovered``: timeline and trace index), for 1000-span ``DemoTraffic`` batches.
 
 Baselines, same child process, same bytes: untyped ``msgspec.msgpack.decode`` of the worker messages and
 untyped ``msgspec.json.decode`` of the embedded bodies (no ``Span`` validation, so they do not move when the
 span code changes). ``--against REV`` (repeatable) runs the same rounds on the code of a git revision
 (exported with ``git archive``) or of a source tree, alternating with the working tree, and reports each
-variant's ratio to the first one named.
+variant's ratio to the first one named. Code without ``EmbeddedStore.apply_recovered`` gives no ``embedded``
+figure, as code without ``apply_many`` gives no ``apply_many`` figures.
 
-    PYTHONPATH=. .venv/bin/python bench/apply_path.py [--rounds 5] [--against REV ...] [--append-results]
+    .venv/bin/python bench/apply_path.py [--rounds 5] [--against REV ...] [--append-results]
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import os
 import statistics
@@ -39,7 +42,9 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from benchkit.server import append_results
+from benchkit.variants import ROOT, add_against_option, link_tree, variant_source
+
 WORKER_SPANS = 20_000
 MESSAGE_SPANS = 100
 EMBEDDED_BATCHES = 20
@@ -73,14 +78,17 @@ def _cpu_rate(spans: int, run: Callable[[], object]) -> float:
 
 
 def _forget_timestamps() -> None:
-    """Empty ``tokentrace.core.timefmt``'s caches (whichever the code measured has): the data was formatted
-    in this process, and the previous repetition saw the same timestamps, while a server sees each once."""
+    """Empty ``tokentrace.core.timefmt``'s caches: the data was formatted in this process, and the previous
+    repetition saw the same timestamps, while a server sees each once. Code older than ``clear_caches`` kept
+    its caches in module globals: reloading the module binds them anew, empty (its functions, wherever
+    imported, read them from the module's namespace, which a reload reuses)."""
     from tokentrace.core import timefmt
 
-    for name in ("_SECONDS", "_PREFIXES", "_CANONICAL", "_RECENT"):
-        cache = getattr(timefmt, name, None)
-        if isinstance(cache, dict):
-            cache.clear()
+    clear = getattr(timefmt, "clear_caches", None)
+    if clear is None:
+        importlib.reload(timefmt)
+    else:
+        clear()
 
 
 def _worker_figures(spread_ms: int) -> tuple[float, float, float | None]:
@@ -89,8 +97,8 @@ def _worker_figures(spread_ms: int) -> tuple[float, float, float | None]:
     import random
 
     import msgspec
+    from benchkit.spans import make_spans
 
-    from tests.processors.harness import make_spans
     from tokentrace.api.embedded import price_table
     from tokentrace.config import Config
     from tokentrace.core.codec import encode_wire
@@ -129,7 +137,9 @@ def _worker_figures(spread_ms: int) -> tuple[float, float, float | None]:
     return _cpu_rate(len(spans), decode_all), _cpu_rate(len(spans), apply_all), batched
 
 
-def _embedded_figures() -> tuple[float, float]:
+def _embedded_figures() -> tuple[float, float | None]:
+    """Untyped JSON decode, and embedded ingest in-process (None when the code measured has no
+    ``EmbeddedStore.apply_recovered``)."""
     import msgspec
 
     from tokentrace.api.embedded import embedded_settings, price_table
@@ -158,13 +168,14 @@ def _embedded_figures() -> tuple[float, float]:
                 arrival = now_ms()
                 prepare_batch(batch, arrival, pricer, store.oldest_allowed_ms(arrival), skew_ms)
                 encode_wire(batch)
-                store._apply(batch)
+                store.apply_recovered(batch)  # counted as durable: the log's write is not measured
 
     def decode_all() -> None:
         for body in bodies:
             msgspec.json.decode(body)
 
-    return _cpu_rate(spans, decode_all), _cpu_rate(spans, ingest_all)
+    measured = hasattr(EmbeddedStore, "apply_recovered")
+    return _cpu_rate(spans, decode_all), _cpu_rate(spans, ingest_all) if measured else None
 
 
 def child() -> None:
@@ -176,54 +187,12 @@ def child() -> None:
     print(json.dumps(dict(zip(FIGURES, figures, strict=True))))
 
 
-def link_tree(source: Path, into: Path) -> Path:
-    """An import path for the source tree ``source``: ``into/tokentrace`` mirrors pyproject's package mapping
-    (``tokentrace.processors`` is ``processors/``, and so on) with links. PYTHONPATH entries come before the
-    editable install's finder, so ``tokentrace`` then imports from ``source``."""
-    package = into / "tokentrace"
-    package.mkdir(parents=True)
-    roles = ("producers", "processors", "api")
-    for entry in (source / "tokentrace").iterdir():
-        if entry.name not in roles:
-            (package / entry.name).symlink_to(entry)
-    for role in roles:
-        (package / role).symlink_to(source / role)
-    return into
-
-
-def export_revision(revision: str, into: Path) -> Path:
-    """The tree of git revision ``revision`` under ``into``."""
-    into.mkdir(parents=True)
-    archive = subprocess.run(["git", "-C", str(ROOT), "archive", revision], check=True, capture_output=True).stdout
-    subprocess.run(["tar", "-x", "-C", str(into)], input=archive, check=True)
-    return into
-
-
-def variant_source(name: str, into: Path) -> Path:
-    """The source tree ``--against`` names: a directory as it is, else a git revision exported under ``into``.
-
-    Only Python files come from it: a revision that imports the compiled module (``tokentrace._native``) gets
-    the installed one, which the development install's finder supplies; compare compiled code by reinstalling.
-    """
-    return Path(name).resolve() if Path(name).is_dir() else export_revision(name, into)
-
-
-def add_against_option(parser: argparse.ArgumentParser) -> None:
-    """``--against REV_OR_DIR`` (repeatable), as every A/B benchmark here takes it."""
-    parser.add_argument(
-        "--against",
-        metavar="REV_OR_DIR",
-        action="append",
-        default=[],
-        help="also measure a git revision (or a source tree) beside the working tree; repeatable",
-    )
-
-
 def run_child(source: Path, path: Path) -> dict[str, float | None]:
-    """One round in a fresh process, importing tokentrace (and ``tests``) from ``source`` via ``path``."""
-    env = dict(os.environ, PYTHONPATH=f"{path}{os.pathsep}{source}")
+    """One round in a fresh process, importing tokentrace from ``source`` via ``path`` (and benchkit from this
+    script's bench/); its stderr goes to ours."""
+    env = dict(os.environ, PYTHONPATH=str(path))
     script = str(ROOT / "bench" / "apply_path.py")
-    out = subprocess.run([sys.executable, script, "--child"], env=env, cwd=source, check=True, capture_output=True)
+    out = subprocess.run([sys.executable, script, "--child"], env=env, cwd=source, check=True, stdout=subprocess.PIPE)
     figures: dict[str, float | None] = json.loads(out.stdout.decode().strip().splitlines()[-1])
     return figures
 
@@ -235,6 +204,11 @@ def _load() -> str:
 def _median(values: list[float | None]) -> float | None:
     present = [v for v in values if v is not None]
     return statistics.median(present) if present else None
+
+
+def _ratio(rounds: list[dict[str, float | None]], figure: str, baseline: str) -> float | None:
+    """The median over rounds of ``figure / baseline`` (None when the code measured has no such figure)."""
+    return _median([(r[figure] or 0) / (r[baseline] or 1) if r[figure] is not None else None for r in rounds])
 
 
 def _cell(value: float | None, form: str) -> str:
@@ -269,9 +243,6 @@ def main() -> None:
 
     print("\n".join(report(args, rounds, loads)))
     if args.append_results:
-        sys.path.insert(0, str(ROOT / "bench"))
-        from apibench import append_results
-
         command = "bench/apply_path.py " + " ".join(a for a in sys.argv[1:] if a != "--append-results")
         title = "Hot path: Applier.apply and embedded ingest in-process (bench/apply_path.py)"
         append_results(title, command, report(args, rounds, loads))
@@ -298,11 +269,11 @@ def report(args: argparse.Namespace, rounds: dict[str, list[dict[str, float | No
             cells.append(_cell(_median([n[figure] / o[figure] for n, o in pairs if n[figure] and o[figure]]), ".2f"))
         lines.append(f"| {figure} | " + " | ".join(cells) + " |")
     for name in names:
-        worker = [(r["worker 10m"] or 0) / (r["msgpack decode (baseline)"] or 1) for r in rounds[name]]
-        embedded = [(r["embedded"] or 0) / (r["json decode (baseline)"] or 1) for r in rounds[name]]
+        worker = _ratio(rounds[name], "worker 10m", "msgpack decode (baseline)")
+        embedded = _ratio(rounds[name], "embedded", "json decode (baseline)")
         lines.append(
-            f"- `{name}`: worker 10m / msgpack decode = {statistics.median(worker):.2f}; "
-            f"embedded / json decode = {statistics.median(embedded):.2f}"
+            f"- `{name}`: worker 10m / msgpack decode = {_cell(worker, '.2f')}; "
+            f"embedded / json decode = {_cell(embedded, '.2f')}"
         )
     return lines
 

@@ -3,8 +3,8 @@
 - Page weight: what a first load of the overview fetches before any data (HTML, scripts, styles, the
   vendored uPlot), as sent (gzip), read from the browser's own responses; the JSON of that first load apart.
 - Render time: Debian's chromium (Playwright, headless) opens ``/?window=<w>&groupby=model`` on a
-  ``tokentrace serve`` holding a big state (built as bench/metrics_query.py builds it: per-bucket aggregates
-  over the 30-day retention, loaded from a snapshot), from navigation start to the console's
+  ``tokentrace serve`` holding a big state (``benchkit.state``, as bench/metrics_query.py builds it: per-bucket
+  aggregates over the 30-day retention, loaded from a snapshot), from navigation start to the console's
   ``tokentrace:overview-rendered`` mark (figures and five charts drawn); median of ``--renders`` loads.
 - Server CPU: the server's user + system CPU over ``--seconds`` with no browser (idle baseline), then with
   10 overview pages open and auto-refreshing (every 30 s, plus the health strip every 15 s), as % of a core.
@@ -24,12 +24,9 @@ import time
 from pathlib import Path
 from typing import Any
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from apibench import Server, append_results
-from metrics_query import build_timeline, write_snapshot
-
-from tests.api.console.chromium import launch
+from benchkit.chromium import launch
+from benchkit.server import Server, append_results
+from benchkit.state import build_timeline, write_snapshot
 
 WINDOWS = ["1h", "24h", "7d", "30d"]
 

@@ -37,7 +37,7 @@ from pathlib import Path
 
 import aiohttp
 import msgspec
-from apibench import Server, append_results
+from benchkit.server import Server, append_results
 
 from tokentrace.core.codec import decode_json_spans, encode_json
 from tokentrace.core.timefmt import format_ms, now_ms

@@ -1,14 +1,12 @@
 """Benchmark: ``GET /metrics?window=30d`` latency over 30 days of aggregates from 10M synthetic spans.
 
-Building the state span by span (~50 µs a span) would take most of ten minutes, so it is built the way a
-restart restores it: per-bucket aggregates. A pool of distinct minute buckets is filled by adding real
-spans (``BucketState.add``: 5 models x 3 providers x 4 callers = 60 series, one grouped attribute
-``workflow`` with 6 values, errors, timeouts, eval scores, latencies); hour buckets are merges of 60
-of them. Every bucket of the window gets its own copy (a msgpack round trip, so nothing is shared):
-minute buckets for the fine retention (48h), hour buckets before it, as ``Timeline.compact`` leaves
-them. The spans the pool leaves short of exactly 10M are added with ``Timeline.add`` at random times.
-The state goes to disk as an ``EmbeddedStore`` snapshot, with the memos a running server computes in its warm-up
-task (``Timeline.warm_memos``), and a real ``tokentrace serve`` loads it.
+The state is built the way a restart restores it, as per-bucket aggregates (``benchkit.state``): a pool of
+distinct minute buckets filled with real spans (5 models x 3 providers x 4 callers = 60 series, one grouped
+attribute ``workflow`` with 6 values, errors, timeouts, eval scores, latencies), hour buckets merged from 60 of
+them, a copy per bucket of the window (minute buckets for the fine retention, 48h, hour buckets before it),
+and the spans the pool leaves short of exactly 10M added with ``Timeline.add`` at random times. The state goes
+to disk as an ``EmbeddedStore`` snapshot, with the memos a running server computes in its warm-up task
+(``Timeline.warm_memos``), and a real ``tokentrace serve`` loads it.
 
 Measured through real HTTP (keep-alive, sequential, after warm-up): the restart (spawn to ``/health`` 200),
 the first ``/metrics?window=30d``, then ``/metrics?window=30d`` and a few variants, idle and while spans keep
@@ -40,20 +38,12 @@ import time
 from pathlib import Path
 
 import msgspec
-from apibench import Server, percentile
+from benchkit.server import Server, percentile
+from benchkit.state import build_timeline, synthetic_span, write_snapshot
 
-from tokentrace.api.embedded import embedded_settings
-from tokentrace.api.stores.embedded import EmbeddedStore
-from tokentrace.config import Config
-from tokentrace.core.buckets import BucketState
-from tokentrace.core.span import Span, span_time_ms
-from tokentrace.core.timefmt import format_ms, now_ms
-from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, Timeline, TimelineSnapshot
+from tokentrace.core.timefmt import now_ms
+from tokentrace.core.timeline import HOUR_MS, Timeline
 
-MODELS = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022", "gemini-1.5-flash"]
-PROVIDERS = ["openai", "anthropic", "bedrock"]
-CALLERS = ["summarizer-service", "support-bot", "search-api", "agent-runner"]
-WORKFLOWS = ["document-summary", "support-chat", "query-rewrite", "research-agent", "extract", "classify"]
 QUERIES = [
     "/metrics?window=30d",
     "/metrics?window=30d&groupby=model",
@@ -61,93 +51,6 @@ QUERIES = [
     "/metrics/latency_p99_ms?window=30d",
     "/metrics?window=1h",
 ]
-
-
-def synthetic_span(rng: random.Random, at_ms: int) -> Span:
-    """One call: a random series and workflow, lognormal tokens and latency, 2% errors, 1% timeouts."""
-    prompt, comp = int(rng.lognormvariate(6.5, 0.8)), int(rng.lognormvariate(4.8, 0.7))
-    roll = rng.random()
-    status = "timeout" if roll < 0.01 else "error" if roll < 0.03 else "ok"
-    attributes: dict[str, str | int | float | bool] = {"workflow": rng.choice(WORKFLOWS)}
-    if status == "ok" and rng.random() < 0.6:
-        attributes["eval.score"] = round(rng.betavariate(8, 2), 3)
-    return Span(
-        model=rng.choice(MODELS),
-        provider=rng.choice(PROVIDERS),
-        caller=rng.choice(CALLERS),
-        prompt_tokens=prompt,
-        comp_tokens=comp,
-        cost_usd=(prompt * 2.5 + comp * 10) / 1e6,
-        latency_ms=round(rng.lognormvariate(6.6, 0.5), 1),
-        status=status,  # type: ignore[arg-type]
-        started_at=format_ms(at_ms),
-        attributes=attributes,
-    )
-
-
-def build_timeline(total_spans: int, pool: int, seed: int) -> tuple[Timeline, dict[str, float]]:
-    """A Timeline holding exactly ``total_spans`` spans spread evenly over the retention window."""
-    rng = random.Random(seed)
-    config = Config()
-    settings = embedded_settings(config).timeline
-    timeline = Timeline(settings)
-    now = now_ms()
-    # Retention as it will be in a quarter of an hour, so no bucket retires while the benchmark runs.
-    oldest = timeline.oldest_allowed_ms(now + 15 * MINUTE_MS)
-    current = now - now % MINUTE_MS
-    minutes = (current - oldest) // MINUTE_MS + 1
-    per_minute = total_spans // minutes
-    fine_cutoff = now - settings.fine_retention_ms
-    fine_from = fine_cutoff - fine_cutoff % HOUR_MS  # compact() folds every minute before this hour
-    timings: dict[str, float] = {}
-
-    began = time.perf_counter()
-    minute_pool: list[BucketState] = []
-    for _ in range(pool):
-        state = BucketState()
-        for _ in range(per_minute):
-            state.add(synthetic_span(rng, now), settings.caps)
-        minute_pool.append(state)
-    minute_blobs = [msgspec.msgpack.encode(state) for state in minute_pool]
-    timings["minute pool"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    hour_blobs = []
-    for h in range(pool):
-        hour = BucketState()
-        for m in range(60):
-            hour.merge(minute_pool[(h * 7 + m) % pool])
-        hour_blobs.append(msgspec.msgpack.encode(hour))
-    timings["hour pool"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    decode = msgspec.msgpack.Decoder(BucketState).decode
-    fine: dict[int, BucketState] = {}
-    coarse: dict[int, BucketState] = {}
-    placed = 0
-    start = oldest
-    index = 0
-    while start <= current:
-        if start < fine_from:
-            coarse[start] = decode(hour_blobs[index % pool])
-            placed += 60 * per_minute
-            start += HOUR_MS
-        else:
-            fine[start] = decode(minute_blobs[index % pool])
-            placed += per_minute
-            start += MINUTE_MS
-        index += 1
-    timeline.restore(TimelineSnapshot(fine=fine, coarse=coarse, retired=BucketState()))
-    timings["copies"] = time.perf_counter() - began
-
-    began = time.perf_counter()
-    rest = total_spans - placed
-    for _ in range(rest):
-        span = synthetic_span(rng, rng.randrange(oldest, now))
-        timeline.add(span, span_time_ms(span))
-    timings["top-up"] = time.perf_counter() - began
-    timings.update(fine_buckets=len(fine), coarse_buckets=len(coarse), per_minute=per_minute, top_up=rest)
-    return timeline, timings
 
 
 def census(timeline: Timeline) -> str:
@@ -160,16 +63,6 @@ def census(timeline: Timeline) -> str:
         aggregates += len(groups)
         bins += sum(len(a.latency.positive) + len(a.score.positive) for a in groups)
     return f"{aggregates:,} aggregates holding {bins:,} sketch bins (latency + score)"
-
-
-async def write_snapshot(data_dir: Path, timeline: Timeline, spans: int) -> None:
-    """Persist ``timeline`` as the store's snapshot (what ``close`` writes)."""
-    store = EmbeddedStore(data_dir, embedded_settings(Config()))
-    await store.open()
-    store.timeline.restore(timeline.snapshot())
-    store.timeline.warm_memos()  # what the server's warm-up task has done a minute after it started
-    store.span_total = spans
-    await store.close()
 
 
 def get(connection: http.client.HTTPConnection, target: str) -> tuple[float, bytes]:

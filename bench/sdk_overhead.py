@@ -13,7 +13,7 @@ In-process mode (``Tracer(http_server=...)``: the server's aggregator in the app
 counted in-process, each round ending with ``tracer.flush()`` (which waits until the aggregator thread has
 counted every span), so the figure is the per-span cost plus the aggregate update, paired with the same
 case with aggregation off. ``tt_aggregate`` is the aggregate update alone, in the calling thread (what the
-aggregator thread does per span: ``prepare_spans`` and the embedded store's apply), so
+aggregator thread does per span: ``prepare_spans`` and the embedded store's count, ``apply_recovered``), so
 ``tt_record_inproc - tt_record - tt_aggregate`` is what handing spans to another thread costs.
 
     .venv/bin/python bench/sdk_overhead.py                  # figures
@@ -111,15 +111,15 @@ def aggregate_case() -> dict[str, Case]:
     with tracer.start("bench") as trace:
         for _ in range(2000):
             trace.record(model="gpt-4o", provider="openai", prompt_tokens=512, comp_tokens=128, latency_ms=1240)
-    store = EmbeddedStore(None)  # memory-only; applied directly, as the in-process aggregator's ingest does
+    store = EmbeddedStore(None)  # memory-only: nothing to make durable, the spans are counted directly
 
     def aggregate(n: int) -> None:
-        """The aggregate update alone: ``prepare_spans`` + the memory-only store's apply, same thread."""
+        """The aggregate update alone: ``prepare_spans`` + the memory-only store's count, same thread."""
         for start in range(0, n, len(spans)):
             batch = spans[: n - start]
             arrival = now_ms()
             prepare_spans(batch, arrival, tracer.prices, store.oldest_allowed_ms(arrival), 300_000)
-            store._apply(batch)
+            store.apply_recovered(batch)
 
     return {"tt_aggregate": aggregate}
 

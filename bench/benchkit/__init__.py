@@ -10,7 +10,9 @@ with no path set-up. Small modules with one job each:
 * ``workers``: ``tokentrace worker`` processes of one deployment, the view's span count, one measured run;
 * ``procfs``: CPU seconds of a process and of the machine, peak RSS, the CPU model, the load, the commit;
 * ``quota``: a cgroup CPU quota for one process (a container's CPU limit);
-* ``variants``: the source tree of a git revision as an import path, for ``--against`` A/B runs.
+* ``variants``: the source tree of a git revision as an import path, for ``--against`` A/B runs;
+* ``state``: a big embedded state (30 days of per-bucket aggregates) built fast, and its snapshot on disk;
+* ``chromium``: Debian's headless chromium under Playwright, launched as the console tests launch it.
 
 Kafka and Redis come from ``tokentrace.devcluster`` (what ``tokentrace dev-cluster`` runs); nothing here
 imports the test suite or a name the product keeps private.

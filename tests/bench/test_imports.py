@@ -20,15 +20,6 @@ import pytest
 
 BENCH = Path(__file__).resolve().parents[2] / "bench"
 
-#: Scripts other branches own while this rule lands; to be brought in line after the merge, then removed here.
-EXEMPT = {
-    "apply_path.py",  # tests.processors.harness, sys.path for apibench, store._apply, timefmt's caches by getattr
-    "console.py",  # metrics_query's helpers, apibench (now benchkit.server)
-    "ingest_embedded.py",  # store._wal, apibench
-    "metrics_query.py",  # apibench
-    "sdk_overhead.py",  # store._apply
-}
-
 
 def bench_modules() -> set[str]:
     """Top-level names a bench script can import from bench/: its scripts and the helper package."""
@@ -87,7 +78,7 @@ def _private(name: str) -> bool:
 
 
 def checked_files() -> list[Path]:
-    scripts = [path for path in sorted(BENCH.glob("*.py")) if path.name not in EXEMPT]
+    scripts = sorted(BENCH.glob("*.py"))
     return scripts + sorted((BENCH / "benchkit").glob("*.py"))
 
 
@@ -119,23 +110,14 @@ class A:
     assert violations(good, {"processor_throughput", "benchkit"}) == []
 
 
-def test_the_exempt_scripts_exist() -> None:
-    """An exemption outliving its script would hide the next script of that name."""
-    assert {path.name for path in BENCH.glob("*.py")} >= EXEMPT
-
-
 @pytest.mark.parametrize("path", checked_files(), ids=lambda path: str(path.relative_to(BENCH)))
 def test_bench_imports_only_public_api_and_benchkit(path: Path) -> None:
     assert violations(path.read_text(), bench_modules()) == []
 
 
-#: bench/ modules that are imported, not run.
-HELPERS = {"apibench.py"}
-
-
 @pytest.mark.parametrize(
     "script",
-    [path for path in checked_files() if path.parent == BENCH and path.name not in HELPERS],
+    [path for path in checked_files() if path.parent == BENCH],
     ids=lambda path: path.name,
 )
 def test_each_script_starts_as_a_tool(script: Path, tmp_path: Path) -> None:
@@ -149,9 +131,9 @@ def test_each_script_starts_as_a_tool(script: Path, tmp_path: Path) -> None:
 
 
 def test_the_helpers_import_from_bench() -> None:
-    """What a script's ``import benchkit.x`` (or an older script's ``import apibench``) finds, with bench/ on the
-    path as running a script there puts it, and nothing else."""
-    modules = ["apibench", *(f"benchkit.{path.stem}" for path in sorted((BENCH / "benchkit").glob("[a-z]*.py")))]
+    """What a script's ``import benchkit.x`` finds, with bench/ on the path as running a script there puts it,
+    and nothing else."""
+    modules = [f"benchkit.{path.stem}" for path in sorted((BENCH / "benchkit").glob("[a-z]*.py"))]
     code = "import importlib, sys; [importlib.import_module(name) for name in sys.argv[1:]]"
     done = subprocess.run(
         [sys.executable, "-c", code, *modules], cwd=BENCH, capture_output=True, text=True, timeout=120, check=False

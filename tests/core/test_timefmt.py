@@ -8,7 +8,15 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from tokentrace.core.timefmt import format_duration, format_ms, normalize_rfc3339, parse_duration, parse_rfc3339_ms
+from tokentrace.core import timefmt
+from tokentrace.core.timefmt import (
+    clear_caches,
+    format_duration,
+    format_ms,
+    normalize_rfc3339,
+    parse_duration,
+    parse_rfc3339_ms,
+)
 
 instants = st.datetimes(min_value=datetime(1971, 1, 1), max_value=datetime(2200, 1, 1)).map(
     lambda d: d.replace(microsecond=d.microsecond // 1000 * 1000, tzinfo=UTC)
@@ -106,3 +114,15 @@ def test_non_ascii_digits_take_the_general_path() -> None:
     format_ms(1773584581441)  # the seconds part is cached
     with pytest.raises(ValueError, match="RFC 3339"):
         parse_rfc3339_ms("2026-03-15T14:23:01.\u0661\u0662\u0663Z")
+
+
+def test_clear_caches_forgets_every_timestamp_and_changes_no_answer() -> None:
+    text = format_ms(1773584581441)  # caches its seconds part both ways, and remembers it whole
+    assert parse_rfc3339_ms("2026-03-15 14:23:02.000Z") == 1773584582000  # caches a seconds part parsed
+    caches = (timefmt._SECONDS, timefmt._PREFIXES, timefmt._CANONICAL, timefmt._RECENT)
+    assert all(caches)
+    clear_caches()
+    assert not any(caches)
+    assert normalize_rfc3339(text) == (text, 1773584581441)
+    assert parse_rfc3339_ms("2026-03-15 14:23:02.000Z") == 1773584582000
+    assert format_ms(1773584581441) == text

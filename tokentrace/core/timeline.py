@@ -282,14 +282,6 @@ class Timeline:
         BucketState.add_batch_to(targets, batch, self.settings.caps)
         return True
 
-    def merge_bucket(self, start_ms: int, state: BucketState) -> None:
-        """Merge a whole bucket computed elsewhere (e.g. a replayed or remote partition)."""
-        key = (_FINE, start_ms)
-        self._live(key).merge(state)
-        self._written.add(key)
-        self._versions[key] = self._versions.get(key, 0) + 1
-        self._touch(start_ms)
-
     def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
         """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere."""
         self._replace(self._fine, _FINE, start_ms, state)

@@ -19,8 +19,8 @@ from urllib.parse import urlsplit
 
 import playwright.sync_api as playwright_sync
 import pytest
+from benchkit.chromium import CHROMIUM, launch
 
-from tests.api.console.chromium import CHROMIUM, launch
 from tests.api.server_process import ServerProcess
 from tokentrace.core.timefmt import format_ms, now_ms
 

@@ -1,4 +1,8 @@
-"""Debian's headless chromium, launched one way for the console tests and for bench/console.py."""
+"""Debian's headless chromium, launched one way for bench/console.py and the console tests (tests/api/console).
+
+Playwright drives it (``playwright.sync_api`` or ``async_api``: ``launch`` takes either's ``chromium``); the
+browser is the system's (``/usr/bin/chromium``), never one Playwright downloads.
+"""
 
 from __future__ import annotations
 
