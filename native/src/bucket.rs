@@ -152,8 +152,6 @@ impl BucketKernel {
         Ok(true)
     }
 
-    /// Count the spans of ``segments`` (``(WireBatch, bucket starts)`` pairs: each batch's spans in those
-    /// buckets, in order) into ``state``, as ``add_many`` of the equal ``Span`` objects would.
     /// Count the spans of one compiled ``batch`` into several states: ``targets`` lists ``(state, bucket
     /// starts)`` pairs, each state taking the batch's spans in those buckets, in order, as ``add_batches`` of
     /// ``[(batch, starts)]`` on each state in turn would (the batch's texts are made Python strings once, and
@@ -188,6 +186,8 @@ impl BucketKernel {
         Ok(())
     }
 
+    /// Count the spans of ``segments`` (``(WireBatch, bucket starts)`` pairs: each batch's spans in those
+    /// buckets, in order) into ``state``, as ``add_many`` of the equal ``Span`` objects would.
     fn add_batches(
         &self,
         py: Python<'_>,
