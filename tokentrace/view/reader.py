@@ -6,6 +6,12 @@
   (``/metrics?window=30d``) cheap. A changed or missing epoch (Redis flushed or restarted) drops the copy and
   starts over, while the workers re-materialize. Entries below a partition's retired horizon, and minutes
   under their hour entry, are hidden (they are counted there).
+* Memory (as the embedded store's, tokentrace/core/frozen.py): each partition's bucket is kept as the bytes
+  Redis holds for it (its encoded ``BucketState``), decoded only when its bucket must be merged again. A
+  settled bucket (before the timeline's hot hours) goes into the ``Timeline`` frozen: a single partition's
+  bytes as they are (shared with the copy), several partitions' merge encoded; and every ``settle_interval_s``
+  ``Timeline.settle`` moves the hot hours on and freezes what no entry changed since. It never folds or retires:
+  the workers do, and their hour and retired entries say so here.
 * ``traces``, ``search_traces`` and ``recent_spans`` read the trace index (spans by trace id, a sorted set by
   start time).
 
@@ -17,15 +23,18 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
 import redis.asyncio as aioredis
 
+from tokentrace.core import frozen
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import NEVER, Tiers, hour_of
+from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, Timeline, TimelineSettings
 from tokentrace.core.traces import StoredTrace, TraceFilter
 from tokentrace.view.keys import DEFAULT_PREFIX, Keys, trace_spans
@@ -34,10 +43,9 @@ from tokentrace.view.schema import (
     META,
     RETIRED,
     STATE_SCHEMA,
-    BucketEntry,
+    KeyBlock,
     PartitionMeta,
     RetiredEntry,
-    decode_entry,
 )
 
 __all__ = ["ViewReader"]
@@ -45,6 +53,18 @@ __all__ = ["ViewReader"]
 log = logging.getLogger(__name__)
 
 _FETCH_CHUNK = 500
+#: How often the local timeline's settled buckets are frozen (the embedded store's maintenance interval).
+SETTLE_INTERVAL_S = 30.0
+
+
+class _FrozenEntry(msgspec.Struct, array_like=True, tag="b"):
+    """A ``BucketEntry`` with its state left as its encoded bytes."""
+
+    offset: int
+    state: msgspec.Raw
+
+
+_decode_entry = msgspec.msgpack.Decoder(_FrozenEntry | PartitionMeta | RetiredEntry | KeyBlock).decode
 
 
 class ViewReader:
@@ -58,11 +78,16 @@ class ViewReader:
         prefix: str = DEFAULT_PREFIX,
         state_schema: int = STATE_SCHEMA,
         max_trace_scan: int = 100_000,
+        settle_interval_s: float = SETTLE_INTERVAL_S,
+        clock: Callable[[], int] = now_ms,
     ) -> None:
         self.redis_url = redis_url
         self.settings = settings or TimelineSettings()
         self.keys = Keys(prefix, state_schema)
         self.max_trace_scan = max_trace_scan
+        self.settle_interval_s = settle_interval_s
+        self._clock = clock
+        self._settled_at: int | None = None
         #: The connection (None until ``open``).
         self.client: aioredis.Redis | None = None
         #: Each partition's meta entry as last read (exact counters, the offset the view counted through).
@@ -70,8 +95,8 @@ class ViewReader:
         #: Entries skipped because this build cannot read them (another version's aggregate layout).
         self.unreadable = 0
         self._timeline = Timeline(self.settings)
-        self._parts: dict[int, dict[int, BucketState]] = {}  # minute -> partition -> state
-        self._hours: dict[int, dict[int, BucketState]] = {}  # compacted hour -> partition -> state
+        self._parts: dict[int, dict[int, msgspec.Raw]] = {}  # minute -> partition -> encoded state
+        self._hours: dict[int, dict[int, msgspec.Raw]] = {}  # compacted hour -> partition -> encoded state
         self._retired: dict[int, RetiredEntry] = {}
         self._epoch: bytes | None = None
         self._seq = 0.0
@@ -117,7 +142,12 @@ class ViewReader:
             self.meta.clear()
             self._retired.clear()
             self._seq = 0.0
+            self._settled_at = None
             changes = await self.redis.zrangebyscore(keys.changes, "-inf", "+inf", withscores=True)
+        now = self._clock()
+        if self._settled_at is None or now - self._settled_at >= self.settle_interval_s * 1000:
+            self._timeline.settle(now)  # before merging: a settled bucket goes in frozen at once
+            self._settled_at = now
         if not changes:
             return False
         touched: set[int] = set()
@@ -153,24 +183,29 @@ class ViewReader:
             self._timeline.replace_bucket(start, self._merged(self._parts.get(start, {}), start, hour=False))
         return True
 
-    def _merged(self, states: dict[int, BucketState], start: int, *, hour: bool) -> BucketState | None:
+    def _merged(self, states: dict[int, msgspec.Raw], start: int, *, hour: bool) -> BucketState | msgspec.Raw | None:
         """The bucket as the merge of the partitions that count it here (rules 2 and 3 of core/tiers.py: not
-        retired, and a minute not under its partition's hour entry)."""
+        retired, and a minute not under its partition's hour entry); frozen if it is settled."""
         in_hour = self._hours.get(hour_of(start), {})
-        merged: BucketState | None = None
-        for partition, state in states.items():
+        counted: list[msgspec.Raw] = []
+        for partition, raw in states.items():
             hours = (hour_of(start),) if partition in in_hour else ()
-            if not Tiers(NEVER, self._horizon(partition)).counts(start, is_hour=hour, hours=hours):
-                continue
-            if merged is None:
-                merged = BucketState()
-            merged.merge(state)
-        return merged
+            if Tiers(NEVER, self._horizon(partition)).counts(start, is_hour=hour, hours=hours):
+                counted.append(raw)
+        if not counted:
+            return None
+        settled = start < self._timeline.hot_from
+        if settled and len(counted) == 1:
+            return counted[0]
+        merged = BucketState()
+        for raw in counted:
+            merged.merge(frozen.thaw(raw))
+        return frozen.freeze(merged) if settled else merged
 
     def _apply(self, member: str, data: bytes | None, touched: set[int], touched_hours: set[int]) -> None:
         partition_text, _, rest = member.partition(":")
         partition = int(partition_text)
-        entry = decode_entry(data) if data else None
+        entry = _decode_entry(data) if data else None
         if rest == META:
             if isinstance(entry, PartitionMeta):
                 self.meta[partition] = entry
@@ -181,13 +216,13 @@ class ViewReader:
             if isinstance(entry, RetiredEntry):
                 self._retired[partition] = entry
             return
-        if isinstance(entry, BucketEntry):
-            _check_shape(entry.state)
+        if isinstance(entry, _FrozenEntry):
+            _check_shape(frozen.thaw(entry.state))
         is_hour = rest.startswith(HOUR_TAG)
         start = int(rest[1:] if is_hour else rest)
         (touched_hours if is_hour else touched).add(start)
         table = self._hours if is_hour else self._parts
-        if isinstance(entry, BucketEntry):
+        if isinstance(entry, _FrozenEntry):
             table.setdefault(start, {})[partition] = entry.state
         else:
             states = table.get(start)
