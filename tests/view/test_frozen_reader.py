@@ -1,5 +1,5 @@
-"""The view's reader keeps partitions' buckets as their bytes and its settled buckets frozen: its answers are
-exactly those of a brute-force copy of the same view that merges decoded entries into live buckets (the
+"""The view's reader keeps partitions' buckets as their bytes (settled ones only in Redis) and its settled
+buckets frozen: its answers are exactly those of a brute-force copy of the same view that merges decoded entries into live buckets (the
 reader as it was), through random writes, folds into hours, retirements and a clock moving the hot hours on."""
 
 from __future__ import annotations
@@ -122,7 +122,9 @@ async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_vi
     rng = random.Random(seed)
     real_now = now_ms()
     clock = [real_now - 6 * HOUR_MS]  # moves on by up to two hours a round, to the real now
-    reader = ViewReader(redis_server.url, TimelineSettings(), settle_interval_s=0.0, clock=lambda: clock[0])
+    reader = ViewReader(
+        redis_server.url, TimelineSettings(), settle_interval_s=0.0, clock=lambda: clock[0], fetch_chunk=7
+    )
     await reader.open()
     applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
     entries: dict[bytes, Entry] = {}
@@ -171,7 +173,7 @@ async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_vi
             assert _answers(reader.timeline, real_now, random.Random(step)) == expected, f"step {step}"
             frozen_seen = max(frozen_seen, reader.timeline.cache_stats().frozen_buckets)
         # A replica starting now, over the same view, answers the same too.
-        fresh = ViewReader(redis_server.url, TimelineSettings(), clock=lambda: real_now)
+        fresh = ViewReader(redis_server.url, TimelineSettings(), clock=lambda: real_now, fetch_chunk=5)
         await fresh.open()
         try:
             await fresh.sync()
@@ -187,3 +189,4 @@ async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_vi
         await materializer.close()
         await reader.close()
     assert frozen_seen > 0  # the copies compared were frozen ones
+    assert reader.refetched > 0  # and merges of settled buckets read their partitions from Redis again
