@@ -105,6 +105,7 @@ class ViewReader:
         #: Entries read again to merge a settled bucket whose copies were dropped.
         self.refetched = 0
         self._retired: dict[int, RetiredEntry] = {}
+        self._horizons: dict[int, int] = {}  # each partition's retired horizon the timeline counts by
         self._epoch: bytes | None = None
         self._seq = 0.0
         self._lock = asyncio.Lock()
@@ -148,6 +149,7 @@ class ViewReader:
             self._hours.clear()
             self.meta.clear()
             self._retired.clear()
+            self._horizons.clear()
             self._seq = 0.0
             self._settled_at = None
             changes = await self.redis.zrangebyscore(keys.changes, "-inf", "+inf", withscores=True)
@@ -162,7 +164,6 @@ class ViewReader:
             return False
         touched: set[int] = set()
         touched_hours: set[int] = set()
-        horizons = {p: r.horizon for p, r in self._retired.items()}
         # Partitions' meta and retired entries first, then bucket by bucket (an hour before its minutes), so
         # that each chunk's complete buckets are merged (and their copies dropped) before the next is read:
         # a full load never holds every partition's copy of every bucket at once.
@@ -183,7 +184,8 @@ class ViewReader:
             if i + chunk_size < len(changes):  # the chunk's last bucket may go on in the next one
                 await self._merge(touched, touched_hours, _order(chunk[-1])[1])
         self._seq = max(self._seq, max(score for _, score in changes))
-        moved = [r.horizon for p, r in self._retired.items() if horizons.get(p) != r.horizon]
+        # (Against the horizons of the last complete sync: one that failed half-way may have read a retired entry.)
+        moved = [r.horizon for p, r in self._retired.items() if self._horizons.get(p) != r.horizon]
         if moved:
             # Buckets below a partition's horizon are counted in its retired entry.
             touched.update(start for start in self._parts if start < max(moved))
@@ -193,6 +195,7 @@ class ViewReader:
                 retired.merge(entry.state)
             self._timeline.replace_retired(retired)
         await self._merge(touched, touched_hours, None)
+        self._horizons = {p: r.horizon for p, r in self._retired.items()}
         if settled:
             self._drop_settled(set(self._parts), set(self._hours))
         return True
