@@ -31,8 +31,8 @@ import urllib.request
 from pathlib import Path
 
 import msgspec
-from benchkit.procfs import peak_rss_mib
-from benchkit.server import percentile
+from benchkit.procfs import code, peak_rss_mib
+from benchkit.server import machine, percentile
 from benchkit.topics import create_topic
 from benchkit.variants import export_revision, link_tree
 
@@ -277,6 +277,7 @@ def main() -> None:
     parser.add_argument("--requests", type=int, default=20, help="timed requests per query")
     parser.add_argument("--against", default="6e05140", help="also measure this git revision's replica ('': none)")
     args = parser.parse_args()
+    print(f"{time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} · {machine()} · at {code()}", flush=True)
     with tempfile.TemporaryDirectory(prefix="tokentrace-replica-") as tmp:
         work = Path(tmp)
         flavours: list[tuple[str, Path | None]] = [("this-tree", None)]
