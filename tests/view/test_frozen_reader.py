@@ -190,3 +190,51 @@ async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_vi
         await reader.close()
     assert frozen_seen > 0  # the copies compared were frozen ones
     assert reader.refetched > 0  # and merges of settled buckets read their partitions from Redis again
+
+
+async def test_a_retirement_read_by_a_sync_that_failed_half_way_is_counted_by_the_next(
+    redis_server: RedisServer, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The retired entry comes first in a sync; if Redis fails before the sync ends, the next one (which reads
+    the same changes again) must still move the retired total and hide the buckets below the new horizon."""
+    now = now_ms()
+    old, recent = hour_of(now) - 60 * HOUR_MS, hour_of(now) - 2 * HOUR_MS
+    reader = ViewReader(redis_server.url, TimelineSettings(), fetch_chunk=1)
+    await reader.open()
+    applier = Applier(TimelineSettings(), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    materializer = Materializer(redis_server.url, reader.keys, 3_600_000, lambda: [])
+    writer = asyncio.create_task(materializer.run())
+    try:
+        await materializer.check_epoch()
+        for partition in (0, 1):
+            spans = [_span(i, at + i * MINUTE_MS) for i in range(1, 4) for at in (old, recent)]
+            applier.apply(entries, partition, 1, now, encode_wire(spans))
+        await _written(materializer, _pending(entries, list(entries)))
+        await reader.sync()
+        written, deleted = expire(entries, 0, old + HOUR_MS)
+        await _written(materializer, _pending(entries, written))
+        await _written(materializer, _pending(entries, deleted))
+
+        real_merge = reader._merge
+        failures = []
+
+        async def failing(touched: set[int], touched_hours: set[int], before: int | None) -> None:
+            if before is not None and not failures:
+                failures.append(before)
+                raise ConnectionError("Redis went away")
+            await real_merge(touched, touched_hours, before)
+
+        monkeypatch.setattr(reader, "_merge", failing)
+        with pytest.raises(ConnectionError):
+            await reader.sync()
+        assert failures  # it failed after reading the retired entry, before the end
+        await reader.sync()
+        assert _answers(reader.timeline, now, random.Random(0)) == _answers(
+            await _reference(reader), now, random.Random(0)
+        )
+        assert reader.timeline.lifetime(None) == (await _reference(reader)).lifetime(None)
+    finally:
+        writer.cancel()
+        await materializer.close()
+        await reader.close()
