@@ -17,7 +17,7 @@ from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.tiers import hour_of
 from tokentrace.core.timefmt import now_ms
-from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, merge_parts
+from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings
 from tokentrace.processors.state import Applier, compact, expire
 from tokentrace.view.reader import ViewReader
 from tokentrace.view.schema import (
@@ -90,11 +90,15 @@ def _answers(timeline: Timeline, now: int, rng: random.Random) -> list[Any]:
     for start in windows:
         for groupby, where in ((None, {}), ("model", {}), ("workflow", {}), (None, {"workflow": "chat"})):
             out.append(_plain(timeline.query(start, end, groupby, where)))
-            out.append(_plain(timeline.query_parts(start, end, groupby, where).total()))
+            parts = timeline.query_parts(start, end, groupby, where)
+            out.append(_plain(parts.total()))
+            parts.install()  # as the API does: the next answers come from the memos installed
         out.append(sorted(timeline.attribute_keys(start, end)))
     for groupby in (None, "model", "series"):
         out.append(_plain(timeline.lifetime(groupby)))
-        out.append(_plain(merge_parts(timeline.lifetime_parts(groupby).parts)))
+        lifetime = timeline.lifetime_parts(groupby)
+        out.append(_plain(lifetime.total()))
+        lifetime.install()
     return out
 
 
