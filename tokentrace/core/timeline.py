@@ -282,12 +282,13 @@ class Timeline:
         BucketState.add_batch_to(targets, batch, self.settings.caps)
         return True
 
-    def replace_bucket(self, start_ms: int, state: BucketState | None) -> None:
-        """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere."""
+    def replace_bucket(self, start_ms: int, state: BucketState | msgspec.Raw | None) -> None:
+        """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere. A frozen
+        ``state`` (``frozen.freeze``'s bytes) is kept as it is."""
         self._replace(self._fine, _FINE, start_ms, state)
 
-    def replace_hour(self, hour_ms: int, state: BucketState | None) -> None:
-        """Set a compacted hour to ``state`` whole (None: drop it)."""
+    def replace_hour(self, hour_ms: int, state: BucketState | msgspec.Raw | None) -> None:
+        """Set a compacted hour to ``state`` whole (None: drop it; bytes: kept frozen)."""
         self._replace(self._coarse, _COARSE, hour_ms, state)
 
     def replace_retired(self, state: BucketState) -> None:
@@ -296,13 +297,14 @@ class Timeline:
         self._retired_version += 1
         self.generation += 1
 
-    def _replace(self, table: dict[int, _Stored], kind: int, start: int, state: BucketState | None) -> None:
+    def _replace(self, table: dict[int, _Stored], kind: int, start: int, state: _Stored | None) -> None:
         self._pending_spans -= len(self._pending.pop((kind, start), ()))
         if state is None:
             table.pop(start, None)
         else:
             table[start] = state
-            self._written.add((kind, start))
+            if type(state) is BucketState:
+                self._written.add((kind, start))
         versions = self._versions
         versions[(kind, start)] = versions.get((kind, start), 0) + 1
         self._touch(start)
@@ -339,6 +341,23 @@ class Timeline:
         for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
             self._memo_bytes -= len(self._memo.pop(memo_key)[1])
         for memo_key in [k for k in self._bucket_memo if k[1] < horizon - DAY_MS]:
+            del self._bucket_memo[memo_key]
+        self._freeze_settled()
+
+    @property
+    def hot_from(self) -> int:
+        """Start of the hot hours (the previous and the current hour at the last ``compact`` or ``settle``):
+        buckets before it are settled, kept frozen once no write reaches them for a maintenance interval."""
+        return self._hot_from
+
+    def settle(self, now_ms: int) -> None:
+        """``compact``'s freezing alone: move the hot hours on to ``now_ms``'s and freeze the settled buckets no
+        write reached since the previous call. Nothing folds or retires: for a copy whose tiers are decided
+        elsewhere (the Redis view's reader: the workers fold and retire, their hour and retired entries say so).
+        """
+        self._hot_from = max(self._hot_from, now_ms - now_ms % HOUR_MS - HOUR_MS)
+        hot_from = self._hot_from
+        for memo_key in [k for k in self._bucket_memo if k[1] < hot_from]:
             del self._bucket_memo[memo_key]
         self._freeze_settled()
 
