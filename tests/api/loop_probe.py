@@ -71,3 +71,21 @@ def longest_hold(port: int, work: Callable[[], Any]) -> tuple[float, Any]:
     assert not probe.failures, probe.failures
     assert probe.pings > 0, "no /health round trip completed"
     return probe.longest, result
+
+
+def least_hold(
+    port: int, work: Callable[[], Any], *, under: float, trials: int = 3, setup: Callable[[], None] | None = None
+) -> tuple[float, list[Any]]:
+    """``longest_hold`` of ``work`` (after ``setup``, not probed) up to ``trials`` times, until one is ``under``:
+    (the least of them, every result). A hold the request itself causes shows in every trial; the scheduling
+    noise of a busy machine does not, so a guard on the least fails for the first and not for the second."""
+    least, results = float("inf"), []
+    for _ in range(trials):
+        if setup is not None:
+            setup()
+        held, result = longest_hold(port, work)
+        least = min(least, held)
+        results.append(result)
+        if least < under:
+            break
+    return least, results
