@@ -14,8 +14,12 @@ unsupported ``Content-Type`` (encoding unknown) gets the envelope.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
+import gc
+import threading
 from collections import Counter
+from collections.abc import Iterator
 
 from aiohttp import web
 
@@ -111,11 +115,52 @@ class _TooManySpans(Exception):
         self.count = count
 
 
+class _CyclesWait:
+    """The cycle collector paused while any big body is decoded (``with _cycles_wait():``), from any thread.
+
+    Decoding 10k spans of JSON builds a million containers, none of them in a cycle, and each full collection
+    meanwhile walked them all, again and again, holding the GIL and so the event loop (passes of 40-270 ms).
+    Collection resumes when the last decode ends; a collector disabled by someone else stays disabled.
+    """
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._decoding = 0
+        self._resume = False
+
+    @contextlib.contextmanager
+    def __call__(self) -> Iterator[None]:
+        with self._lock:
+            if self._decoding == 0:
+                self._resume = gc.isenabled()
+                gc.disable()
+            self._decoding += 1
+        try:
+            yield
+        finally:
+            with self._lock:
+                self._decoding -= 1
+                if self._decoding == 0 and self._resume:
+                    gc.enable()
+
+
+_cycles_wait = _CyclesWait()
+
+
 def _decode_and_prepare(
     body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
 ) -> Conversion:
     """Decode the request, convert its spans and ``prepare_batch`` them (stamp, bounds, price); raises
-    _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected."""
+    _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected. A big body: with cycle collection paused."""
+    if len(body) <= _INLINE_BYTES:
+        return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
+    with _cycles_wait():
+        return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
+
+
+def _decode_and_prepare_now(
+    body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
+) -> Conversion:
     export = decode_request(body, encoding)
     count = sum(len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans)
     if count > limit:
