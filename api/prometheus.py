@@ -25,6 +25,7 @@ from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4
 from tokentrace.alerting.service import AlertService
 from tokentrace.api.connections import CLOSE_REASONS, GUARD, ConnectionGuard
 from tokentrace.api.context import CONTEXT
+from tokentrace.api.cycles import cycles_wait
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
 from tokentrace.core.buckets import SEP, SERIES, Projection
 from tokentrace.core.labels import LABELS, LabelCaps
@@ -181,9 +182,10 @@ def _alert_firings(alerts: AlertService | None) -> dict[tuple[str, str], int]:
 
 
 def _sum_and_render(parts: LifetimeParts, quality: LifetimeParts, snapshot: ExpositionSnapshot) -> bytes:
-    snapshot.series = parts.total()
-    snapshot.quality_by_model = quality.total()
-    return render(snapshot)
+    with cycles_wait():  # 10k series: full collections of 50-140 ms meanwhile, walking what this builds
+        snapshot.series = parts.total()
+        snapshot.quality_by_model = quality.total()
+        return render(snapshot)
 
 
 def _closed(guard: ConnectionGuard | None) -> dict[tuple[tuple[str, str], ...], float]:

@@ -14,17 +14,14 @@ unsupported ``Content-Type`` (encoding unknown) gets the envelope.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import functools
-import gc
-import threading
 from collections import Counter
-from collections.abc import Iterator
 
 from aiohttp import web
 
 from tokentrace.api.body import BodyTooLarge, UndecodableBody, read_body
 from tokentrace.api.context import CONTEXT, ServerContext
+from tokentrace.api.cycles import cycles_wait
 from tokentrace.api.responses import APIError
 from tokentrace.api.routes.spans import accept_spans, batch_bounds
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_batch
@@ -115,38 +112,6 @@ class _TooManySpans(Exception):
         self.count = count
 
 
-class _CyclesWait:
-    """The cycle collector paused while any big body is decoded (``with _cycles_wait():``), from any thread.
-
-    Decoding 10k spans of JSON builds a million containers, none of them in a cycle, and each full collection
-    meanwhile walked them all, again and again, holding the GIL and so the event loop (passes of 40-270 ms).
-    Collection resumes when the last decode ends; a collector disabled by someone else stays disabled.
-    """
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._decoding = 0
-        self._resume = False
-
-    @contextlib.contextmanager
-    def __call__(self) -> Iterator[None]:
-        with self._lock:
-            if self._decoding == 0:
-                self._resume = gc.isenabled()
-                gc.disable()
-            self._decoding += 1
-        try:
-            yield
-        finally:
-            with self._lock:
-                self._decoding -= 1
-                if self._decoding == 0 and self._resume:
-                    gc.enable()
-
-
-_cycles_wait = _CyclesWait()
-
-
 def _decode_and_prepare(
     body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
 ) -> Conversion:
@@ -154,7 +119,7 @@ def _decode_and_prepare(
     _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected. A big body: with cycle collection paused."""
     if len(body) <= _INLINE_BYTES:
         return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
-    with _cycles_wait():
+    with cycles_wait():
         return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
 
 

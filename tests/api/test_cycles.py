@@ -1,4 +1,4 @@
-"""The cycle collector waits while big OTLP bodies are decoded, and only then (``api.routes.otlp._CyclesWait``)."""
+"""The cycle collector waits while big bodies are decoded or scrapes summed, and only then (``api.cycles``)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from tokentrace.api.routes.otlp import _CyclesWait
+from tokentrace.api.cycles import CyclesWait
 
 
 @pytest.fixture
@@ -21,7 +21,7 @@ def collector_enabled() -> Iterator[None]:
 
 
 def test_overlapping_decodes_pause_collection_until_the_last_ends(collector_enabled: None) -> None:
-    wait = _CyclesWait()
+    wait = CyclesWait()
     first_in, second_in, first_out = threading.Event(), threading.Event(), threading.Event()
     seen: list[bool] = []
 
@@ -44,7 +44,7 @@ def test_overlapping_decodes_pause_collection_until_the_last_ends(collector_enab
 
 
 def test_a_collector_disabled_before_stays_disabled(collector_enabled: None) -> None:
-    wait = _CyclesWait()
+    wait = CyclesWait()
     gc.disable()
     with wait():
         assert not gc.isenabled()
