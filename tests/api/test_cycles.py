@@ -54,3 +54,23 @@ def test_a_collector_disabled_before_stays_disabled(collector_enabled: None) -> 
         assert not gc.isenabled()
         raise RuntimeError("a decode that fails")
     assert gc.isenabled()
+
+
+def test_works_that_keep_overlapping_still_collect(collector_enabled: None) -> None:
+    wait = CyclesWait(max_pause_s=0.0)
+    collections: list[str] = []
+
+    def note(phase: str, info: dict[str, int]) -> None:
+        if phase == "stop" and info["generation"] == 2:
+            collections.append(phase)
+
+    gc.callbacks.append(note)
+    try:
+        with wait():
+            with wait():
+                pass  # ends while the outer one still runs, the pause past its limit
+            assert collections == ["stop"]
+            assert not gc.isenabled()
+    finally:
+        gc.callbacks.remove(note)
+    assert gc.isenabled()
