@@ -21,6 +21,7 @@ from aiohttp import web
 
 from tokentrace.api.body import BodyTooLarge, UndecodableBody, read_body
 from tokentrace.api.context import CONTEXT, ServerContext
+from tokentrace.api.cycles import cycles_wait
 from tokentrace.api.responses import APIError
 from tokentrace.api.routes.spans import accept_spans, batch_bounds
 from tokentrace.core.ingest import Pricer, SpanRejected, prepare_batch
@@ -115,7 +116,16 @@ def _decode_and_prepare(
     body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
 ) -> Conversion:
     """Decode the request, convert its spans and ``prepare_batch`` them (stamp, bounds, price); raises
-    _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected."""
+    _TooManySpans above ``limit`` spans, OTLPDecodeError, SpanRejected. A big body: with cycle collection paused."""
+    if len(body) <= _INLINE_BYTES:
+        return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
+    with cycles_wait():
+        return _decode_and_prepare_now(body, encoding, limit, pricer, bounds)
+
+
+def _decode_and_prepare_now(
+    body: bytes, encoding: Encoding, limit: int, pricer: Pricer | None, bounds: tuple[int, int, int]
+) -> Conversion:
     export = decode_request(body, encoding)
     count = sum(len(scope.spans) for resource in export.resource_spans for scope in resource.scope_spans)
     if count > limit:

@@ -12,6 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from tokentrace.api.context import CONTEXT
+from tokentrace.api.cycles import cycles_wait
 from tokentrace.api.responses import json_response
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import Projection
@@ -49,7 +50,12 @@ async def get_stats(request: web.Request) -> web.Response:
     store = request.app[CONTEXT].store
     # Summed in a thread from parts the store no longer changes (a lifetime of many groups takes seconds).
     everything, operations = await store.lifetime_parts(None), await store.lifetime_parts(OPERATION_ATTRIBUTE)
-    body = await asyncio.to_thread(lambda: stats_body(total(everything.total()), operations.total()))
+
+    def work() -> dict[str, Any]:
+        with cycles_wait():  # full collections would walk what the sums build, again and again
+            return stats_body(total(everything.total()), operations.total())
+
+    body = await asyncio.to_thread(work)
     everything.install()
     operations.install()
     return json_response(body)

@@ -2,18 +2,23 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from typing import Any
+from unittest import mock
 
 import pytest
 from google.protobuf import json_format
 from google.rpc import status_pb2
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import (
     ExportTraceServiceRequest,
     ExportTraceServiceResponse,
 )
 
 from tests.core.test_otlp import GENAI, PARENT_ID, SPAN_ID, TRACE_ID, export_request, otlp_span
+from tokentrace.core import otlp_codec
 from tokentrace.core.otlp_codec import (
     JSON,
     PROTOBUF,
@@ -192,3 +197,78 @@ def test_status_matches_googleapis_message(code: int, message: str) -> None:
 )
 def test_media_types(header: str, encoding: str | None) -> None:
     assert encoding_of(header) == encoding
+
+
+_JSON_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=4), inner, max_size=4),
+    max_leaves=30,
+)
+
+
+@settings(max_examples=300, deadline=None)
+@given(value=_JSON_VALUES, spacing=st.sampled_from([None, 1]), split_bytes=st.sampled_from([0, 8, 64]))
+def test_a_body_parsed_in_pieces_is_what_json_loads_makes_of_it(
+    value: Any, spacing: int | None, split_bytes: int
+) -> None:
+    """The pieces (every container longer than ``split_bytes`` split into its members, whitespace anywhere)
+    parse to what one ``json.loads`` of the whole body gives, dict order and duplicate keys included."""
+    body = json.dumps(value, indent=spacing, ensure_ascii=False).encode()
+    with mock.patch.object(otlp_codec, "_SPLIT_BYTES", split_bytes):
+        parsed = otlp_codec._loads(body)
+    assert parsed == json.loads(body)
+    assert json.dumps(parsed) == json.dumps(json.loads(body))  # dict order too
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"a": 1, "b": {"c": [1, 2]}, "a": [3]}',  # a duplicate key: its first place, its last value
+        b'\xef\xbb\xbf{"a": [1, 2, 3]}',  # a UTF-8 BOM: json.loads takes it, the scan does not
+        '{"a": ["\u00e9", 1e400]}'.encode("utf-16"),  # not UTF-8: json.loads detects it
+        b"[1, 2] [3]",  # trailing data: json.loads's error
+        b'{"a": "\\ud800"}',  # a lone surrogate escape
+        b'{"a": NaN}',  # not JSON, but json.loads takes it
+    ],
+    ids=["duplicate-key", "bom", "utf-16", "trailing", "surrogate", "nan"],
+)
+def test_bodies_the_scan_refuses_are_parsed_as_before(body: bytes, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(otlp_codec, "_SPLIT_BYTES", 0)
+    try:
+        expected: Any = json.loads(body)
+    except ValueError as exc:
+        expected = type(exc)
+    try:
+        got: Any = otlp_codec._loads(body)
+    except ValueError as exc:
+        got = type(exc)
+    assert json.dumps(got, default=repr) == json.dumps(expected, default=repr)
+
+
+def test_a_big_request_decodes_in_pieces_to_the_same_message() -> None:
+    """No single ``json.loads`` call gets more than ``_SPLIT_BYTES`` (each holds the GIL throughout)."""
+    spans = [otlp_span(GENAI, span_id=i.to_bytes(8, "big")) for i in range(1, 2001)]
+    request = export_request(*spans)
+    body = otlp_json_of(request)
+    assert len(body) > 10 * otlp_codec._SPLIT_BYTES
+    sizes: list[int] = []
+    original = json.loads
+
+    def loads(raw: bytes) -> Any:
+        sizes.append(len(raw))
+        return original(raw)
+
+    with mock.patch.object(otlp_codec.json, "loads", loads):
+        assert decode_request(body, JSON) == request
+    assert len(sizes) > 2000
+    assert max(sizes) <= otlp_codec._SPLIT_BYTES
+
+
+def otlp_json_of(request: ExportTraceServiceRequest) -> bytes:
+    document = json_format.MessageToDict(request)
+    for resource in document["resourceSpans"]:
+        for scope in resource["scopeSpans"]:
+            for span in scope["spans"]:
+                for field in ("traceId", "spanId"):
+                    span[field] = base64.b64decode(span[field]).hex()
+    return json.dumps(document).encode()

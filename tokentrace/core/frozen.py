@@ -35,6 +35,7 @@ __all__ = [
     "add_many",
     "attribute_keys",
     "freeze",
+    "freeze_for",
     "freeze_projection",
     "project",
     "thaw",
@@ -78,6 +79,25 @@ def freeze(state: BucketState) -> msgspec.Raw:
     return msgspec.Raw(_encode(state))
 
 
+def freeze_for(state: BucketState, groupby: str | None, where: Mapping[str, str]) -> msgspec.Raw:
+    """The part of a live ``state`` that ``project(..., groupby, where)`` reads, frozen: a copy of it as it is now,
+    which any thread may then project while ``state`` goes on changing. Encoding 10k series takes ~2 ms, projecting
+    them ~40-70 ms."""
+    names = _names(groupby, where)
+    if not names:
+        return freeze(BucketState(series=state.series))
+    attributes = state.attributes
+    return freeze(BucketState(attributes={name: attributes[name] for name in sorted(names) if name in attributes}))
+
+
+def _names(groupby: str | None, where: Mapping[str, str]) -> set[str]:
+    """The attribute keys a projection reads (none: it reads the series)."""
+    names = {k for k in where if k not in BUILTIN_DIMENSIONS}
+    if groupby and (name := attribute_dimension(groupby)) is not None:
+        names.add(name)
+    return names
+
+
 def thaw(raw: msgspec.Raw) -> BucketState:
     """The live bucket back, whole."""
     return _bucket(raw)
@@ -115,9 +135,7 @@ def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw
 
 def project(raw: msgspec.Raw, groupby: str | None, where: Mapping[str, str]) -> Projection:
     """``thaw(raw).project(groupby, where)``, decoding only what that projection reads."""
-    names = {k for k in where if k not in BUILTIN_DIMENSIONS}
-    if groupby and (name := attribute_dimension(groupby)) is not None:
-        names.add(name)
+    names = _names(groupby, where)
     if not names:
         return BucketState(series=_series(raw).series).project(groupby, where)
     encoded = _attributes(raw).attributes

@@ -40,6 +40,7 @@ __all__ = [
     "HOUR_MS",
     "MINUTE_MS",
     "CacheStats",
+    "FrozenMemo",
     "FrozenPart",
     "FrozenTimelineSnapshot",
     "LifetimeParts",
@@ -517,9 +518,11 @@ class Timeline:
 
     def lifetime_parts(self, groupby: str | None = None) -> LifetimeParts:
         """``lifetime`` as projections still to be summed (``LifetimeParts.total``), none of which anything
-        changes afterwards: memoised projections of the retired totals and of unchanged days, hours and
-        buckets, and new ones of the buckets written since. Gathering them is cheap; summing them, which for
-        10k series took seconds, can run in another thread while this timeline goes on changing.
+        changes afterwards: memoised projections of the retired totals and of unchanged buckets, the frozen
+        memos of unchanged days and hours, and frozen buckets (the buckets written since: what their projection
+        reads, encoded). Gathering them is cheap (no projection is made or decoded: ~2 ms for 10k series written
+        since, where projecting them took 40-70 ms); decoding and summing them, which for 10k series took
+        seconds, can run in another thread while this timeline goes on changing.
 
         A stale day or hour before the newest hour with data is summed as a ``build`` too, whose result
         ``LifetimeParts.install`` memoises (back on this timeline's thread), so the next call takes it whole.
@@ -561,9 +564,9 @@ class Timeline:
         while block + size <= end:
             version = self._versions.get((size, block))
             if version is not None:
-                cached = self._block_memo(size, block, spec, version)
-                if cached is not None:
-                    out.parts.append(cached)
+                memo = self._memo.get((size, block, spec))
+                if memo is not None and memo[0] == version:
+                    out.parts.append(FrozenMemo(memo[1]))  # decoded where the parts are summed
                 elif hot is not None and block + size <= hot:
                     inner = LifetimeParts([], [], self)
                     self._parts(block, block + size, spec, inner, finer, None)
@@ -669,14 +672,16 @@ class Timeline:
         self._memo_bytes += len(raw)
 
     def _bucket_part(self, key: tuple[int, int], state: _Stored, spec: _QuerySpec) -> Part:
-        """``_bucket_projection``, except that a frozen bucket outside the hot hours is listed as a ``FrozenPart``:
-        projected where the parts are summed (another thread), one at a time, instead of all held at once."""
-        if key[1] >= self._hot_from:
-            return self._bucket_projection(key, state, spec)
+        """A bucket's projection as a part to sum in another thread: its memo when fresh, else a ``FrozenPart`` of
+        its bytes (a settled bucket's own; what the projection reads of a live one, encoded now, ~20x cheaper
+        than projecting it here), projected where the parts are summed, one at a time."""
+        cached = self._bucket_memo.get((key[0], key[1], spec))
+        if cached is not None and cached[0] == self._versions.get(key, 0):
+            return cached[1]
         if key in self._pending:
             state = self._stored(key) or BucketState()
         if isinstance(state, BucketState):
-            return self._bucket_projection(key, state, spec)
+            return FrozenPart(frozen.freeze_for(state, spec[0], dict(spec[1])), spec[0], spec[1])
         return FrozenPart(state, spec[0], spec[1])
 
     def _bucket_projection(self, key: tuple[int, int], state: _Stored, spec: _QuerySpec) -> Projection:
@@ -866,8 +871,22 @@ class FrozenPart:
         return frozen.project(self.raw, self.groupby, dict(self.where))
 
 
+@dataclass(frozen=True)
+class FrozenMemo:
+    """A day or hour memo still to be decoded (``project``): its bytes never change, so any thread may."""
+
+    raw: msgspec.Raw
+
+    def project(self) -> Projection:
+        return frozen.thaw_projection(self.raw)
+
+
 #: One of the projections ``LifetimeParts`` sums.
-Part = Projection | FrozenPart
+Part = Projection | FrozenPart | FrozenMemo
+
+
+def _projection(part: Part) -> Projection:
+    return part if isinstance(part, dict) else part.project()
 
 
 @dataclass
@@ -915,7 +934,7 @@ class LifetimeParts:
         """The groups, without summing anything."""
         out: set[str] = set()
         for part in [*self.parts, *(p for build in self.builds for p in build.parts)]:
-            out.update(part.project() if isinstance(part, FrozenPart) else part)
+            out.update(_projection(part))
         if self.window is not None:
             out |= self.window.parts.keys()
         return out
@@ -932,7 +951,7 @@ def merge_parts(parts: Iterable[Part]) -> Projection:
     """The sum of ``Timeline.lifetime_parts``: equal to ``lifetime``, a new projection sharing nothing."""
     out: Projection = {}
     for part in parts:
-        _merge_projection(out, part.project() if isinstance(part, FrozenPart) else part)
+        _merge_projection(out, _projection(part))
     return out
 
 
