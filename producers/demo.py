@@ -14,7 +14,7 @@ import aiohttp
 
 from tokentrace.core.codec import encode_json
 from tokentrace.core.span import Span, new_id
-from tokentrace.core.timefmt import format_ms, now_ms
+from tokentrace.core.timefmt import format_ms, now_ms, parse_rfc3339_ms
 
 __all__ = ["DemoTraffic", "ModelProfile", "post_demo_traffic"]
 
@@ -95,7 +95,8 @@ class DemoTraffic:
         )
 
     def traces(self, at_ms: int) -> Iterator[list[Span]]:
-        """An endless stream of traces starting around ``at_ms``."""
+        """An endless stream of traces, each ending at ``at_ms`` (reported once done, as an application would:
+        no span of the demo's traffic lies in the future, so a window's figures include every span sent)."""
         rng = self.rng
         while True:
             caller = rng.choice(CALLERS)
@@ -112,10 +113,10 @@ class DemoTraffic:
                 root = self._call(rng.choice(MODELS[:2]), "research-agent", caller, trace_id, None, at_ms)
                 root.span_id = root_id
                 spans.insert(0, root)
-                yield spans
+                yield _ending_at(spans, at_ms)
             else:
                 profile = rng.choices(MODELS, weights=(3, 5, 2, 2, 1))[0]
-                yield [self._call(profile, WORKFLOWS[caller], caller, trace_id, None, at_ms)]
+                yield _ending_at([self._call(profile, WORKFLOWS[caller], caller, trace_id, None, at_ms)], at_ms)
 
     def next_batch(self, size: int, at_ms: int | None = None) -> list[Span]:
         at = now_ms() if at_ms is None else at_ms
@@ -125,6 +126,18 @@ class DemoTraffic:
             if len(batch) >= size:
                 return batch
         return batch  # pragma: no cover - traces() never ends
+
+
+def _ending_at(spans: list[Span], at_ms: int) -> list[Span]:
+    """``spans`` (one trace, built from ``at_ms`` on) moved back in time so that the last of them ends at ``at_ms``."""
+    ends = [parse_rfc3339_ms(span.ended_at) for span in spans if span.ended_at]
+    shift = at_ms - max(ends, default=at_ms)
+    for span in spans:
+        if span.started_at:
+            span.started_at = format_ms(parse_rfc3339_ms(span.started_at) + shift)
+        if span.ended_at:
+            span.ended_at = format_ms(parse_rfc3339_ms(span.ended_at) + shift)
+    return spans
 
 
 async def post_demo_traffic(
