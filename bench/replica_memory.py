@@ -33,13 +33,13 @@ from pathlib import Path
 import msgspec
 from benchkit.procfs import code, peak_rss_mib
 from benchkit.server import machine, percentile
+from benchkit.state import synthetic_span
 from benchkit.topics import create_topic
 from benchkit.variants import export_revision, link_tree
 
 from tokentrace.config import Config, timeline_settings
 from tokentrace.core.buckets import BucketState
-from tokentrace.core.span import Span
-from tokentrace.core.timefmt import format_ms, now_ms
+from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, Timeline
 from tokentrace.devcluster.kafka import KafkaCluster
 from tokentrace.devcluster.procs import ServerProcess, free_ports
@@ -56,39 +56,12 @@ from tokentrace.view.schema import (
 )
 from tokentrace.view.writer import Materializer, Pending
 
-MODELS = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022", "gemini-1.5-flash"]
-PROVIDERS = ["openai", "anthropic", "bedrock"]
-CALLERS = ["summarizer-service", "support-bot", "search-api", "agent-runner"]
-WORKFLOWS = ["document-summary", "support-chat", "query-rewrite", "research-agent", "extract", "classify"]
 QUERIES = [
     "/metrics?window=30d",
     "/metrics?window=30d&groupby=model",
     "/metrics?window=30d&groupby=workflow",
     "/metrics?window=1h",
 ]
-
-
-def synthetic_span(rng: random.Random, at_ms: int) -> Span:
-    """One call: a random series and workflow, lognormal tokens and latency, 2% errors, 1% timeouts (as
-    bench/metrics_query.py makes them)."""
-    prompt, comp = int(rng.lognormvariate(6.5, 0.8)), int(rng.lognormvariate(4.8, 0.7))
-    roll = rng.random()
-    status = "timeout" if roll < 0.01 else "error" if roll < 0.03 else "ok"
-    attributes: dict[str, str | int | float | bool] = {"workflow": rng.choice(WORKFLOWS)}
-    if status == "ok" and rng.random() < 0.6:
-        attributes["eval.score"] = round(rng.betavariate(8, 2), 3)
-    return Span(
-        model=rng.choice(MODELS),
-        provider=rng.choice(PROVIDERS),
-        caller=rng.choice(CALLERS),
-        prompt_tokens=prompt,
-        comp_tokens=comp,
-        cost_usd=(prompt * 2.5 + comp * 10) / 1e6,
-        latency_ms=round(rng.lognormvariate(6.6, 0.5), 1),
-        status=status,  # type: ignore[arg-type]
-        started_at=format_ms(at_ms),
-        attributes=attributes,
-    )
 
 
 async def write_view(redis_url: str, total_spans: int, partitions: int, pool: int, seed: int) -> tuple[int, str]:
