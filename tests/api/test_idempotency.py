@@ -134,40 +134,57 @@ def test_sdk_retries_after_a_lost_202_count_every_span_once(tmp_path: Path) -> N
 @pytest.mark.slow
 def test_sdk_retries_across_kill_9_count_every_span_exactly_once(tmp_path: Path) -> None:
     """Four SDK transports stream while the server is killed three times: batches made durable whose 202 was
-    lost to a kill are retried with their key, and none is counted twice."""
+    lost to a kill are retried with their key, and none is counted twice.
+
+    The stream runs until the last restart, and each kill waits until the transports have delivered since the
+    previous one, so every kill lands mid-stream however fast or slow the machine is.
+    """
     server = ServerProcess(tmp_path / "data")
     server.start()
-    sent = unique_spans(40_000)
     transports = [
-        HTTPTransport(
-            server.url, batch_size=50, flush_interval=0.01, max_queue=len(sent), max_retries=100, backoff=0.05
-        )
+        HTTPTransport(server.url, batch_size=50, flush_interval=0.01, max_queue=100_000, max_retries=100, backoff=0.05)
         for _ in range(4)
     ]
+    kills_done = threading.Event()
+    streamed = [0] * 4
 
     def stream(k: int) -> None:
-        mine = sent[k::4]
-        for i in range(0, len(mine), 50):
-            transports[k].send(mine[i : i + 50])
+        start = format_ms(now_ms() - 1000)
+        while not kills_done.is_set() or streamed[k] < 5_000:
+            chunk = [
+                Span(trace_id=f"t-{k}-{streamed[k] + i}", model="m", prompt_tokens=1, started_at=start)
+                for i in range(50)
+            ]
+            transports[k].send(chunk)
+            streamed[k] += len(chunk)
             time.sleep(0.002)
+
+    def delivered() -> int:
+        return sum(t.stats().sent for t in transports)
 
     threads = [threading.Thread(target=stream, args=(k,)) for k in range(4)]
     try:
         for thread in threads:
             thread.start()
         for _ in range(3):
-            time.sleep(1.0)
+            before = delivered()
+            deadline = time.monotonic() + 60
+            while delivered() < before + 2_000:  # the server is up and batches are flowing
+                assert time.monotonic() < deadline, "the transports delivered nothing after a restart"
+                time.sleep(0.01)
             server.kill()  # mid-stream: some batches are durable, their 202 never arrives
             server.start()
+        kills_done.set()
         for thread in threads:
             thread.join()
         for transport in transports:
             transport.flush(120)
-        assert sum(t.stats().sent for t in transports) == len(sent)
+        assert delivered() == sum(streamed)
         assert sum(t.stats().retries for t in transports) > 0, "the kills made the SDK retry"
         with urllib.request.urlopen(f"{server.url}/metrics/total_spans?window=1h", timeout=10) as response:
-            assert json.loads(response.read())["value"] == len(sent)
+            assert json.loads(response.read())["value"] == sum(streamed)
     finally:
+        kills_done.set()
         for transport in transports:
             transport.close()
         server.stop()

@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import os
+import time
 from pathlib import Path
 
 from tokentrace.devcluster.procs import pid_alive
 
-__all__ = ["children", "descendants", "in_groups", "living", "marked"]
+__all__ = ["children", "descendants", "in_groups", "living", "living_after", "marked"]
 
 
 def _stat(pid: int) -> list[str]:
@@ -68,3 +69,15 @@ def marked(name: str, value: str) -> set[int]:
 def living(pids: set[int]) -> set[int]:
     """Those of ``pids`` still alive (zombies count as dead)."""
     return {pid for pid in pids if pid_alive(pid)}
+
+
+def living_after(pids: set[int], within: float = 5.0) -> set[int]:
+    """Those of ``pids`` still alive after up to ``within`` s.
+
+    A SIGKILLed process that its killer did not reap itself (a grandchild, or a child whose parent was killed)
+    dies when the kernel gets to it: on a loaded machine not at once, so a check right after the kill waits.
+    """
+    deadline = time.monotonic() + within
+    while (alive := living(pids)) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    return alive

@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 
-from tests.devcluster.procfs import children, descendants, in_groups, living, marked
+from tests.devcluster.procfs import children, descendants, in_groups, living_after, marked
 from tokentrace.core.timefmt import format_ms, now_ms
 from tokentrace.devcluster.kafka import is_cached
 from tokentrace.devcluster.procs import free_ports
@@ -197,7 +197,7 @@ def test_runs_the_whole_pipeline_and_leaves_nothing_on_sigterm(tmp_path: Path, r
     assert status == 200 and health["transport"] == "kafka"
 
     assert run.stop(signal.SIGTERM) == 0
-    assert living(below) == set()
+    assert living_after(below) == set()
     assert marked(MARKER, run.marker) == set()
     assert in_groups(named) == set()
     assert not logs.exists(), "the temp run dir must go with the cluster"
@@ -219,7 +219,7 @@ def test_data_dir_keeps_the_view_and_the_log_across_runs_and_sigint_stops_it(tmp
     assert http("POST", f"{api}/spans", sent) == (202, {"accepted": 30})
     wait_for_count(api, 30)
     assert first.stop(signal.SIGINT) == 0
-    assert living(first_below) == set() and marked(MARKER, first.marker) == set()
+    assert living_after(first_below) == set() and marked(MARKER, first.marker) == set()
     assert (data / "kafka").is_dir() and (data / "redis").is_dir() and (data / "logs").is_dir()
 
     second = start(tmp_path, *args)
@@ -234,7 +234,7 @@ def test_data_dir_keeps_the_view_and_the_log_across_runs_and_sigint_stops_it(tmp
     assert wait_for_count(api, 35)["span_count"] == 35
     second_below = descendants(second.proc.pid)
     assert second.stop(signal.SIGTERM) == 0
-    assert living(second_below) == set() and marked(MARKER, second.marker) == set()
+    assert living_after(second_below) == set() and marked(MARKER, second.marker) == set()
 
 
 def test_missing_tools_are_named_with_their_packages(tmp_path: Path) -> None:
@@ -298,7 +298,7 @@ def test_a_crashed_worker_stops_the_cluster_with_its_log(tmp_path: Path, runs: l
     assert run.proc.stderr is not None
     stderr = run.proc.stderr.read()
     assert "worker-1 exited with code -9" in stderr, stderr
-    assert living(below) == set() and in_groups(set(pids.values())) == set()
+    assert living_after(below) == set() and in_groups(set(pids.values())) == set()
     assert marked(MARKER, run.marker) == set()
     logs = next(re.search(r"logs:\s+(\S+)", line) for line in run.seen if "logs:" in line)
     assert logs is not None
@@ -312,10 +312,7 @@ def test_a_killed_command_takes_its_children_with_it(tmp_path: Path, runs: list[
     below = descendants(run.proc.pid)
     run.proc.kill()
     run.proc.wait(10)
-    deadline = time.monotonic() + 10
-    while living(below) and time.monotonic() < deadline:
-        time.sleep(0.1)
-    assert living(below) == set() and in_groups(set(pids.values())) == set()
+    assert living_after(below, within=10) == set() and in_groups(set(pids.values())) == set()
     assert marked(MARKER, run.marker) == set()
     logs = next(re.search(r"logs:\s+(\S+)", line) for line in run.seen if "logs:" in line)
     assert logs is not None
@@ -340,7 +337,7 @@ def test_sigterm_during_start_up_stops_what_had_started(tmp_path: Path, runs: li
     assert len(below) >= 2  # redis-server and the JVM (maybe still the storage formatter)
     assert run.stop(signal.SIGTERM, timeout=60) == 0
     assert "SIGTERM: stopping the dev cluster" in "".join(run.seen) + "".join(iter_rest(run))
-    assert living(below) == set() and in_groups(below) == set()
+    assert living_after(below) == set() and in_groups(below) == set()
     assert marked(MARKER, run.marker) == set()
 
 
@@ -371,7 +368,7 @@ def test_a_config_with_a_token_protects_the_apis_and_the_demo_uses_it(tmp_path: 
     assert counted > 0, "the demo traffic, sent with the token, was counted"
     below = descendants(run.proc.pid)
     assert run.stop(signal.SIGTERM) == 0
-    assert living(below) == set() and marked(MARKER, run.marker) == set()
+    assert living_after(below) == set() and marked(MARKER, run.marker) == set()
 
 
 def test_a_bad_config_is_refused_before_anything_starts(tmp_path: Path) -> None:

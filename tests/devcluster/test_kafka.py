@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devcluster.procfs import descendants, living
+from tests.devcluster.procfs import descendants, living_after
 from tokentrace.devcluster.kafka import KafkaCluster, fetch, is_cached, kafka_version
 from tokentrace.devcluster.procs import DevClusterError, free_ports, pid_alive
 
@@ -90,7 +90,7 @@ def test_the_broker_command_serves_on_the_port_given_and_stops_on_sigterm(tmp_pa
         assert len(jvms) == 1
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 0
-        assert living(jvms) == set()
+        assert living_after(jvms) == set()
         assert (tmp_path / "k" / "node-1" / "data" / "meta.properties").is_file()
     finally:
         if proc.poll() is None:

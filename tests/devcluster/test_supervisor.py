@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.devcluster.procfs import descendants, living
+from tests.devcluster.procfs import descendants, living_after
 from tokentrace.devcluster.procs import DevClusterError, ServerProcess
 from tokentrace.devcluster.supervisor import Stopped, Supervisor
 
@@ -56,7 +56,7 @@ def test_what_ignores_sigterm_is_killed_after_the_grace_period_with_its_children
         began = time.monotonic()
     assert 0.5 <= time.monotonic() - began < 5.0
     assert stubborn.returncode == -signal.SIGKILL
-    assert living(below) == set()
+    assert living_after(below) == set()
 
 
 def test_a_crashed_child_is_reported_with_its_log_and_the_rest_are_stopped(tmp_path: Path) -> None:
@@ -68,7 +68,7 @@ def test_a_crashed_child_is_reported_with_its_log_and_the_rest_are_stopped(tmp_p
             proc.start()
         sup.watch(interval=0.05)
     assert survivor.pid is not None and not survivor.running
-    assert living({survivor.pid}) == set()
+    assert living_after({survivor.pid}) == set()
 
 
 def test_sigterm_interrupts_the_watch_and_is_swallowed_after_cleanup(tmp_path: Path) -> None:
