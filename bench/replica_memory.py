@@ -33,7 +33,7 @@ from pathlib import Path
 import msgspec
 from benchkit.procfs import code, peak_rss_mib
 from benchkit.server import machine, percentile
-from benchkit.state import synthetic_span
+from benchkit.state import hour_blobs_of, minute_states
 from benchkit.topics import create_topic
 from benchkit.variants import export_revision, link_tree
 
@@ -77,19 +77,9 @@ async def write_view(redis_url: str, total_spans: int, partitions: int, pool: in
     per_bucket = max(1, total_spans // minutes // partitions)  # a minute's spans in one partition
     fine_cutoff = now - settings.fine_retention_ms
     fine_from = fine_cutoff - fine_cutoff % HOUR_MS  # the workers fold every minute before this hour
-    minute_pool: list[BucketState] = []
-    for _ in range(pool):
-        state = BucketState()
-        for _ in range(per_bucket):
-            state.add(synthetic_span(rng, now), settings.caps)
-        minute_pool.append(state)
+    minute_pool = minute_states(rng, per_bucket, pool, now, settings.caps)
     minute_blobs = [msgspec.msgpack.encode(state) for state in minute_pool]
-    hour_blobs = []
-    for h in range(pool):
-        hour = BucketState()
-        for m in range(60):
-            hour.merge(minute_pool[(h * 7 + m) % pool])
-        hour_blobs.append(msgspec.msgpack.encode(hour))
+    hour_blobs = hour_blobs_of(minute_pool)
     decode = msgspec.msgpack.Decoder(BucketState).decode
 
     materializer = Materializer(redis_url, Keys(DEFAULT_PREFIX, STATE_SCHEMA), 7 * 86_400_000, lambda: [])

@@ -22,12 +22,22 @@ import msgspec
 from tokentrace.api.embedded import embedded_settings
 from tokentrace.api.stores.embedded import EmbeddedStore
 from tokentrace.config import Config
-from tokentrace.core.buckets import BucketState
+from tokentrace.core.buckets import BucketState, Caps
 from tokentrace.core.span import Span, span_time_ms
 from tokentrace.core.timefmt import format_ms, now_ms
 from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, Timeline, TimelineSnapshot
 
-__all__ = ["CALLERS", "MODELS", "PROVIDERS", "WORKFLOWS", "build_timeline", "synthetic_span", "write_snapshot"]
+__all__ = [
+    "CALLERS",
+    "MODELS",
+    "PROVIDERS",
+    "WORKFLOWS",
+    "build_timeline",
+    "hour_blobs_of",
+    "minute_states",
+    "synthetic_span",
+    "write_snapshot",
+]
 
 MODELS = ["gpt-4o", "gpt-4o-mini", "claude-3-5-sonnet-20241022", "claude-3-5-haiku-20241022", "gemini-1.5-flash"]
 PROVIDERS = ["openai", "anthropic", "bedrock"]
@@ -57,6 +67,29 @@ def synthetic_span(rng: random.Random, at_ms: int) -> Span:
     )
 
 
+def minute_states(rng: random.Random, per_bucket: int, pool: int, at_ms: int, caps: Caps) -> list[BucketState]:
+    """``pool`` distinct minute buckets of ``per_bucket`` synthetic spans each."""
+    states: list[BucketState] = []
+    for _ in range(pool):
+        state = BucketState()
+        for _ in range(per_bucket):
+            state.add(synthetic_span(rng, at_ms), caps)
+        states.append(state)
+    return states
+
+
+def hour_blobs_of(minute_pool: list[BucketState]) -> list[bytes]:
+    """As many encoded hour buckets as minutes in the pool, each the merge of 60 of them (as compaction makes)."""
+    pool = len(minute_pool)
+    blobs = []
+    for h in range(pool):
+        hour = BucketState()
+        for m in range(60):
+            hour.merge(minute_pool[(h * 7 + m) % pool])
+        blobs.append(msgspec.msgpack.encode(hour))
+    return blobs
+
+
 def build_timeline(total_spans: int, pool: int, seed: int) -> tuple[Timeline, dict[str, float]]:
     """A Timeline holding exactly ``total_spans`` spans spread evenly over the retention window."""
     rng = random.Random(seed)
@@ -74,22 +107,12 @@ def build_timeline(total_spans: int, pool: int, seed: int) -> tuple[Timeline, di
     timings: dict[str, float] = {}
 
     began = time.perf_counter()
-    minute_pool: list[BucketState] = []
-    for _ in range(pool):
-        state = BucketState()
-        for _ in range(per_minute):
-            state.add(synthetic_span(rng, now), settings.caps)
-        minute_pool.append(state)
+    minute_pool = minute_states(rng, per_minute, pool, now, settings.caps)
     minute_blobs = [msgspec.msgpack.encode(state) for state in minute_pool]
     timings["minute pool"] = time.perf_counter() - began
 
     began = time.perf_counter()
-    hour_blobs = []
-    for h in range(pool):
-        hour = BucketState()
-        for m in range(60):
-            hour.merge(minute_pool[(h * 7 + m) % pool])
-        hour_blobs.append(msgspec.msgpack.encode(hour))
+    hour_blobs = hour_blobs_of(minute_pool)
     timings["hour pool"] = time.perf_counter() - began
 
     began = time.perf_counter()
