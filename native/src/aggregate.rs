@@ -9,7 +9,7 @@ use std::hash::{BuildHasherDefault, Hasher};
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString, PyTuple};
 
 /// Floats hold every integer up to this exactly; beyond it the kernel declines.
 const EXACT_INT: i64 = 1 << 53;
@@ -188,6 +188,26 @@ impl<'py> SketchDelta<'py> {
     }
 }
 
+impl<'py> SketchDelta<'py> {
+    /// A new ``Sketch`` holding just this delta: what ``Sketch()`` and then ``apply`` give, built in one call
+    /// (fields in ``Sketch.__struct_fields__`` order: count, min, max, positive, negative, zeros).
+    fn build(&self, py: Python<'py>, sketch_type: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+        let low = match &self.low {
+            Some((_, object)) => object.clone(),
+            None => PyFloat::new(py, f64::INFINITY).into_any(),
+        };
+        let high = match &self.high {
+            Some((_, object)) => object.clone(),
+            None => PyFloat::new(py, f64::NEG_INFINITY).into_any(),
+        };
+        let positive = PyDict::new(py);
+        self.positive.apply(&positive)?;
+        let negative = PyDict::new(py);
+        self.negative.apply(&negative)?;
+        sketch_type.call1((self.count, low, high, positive, negative, self.zeros))
+    }
+}
+
 /// ``target.name += delta`` (in Python's unbounded ints); nothing for 0, which changes no value.
 fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -> PyResult<()> {
     if delta == 0 {
@@ -312,6 +332,67 @@ impl<'py> Delta<'py> {
         Ok(())
     }
 }
+
+impl<'py> Delta<'py> {
+    /// A new ``Aggregate`` holding just this delta: equal to ``Aggregate()`` after ``apply``, without the
+    /// two dozen attribute reads and writes (a back-fill makes most of its aggregates new). Fields in
+    /// ``Aggregate.__struct_fields__`` order, checked against ``AGGREGATE_FIELDS`` when the kernel is made.
+    pub fn build(
+        &self,
+        py: Python<'py>,
+        aggregate_type: &Bound<'py, PyAny>,
+        sketch_type: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let latency_buckets = crate::untrack::untracked_list(py, &self.latency_buckets)?;
+        let prompt_buckets = crate::untrack::untracked_list(py, &self.prompt_buckets)?;
+        let args = PyTuple::new(
+            py,
+            [
+                self.count.into_pyobject(py)?.into_any(),
+                self.ok.into_pyobject(py)?.into_any(),
+                self.errors.into_pyobject(py)?.into_any(),
+                self.timeouts.into_pyobject(py)?.into_any(),
+                self.cost.into_pyobject(py)?.into_any(),
+                self.unpriced.into_pyobject(py)?.into_any(),
+                self.prompt.into_pyobject(py)?.into_any(),
+                self.comp.into_pyobject(py)?.into_any(),
+                self.total.into_pyobject(py)?.into_any(),
+                self.latency_count.into_pyobject(py)?.into_any(),
+                self.latency_sum_us.into_pyobject(py)?.into_any(),
+                self.latency_sketch.build(py, sketch_type)?,
+                latency_buckets.into_any(),
+                prompt_buckets.into_any(),
+                self.score_count.into_pyobject(py)?.into_any(),
+                self.score_sum.into_pyobject(py)?.into_any(),
+                self.score_sketch.build(py, sketch_type)?,
+            ],
+        )?;
+        aggregate_type.call1(args)
+    }
+}
+
+/// ``Aggregate.__struct_fields__`` as ``Delta::build`` passes them.
+pub const AGGREGATE_FIELDS: [&str; 17] = [
+    "count",
+    "ok",
+    "errors",
+    "timeouts",
+    "cost_nanos",
+    "unpriced",
+    "prompt_tokens",
+    "comp_tokens",
+    "total_tokens",
+    "latency_count",
+    "latency_sum_us",
+    "latency",
+    "latency_buckets",
+    "prompt_buckets",
+    "score_count",
+    "score_sum_nanos",
+    "score",
+];
+/// ``Sketch.__struct_fields__`` as ``SketchDelta::build`` passes them.
+pub const SKETCH_FIELDS: [&str; 6] = ["count", "min", "max", "positive", "negative", "zeros"];
 
 /// The constants of aggregate.py and sketch.py, handed over once so Python keeps the only copy.
 #[pyclass(frozen, module = "tokentrace._native")]

@@ -11,11 +11,12 @@ use std::borrow::Cow;
 
 use rustc_hash::FxHashMap;
 
+use pyo3::exceptions::PyTypeError;
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBool, PyDict, PyFloat, PyInt, PyList, PyString};
 
-use crate::aggregate::{AggregateKernel, Delta, Row};
+use crate::aggregate::{AggregateKernel, Delta, Row, AGGREGATE_FIELDS, SKETCH_FIELDS};
 use crate::wire::{WireBatch, WireSpan};
 
 /// How an attribute value groups: as this text, or not at all (floats are measurements).
@@ -62,6 +63,8 @@ pub struct BucketKernel {
     score_key: String,
     new_aggregate: Py<PyAny>,
     aggregates: Py<AggregateKernel>,
+    /// ``type(new_aggregate().latency)``: the ``Sketch`` class, for building new aggregates whole.
+    sketch_type: Py<PyAny>,
 }
 
 fn exact_str(obj: &Bound<'_, PyAny>) -> Result<String, ()> {
@@ -96,37 +99,36 @@ impl BucketKernel {
         entries.spans.push(Entry { row, series, attributes });
         Ok(())
     }
-
-    fn new_aggregate<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.new_aggregate.bind(py).call0()
-    }
-
-    /// `dict[key]`, created by `make` when absent.
-    fn child<'py>(
-        dict: &Bound<'py, PyDict>,
-        key: &Bound<'py, PyAny>,
-        make: impl FnOnce() -> PyResult<Bound<'py, PyAny>>,
-    ) -> PyResult<Bound<'py, PyAny>> {
-        if let Some(found) = dict.get_item(key)? {
-            return Ok(found);
-        }
-        let made = make()?;
-        dict.set_item(key, &made)?;
-        Ok(made)
-    }
 }
 
 #[pymethods]
 impl BucketKernel {
+    /// ``new_aggregate``: the ``Aggregate`` class, whose fields (and its sketches') must be in the order
+    /// ``Delta::build`` passes them: a ``TypeError`` here otherwise, not wrong counts later.
     #[new]
     fn new(
+        py: Python<'_>,
         sep: String,
         overflow: Py<PyString>,
         score_key: String,
         new_aggregate: Py<PyAny>,
         aggregates: Py<AggregateKernel>,
-    ) -> Self {
-        BucketKernel { sep, overflow, score_key, new_aggregate, aggregates }
+    ) -> PyResult<Self> {
+        let check = |class: &Bound<'_, PyAny>, expected: &[&str]| -> PyResult<()> {
+            let fields: Vec<String> = class.getattr(intern!(py, "__struct_fields__"))?.extract()?;
+            if fields != expected {
+                return Err(PyTypeError::new_err(format!(
+                    "{class}: fields {fields:?}, the kernel builds {expected:?}"
+                )));
+            }
+            Ok(())
+        };
+        let aggregate_type = new_aggregate.bind(py);
+        check(aggregate_type, &AGGREGATE_FIELDS)?;
+        let sketch_type = aggregate_type.call0()?.getattr(intern!(py, "latency"))?.get_type().into_any();
+        check(&sketch_type, &SKETCH_FIELDS)?;
+        let sketch_type = sketch_type.unbind();
+        Ok(BucketKernel { sep, overflow, score_key, new_aggregate, aggregates, sketch_type })
     }
 
     /// Count ``spans`` (a list) into the ``BucketState`` ``state`` as its ``add_many`` does; ``False``,
@@ -230,13 +232,15 @@ fn push_batch_span<'a, 'py>(
     'a: 'py,
 {
     let from = entries.attributes.len();
-    entries.attributes.extend(batch.attributes[span.attributes.0..span.attributes.1].iter().map(|&(name, grouping)| {
-        let grouping = match grouping {
-            Some(value) => Grouping::Text(strings[value as usize].clone()),
-            None => Grouping::Skip,
-        };
-        (strings[name as usize].clone(), grouping)
-    }));
+    entries.attributes.extend(batch.attributes[span.attributes.0..span.attributes.1].iter().map(
+        |&(name, grouping)| {
+            let grouping = match grouping {
+                Some(value) => Grouping::Text(strings[value as usize].clone()),
+                None => Grouping::Skip,
+            };
+            (strings[name as usize].clone(), grouping)
+        },
+    ));
     let attributes = (from, entries.attributes.len());
     let row = Row {
         status: span.status,
@@ -249,6 +253,13 @@ fn push_batch_span<'a, 'py>(
     };
     let series = Cow::Borrowed(batch.text(batch.series[span.series as usize]));
     entries.spans.push(Entry { row, series, attributes });
+}
+
+/// An attribute group's aggregate: one the state holds, or a new one for ``by_series[key]``, made whole
+/// (``Delta::build``) once the call's spans are summed.
+enum Group<'py> {
+    Existing(Bound<'py, PyAny>),
+    New(Bound<'py, PyDict>, Bound<'py, PyString>),
 }
 
 /// Where a span's attribute counts: nowhere (a new key past the key cap), or a group, perhaps the overflow
@@ -269,8 +280,8 @@ impl BucketKernel {
         attributes: &Bound<'py, PyDict>,
         (name, value, key): (&Bound<'py, PyString>, &Bound<'py, PyString>, &Bound<'py, PyString>),
         (max_attribute_keys, max_attribute_values): (usize, usize),
-        groups: &mut Vec<(Bound<'py, PyAny>, Delta<'py>)>,
-        group_index: &mut FxHashMap<usize, usize>,
+        groups: &mut Vec<(Group<'py>, Delta<'py>)>,
+        group_index: &mut FxHashMap<(usize, usize), usize>,
         kernel: &AggregateKernel,
     ) -> PyResult<Resolution> {
         let values = match attributes.get_item(name)? {
@@ -306,13 +317,19 @@ impl BucketKernel {
                 }
             }
         };
-        let by_series = by_series.cast::<PyDict>()?;
-        let group = Self::child(by_series, key.as_any(), || self.new_aggregate(py))?;
-        let at = *group_index.entry(group.as_ptr() as usize).or_insert_with(|| {
-            groups.push((group.clone(), Delta::new(kernel)));
-            groups.len() - 1
-        });
-        Ok(Resolution::Group(at, spilled))
+        let by_series = by_series.cast_into::<PyDict>()?;
+        // A group is its (dict, key) pair: a new one is created, whole, when the deltas are written.
+        let identity = (by_series.as_ptr() as usize, key.as_ptr() as usize);
+        if let Some(&at) = group_index.get(&identity) {
+            return Ok(Resolution::Group(at, spilled));
+        }
+        let group = match by_series.get_item(key)? {
+            Some(aggregate) => Group::Existing(aggregate),
+            None => Group::New(by_series, key.clone()),
+        };
+        groups.push((group, Delta::new(kernel)));
+        group_index.insert(identity, groups.len() - 1);
+        Ok(Resolution::Group(groups.len() - 1, spilled))
     }
 
     /// Count checked spans into ``state`` as ``BucketState.add_many`` does.
@@ -335,12 +352,12 @@ impl BucketKernel {
             series_order[at].1.add(py, kernel, &entry.row);
         }
 
-        // Attribute groups in span order, each with its spans (keyed by the aggregate's identity).
+        // Attribute groups in span order, each with its spans (keyed by its dict's and key's identity).
         let attributes = state.getattr(intern!(py, "attributes"))?;
         let attributes = attributes.cast::<PyDict>()?;
         let mut overflowed: i64 = 0;
-        let mut groups: Vec<(Bound<'_, PyAny>, Delta<'_>)> = Vec::new();
-        let mut group_index: FxHashMap<usize, usize> = FxHashMap::default();
+        let mut groups: Vec<(Group<'_>, Delta<'_>)> = Vec::new();
+        let mut group_index: FxHashMap<(usize, usize), usize> = FxHashMap::default();
         // The group a (name, value, series) resolves to, by the objects' identity: fixed within a call, since
         // the dicts only grow (a value refused by a cap stays refused), but for the overflow text itself once
         // spilled. Batches share their text objects, so most spans skip the dict walk.
@@ -388,13 +405,19 @@ impl BucketKernel {
 
         let series = state.getattr(intern!(py, "series"))?;
         let series = series.cast::<PyDict>()?;
+        let (aggregate_type, sketch_type) = (self.new_aggregate.bind(py), self.sketch_type.bind(py));
         for (key, delta) in &series_order {
             let key = PyString::new(py, key);
-            let aggregate = Self::child(series, key.as_any(), || self.new_aggregate(py))?;
-            delta.apply(py, &aggregate)?;
+            match series.get_item(&key)? {
+                Some(aggregate) => delta.apply(py, &aggregate)?,
+                None => series.set_item(&key, delta.build(py, aggregate_type, sketch_type)?)?,
+            }
         }
         for (group, delta) in &groups {
-            delta.apply(py, group)?;
+            match group {
+                Group::Existing(aggregate) => delta.apply(py, aggregate)?,
+                Group::New(by_series, key) => by_series.set_item(key, delta.build(py, aggregate_type, sketch_type)?)?,
+            }
         }
         if overflowed != 0 {
             let current = state.getattr(intern!(py, "overflowed"))?;

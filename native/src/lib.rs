@@ -14,6 +14,7 @@ mod route;
 mod span_check;
 mod trace_index;
 mod traces;
+mod untrack;
 mod wire;
 
 #[pymodule]
@@ -27,6 +28,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route::route_spans, m)?)?;
     m.add_function(wrap_pyfunction!(prepare::prepare_spans, m)?)?;
     m.add_function(wrap_pyfunction!(traces::add_to_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(untrack::untracked_zeros, m)?)?;
+    m.add_function(wrap_pyfunction!(untrack::untrack_state, m)?)?;
     m.add_class::<wire::WireBatch>()?;
     m.add_function(wrap_pyfunction!(wire::decode_batch, m)?)?;
     Ok(())

@@ -40,7 +40,12 @@ fn within(obj: &Bound<'_, PyAny>, cap: usize) -> Option<()> {
 
 /// Whether `span` is within every cap (`text_limit_error` returns None) and carries no cached-token attribute
 /// when it is to be priced; `None` when the Python code should look.
-fn usual_text(py: Python<'_>, span: &Bound<'_, PyAny>, caps: &TextCaps, cache_keys: &[Bound<'_, PyString>]) -> Option<()> {
+fn usual_text(
+    py: Python<'_>,
+    span: &Bound<'_, PyAny>,
+    caps: &TextCaps,
+    cache_keys: &[Bound<'_, PyString>],
+) -> Option<()> {
     for name in [intern!(py, "model"), intern!(py, "provider"), intern!(py, "caller")] {
         within(&span.getattr(name).ok()?, caps.label)?;
     }

@@ -18,6 +18,7 @@ from typing import Any, cast
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import (
     BUILTIN_DIMENSIONS,
@@ -43,6 +44,7 @@ __all__ = [
 ]
 
 _encode = msgspec.msgpack.Encoder().encode
+_untrack = native.untrack_state
 _bucket = msgspec.msgpack.Decoder(BucketState).decode
 _projection = msgspec.msgpack.Decoder(dict[str, Aggregate]).decode
 _values = msgspec.msgpack.Decoder(dict[str, dict[str, Aggregate]]).decode
@@ -99,8 +101,12 @@ def _names(groupby: str | None, where: Mapping[str, str]) -> set[str]:
 
 
 def thaw(raw: msgspec.Raw) -> BucketState:
-    """The live bucket back, whole."""
-    return _bucket(raw)
+    """The live bucket back, whole (its aggregates' count lists untracked by the cycle collector, as new
+    aggregates' are: tokentrace/core/aggregate.py)."""
+    state = _bucket(raw)
+    if _untrack is not None:
+        _untrack(state)
+    return state
 
 
 def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:

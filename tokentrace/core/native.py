@@ -30,6 +30,8 @@ __all__ = [
     "route_spans",
     "stamp",
     "trace_index_commands",
+    "untrack_state",
+    "untracked_zeros",
 ]
 
 #: Set ``TOKENTRACE_NATIVE=0`` to run the Python code even where the compiled module is installed.
@@ -57,6 +59,8 @@ prepare_spans: (
     | None
 ) = None
 decode_batch: Callable[..., _WireBatch | None] | None = None
+untracked_zeros: Callable[[int], list[int]] | None = None
+untrack_state: Callable[[object], int] | None = None
 
 if not DISABLED:
     try:
@@ -74,6 +78,8 @@ if not DISABLED:
         decode_batch = _native.decode_batch
         prepare_spans = _native.prepare_spans
         add_to_traces = _native.add_to_traces
+        untracked_zeros = _native.untracked_zeros
+        untrack_state = _native.untrack_state
 
 #: Whether the compiled hot path is in use.
 AVAILABLE = AggregateKernel is not None

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import msgspec
 
+from tokentrace.core import native
 from tokentrace.core.buckets import BucketState
 
 __all__ = [
@@ -106,6 +107,7 @@ class KeyBlock(msgspec.Struct, array_like=True, tag="k"):
 Entry = BucketEntry | PartitionMeta | RetiredEntry | KeyBlock
 _encoder = msgspec.msgpack.Encoder()
 _decoder = msgspec.msgpack.Decoder(Entry)
+_untrack = native.untrack_state
 
 
 def encode_entry(entry: Entry) -> bytes:
@@ -113,7 +115,11 @@ def encode_entry(entry: Entry) -> bytes:
 
 
 def decode_entry(data: bytes) -> Entry:
+    """An entry back; a bucket's aggregates with their count lists untracked by the cycle collector (as
+    tokentrace/core/aggregate.py makes new ones): a worker keeps these for as long as it owns the partition."""
     entry: Entry = _decoder.decode(data)
+    if _untrack is not None and isinstance(entry, (BucketEntry, RetiredEntry)):
+        _untrack(entry.state)
     return entry
 
 
