@@ -293,7 +293,7 @@ def timeline_settings(config: Config) -> TimelineSettings:
         bucket_ms=milliseconds(aggregation.bucket),
         fine_retention_ms=milliseconds(storage.fine_retention),
         retention_ms=milliseconds(storage.retention),
-        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values),
+        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values, aggregation.max_series),
     )
 
 
