@@ -322,7 +322,8 @@ class Timeline:
         for key in [k for k in self._pending if k[1] < horizon or (k[0] == _FINE and k[1] < moving)]:
             self._stored(key)  # what moves or retires takes its deferred writes along
         # Minutes past the fine cutoff fold into their hours (those past the horizon too: their hour retires).
-        for start in [s for s in self._fine if tiers.fate(s, is_hour=False) is not Fate.KEEP]:
+        # In order of start: a capped merge keeps the series it meets first (``BucketState.merge``).
+        for start in sorted(s for s in self._fine if tiers.fate(s, is_hour=False) is not Fate.KEEP):
             state = _thawed(self._fine.pop(start))
             hour = hour_of(start)
             target = self._live((_COARSE, hour))
@@ -335,7 +336,7 @@ class Timeline:
         for memo_key in [k for k in self._bucket_memo if k[0] == _FINE and k[1] < moving]:
             del self._bucket_memo[memo_key]
         for table, is_hour in ((self._fine, False), (self._coarse, True)):
-            for start in [s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE]:
+            for start in sorted(s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE):
                 self._retired.merge(_thawed(table.pop(start)), settings.caps)
                 self._retired_version += 1
                 self._touch(start)  # the day memo holding this bucket is stale now
