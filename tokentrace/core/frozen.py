@@ -121,8 +121,8 @@ def thaw(raw: msgspec.Raw) -> BucketState:
 def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:
     """``freeze(thaw(raw).add_many(spans, caps))``, byte for byte, decoding only the aggregates the spans reach.
 
-    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series;
-    per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
+    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series, and the
+    overflow series if the bucket lacks its series; per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
     ``BucketState.add_many`` runs on it, which only looks up, counts and adds keys (caps and dict order as in the
     live bucket), and untouched aggregates encode back as the bytes they were.
     """
@@ -130,7 +130,9 @@ def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw
     series: dict[str, Any] = shell.series
     attributes: dict[str, dict[str, dict[str, Any]]] = shell.attributes
     for span in spans:
-        for key in (series_key(span), OVERFLOW_SERIES):  # a span beyond the series cap counts in the overflow series
+        own = series_key(span)
+        # A span of a series the bucket lacks may count in the overflow series instead (the series cap).
+        for key in (own,) if own in series else (own, OVERFLOW_SERIES):
             found = series.get(key)
             if type(found) is msgspec.Raw:
                 series[key] = _aggregate(found)
