@@ -3,7 +3,8 @@
 A custom collector turns the store's lifetime aggregates into metric families, so there is no second set
 of global counters to keep in step and no stale label set (the prometheus-client ``Collector`` pattern).
 Counters are lifetime totals (retired buckets included), so they never go down. Label sets are the
-series (model, provider, caller), which the store already bounds.
+series (model, provider, caller), which the store already bounds (``LabelCaps`` on the way in, the buckets'
+series cap for spans the workers take straight from Kafka).
 """
 
 from __future__ import annotations
@@ -194,9 +195,15 @@ def _closed(guard: ConnectionGuard | None) -> dict[tuple[tuple[str, str], ...], 
     return {(("reason", reason),): float(closed.get(reason, 0)) for reason in CLOSE_REASONS}
 
 
-def _folded(labels: LabelCaps) -> dict[tuple[tuple[str, str], ...], float]:
-    """Spans whose label was folded into ``__overflow__``, by label, 0 for labels never folded."""
-    return {(("label", label),): float(labels.folded[label]) for label in (*LABELS, "series")}
+def _folded(labels: LabelCaps, capped: int) -> dict[tuple[tuple[str, str], ...], float]:
+    """Spans whose label was folded into ``__overflow__``, by label, 0 for labels never folded: this process's
+    ``LabelCaps`` folds, plus (``series``) the ``capped`` spans the stored buckets' series cap counted in the
+    overflow series (``Timeline.overflowed_series``: spans that reached the workers straight from Kafka)."""
+    folded: dict[tuple[tuple[str, str], ...], float] = {
+        (("label", label),): float(labels.folded[label]) for label in LABELS
+    }
+    folded[(("label", "series"),)] = float(labels.folded["series"] + capped)
+    return folded
 
 
 async def handle_prometheus(request: web.Request) -> web.Response:
@@ -217,7 +224,8 @@ async def handle_prometheus(request: web.Request) -> web.Response:
         unknown_models=dict(getattr(ctx.pricer, "unknown_models", {}) or {}),
         # Copies: the loop keeps updating these while the exposition is rendered in a thread.
         extra={name: dict(samples) for name, samples in ctx.extra_counters.items()}
-        | {FOLDED_COUNTER: _folded(ctx.labels), CONNECTIONS_COUNTER: _closed(request.app.get(GUARD))},
+        | {FOLDED_COUNTER: _folded(ctx.labels, store.timeline.overflowed_series())}
+        | {CONNECTIONS_COUNTER: _closed(request.app.get(GUARD))},
         extra_gauges={name: dict(samples) for name, samples in ctx.extra_gauges.items()},
     )
     # Gathering the parts holds the loop ~2 ms per 10k series written since the last scrape; decoding and summing

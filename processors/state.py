@@ -101,7 +101,9 @@ def compact(
     tiers = Tiers(fine_cutoff_ms=cutoff_ms, horizon_ms=NEVER)  # folding only: ``expire`` retires
     hours: dict[int, BucketEntry] = {}
     deleted: list[bytes] = []
-    for key, entry in list(entries.items()):
+    # By start: a capped merge keeps the series it meets first, so the hour is the same whatever order the table
+    # holds its entries in (one restored from the changelog after a rebalance holds them in another).
+    for key, entry in _by_start(entries):
         owner, start = parse_key(key)
         if owner != partition or start is None or not isinstance(entry, BucketEntry):
             continue
@@ -151,7 +153,7 @@ def expire(
             if owner == partition and start is not None:
                 hours.add(start)
     deleted: list[bytes] = []
-    for key, entry in list(entries.items()):
+    for key, entry in _by_start(entries):
         owner, start = parse_key(key)
         if owner != partition or start is None or not isinstance(entry, BucketEntry):
             continue
@@ -165,6 +167,16 @@ def expire(
     retired.horizon = horizon_ms
     entries[rkey] = retired
     return [rkey], deleted
+
+
+def _by_start(entries: MutableMapping[bytes, Entry]) -> list[tuple[bytes, Entry]]:
+    """The entries in the order of their buckets' starts (then their keys), whatever order the table has."""
+
+    def start_of(item: tuple[bytes, Entry]) -> tuple[int, bytes]:
+        start = parse_key(item[0])[1]
+        return (start if start is not None else -1, item[0])
+
+    return sorted(entries.items(), key=start_of)
 
 
 @dataclass

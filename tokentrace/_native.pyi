@@ -12,13 +12,16 @@ class BucketKernel:
     def __init__(
         self, sep: str, overflow: str, score_key: str, new_aggregate: Callable[[], object], aggregates: AggregateKernel
     ) -> None: ...
-    def add_many(self, state: object, spans: object, max_attribute_keys: int, max_attribute_values: int) -> bool: ...
+    def add_many(
+        self, state: object, spans: object, max_attribute_keys: int, max_attribute_values: int, max_series: int
+    ) -> bool: ...
     def add_batches(
         self,
         state: object,
         segments: list[tuple[WireBatch, list[int]]],
         max_attribute_keys: int,
         max_attribute_values: int,
+        max_series: int,
     ) -> None: ...
     def add_batch_to_states(
         self,
@@ -26,6 +29,7 @@ class BucketKernel:
         targets: Sequence[tuple[object, list[int]]],
         max_attribute_keys: int,
         max_attribute_values: int,
+        max_series: int,
     ) -> None: ...
 
 class WireBatch:

@@ -132,7 +132,9 @@ class AggregationConfig(_Section):
     max_attribute_values: int = 100
     max_future_skew: str = "5m"
     #: Distinct models, providers and callers kept apart, and (model, provider, caller) series; the rest
-    #: count under ``__overflow__`` (``tokentrace_folded_labels_total{label}``).
+    #: count under ``__overflow__`` (``tokentrace_folded_labels_total{label}``). Those are the API's caps (its
+    #: ``LabelCaps``); ``max_series`` also caps the series of each bucket (``Caps.max_series``), which is what
+    #: bounds spans the workers take straight from Kafka.
     max_models: int = 1000
     max_providers: int = 100
     max_callers: int = 1000
@@ -293,7 +295,7 @@ def timeline_settings(config: Config) -> TimelineSettings:
         bucket_ms=milliseconds(aggregation.bucket),
         fine_retention_ms=milliseconds(storage.fine_retention),
         retention_ms=milliseconds(storage.retention),
-        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values),
+        caps=Caps(aggregation.max_attribute_keys, aggregation.max_attribute_values, aggregation.max_series),
     )
 
 

@@ -140,6 +140,7 @@ impl BucketKernel {
         spans: &Bound<'_, PyAny>,
         max_attribute_keys: usize,
         max_attribute_values: usize,
+        max_series: usize,
     ) -> PyResult<bool> {
         let Ok(spans) = spans.cast::<PyList>() else {
             return Ok(false);
@@ -150,7 +151,7 @@ impl BucketKernel {
                 return Ok(false);
             }
         }
-        self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)?;
+        self.add_entries(py, state, &entries, (max_attribute_keys, max_attribute_values, max_series))?;
         Ok(true)
     }
 
@@ -165,6 +166,7 @@ impl BucketKernel {
         targets: &Bound<'_, PyList>,
         max_attribute_keys: usize,
         max_attribute_values: usize,
+        max_series: usize,
     ) -> PyResult<()> {
         let targets: Vec<(Bound<'_, PyAny>, Vec<i64>)> =
             targets.iter().map(|target| target.extract()).collect::<PyResult<_>>()?;
@@ -183,7 +185,7 @@ impl BucketKernel {
             push_batch_span(batch, span, &strings, &mut entries[at]);
         }
         for ((state, _), entries) in targets.iter().zip(&entries) {
-            self.add_entries(py, state, entries, max_attribute_keys, max_attribute_values)?;
+            self.add_entries(py, state, entries, (max_attribute_keys, max_attribute_values, max_series))?;
         }
         Ok(())
     }
@@ -197,6 +199,7 @@ impl BucketKernel {
         segments: &Bound<'_, PyList>,
         max_attribute_keys: usize,
         max_attribute_values: usize,
+        max_series: usize,
     ) -> PyResult<()> {
         // One Python string per distinct text of the call (batches intern theirs: one lookup per batch, not per
         // span), so equal texts are the same objects and the group resolution below hits its cache.
@@ -218,7 +221,7 @@ impl BucketKernel {
                 push_batch_span(batch, span, &strings, &mut entries);
             }
         }
-        self.add_entries(py, state, &entries, max_attribute_keys, max_attribute_values)
+        self.add_entries(py, state, &entries, (max_attribute_keys, max_attribute_values, max_series))
     }
 }
 
@@ -338,17 +341,50 @@ impl BucketKernel {
         py: Python<'_>,
         state: &Bound<'_, PyAny>,
         entries: &Entries<'_>,
-        max_attribute_keys: usize,
-        max_attribute_values: usize,
+        (max_attribute_keys, max_attribute_values, max_series): (usize, usize, usize),
     ) -> PyResult<()> {
         let kernel = self.aggregates.get();
-        let mut series_order: Vec<(&str, Delta<'_>)> = Vec::new();
-        let mut series_index: FxHashMap<&str, usize> = FxHashMap::default();
+        let series = state.getattr(intern!(py, "series"))?;
+        let series = series.cast::<PyDict>()?;
+        // The series cap (``BucketState._admit_all``): a series the state does not hold, once it holds
+        // ``max_series`` (the overflow series aside), counts in the overflow series.
+        let overflow_series = [self.overflow.bind(py).to_str()?; 3].join(&self.sep);
+        let held = series.len() - usize::from(series.contains(overflow_series.as_str())?);
+        let mut room = max_series.saturating_sub(held);
+        // Room for a new series per span: nothing can fold, no need to look the keys up.
+        let roomy = room >= entries.spans.len();
+        let mut overflowed_series: i64 = 0;
+        let mut series_order: Vec<(Cow<'_, str>, Delta<'_>)> = Vec::new();
+        let mut series_index: FxHashMap<&str, (usize, bool)> = FxHashMap::default();
+        let mut overflow_slot: Option<usize> = None;
+        let mut slots: Vec<usize> = Vec::with_capacity(entries.spans.len());
         for entry in &entries.spans {
-            let at = *series_index.entry(entry.series.as_ref()).or_insert_with(|| {
-                series_order.push((entry.series.as_ref(), Delta::new(kernel)));
-                series_order.len() - 1
-            });
+            let key = entry.series.as_ref();
+            let (at, folded) = match series_index.get(key) {
+                Some(&found) => found,
+                None => {
+                    let is_overflow = key == overflow_series;
+                    let held = !is_overflow && !roomy && series.contains(key)?;
+                    let admitted = is_overflow || held || room > 0;
+                    let found = if admitted && !is_overflow {
+                        if !held {
+                            room -= 1;
+                        }
+                        series_order.push((Cow::Borrowed(key), Delta::new(kernel)));
+                        (series_order.len() - 1, false)
+                    } else {
+                        let at = *overflow_slot.get_or_insert_with(|| {
+                            series_order.push((Cow::Owned(overflow_series.clone()), Delta::new(kernel)));
+                            series_order.len() - 1
+                        });
+                        (at, !admitted)
+                    };
+                    series_index.insert(key, found);
+                    found
+                }
+            };
+            overflowed_series += i64::from(folded);
+            slots.push(at);
             series_order[at].1.add(py, kernel, &entry.row);
         }
 
@@ -362,13 +398,13 @@ impl BucketKernel {
         // the dicts only grow (a value refused by a cap stays refused), but for the overflow text itself once
         // spilled. Batches share their text objects, so most spans skip the dict walk.
         let mut resolved: FxHashMap<(usize, usize, usize), Resolution> = FxHashMap::default();
-        let mut series_keys: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
-        for entry in &entries.spans {
+        let mut series_keys: Vec<Option<Bound<'_, PyString>>> = vec![None; series_order.len()];
+        for (entry, &slot) in entries.spans.iter().zip(&slots) {
             let (from, to) = entry.attributes;
             if from == to {
                 continue;
             }
-            let key = series_keys.entry(entry.series.as_ref()).or_insert_with(|| PyString::new(py, &entry.series));
+            let key = series_keys[slot].get_or_insert_with(|| PyString::new(py, &series_order[slot].0));
             for (name, value) in &entries.attributes[from..to] {
                 let Grouping::Text(value) = value else { continue };
                 let identity = (name.as_ptr() as usize, value.as_ptr() as usize, key.as_ptr() as usize);
@@ -403,8 +439,6 @@ impl BucketKernel {
             }
         }
 
-        let series = state.getattr(intern!(py, "series"))?;
-        let series = series.cast::<PyDict>()?;
         let (aggregate_type, sketch_type) = (self.new_aggregate.bind(py), self.sketch_type.bind(py));
         for (key, delta) in &series_order {
             let key = PyString::new(py, key);
@@ -422,6 +456,10 @@ impl BucketKernel {
         if overflowed != 0 {
             let current = state.getattr(intern!(py, "overflowed"))?;
             state.setattr(intern!(py, "overflowed"), current.add(overflowed)?)?;
+        }
+        if overflowed_series != 0 {
+            let current = state.getattr(intern!(py, "overflowed_series"))?;
+            state.setattr(intern!(py, "overflowed_series"), current.add(overflowed_series)?)?;
         }
         Ok(())
     }

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 
 from tokentrace.core import aggregate as aggregate_module
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, NANO, PROMPT_TOKEN_BUCKETS, Aggregate
-from tokentrace.core.buckets import OVERFLOW, BucketState, Caps, _attribute_text, series_key
+from tokentrace.core.buckets import OVERFLOW, OVERFLOW_SERIES, BucketState, Caps, _attribute_text, series_key
 from tokentrace.core.sketch import Sketch
 from tokentrace.core.span import EVAL_SCORE, Span
 from tokentrace.core.timeline import Timeline, TimelineSettings
@@ -60,6 +60,10 @@ def reference_aggregate_add(self: Aggregate, span: Span) -> None:
 
 def reference_bucket_add(self: BucketState, span: Span, caps: Caps) -> None:
     key = series_key(span)
+    kept = [k for k in self.series if k != OVERFLOW_SERIES]
+    if key not in self.series and key != OVERFLOW_SERIES and len(kept) >= caps.max_series:
+        self.overflowed_series += 1
+        key = OVERFLOW_SERIES
     aggregate = self.series.get(key)
     if aggregate is None:
         aggregate = self.series[key] = Aggregate()
@@ -114,10 +118,11 @@ def spans(draw: st.DrawFn) -> Span:
     prompt, comp, total = draw(tokens), draw(tokens), draw(tokens)
     if prompt is None and comp is None and total is None:
         prompt = draw(st.integers(0, 5000))
+    folded = draw(st.integers(0, 19)) == 0  # now and then a span of the overflow series itself
     return Span(
-        model=draw(st.sampled_from(["gpt-4o", "claude", "m"])),
-        provider=draw(st.sampled_from(["", "openai"])),
-        caller=draw(st.sampled_from(["", "chat", "search"])),
+        model=OVERFLOW if folded else draw(st.sampled_from(["gpt-4o", "claude", "m", OVERFLOW])),
+        provider=OVERFLOW if folded else draw(st.sampled_from(["", "openai"])),
+        caller=OVERFLOW if folded else draw(st.sampled_from(["", "chat", "search"])),
         prompt_tokens=prompt,
         comp_tokens=comp,
         total_tokens=total,
@@ -129,7 +134,7 @@ def spans(draw: st.DrawFn) -> Span:
 
 
 batches = st.lists(spans(), max_size=40)
-caps = st.builds(Caps, st.integers(0, 4), st.integers(0, 4))
+caps = st.builds(Caps, st.integers(0, 4), st.integers(0, 4), st.one_of(st.integers(0, 4), st.just(10_000)))
 #: The group size from which ``Aggregate.add_many`` works field by field: 1 and 2 force the bulk code on
 #: every group, the default leaves small groups to ``add``.
 bulk_from = st.sampled_from([1, 2, aggregate_module.BULK_FROM])

@@ -239,7 +239,9 @@ varied_spans = st.lists(
     ),
     max_size=40,
 )
-capped = st.sampled_from([Caps(), Caps(max_attribute_keys=1, max_attribute_values=2), Caps(2, 1)])
+capped = st.sampled_from(
+    [Caps(), Caps(max_attribute_keys=1, max_attribute_values=2), Caps(2, 1), Caps(max_series=1), Caps(2, 1, 2)]
+)
 
 
 @given(varied_spans, varied_spans, capped)

@@ -236,7 +236,7 @@ def test_bucket_kernel_equals_the_python_add_many(first: list[Span], second: lis
     for span in first + second:
         reference_bucket_add(reference, span, cap)
     for batch in (first, second):
-        assert kernel.add_many(native_state, batch, cap.max_attribute_keys, cap.max_attribute_values)
+        assert kernel.add_many(native_state, batch, cap.max_attribute_keys, cap.max_attribute_values, cap.max_series)
         with python_path():
             python_state.add_many(batch, cap)
     assert _encode(native_state) == _encode(python_state) == _encode(reference)
@@ -247,14 +247,14 @@ def test_bucket_kernel_declines_unusual_values_without_changing_anything() -> No
     assert kernel is not None
     state = BucketState()
     usual = Span(model="m", prompt_tokens=1, attributes={"tier": "a", "n": 3, "flag": True, "x": 0.5})
-    assert kernel.add_many(state, [usual], 32, 100)
+    assert kernel.add_many(state, [usual], 32, 100, 10_000)
     before = _encode(state)
     for odd in ({"tier": OddFloat(1.0)}, {"tier": ["a"]}, {1: "a"}):
         span = Span(model="m", prompt_tokens=1)
         span.attributes = odd  # type: ignore[assignment]  # past validation, as a careless caller might
-        assert not kernel.add_many(state, [usual, span], 32, 100)
+        assert not kernel.add_many(state, [usual, span], 32, 100, 10_000)
         assert _encode(state) == before
-    assert not kernel.add_many(state, (usual,), 32, 100)  # not a list
+    assert not kernel.add_many(state, (usual,), 32, 100, 10_000)  # not a list
 
 
 class OddFloat(float):

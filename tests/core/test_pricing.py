@@ -13,7 +13,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.core import pricing
-from tokentrace.core.pricing import ModelPrices, PriceTable, cost
+from tokentrace.core.buckets import OVERFLOW
+from tokentrace.core.pricing import MAX_CACHED_LOOKUPS, MAX_UNKNOWN_MODELS, ModelPrices, PriceTable, cost
 
 
 def library(model: str, prompt: int, comp: int, provider: str | None = None, read: int = 0, write: int = 0) -> float:
@@ -205,3 +206,23 @@ def test_tiered_models_match_the_library_on_both_sides_of_a_tier(
     got = table.cost(model, prompt, comp, cache_read_tokens=cache_read)
     want = float(_calc(model, None, prompt, comp, cache_read, 0).total_price)
     assert got == pytest.approx(want, rel=1e-9, abs=1e-10)
+
+
+def test_a_flood_of_unknown_models_is_counted_exactly_in_bounded_memory(caplog: pytest.LogCaptureFixture) -> None:
+    """Distinct model names past any label cap (sent straight to Kafka, priced by the workers): the first
+    ``MAX_UNKNOWN_MODELS`` are counted and logged apart, the rest counted together under ``__overflow__`` and
+    logged once; every lookup is counted; the lookup cache stays bounded and known models still price."""
+    table = PriceTable()
+    names = [f"flood-{i}" for i in range(MAX_UNKNOWN_MODELS + 1500)]
+    with caplog.at_level(logging.WARNING, logger="tokentrace.core.pricing"):
+        for name in [*names, *names[:10], *names[-10:]]:
+            assert table.cost(name, 10, 10) is None
+    assert len(table.unknown_models) == MAX_UNKNOWN_MODELS + 1
+    assert sum(table.unknown_models.values()) == len(names) + 20
+    assert table.unknown_models["flood-0"] == 2
+    assert table.unknown_models[OVERFLOW] == len(names) - MAX_UNKNOWN_MODELS + 10
+    assert len(caplog.records) == MAX_UNKNOWN_MODELS + 1
+    for i in range(MAX_CACHED_LOOKUPS + 10):
+        table.knows(f"other-{i}")
+    assert len(table._cache) <= MAX_CACHED_LOOKUPS
+    assert table.cost("gpt-4o", 512, 128) == PriceTable().cost("gpt-4o", 512, 128)

@@ -579,3 +579,39 @@ def test_compacted_hours_and_retired_totals_keep_the_attribute_caps() -> None:
     values = retired.state.attributes["request"]
     assert len(set(values) - {OVERFLOW}) <= 3
     assert sum(a.count for by_series in values.values() for a in by_series.values()) == 120
+
+
+def test_compacted_hours_and_retired_totals_keep_the_series_cap_whatever_the_table_order() -> None:
+    """A new model every span (straight from Kafka, past any API's caps): the partition's minutes keep
+    ``max_series`` series each, and so do the hour entries and the retired totals they fold into, with every
+    span counted (in the overflow series beyond the cap) and every fold counted once. The table restored from the
+    changelog after a rebalance may hold the entries in another order: compaction decides the same."""
+    caps = Caps(max_series=2)
+    applier = Applier(TimelineSettings(caps=caps), None, 5 * MINUTE_MS)
+    entries: dict[bytes, Entry] = {}
+    start = NOW - 3 * HOUR_MS - NOW % HOUR_MS
+    spans = [_span(i, start + (i % 120) * MINUTE_MS, model=f"flood-{i}") for i in range(600)]
+    for offset, at in enumerate(range(0, 600, 50)):
+        applier.apply(entries, 1, offset, NOW, encode_wire(spans[at : at + 50]))
+    minutes = [e for e in entries.values() if isinstance(e, BucketEntry)]
+    assert len(minutes) == 120 and all(len(e.state.series) == 3 for e in minutes)  # 2 kept + the overflow series
+    assert sum(e.state.overflowed_series for e in minutes) == 600 - 2 * 120
+    reordered = {k: decode_entry(encode_entry(e)) for k, e in reversed(list(entries.items()))}
+    outcomes = []
+    for table in (entries, reordered):
+        compact(table, 1, NOW - NOW % HOUR_MS, caps)
+        hours = {k: e for k, e in table.items() if isinstance(e, BucketEntry)}
+        assert hours and all(len(e.state.series) <= 3 for e in hours.values())
+        assert sum(e.state.series[k].count for e in hours.values() for k in e.state.series) == 600
+        assert sum(e.state.overflowed_series for e in hours.values()) == 600 - 2 * len(hours)
+        expire(table, 1, NOW - NOW % HOUR_MS, caps)
+        retired = table[retired_key(1)]
+        assert isinstance(retired, RetiredEntry) and len(retired.state.series) <= 3
+        assert sum(a.count for a in retired.state.series.values()) == 600
+        assert retired.state.overflowed_series == 600 - 2
+        outcomes.append(_encode_all(table))
+    assert outcomes[0] == outcomes[1]
+
+
+def _encode_all(entries: dict[bytes, Entry]) -> bytes:
+    return msgspec.msgpack.encode({k: encode_entry(e) for k, e in sorted(entries.items())})

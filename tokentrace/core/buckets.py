@@ -4,7 +4,12 @@ A *series* is a (model, provider, caller) triple: every built-in dimension is a 
 updates one series aggregate plus one aggregate per grouped attribute, whatever the query later asks for.
 Attribute groups are crossed with the series so an alert can filter on an attribute and a model at once.
 Cardinality is capped per bucket: past ``max_attribute_keys`` keys an attribute is not grouped, past
-``max_attribute_values`` values of one key the rest share the value ``OVERFLOW``; both are counted.
+``max_attribute_values`` values of one key the rest share the value ``OVERFLOW``; both are counted
+(``overflowed``). Past ``max_series`` series (the ``OVERFLOW_SERIES`` key not counted), a span of a series the
+bucket does not hold yet counts in ``OVERFLOW_SERIES`` instead (its attribute groups too), counted in
+``overflowed_series``: the bound for spans that reach the workers straight from Kafka, past the API's
+``LabelCaps``. Each decision is a function of the bucket and the spans, in order, so a replayed partition
+decides as the first run did.
 """
 
 from __future__ import annotations
@@ -25,6 +30,7 @@ if TYPE_CHECKING:
 __all__ = [
     "BUILTIN_DIMENSIONS",
     "OVERFLOW",
+    "OVERFLOW_SERIES",
     "SEP",
     "SERIES",
     "BucketState",
@@ -36,6 +42,8 @@ __all__ = [
 
 SEP = "\x1f"
 OVERFLOW = "__overflow__"
+#: The series key a span beyond ``max_series`` counts in: all three labels folded, as ``LabelCaps`` folds a series.
+OVERFLOW_SERIES = SEP.join((OVERFLOW, OVERFLOW, OVERFLOW))
 #: ``groupby`` value that groups by whole series keys (``model SEP provider SEP caller``).
 SERIES = "__series__"
 BUILTIN_DIMENSIONS = ("model", "provider", "caller")
@@ -51,10 +59,12 @@ _KERNEL = (
 
 
 class Caps(msgspec.Struct, frozen=True):
-    """Bounds on attribute grouping per bucket."""
+    """Bounds on attribute grouping and on distinct series per bucket."""
 
     max_attribute_keys: int = 32
     max_attribute_values: int = 100
+    #: Series kept apart per bucket (``OVERFLOW_SERIES`` aside); ``aggregation.max_series``.
+    max_series: int = 10_000
 
 
 def series_key(span: Span) -> str:
@@ -81,10 +91,42 @@ class BucketState(msgspec.Struct):
     series: dict[str, Aggregate] = {}
     attributes: dict[str, dict[str, dict[str, Aggregate]]] = {}
     overflowed: int = 0
+    #: Spans counted in ``OVERFLOW_SERIES`` because the bucket held ``max_series`` series already.
+    overflowed_series: int = 0
 
     def add(self, span: Span, caps: Caps) -> None:
         """Count one span in its series and in each groupable attribute."""
-        self._add(span, series_key(span), caps)
+        self._add(span, self._admit(series_key(span), caps.max_series), caps)
+
+    def _admit(self, key: str, max_series: int) -> str:
+        """The series key a span of series ``key`` counts in: ``key`` if the bucket holds it or has room for it,
+        else ``OVERFLOW_SERIES`` (counted). Does not create the series."""
+        series = self.series
+        if key in series or key == OVERFLOW_SERIES:
+            return key
+        if len(series) - (OVERFLOW_SERIES in series) < max_series:
+            return key
+        self.overflowed_series += 1
+        return OVERFLOW_SERIES
+
+    def _admit_all(self, keys: list[str], max_series: int) -> list[str]:
+        """``_admit`` for each key in order, as if each admitted series were created before the next."""
+        series = self.series
+        room = max_series - (len(series) - (OVERFLOW_SERIES in series))
+        created: set[str] = set()
+        out = keys
+        for at, key in enumerate(keys):
+            if key in series or key in created or key == OVERFLOW_SERIES:
+                continue
+            if room > 0:
+                room -= 1
+                created.add(key)
+                continue
+            if out is keys:
+                out = list(keys)
+            out[at] = OVERFLOW_SERIES
+            self.overflowed_series += 1
+        return out
 
     def add_many(self, spans: Sequence[Span], caps: Caps) -> None:
         """Count several spans: the same state, dict order and overflow counts included, as ``add`` for
@@ -92,9 +134,13 @@ class BucketState(msgspec.Struct):
         (``Aggregate.add_many``), unless no series has enough of them for that to pay. The compiled kernel,
         where installed, does the grouping unless a span holds a value it leaves to this code."""
         kernel = _KERNEL
-        if kernel is not None and kernel.add_many(self, spans, caps.max_attribute_keys, caps.max_attribute_values):
+        if kernel is not None and kernel.add_many(
+            self, spans, caps.max_attribute_keys, caps.max_attribute_values, caps.max_series
+        ):
             return
-        keys = [f"{span.model}{SEP}{span.provider}{SEP}{span.caller}" for span in spans]
+        keys = self._admit_all(
+            [f"{span.model}{SEP}{span.provider}{SEP}{span.caller}" for span in spans], caps.max_series
+        )
         by_series: dict[str, list[Span]] = {}
         for span, key in zip(spans, keys, strict=True):
             members = by_series.get(key)
@@ -130,7 +176,7 @@ class BucketState(msgspec.Struct):
         (batches exist only there)."""
         if _KERNEL is None:
             raise RuntimeError("compiled span batches need the compiled bucket kernel")
-        _KERNEL.add_batches(self, segments, caps.max_attribute_keys, caps.max_attribute_values)
+        _KERNEL.add_batches(self, segments, caps.max_attribute_keys, caps.max_attribute_values, caps.max_series)
 
     @staticmethod
     def add_batch_to(targets: list[tuple[BucketState, list[int]]], batch: WireBatch, caps: Caps) -> None:
@@ -138,7 +184,7 @@ class BucketState(msgspec.Struct):
         those buckets, as ``add_batches([(batch, starts)])`` on each in turn would, in one compiled call."""
         if _KERNEL is None:
             raise RuntimeError("compiled span batches need the compiled bucket kernel")
-        _KERNEL.add_batch_to_states(batch, targets, caps.max_attribute_keys, caps.max_attribute_values)
+        _KERNEL.add_batch_to_states(batch, targets, caps.max_attribute_keys, caps.max_attribute_values, caps.max_series)
 
     def _add(self, span: Span, key: str, caps: Caps) -> None:
         aggregate = self.series.get(key)
@@ -183,10 +229,25 @@ class BucketState(msgspec.Struct):
 
         With ``caps`` (compaction into hours, retirement), the merged bucket keeps the per-bucket caps too: a
         key beyond ``max_attribute_keys`` is not kept and a value beyond ``max_attribute_values`` joins
-        ``OVERFLOW``, each counted in ``overflowed`` by the spans it held; otherwise the union of many capped
-        minutes (100 new values each) grew without bound in the hour buckets and the retired totals.
+        ``OVERFLOW``, each counted in ``overflowed`` by the spans it held; a series beyond ``max_series`` joins
+        ``OVERFLOW_SERIES`` (in the attribute groups too), counted in ``overflowed_series`` by its spans.
+        Otherwise the union of many capped minutes grew without bound in the hour buckets and the retired
+        totals. Which series are kept depends on the order of the merges: merge in a fixed order (by start).
         """
-        _merge_groups(self.series, other.series)
+        folded: set[str] = set()
+        if caps is None:
+            _merge_groups(self.series, other.series)
+        else:
+            room = caps.max_series - (len(self.series) - (OVERFLOW_SERIES in self.series))
+            for key, aggregate in other.series.items():
+                if key not in self.series and key != OVERFLOW_SERIES:
+                    if room <= 0:
+                        folded.add(key)
+                        self.overflowed_series += aggregate.count
+                        key = OVERFLOW_SERIES
+                    else:
+                        room -= 1
+                _add_into(self.series, key, aggregate)
         for name, values in other.attributes.items():
             mine = self.attributes.get(name)
             if mine is None:
@@ -203,8 +264,13 @@ class BucketState(msgspec.Struct):
                         target = mine.get(value)
                     if target is None:
                         target = mine[value] = {}
-                _merge_groups(target, by_series)
+                if folded:
+                    for key, aggregate in by_series.items():
+                        _add_into(target, OVERFLOW_SERIES if key in folded else key, aggregate)
+                else:
+                    _merge_groups(target, by_series)
         self.overflowed += other.overflowed
+        self.overflowed_series += other.overflowed_series
 
     def project(self, groupby: str | None, where: Mapping[str, str]) -> Projection:
         """Aggregates grouped by ``groupby`` (None: one group ``""``), over spans matching ``where``.

@@ -23,6 +23,7 @@ from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import (
     BUILTIN_DIMENSIONS,
     OVERFLOW,
+    OVERFLOW_SERIES,
     BucketState,
     Caps,
     Projection,
@@ -38,6 +39,7 @@ __all__ = [
     "freeze",
     "freeze_for",
     "freeze_projection",
+    "overflowed_series",
     "project",
     "thaw",
     "thaw_projection",
@@ -68,9 +70,17 @@ class _Shell(msgspec.Struct):
     series: dict[str, msgspec.Raw] = {}
     attributes: dict[str, dict[str, dict[str, msgspec.Raw]]] = {}
     overflowed: int = 0
+    overflowed_series: int = 0
+
+
+class _Overflowed(msgspec.Struct):
+    """A bucket's count of spans beyond its series cap alone."""
+
+    overflowed_series: int = 0
 
 
 _series = msgspec.msgpack.Decoder(_Series).decode
+_overflowed = msgspec.msgpack.Decoder(_Overflowed).decode
 _shell = msgspec.msgpack.Decoder(_Shell).decode
 _aggregate = msgspec.msgpack.Decoder(Aggregate).decode
 _attributes = msgspec.msgpack.Decoder(_Attributes).decode
@@ -100,6 +110,11 @@ def _names(groupby: str | None, where: Mapping[str, str]) -> set[str]:
     return names
 
 
+def overflowed_series(raw: msgspec.Raw) -> int:
+    """``thaw(raw).overflowed_series``, decoding nothing else."""
+    return _overflowed(raw).overflowed_series
+
+
 def thaw(raw: msgspec.Raw) -> BucketState:
     """The live bucket back, whole (its aggregates' count lists untracked by the cycle collector, as new
     aggregates' are: tokentrace/core/aggregate.py)."""
@@ -112,8 +127,8 @@ def thaw(raw: msgspec.Raw) -> BucketState:
 def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:
     """``freeze(thaw(raw).add_many(spans, caps))``, byte for byte, decoding only the aggregates the spans reach.
 
-    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series;
-    per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
+    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series, and the
+    overflow series if the bucket lacks its series; per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
     ``BucketState.add_many`` runs on it, which only looks up, counts and adds keys (caps and dict order as in the
     live bucket), and untouched aggregates encode back as the bytes they were.
     """
@@ -121,20 +136,27 @@ def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw
     series: dict[str, Any] = shell.series
     attributes: dict[str, dict[str, dict[str, Any]]] = shell.attributes
     for span in spans:
-        key = series_key(span)
-        found = series.get(key)
-        if type(found) is msgspec.Raw:
-            series[key] = _aggregate(found)
-        for name, raw_value in span.attributes.items():
-            values = attributes.get(name)
-            if values is None or name == EVAL_SCORE:
-                continue
-            value = raw_value if type(raw_value) is str else _attribute_text(raw_value)
-            for slot in (value, OVERFLOW) if value is not None else ():
-                by_series = values.get(slot)
-                if by_series is not None and type(found := by_series.get(key)) is msgspec.Raw:
-                    by_series[key] = _aggregate(found)
-    state = BucketState(series=series, attributes=cast(Any, attributes), overflowed=shell.overflowed)
+        own = series_key(span)
+        # A span of a series the bucket lacks may count in the overflow series instead (the series cap).
+        for key in (own,) if own in series else (own, OVERFLOW_SERIES):
+            found = series.get(key)
+            if type(found) is msgspec.Raw:
+                series[key] = _aggregate(found)
+            for name, raw_value in span.attributes.items():
+                values = attributes.get(name)
+                if values is None or name == EVAL_SCORE:
+                    continue
+                value = raw_value if type(raw_value) is str else _attribute_text(raw_value)
+                for slot in (value, OVERFLOW) if value is not None else ():
+                    by_series = values.get(slot)
+                    if by_series is not None and type(found := by_series.get(key)) is msgspec.Raw:
+                        by_series[key] = _aggregate(found)
+    state = BucketState(
+        series=series,
+        attributes=cast(Any, attributes),
+        overflowed=shell.overflowed,
+        overflowed_series=shell.overflowed_series,
+    )
     state.add_many(spans, caps)
     return freeze(state)
 

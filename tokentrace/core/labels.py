@@ -11,6 +11,8 @@ beyond ``max_series`` folds all three. Every fold is counted by label, for
 
 The caps are per process: each API replica of a distributed deployment admits its own (bounded) set, and
 a restarted server reseeds from the store's lifetime series, so values admitted before stay admitted.
+Spans produced straight to Kafka pass no API: the workers bound those with the per-bucket series cap
+(``Caps.max_series``, tokentrace/core/buckets.py), the same ``max_series``, decided per partition and bucket.
 Pure: no I/O.
 """
 

@@ -10,7 +10,10 @@ price up in the library is slow (~120 µs), so for each ``(model, provider)`` th
 rates once and prices later calls with a few multiplications. Models whose price is not linear in the
 token counts (tiered prices, time-of-day prices) are priced exactly by the library on every call. A model
 that neither the overrides nor the library know costs ``None`` (never 0): the lookup is counted in
-``PriceTable.unknown_models`` and logged once per model.
+``PriceTable.unknown_models`` and logged once per model, for the first ``MAX_UNKNOWN_MODELS`` names; the rest
+are counted together under ``__overflow__`` (logged once), and the lookup cache is bounded too
+(``MAX_CACHED_LOOKUPS``): a flood of distinct model names (100k, sent straight to Kafka past any API's label caps)
+costs neither the workers' memory nor the ``tokentrace_price_lookup_misses_total{model}`` label sets without bound.
 """
 
 from __future__ import annotations
@@ -26,12 +29,19 @@ from datetime import UTC, datetime
 from decimal import Decimal
 from typing import TYPE_CHECKING, Any, Final
 
+from tokentrace.core.buckets import OVERFLOW
+
 if TYPE_CHECKING:
     from genai_prices.data_snapshot import DataSnapshot
 
-__all__ = ["ModelPrices", "PriceTable", "Rates", "cost", "default_table"]
+__all__ = ["MAX_CACHED_LOOKUPS", "MAX_UNKNOWN_MODELS", "ModelPrices", "PriceTable", "Rates", "cost", "default_table"]
 
 log = logging.getLogger(__name__)
+
+#: Unknown model names counted (and logged) apart in ``PriceTable.unknown_models``; the rest count as ``OVERFLOW``.
+MAX_UNKNOWN_MODELS: Final = 1000
+#: (model, provider) lookups cached; past this the cache starts over (each entry is re-derived when next used).
+MAX_CACHED_LOOKUPS: Final = 10_000
 
 _PER_MILLION: Final = 1_000_000
 #: Costs are rounded to 1e-10 USD so that 512 * 2.5e-6 prints as 0.00128, not 0.0012800000000000001.
@@ -408,6 +418,8 @@ class PriceTable:
         entry = self._cache.get(key)
         if entry is None or (entry.expires != math.inf and time.time() >= entry.expires):
             entry = self._resolve(model, provider)
+            if len(self._cache) >= MAX_CACHED_LOOKUPS:
+                self._cache.clear()  # bounded: a flood of distinct names must not grow it (the usual few refill it)
             self._cache[key] = entry
         return entry
 
@@ -433,9 +445,17 @@ class PriceTable:
 
     def _count_unknown(self, model: str, provider: str | None, entry: _Unknown) -> None:
         with self._lock:
-            seen = self.unknown_models.get(model, 0)
-            self.unknown_models[model] = seen + 1
-        if not seen:
+            seen = self.unknown_models.get(model)
+            if seen is None and len(self.unknown_models) >= MAX_UNKNOWN_MODELS + (OVERFLOW in self.unknown_models):
+                model, seen = OVERFLOW, self.unknown_models.get(OVERFLOW)
+                if seen is None:
+                    log.warning(
+                        "more than %d models without a price: further ones are counted as %s",
+                        MAX_UNKNOWN_MODELS,
+                        OVERFLOW,
+                    )
+            self.unknown_models[model] = (seen or 0) + 1
+        if not seen and model != OVERFLOW:
             where = f" (provider {provider!r})" if provider else ""
             log.warning("no price for model %r%s: cost_usd stays null (%s)", model, where, entry.reason)
 

@@ -172,6 +172,8 @@ class Timeline:
         #: Bumped whenever ``_retired`` changes; keys the memo of its projections.
         self._retired_version = 0
         self._retired_memo: dict[_QuerySpec, tuple[int, Projection]] = {}
+        #: ``overflowed_series`` of frozen buckets, with the version it was read at.
+        self._overflowed_memo: dict[tuple[int, int], tuple[int, int]] = {}
         #: Bumped by every change; readers may cache query results while it stays the same.
         self.generation = 0
 
@@ -320,7 +322,8 @@ class Timeline:
         for key in [k for k in self._pending if k[1] < horizon or (k[0] == _FINE and k[1] < moving)]:
             self._stored(key)  # what moves or retires takes its deferred writes along
         # Minutes past the fine cutoff fold into their hours (those past the horizon too: their hour retires).
-        for start in [s for s in self._fine if tiers.fate(s, is_hour=False) is not Fate.KEEP]:
+        # In order of start: a capped merge keeps the series it meets first (``BucketState.merge``).
+        for start in sorted(s for s in self._fine if tiers.fate(s, is_hour=False) is not Fate.KEEP):
             state = _thawed(self._fine.pop(start))
             hour = hour_of(start)
             target = self._live((_COARSE, hour))
@@ -333,7 +336,7 @@ class Timeline:
         for memo_key in [k for k in self._bucket_memo if k[0] == _FINE and k[1] < moving]:
             del self._bucket_memo[memo_key]
         for table, is_hour in ((self._fine, False), (self._coarse, True)):
-            for start in [s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE]:
+            for start in sorted(s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE):
                 self._retired.merge(_thawed(table.pop(start)), settings.caps)
                 self._retired_version += 1
                 self._touch(start)  # the day memo holding this bucket is stale now
@@ -515,6 +518,28 @@ class Timeline:
             last = max(starts) + HOUR_MS
             _merge_projection(out, self.query(first, last, groupby))
         return out
+
+    def overflowed_series(self) -> int:
+        """Spans every stored bucket and the retired totals counted in the overflow series because of the
+        per-bucket series cap (``BucketState.overflowed_series``): ``tokentrace_folded_labels_total{label="series"}``
+        of the spans the workers capped. Only grows: a bucket's count only grows, and folding into hours and
+        retiring carries it along. A frozen bucket's count is read once per version of it."""
+        total = self._retired.overflowed_series
+        memo, versions = self._overflowed_memo, self._versions
+        for kind, table in ((_FINE, self._fine), (_COARSE, self._coarse)):
+            for start, state in table.items():
+                if type(state) is BucketState:
+                    total += state.overflowed_series
+                    continue
+                key = (kind, start)
+                version = versions.get(key, 0)
+                cached = memo.get(key)
+                if cached is None or cached[0] != version or key in self._pending:
+                    cached = memo[key] = (version, frozen.overflowed_series(cast(msgspec.Raw, state)))
+                total += cached[1]
+        for key in [k for k in memo if (self._fine if k[0] == _FINE else self._coarse).get(k[1]) is None]:
+            del memo[key]
+        return total
 
     def lifetime_parts(self, groupby: str | None = None) -> LifetimeParts:
         """``lifetime`` as projections still to be summed (``LifetimeParts.total``), none of which anything
