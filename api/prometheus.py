@@ -4,7 +4,10 @@ A custom collector turns the store's lifetime aggregates into metric families, s
 of global counters to keep in step and no stale label set (the prometheus-client ``Collector`` pattern).
 Counters are lifetime totals (retired buckets included), so they never go down. Label sets are the
 series (model, provider, caller), which the store already bounds (``LabelCaps`` on the way in, the buckets'
-series cap for spans the workers take straight from Kafka).
+series cap for spans the workers take straight from Kafka). The buckets' cap is per bucket and partition, so
+the union over a month of buckets can still be large: the exposition itself keeps the first
+``aggregation.max_series`` series of the lifetime totals (retired totals first, then buckets oldest first, so
+a series keeps its place as new ones arrive) and sums the rest into the ``__overflow__`` series (``cap_series``).
 """
 
 from __future__ import annotations
@@ -28,7 +31,7 @@ from tokentrace.api.connections import CLOSE_REASONS, GUARD, ConnectionGuard
 from tokentrace.api.context import CONTEXT
 from tokentrace.api.cycles import cycles_wait
 from tokentrace.core.aggregate import LATENCY_BUCKETS_MS, PROMPT_TOKEN_BUCKETS, Aggregate, from_nanos
-from tokentrace.core.buckets import SEP, SERIES, Projection
+from tokentrace.core.buckets import OVERFLOW_SERIES, SEP, SERIES, Projection
 from tokentrace.core.labels import LABELS, LabelCaps
 from tokentrace.core.timefmt import now_ms
 from tokentrace.core.timeline import LifetimeParts
@@ -38,6 +41,7 @@ __all__ = [
     "FOLDED_COUNTER",
     "QUALITY_WINDOW_MS",
     "ExpositionSnapshot",
+    "cap_series",
     "handle_prometheus",
     "render",
 ]
@@ -56,6 +60,8 @@ class ExpositionSnapshot:
 
     series: Projection
     quality_by_model: Projection
+    #: Series shown apart at most (``aggregation.max_series``); the rest are summed into ``OVERFLOW_SERIES``.
+    max_series: int = 10_000
     alert_firings: Mapping[tuple[str, str], int] = field(default_factory=dict)
     rejected: Mapping[str, int] = field(default_factory=dict)
     unknown_models: Mapping[str, int] = field(default_factory=dict)
@@ -76,6 +82,20 @@ def _cumulative(counts: list[int], bounds: tuple[float, ...]) -> list[tuple[str,
 
 def _le(bound: float) -> str:
     return str(int(bound)) if float(bound).is_integer() else str(bound)
+
+
+def cap_series(series: Projection, max_series: int) -> Projection:
+    """``series`` with at most ``max_series`` series apart (``OVERFLOW_SERIES`` aside): the first ones in its
+    order, the rest summed into ``OVERFLOW_SERIES``. Totals are unchanged; ``series`` itself is not."""
+    kept = [key for key in series if key != OVERFLOW_SERIES]
+    if len(kept) <= max_series:
+        return series
+    capped = {key: series[key] for key in kept[:max_series]}
+    overflow = series[OVERFLOW_SERIES].copy() if OVERFLOW_SERIES in series else Aggregate()
+    for key in kept[max_series:]:
+        overflow.merge(series[key])
+    capped[OVERFLOW_SERIES] = overflow
+    return capped
 
 
 class _SnapshotCollector:
@@ -101,7 +121,7 @@ class _SnapshotCollector:
             "tokentrace_prompt_tokens", "Prompt tokens per inference call.", labels=["model", "provider"]
         )
         by_model_provider: dict[tuple[str, str], Aggregate] = {}
-        for key, aggregate in sorted(snap.series.items()):
+        for key, aggregate in sorted(cap_series(snap.series, snap.max_series).items()):
             model, provider, caller = key.split(SEP)
             cost.add_metric([model, provider, caller], from_nanos(aggregate.cost_nanos))
             mine = by_model_provider.get((model, provider))
@@ -227,6 +247,7 @@ async def handle_prometheus(request: web.Request) -> web.Response:
         | {FOLDED_COUNTER: _folded(ctx.labels, store.timeline.overflowed_series())}
         | {CONNECTIONS_COUNTER: _closed(request.app.get(GUARD))},
         extra_gauges={name: dict(samples) for name, samples in ctx.extra_gauges.items()},
+        max_series=ctx.config.aggregation.max_series,
     )
     # Gathering the parts holds the loop ~2 ms per 10k series written since the last scrape; decoding and summing
     # them (seconds for 10k series) and rendering run in a thread: the parts are projections and frozen bytes
