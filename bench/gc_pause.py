@@ -9,7 +9,8 @@ processes, through ``EmbeddedStore.apply_recovered`` (memory only) from spans sp
 - ``python``: ``TOKENTRACE_NATIVE=0``, the Python reference path, whose lists the collector tracks (the
   baseline: every aggregate was built that way before native/src/untrack.rs).
 
-Each child reports the objects the collector tracks, the median of three ``gc.collect()`` timings and its RSS.
+Each child reports the objects the collector tracks and the median of three ``gc.collect()`` timings (memory
+is bench/metrics_query.py's: this state is built span by span in memory, not as a server holds it).
 
     .venv/bin/python bench/gc_pause.py [--spans 1000000] [--days 30]
 """
@@ -26,7 +27,6 @@ import statistics
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from benchkit.procfs import load
 from benchkit.server import machine
@@ -37,13 +37,6 @@ from tokentrace.core import native
 from tokentrace.core.timefmt import now_ms
 
 DAY_MS = 86_400_000
-
-
-def rss_mib() -> float:
-    for line in Path("/proc/self/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 async def build(spans: int, days: int) -> EmbeddedStore:
@@ -62,7 +55,6 @@ async def build(spans: int, days: int) -> EmbeddedStore:
 def child(spans: int, days: int) -> None:
     gc.collect()
     gc.freeze()  # what the server does after start-up: only what is counted from here on is in sight
-    base_rss = rss_mib()
     started = time.process_time()
     store = asyncio.run(build(spans, days))
     build_s = time.process_time() - started
@@ -76,7 +68,6 @@ def child(spans: int, days: int) -> None:
         "span_total": store.span_total,
         "tracked": len(gc.get_objects()),
         "collect_ms": statistics.median(timings) * 1000,
-        "rss_mib": rss_mib() - base_rss,
         "build_cpu_s": build_s,
     }
     print(json.dumps(report))
@@ -106,7 +97,7 @@ def main() -> None:
     for name, r in results.items():
         print(
             f"  - {name}: {r['span_total']:,.0f} spans counted; {r['tracked']:,.0f} objects tracked; full collection "
-            f"{r['collect_ms']:.0f} ms (median of 3); RSS +{r['rss_mib']:.0f} MiB; built in {r['build_cpu_s']:.1f} CPU-s"
+            f"{r['collect_ms']:.0f} ms (median of 3); built in {r['build_cpu_s']:.1f} CPU-s"
         )
     ratio = results["compiled"]["collect_ms"] / max(results["python"]["collect_ms"], 1e-9)
     print(f"  - full collection compiled / python = {ratio:.3f}")
