@@ -254,5 +254,6 @@ async def handle_prometheus(request: web.Request) -> web.Response:
     # the store never changes again, and everything else in the snapshot is a copy.
     body = await asyncio.to_thread(_sum_and_render, parts, quality, snapshot)
     parts.install()  # the settled days and hours summed in the thread are memoised for the next scrape
+    await asyncio.sleep(0)  # one part per turn of the loop
     quality.install()
     return web.Response(body=body, headers={"Content-Type": CONTENT_TYPE_PLAIN_0_0_4})

@@ -75,7 +75,8 @@ async def _off_loop(parts: list[LifetimeParts], body: Callable[[list[Projection]
 
     answer = await asyncio.to_thread(work)
     for p in parts:
-        p.install()
+        p.install()  # ~20 ms for a day of 40k groups: one part per turn of the loop
+        await asyncio.sleep(0)
     return web.Response(body=answer, content_type="application/json")
 
 

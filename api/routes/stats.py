@@ -57,5 +57,6 @@ async def get_stats(request: web.Request) -> web.Response:
 
     body = await asyncio.to_thread(work)
     everything.install()
+    await asyncio.sleep(0)  # one part per turn of the loop
     operations.install()
     return json_response(body)
