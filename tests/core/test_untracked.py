@@ -97,3 +97,14 @@ def test_the_kernel_refuses_an_aggregate_class_whose_fields_it_would_misplace() 
     assert native.BucketKernel is not None and aggregate_module._KERNEL is not None
     with pytest.raises(TypeError, match="fields"):
         native.BucketKernel("\x1f", "__overflow__", "eval.score", Reordered, aggregate_module._KERNEL)
+
+
+def test_the_trace_index_span_lists_are_untracked() -> None:
+    from tokentrace.core.traces import TraceIndex
+
+    index = TraceIndex(1000, 3_600_000)
+    for n in range(20):
+        index.add(Span(trace_id=f"t{n % 4}", model="m", prompt_tokens=n))
+    traces = [index.get(f"t{n}") for n in range(4)]
+    assert all(trace is not None and len(trace.spans) == 5 for trace in traces)
+    assert not any(gc.is_tracked(trace.spans) for trace in traces if trace is not None)

@@ -7,7 +7,8 @@ never shown half), and traces that ended more than ``retention_ms`` ago are drop
 from __future__ import annotations
 
 from collections import OrderedDict
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import msgspec
@@ -55,16 +56,23 @@ def _text(value: object) -> str:
     return str(value)
 
 
+#: A new trace's span list: ``[]``, untracked by the cycle collector where the compiled module is.
+_span_list: Callable[[], list[Span]] = (
+    partial(native.untracked_zeros, 0) if native.untracked_zeros is not None else list  # type: ignore[assignment]
+)
+
+
 class StoredTrace(msgspec.Struct, gc=False):
     """One trace as the server keeps it for ``GET /traces``: its spans and running totals over them.
     (The SDK's ``tokentrace.producers.Trace`` is the other side: a run being recorded.)
 
     ``gc=False``: the index holds 100,000 spans by default, and its traces, tracked, made every full collection
-    of an ingesting server walk them (their span lists still are). Nothing here can be part of a reference cycle.
+    of an ingesting server walk them; their span lists are untracked too where the compiled module is (a list
+    of ``gc=False`` spans cannot be part of a reference cycle either: bench/gc_pause.py).
     """
 
     trace_id: str
-    spans: list[Span] = msgspec.field(default_factory=list)
+    spans: list[Span] = msgspec.field(default_factory=_span_list)
     started_ms: int = 2**62
     ended_ms: int = 0
     cost_nanos: int = 0
