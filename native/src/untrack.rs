@@ -2,8 +2,8 @@
 //!
 //! Every `Aggregate` holds two lists of ints (its histogram buckets), and a list is a container the
 //! collector tracks from birth. A list of ints can never be part of a reference cycle, yet each full
-//! collection walks every one of them, holding the GIL (and so the event loop): 178 ms against 27 ms
-//! untracked for a server's 300k spans over 30 days (bench/gc_pause.py). Untracking them
+//! collection walks every one of them, holding the GIL (and so the event loop): ~7x as long as with
+//! them untracked, for a server's 300k spans over 30 days (bench/gc_pause.py, bench/RESULTS.md). Untracking them
 //! (`PyObject_GC_UnTrack`, the stable C API's own call, idempotent) changes nothing else: the list is freed
 //! by its reference count as before, and it stays untracked since nothing but ints is ever stored in it. The
 //! Python twin is the plain `[0] * n` the collector tracks (`tokentrace/core/aggregate.py`): the same values,

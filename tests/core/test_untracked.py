@@ -1,7 +1,7 @@
 """Aggregates' count lists are out of the cycle collector's sight (native/src/untrack.rs).
 
-A full collection walked two lists per aggregate, collecting nothing, with the GIL held (bench/gc_pause.py: 178 ms
-against 27 ms for the state a server built from 300k spans). Every path that makes aggregates leaves them untracked when the compiled module
+A full collection walked two lists per aggregate, collecting nothing, with the GIL held (bench/gc_pause.py: ~7x
+as long as untracked, for the state a server built from 300k spans). Every path that makes aggregates leaves them untracked when the compiled module
 is in use: a new ``Aggregate``, the kernel's counting (new aggregates are built whole), a thawed bucket and a
 decoded view entry. If CPython's collector or ``PyObject_GC_UnTrack`` changes behaviour, these fail.
 """

@@ -43,7 +43,7 @@ def _zeros(n: int) -> list[int]:
 
 #: A new aggregate's bucket counts: ``[0] * n``, which the compiled module (native/src/untrack.rs) leaves
 #: untracked by the cycle collector (a list of ints is never part of a cycle; walking two per aggregate made
-#: each full collection of what a server counted 6.6x slower: bench/gc_pause.py).
+#: each full collection of what a server counted ~7x slower: bench/gc_pause.py).
 _counts: Callable[[int], list[int]] = native.untracked_zeros or _zeros
 #: ``add_many`` compiled (tokentrace/core/native.py), or None where this install runs it in Python.
 _KERNEL = (
