@@ -1,11 +1,12 @@
 //! `prepare_batch` (tokentrace/core/ingest.py) for the usual batch, whose Python code stays the reference:
 //! every span within the text caps of `core.limits`, its `started_at` normalised (the compiled `stamp`),
 //! starting and ending inside the batch's time bounds, and no cached-token attribute on a span to price.
-//! A span to price whose model has linear rates (`PriceTable.linear_rates`, handed over as `rates`) is priced
-//! here as `PriceTable.cost` prices whole, uncached token counts, to the bit; the others are left to the
-//! pricer. Any other batch returns `None` at the first span that is not usual, having changed only what
-//! `stamp` fills in the spans before it (`ended_at`, exactly as the Python `stamp` fills it) and their
-//! prices (as the pricer sets them), so the Python code then decides the same, error message included.
+//! A span to price whose model has linear or input-tiered rates (`PriceTable.linear_rates`/`tiered_rates`,
+//! handed over as `rates`) is priced here as `PriceTable.cost` prices whole, uncached token counts, to the bit;
+//! the others are left to the pricer. Any other batch returns `None` at the first span that is not usual,
+//! having changed only what `stamp` fills in the spans before it (`ended_at`, exactly as the Python `stamp`
+//! fills it) and their prices (as the pricer sets them), so the Python code then decides the same, error
+//! message included.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -114,11 +115,15 @@ fn count(obj: &Bound<'_, PyAny>) -> Option<i64> {
     obj.extract::<i64>().ok().filter(|value| (0..=1 << 53).contains(value))
 }
 
-/// `span`'s price from its model's linear rates in `rates` (`{model: {provider or None: (per_call, input,
-/// output, cache_read, cache_write) or None}}`), as `PriceTable.cost` computes it for uncached tokens:
-/// `round(per_call + prompt * input + comp * output + 0 * cache_read + 0 * cache_write)` to `1 / scale` USD.
-/// `None` when the model has no such rates here (the pricer prices it).
-fn linear_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDict>, scale: f64) -> Option<f64> {
+/// One region's linear rates: `(per_call, input, output, cache_read, cache_write)` (`Rates`' fields).
+type Linear = (f64, f64, f64, f64, f64);
+
+/// `span`'s price from its model's rates in `rates` (`{model: {provider or None: rates or None}}`), where the
+/// rates are linear (`Linear`) or tiered by input tokens (`(starts, regions)`: region `i` prices calls whose
+/// prompt tokens lie in `(starts[i-1], starts[i]]`, as `_Tiered` picks it with `bisect_left`), as
+/// `PriceTable.cost` computes it for uncached tokens: `round(per_call + prompt * input + comp * output)` to
+/// `1 / scale` USD. `None` when the model has no such rates here (the pricer prices it).
+fn table_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDict>, scale: f64) -> Option<f64> {
     let by_provider = rates.get_item(span.getattr(intern!(py, "model")).ok()?).ok()??;
     let by_provider = by_provider.cast::<PyDict>().ok()?;
     let provider = span.getattr(intern!(py, "provider")).ok()?;
@@ -130,10 +135,16 @@ fn linear_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDic
     if entry.is_none() {
         return None;
     }
-    let (per_call, input, output, cache_read, cache_write): (f64, f64, f64, f64, f64) = entry.extract().ok()?;
-    let prompt = count(&span.getattr(intern!(py, "prompt_tokens")).ok()?)? as f64;
+    let prompt = count(&span.getattr(intern!(py, "prompt_tokens")).ok()?)?;
     let comp = count(&span.getattr(intern!(py, "comp_tokens")).ok()?)? as f64;
-    let usd = per_call + prompt * input + comp * output + 0.0 * cache_read + 0.0 * cache_write;
+    let (per_call, input, output, _, _) = match entry.extract::<Linear>() {
+        Ok(linear) => linear,
+        Err(_) => {
+            let (starts, regions): (Vec<i64>, Vec<Linear>) = entry.extract().ok()?;
+            *regions.get(starts.partition_point(|start| *start < prompt))?
+        }
+    };
+    let usd = per_call + prompt as f64 * input + comp * output;
     let scaled = usd * scale + 0.5;
     if !scaled.is_finite() || !(0.0..9.0e18).contains(&scaled) {
         return None;
@@ -174,7 +185,7 @@ pub fn prepare_spans(
         }
         starts.push(start);
         if let (true, Some(rates)) = (price, rates) {
-            match linear_price(py, &span, rates, scale) {
+            match table_price(py, &span, rates, scale) {
                 Some(usd) => span.setattr(intern!(py, "cost_usd"), PyFloat::new(py, usd)).ok()?,
                 None => pricing.push(index),
             }

@@ -3,7 +3,7 @@
 For any batch, ``prepare_batch`` with the compiled ``prepare_spans`` must end as the Python loop ends: the same
 starts and the same stamped, priced spans (compared encoded, so an int price is not a float one), or the same
 rejection (message and reason). Prices come from the real price table: linear models priced in Rust once their
-rates are known, tiered and unknown models by the pricer.
+rates are known, linear or tiered by input tokens; unknown models by the pricer.
 """
 
 from __future__ import annotations
@@ -136,22 +136,40 @@ def _usual(model: str, prompt: int | None, comp: int | None, provider: str = "")
     )
 
 
-@given(st.sampled_from(MODELS[:4]), st.one_of(st.none(), st.integers(0, 10**12)), st.integers(0, 10**12))
-@settings(max_examples=1000)
-def test_a_linear_price_is_the_pricers_to_the_bit(model: str, prompt: int | None, comp: int) -> None:
+def _priced_here(model: str, prompt: int | None, comp: int) -> tuple[Span, list[int], PriceTable]:
+    """One span priced by the compiled prepare with the rates a first batch of ``model`` taught it."""
     table = PriceTable()
     warm = [_usual(model, 1, 1)]
-    prepare_batch(warm, NOW, table, OLDEST, SKEW)  # the pricer prices; its linear rates are learned
+    prepare_batch(warm, NOW, table, OLDEST, SKEW)  # the pricer prices; its linear or tiered rates are learned
     span = _usual(model, prompt, comp)
     assert native.prepare_spans is not None
     rates = ingest._linear_rates(table)
     prepared = native.prepare_spans([span], OLDEST, NOW + SKEW, rates, ingest._PRICE_SCALE, ingest._CAPS, [])
     assert prepared is not None
-    linear = table.linear_rates(model)
-    assert prepared[1] == ([] if linear is not None else [0])  # priced here exactly when the model is linear
+    return span, prepared[1], table
+
+
+@given(st.sampled_from(MODELS[:4]), st.one_of(st.none(), st.integers(0, 10**12)), st.integers(0, 10**12))
+@settings(max_examples=1000)
+def test_a_linear_or_tiered_price_is_the_pricers_to_the_bit(model: str, prompt: int | None, comp: int) -> None:
+    span, to_price, table = _priced_here(model, prompt, comp)
+    known = table.linear_rates(model) is not None or table.tiered_rates(model) is not None
+    assert to_price == ([] if known else [0])  # priced here exactly when the model's rates are linear or tiered
     expected = table.cost(model, prompt or 0, comp)
-    if linear is not None:
+    if known:
         assert msgspec.msgpack.encode(span.cost_usd) == msgspec.msgpack.encode(expected)
+
+
+def test_a_tiered_price_at_each_tier_edge_is_the_pricers() -> None:
+    tiers = PriceTable().tiered_rates("gemini-1.5-flash")
+    assert tiers is not None, "the price table has a tiered model to test with"
+    for start in tiers[0]:
+        for prompt in (start - 1, start, start + 1):
+            span, to_price, table = _priced_here("gemini-1.5-flash", prompt, 1000)
+            assert to_price == []
+            assert msgspec.msgpack.encode(span.cost_usd) == msgspec.msgpack.encode(
+                table.cost("gemini-1.5-flash", prompt, 1000)
+            )
 
 
 def test_the_usual_batch_is_taken_by_the_compiled_prepare() -> None:

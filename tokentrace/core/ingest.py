@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import NamedTuple, Protocol
+from typing import Any, NamedTuple, Protocol
 
 from tokentrace.core import limits, native
 from tokentrace.core.limits import text_limit_error
@@ -56,7 +56,10 @@ _CACHE_KEYS = [CACHE_READ_ATTRIBUTE, CACHE_WRITE_ATTRIBUTE]
 #: ``PriceTable.cost`` rounds to 1e-10 USD.
 _PRICE_SCALE = 1e10
 #: A model's linear rates by model and provider (None: it has none), as ``PriceTable.linear_rates`` gives them.
-_Rates = dict[str, dict[str | None, tuple[float, float, float, float, float] | None]]
+_Linear = tuple[float, float, float, float, float]
+#: Rates tiered by input tokens: the tier starts and each region's linear rates.
+_Tiers = tuple[tuple[int, ...], tuple[_Linear, ...]]
+_Rates = dict[str, dict[str | None, _Linear | _Tiers | None]]
 _RATES: weakref.WeakKeyDictionary[Pricer, _Rates] = weakref.WeakKeyDictionary()
 
 #: Length of a normalised timestamp, ``YYYY-MM-DDTHH:MM:SS.mmmZ`` (years 1000 to 9999).
@@ -205,9 +208,11 @@ def _linear_rates(pricer: Pricer) -> _Rates:
 
 def _price_rest(pricer: Pricer, rates: _Rates, spans: Sequence[Span], indices: list[int]) -> None:
     """Price ``spans[i]`` for ``i`` in ``indices`` with the pricer (none has cached-token attributes), and learn
-    each model's linear rates, if it has any, for the compiled pricing of later batches."""
+    each model's rates, linear or tiered by input tokens, if it has any, for the compiled pricing of later
+    batches."""
     cost = pricer.cost
     linear = getattr(pricer, "linear_rates", None)
+    tiered = getattr(pricer, "tiered_rates", None)
     for index in indices:
         span = spans[index]
         provider = span.provider or None
@@ -219,12 +224,24 @@ def _price_rest(pricer: Pricer, rates: _Rates, spans: Sequence[Span], indices: l
             raise SpanRejected(f"span {index}: {exc}", "invalid") from None
         by_provider = rates.setdefault(span.model, {})
         if provider not in by_provider:
-            found = linear(span.model, provider) if linear is not None else None
-            by_provider[provider] = (
-                None
-                if found is None
-                else (found.per_call, found.input, found.output, found.cache_read, found.cache_write)
-            )
+            by_provider[provider] = _compiled_rates(span.model, provider, linear, tiered)
+
+
+def _fields(rates: Any) -> _Linear:
+    return (rates.per_call, rates.input, rates.output, rates.cache_read, rates.cache_write)
+
+
+def _compiled_rates(model: str, provider: str | None, linear: Any, tiered: Any) -> _Linear | _Tiers | None:
+    """A model's rates as the compiled pricing takes them: ``Rates``' five fields, or ``(starts, regions of
+    five fields)`` for prices tiered by input tokens; None when the pricer must price every call."""
+    found = linear(model, provider) if linear is not None else None
+    if found is not None:
+        return _fields(found)
+    tiers = tiered(model, provider) if tiered is not None else None
+    if tiers is not None:
+        starts, regions = tiers
+        return (tuple(starts), tuple(_fields(region) for region in regions))
+    return None
 
 
 def _price(pricer: Pricer, span: Span) -> float | None:

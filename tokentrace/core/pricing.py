@@ -404,6 +404,17 @@ class PriceTable:
         entry = self._entry(model, provider or None)
         return entry if isinstance(entry, Rates) and entry.expires == math.inf else None
 
+    def tiered_rates(self, model: str, provider: str | None = None) -> tuple[tuple[int, ...], tuple[Rates, ...]] | None:
+        """``(starts, regions)`` if the model's price is linear within tiers of input tokens and not about to
+        change (region ``i`` prices calls whose prompt tokens lie in ``(starts[i-1], starts[i]]``), else ``None``.
+
+        For callers that price many calls themselves (the compiled ingest path), as ``linear_rates``.
+        """
+        entry = self._entry(model, provider or None)
+        if isinstance(entry, _Tiered) and entry.expires == math.inf:
+            return entry.starts, entry.regions
+        return None
+
     def knows(self, model: str, provider: str | None = None) -> bool:
         """Whether ``cost`` can price this model (does not count as an unknown lookup)."""
         return type(self._entry(model, provider or None)) is not _Unknown
