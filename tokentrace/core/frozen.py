@@ -127,10 +127,11 @@ def thaw(raw: msgspec.Raw) -> BucketState:
 def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw:
     """``freeze(thaw(raw).add_many(spans, caps))``, byte for byte, decoding only the aggregates the spans reach.
 
-    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series, and the
-    overflow series if the bucket lacks its series; per grouped attribute, its value's and ``OVERFLOW``'s group for its series) are decoded; then the reference
-    ``BucketState.add_many`` runs on it, which only looks up, counts and adds keys (caps and dict order as in the
-    live bucket), and untouched aggregates encode back as the bytes they were.
+    The bucket's dicts are decoded with every aggregate left as its bytes; those a span may update (its series,
+    and the overflow series if the bucket lacks its series; per grouped attribute, its value's and ``OVERFLOW``'s
+    group for its series) are decoded; then the reference ``BucketState.add_many`` runs on it, which only looks
+    up, counts and adds keys (caps and dict order as in the live bucket), and untouched aggregates encode back as
+    the bytes they were.
     """
     shell = _shell(raw)
     series: dict[str, Any] = shell.series
