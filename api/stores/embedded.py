@@ -30,6 +30,7 @@ from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
 from tokentrace.api.stores.fsio import FileSystem, fsync_dir
 from tokentrace.api.stores.quarantine import Damage, Quarantine
 from tokentrace.api.stores.records import decode_record, wire_record
+from tokentrace.api.stores.sliced import query_each
 from tokentrace.api.stores.snapshot_file import DamagedFile, open_snapshot, seal_snapshot
 from tokentrace.api.stores.wal import WriteAheadLog
 from tokentrace.config import Config, milliseconds, timeline_settings
@@ -297,7 +298,7 @@ class EmbeddedStore:
     async def series(
         self, intervals: list[tuple[int, int]], groupby: str | None, where: dict[str, str]
     ) -> list[Projection]:
-        return [self.timeline.query(start, end, groupby, where) for start, end in intervals]
+        return await query_each(self.timeline, intervals, groupby, where)
 
     async def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
         return self.timeline.attribute_keys(start_ms, end_ms)

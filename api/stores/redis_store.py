@@ -25,6 +25,7 @@ import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
 
 from tokentrace.api.stores.base import StoreHealth, StoreUnavailable
+from tokentrace.api.stores.sliced import query_each
 from tokentrace.api.stores.topic_lag import EndOffsets, lag_by_partition
 from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span
@@ -181,8 +182,7 @@ class RedisStore:
         self, intervals: list[tuple[int, int]], groupby: str | None, where: dict[str, str]
     ) -> list[Projection]:
         await self.sync()
-        timeline = self.view.timeline
-        return [timeline.query(start, end, groupby, where) for start, end in intervals]
+        return await query_each(self.view.timeline, intervals, groupby, where)
 
     async def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
         await self.sync()
