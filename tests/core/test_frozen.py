@@ -357,6 +357,38 @@ def test_after_a_restart_an_attribute_grouped_window_decodes_only_the_hot_bucket
     assert frozen.decoded_projections() - before == bare.cache_stats().frozen_buckets > 10 * hot
 
 
+def test_a_restart_reads_no_hours_keys_and_later_hours_bring_new_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restored hours are taken to hold the keys the snapshot's memos group by: warming right after a restart
+    reads no bucket (it would compete with the first queries). A key first seen in an hour that settles after the
+    restart is read there, and then memoised over every settled hour."""
+    data = [
+        (Span(model="m", prompt_tokens=1, attributes={"workflow": f"w{i % 3}"}), i * 17 * MINUTE_MS)
+        for i in range(3 * DAY_MS // (17 * MINUTE_MS))
+    ]
+    original = build(data)
+    original.compact(NOW)
+    assert original.warm_memos()
+    restored = restarted(original)
+    reads: list[int] = []
+    keys_of = frozen.attribute_keys
+    monkeypatch.setattr(frozen, "attribute_keys", lambda raw: reads.append(1) or keys_of(raw))
+    before = frozen.decoded_projections()
+    assert restored.warm_memos()
+    assert (reads, frozen.decoded_projections() - before) == ([], 0)
+    restored.add(Span(model="m", prompt_tokens=1, attributes={"tier": "gold"}), NOW)
+    restored.compact(NOW + 2 * HOUR_MS)  # the hour of NOW settles
+    assert restored.warm_memos()
+    assert reads  # the hours that settled since the restart were read
+    tier_hours = {r.block for r in restored.memo_records() if r.groupby == "tier" and r.size == HOUR_MS}
+    workflow_hours = {r.block for r in restored.memo_records() if r.groupby == "workflow" and r.size == HOUR_MS}
+    assert workflow_hours <= tier_hours
+    reference = Timeline(SETTINGS)
+    reference.restore(restored.snapshot())
+    end = NOW + 2 * HOUR_MS
+    for name in ("tier", "workflow"):
+        assert restored.query(end - 30 * DAY_MS, end, name) == reference.query(end - 30 * DAY_MS, end, name)
+
+
 def test_warming_attribute_memos_stops_at_half_the_memo_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Attribute keys come after the built-in specs and never push the memos past half their byte budget (where
     a query's memo would start evicting them)."""

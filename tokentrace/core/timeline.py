@@ -28,7 +28,7 @@ import msgspec
 
 from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
-from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
+from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection, attribute_dimension
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
 
@@ -904,6 +904,11 @@ class Timeline:
             spec: _QuerySpec = (record.groupby, tuple((key, value) for key, value in record.where))
             if record.size in (DAY_MS, HOUR_MS) and version is not None:
                 self._remember_frozen((record.size, record.block, spec), version, record.projection.copy())
+        # The restored hours are taken to hold the attribute keys the snapshot's memos group by (those the writer's
+        # ``warm_memos`` found in them), not read again: a restart does not spend its first seconds re-reading every
+        # hour's keys beside its first queries. An hour that settles or changes afterwards is read.
+        grouped = tuple(sorted({r.groupby for r in snapshot.memos if r.groupby and attribute_dimension(r.groupby)}))
+        self._hour_keys = {block: (v, grouped) for (size, block), v in self._versions.items() if size == HOUR_MS}
 
     def cache_stats(self) -> CacheStats:
         """Counts of live and frozen buckets and of what each memo holds."""
