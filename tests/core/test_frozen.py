@@ -389,6 +389,25 @@ def test_a_restart_reads_no_hours_keys_and_later_hours_bring_new_keys(monkeypatc
         assert restored.query(end - 30 * DAY_MS, end, name) == reference.query(end - 30 * DAY_MS, end, name)
 
 
+def test_a_snapshot_that_does_not_know_its_keys_has_them_read_after_the_restart() -> None:
+    """A snapshot written before the writer had read every settled hour's keys (or by a version that did not record
+    them) says None: the restored timeline reads them, and warms their memos."""
+    timeline = build(
+        [(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), age) for age in (5 * HOUR_MS, 0)]
+    )
+    timeline.compact(NOW)
+    assert timeline.snapshot().attribute_keys is None  # not warmed yet
+    assert timeline.warm_memos()
+    assert timeline.snapshot().attribute_keys == ["workflow"]
+    snapshot = timeline.snapshot()
+    snapshot.attribute_keys = None
+    restored = Timeline(SETTINGS)
+    restored.restore(snapshot)
+    assert restored.warm_memos()
+    assert any(r.groupby == "workflow" for r in restored.memo_records())
+    assert restored.snapshot().attribute_keys == ["workflow"]
+
+
 def test_warming_attribute_memos_stops_at_half_the_memo_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     """Attribute keys come after the built-in specs and never push the memos past half their byte budget (where
     a query's memo would start evicting them)."""

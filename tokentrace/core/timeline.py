@@ -28,7 +28,7 @@ import msgspec
 
 from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
-from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection, attribute_dimension
+from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
 
@@ -89,13 +89,16 @@ class TimelineSnapshot(msgspec.Struct):
 
     ``snapshot()`` may hold frozen buckets (``msgspec.Raw``, the same bytes once encoded); decode a snapshot
     as ``FrozenTimelineSnapshot`` to keep them frozen. ``memos`` (absent before memos were persisted) are
-    derived data: fresh day and hour projections of these very buckets.
+    derived data: fresh day and hour projections of these very buckets. ``attribute_keys``: the attribute keys of
+    the settled hours once ``warm_memos`` has read them all (None: not yet, or a snapshot from before they were
+    recorded): a restore takes its settled hours to hold them instead of reading them again.
     """
 
     fine: dict[int, BucketState]
     coarse: dict[int, BucketState]
     retired: BucketState
     memos: list[MemoRecord] = msgspec.field(default_factory=list)
+    attribute_keys: list[str] | None = None
 
 
 class FrozenTimelineSnapshot(msgspec.Struct):
@@ -105,6 +108,7 @@ class FrozenTimelineSnapshot(msgspec.Struct):
     coarse: dict[int, msgspec.Raw]
     retired: BucketState
     memos: list[MemoRecord] = msgspec.field(default_factory=list)
+    attribute_keys: list[str] | None = None
 
 
 class CacheStats(msgspec.Struct, frozen=True):
@@ -767,12 +771,24 @@ class Timeline:
 
     # ------------------------------------------------------------ persistence
     def snapshot(self) -> TimelineSnapshot:
-        """The buckets as stored (frozen ones as their bytes: encoding writes them as they are); no memos
-        (``memo_records`` lists them)."""
+        """The buckets as stored (frozen ones as their bytes: encoding writes them as they are) and the attribute
+        keys ``warm_memos`` knows; no memos (``memo_records`` lists them)."""
         self._flush_all()
         fine = cast(dict[int, BucketState], self._fine)
         coarse = cast(dict[int, BucketState], self._coarse)
-        return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired)
+        return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired, attribute_keys=self._known_keys())
+
+    def _known_keys(self) -> list[str] | None:
+        """The attribute keys of the settled hours if ``warm_memos`` has read every one as it is now, else None."""
+        known, hot_from = self._hour_keys, self._hot_from
+        names: set[str] = set()
+        for (size, hour), version in self._versions.items():
+            if size == HOUR_MS and hour < hot_from:
+                cached = known.get(hour)
+                if cached is None or cached[0] != version:
+                    return None
+                names.update(cached[1])
+        return sorted(names)
 
     def memo_records(self) -> list[MemoRecord]:
         """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS`` and
@@ -904,11 +920,15 @@ class Timeline:
             spec: _QuerySpec = (record.groupby, tuple((key, value) for key, value in record.where))
             if record.size in (DAY_MS, HOUR_MS) and version is not None:
                 self._remember_frozen((record.size, record.block, spec), version, record.projection.copy())
-        # The restored hours are taken to hold the attribute keys the snapshot's memos group by (those the writer's
-        # ``warm_memos`` found in them), not read again: a restart does not spend its first seconds re-reading every
-        # hour's keys beside its first queries. An hour that settles or changes afterwards is read.
-        grouped = tuple(sorted({r.groupby for r in snapshot.memos if r.groupby and attribute_dimension(r.groupby)}))
-        self._hour_keys = {block: (v, grouped) for (size, block), v in self._versions.items() if size == HOUR_MS}
+        if snapshot.attribute_keys is not None:
+            # Not read again: a restart would spend its first seconds re-reading every hour's keys beside its first
+            # queries. An hour that settles or changes afterwards is read.
+            known = tuple(snapshot.attribute_keys)
+            self._hour_keys = {
+                block: (v, known)
+                for (size, block), v in self._versions.items()
+                if size == HOUR_MS and block < self._hot_from
+            }
 
     def cache_stats(self) -> CacheStats:
         """Counts of live and frozen buckets and of what each memo holds."""
