@@ -390,8 +390,8 @@ def test_a_restart_reads_no_hours_keys_and_later_hours_bring_new_keys(monkeypatc
 
 
 def test_a_snapshot_that_does_not_know_its_keys_has_them_read_after_the_restart() -> None:
-    """A snapshot written before the writer had read every settled hour's keys (or by a version that did not record
-    them) says None: the restored timeline reads them, and warms their memos."""
+    """A snapshot written before the writer had read any hour's keys (or by a version that did not record them)
+    says None: the restored timeline reads them, and warms their memos."""
     timeline = build(
         [(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), age) for age in (5 * HOUR_MS, 0)]
     )

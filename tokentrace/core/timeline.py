@@ -89,9 +89,9 @@ class TimelineSnapshot(msgspec.Struct):
 
     ``snapshot()`` may hold frozen buckets (``msgspec.Raw``, the same bytes once encoded); decode a snapshot
     as ``FrozenTimelineSnapshot`` to keep them frozen. ``memos`` (absent before memos were persisted) are
-    derived data: fresh day and hour projections of these very buckets. ``attribute_keys``: the attribute keys of
-    the settled hours once ``warm_memos`` has read them all (None: not yet, or a snapshot from before they were
-    recorded): a restore takes its settled hours to hold them instead of reading them again.
+    derived data: fresh day and hour projections of these very buckets. ``attribute_keys``: the attribute keys
+    ``warm_memos`` has read in the hours (None: none read yet, or a snapshot from before they were recorded): a
+    restore takes its settled hours to hold them instead of reading them again.
     """
 
     fine: dict[int, BucketState]
@@ -779,16 +779,12 @@ class Timeline:
         return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired, attribute_keys=self._known_keys())
 
     def _known_keys(self) -> list[str] | None:
-        """The attribute keys of the settled hours if ``warm_memos`` has read every one as it is now, else None."""
-        known, hot_from = self._hour_keys, self._hot_from
-        names: set[str] = set()
-        for (size, hour), version in self._versions.items():
-            if size == HOUR_MS and hour < hot_from:
-                cached = known.get(hour)
-                if cached is None or cached[0] != version:
-                    return None
-                names.update(cached[1])
-        return sorted(names)
+        """The attribute keys ``warm_memos`` has read in the stored hours (None: it has read none). Some hours may
+        be unread or changed since (a snapshot is often taken while the maintenance pass's warming is under way):
+        a key only they hold is read again once they change after the restart."""
+        versions = self._versions
+        read = [keys for hour, (_, keys) in self._hour_keys.items() if (HOUR_MS, hour) in versions]
+        return sorted({name for keys in read for name in keys}) if read else None
 
     def memo_records(self) -> list[MemoRecord]:
         """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS`` and
