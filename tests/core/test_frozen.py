@@ -389,6 +389,19 @@ def test_a_restart_reads_no_hours_keys_and_later_hours_bring_new_keys(monkeypatc
         assert restored.query(end - 30 * DAY_MS, end, name) == reference.query(end - 30 * DAY_MS, end, name)
 
 
+def test_warming_without_attributes_leaves_them_for_a_later_pass() -> None:
+    """What the store asks at start-up: the built-in specs' memos only; a later call (the maintenance pass) adds the
+    attribute keys'."""
+    timeline = build(
+        [(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), age) for age in (5 * HOUR_MS, 0)]
+    )
+    timeline.compact(NOW)
+    assert timeline.warm_memos(attributes=False)
+    assert None in {r.groupby for r in timeline.memo_records()} <= {None, *BUILTINS}
+    assert timeline.warm_memos()
+    assert "workflow" in {r.groupby for r in timeline.memo_records()}
+
+
 def test_a_snapshot_that_does_not_know_its_keys_has_them_read_after_the_restart() -> None:
     """A snapshot written before the writer had read any hour's keys (or by a version that did not record them)
     says None: the restored timeline reads them, and warms their memos."""

@@ -797,11 +797,11 @@ class Timeline:
             if versions.get((size, block)) == version
         ]
 
-    def warm_memos(self, budget_s: float | None = None) -> bool:
+    def warm_memos(self, budget_s: float | None = None, attributes: bool = True) -> bool:
         """Compute the missing memos a snapshot should carry, newest blocks first, for ``budget_s`` seconds at
         most (None: all); True once none is missing. Only settled blocks (before the hot hours): the hour and day
-        memos of ``_PERSISTED_SPECS``, and the day memos by series (what ``lifetime_parts`` reads); then those
-        grouped by each attribute key of the settled hours (``_warm_attributes``).
+        memos of ``_PERSISTED_SPECS``, and the day memos by series (what ``lifetime_parts`` reads); then, unless
+        ``attributes`` is False, those grouped by each attribute key of the settled hours (``_warm_attributes``).
 
         Stops (True) once the day and hour memos fill half their byte budget, so warming never evicts them.
         """
@@ -821,7 +821,7 @@ class Timeline:
                 self._remember_block(DAY_MS, day, _SERIES_SPEC, versions[(DAY_MS, day)], projection)
                 if deadline is not None and time.perf_counter() > deadline:
                     return False
-        return self._warm_attributes(days, deadline)
+        return not attributes or self._warm_attributes(days, deadline)
 
     def _warm_attributes(self, days: list[int], deadline: float | None) -> bool:
         """``warm_memos`` for the specs grouped by an attribute key (``groupby=workflow``): without them the first
