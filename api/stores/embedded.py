@@ -395,10 +395,16 @@ class EmbeddedStore:
             keep = FLUSH_FROM // 2 if backfill else 0
             for _ in itertools.count():
                 if timeline.flush_pending(0.02, keep) and (
-                    backfill or self.data_dir is None or timeline.warm_memos(0.02, attributes=attributes)
+                    backfill or self.data_dir is None or timeline.warm_memos(0.02, attributes=False)
                 ):
                     break
                 await asyncio.sleep(0)  # let requests in between slices
+            # Then the attribute keys' memos, at half the pace: seconds of slices after a back-fill, which would
+            # otherwise slow every query summed in a thread meanwhile (the GIL) several times over.
+            for _ in itertools.count() if attributes and not backfill and self.data_dir is not None else ():
+                if timeline.warm_memos(0.02):
+                    break
+                await asyncio.sleep(0.02)
             heap.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
 
         self._warming = asyncio.create_task(warm())
