@@ -159,7 +159,7 @@ class EmbeddedStore:
             self._recover(self.data_dir)
         self._last_snapshot_s = asyncio.get_running_loop().time()
         self._maintenance = asyncio.create_task(self._maintain())
-        self._warm_memos()
+        self._warm_memos(attributes=False)  # a snapshot's own memos are fresh: what is missing may wait a pass
 
     def _recover(self, data_dir: Path) -> None:
         data_dir.mkdir(parents=True, exist_ok=True)
@@ -377,13 +377,17 @@ class EmbeddedStore:
         if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
-    def _warm_memos(self, *, backfill: bool = False) -> None:
+    def _warm_memos(self, *, backfill: bool = False, attributes: bool = True) -> None:
         """In the background, 20 ms at a time between requests: apply the writes back-filled into frozen buckets
         (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
         long-window query after a restart reads them instead of every bucket); unless running already.
 
         ``backfill`` (a back-fill is under way): apply half of what waits and stop; the memos would be stale
-        again at its next batch (the maintenance pass computes them)."""
+        again at its next batch (the maintenance pass computes them). ``attributes`` False (at start-up): not the
+        memos grouped by attribute keys, whose missing ones (a snapshot taken before they were all warmed, after a
+        back-fill or by an older version) cost seconds of slices that the first queries after a restart would
+        share the loop and the GIL with (first /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k
+        spans over 10M); the first maintenance pass warms them."""
         if self._warming is not None and not self._warming.done():
             return
 
@@ -392,10 +396,16 @@ class EmbeddedStore:
             keep = FLUSH_FROM // 2 if backfill else 0
             for _ in itertools.count():
                 if timeline.flush_pending(0.02, keep) and (
-                    backfill or self.data_dir is None or timeline.warm_memos(0.02)
+                    backfill or self.data_dir is None or timeline.warm_memos(0.02, attributes=False)
                 ):
                     break
                 await asyncio.sleep(0)  # let requests in between slices
+            # Then the attribute keys' memos, at half the pace: seconds of slices after a back-fill, which would
+            # otherwise slow every query summed in a thread meanwhile (the GIL) several times over.
+            for _ in itertools.count() if attributes and not backfill and self.data_dir is not None else ():
+                if timeline.warm_memos(0.02):
+                    break
+                await asyncio.sleep(0.02)
             heap.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
 
         self._warming = asyncio.create_task(warm())

@@ -11,7 +11,7 @@ from hypothesis import strategies as st
 from tests.core.test_timeline import NOW, span_strategy
 from tokentrace.core import frozen
 from tokentrace.core import timeline as timeline_module
-from tokentrace.core.buckets import OVERFLOW, SERIES, BucketState, Caps
+from tokentrace.core.buckets import BUILTIN_DIMENSIONS, OVERFLOW, SERIES, BucketState, Caps
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import (
     DAY_MS,
@@ -40,6 +40,7 @@ specs = st.sampled_from(
         (None, {"workflow": "agent", "model": "gpt-4o-mini"}),
     ]
 )
+BUILTINS = (*BUILTIN_DIMENSIONS, SERIES)
 WINDOWS = (MINUTE_MS, HOUR_MS, 90 * MINUTE_MS, DAY_MS, 3 * DAY_MS, 30 * DAY_MS)
 _encode = msgspec.msgpack.encode
 
@@ -275,3 +276,168 @@ def test_deferred_writes_are_applied_in_bulk_the_fullest_buckets_first() -> None
     # and decoded (as across any restart), so the bytes may differ where the values are equal.
     decode = msgspec.msgpack.Decoder(TimelineSnapshot).decode
     assert decode(_encode(subject.snapshot())) == decode(_encode(reference.snapshot()))
+
+
+ATTRIBUTE_CAPS = TimelineSettings(
+    fine_retention_ms=12 * HOUR_MS, retention_ms=5 * DAY_MS, caps=Caps(max_attribute_keys=2, max_attribute_values=2)
+)
+attributed = st.lists(
+    st.tuples(
+        st.builds(
+            lambda span, extra: msgspec.structs.replace(span, attributes={**span.attributes, **extra}),
+            span_strategy,
+            st.dictionaries(st.sampled_from(["tier", "user"]), st.sampled_from(["a", "b", "c"]), max_size=2),
+        ),
+        st.integers(0, 4 * DAY_MS),
+    ),
+    min_size=1,
+    max_size=80,
+)
+
+
+def restarted(timeline: Timeline) -> Timeline:
+    """``timeline`` after a snapshot with its memos and a restart (its buckets frozen)."""
+    snapshot = timeline.snapshot()
+    snapshot.memos = timeline.memo_records()
+    restored = Timeline(timeline.settings)
+    restored.restore(msgspec.msgpack.decode(_encode(snapshot), type=FrozenTimelineSnapshot))
+    return restored
+
+
+@given(attributed, st.sampled_from(["workflow", "tier", "user"]))
+@settings(max_examples=60, deadline=None)
+def test_warmed_attribute_memos_answer_as_the_buckets_do(data: list[tuple[Span, int]], groupby: str) -> None:
+    """Memos grouped by every attribute key (capped keys and values included), warmed in slices, carried by a
+    snapshot: a restart answers as a timeline that recounts everything from its buckets."""
+    original = Timeline(ATTRIBUTE_CAPS)
+    for span, age in data:
+        original.add(span, NOW - age)
+    original.compact(NOW)
+    while not original.warm_memos(0.0):  # one memo (or one hour's keys) a slice: every slice makes progress
+        pass
+    reference = Timeline(ATTRIBUTE_CAPS)
+    reference.restore(original.snapshot())
+    restored = restarted(original)
+    assert answers(restored, groupby, {}) == answers(reference, groupby, {})
+    assert answers(restored, groupby, {groupby: "a"}) == answers(reference, groupby, {groupby: "a"})
+
+
+def test_after_a_restart_an_attribute_grouped_window_decodes_only_the_hot_buckets() -> None:
+    """The first ``groupby=<attribute>`` over the whole retention after a restart reads day and hour memos
+    that the snapshot carried: it decodes the buckets of the hot hours (never memoised ahead), not all of them."""
+    data = [
+        (
+            Span(model="m", prompt_tokens=1, attributes={"workflow": f"w{i % 3}", "tier": f"t{i % 2}"}),
+            i * 13 * MINUTE_MS,
+        )
+        for i in range(4 * DAY_MS // (13 * MINUTE_MS))
+    ]
+    original = build(data)
+    original.compact(NOW)
+    assert original.warm_memos()
+    records = {(r.size, r.block, r.groupby) for r in original.memo_records()}
+    settled_hours = {(NOW - age) // HOUR_MS * HOUR_MS for _, age in data} - set(range(original.hot_from, NOW, HOUR_MS))
+    for name in ("workflow", "tier"):
+        assert {(HOUR_MS, hour, name) for hour in settled_hours} <= records
+    reference = Timeline(SETTINGS)
+    reference.restore(original.snapshot())
+    restored = restarted(original)
+    hot = sum(1 for _, age in data if NOW - age >= restored.hot_from)
+    start, end = restored.window_start(NOW, 30 * DAY_MS), restored.window_end(NOW)
+    for name in ("workflow", "tier"):
+        before = frozen.decoded_projections()
+        parts = restored.query_parts(start, end, name)
+        assert parts.total() == reference.query(start, end, name)
+        assert frozen.decoded_projections() - before == hot
+        parts.install()
+    bare = Timeline(SETTINGS)  # the same buckets, frozen, without the memos: every bucket decoded
+    bare.restore(msgspec.msgpack.decode(_encode(original.snapshot()), type=FrozenTimelineSnapshot))
+    before = frozen.decoded_projections()
+    assert bare.query(start, end, "workflow") == reference.query(start, end, "workflow")
+    assert frozen.decoded_projections() - before == bare.cache_stats().frozen_buckets > 10 * hot
+
+
+def test_a_restart_reads_no_hours_keys_and_later_hours_bring_new_keys(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Restored hours are taken to hold the keys the snapshot's memos group by: warming right after a restart
+    reads no bucket (it would compete with the first queries). A key first seen in an hour that settles after the
+    restart is read there, and then memoised over every settled hour."""
+    data = [
+        (Span(model="m", prompt_tokens=1, attributes={"workflow": f"w{i % 3}"}), i * 17 * MINUTE_MS)
+        for i in range(3 * DAY_MS // (17 * MINUTE_MS))
+    ]
+    original = build(data)
+    original.compact(NOW)
+    assert original.warm_memos()
+    restored = restarted(original)
+    reads: list[int] = []
+    keys_of = frozen.attribute_keys
+    monkeypatch.setattr(frozen, "attribute_keys", lambda raw: reads.append(1) or keys_of(raw))
+    before = frozen.decoded_projections()
+    assert restored.warm_memos()
+    assert (reads, frozen.decoded_projections() - before) == ([], 0)
+    restored.add(Span(model="m", prompt_tokens=1, attributes={"tier": "gold"}), NOW)
+    restored.compact(NOW + 2 * HOUR_MS)  # the hour of NOW settles
+    assert restored.warm_memos()
+    assert reads  # the hours that settled since the restart were read
+    tier_hours = {r.block for r in restored.memo_records() if r.groupby == "tier" and r.size == HOUR_MS}
+    workflow_hours = {r.block for r in restored.memo_records() if r.groupby == "workflow" and r.size == HOUR_MS}
+    assert workflow_hours <= tier_hours
+    reference = Timeline(SETTINGS)
+    reference.restore(restored.snapshot())
+    end = NOW + 2 * HOUR_MS
+    for name in ("tier", "workflow"):
+        assert restored.query(end - 30 * DAY_MS, end, name) == reference.query(end - 30 * DAY_MS, end, name)
+
+
+def test_warming_without_attributes_leaves_them_for_a_later_pass() -> None:
+    """What the store asks at start-up: the built-in specs' memos only; a later call (the maintenance pass) adds the
+    attribute keys'."""
+    timeline = build(
+        [(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), age) for age in (5 * HOUR_MS, 0)]
+    )
+    timeline.compact(NOW)
+    assert timeline.warm_memos(attributes=False)
+    assert None in {r.groupby for r in timeline.memo_records()} <= {None, *BUILTINS}
+    assert timeline.warm_memos()
+    assert "workflow" in {r.groupby for r in timeline.memo_records()}
+
+
+def test_a_snapshot_that_does_not_know_its_keys_has_them_read_after_the_restart() -> None:
+    """A snapshot written before the writer had read any hour's keys (or by a version that did not record them)
+    says None: the restored timeline reads them, and warms their memos."""
+    timeline = build(
+        [(Span(model="m", prompt_tokens=1, attributes={"workflow": "w"}), age) for age in (5 * HOUR_MS, 0)]
+    )
+    timeline.compact(NOW)
+    assert timeline.snapshot().attribute_keys is None  # not warmed yet
+    assert timeline.warm_memos()
+    assert timeline.snapshot().attribute_keys == ["workflow"]
+    snapshot = timeline.snapshot()
+    snapshot.attribute_keys = None
+    restored = Timeline(SETTINGS)
+    restored.restore(snapshot)
+    assert restored.warm_memos()
+    assert any(r.groupby == "workflow" for r in restored.memo_records())
+    assert restored.snapshot().attribute_keys == ["workflow"]
+
+
+def test_warming_attribute_memos_stops_at_half_the_memo_budget(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Attribute keys come after the built-in specs and never push the memos past half their byte budget (where
+    a query's memo would start evicting them)."""
+    data = [
+        (Span(model="m", prompt_tokens=1, attributes={f"k{i % 9}": str(i % 4)}), i * 7 * MINUTE_MS)
+        for i in range(4 * DAY_MS // (7 * MINUTE_MS))
+    ]
+    timeline = build(data)
+    timeline.compact(NOW)
+    assert timeline.warm_memos()
+    whole = timeline.cache_stats().block_memo_bytes
+    builtin = sum(len(r.projection) for r in timeline.memo_records() if r.groupby is None or r.groupby in BUILTINS)
+    monkeypatch.setattr(timeline_module, "_BLOCK_MEMO_BYTES", 2 * (builtin + (whole - builtin) // 3))
+    capped = build(data)  # room for the built-in memos and about a third of the attribute ones
+    capped.compact(NOW)
+    assert capped.warm_memos()
+    groupbys = {r.groupby for r in capped.memo_records()}
+    assert {None, "model", "provider", "caller", SERIES} <= groupbys  # the built-in specs all fit first
+    assert 0 < len(groupbys - {None, *BUILTINS}) < 9  # then some attribute keys, not all nine
+    assert capped.cache_stats().block_memo_bytes <= timeline_module._BLOCK_MEMO_BYTES // 2 + 2_000

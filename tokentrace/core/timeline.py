@@ -12,8 +12,9 @@ results are independent of how the window is split, because merging is exact.
 Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
 tokentrace/core/frozen.py); writes into it wait and are applied in bulk; day and hour memos are frozen too.
 Every cache is bounded and counted (``cache_stats``): block memos by bytes, bucket memos and settled windows by
-entries and groups. A snapshot carries the fresh day and hour memos (``memo_records``), so the first
-long-window query after a restart finds them instead of decoding every bucket.
+entries and groups. A snapshot carries the fresh day and hour memos (``memo_records``; ``warm_memos`` computes
+them ahead, grouped by each attribute key too), so the first long-window query after a restart, grouped by an
+attribute or not, finds them instead of decoding every bucket.
 """
 
 from __future__ import annotations
@@ -88,13 +89,16 @@ class TimelineSnapshot(msgspec.Struct):
 
     ``snapshot()`` may hold frozen buckets (``msgspec.Raw``, the same bytes once encoded); decode a snapshot
     as ``FrozenTimelineSnapshot`` to keep them frozen. ``memos`` (absent before memos were persisted) are
-    derived data: fresh day and hour projections of these very buckets.
+    derived data: fresh day and hour projections of these very buckets. ``attribute_keys``: the attribute keys
+    ``warm_memos`` has read in the hours (None: none read yet, or a snapshot from before they were recorded): a
+    restore takes its settled hours to hold them instead of reading them again.
     """
 
     fine: dict[int, BucketState]
     coarse: dict[int, BucketState]
     retired: BucketState
     memos: list[MemoRecord] = msgspec.field(default_factory=list)
+    attribute_keys: list[str] | None = None
 
 
 class FrozenTimelineSnapshot(msgspec.Struct):
@@ -104,6 +108,7 @@ class FrozenTimelineSnapshot(msgspec.Struct):
     coarse: dict[int, msgspec.Raw]
     retired: BucketState
     memos: list[MemoRecord] = msgspec.field(default_factory=list)
+    attribute_keys: list[str] | None = None
 
 
 class CacheStats(msgspec.Struct, frozen=True):
@@ -172,6 +177,8 @@ class Timeline:
         #: Bumped whenever ``_retired`` changes; keys the memo of its projections.
         self._retired_version = 0
         self._retired_memo: dict[_QuerySpec, tuple[int, Projection]] = {}
+        #: Attribute keys of each settled hour's buckets, with the hour's version they were read at (``warm_memos``).
+        self._hour_keys: dict[int, tuple[int, tuple[str, ...]]] = {}
         #: ``overflowed_series`` of frozen buckets, with the version it was read at.
         self._overflowed_memo: dict[tuple[int, int], tuple[int, int]] = {}
         #: Bumped by every change; readers may cache query results while it stays the same.
@@ -346,6 +353,8 @@ class Timeline:
             self._memo_bytes -= len(self._memo.pop(memo_key)[1])
         for memo_key in [k for k in self._bucket_memo if k[1] < horizon - DAY_MS]:
             del self._bucket_memo[memo_key]
+        for hour in [h for h in self._hour_keys if h < horizon - DAY_MS]:
+            del self._hour_keys[hour]  # its version is gone: a new one could start from the same count
         self._freeze_settled()
 
     @property
@@ -762,16 +771,24 @@ class Timeline:
 
     # ------------------------------------------------------------ persistence
     def snapshot(self) -> TimelineSnapshot:
-        """The buckets as stored (frozen ones as their bytes: encoding writes them as they are); no memos
-        (``memo_records`` lists them)."""
+        """The buckets as stored (frozen ones as their bytes: encoding writes them as they are) and the attribute
+        keys ``warm_memos`` knows; no memos (``memo_records`` lists them)."""
         self._flush_all()
         fine = cast(dict[int, BucketState], self._fine)
         coarse = cast(dict[int, BucketState], self._coarse)
-        return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired)
+        return TimelineSnapshot(fine=fine, coarse=coarse, retired=self._retired, attribute_keys=self._known_keys())
+
+    def _known_keys(self) -> list[str] | None:
+        """The attribute keys ``warm_memos`` has read in the stored hours (None: it has read none). Some hours may
+        be unread or changed since (a snapshot is often taken while the maintenance pass's warming is under way):
+        a key only they hold is read again once they change after the restart."""
+        versions = self._versions
+        read = [keys for hour, (_, keys) in self._hour_keys.items() if (HOUR_MS, hour) in versions]
+        return sorted({name for keys in read for name in keys}) if read else None
 
     def memo_records(self) -> list[MemoRecord]:
-        """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS``
-        ahead; others are there once queried). A fresh memo is the projection of the buckets as they are:
+        """The fresh day and hour memos, for a snapshot (``warm_memos`` computes those of ``_PERSISTED_SPECS`` and
+        of the attribute keys ahead; others are there once queried). A fresh memo is the projection of the buckets as they are:
         compaction touches an hour whose attribute groups its caps change."""
         versions = self._versions
         return [
@@ -780,31 +797,23 @@ class Timeline:
             if versions.get((size, block)) == version
         ]
 
-    def warm_memos(self, budget_s: float | None = None) -> bool:
+    def warm_memos(self, budget_s: float | None = None, attributes: bool = True) -> bool:
         """Compute the missing memos a snapshot should carry, newest blocks first, for ``budget_s`` seconds at
         most (None: all); True once none is missing. Only settled blocks (before the hot hours): the hour and day
-        memos of ``_PERSISTED_SPECS``, and the day memos by series (what ``lifetime_parts`` reads).
+        memos of ``_PERSISTED_SPECS``, and the day memos by series (what ``lifetime_parts`` reads); then, unless
+        ``attributes`` is False, those grouped by each attribute key of the settled hours (``_warm_attributes``).
 
         Stops (True) once the day and hour memos fill half their byte budget, so warming never evicts them.
         """
         deadline = None if budget_s is None else time.perf_counter() + budget_s
-        hot_from = self._hot_from
         versions = self._versions
-        for day in sorted({block for size, block in versions if size == DAY_MS}, reverse=True):
-            settled = day + DAY_MS <= hot_from
+        days = sorted({block for size, block in versions if size == DAY_MS}, reverse=True)
+        for day in days:
             for spec in _PERSISTED_SPECS:
-                if settled and self._fresh(DAY_MS, day, spec):
-                    continue
-                for hour in range(day, min(day + DAY_MS, hot_from), HOUR_MS):
-                    if (HOUR_MS, hour) in versions and not self._fresh(HOUR_MS, hour, spec):
-                        if self._memo_bytes > _BLOCK_MEMO_BYTES // 2:
-                            return True
-                        self._block(HOUR_MS, hour, spec, ())
-                        if deadline is not None and time.perf_counter() > deadline:
-                            return False
-                if settled:
-                    self._block(DAY_MS, day, spec, (HOUR_MS,))
-            if settled and not self._fresh(DAY_MS, day, _SERIES_SPEC):
+                stop = self._warm_day(day, spec, deadline)
+                if stop is not None:
+                    return stop
+            if day + DAY_MS <= self._hot_from and not self._fresh(DAY_MS, day, _SERIES_SPEC):
                 if self._memo_bytes > _BLOCK_MEMO_BYTES // 2:
                     return True
                 projection: Projection = {}
@@ -812,7 +821,65 @@ class Timeline:
                 self._remember_block(DAY_MS, day, _SERIES_SPEC, versions[(DAY_MS, day)], projection)
                 if deadline is not None and time.perf_counter() > deadline:
                     return False
+        return not attributes or self._warm_attributes(days, deadline)
+
+    def _warm_attributes(self, days: list[int], deadline: float | None) -> bool:
+        """``warm_memos`` for the specs grouped by an attribute key (``groupby=workflow``): without them the first
+        such query after a restart decodes that key in every bucket of its window (seconds for 30 days of 10M
+        spans). One key at a time, the keys most settled hours hold first, at most ``max_attribute_keys`` of
+        them: under the byte budget, some keys whole beat every key in part (a window missing one block's memo
+        still decodes that block's buckets)."""
+        names = self._attribute_names(deadline)
+        if names is None:
+            return False
+        for name in names[: self.settings.caps.max_attribute_keys]:
+            for day in days:
+                stop = self._warm_day(day, (name, ()), deadline)
+                if stop is not None:
+                    return stop
         return True
+
+    def _attribute_names(self, deadline: float | None) -> list[str] | None:
+        """The attribute keys of the settled hours, those more hours hold first (then by name); None when past
+        ``deadline`` before all were read. Each hour's keys are read once per version of it (``_hour_keys``):
+        reading them skips over every aggregate of its buckets (0.24 s for all 719 hours of bench/metrics_query.py's
+        10M-span state, once after a restart; then only the hours that settle or change)."""
+        hot_from = self._hot_from
+        versions = self._versions
+        known = self._hour_keys
+        for hour in [h for h in known if (HOUR_MS, h) not in versions]:
+            del known[hour]
+        held: dict[str, int] = {}
+        for (size, hour), version in versions.items():
+            if size != HOUR_MS or hour >= hot_from:
+                continue
+            cached = known.get(hour)
+            if cached is None or cached[0] != version:
+                cached = known[hour] = (version, tuple(sorted(self.attribute_keys(hour, hour + HOUR_MS))))
+                if deadline is not None and time.perf_counter() > deadline:
+                    return None  # the next call reads on from here
+            for name in cached[1]:
+                held[name] = held.get(name, 0) + 1
+        return sorted(held, key=lambda name: (-held[name], name))
+
+    def _warm_day(self, day: int, spec: _QuerySpec, deadline: float | None) -> bool | None:
+        """Memoise ``spec``'s missing settled hours of ``day``, then the day if it is settled: None once done (go
+        on); True when the memos fill half their byte budget; False when past ``deadline``."""
+        hot_from = self._hot_from
+        settled = day + DAY_MS <= hot_from
+        if settled and self._fresh(DAY_MS, day, spec):
+            return None
+        versions = self._versions
+        for hour in range(day, min(day + DAY_MS, hot_from), HOUR_MS):
+            if (HOUR_MS, hour) in versions and not self._fresh(HOUR_MS, hour, spec):
+                if self._memo_bytes > _BLOCK_MEMO_BYTES // 2:
+                    return True
+                self._block(HOUR_MS, hour, spec, ())
+                if deadline is not None and time.perf_counter() > deadline:
+                    return False
+        if settled:
+            self._block(DAY_MS, day, spec, (HOUR_MS,))
+        return None
 
     def _fresh(self, size: int, block: int, spec: _QuerySpec) -> bool:
         cached = self._memo.get((size, block, spec))
@@ -828,6 +895,7 @@ class Timeline:
         self._versions.clear()
         self._memo.clear()
         self._memo_bytes = 0
+        self._hour_keys.clear()
         self._bucket_memo.clear()
         self._window_memo.clear()
         self._window_groups = 0
@@ -848,6 +916,15 @@ class Timeline:
             spec: _QuerySpec = (record.groupby, tuple((key, value) for key, value in record.where))
             if record.size in (DAY_MS, HOUR_MS) and version is not None:
                 self._remember_frozen((record.size, record.block, spec), version, record.projection.copy())
+        if snapshot.attribute_keys is not None:
+            # Not read again: a restart would spend its first seconds re-reading every hour's keys beside its first
+            # queries. An hour that settles or changes afterwards is read.
+            known = tuple(snapshot.attribute_keys)
+            self._hour_keys = {
+                block: (v, known)
+                for (size, block), v in self._versions.items()
+                if size == HOUR_MS and block < self._hot_from
+            }
 
     def cache_stats(self) -> CacheStats:
         """Counts of live and frozen buckets and of what each memo holds."""

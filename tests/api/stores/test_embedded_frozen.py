@@ -9,6 +9,7 @@ import random
 from pathlib import Path
 
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
+from tokentrace.core import frozen
 from tokentrace.core.buckets import SERIES
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms, now_ms
@@ -93,3 +94,31 @@ async def test_a_restart_answers_as_before_and_as_a_recount(tmp_path: Path) -> N
     assert await answers(replayed, now) == expected
     await replayed.close()
     await recount.close()
+
+
+async def test_a_restart_reads_attribute_grouped_windows_from_the_snapshots_memos(tmp_path: Path) -> None:
+    """The memos by ``workflow`` the maintenance pass warmed ride in the snapshot: after a restart the first
+    ``groupby=workflow`` over 30 days decodes only the buckets of the hot hours, not every bucket, and answers as
+    a store that counted the same spans from scratch."""
+    rng, now = random.Random(6), now_ms()
+    store = await open_store(tmp_path / "d")
+    await store.ingest(spans(rng, 600, now, 20 * DAY_MS))
+    await settle(store)
+    assert any(r.groupby == "workflow" for r in store.timeline.memo_records())
+    await store.close()
+
+    restarted = await open_store(tmp_path / "d")
+    if restarted._warming is not None:
+        await asyncio.wait_for(restarted._warming, 60)
+    timeline = restarted.timeline
+    recount = EmbeddedStore(None, EmbeddedSettings(maintenance_interval_s=3600))
+    recount.timeline.restore(timeline.snapshot())  # the same buckets, no memos
+    hot = sum(1 for _, start in timeline._states_between(timeline.hot_from, now + DAY_MS))
+    end = timeline.window_end(now)
+    start = timeline.window_start(now, 30 * DAY_MS)
+    expected = await recount.query(start, end, "workflow", {})
+    before = frozen.decoded_projections()
+    parts = await restarted.query_parts(start, end, "workflow", {})
+    assert parts.total() == expected
+    assert frozen.decoded_projections() - before <= hot < timeline.cache_stats().frozen_buckets // 5
+    await restarted.close()
