@@ -13,6 +13,7 @@ import pytest
 
 from tests.infra.redis import RedisServer
 from tests.processors.test_state import _span
+from tests.view.materializing import pending, write_and_wait
 from tokentrace.core.buckets import BucketState, Projection
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.tiers import hour_of
@@ -21,16 +22,14 @@ from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, Timel
 from tokentrace.processors.state import Applier, compact, expire
 from tokentrace.view.reader import ViewReader
 from tokentrace.view.schema import (
-    TOMBSTONE_VERSION,
     BucketEntry,
     Entry,
     RetiredEntry,
     decode_entry,
-    encode_entry,
     is_hour_key,
     parse_key,
 )
-from tokentrace.view.writer import Materializer, Pending
+from tokentrace.view.writer import Materializer
 
 pytestmark = [pytest.mark.redis]
 
@@ -102,23 +101,6 @@ def _answers(timeline: Timeline, now: int, rng: random.Random) -> list[Any]:
     return out
 
 
-async def _written(materializer: Materializer, items: list[Pending]) -> None:
-    materializer.submit(items)
-    for _ in range(500):
-        if materializer.idle:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("materializer did not drain")
-
-
-def _pending(entries: dict[bytes, Entry], keys: list[bytes]) -> list[Pending]:
-    out: list[Pending] = []
-    for key in keys:
-        entry = entries.get(key)
-        out.append((key, TOMBSTONE_VERSION, b"") if entry is None else (key, entry.offset, encode_entry(entry)))
-    return out
-
-
 @pytest.mark.parametrize("seed", [1, 2, 3])
 async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_view(
     redis_server: RedisServer, seed: int
@@ -164,13 +146,13 @@ async def test_a_reader_with_frozen_copies_answers_as_live_copies_of_the_same_vi
             else:
                 horizon = hour_of(real_now) - rng.randrange(30, 80) * HOUR_MS
                 written, deleted = expire(entries, partition, horizon)
-            await _written(materializer, _pending(entries, written))
+            await write_and_wait(materializer, pending(entries, written), attempts=500)
             if deleted and rng.random() < 0.5:  # a reader may sync between the write and the deletions
                 await reader.sync()
                 assert _answers(reader.timeline, real_now, random.Random(step)) == _answers(
                     await _reference(reader), real_now, random.Random(step)
                 )
-            await _written(materializer, _pending(entries, deleted))
+            await write_and_wait(materializer, pending(entries, deleted), attempts=500)
             clock[0] = min(real_now, clock[0] + rng.randrange(0, 2 * HOUR_MS))
             await reader.sync()
             expected = _answers(await _reference(reader), real_now, random.Random(step))
@@ -214,11 +196,11 @@ async def test_a_retirement_read_by_a_sync_that_failed_half_way_is_counted_by_th
         for partition in (0, 1):
             spans = [_span(i, at + i * MINUTE_MS) for i in range(1, 4) for at in (old, recent)]
             applier.apply(entries, partition, 1, now, encode_wire(spans))
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)), attempts=500)
         await reader.sync()
         written, deleted = expire(entries, 0, old + HOUR_MS)
-        await _written(materializer, _pending(entries, written))
-        await _written(materializer, _pending(entries, deleted))
+        await write_and_wait(materializer, pending(entries, written), attempts=500)
+        await write_and_wait(materializer, pending(entries, deleted), attempts=500)
 
         real_merge = reader._merge
         failures = []

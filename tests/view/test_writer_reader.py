@@ -12,6 +12,7 @@ import pytest
 
 from tests.infra.redis import RedisServer
 from tests.processors.test_state import _span
+from tests.view.materializing import pending, write_and_wait
 from tokentrace.core.buckets import BucketState
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.timefmt import now_ms
@@ -20,8 +21,8 @@ from tokentrace.core.traces import TraceFilter
 from tokentrace.processors.state import Applier, compact, expire
 from tokentrace.view.keys import encode_span, trace_spans
 from tokentrace.view.reader import ViewReader
-from tokentrace.view.schema import TOMBSTONE_VERSION, BucketEntry, Entry, bucket_key, encode_entry
-from tokentrace.view.writer import Materializer, Pending
+from tokentrace.view.schema import BucketEntry, Entry, bucket_key, encode_entry
+from tokentrace.view.writer import Materializer
 
 pytestmark = [pytest.mark.redis]
 
@@ -50,23 +51,6 @@ async def _trace(reader: ViewReader, trace_id: str) -> dict[str, Any] | None:
     return found[0].body() if found else None
 
 
-async def _written(materializer: Materializer, items: list[Pending]) -> None:
-    materializer.submit(items)
-    for _ in range(200):
-        if materializer.idle:
-            return
-        await asyncio.sleep(0.01)
-    raise AssertionError("materializer did not drain")
-
-
-def _pending(entries: dict[bytes, Entry], keys: list[bytes]) -> list[Pending]:
-    out: list[Pending] = []
-    for key in keys:
-        entry = entries.get(key)
-        out.append((key, TOMBSTONE_VERSION, b"") if entry is None else (key, entry.offset, encode_entry(entry)))
-    return out
-
-
 async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_lifetime(
     reader: ViewReader, redis_server: RedisServer
 ) -> None:
@@ -82,18 +66,18 @@ async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         assert await _count(reader, a, b + MINUTE_MS) == 18
         assert await _count(reader, a, b) == 6
 
         # An older version of an entry (a replay's intermediate state) never replaces a newer one.
-        await _written(materializer, [(bucket_key(0, b), 1, encode_entry(BucketEntry(1, BucketState())))])
+        await write_and_wait(materializer, [(bucket_key(0, b), 1, encode_entry(BucketEntry(1, BucketState())))])
         assert await _count(reader, a, b + MINUTE_MS) == 18
 
         # Retire partition 0's bucket a: the window loses it, the lifetime keeps it.
         written, deleted = expire(entries, 0, b)
-        await _written(materializer, _pending(entries, written))
-        await _written(materializer, _pending(entries, deleted))
+        await write_and_wait(materializer, pending(entries, written))
+        await write_and_wait(materializer, pending(entries, deleted))
         assert await _count(reader, a, b) == 3
         assert await _count(reader, a, b + MINUTE_MS) == 15
         assert await _lifetime(reader) == 18
@@ -103,7 +87,7 @@ async def test_partitions_merge_stale_versions_lose_and_retired_buckets_move_to_
             client.flushall()
         assert await _lifetime(reader) == 0
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         assert await _lifetime(reader) == 18
         assert await _count(reader, a, b) == 3
     finally:
@@ -124,7 +108,7 @@ async def test_a_view_has_an_epoch_before_its_first_entry_so_a_reader_always_see
     materializer = Materializer(redis_server.url, reader.keys, 3_600_000, lambda: [])
     writer = asyncio.create_task(materializer.run())
     try:
-        await _written(materializer, _pending(entries, list(entries)))  # no epoch check before: the writer's own
+        await write_and_wait(materializer, pending(entries, list(entries)))  # no epoch check before: the writer's own
         with redis_server.client() as client:
             assert client.get(reader.keys.epoch) is not None
         assert await _lifetime(reader) == 2
@@ -151,7 +135,7 @@ async def test_compacted_hours_replace_their_minutes_without_double_counting(
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
 
         async def counts() -> tuple[int, int, int]:
             window = await _count(reader, hour, hour + HOUR_MS)
@@ -160,13 +144,13 @@ async def test_compacted_hours_replace_their_minutes_without_double_counting(
 
         assert await counts() == (16, 16, 16)
         written, deleted = compact(entries, 0, hour + HOUR_MS)
-        await _written(materializer, _pending(entries, written))  # the hour first: p0's minutes now hidden
+        await write_and_wait(materializer, pending(entries, written))  # the hour first: p0's minutes now hidden
         assert await counts() == (16, 16, 16)
-        await _written(materializer, _pending(entries, deleted))  # then the minutes' tombstones
+        await write_and_wait(materializer, pending(entries, deleted))  # then the minutes' tombstones
         assert await counts() == (16, 16, 16)
         # A late span for the compacted hour lands in the hour entry.
         applied = applier.apply(entries, 0, 9, now, encode_wire([_span(3, hour + 59 * MINUTE_MS)]))
-        await _written(materializer, _pending(entries, applied.dirty))
+        await write_and_wait(materializer, pending(entries, applied.dirty))
         assert await counts() == (17, 17, 17)
         # A second replica that starts now sees the same.
         fresh = ViewReader(redis_server.url, prefix=reader.keys.prefix)
@@ -195,10 +179,10 @@ async def test_old_tombstones_are_collected_and_a_late_copy_stays_hidden(
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         written, deleted = compact(entries, 0, hour + HOUR_MS)
-        await _written(materializer, _pending(entries, written))
-        await _written(materializer, _pending(entries, deleted))
+        await write_and_wait(materializer, pending(entries, written))
+        await write_and_wait(materializer, pending(entries, deleted))
         assert sorted(deleted) == sorted(minutes)
         before = await _count(reader, hour, hour + HOUR_MS)
         with redis_server.client() as client:
@@ -210,7 +194,7 @@ async def test_old_tombstones_are_collected_and_a_late_copy_stays_hidden(
             assert not any(client.exists(reader.keys.entry(k.decode())) for k in minutes)
             assert client.zcard(reader.keys.changes) == len(entries)  # the hour and the meta entry
         # A stalled former owner writes an old minute again: readers hide it under the hour entry.
-        await _written(materializer, [(minutes[0], 0, stale[minutes[0]])])
+        await write_and_wait(materializer, [(minutes[0], 0, stale[minutes[0]])])
         assert await _count(reader, hour, hour + HOUR_MS) == before == 6
         fresh = ViewReader(redis_server.url, prefix=reader.keys.prefix)
         await fresh.open()
