@@ -30,9 +30,7 @@ pub fn untracked_list<'py>(py: Python<'py>, counts: &[i64]) -> PyResult<Bound<'p
 /// `[0] * n`, untracked by the cycle collector.
 #[pyfunction]
 pub fn untracked_zeros(py: Python<'_>, n: usize) -> PyResult<Bound<'_, PyList>> {
-    let list = PyList::new(py, std::iter::repeat_n(0_i64, n))?;
-    untrack(&list);
-    Ok(list)
+    untracked_list(py, &vec![0; n])
 }
 
 /// Untrack the two bucket lists of `aggregate` (an `Aggregate`).
