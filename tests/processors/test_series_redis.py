@@ -11,7 +11,7 @@ import pytest
 from tests.infra.redis import RedisServer
 from tests.processors.conftest import MakeAPI
 from tests.processors.test_state import _span
-from tests.view.test_writer_reader import _pending, _written
+from tests.view.materializing import pending, write_and_wait
 from tokentrace.api.stores.redis_store import RedisStore
 from tokentrace.core.aggregate import to_nanos
 from tokentrace.core.codec import encode_wire
@@ -44,7 +44,7 @@ async def test_series_on_the_redis_view_equals_a_recount(store: RedisStore, redi
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         cuts = intervals(start, end, 7 * MINUTE_MS)
         by_model = await store.series(cuts, "model", {})
         only_b = await store.series(cuts, None, {"model": "b"})
@@ -84,7 +84,7 @@ async def test_every_api_replica_serves_the_console_and_the_same_series(
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         first, second = await make_api(), await make_api()
         pages = [await (await api.get("/console/traces/x")).text() for api in (first, second)]
         assert pages[0] == pages[1] and "<main" in pages[0]
@@ -129,7 +129,7 @@ async def test_dimensions_on_the_redis_view_are_the_keys_written_in_the_window(
     writer = asyncio.create_task(materializer.run())
     try:
         await materializer.check_epoch()
-        await _written(materializer, _pending(entries, list(entries)))
+        await write_and_wait(materializer, pending(entries, list(entries)))
         replica = await make_api()
         bodies = {w: await (await replica.get("/metrics/dimensions", params={"window": w})).json() for w in expected}
     finally:
