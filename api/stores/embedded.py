@@ -157,6 +157,7 @@ class EmbeddedStore:
         """Recover state from disk (unless memory-only) and start background maintenance."""
         if self.data_dir is not None:
             self._recover(self.data_dir)
+        self.timeline.compact(now_ms())  # the hot hours from now on: what a back-fill reaches earlier is settled
         self._last_snapshot_s = asyncio.get_running_loop().time()
         self._maintenance = asyncio.create_task(self._maintain())
         self._warm_memos(attributes=False)  # a snapshot's own memos are fresh: what is missing may wait a pass
@@ -179,7 +180,6 @@ class EmbeddedStore:
                 continue
             replayed += len(spans)
         self._wal.start()
-        self.timeline.compact(now_ms())
         log.info("recovered %d spans (%d replayed from the log)", self.span_total, replayed)
 
     async def close(self) -> None:
@@ -256,9 +256,10 @@ class EmbeddedStore:
         """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
         timeline = self.timeline
         hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
-        if batch is not None and timeline.add_batch(batch, hours_before):
+        if batch is not None:
+            timeline.add_batch(batch, hours_before)
             self.traces.add_batch(spans, batch)
-        else:  # no compiled form, or a back-fill into frozen buckets (deferred: they take the spans themselves)
+        else:  # no compiled form
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces
             for span in spans:

@@ -208,13 +208,21 @@ impl<'py> SketchDelta<'py> {
     }
 }
 
+/// An int as a Python int: through `i64` where it fits (pyo3's `i128` conversion is several calls).
+pub(crate) fn int_object(py: Python<'_>, value: i128) -> PyResult<Bound<'_, PyAny>> {
+    match i64::try_from(value) {
+        Ok(small) => Ok(small.into_pyobject(py)?.into_any()),
+        Err(_) => Ok(value.into_pyobject(py)?.into_any()),
+    }
+}
+
 /// ``target.name += delta`` (in Python's unbounded ints); nothing for 0, which changes no value.
 fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -> PyResult<()> {
     if delta == 0 {
         return Ok(());
     }
     let current = target.getattr(name)?;
-    target.setattr(name, current.add(delta)?)
+    target.setattr(name, current.add(int_object(target.py(), delta)?)?)
 }
 
 fn add_to_list(list: &Bound<'_, PyList>, deltas: &[i64]) -> PyResult<()> {
@@ -348,22 +356,22 @@ impl<'py> Delta<'py> {
         let args = PyTuple::new(
             py,
             [
-                self.count.into_pyobject(py)?.into_any(),
-                self.ok.into_pyobject(py)?.into_any(),
-                self.errors.into_pyobject(py)?.into_any(),
-                self.timeouts.into_pyobject(py)?.into_any(),
-                self.cost.into_pyobject(py)?.into_any(),
-                self.unpriced.into_pyobject(py)?.into_any(),
-                self.prompt.into_pyobject(py)?.into_any(),
-                self.comp.into_pyobject(py)?.into_any(),
-                self.total.into_pyobject(py)?.into_any(),
-                self.latency_count.into_pyobject(py)?.into_any(),
-                self.latency_sum_us.into_pyobject(py)?.into_any(),
+                int_object(py, self.count)?,
+                int_object(py, self.ok)?,
+                int_object(py, self.errors)?,
+                int_object(py, self.timeouts)?,
+                int_object(py, self.cost)?,
+                int_object(py, self.unpriced)?,
+                int_object(py, self.prompt)?,
+                int_object(py, self.comp)?,
+                int_object(py, self.total)?,
+                int_object(py, self.latency_count)?,
+                int_object(py, self.latency_sum_us)?,
                 self.latency_sketch.build(py, sketch_type)?,
                 latency_buckets.into_any(),
                 prompt_buckets.into_any(),
-                self.score_count.into_pyobject(py)?.into_any(),
-                self.score_sum.into_pyobject(py)?.into_any(),
+                int_object(py, self.score_count)?,
+                int_object(py, self.score_sum)?,
                 self.score_sketch.build(py, sketch_type)?,
             ],
         )?;
@@ -397,15 +405,15 @@ pub const SKETCH_FIELDS: [&str; 6] = ["count", "min", "max", "positive", "negati
 /// The constants of aggregate.py and sketch.py, handed over once so Python keeps the only copy.
 #[pyclass(frozen, module = "tokentrace._native")]
 pub struct AggregateKernel {
-    latency_bounds: Vec<f64>,
-    prompt_bounds: Vec<f64>,
+    pub(crate) latency_bounds: Vec<f64>,
+    pub(crate) prompt_bounds: Vec<f64>,
     multiplier: f64,
     offset: f64,
 }
 
 impl AggregateKernel {
     /// ``int(ceil(log2(v) * multiplier) + offset)`` as sketch.py computes it (libm's log2, as CPython's).
-    fn key(&self, value: f64) -> i64 {
+    pub(crate) fn key(&self, value: f64) -> i64 {
         let ceiled = (value.log2() * self.multiplier).ceil();
         if self.offset == 0.0 {
             ceiled as i64

@@ -58,11 +58,11 @@ struct Entries<'py> {
 
 #[pyclass(frozen, module = "tokentrace._native")]
 pub struct BucketKernel {
-    sep: String,
-    overflow: Py<PyString>,
+    pub(crate) sep: String,
+    pub(crate) overflow: Py<PyString>,
     score_key: String,
     new_aggregate: Py<PyAny>,
-    aggregates: Py<AggregateKernel>,
+    pub(crate) aggregates: Py<AggregateKernel>,
     /// ``type(new_aggregate().latency)``: the ``Sketch`` class, for building new aggregates whole.
     sketch_type: Py<PyAny>,
 }
@@ -217,7 +217,7 @@ impl BucketKernel {
                     texts.entry(value).or_insert_with(|| PyString::new(py, value)).clone()
                 })
                 .collect();
-            for span in batch.spans.iter().filter(|span| buckets.contains(&span.bucket)) {
+            for span in batch.spans_in(buckets) {
                 push_batch_span(batch, span, &strings, &mut entries);
             }
         }

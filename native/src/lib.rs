@@ -9,6 +9,8 @@ use pyo3::prelude::*;
 
 mod aggregate;
 mod bucket;
+mod frozen;
+mod msgpack;
 mod prepare;
 mod route;
 mod span_check;
@@ -21,6 +23,7 @@ mod wire;
 fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aggregate::AggregateKernel>()?;
     m.add_class::<bucket::BucketKernel>()?;
+    m.add_class::<frozen::Backlog>()?;
     m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;

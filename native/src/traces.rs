@@ -8,6 +8,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
+use crate::aggregate::int_object;
 use crate::wire::WireBatch;
 
 /// `Trace.add`'s rank of a status (`ok` 0, `timeout` 1, `error` 2) from the batch's code (`ok` 0, `error` 1,
@@ -23,17 +24,22 @@ fn rank(status: &str) -> Option<u8> {
 
 const STATUS: [&str; 3] = ["ok", "timeout", "error"];
 
+/// `StoredTrace.__struct_fields__`, in the order a new trace is made with (`make(*fields)`).
+const TRACE_FIELDS: [&str; 8] =
+    ["trace_id", "spans", "started_ms", "ended_ms", "cost_nanos", "priced", "total_tokens", "status"];
+
 /// `target.name += delta` in Python ints (nothing for 0).
 fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -> PyResult<()> {
     if delta == 0 {
         return Ok(());
     }
     let current = target.getattr(name)?;
-    target.setattr(name, current.add(delta)?)
+    target.setattr(name, current.add(int_object(target.py(), delta)?)?)
 }
 
 /// Add the spans of `batch` (`spans`: the same spans as objects, in order) to the index `table` (an ordered
-/// dict by trace id; `make` makes a trace for an id).
+/// dict by trace id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span
+/// list untracked by the cycle collector as `StoredTrace`'s own default is).
 #[pyfunction]
 pub fn add_to_traces(
     py: Python<'_>,
@@ -45,6 +51,12 @@ pub fn add_to_traces(
     let batch = batch.get();
     if spans.len() != batch.spans.len() {
         return Err(pyo3::exceptions::PyValueError::new_err("the spans are not the batch's"));
+    }
+    let fields: Vec<String> = make.getattr(intern!(py, "__struct_fields__"))?.extract()?;
+    if fields != TRACE_FIELDS {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{make}: fields {fields:?}, add_to_traces makes {TRACE_FIELDS:?}"
+        )));
     }
     // (id, members, start, end, cost, priced, tokens, rank) per trace, in order of first appearance.
     type Group<'a> = (&'a str, Vec<usize>, i64, i64, i128, i128, i128, u8);
@@ -70,13 +82,21 @@ pub fn add_to_traces(
     let lookup = table.cast::<PyDict>()?; // an OrderedDict: read as a dict, written through its own __setitem__
     for (id, members, start, end, cost, priced, tokens, worst) in groups {
         let key = PyString::new(py, id);
-        let trace = match lookup.get_item(&key)? {
-            Some(trace) => trace,
-            None => {
-                let trace = make.call1((&key,))?;
-                table.set_item(&key, &trace)?;
-                trace
-            }
+        let Some(trace) = lookup.get_item(&key)? else {
+            let list = PyList::new(py, members.iter().map(|&at| spans.get_item(at)).collect::<PyResult<Vec<_>>>()?)?;
+            crate::untrack::untrack(&list);
+            let fields = (
+                &key,
+                list,
+                start,
+                end,
+                int_object(py, cost)?,
+                int_object(py, priced)?,
+                int_object(py, tokens)?,
+                STATUS[usize::from(worst)],
+            );
+            table.set_item(&key, make.call1(fields)?)?;
+            continue;
         };
         let list = trace.getattr(intern!(py, "spans"))?;
         let list = list.cast::<PyList>()?;

@@ -14,8 +14,8 @@ use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
-/// Stop the collector tracking `list` (which holds only ints).
-fn untrack(list: &Bound<'_, PyList>) {
+/// Stop the collector tracking `list` (which holds only ints, or objects that cannot be part of a cycle).
+pub(crate) fn untrack(list: &Bound<'_, PyList>) {
     // SAFETY: `list` is a live list object and the GIL is held; untracking an untracked object is a no-op.
     unsafe { ffi::PyObject_GC_UnTrack(list.as_ptr().cast()) }
 }

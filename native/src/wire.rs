@@ -14,9 +14,12 @@
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PySet};
 
+use std::sync::OnceLock;
+
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::Number;
+use crate::msgpack::{Reader, Value};
 use crate::span_check::{canonical, format_into, printable_ascii, LAST_MS};
 
 /// How `encode_wire` starts every message, then the key of its span array.
@@ -24,119 +27,6 @@ const PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
 const EXACT_INT: u64 = 1 << 53;
 const NANO: f64 = 1_000_000_000.0;
 const SCORE_KEY: &str = "eval.score";
-
-/// One MessagePack value of the kinds a span holds.
-#[derive(Clone, Copy)]
-enum Value<'a> {
-    Nil,
-    Bool(bool),
-    Int(i64),
-    /// An unsigned int beyond `i64`.
-    Big(u64),
-    Float(f64),
-    Str(&'a str),
-}
-
-struct Reader<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Reader<'a> {
-    fn take(&mut self, n: usize) -> Option<&'a [u8]> {
-        let end = self.pos.checked_add(n)?;
-        let bytes = self.buf.get(self.pos..end)?;
-        self.pos = end;
-        Some(bytes)
-    }
-
-    fn byte(&mut self) -> Option<u8> {
-        Some(self.take(1)?[0])
-    }
-
-    fn be(&mut self, n: usize) -> Option<u64> {
-        Some(self.take(n)?.iter().fold(0u64, |acc, &b| acc << 8 | u64::from(b)))
-    }
-
-    fn map_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            b @ 0x80..=0x8f => Some(usize::from(b & 0x0f)),
-            0xde => Some(self.be(2)? as usize),
-            0xdf => Some(self.be(4)? as usize),
-            _ => None,
-        }
-    }
-
-    fn array_len(&mut self) -> Option<usize> {
-        match self.byte()? {
-            b @ 0x90..=0x9f => Some(usize::from(b & 0x0f)),
-            0xdc => Some(self.be(2)? as usize),
-            0xdd => Some(self.be(4)? as usize),
-            _ => None,
-        }
-    }
-
-    fn text(&mut self, n: usize) -> Option<&'a str> {
-        let bytes = self.take(n)?;
-        if bytes.is_ascii() {
-            // SAFETY: ASCII is UTF-8 (checked first: a word at a time, far cheaper than from_utf8 per string).
-            return Some(unsafe { std::str::from_utf8_unchecked(bytes) });
-        }
-        std::str::from_utf8(bytes).ok()
-    }
-
-    fn value(&mut self) -> Option<Value<'a>> {
-        let value = match self.byte()? {
-            b @ 0x00..=0x7f => Value::Int(i64::from(b)),
-            b @ 0xe0..=0xff => Value::Int(i64::from(b as i8)),
-            b @ 0xa0..=0xbf => Value::Str(self.text(usize::from(b & 0x1f))?),
-            0xd9 => {
-                let n = self.be(1)? as usize;
-                Value::Str(self.text(n)?)
-            }
-            0xda => {
-                let n = self.be(2)? as usize;
-                Value::Str(self.text(n)?)
-            }
-            0xdb => {
-                let n = self.be(4)? as usize;
-                Value::Str(self.text(n)?)
-            }
-            0xc0 => Value::Nil,
-            0xc2 => Value::Bool(false),
-            0xc3 => Value::Bool(true),
-            0xcc => Value::Int(self.be(1)? as i64),
-            0xcd => Value::Int(self.be(2)? as i64),
-            0xce => Value::Int(self.be(4)? as i64),
-            0xcf => {
-                let n = self.be(8)?;
-                i64::try_from(n).map_or(Value::Big(n), Value::Int)
-            }
-            0xd0 => Value::Int(i64::from(self.be(1)? as u8 as i8)),
-            0xd1 => Value::Int(i64::from(self.be(2)? as u16 as i16)),
-            0xd2 => Value::Int(i64::from(self.be(4)? as u32 as i32)),
-            0xd3 => Value::Int(self.be(8)? as i64),
-            0xcb => Value::Float(f64::from_bits(self.be(8)?)),
-            _ => return None, // float32, binary, extensions, nested containers: the Python code decides
-        };
-        Some(value)
-    }
-
-    fn str(&mut self) -> Option<&'a str> {
-        match self.value()? {
-            Value::Str(text) => Some(text),
-            _ => None,
-        }
-    }
-
-    fn optional_str(&mut self) -> Option<Option<&'a str>> {
-        match self.value()? {
-            Value::Nil => Some(None),
-            Value::Str(text) => Some(Some(text)),
-            _ => None,
-        }
-    }
-}
 
 /// A number field as the span holds it.
 #[derive(Clone, Copy)]
@@ -215,6 +105,12 @@ pub struct WireSpan {
     pub json: (usize, usize),
 }
 
+/// A bucket's start, its spans, and its place among the batch's buckets (`WireBatch.grouped`).
+type Placed = (i64, usize, usize);
+
+/// The spans' indices sorted by bucket, and each bucket's range in them.
+type BucketIndex = (Vec<u32>, FxHashMap<i64, (usize, usize)>);
+
 /// The accepted spans of one message (see the module docstring).
 #[pyclass(frozen, module = "tokentrace._native")]
 pub struct WireBatch {
@@ -230,6 +126,9 @@ pub struct WireBatch {
     pub series: Vec<Text>,
     /// One JSON span per line, each ending in `\n`.
     pub json: Vec<u8>,
+    /// The spans' indices sorted by bucket (in order within each), and each bucket's range of them (`spans_in`),
+    /// made on first use.
+    by_bucket: OnceLock<BucketIndex>,
 }
 
 /// The limits of `Span.__post_init__`, the message's bounds and the worker's settings.
@@ -655,6 +554,25 @@ impl WireBatch {
         &self.text[range.0..range.1]
     }
 
+    /// The spans of the buckets starting at `starts`, in order: one lookup for a single bucket (a back-fill
+    /// lists each minute apart, and a batch may hold hundreds of them).
+    pub fn spans_in<'s>(&'s self, starts: &'s [i64]) -> Box<dyn Iterator<Item = &'s WireSpan> + 's> {
+        if let [start] = starts {
+            let (order, ranges) = self.by_bucket.get_or_init(|| {
+                let mut order: Vec<u32> = (0..self.spans.len() as u32).collect();
+                order.sort_by_key(|&at| self.spans[at as usize].bucket); // stable: in order within a bucket
+                let mut ranges: FxHashMap<i64, (usize, usize)> = FxHashMap::default();
+                for (position, &at) in order.iter().enumerate() {
+                    ranges.entry(self.spans[at as usize].bucket).or_insert((position, position)).1 = position + 1;
+                }
+                (order, ranges)
+            });
+            let (from, to) = ranges.get(start).copied().unwrap_or((0, 0));
+            return Box::new(order[from..to].iter().map(|&at| &self.spans[at as usize]));
+        }
+        Box::new(self.spans.iter().filter(move |span| starts.contains(&span.bucket)))
+    }
+
     pub fn line(&self, span: &WireSpan) -> &[u8] {
         &self.json[span.json.0..span.json.1]
     }
@@ -672,6 +590,7 @@ impl WireBatch {
             strings: Vec::new(),
             series: Vec::new(),
             json: Vec::with_capacity(if limits.live { 0 } else { payload.len() * 2 }),
+            by_bucket: OnceLock::new(),
         };
         let mut interner = Interner::default();
         for _ in 0..count {
@@ -700,6 +619,22 @@ impl WireBatch {
             seen[at].1 += 1;
         }
         seen
+    }
+
+    /// `buckets` grouped by the span of `size` ms each falls in: `(start of the span, [(bucket start, spans in
+    /// it, its place in buckets)])`, in order of first appearance, each group's buckets in theirs.
+    fn grouped(&self, size: i64) -> Vec<(i64, Vec<Placed>)> {
+        let mut groups: Vec<(i64, Vec<Placed>)> = Vec::new();
+        let mut index: FxHashMap<i64, usize> = FxHashMap::default();
+        for (place, (bucket, count)) in self.buckets().into_iter().enumerate() {
+            let group = bucket - bucket.rem_euclid(size);
+            let at = *index.entry(group).or_insert_with(|| {
+                groups.push((group, Vec::new()));
+                groups.len() - 1
+            });
+            groups[at].1.push((bucket, count, place));
+        }
+        groups
     }
 
     /// The stamped spans as msgspec's JSON, one per line (`encode_lines`).

@@ -89,27 +89,36 @@ def _compiled(batch: list[Span], times: list[int]) -> Any:
     return native.decode_batch(encode_wire(batch), low, high, MINUTE_MS, low, False, *bounds, SEP, live=True)
 
 
-@given(st.lists(st.lists(spans(), min_size=1, max_size=10), min_size=1, max_size=4))
+@given(
+    st.lists(st.tuples(st.lists(spans(), min_size=1, max_size=10), st.booleans()), min_size=1, max_size=5),
+    st.booleans(),
+)
 @settings(max_examples=200, deadline=None)
-def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(batches: list[list[Span]]) -> None:
-    """Settled buckets are frozen (tokentrace/core/frozen.py); a compiled batch that reaches one before the hot
-    hours is declined (``add_batch`` is False, nothing counted) and its spans deferred by ``add_many`` instead,
-    as the embedded store does: the answers are those of the spans added one batch at a time."""
+def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(
+    batches: list[tuple[list[Span], bool]], read: bool
+) -> None:
+    """Settled buckets are frozen (tokentrace/core/frozen.py); a compiled batch's spans that reach one before the
+    hot hours wait in the backlog and are counted on the bucket's bytes when it is read or flushed; a settled
+    bucket it makes is made frozen. Batches the store could not compile (the bool) wait as spans in between. The
+    answers are those of the spans added one batch at a time (``read``: each batch is applied before the next
+    arrives, else they pile up)."""
     compiled, reference = Timeline(), Timeline()
-    seed = [span for batch in batches for span in batch]
-    for timeline in (compiled, reference):  # the same history, frozen where settled
+    seed = [span for batch, _ in batches for span in batch][::2]
+    for timeline in (compiled, reference):  # a history, frozen where settled
         timeline.add_many(seed, [span.stamp(NOW) for span in seed])
         timeline.compact(NOW)
         timeline.compact(NOW)
     hours_before = compiled.hours_before(NOW)
-    declined = 0
-    for batch in batches:
+    for batch, as_spans in batches:
         times = [span.stamp(NOW) for span in batch]
-        wire = _compiled(batch, times)
-        if wire is None or not compiled.add_batch(wire, hours_before):
-            declined += wire is not None
+        wire = None if as_spans else _compiled(batch, times)
+        if wire is None:
             compiled.add_many(batch, times, hours_before)
+        else:
+            compiled.add_batch(wire, hours_before)
         reference.add_many(batch, times, hours_before)
+        if read:
+            compiled.flush_pending()
     compiled.compact(NOW)
     reference.compact(NOW)
     assert _answers(compiled) == _answers(reference)

@@ -14,12 +14,15 @@ form, so a snapshot loads as one read of the file with no per-object decoding, a
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, cast
+from typing import TYPE_CHECKING, Any, cast
 
 import msgspec
 
 from tokentrace.core import native
 from tokentrace.core.aggregate import Aggregate
+from tokentrace.core.buckets import (
+    _KERNEL as _BUCKET_KERNEL,
+)
 from tokentrace.core.buckets import (
     BUILTIN_DIMENSIONS,
     OVERFLOW,
@@ -33,7 +36,12 @@ from tokentrace.core.buckets import (
 )
 from tokentrace.core.span import EVAL_SCORE, Span
 
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
+
 __all__ = [
+    "EMPTY",
+    "Backlog",
     "add_many",
     "attribute_keys",
     "decoded_projections",
@@ -87,6 +95,8 @@ _aggregate = msgspec.msgpack.Decoder(Aggregate).decode
 _attributes = msgspec.msgpack.Decoder(_Attributes).decode
 #: ``decoded_projections``.
 _decoded = [0]
+#: An empty bucket, frozen: what a settled bucket starts as when a back-fill makes it.
+EMPTY = msgspec.Raw(_encode(BucketState()))
 
 
 def freeze(state: BucketState) -> msgspec.Raw:
@@ -163,6 +173,44 @@ def add_many(raw: msgspec.Raw, spans: Sequence[Span], caps: Caps) -> msgspec.Raw
     )
     state.add_many(spans, caps)
     return freeze(state)
+
+
+class Backlog:
+    """Spans of compiled batches queued for frozen buckets (a back-fill), each bucket's counted into its bytes in
+    one pass (native/src/frozen.rs): no Python object per aggregate or per span, and the queued spans kept as
+    compact rows, side by side for the pass, not as their batches. The compiled twin of queueing ``Span`` objects
+    and ``add_many`` (``add_many`` here), which the tests hold it to."""
+
+    def __init__(self, caps: Caps) -> None:
+        if _BUCKET_KERNEL is None or native.Backlog is None:
+            raise RuntimeError("compiled span batches need the compiled bucket kernel")
+        self._rows = native.Backlog(_BUCKET_KERNEL)
+        self._caps = (caps.max_attribute_keys, caps.max_attribute_values, caps.max_series)
+
+    def add(self, batch: WireBatch, plan: list[tuple[int, int, list[int]]]) -> None:
+        """Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)`` (the bucket's key
+        and the batch's minutes counting in it), queued minute by minute, as ``Timeline.add_many`` counts them."""
+        self._rows.add(batch, plan)
+
+    def queued(self, key: tuple[int, int]) -> int:
+        return self._rows.queued(*key)
+
+    def count_into(self, key: tuple[int, int], raw: msgspec.Raw) -> msgspec.Raw:
+        """The frozen bucket ``raw`` with what waits for ``key`` counted (as ``BucketState.add`` of each span in
+        order); a bucket in a layout the compiled code does not read (an older build's) is rewritten in this
+        build's first."""
+        counted = self._rows.count_into(*key, raw, *self._caps)
+        if counted is None:
+            counted = self._rows.count_into(*key, freeze(thaw(raw)), *self._caps)
+        if counted is None:  # an int beyond 64 bits: msgspec could not write the bucket either
+            raise OverflowError(f"bucket {key}: a sum no longer fits a 64-bit int")
+        return msgspec.Raw(counted)
+
+    def discard(self, key: tuple[int, int]) -> None:
+        self._rows.discard(*key)
+
+    def clear(self) -> None:
+        self._rows.clear()
 
 
 def project(raw: msgspec.Raw, groupby: str | None, where: Mapping[str, str]) -> Projection:

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from tokentrace._native import AggregateKernel as _AggregateKernel
+    from tokentrace._native import Backlog as _Backlog
     from tokentrace._native import BucketKernel as _BucketKernel
     from tokentrace._native import WireBatch as _WireBatch
 
@@ -21,6 +22,7 @@ __all__ = [
     "AVAILABLE",
     "DISABLED",
     "AggregateKernel",
+    "Backlog",
     "BucketKernel",
     "add_to_traces",
     "canonical_ms",
@@ -39,6 +41,7 @@ DISABLED = os.environ.get("TOKENTRACE_NATIVE", "1").strip() == "0"
 
 AggregateKernel: type[_AggregateKernel] | None = None
 BucketKernel: type[_BucketKernel] | None = None
+Backlog: type[_Backlog] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
 canonical_ms: Callable[[object], int | None] | None = None
 stamp: Callable[[object], int | None] | None = None
@@ -70,6 +73,7 @@ if not DISABLED:
     else:
         AggregateKernel = _native.AggregateKernel
         BucketKernel = _native.BucketKernel
+        Backlog = _native.Backlog
         check_span = _native.check_span
         canonical_ms = _native.canonical_ms
         stamp = _native.stamp

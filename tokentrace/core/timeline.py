@@ -22,6 +22,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from operator import itemgetter
 from typing import TYPE_CHECKING, cast
 
 import msgspec
@@ -29,6 +30,7 @@ import msgspec
 from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
+from tokentrace.core.deferred import DeferredWrites
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
 
@@ -137,10 +139,10 @@ _WINDOW_MEMO_GROUPS = 4096
 _BLOCK_MEMO_BYTES = 48 * 2**20
 #: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
 _BUCKET_MEMO_SIZE = 1024
-#: Spans waiting for their frozen buckets (a back-fill; the same objects the trace index holds) before the fullest
-#: buckets take theirs at once; the store's background task applies them from ``FLUSH_FROM`` on, and at each
-#: maintenance pass. Each bucket's pass costs ~0.5-2 ms at 10M spans a month, whatever it applies: the more wait,
-#: the cheaper a back-filled span.
+#: Spans waiting for their frozen buckets (a back-fill: the same objects the trace index holds, or compact rows of
+#: compiled batches' spans in ``frozen.Backlog``) before the fullest buckets take theirs at once; the store's
+#: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. Each bucket's pass costs about
+#: the same whatever it applies (its bytes are read and written whole): the more wait, the cheaper a span.
 _PENDING_SPANS = 100_000
 FLUSH_FROM = 40_000
 #: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
@@ -148,6 +150,10 @@ FLUSH_FROM = 40_000
 _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in BUILTIN_DIMENSIONS))
 _SERIES_SPEC: _QuerySpec = (SERIES, ())
 _Stored = BucketState | msgspec.Raw
+_EMPTY = frozen.EMPTY
+#: Later than any bucket.
+_NEVER = 2**62
+_third = itemgetter(2)
 
 
 class Timeline:
@@ -170,9 +176,11 @@ class Timeline:
         self._written: set[tuple[int, int]] = set()
         #: Buckets from here on are the hot ones: never frozen, thawed by a write (``compact`` moves it on).
         self._hot_from = 0
-        #: Spans written into frozen buckets before ``_hot_from``, not applied yet (``_defer``), and their count.
-        self._pending: dict[tuple[int, int], list[Span]] = {}
+        #: Writes into frozen buckets before ``_hot_from``, not applied yet (``_defer``), and their count of spans.
+        self._pending: dict[tuple[int, int], DeferredWrites] = {}
         self._pending_spans = 0
+        #: The compiled spans of ``_pending`` (made on the first compiled batch).
+        self._backlog: frozen.Backlog | None = None
         self._compactions = 0
         #: Bumped whenever ``_retired`` changes; keys the memo of its projections.
         self._retired_version = 0
@@ -249,9 +257,10 @@ class Timeline:
         """Where the fine cutoff and the retention horizon stand at ``now_ms`` (tokentrace/core/tiers.py)."""
         return tiers_at(now_ms, self.settings.fine_retention_ms, self.settings.retention_ms)
 
-    def _target(self, start: int, hours_before: int | None) -> tuple[_Stored, tuple[int, int]]:
+    def _target(self, start: int, hours_before: int | None, frozen_before: int = 0) -> tuple[_Stored, tuple[int, int]]:
         """The state a span of the bucket ``start`` counts in, and its version key: its minute if it exists, else
-        its hour if that exists or the minute is before ``hours_before``, else a new minute."""
+        its hour if that exists or the minute is before ``hours_before``, else a new minute. A new bucket starting
+        before ``frozen_before`` is made frozen (settled: written to in bulk, ``_defer``)."""
         state = self._fine.get(start)
         if state is not None:
             return state, (_FINE, start)
@@ -260,37 +269,81 @@ class Timeline:
         if state is not None:
             return state, (_COARSE, hour)
         if hours_before is not None and start < hours_before:
-            state = self._coarse[hour] = BucketState()
+            state = self._coarse[hour] = _EMPTY if hour < frozen_before else BucketState()
             return state, (_COARSE, hour)
-        state = self._fine[start] = BucketState()
+        state = self._fine[start] = _EMPTY if start < frozen_before else BucketState()
         return state, (_FINE, start)
 
-    def add_batch(self, batch: WireBatch, hours_before: int | None = None) -> bool:
+    def add_batch(self, batch: WireBatch, hours_before: int | None = None) -> None:
         """``add_many`` of a compiled batch's spans (``native.decode_batch``, bucketed by this timeline's
-        ``bucket_ms``) at their starts: the same state, versions and generation, in one compiled call.
+        ``bucket_ms``) at their starts: the same state, versions and generation.
 
-        False, with nothing counted, when a span goes to a frozen bucket before the hot hours (a back-fill):
-        ``add_many`` of the same spans defers those (``_defer``), which needs the spans themselves.
+        The hot buckets' spans are counted in one compiled call. Spans of settled buckets (a back-fill: before the
+        hot hours) wait as compact rows in the backlog (``frozen.Backlog``), each bucket's counted into its frozen
+        bytes in one pass when it is read or flushed (``_stored``): no Python object per aggregate or span. A new
+        settled bucket is made frozen.
         """
-        planned: list[tuple[BucketState, tuple[int, int], int, int]] = []
-        for start, count in batch.buckets():
-            stored, key = self._target(start, hours_before)
-            if type(stored) is BucketState:
-                state = stored
-            elif key[1] < self._hot_from:
-                return False
-            else:
-                state = self._live(key)
-            planned.append((state, key, start, count))
-        versions = self._versions
+        hot_from = self._hot_from
+        fine, coarse = self._fine, self._coarse
+        fine_from: int | None = None  # no minute bucket starts before it (found when first needed)
+        settled: dict[tuple[int, int], tuple[list[int], int]] = {}
+        others: list[tuple[int, int, int]] = []
+        other_hours = 0
+        for hour, minutes in batch.grouped(HOUR_MS):
+            # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own.
+            if hour < hot_from and type(coarse.get(hour, BucketState)) is msgspec.Raw:
+                if fine_from is None:
+                    fine_from = min(fine, default=_NEVER)
+                if hour + HOUR_MS <= fine_from:
+                    settled[(_COARSE, hour)] = ([start for start, _, _ in minutes], sum(n for _, n, _ in minutes))
+                    continue
+            others.extend(minutes)
+            other_hours += 1
+        if other_hours > 1:
+            others.sort(key=_third)  # in order of first appearance, as ``add_many`` makes the buckets
         targets: list[tuple[BucketState, list[int]]] = []
-        for state, key, start, count in planned:
-            targets.append((state, [start]))
+        for start, count, _ in others:
+            stored, key = self._target(start, hours_before, hot_from)
+            if type(stored) is not BucketState and key[1] < hot_from:  # settled: frozen
+                found = settled.get(key)
+                if found is None:
+                    settled[key] = ([start], count)
+                else:
+                    found[0].append(start)
+                    settled[key] = (found[0], found[1] + count)
+                continue
+            # One target per minute: a state's spans are counted minute by minute, as ``add_many`` does.
+            targets.append((stored if type(stored) is BucketState else self._live(key), [start]))
+            self._counted(key, start, count)
             self._written.add(key)
+        if targets:
+            BucketState.add_batch_to(targets, batch, self.settings.caps)
+        if not settled:
+            return
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = frozen.Backlog(self.settings.caps)
+        plan: list[tuple[int, int, list[int]]] = []
+        pending, versions = self._pending, self._versions
+        for key, (starts, count) in settled.items():
+            self._pending_spans += count
             versions[key] = versions.get(key, 0) + count
-            self._touch(start, count)
-        BucketState.add_batch_to(targets, batch, self.settings.caps)
-        return True
+            self._touch(key[1], count)  # the same hour and day as each of its minutes
+            queued = pending.get(key)
+            if queued is None or queued.spans:
+                if queued is not None:
+                    self._stored(key)  # spans queued before these: theirs first
+                queued = pending[key] = DeferredWrites()
+            queued.add_compiled(count)
+            plan.append((key[0], key[1], starts))
+        backlog.add(batch, plan)
+        self._bound_pending()
+
+    def _counted(self, key: tuple[int, int], start: int, count: int) -> None:
+        """Versions and generation for ``count`` spans of the bucket ``start`` counted in the state at ``key``."""
+        versions = self._versions
+        versions[key] = versions.get(key, 0) + count
+        self._touch(start, count)
 
     def replace_bucket(self, start_ms: int, state: BucketState | msgspec.Raw | None) -> None:
         """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere. A frozen
@@ -308,7 +361,11 @@ class Timeline:
         self.generation += 1
 
     def _replace(self, table: dict[int, _Stored], kind: int, start: int, state: _Stored | None) -> None:
-        self._pending_spans -= len(self._pending.pop((kind, start), ()))
+        dropped = self._pending.pop((kind, start), None)
+        if dropped is not None:
+            self._pending_spans -= dropped.count
+            if self._backlog is not None:
+                self._backlog.discard((kind, start))
         if state is None:
             table.pop(start, None)
         else:
@@ -384,31 +441,33 @@ class Timeline:
         written.clear()
 
     def _live(self, key: tuple[int, int]) -> BucketState:
-        """The stored bucket at ``key`` as a live object (thawed, its deferred writes applied, or created)."""
+        """The stored bucket at ``key`` as a live object (its deferred writes applied, thawed, or created)."""
         table = self._fine if key[0] == _FINE else self._coarse
-        state = table.get(key[1])
+        state = self._stored(key)
         if state is None:
             state = table[key[1]] = BucketState()
         elif not isinstance(state, BucketState):
             state = table[key[1]] = frozen.thaw(state)
-        deferred = self._pending.pop(key, None)
-        if deferred is not None:
-            self._pending_spans -= len(deferred)
-            state.add_many(deferred, self.settings.caps)
         return state
 
     def _defer(self, key: tuple[int, int], spans: Sequence[Span]) -> None:
-        """Queue spans for a frozen bucket before the hot hours (a back-fill): applying them costs a pass over
-        the bucket's bytes (``frozen.add_many``) however few they are, so they are applied in bulk: when the
-        bucket is read (``_stored``), by ``flush_pending`` (the store's background task, between requests),
-        and here, the buckets with the most first, once more than ``_PENDING_SPANS`` wait."""
+        """Queue spans for a frozen bucket before the hot hours (a back-fill; ``add_batch`` queues compiled ones):
+        applying them costs a pass over the bucket's bytes however few they are, so they are applied in bulk
+        (``_stored``): when the bucket is read, by ``flush_pending`` (the store's background task, between
+        requests), and by ``_bound_pending``."""
         queued = self._pending.get(key)
-        if queued is None:
-            queued = self._pending[key] = []
-        queued.extend(spans)
+        if queued is None or queued.compiled:
+            if queued is not None:
+                self._stored(key)  # compiled spans queued before these: theirs first
+            queued = self._pending[key] = DeferredWrites()
+        queued.add_spans(spans)
         self._pending_spans += len(spans)
+        self._bound_pending()
+
+    def _bound_pending(self) -> None:
+        """Once more than ``_PENDING_SPANS`` wait, apply them, the buckets with the most first, down to half."""
         if self._pending_spans > _PENDING_SPANS:
-            for fullest in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+            for fullest in sorted(self._pending, key=lambda k: self._pending[k].count, reverse=True):
                 self._stored(fullest)
                 if self._pending_spans <= _PENDING_SPANS // 2:
                     break
@@ -422,7 +481,7 @@ class Timeline:
         """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: no limit),
         until at most ``keep`` spans wait; True once there."""
         deadline = None if budget_s is None else time.perf_counter() + budget_s
-        for key in sorted(self._pending, key=lambda k: len(self._pending[k]), reverse=True):
+        for key in sorted(self._pending, key=lambda k: self._pending[k].count, reverse=True):
             if self._pending_spans <= keep:
                 break
             self._stored(key)
@@ -431,16 +490,23 @@ class Timeline:
         return self._pending_spans <= keep
 
     def _stored(self, key: tuple[int, int]) -> _Stored | None:
-        """The stored bucket at ``key`` with its deferred writes applied (it stays frozen)."""
+        """The stored bucket at ``key`` with its deferred writes applied (a frozen one stays frozen)."""
         table = self._fine if key[0] == _FINE else self._coarse
         deferred = self._pending.pop(key, None)
         if deferred is not None:
-            self._pending_spans -= len(deferred)
+            self._pending_spans -= deferred.count
             state = table[key[1]]
-            if isinstance(state, BucketState):
-                state.add_many(deferred, self.settings.caps)
+            caps = self.settings.caps
+            if deferred.compiled:
+                assert self._backlog is not None
+                if isinstance(state, BucketState):  # thawed meanwhile: counted on its bytes all the same
+                    table[key[1]] = frozen.thaw(self._backlog.count_into(key, frozen.freeze(state)))
+                else:
+                    table[key[1]] = self._backlog.count_into(key, state)
+            elif isinstance(state, BucketState):
+                state.add_many(deferred.spans, caps)
             else:
-                table[key[1]] = frozen.add_many(state, deferred, self.settings.caps)
+                table[key[1]] = frozen.add_many(state, deferred.spans, caps)
         return table.get(key[1])
 
     def _flush_all(self) -> None:
@@ -902,6 +968,8 @@ class Timeline:
         self._written.clear()
         self._pending.clear()
         self._pending_spans = 0
+        if self._backlog is not None:
+            self._backlog.clear()
         newest = max([*self._fine, *self._coarse], default=0)
         self._hot_from = newest - newest % HOUR_MS - HOUR_MS
         self._compactions += 1

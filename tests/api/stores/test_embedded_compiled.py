@@ -26,7 +26,7 @@ from tokentrace.core.buckets import Caps
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import format_ms
-from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings
+from tokentrace.core.timeline import HOUR_MS, MINUTE_MS, TimelineSettings, TimelineSnapshot
 
 pytestmark = [] if REQUIRED else [pytest.mark.skipif(native.decode_batch is None, reason="compiled module not built")]
 
@@ -100,6 +100,37 @@ def test_the_compiled_apply_keeps_what_the_python_apply_keeps(
         assert _traces(compiled) == _traces(reference)
     snapshot = msgspec.msgpack.encode
     assert snapshot(compiled.timeline.snapshot()) == snapshot(reference.timeline.snapshot())
+    assert compiled.timeline.generation == reference.timeline.generation
+    assert compiled.timeline._versions == reference.timeline._versions
+
+
+_snapshot = msgspec.msgpack.Decoder(TimelineSnapshot).decode
+
+
+def _decoded(store: EmbeddedStore) -> bytes:
+    """The store's timeline snapshot decoded and encoded again: frozen buckets and live ones alike, a sketch's
+    int min or max a float (as after any restart)."""
+    return msgspec.msgpack.encode(_snapshot(msgspec.msgpack.encode(store.timeline.snapshot())))
+
+
+@given(st.lists(st.lists(spans(), min_size=1, max_size=12), max_size=5), st.integers(1, 14), caps)
+@settings(max_examples=300, deadline=None)
+def test_a_back_fill_into_settled_hours_keeps_what_the_python_apply_keeps(
+    batches: list[list[Span]], max_spans: int, cap: Caps
+) -> None:
+    """With the hours before the last two settled (as after a restart), the spans 3 and 50 hours old wait in
+    the backlog (compiled) or as spans (Python) for their frozen buckets; once applied, the same state."""
+    compiled, reference = _store(max_spans, cap), _store(max_spans, cap)
+    for store in (compiled, reference):
+        store.timeline.compact(NOW)
+    for batch in batches:
+        compiled._apply(list(batch), None, NOW, compiled._compile(encode_wire(batch)))
+        with python_path():
+            reference._apply(list(batch), None, NOW)
+        assert _traces(compiled) == _traces(reference)
+    for store in (compiled, reference):
+        store.timeline.flush_pending()
+    assert _decoded(compiled) == _decoded(reference)
     assert compiled.timeline.generation == reference.timeline.generation
     assert compiled.timeline._versions == reference.timeline._versions
 

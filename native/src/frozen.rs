@@ -1,0 +1,654 @@
+//! Compiled batches counted straight into a frozen bucket's bytes: `freeze(thaw(raw)` then `add_batches`,
+//! byte for byte, with no Python object per aggregate (tokentrace/core/frozen.py's `add_batches`).
+//!
+//! A back-fill makes most of its aggregates new (a month holds some 700 hours of each series): as Python objects
+//! each costs a struct, two sketches with four dicts and two lists, and the cycle collector's attention. Here
+//! the bucket is read as msgspec wrote it, every aggregate kept as its bytes until a span reaches it, the spans
+//! are counted as `BucketState.add` counts them (series cap, attribute key and value caps, overflow counts,
+//! dict order), and the bucket is written back as msgspec would write it: untouched aggregates as the bytes
+//! they were. A bucket this code does not recognise (another layout, an int beyond 64 bits) makes it decline.
+
+use pyo3::buffer::PyBuffer;
+use pyo3::prelude::*;
+use pyo3::types::PyBytes;
+use rustc_hash::FxHashMap;
+
+use crate::aggregate::{AggregateKernel, Number};
+use crate::bucket::BucketKernel;
+use crate::msgpack::{write_array_len, write_float, write_int, write_map_len, write_str, Reader, Value};
+use crate::wire::{Text, WireBatch, WireSpan};
+
+const NANO: f64 = 1_000_000_000.0;
+/// `BucketState`'s fields, in the order msgspec writes them.
+const BUCKET_FIELDS: [&str; 4] = ["series", "attributes", "overflowed", "overflowed_series"];
+/// Fields of an `Aggregate` (array-like) and of a `Sketch`.
+const AGGREGATE_LEN: usize = 17;
+const SKETCH_LEN: usize = 6;
+
+/// What the aggregates read of one span, copied out of its batch (a backlog outlives the batch).
+#[derive(Clone, Copy)]
+pub struct Values {
+    status: u8,
+    cost_nanos: Option<i128>,
+    prompt: Option<i64>,
+    comp: i64,
+    total: i64,
+    latency: Option<Number>,
+    score: Option<f64>,
+}
+
+impl Values {
+    pub fn of(span: &WireSpan) -> Self {
+        Values {
+            status: span.status,
+            cost_nanos: span.cost_nanos,
+            prompt: span.prompt,
+            comp: span.comp,
+            total: span.total,
+            latency: span.latency,
+            score: span.score,
+        }
+    }
+}
+
+/// A sketch's `min` or `max` as Python holds it: an int stays an int.
+#[derive(Clone, Copy)]
+enum Extreme {
+    Int(i64),
+    Float(f64),
+}
+
+impl Extreme {
+    fn value(self) -> f64 {
+        match self {
+            Extreme::Int(int) => int as f64,
+            Extreme::Float(value) => value,
+        }
+    }
+
+    /// As msgspec decodes it into the field, a `float`: an int written there comes back a float.
+    fn read(reader: &mut Reader<'_>) -> Option<Self> {
+        match reader.value()? {
+            Value::Int(int) => Some(Extreme::Float(int as f64)),
+            Value::Float(value) => Some(Extreme::Float(value)),
+            _ => None,
+        }
+    }
+
+    fn write(self, out: &mut Vec<u8>) -> Option<()> {
+        match self {
+            Extreme::Int(int) => write_int(out, i128::from(int)),
+            Extreme::Float(value) => {
+                write_float(out, value);
+                Some(())
+            }
+        }
+    }
+}
+
+fn read_int(reader: &mut Reader<'_>) -> Option<i128> {
+    match reader.value()? {
+        Value::Int(int) => Some(i128::from(int)),
+        Value::Big(int) => Some(i128::from(int)),
+        _ => None,
+    }
+}
+
+/// A dict of ints by int key, in insertion order.
+#[derive(Default)]
+struct Bins {
+    order: Vec<(i64, i128)>,
+    index: FxHashMap<i64, usize>,
+}
+
+impl Bins {
+    fn add(&mut self, key: i64) {
+        match self.index.get(&key) {
+            Some(&at) => self.order[at].1 += 1,
+            None => {
+                self.index.insert(key, self.order.len());
+                self.order.push((key, 1));
+            }
+        }
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Option<Self> {
+        let len = reader.map_len()?;
+        let mut bins = Bins { order: Vec::with_capacity(len), index: FxHashMap::default() };
+        bins.index.reserve(len);
+        for at in 0..len {
+            let key = i64::try_from(read_int(reader)?).ok()?;
+            bins.order.push((key, read_int(reader)?));
+            bins.index.insert(key, at);
+        }
+        Some(bins)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+        write_map_len(out, self.order.len());
+        for &(key, n) in &self.order {
+            write_int(out, i128::from(key))?;
+            write_int(out, n)?;
+        }
+        Some(())
+    }
+}
+
+/// A `Sketch`: `[count, min, max, positive, negative, zeros]`.
+struct Sketch {
+    count: i128,
+    min: Extreme,
+    max: Extreme,
+    positive: Bins,
+    negative: Bins,
+    zeros: i128,
+}
+
+impl Sketch {
+    fn new() -> Self {
+        Sketch {
+            count: 0,
+            min: Extreme::Float(f64::INFINITY),
+            max: Extreme::Float(f64::NEG_INFINITY),
+            positive: Bins::default(),
+            negative: Bins::default(),
+            zeros: 0,
+        }
+    }
+
+    /// `Sketch.add`: `value` is `given`'s value (never NaN: the batch refused those).
+    fn add(&mut self, kernel: &AggregateKernel, value: f64, given: Extreme) {
+        self.count += 1;
+        if value < self.min.value() {
+            self.min = given;
+        }
+        if value > self.max.value() {
+            self.max = given;
+        }
+        if value > 0.0 {
+            self.positive.add(kernel.key(value));
+        } else if value < 0.0 {
+            self.negative.add(kernel.key(-value));
+        } else {
+            self.zeros += 1;
+        }
+    }
+
+    fn read(reader: &mut Reader<'_>) -> Option<Self> {
+        if reader.array_len()? != SKETCH_LEN {
+            return None;
+        }
+        Some(Sketch {
+            count: read_int(reader)?,
+            min: Extreme::read(reader)?,
+            max: Extreme::read(reader)?,
+            positive: Bins::read(reader)?,
+            negative: Bins::read(reader)?,
+            zeros: read_int(reader)?,
+        })
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+        write_array_len(out, SKETCH_LEN);
+        write_int(out, self.count)?;
+        self.min.write(out)?;
+        self.max.write(out)?;
+        self.positive.write(out)?;
+        self.negative.write(out)?;
+        write_int(out, self.zeros)
+    }
+}
+
+/// An `Aggregate`, its fields in `AGGREGATE_FIELDS` order (aggregate.rs).
+struct Aggregate {
+    /// count, ok, errors, timeouts, cost_nanos, unpriced, prompt_tokens, comp_tokens, total_tokens,
+    /// latency_count, latency_sum_us
+    sums: [i128; 11],
+    latency: Sketch,
+    latency_buckets: Vec<i128>,
+    prompt_buckets: Vec<i128>,
+    score_count: i128,
+    score_sum: i128,
+    score: Sketch,
+}
+
+const COUNT: usize = 0;
+const OK: usize = 1;
+const ERRORS: usize = 2;
+const TIMEOUTS: usize = 3;
+const COST: usize = 4;
+const UNPRICED: usize = 5;
+const PROMPT: usize = 6;
+const COMP: usize = 7;
+const TOTAL: usize = 8;
+const LATENCY_COUNT: usize = 9;
+const LATENCY_SUM: usize = 10;
+
+impl Aggregate {
+    fn new(kernel: &AggregateKernel) -> Self {
+        Aggregate {
+            sums: [0; 11],
+            latency: Sketch::new(),
+            latency_buckets: vec![0; kernel.latency_bounds.len() + 1],
+            prompt_buckets: vec![0; kernel.prompt_bounds.len() + 1],
+            score_count: 0,
+            score_sum: 0,
+            score: Sketch::new(),
+        }
+    }
+
+    /// `Aggregate.add` of the span.
+    fn add(&mut self, kernel: &AggregateKernel, span: &Values) -> Option<()> {
+        let sums = &mut self.sums;
+        sums[COUNT] += 1;
+        sums[match span.status {
+            0 => OK,
+            1 => ERRORS,
+            _ => TIMEOUTS,
+        }] += 1;
+        match span.cost_nanos {
+            None => sums[UNPRICED] += 1,
+            Some(nanos) => sums[COST] += nanos,
+        }
+        if let Some(prompt) = span.prompt {
+            sums[PROMPT] += i128::from(prompt);
+            *self.prompt_buckets.get_mut(kernel.prompt_bounds.partition_point(|b| *b < prompt as f64))? += 1;
+        }
+        sums[COMP] += i128::from(span.comp);
+        sums[TOTAL] += i128::from(span.total);
+        if let Some(latency) = span.latency {
+            sums[LATENCY_COUNT] += 1;
+            sums[LATENCY_SUM] += match latency.int {
+                Some(int) => i128::from(int) * 1000,
+                None => (latency.value * 1000.0).round_ties_even() as i128, // Python's round()
+            };
+            let given = match latency.int {
+                Some(int) => Extreme::Int(int),
+                None => Extreme::Float(latency.value),
+            };
+            self.latency.add(kernel, latency.value, given);
+            *self.latency_buckets.get_mut(kernel.latency_bounds.partition_point(|b| *b < latency.value))? += 1;
+        }
+        if let Some(score) = span.score {
+            self.score_count += 1;
+            self.score_sum += (score * NANO + if score >= 0.0 { 0.5 } else { -0.5 }).trunc() as i128;
+            self.score.add(kernel, score, Extreme::Float(score));
+        }
+        Some(())
+    }
+
+    fn read(bytes: &[u8]) -> Option<Self> {
+        let mut reader = Reader { buf: bytes, pos: 0 };
+        if reader.array_len()? != AGGREGATE_LEN {
+            return None;
+        }
+        let mut sums = [0; 11];
+        for sum in &mut sums {
+            *sum = read_int(&mut reader)?;
+        }
+        let latency = Sketch::read(&mut reader)?;
+        let mut lists = [Vec::new(), Vec::new()];
+        for list in &mut lists {
+            let len = reader.array_len()?;
+            for _ in 0..len {
+                list.push(read_int(&mut reader)?);
+            }
+        }
+        let [latency_buckets, prompt_buckets] = lists;
+        let aggregate = Aggregate {
+            sums,
+            latency,
+            latency_buckets,
+            prompt_buckets,
+            score_count: read_int(&mut reader)?,
+            score_sum: read_int(&mut reader)?,
+            score: Sketch::read(&mut reader)?,
+        };
+        (reader.pos == bytes.len()).then_some(aggregate)
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+        write_array_len(out, AGGREGATE_LEN);
+        for &sum in &self.sums {
+            write_int(out, sum)?;
+        }
+        self.latency.write(out)?;
+        for list in [&self.latency_buckets, &self.prompt_buckets] {
+            write_array_len(out, list.len());
+            for &n in list {
+                write_int(out, n)?;
+            }
+        }
+        write_int(out, self.score_count)?;
+        write_int(out, self.score_sum)?;
+        self.score.write(out)
+    }
+}
+
+/// An aggregate as stored: its bytes until a span reaches it.
+enum Slot<'a> {
+    Raw(&'a [u8]),
+    Live(Box<Aggregate>),
+}
+
+impl Slot<'_> {
+    /// The aggregate, read from its bytes on first use.
+    fn live(&mut self) -> Option<&mut Aggregate> {
+        if let Slot::Raw(bytes) = *self {
+            *self = Slot::Live(Box::new(Aggregate::read(bytes)?));
+        }
+        match self {
+            Slot::Live(aggregate) => Some(aggregate),
+            Slot::Raw(_) => None,
+        }
+    }
+
+    fn write(&self, out: &mut Vec<u8>) -> Option<()> {
+        match self {
+            Slot::Raw(bytes) => {
+                out.extend_from_slice(bytes);
+                Some(())
+            }
+            Slot::Live(aggregate) => aggregate.write(out),
+        }
+    }
+}
+
+/// A dict by text key, in insertion order.
+struct Ordered<'a, V> {
+    entries: Vec<(&'a str, V)>,
+    index: FxHashMap<&'a str, usize>,
+}
+
+impl<'a, V> Ordered<'a, V> {
+    fn new() -> Self {
+        Ordered { entries: Vec::new(), index: FxHashMap::default() }
+    }
+
+    fn len(&self) -> usize {
+        self.entries.len()
+    }
+
+    fn find(&self, key: &str) -> Option<usize> {
+        self.index.get(key).copied()
+    }
+
+    fn push(&mut self, key: &'a str, value: V) -> usize {
+        let at = self.entries.len();
+        self.index.insert(key, at);
+        self.entries.push((key, value));
+        at
+    }
+
+    fn read(reader: &mut Reader<'a>, mut value: impl FnMut(&mut Reader<'a>) -> Option<V>) -> Option<Self> {
+        let len = reader.map_len()?;
+        let mut map = Ordered { entries: Vec::with_capacity(len), index: FxHashMap::default() };
+        map.index.reserve(len);
+        for _ in 0..len {
+            let key = reader.str()?;
+            let read = value(reader)?;
+            if map.index.insert(key, map.entries.len()).is_some() {
+                return None; // a repeated key: not what msgspec writes
+            }
+            map.entries.push((key, read));
+        }
+        Some(map)
+    }
+
+    fn write(&self, out: &mut Vec<u8>, mut value: impl FnMut(&V, &mut Vec<u8>) -> Option<()>) -> Option<()> {
+        write_map_len(out, self.entries.len());
+        for (key, item) in &self.entries {
+            write_str(out, key);
+            value(item, out)?;
+        }
+        Some(())
+    }
+}
+
+type Groups<'a> = Ordered<'a, Slot<'a>>;
+
+/// A `BucketState`, its aggregates left as bytes.
+struct Bucket<'a> {
+    series: Groups<'a>,
+    attributes: Ordered<'a, Ordered<'a, Groups<'a>>>,
+    overflowed: i128,
+    overflowed_series: i128,
+}
+
+fn read_groups<'a>(reader: &mut Reader<'a>) -> Option<Groups<'a>> {
+    Ordered::read(reader, |reader| reader.raw().map(Slot::Raw))
+}
+
+/// The caps and constant texts of a call.
+pub struct Rules<'a> {
+    pub kernel: &'a AggregateKernel,
+    pub overflow: &'a str,
+    pub overflow_series: &'a str,
+    pub max_attribute_keys: usize,
+    pub max_attribute_values: usize,
+    pub max_series: usize,
+}
+
+impl<'a> Bucket<'a> {
+    fn read(raw: &'a [u8]) -> Option<Self> {
+        let mut reader = Reader { buf: raw, pos: 0 };
+        let mut bucket =
+            Bucket { series: Ordered::new(), attributes: Ordered::new(), overflowed: 0, overflowed_series: 0 };
+        let fields = reader.map_len()?;
+        for _ in 0..fields {
+            match reader.str()? {
+                "series" => bucket.series = read_groups(&mut reader)?,
+                "attributes" => {
+                    bucket.attributes =
+                        Ordered::read(&mut reader, |reader| Ordered::read(reader, |reader| read_groups(reader)))?
+                }
+                "overflowed" => bucket.overflowed = read_int(&mut reader)?,
+                "overflowed_series" => bucket.overflowed_series = read_int(&mut reader)?,
+                _ => return None,
+            }
+        }
+        (reader.pos == raw.len()).then_some(bucket)
+    }
+
+    fn write(&self) -> Option<Vec<u8>> {
+        let mut out = Vec::new();
+        write_map_len(&mut out, BUCKET_FIELDS.len());
+        write_str(&mut out, BUCKET_FIELDS[0]);
+        self.series.write(&mut out, Slot::write)?;
+        write_str(&mut out, BUCKET_FIELDS[1]);
+        self.attributes
+            .write(&mut out, |values, out| values.write(out, |by_series, out| by_series.write(out, Slot::write)))?;
+        write_str(&mut out, BUCKET_FIELDS[2]);
+        write_int(&mut out, self.overflowed)?;
+        write_str(&mut out, BUCKET_FIELDS[3]);
+        write_int(&mut out, self.overflowed_series)?;
+        Some(out)
+    }
+
+    /// `BucketState.add` of one span: its series key, its grouped attributes (name and text) and values.
+    fn add(&mut self, own: &'a str, attributes: &[(&'a str, &'a str)], span: &Values, rules: &Rules<'a>) -> Option<()> {
+        let kernel = rules.kernel;
+        // The series cap (`BucketState._admit`).
+        let series = &mut self.series;
+        let admitted = series.find(own).is_some()
+            || own == rules.overflow_series
+            || series.len() - usize::from(series.find(rules.overflow_series).is_some()) < rules.max_series;
+        let key = if admitted {
+            own
+        } else {
+            self.overflowed_series += 1;
+            rules.overflow_series
+        };
+        let at = match series.find(key) {
+            Some(at) => at,
+            None => series.push(key, Slot::Live(Box::new(Aggregate::new(kernel)))),
+        };
+        series.entries[at].1.live()?.add(kernel, span)?;
+        // Attribute groups (`BucketState._attribute_groups`); the score and floats are not among them.
+        for &(name, value) in attributes {
+            let attributes = &mut self.attributes;
+            let values = match attributes.find(name) {
+                Some(at) => at,
+                None if attributes.len() >= rules.max_attribute_keys => {
+                    self.overflowed += 1;
+                    continue;
+                }
+                None => attributes.push(name, Ordered::new()),
+            };
+            let values = &mut attributes.entries[values].1;
+            let by_series = match values.find(value) {
+                Some(at) => at,
+                None => {
+                    let mut slot = value;
+                    if values.len() >= rules.max_attribute_values {
+                        self.overflowed += 1;
+                        slot = rules.overflow;
+                    }
+                    match values.find(slot) {
+                        Some(at) => at,
+                        None => values.push(slot, Ordered::new()),
+                    }
+                }
+            };
+            let by_series = &mut values.entries[by_series].1;
+            let group = match by_series.find(key) {
+                Some(at) => at,
+                None => by_series.push(key, Slot::Live(Box::new(Aggregate::new(kernel)))),
+            };
+            by_series.entries[group].1.live()?.add(kernel, span)?;
+        }
+        Some(())
+    }
+}
+
+/// Spans waiting for one frozen bucket, their texts in one arena.
+#[derive(Default)]
+struct Pending {
+    /// Each span's values, series key and grouped attributes (a range of `attributes`).
+    rows: Vec<(Values, Text, (usize, usize))>,
+    attributes: Vec<(Text, Text)>,
+    arena: String,
+}
+
+impl Pending {
+    fn text(&mut self, text: &str) -> Text {
+        let from = self.arena.len();
+        self.arena.push_str(text);
+        (from, self.arena.len())
+    }
+
+    fn push(&mut self, batch: &WireBatch, span: &WireSpan) {
+        let series = self.text(batch.text(batch.series[span.series as usize]));
+        let from = self.attributes.len();
+        for &(name, grouping) in &batch.attributes[span.attributes.0..span.attributes.1] {
+            if let Some(value) = grouping {
+                let name = self.text(batch.text(batch.strings[name as usize]));
+                let value = self.text(batch.text(batch.strings[value as usize]));
+                self.attributes.push((name, value));
+            }
+        }
+        self.rows.push((Values::of(span), series, (from, self.attributes.len())));
+    }
+
+    /// The frozen bucket `raw` with every row counted, in order; `None` for a layout not recognised.
+    fn count_into(&self, raw: &[u8], rules: &Rules<'_>) -> Option<Vec<u8>> {
+        let text = |(from, to): Text| &self.arena[from..to];
+        let mut bucket = Bucket::read(raw)?;
+        let mut attributes = Vec::new();
+        for (values, series, (from, to)) in &self.rows {
+            attributes.clear();
+            attributes.extend(self.attributes[*from..*to].iter().map(|&(name, value)| (text(name), text(value))));
+            bucket.add(text(*series), &attributes, values, rules)?;
+        }
+        bucket.write()
+    }
+}
+
+/// Back-filled spans waiting for their frozen buckets (``Timeline._defer``), kept as compact rows rather than
+/// their batches: a bucket is counted in one pass over its rows, which sit together in memory (a batch's spans
+/// spread over hundreds of buckets; reading them back from the batches made most of the pass cache misses).
+#[pyclass(module = "tokentrace._native")]
+pub struct Backlog {
+    kernel: Py<BucketKernel>,
+    pending: FxHashMap<(i64, i64), Pending>,
+}
+
+#[pymethods]
+impl Backlog {
+    #[new]
+    fn new(kernel: Py<BucketKernel>) -> Self {
+        Backlog { kernel, pending: FxHashMap::default() }
+    }
+
+    /// Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)``, the bucket's key
+    /// and the batch's minutes that count in it, whose spans are queued minute by minute in that order (as
+    /// ``Timeline.add_many`` counts a batch).
+    fn add(&mut self, batch: &Bound<'_, WireBatch>, plan: Vec<(i64, i64, Vec<i64>)>) {
+        let batch = batch.get();
+        for (kind, start, minutes) in plan {
+            let pending = self.pending.entry((kind, start)).or_default();
+            for minute in minutes {
+                for span in batch.spans_in(std::slice::from_ref(&minute)) {
+                    pending.push(batch, span);
+                }
+            }
+        }
+    }
+
+    /// Spans queued for the bucket ``(kind, start)``.
+    fn queued(&self, kind: i64, start: i64) -> usize {
+        self.pending.get(&(kind, start)).map_or(0, |pending| pending.rows.len())
+    }
+
+    /// The frozen bucket ``raw`` (a ``BucketState`` as msgspec encodes it) with the spans queued for
+    /// ``(kind, start)`` counted (as ``BucketState.add`` of each in order: caps, overflow counts, dict order),
+    /// encoded as msgspec would: the aggregates no span reaches copied as their bytes. ``None``, with the spans
+    /// still queued, for a layout not recognised (another build's, or an int beyond 64 bits).
+    #[allow(clippy::too_many_arguments)]
+    fn count_into<'py>(
+        &mut self,
+        py: Python<'py>,
+        kind: i64,
+        start: i64,
+        raw: PyBuffer<u8>,
+        max_attribute_keys: usize,
+        max_attribute_values: usize,
+        max_series: usize,
+    ) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let Some(pending) = self.pending.get(&(kind, start)) else {
+            return Ok(None);
+        };
+        if !raw.is_c_contiguous() {
+            return Ok(None);
+        }
+        // SAFETY: a C-contiguous buffer of `len_bytes` bytes, held (alive and unchanged: msgspec.Raw and bytes
+        // are immutable) by `raw` for the whole call.
+        let bytes = unsafe { std::slice::from_raw_parts(raw.buf_ptr() as *const u8, raw.len_bytes()) };
+        let kernel = self.kernel.get();
+        let overflow = kernel.overflow.bind(py).to_str()?;
+        let overflow_series = [overflow; 3].join(&kernel.sep);
+        let rules = Rules {
+            kernel: kernel.aggregates.get(),
+            overflow,
+            overflow_series: &overflow_series,
+            max_attribute_keys,
+            max_attribute_values,
+            max_series,
+        };
+        let Some(counted) = pending.count_into(bytes, &rules) else {
+            return Ok(None);
+        };
+        self.pending.remove(&(kind, start));
+        Ok(Some(PyBytes::new(py, &counted)))
+    }
+
+    /// Drop what waits for ``(kind, start)`` (the bucket was replaced or retired whole).
+    fn discard(&mut self, kind: i64, start: i64) {
+        self.pending.remove(&(kind, start));
+    }
+
+    /// Drop everything queued.
+    fn clear(&mut self) {
+        self.pending.clear();
+    }
+}
