@@ -94,34 +94,52 @@ fn read_int(reader: &mut Reader<'_>) -> Option<i128> {
     }
 }
 
+/// Bins past this many are found through a hash index; below, by a scan (most sketches hold a few: a bucket's
+/// aggregate of a handful of spans).
+const SCANNED_BINS: usize = 16;
+
 /// A dict of ints by int key, in insertion order.
 #[derive(Default)]
 struct Bins {
     order: Vec<(i64, i128)>,
-    index: FxHashMap<i64, usize>,
+    /// Key -> place in `order`, once there are more than `SCANNED_BINS`.
+    index: Option<FxHashMap<i64, usize>>,
 }
 
 impl Bins {
     fn add(&mut self, key: i64) {
-        match self.index.get(&key) {
-            Some(&at) => self.order[at].1 += 1,
+        let found = match &self.index {
+            Some(index) => index.get(&key).copied(),
+            None => self.order.iter().position(|&(bin, _)| bin == key),
+        };
+        match found {
+            Some(at) => self.order[at].1 += 1,
             None => {
-                self.index.insert(key, self.order.len());
                 self.order.push((key, 1));
+                match &mut self.index {
+                    Some(index) => {
+                        index.insert(key, self.order.len() - 1);
+                    }
+                    None if self.order.len() > SCANNED_BINS => self.index = Some(Self::indexed(&self.order)),
+                    None => {}
+                }
             }
         }
     }
 
+    fn indexed(order: &[(i64, i128)]) -> FxHashMap<i64, usize> {
+        order.iter().enumerate().map(|(at, &(key, _))| (key, at)).collect()
+    }
+
     fn read(reader: &mut Reader<'_>) -> Option<Self> {
         let len = reader.map_len()?;
-        let mut bins = Bins { order: Vec::with_capacity(len), index: FxHashMap::default() };
-        bins.index.reserve(len);
-        for at in 0..len {
+        let mut order = Vec::with_capacity(len);
+        for _ in 0..len {
             let key = i64::try_from(read_int(reader)?).ok()?;
-            bins.order.push((key, read_int(reader)?));
-            bins.index.insert(key, at);
+            order.push((key, read_int(reader)?));
         }
-        Some(bins)
+        let index = (len > SCANNED_BINS).then(|| Self::indexed(&order));
+        Some(Bins { order, index })
     }
 
     fn write(&self, out: &mut Vec<u8>) -> Option<()> {
