@@ -35,10 +35,12 @@ class Server:
         self.data_dir = data_dir
         self.log = data_dir.parent / f"{data_dir.name}.log"
         command = [*(prefix or [sys.executable]), "-m", "tokentrace", "serve", "--addr", f"127.0.0.1:{self.port}"]
-        command += ["--data-dir", str(data_dir), *(extra or [])]
+        command += ["--data-dir", str(data_dir.absolute()), *(extra or [])]
         data_dir.parent.mkdir(parents=True, exist_ok=True)
+        # Started in the data's directory: ``-m`` looks in the working directory first, so a server started from
+        # a checkout would import that checkout's tokentrace whatever the interpreter (a baseline's ``prefix``).
         with open(self.log, "wb") as log:
-            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=data_dir.parent)
         self._wait_healthy()
 
     def _wait_healthy(self, timeout_s: float = 300.0) -> None:
