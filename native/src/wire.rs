@@ -105,8 +105,9 @@ pub struct WireSpan {
     pub json: (usize, usize),
 }
 
-/// A bucket's start, its spans, and its place among the batch's buckets (`WireBatch.grouped`).
-type Placed = (i64, usize, usize);
+/// Buckets grouped by a longer span (`WireBatch.grouped`): its start, the buckets' starts, their spans, their
+/// places among the batch's buckets, and the spans of all.
+type Group = (i64, Vec<i64>, Vec<usize>, Vec<usize>, usize);
 
 /// The spans' indices sorted by bucket, and each bucket's range in them.
 type BucketIndex = (Vec<u32>, FxHashMap<i64, (usize, usize)>);
@@ -621,18 +622,22 @@ impl WireBatch {
         seen
     }
 
-    /// `buckets` grouped by the span of `size` ms each falls in: `(start of the span, [(bucket start, spans in
-    /// it, its place in buckets)])`, in order of first appearance, each group's buckets in theirs.
-    fn grouped(&self, size: i64) -> Vec<(i64, Vec<Placed>)> {
-        let mut groups: Vec<(i64, Vec<Placed>)> = Vec::new();
+    /// `buckets` grouped by the span of `size` ms each falls in, in order of first appearance: `(start of the
+    /// span, its buckets' starts, their spans, their places in buckets, the spans of all)`.
+    fn grouped(&self, size: i64) -> Vec<Group> {
+        let mut groups: Vec<Group> = Vec::new();
         let mut index: FxHashMap<i64, usize> = FxHashMap::default();
         for (place, (bucket, count)) in self.buckets().into_iter().enumerate() {
-            let group = bucket - bucket.rem_euclid(size);
-            let at = *index.entry(group).or_insert_with(|| {
-                groups.push((group, Vec::new()));
+            let start = bucket - bucket.rem_euclid(size);
+            let at = *index.entry(start).or_insert_with(|| {
+                groups.push((start, Vec::new(), Vec::new(), Vec::new(), 0));
                 groups.len() - 1
             });
-            groups[at].1.push((bucket, count, place));
+            let group = &mut groups[at];
+            group.1.push(bucket);
+            group.2.push(count);
+            group.3.push(place);
+            group.4 += count;
         }
         groups
     }

@@ -122,3 +122,41 @@ def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(
     compiled.compact(NOW)
     reference.compact(NOW)
     assert _answers(compiled) == _answers(reference)
+
+
+def test_what_waits_for_settled_buckets_is_bounded_in_spans_and_in_span_objects(monkeypatch: Any) -> None:
+    """Past ``_PENDING_SPANS`` waiting spans (rows or objects), or ``_PENDING_OBJECTS`` as objects, the fullest
+    buckets take theirs at once, down to half; the answers are the same as with nothing deferred."""
+    from tokentrace.core import timeline as timeline_module
+
+    monkeypatch.setattr(timeline_module, "_PENDING_SPANS", 40)
+    monkeypatch.setattr(timeline_module, "_PENDING_OBJECTS", 10)
+    deferred, reference = Timeline(), Timeline()
+    hours_before = deferred.hours_before(NOW)
+
+    def batch(seed: int, count: int) -> list[Span]:
+        return [
+            Span(model="m", prompt_tokens=seed + n, latency_ms=n + 1, started_at=format_ms(NOW - (3 + n % 5) * DAY_MS))
+            for n in range(count)
+        ]
+
+    for timeline in (deferred, reference):  # settled hours, frozen
+        seed = batch(0, 20)
+        timeline.add_many(seed, [span.stamp(NOW) for span in seed], hours_before)
+        timeline.compact(NOW)
+        timeline.compact(NOW)
+    for round_ in range(12):
+        spans = batch(round_ * 100, 7)
+        times = [span.stamp(NOW) for span in spans]
+        wire = _compiled(spans, times) if round_ % 2 else None
+        if wire is None:
+            deferred.add_many(spans, times, hours_before)
+        else:
+            deferred.add_batch(wire, hours_before)
+        reference.add_many(spans, times, hours_before)
+        reference.flush_pending()
+        assert deferred.pending_spans <= 40 and deferred._pending_objects <= 10
+    assert deferred.pending_spans > 0
+    deferred.compact(NOW)
+    reference.compact(NOW)
+    assert _answers(deferred) == _answers(reference)

@@ -21,9 +21,9 @@ class DeferredWrites:
 
     __slots__ = ("compiled", "spans")
 
-    def __init__(self) -> None:
+    def __init__(self, compiled: int = 0) -> None:
         self.spans: list[Span] = []
-        self.compiled = 0
+        self.compiled = compiled
 
     @property
     def count(self) -> int:
@@ -32,7 +32,3 @@ class DeferredWrites:
     def add_spans(self, spans: Sequence[Span]) -> None:
         assert not self.compiled, "apply the compiled spans first"
         self.spans.extend(spans)
-
-    def add_compiled(self, count: int) -> None:
-        assert not self.spans, "apply the spans first"
-        self.compiled += count

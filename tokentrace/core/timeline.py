@@ -139,12 +139,14 @@ _WINDOW_MEMO_GROUPS = 4096
 _BLOCK_MEMO_BYTES = 48 * 2**20
 #: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
 _BUCKET_MEMO_SIZE = 1024
-#: Spans waiting for their frozen buckets (a back-fill: the same objects the trace index holds, or compact rows of
-#: compiled batches' spans in ``frozen.Backlog``) before the fullest buckets take theirs at once; the store's
-#: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. Each bucket's pass costs about
-#: the same whatever it applies (its bytes are read and written whole): the more wait, the cheaper a span.
-_PENDING_SPANS = 100_000
-FLUSH_FROM = 40_000
+#: Spans waiting for their frozen buckets (a back-fill) before the fullest buckets take theirs at once; the store's
+#: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. A bucket's pass reads and
+#: writes its bytes whole, whatever it applies (~0.2 ms for an hour of a 10M-span month): the more wait, the cheaper
+#: a span. Compiled batches' spans wait as rows of ~150 bytes (``frozen.Backlog``: 45 MB at the bound).
+_PENDING_SPANS = 300_000
+FLUSH_FROM = 150_000
+#: ... of which at most this many as ``Span`` objects (a batch the compiled decoder left to Python; ~1 KB each).
+_PENDING_OBJECTS = 50_000
 #: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
 #: built-in dimension; by series, day memos only (what ``lifetime_parts`` reads).
 _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in BUILTIN_DIMENSIONS))
@@ -179,6 +181,7 @@ class Timeline:
         #: Writes into frozen buckets before ``_hot_from``, not applied yet (``_defer``), and their count of spans.
         self._pending: dict[tuple[int, int], DeferredWrites] = {}
         self._pending_spans = 0
+        self._pending_objects = 0
         #: The compiled spans of ``_pending`` (made on the first compiled batch).
         self._backlog: frozen.Backlog | None = None
         self._compactions = 0
@@ -289,15 +292,15 @@ class Timeline:
         settled: dict[tuple[int, int], tuple[list[int], int]] = {}
         others: list[tuple[int, int, int]] = []
         other_hours = 0
-        for hour, minutes in batch.grouped(HOUR_MS):
+        for hour, starts, counts, places, total in batch.grouped(HOUR_MS):
             # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own.
             if hour < hot_from and type(coarse.get(hour, BucketState)) is msgspec.Raw:
                 if fine_from is None:
                     fine_from = min(fine, default=_NEVER)
                 if hour + HOUR_MS <= fine_from:
-                    settled[(_COARSE, hour)] = ([start for start, _, _ in minutes], sum(n for _, n, _ in minutes))
+                    settled[(_COARSE, hour)] = (starts, total)
                     continue
-            others.extend(minutes)
+            others.extend(zip(starts, counts, places, strict=True))
             other_hours += 1
         if other_hours > 1:
             others.sort(key=_third)  # in order of first appearance, as ``add_many`` makes the buckets
@@ -318,25 +321,40 @@ class Timeline:
             self._written.add(key)
         if targets:
             BucketState.add_batch_to(targets, batch, self.settings.caps)
-        if not settled:
-            return
+        if settled:
+            self._queue(batch, settled)
+
+    def _queue(self, batch: WireBatch, settled: dict[tuple[int, int], tuple[list[int], int]]) -> None:
+        """Queue a batch's spans for settled buckets in the backlog: ``settled`` maps a bucket's key to the batch's
+        minutes counting in it and their spans. Versions and generation as ``_counted`` of each minute (a key's
+        minutes share its hour and day)."""
         backlog = self._backlog
         if backlog is None:
             backlog = self._backlog = frozen.Backlog(self.settings.caps)
-        plan: list[tuple[int, int, list[int]]] = []
         pending, versions = self._pending, self._versions
-        for key, (starts, count) in settled.items():
-            self._pending_spans += count
+        days: dict[int, int] = {}
+        added = 0
+        for key, (_, count) in settled.items():
+            start = key[1]
             versions[key] = versions.get(key, 0) + count
-            self._touch(key[1], count)  # the same hour and day as each of its minutes
+            hour = (HOUR_MS, start - start % HOUR_MS)
+            versions[hour] = versions.get(hour, 0) + count
+            day = start - start % DAY_MS
+            days[day] = days.get(day, 0) + count
+            added += count
             queued = pending.get(key)
-            if queued is None or queued.spans:
-                if queued is not None:
-                    self._stored(key)  # spans queued before these: theirs first
-                queued = pending[key] = DeferredWrites()
-            queued.add_compiled(count)
-            plan.append((key[0], key[1], starts))
-        backlog.add(batch, plan)
+            if queued is None:
+                pending[key] = DeferredWrites(count)
+            elif queued.spans:
+                self._stored(key)  # spans queued before these: theirs first
+                pending[key] = DeferredWrites(count)
+            else:
+                queued.compiled += count
+        for day, count in days.items():
+            versions[(DAY_MS, day)] = versions.get((DAY_MS, day), 0) + count
+        self.generation += added
+        self._pending_spans += added
+        backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
         self._bound_pending()
 
     def _counted(self, key: tuple[int, int], start: int, count: int) -> None:
@@ -364,6 +382,7 @@ class Timeline:
         dropped = self._pending.pop((kind, start), None)
         if dropped is not None:
             self._pending_spans -= dropped.count
+            self._pending_objects -= len(dropped.spans)
             if self._backlog is not None:
                 self._backlog.discard((kind, start))
         if state is None:
@@ -462,14 +481,22 @@ class Timeline:
             queued = self._pending[key] = DeferredWrites()
         queued.add_spans(spans)
         self._pending_spans += len(spans)
+        self._pending_objects += len(spans)
         self._bound_pending()
 
     def _bound_pending(self) -> None:
-        """Once more than ``_PENDING_SPANS`` wait, apply them, the buckets with the most first, down to half."""
+        """Once more than ``_PENDING_SPANS`` spans (or ``_PENDING_OBJECTS`` of them as objects) wait, apply them,
+        the buckets with the most first, down to half."""
+        pending = self._pending
         if self._pending_spans > _PENDING_SPANS:
-            for fullest in sorted(self._pending, key=lambda k: self._pending[k].count, reverse=True):
+            for fullest in sorted(pending, key=lambda k: pending[k].count, reverse=True):
                 self._stored(fullest)
                 if self._pending_spans <= _PENDING_SPANS // 2:
+                    break
+        if self._pending_objects > _PENDING_OBJECTS:
+            for fullest in sorted(pending, key=lambda k: len(pending[k].spans), reverse=True):
+                self._stored(fullest)
+                if self._pending_objects <= _PENDING_OBJECTS // 2:
                     break
 
     @property
@@ -495,6 +522,7 @@ class Timeline:
         deferred = self._pending.pop(key, None)
         if deferred is not None:
             self._pending_spans -= deferred.count
+            self._pending_objects -= len(deferred.spans)
             state = table[key[1]]
             caps = self.settings.caps
             if deferred.compiled:
@@ -968,6 +996,7 @@ class Timeline:
         self._written.clear()
         self._pending.clear()
         self._pending_spans = 0
+        self._pending_objects = 0
         if self._backlog is not None:
             self._backlog.clear()
         newest = max([*self._fine, *self._coarse], default=0)

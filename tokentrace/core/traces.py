@@ -135,8 +135,8 @@ class TraceIndex:
             trace = self._traces[span.trace_id] = StoredTrace(span.trace_id)
         trace.add(span)
         self.span_count += 1
-        while self.span_count > self.max_spans and len(self._traces) > 1:
-            self._evict_oldest()
+        if self.span_count > self.max_spans:
+            self._evict_excess()
 
     def add_batch(self, spans: list[Span], batch: WireBatch) -> None:
         """``add`` of each of ``spans`` in order, given their compiled batch (``native.decode_batch``, the same
@@ -156,8 +156,8 @@ class TraceIndex:
         table = self._traces
         compiled(table, StoredTrace, spans, batch)
         self.span_count += count
-        while self.span_count > self.max_spans and len(table) > 1:
-            self._evict_oldest()
+        if self.span_count > self.max_spans:
+            self._evict_excess()
 
     def _evicts_untouched(self, excess: int, count: int, touched: set[str]) -> bool:
         """Whether adding ``count`` spans one by one would evict only traces none of them belongs to: the
@@ -172,6 +172,19 @@ class TraceIndex:
             if gone >= excess:
                 return True
         return False
+
+    def _evict_excess(self) -> None:
+        """Evict the oldest traces until at most ``max_spans`` spans are kept (the newest trace stays, however
+        many spans it holds). One loop for all of them: a full index evicts a trace per trace it takes."""
+        table = self._traces
+        excess = self.span_count - self.max_spans
+        freed = evicted = 0
+        popitem = table.popitem
+        while freed < excess and len(table) > 1:
+            freed += len(popitem(False)[1].spans)
+            evicted += 1
+        self.span_count -= freed
+        self.evicted_traces += evicted
 
     def _evict_oldest(self) -> None:
         _, trace = self._traces.popitem(last=False)
