@@ -7,17 +7,21 @@ Two kinds of bodies, built up front, each span unique (``--modes``):
 - ``backfill``: spans spread uniformly over the last 30 days (the aggregate retention): 60 model/provider/caller
   series, a 6-value attribute, eval scores on most spans, no ``cost_usd`` (the server prices them).
 
-For every client count a fresh ``tokentrace serve`` subprocess on a loopback port takes one more batch first
-(its first request loads the price table, a one-off ~0.3 CPU-second), then all bodies from that many concurrent
-aiohttp clients; the rate is spans acknowledged (202, i.e. fsync'd) per wall second, and per
-second of server CPU (user + system of the whole process, the fsync thread included). The baseline decodes the
-same bodies with an untyped ``msgspec.json.decode`` in this process (and, for reference, with
-``tokentrace.core.codec.decode_json_spans``); the ratio is the server's CPU rate over the baseline's.
+For every client count, each of ``--rounds`` fresh ``tokentrace serve`` subprocesses on a loopback port takes
+one more batch first (its first request loads the price table, a one-off ~0.3 CPU-second) and ``--fill`` batches
+of other spans (by default 100k spans: the trace index's default ``storage.max_spans``, so the measured batches
+meet a full index that evicts, as on a server that has run a while), then all bodies from that many concurrent
+aiohttp clients; the rate is spans acknowledged (202, i.e. fsync'd) per wall second, and per second of server
+CPU (user + system of the whole process, the fsync thread included); the median round is the figure (this
+machine's rounds differ by up to a third). The baseline decodes the same bodies with an untyped
+``msgspec.json.decode`` in this process (and, for reference, with ``tokentrace.core.codec.decode_json_spans``);
+the ratio is the server's CPU rate over the baseline's.
 
 ``--profile`` also runs the server under cProfile (main thread only: fsync runs in a thread) and lists the
 phases of its path by cumulative time, then the functions by own time.
 
-    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--clients 4] [--modes current,backfill] [--profile]
+    .venv/bin/python bench/ingest_embedded.py [--batches 100] [--fill 100] [--rounds 3] [--clients 4]
+        [--modes current,backfill] [--profile]
 """
 
 from __future__ import annotations
@@ -177,15 +181,17 @@ async def read_window(url: str) -> float:
 
 
 def serve_and_post(
-    work: Path, bodies: list[bytes], clients: int, warm_up: bytes, prefix: list[str] | None = None
+    work: Path, bodies: list[bytes], clients: int, warm_up: list[bytes], prefix: list[str] | None = None
 ) -> tuple[Rate, Rate]:
-    """A fresh server takes ``warm_up`` (its first request loads the price table), then every body; the rate
-    of the bodies by wall time and by the server's CPU time, then the same through the first
-    ``/metrics?window=30d`` after them: a back-fill's spans may wait for their settled buckets' next pass
-    (``Timeline._defer``), which that read makes (with the query's own work: the conservative figure)."""
+    """A fresh server takes ``warm_up`` (its first request loads the price table; the rest fill its trace
+    index), then every body; the rate of the bodies by wall time and by the server's CPU time, then the same
+    through the first ``/metrics?window=30d`` after them: a back-fill's spans may wait for their settled
+    buckets' next pass (``Timeline._defer``), which that read makes (with the query's own work: the
+    conservative figure)."""
     server = Server(work / f"data-{clients}-{len(list(work.iterdir()))}", prefix=prefix)
     try:
-        asyncio.run(post_all(server.url, [warm_up], 1))
+        asyncio.run(post_all(server.url, warm_up[:1], 1))
+        asyncio.run(post_all(server.url, warm_up[1:], clients))
         cpu_before = server.cpu_s()
         wall = asyncio.run(post_all(server.url, bodies, clients))
         cpu = server.cpu_s() - cpu_before
@@ -239,6 +245,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--batches", type=int, default=100, help="batches of 1000 spans per client count")
     parser.add_argument("--clients", default="4", help="comma-separated concurrent client counts")
+    parser.add_argument("--fill", type=int, default=100, help="batches of other spans posted before measuring")
+    parser.add_argument("--rounds", type=int, default=3, help="fresh servers per client count; the median counts")
     parser.add_argument("--modes", default="current,backfill", help="comma-separated: current, backfill")
     parser.add_argument("--profile", action="store_true", help="also run the server under cProfile (4 clients)")
     parser.add_argument("--profile-top", type=int, default=25)
@@ -252,12 +260,16 @@ def main() -> None:
         print(line, flush=True)
         lines.append(line)
 
-    say(f"- goal: 200,000 spans per server CPU-second, batches of {BATCH}, {args.batches} batches per run")
+    say(
+        f"- goal: 200,000 spans per server CPU-second, batches of {BATCH}, {args.batches} batches per round after "
+        f"{args.fill} batches of others, median of {args.rounds} rounds"
+    )
     with tempfile.TemporaryDirectory(prefix="tokentrace-bench-") as tmp:
         work = Path(tmp)
         for mode in args.modes.split(","):
             began = time.perf_counter()
             warm_up, *bodies = MODES[mode](args.batches + 1, 1)
+            fill = MODES[mode](args.fill, 2)
             size = sum(map(len, bodies)) / len(bodies)
             print(
                 f"built {args.batches} {mode} bodies ({size / 1024:.0f} KiB each) in {time.perf_counter() - began:.1f}s"
@@ -268,10 +280,15 @@ def main() -> None:
             say(f"  - baseline, untyped `msgspec.json.decode` of the same bodies: {untyped.line()}")
             say(f"  - `decode_json_spans` of the same bodies (reference): {typed.line()}")
             for clients in client_counts:
-                rate, read = serve_and_post(work, bodies, clients, warm_up)
+                rounds = sorted(
+                    (serve_and_post(work, bodies, clients, [warm_up, *fill]) for _ in range(args.rounds)),
+                    key=lambda measured: measured[0].cpu_s,
+                )
+                rate, read = rounds[len(rounds) // 2]
+                each = ", ".join(f"{measured.spans / measured.cpu_s:,.0f}" for measured, _ in reversed(rounds))
                 say(
-                    f"  - `tokentrace serve`, {clients} client(s): {rate.line()}; "
-                    f"server CPU rate / baseline = {rate.spans / rate.cpu_s / baseline:.3f}"
+                    f"  - `tokentrace serve`, {clients} client(s), median round: {rate.line()}; "
+                    f"server CPU rate / baseline = {rate.spans / rate.cpu_s / baseline:.3f} (rounds: {each})"
                 )
                 say(
                     f"    - through the first `/metrics?window=30d` after them: {read.line()}; "
@@ -280,7 +297,7 @@ def main() -> None:
             if args.profile:
                 stats_path = work / f"server-{mode}.prof"
                 profiled, _ = serve_and_post(
-                    work, bodies, 4, warm_up, prefix=[sys.executable, "-m", "cProfile", "-o", str(stats_path)]
+                    work, bodies, 4, [warm_up, *fill], prefix=[sys.executable, "-m", "cProfile", "-o", str(stats_path)]
                 )
                 say(f"  - under cProfile (4 clients, overhead included): {profiled.line()}")
                 for line in profile_lines(stats_path, args.profile_top, profiled.spans):

@@ -143,39 +143,44 @@ class TraceIndex:
         spans): the same traces, totals and order, with one compiled step per trace, not per span
         (``native.add_to_traces``).
 
-        When the spans push the index over ``max_spans`` and a trace that ``add`` would evict meanwhile is one
-        they add to (it would come back holding only its later spans), ``add`` runs span by span instead.
+        When the spans push the index over ``max_spans``, ``add`` would evict the oldest traces holding the
+        excess as it went; they are found first, in one pass (``_oldest``). When one of them is a trace the
+        spans add to (it would come back holding only its later spans), or the index's traces do not hold the
+        excess, ``add`` runs span by span instead.
         """
         count = len(spans)
         excess = self.span_count + count - self.max_spans
         compiled = native.add_to_traces
-        if compiled is None or (excess > 0 and not self._evicts_untouched(excess, count, batch.trace_ids())):
+        evicted: tuple[int, int] | None = (0, 0)
+        if excess > 0:
+            evicted = self._oldest(excess, batch.trace_ids()) if count <= self.max_spans else None
+        if compiled is None or evicted is None:
             for span in spans:
                 self.add(span)
             return
-        table = self._traces
-        compiled(table, StoredTrace, spans, batch)
-        self.span_count += count
-        if self.span_count > self.max_spans:
-            self._evict_excess()
+        compiled(self._traces, StoredTrace, spans, batch)
+        traces, freed = evicted
+        popitem = self._traces.popitem
+        for _ in range(traces):
+            popitem(False)
+        self.span_count += count - freed
+        self.evicted_traces += traces
 
-    def _evicts_untouched(self, excess: int, count: int, touched: set[str]) -> bool:
-        """Whether adding ``count`` spans one by one would evict only traces none of them belongs to: the
-        oldest traces holding ``excess`` spans, none in ``touched``, and never one of the new spans' traces."""
-        if count > self.max_spans:
-            return False
-        gone = 0
-        for trace in self._traces.values():
+    def _oldest(self, excess: int, touched: set[str]) -> tuple[int, int] | None:
+        """How many of the oldest traces hold ``excess`` spans, and their spans: ``(traces, spans)``; None when
+        one of them is in ``touched`` or all of them hold fewer."""
+        freed = 0
+        for traces, trace in enumerate(self._traces.values(), 1):
             if trace.trace_id in touched:
-                return False
-            gone += len(trace.spans)
-            if gone >= excess:
-                return True
-        return False
+                return None
+            freed += len(trace.spans)
+            if freed >= excess:
+                return traces, freed
+        return None
 
     def _evict_excess(self) -> None:
         """Evict the oldest traces until at most ``max_spans`` spans are kept (the newest trace stays, however
-        many spans it holds). One loop for all of them: a full index evicts a trace per trace it takes."""
+        many spans it holds)."""
         table = self._traces
         excess = self.span_count - self.max_spans
         freed = evicted = 0

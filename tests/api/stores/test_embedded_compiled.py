@@ -150,6 +150,31 @@ def test_ingest_takes_the_compiled_path_for_a_usual_batch() -> None:
     assert store.span_total == 3
 
 
+def test_a_full_index_takes_a_batch_of_new_traces_in_one_compiled_step_and_evicts_the_oldest() -> None:
+    store = _store(4, Caps())
+
+    def batch(*traces: str) -> list[Span]:
+        spans = [
+            Span(trace_id=t, span_id=t, model="m", prompt_tokens=1, latency_ms=5, started_at=format_ms(NOW))
+            for t in traces
+        ]
+        for span in spans:
+            span.stamp(NOW)
+        return spans
+
+    for spans in (batch("a", "b"), batch("c", "d"), batch("e", "f", "g")):
+        with mock.patch.object(store.traces, "add", side_effect=AssertionError("added span by span")):
+            asyncio.run(store.ingest(spans))
+    assert [t.trace_id for t in store.traces._traces.values()] == ["d", "e", "f", "g"]
+    assert (store.traces.span_count, store.traces.evicted_traces) == (4, 3)
+    # A batch adding to a trace that must go for room is counted span by span, as the reference does it: "d"
+    # takes its span, then goes whole as the oldest.
+    with mock.patch.object(store.traces, "add", wraps=store.traces.add) as add:
+        asyncio.run(store.ingest(batch("d", "h", "i", "j")))
+    assert add.call_count == 4
+    assert [t.trace_id for t in store.traces._traces.values()] == ["g", "h", "i", "j"]
+
+
 def test_a_batch_decode_batch_declines_is_counted_by_the_python_path() -> None:
     store = _store(100, Caps())
     model = Span(trace_id="t", span_id="s", model="modèle", prompt_tokens=1, latency_ms=5, started_at=format_ms(NOW))
