@@ -61,6 +61,11 @@ _SPAN_BOUNDS = (MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE)
 #: Batches of more spans are encoded and compiled in a thread, not on the event loop: 10k OTLP spans with their
 #: attributes took 30-50 ms (a ``POST /spans`` batch is at most ``max_batch_size``, 1000 by default).
 _ENCODE_INLINE_SPANS = 2_000
+#: Spans written into settled buckets (``Timeline.settled_writes``) from which a back-fill is under way: the
+#: memos wait for its end, since each of its batches makes them stale again. Chasing them took every idle moment
+#: of the event loop, and each request's awaits waited for warming slices: a long back-fill into 10M spans of
+#: state fell from ~70k to 2.8k spans per server CPU-second at the first maintenance pass.
+_BACKFILL_SPANS = 10_000
 
 
 #: The configuration's defaults: the settings below that come from ``tokentrace.yml`` default to them.
@@ -146,6 +151,7 @@ class EmbeddedStore:
         self._last_snapshot_s = 0.0
         self._snapshotting: asyncio.Task[None] | None = None
         self._warming: asyncio.Task[None] | None = None
+        self._settled_seen = 0  # ``Timeline.settled_writes`` at the last maintenance pass
         self._closed = False
         #: Idempotency keys of counted batches -> accepted at (ms), oldest first; and keys being written now.
         self.idempotency_keys: dict[str, int] = {}
@@ -371,7 +377,8 @@ class EmbeddedStore:
         self._expire_keys(now)
         if self._wal is None:  # memory-only: nothing to snapshot
             return
-        self._warm_memos()
+        settled, self._settled_seen = self._settled_seen, self.timeline.settled_writes
+        self._warm_memos(backfill=self._settled_seen - settled >= _BACKFILL_SPANS)
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
@@ -383,8 +390,9 @@ class EmbeddedStore:
         (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
         long-window query after a restart reads them instead of every bucket); unless running already.
 
-        ``backfill`` (a back-fill is under way): apply half of what waits and stop; the memos would be stale
-        again at its next batch (the maintenance pass computes them). ``attributes`` False (at start-up): not the
+        ``backfill`` (a back-fill is under way: ``_BACKFILL_SPANS`` since the last maintenance pass): apply half
+        of what waits and stop; the memos would be stale again at its next batch (the first maintenance pass after
+        it computes them). A back-fill that starts while the memos are warmed stops the warming likewise. ``attributes`` False (at start-up): not the
         memos grouped by attribute keys, whose missing ones (a snapshot taken before they were all warmed, after a
         back-fill or by an older version) cost seconds of slices that the first queries after a restart would
         share the loop and the GIL with (first /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k
@@ -394,17 +402,24 @@ class EmbeddedStore:
 
         async def warm() -> None:
             timeline = self.timeline
-            keep = FLUSH_FROM // 2 if backfill else 0
+            settled = timeline.settled_writes
+
+            def backfilling() -> bool:
+                return backfill or timeline.settled_writes - settled >= _BACKFILL_SPANS
+
             for _ in itertools.count():
-                if timeline.flush_pending(0.02, keep) and (
-                    backfill or self.data_dir is None or timeline.warm_memos(0.02, attributes=False)
+                if backfilling():
+                    if timeline.flush_pending(0.02, FLUSH_FROM // 2):
+                        break
+                elif timeline.flush_pending(0.02) and (
+                    self.data_dir is None or timeline.warm_memos(0.02, attributes=False)
                 ):
                     break
                 await asyncio.sleep(0)  # let requests in between slices
             # Then the attribute keys' memos, at half the pace: seconds of slices after a back-fill, which would
             # otherwise slow every query summed in a thread meanwhile (the GIL) several times over.
             for _ in itertools.count() if attributes and not backfill and self.data_dir is not None else ():
-                if timeline.warm_memos(0.02):
+                if backfilling() or timeline.warm_memos(0.02):
                     break
                 await asyncio.sleep(0.02)
             heap.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS

@@ -109,8 +109,10 @@ def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(
         timeline.compact(NOW)
         timeline.compact(NOW)
     hours_before = compiled.hours_before(NOW)
+    settled_before, settled = compiled.settled_writes, 0
     for batch, as_spans in batches:
         times = [span.stamp(NOW) for span in batch]
+        settled += sum(at < compiled._hot_from for at in times)  # before the hot hours: a back-fill's writes
         wire = None if as_spans else _compiled(batch, times)
         if wire is None:
             compiled.add_many(batch, times, hours_before)
@@ -119,6 +121,8 @@ def test_a_compiled_batch_into_frozen_buckets_counts_as_the_spans_do(
         reference.add_many(batch, times, hours_before)
         if read:
             compiled.flush_pending()
+    assert compiled.settled_writes - settled_before == settled
+    assert reference.settled_writes == compiled.settled_writes
     compiled.compact(NOW)
     reference.compact(NOW)
     assert _answers(compiled) == _answers(reference)
@@ -160,3 +164,13 @@ def test_what_waits_for_settled_buckets_is_bounded_in_spans_and_in_span_objects(
     deferred.compact(NOW)
     reference.compact(NOW)
     assert _answers(deferred) == _answers(reference)
+
+
+def test_settled_writes_count_the_spans_that_reach_buckets_before_the_hot_hours() -> None:
+    """What the embedded store reads to tell a back-fill under way (its memos wait for the end of one)."""
+    timeline = Timeline()
+    timeline.compact(NOW)
+    for at in (NOW - 3 * DAY_MS, NOW - 2 * HOUR_MS, NOW - 30 * MINUTE_MS, NOW):
+        span = Span(model="m", prompt_tokens=1, latency_ms=1, started_at=format_ms(at))
+        timeline.add(span, span.stamp(NOW))
+    assert timeline.settled_writes == 2  # three days and two hours ago; not the previous hour, not now

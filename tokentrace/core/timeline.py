@@ -194,6 +194,8 @@ class Timeline:
         self._overflowed_memo: dict[tuple[int, int], tuple[int, int]] = {}
         #: Bumped by every change; readers may cache query results while it stays the same.
         self.generation = 0
+        #: Spans written so far into buckets before the hot hours (settled): a back-fill under way moves it.
+        self.settled_writes = 0
 
     # ----------------------------------------------------------------- writes
     def add(self, span: Span, at_ms: int) -> None:
@@ -220,6 +222,8 @@ class Timeline:
         versions = self._versions
         versions[key] = versions.get(key, 0) + 1
         self._touch(at_ms)
+        if at_ms < self._hot_from:
+            self.settled_writes += 1
 
     def add_many(self, spans: Sequence[Span], times: Sequence[int], hours_before: int | None = None) -> None:
         """Count each span at its event time (``times[i]`` for ``spans[i]``): the same state, versions and
@@ -251,6 +255,8 @@ class Timeline:
                 self._written.add(key)
             versions[key] = versions.get(key, 0) + count
             self._touch(start, count)
+            if start < self._hot_from:
+                self.settled_writes += count
 
     def hours_before(self, now_ms: int) -> int:
         """The start of the hour before which ``compact(now_ms)`` keeps no minute bucket (the fine cutoff)."""
@@ -353,6 +359,7 @@ class Timeline:
         for day, count in days.items():
             versions[(DAY_MS, day)] = versions.get((DAY_MS, day), 0) + count
         self.generation += added
+        self.settled_writes += added
         self._pending_spans += added
         backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
         self._bound_pending()
@@ -362,6 +369,8 @@ class Timeline:
         versions = self._versions
         versions[key] = versions.get(key, 0) + count
         self._touch(start, count)
+        if start < self._hot_from:
+            self.settled_writes += count
 
     def replace_bucket(self, start_ms: int, state: BucketState | msgspec.Raw | None) -> None:
         """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere. A frozen

@@ -7,7 +7,11 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from unittest import mock
 
+import pytest
+
+from tokentrace.api.stores import embedded
 from tokentrace.api.stores.embedded import EmbeddedSettings, EmbeddedStore
 from tokentrace.core import frozen
 from tokentrace.core.buckets import SERIES
@@ -122,3 +126,37 @@ async def test_a_restart_reads_attribute_grouped_windows_from_the_snapshots_memo
     assert parts.total() == expected
     assert frozen.decoded_projections() - before <= hot < timeline.cache_stats().frozen_buckets // 5
     await restarted.close()
+
+
+async def test_the_memos_wait_for_the_end_of_a_back_fill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each batch of a back-fill makes the memos of the days it reaches stale: while one is under way
+    (``_BACKFILL_SPANS`` settled writes since the previous maintenance pass, or since the warming began), the
+    maintenance pass applies what waits and leaves the memos for the first pass after it. Chasing them meanwhile
+    took every idle moment of the event loop (bench/metrics_query.py's back-fill: 2.8k spans per CPU-second)."""
+    monkeypatch.setattr(embedded, "_BACKFILL_SPANS", 50)
+    rng, now = random.Random(7), now_ms()
+    store = await open_store(tmp_path / "d")
+    await store.ingest(spans(rng, 300, now, 20 * DAY_MS))
+    await settle(store)
+    timeline = store.timeline
+    warmed = mock.Mock(wraps=timeline.warm_memos)
+    monkeypatch.setattr(timeline, "warm_memos", warmed)
+
+    await store.ingest(spans(rng, 100, now, 20 * DAY_MS))  # a back-fill: 100 settled writes since the last pass
+    await settle(store)
+    assert warmed.call_count == 0
+
+    await settle(store)  # no back-filled span since: the memos are warmed, all of them
+    assert warmed.call_count > 0 and timeline.warm_memos() and timeline.pending_spans == 0
+
+    def backfilled_meanwhile(*args: object, **kwargs: object) -> bool:
+        timeline.settled_writes += 50  # a back-fill begins while the memos are warmed
+        return False  # never done: only the back-fill may stop the warming
+
+    monkeypatch.setattr(timeline, "warm_memos", backfilled_meanwhile)
+    await store.ingest(spans(rng, 10, now, 20 * DAY_MS))
+    timeline.compact(now)
+    store.maintain_now()
+    assert store._warming is not None
+    await asyncio.wait_for(store._warming, 10)
+    await store.close()
