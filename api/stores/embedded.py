@@ -61,11 +61,13 @@ _SPAN_BOUNDS = (MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE)
 #: Batches of more spans are encoded and compiled in a thread, not on the event loop: 10k OTLP spans with their
 #: attributes took 30-50 ms (a ``POST /spans`` batch is at most ``max_batch_size``, 1000 by default).
 _ENCODE_INLINE_SPANS = 2_000
-#: Spans written into settled buckets (``Timeline.settled_writes``) from which a back-fill is under way: the
-#: memos wait for its end, since each of its batches makes them stale again. Chasing them took every idle moment
-#: of the event loop, and each request's awaits waited for warming slices: a long back-fill into 10M spans of
-#: state fell from ~70k to 2.8k spans per server CPU-second at the first maintenance pass.
-_BACKFILL_SPANS = 10_000
+#: A back-fill is under way while at least ``_BACKFILL_SPANS`` spans a ``_BACKFILL_QUIET_S`` are written into
+#: settled buckets (``Timeline.settled_writes``; fewer are late spans trickling in): the memos wait for its end,
+#: since each of its batches makes them stale again. Chasing them took every idle moment of the event loop, and
+#: each request's awaits waited for warming slices: a long back-fill into 10M spans of state fell from ~70k to
+#: 2.8k spans per server CPU-second at the first maintenance pass.
+_BACKFILL_SPANS = 1_000
+_BACKFILL_QUIET_S = 1.0
 
 
 #: The configuration's defaults: the settings below that come from ``tokentrace.yml`` default to them.
@@ -378,39 +380,39 @@ class EmbeddedStore:
         if self._wal is None:  # memory-only: nothing to snapshot
             return
         settled, self._settled_seen = self._settled_seen, self.timeline.settled_writes
-        self._warm_memos(backfill=self._settled_seen - settled >= _BACKFILL_SPANS)
+        self._warm_memos(backfilled=self._settled_seen - settled >= _BACKFILL_SPANS)
         due_by_time = asyncio.get_running_loop().time() - self._last_snapshot_s >= self.settings_all.snapshot_interval_s
         due_by_size = self._wal.bytes_written >= self.settings_all.snapshot_wal_bytes
         idle = self._snapshotting is None or self._snapshotting.done()
         if (due_by_time or due_by_size) and idle and self._wal.failure is None:
             self._snapshotting = asyncio.create_task(self._snapshot())
 
-    def _warm_memos(self, *, backfill: bool = False, attributes: bool = True) -> None:
+    def _warm_memos(self, *, backfill: bool = False, backfilled: bool = False, attributes: bool = True) -> None:
         """In the background, 20 ms at a time between requests: apply the writes back-filled into frozen buckets
         (``Timeline.flush_pending``), then compute the memos the next snapshot carries (so that the first
         long-window query after a restart reads them instead of every bucket); unless running already.
 
-        ``backfill`` (a back-fill is under way: ``_BACKFILL_SPANS`` since the last maintenance pass): apply half
-        of what waits and stop; the memos would be stale again at its next batch (the first maintenance pass after
-        it computes them). A back-fill that starts while the memos are warmed stops the warming likewise. ``attributes`` False (at start-up): not the
-        memos grouped by attribute keys, whose missing ones (a snapshot taken before they were all warmed, after a
-        back-fill or by an older version) cost seconds of slices that the first queries after a restart would
-        share the loop and the GIL with (first /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k
-        spans over 10M); the first maintenance pass warms them."""
+        ``backfill`` (called by a back-fill's batch): apply half of what waits and stop. The memos wait for the end
+        of a back-fill (``_backfill_ended``), first when ``backfilled`` (settled buckets took ``_BACKFILL_SPANS``
+        since the previous pass) and whenever one begins meanwhile: each of its batches would make them stale
+        again. ``attributes`` False (at start-up): not the memos grouped by
+        attribute keys, whose missing ones (a snapshot taken before they were all warmed, after a back-fill or by
+        an older version) cost seconds of slices that the first queries after a restart would share the loop and
+        the GIL with (first /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k spans over 10M);
+        the first maintenance pass warms them."""
         if self._warming is not None and not self._warming.done():
             return
 
         async def warm() -> None:
             timeline = self.timeline
-            settled = timeline.settled_writes
-
-            def backfilling() -> bool:
-                return backfill or timeline.settled_writes - settled >= _BACKFILL_SPANS
-
+            for _ in itertools.count() if backfill else ():
+                if timeline.flush_pending(0.02, FLUSH_FROM // 2):
+                    return
+                await asyncio.sleep(0)  # let requests in between slices
+            settled = await self._backfill_ended() if backfilled else timeline.settled_writes
             for _ in itertools.count():
-                if backfilling():
-                    if timeline.flush_pending(0.02, FLUSH_FROM // 2):
-                        break
+                if timeline.settled_writes - settled >= _BACKFILL_SPANS:
+                    settled = await self._backfill_ended()
                 elif timeline.flush_pending(0.02) and (
                     self.data_dir is None or timeline.warm_memos(0.02, attributes=False)
                 ):
@@ -418,13 +420,32 @@ class EmbeddedStore:
                 await asyncio.sleep(0)  # let requests in between slices
             # Then the attribute keys' memos, at half the pace: seconds of slices after a back-fill, which would
             # otherwise slow every query summed in a thread meanwhile (the GIL) several times over.
-            for _ in itertools.count() if attributes and not backfill and self.data_dir is not None else ():
-                if backfilling() or timeline.warm_memos(0.02):
+            for _ in itertools.count() if attributes and self.data_dir is not None else ():
+                if timeline.settled_writes - settled >= _BACKFILL_SPANS:
+                    settled = await self._backfill_ended()
+                elif timeline.warm_memos(0.02):
                     break
                 await asyncio.sleep(0.02)
             heap.trim()  # what the passes freed (bucket rewrites, decoded projections) back to the OS
 
         self._warming = asyncio.create_task(warm())
+
+    async def _backfill_ended(self) -> int:
+        """Return, with ``Timeline.settled_writes`` then, once fewer than ``_BACKFILL_SPANS`` spans were written
+        into settled buckets over ``_BACKFILL_QUIET_S``: no back-fill is under way. Meanwhile, what waits for
+        them is applied in slices past ``FLUSH_FROM``, down to half (as a back-fill's batch asks)."""
+        timeline = self.timeline
+        loop = asyncio.get_running_loop()
+        while True:
+            settled, until = timeline.settled_writes, loop.time() + _BACKFILL_QUIET_S
+            while loop.time() < until:
+                if timeline.pending_spans > FLUSH_FROM:
+                    timeline.flush_pending(0.02, FLUSH_FROM // 2)
+                    await asyncio.sleep(0)
+                else:
+                    await asyncio.sleep(min(0.1, max(0.0, until - loop.time())))
+            if timeline.settled_writes - settled < _BACKFILL_SPANS:
+                return timeline.settled_writes
 
     async def _snapshot(self) -> None:
         """Rotate the log and capture state under the log's lock, then write and verify the snapshot off the loop."""

@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import random
 from pathlib import Path
+from typing import Any
 from unittest import mock
 
 import pytest
@@ -130,10 +131,11 @@ async def test_a_restart_reads_attribute_grouped_windows_from_the_snapshots_memo
 
 async def test_the_memos_wait_for_the_end_of_a_back_fill(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """Each batch of a back-fill makes the memos of the days it reaches stale: while one is under way
-    (``_BACKFILL_SPANS`` settled writes since the previous maintenance pass, or since the warming began), the
-    maintenance pass applies what waits and leaves the memos for the first pass after it. Chasing them meanwhile
-    took every idle moment of the event loop (bench/metrics_query.py's back-fill: 2.8k spans per CPU-second)."""
+    (``_BACKFILL_SPANS`` settled writes a ``_BACKFILL_QUIET_S``), the warming task applies what waits and computes
+    no memo; once it ends, the memos, all of them. Chasing them meanwhile took every idle moment of the event loop
+    (bench/metrics_query.py's back-fill: 2.8k spans per CPU-second)."""
     monkeypatch.setattr(embedded, "_BACKFILL_SPANS", 50)
+    monkeypatch.setattr(embedded, "_BACKFILL_QUIET_S", 0.2)
     rng, now = random.Random(7), now_ms()
     store = await open_store(tmp_path / "d")
     await store.ingest(spans(rng, 300, now, 20 * DAY_MS))
@@ -142,21 +144,30 @@ async def test_the_memos_wait_for_the_end_of_a_back_fill(tmp_path: Path, monkeyp
     warmed = mock.Mock(wraps=timeline.warm_memos)
     monkeypatch.setattr(timeline, "warm_memos", warmed)
 
-    await store.ingest(spans(rng, 100, now, 20 * DAY_MS))  # a back-fill: 100 settled writes since the last pass
-    await settle(store)
-    assert warmed.call_count == 0
-
-    await settle(store)  # no back-filled span since: the memos are warmed, all of them
+    await store.ingest(spans(rng, 60, now, 20 * DAY_MS))  # 60 settled writes since the last pass
+    store.maintain_now()
+    for _ in range(10):  # the back-fill goes on for 0.5 s: 60 settled writes every 0.05 s
+        await asyncio.sleep(0.05)
+        await store.ingest(spans(rng, 60, now, 20 * DAY_MS))
+    assert warmed.call_count == 0 and store._warming is not None and not store._warming.done()
+    await asyncio.wait_for(store._warming, 10)  # it ended: the memos are warmed, all of them
     assert warmed.call_count > 0 and timeline.warm_memos() and timeline.pending_spans == 0
 
-    def backfilled_meanwhile(*args: object, **kwargs: object) -> bool:
-        timeline.settled_writes += 50  # a back-fill begins while the memos are warmed
-        return False  # never done: only the back-fill may stop the warming
+    real, slices = type(timeline).warm_memos.__get__(timeline), []
+    loop = asyncio.get_running_loop()
+
+    def backfilled_meanwhile(*args: Any, **kwargs: Any) -> bool:
+        slices.append(loop.time())
+        if len(slices) == 1:
+            timeline.settled_writes += 50  # a back-fill begins while the memos are warmed
+            return False
+        return real(*args, **kwargs)
 
     monkeypatch.setattr(timeline, "warm_memos", backfilled_meanwhile)
     await store.ingest(spans(rng, 10, now, 20 * DAY_MS))
-    timeline.compact(now)
     store.maintain_now()
     assert store._warming is not None
     await asyncio.wait_for(store._warming, 10)
+    assert len(slices) > 1 and slices[1] - slices[0] >= 0.2  # the next slice waited for the back-fill's end
+    assert real() and timeline.pending_spans == 0
     await store.close()
