@@ -395,11 +395,11 @@ class EmbeddedStore:
         ``backfill`` (called by a back-fill's batch): apply half of what waits and stop. The memos wait for the end
         of a back-fill (``_backfill_ended``), first when ``backfilled`` (settled buckets took ``_BACKFILL_SPANS``
         since the previous pass) and whenever one begins meanwhile: each of its batches would make them stale
-        again. ``attributes`` False (at start-up): not the memos grouped by
-        attribute keys, whose missing ones (a snapshot taken before they were all warmed, after a back-fill or by
-        an older version) cost seconds of slices that the first queries after a restart would share the loop and
-        the GIL with (first /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k spans over 10M);
-        the first maintenance pass warms them."""
+        again. ``attributes`` False (at start-up): not the memos grouped by attribute keys, whose missing ones (a
+        snapshot taken before they were all warmed, after a back-fill or by an older version) cost seconds of
+        slices that the first queries after a restart would share the loop and the GIL with (first
+        /metrics?window=30d 476 ms instead of 13 after a back-fill of 500k spans over 10M); the first maintenance
+        pass warms them."""
         if self._warming is not None and not self._warming.done():
             return
 
@@ -407,6 +407,7 @@ class EmbeddedStore:
             timeline = self.timeline
             for _ in itertools.count() if backfill else ():
                 if timeline.flush_pending(0.02, FLUSH_FROM // 2):
+                    heap.trim()  # the buckets' old bytes
                     return
                 await asyncio.sleep(0)  # let requests in between slices
             settled = await self._backfill_ended() if backfilled else timeline.settled_writes
