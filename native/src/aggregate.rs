@@ -424,7 +424,7 @@ impl AggregateKernel {
 
     /// The fields of ``span`` the aggregates need; ``Err`` for a value the Python code should handle.
     pub fn row<'py>(&self, py: Python<'py>, span: &Bound<'py, PyAny>) -> Result<Row<'py>, ()> {
-        let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
+        let get = |name: &Bound<'py, PyString>| crate::slots::field(span, name).map_err(|_| ());
         let status_obj = get(intern!(py, "status"))?;
         let status = match status_obj.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())? {
             "ok" => 0,

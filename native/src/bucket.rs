@@ -76,7 +76,7 @@ fn exact_str(obj: &Bound<'_, PyAny>) -> Result<String, ()> {
 
 impl BucketKernel {
     fn entry<'py>(&self, py: Python<'py>, span: Bound<'py, PyAny>, entries: &mut Entries<'py>) -> Result<(), ()> {
-        let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
+        let get = |name: &Bound<'py, PyString>| crate::slots::field(&span, name).map_err(|_| ());
         let model = exact_str(&get(intern!(py, "model"))?)?;
         let provider = exact_str(&get(intern!(py, "provider"))?)?;
         let caller = exact_str(&get(intern!(py, "caller"))?)?;

@@ -13,6 +13,7 @@ mod frozen;
 mod msgpack;
 mod prepare;
 mod route;
+mod slots;
 mod span_check;
 mod trace_index;
 mod traces;
@@ -24,6 +25,8 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aggregate::AggregateKernel>()?;
     m.add_class::<bucket::BucketKernel>()?;
     m.add_class::<frozen::Backlog>()?;
+    m.add_function(wrap_pyfunction!(slots::register_span, m)?)?;
+    m.add_function(wrap_pyfunction!(slots::span_field, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;

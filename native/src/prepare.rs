@@ -48,21 +48,21 @@ fn usual_text(
     cache_keys: &[Bound<'_, PyString>],
 ) -> Option<()> {
     for name in [intern!(py, "model"), intern!(py, "provider"), intern!(py, "caller")] {
-        within(&span.getattr(name).ok()?, caps.label)?;
+        within(&crate::slots::field(span, name).ok()?, caps.label)?;
     }
     for name in [intern!(py, "trace_id"), intern!(py, "span_id")] {
-        within(&span.getattr(name).ok()?, caps.id)?;
+        within(&crate::slots::field(span, name).ok()?, caps.id)?;
     }
-    let parent = span.getattr(intern!(py, "parent_span_id")).ok()?;
+    let parent = crate::slots::field(span, intern!(py, "parent_span_id")).ok()?;
     if !parent.is_none() {
         within(&parent, caps.id)?;
     }
-    within(&span.getattr(intern!(py, "name")).ok()?, caps.name)?;
-    let error = span.getattr(intern!(py, "error")).ok()?;
+    within(&crate::slots::field(span, intern!(py, "name")).ok()?, caps.name)?;
+    let error = crate::slots::field(span, intern!(py, "error")).ok()?;
     if !error.is_none() {
         within(&error, caps.error)?;
     }
-    let attributes = span.getattr(intern!(py, "attributes")).ok()?;
+    let attributes = crate::slots::field(span, intern!(py, "attributes")).ok()?;
     let attributes = attributes.cast::<PyDict>().ok()?;
     if attributes.len() > caps.attributes {
         return None;
@@ -97,10 +97,10 @@ fn usual_text(
 
 /// Whether the pricer is to price `span` (`_prepare`: no `cost_usd`, some token split known).
 fn to_price(py: Python<'_>, span: &Bound<'_, PyAny>) -> Option<bool> {
-    if !span.getattr(intern!(py, "cost_usd")).ok()?.is_none() {
+    if !crate::slots::field(span, intern!(py, "cost_usd")).ok()?.is_none() {
         return Some(false);
     }
-    let known = |name| span.getattr(name).ok().map(|value: Bound<'_, PyAny>| !value.is_none());
+    let known = |name| crate::slots::field(span, name).ok().map(|value: Bound<'_, PyAny>| !value.is_none());
     Some(known(intern!(py, "prompt_tokens"))? || known(intern!(py, "comp_tokens"))?)
 }
 
@@ -124,9 +124,9 @@ type Linear = (f64, f64, f64, f64, f64);
 /// `PriceTable.cost` computes it for uncached tokens: `round(per_call + prompt * input + comp * output)` to
 /// `1 / scale` USD. `None` when the model has no such rates here (the pricer prices it).
 fn table_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDict>, scale: f64) -> Option<f64> {
-    let by_provider = rates.get_item(span.getattr(intern!(py, "model")).ok()?).ok()??;
+    let by_provider = rates.get_item(crate::slots::field(span, intern!(py, "model")).ok()?).ok()??;
     let by_provider = by_provider.cast::<PyDict>().ok()?;
-    let provider = span.getattr(intern!(py, "provider")).ok()?;
+    let provider = crate::slots::field(span, intern!(py, "provider")).ok()?;
     let entry = if provider.is_truthy().ok()? {
         by_provider.get_item(provider).ok()??
     } else {
@@ -135,8 +135,8 @@ fn table_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDict
     if entry.is_none() {
         return None;
     }
-    let prompt = count(&span.getattr(intern!(py, "prompt_tokens")).ok()?)?;
-    let comp = count(&span.getattr(intern!(py, "comp_tokens")).ok()?)? as f64;
+    let prompt = count(&crate::slots::field(span, intern!(py, "prompt_tokens")).ok()?)?;
+    let comp = count(&crate::slots::field(span, intern!(py, "comp_tokens")).ok()?)? as f64;
     let (per_call, input, output, _, _) = match entry.extract::<Linear>() {
         Ok(linear) => linear,
         Err(_) => {
@@ -178,7 +178,7 @@ pub fn prepare_spans(
         if start < oldest_ms || start > latest_ms {
             return None;
         }
-        let ended = span.getattr(intern!(py, "ended_at")).ok()?;
+        let ended = crate::slots::field(&span, intern!(py, "ended_at")).ok()?;
         let ended = canonical(ended.cast::<PyString>().ok()?.to_str().ok()?)?;
         if ended > latest_ms {
             return None;

@@ -14,10 +14,11 @@ use crate::span_check::stamp;
 
 /// Whether the span still needs a price from the pricer (`_prepare`: no `cost_usd`, some token split known).
 fn needs_price(py: Python<'_>, span: &Bound<'_, PyAny>) -> PyResult<bool> {
-    if !span.getattr(intern!(py, "cost_usd"))?.is_none() {
+    if !crate::slots::field(span, intern!(py, "cost_usd"))?.is_none() {
         return Ok(false);
     }
-    Ok(!span.getattr(intern!(py, "prompt_tokens"))?.is_none() || !span.getattr(intern!(py, "comp_tokens"))?.is_none())
+    Ok(!crate::slots::field(span, intern!(py, "prompt_tokens"))?.is_none()
+        || !crate::slots::field(span, intern!(py, "comp_tokens"))?.is_none())
 }
 
 /// `(spans by entry key, [(span, start ms), ...])` for `spans` (a list) when every span is accepted as

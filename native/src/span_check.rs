@@ -117,11 +117,11 @@ pub fn format_into(millis: i64, out: &mut [u8; 24]) {
 /// nothing changed, for any other span (``stamp`` then runs in Python).
 #[pyfunction]
 pub fn stamp(py: Python<'_>, span: &Bound<'_, PyAny>) -> Option<i64> {
-    let started = span.getattr(intern!(py, "started_at")).ok()?;
+    let started = crate::slots::field(span, intern!(py, "started_at")).ok()?;
     let start = canonical(started.cast::<PyString>().ok()?.to_str().ok()?)?;
-    let ended = span.getattr(intern!(py, "ended_at")).ok()?;
+    let ended = crate::slots::field(span, intern!(py, "ended_at")).ok()?;
     if ended.is_none() {
-        let latency = span.getattr(intern!(py, "latency_ms")).ok()?;
+        let latency = crate::slots::field(span, intern!(py, "latency_ms")).ok()?;
         let rounded = if latency.is_none() {
             0
         } else if latency.is_exact_instance_of::<PyFloat>() {
@@ -238,7 +238,7 @@ pub fn check_span<'py>(
     max_score: f64,
 ) -> bool {
     let run = || -> Result<bool, ()> {
-        let get = |name: &Bound<'py, PyString>| span.getattr(name).map_err(|_| ());
+        let get = |name: &Bound<'py, PyString>| crate::slots::field(span, name).map_err(|_| ());
         for name in [intern!(py, "trace_id"), intern!(py, "span_id")] {
             if get(name)?.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?.is_empty() {
                 return Err(()); // __post_init__ generates the id

@@ -29,7 +29,9 @@ __all__ = [
     "check_span",
     "decode_batch",
     "prepare_spans",
+    "register_span",
     "route_spans",
+    "span_field",
     "stamp",
     "trace_index_commands",
     "untrack_state",
@@ -43,6 +45,10 @@ AggregateKernel: type[_AggregateKernel] | None = None
 BucketKernel: type[_BucketKernel] | None = None
 Backlog: type[_Backlog] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
+#: Where the spans' class keeps its fields, found on a sample span (native/src/slots.rs); whether found.
+register_span: Callable[[object], bool] | None = None
+#: ``getattr(span, name)`` as the compiled code reads it (from the field's slot), for the tests.
+span_field: Callable[[object, str], Any] | None = None
 canonical_ms: Callable[[object], int | None] | None = None
 stamp: Callable[[object], int | None] | None = None
 route_spans: (
@@ -75,6 +81,8 @@ if not DISABLED:
         BucketKernel = _native.BucketKernel
         Backlog = _native.Backlog
         check_span = _native.check_span
+        register_span = _native.register_span
+        span_field = _native.span_field
         canonical_ms = _native.canonical_ms
         stamp = _native.stamp
         trace_index_commands = _native.trace_index_commands

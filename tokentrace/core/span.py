@@ -17,6 +17,7 @@ from tokentrace.core.timefmt import format_ms, normalize_rfc3339, parse_rfc3339_
 
 __all__ = [
     "EVAL_SCORE",
+    "SLOTS_FOUND",
     "STATUSES",
     "AttributeValue",
     "Span",
@@ -201,6 +202,10 @@ class Span(msgspec.Struct, kw_only=True, gc=False):
         if self.ended_at is None:
             self.ended_at = format_ms(min(_LAST_MS, start + round(self.latency_ms or 0)))
         return start
+
+
+#: The compiled code reads a span's fields from their slots, found here once on a sample (native/src/slots.rs).
+SLOTS_FOUND = native.register_span is not None and native.register_span(Span(model="m", prompt_tokens=1))
 
 
 def span_time_ms(span: Span) -> int:
