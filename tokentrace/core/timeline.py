@@ -221,9 +221,7 @@ class Timeline:
             self._written.add(key)
         versions = self._versions
         versions[key] = versions.get(key, 0) + 1
-        self._touch(at_ms)
-        if at_ms < self._hot_from:
-            self.settled_writes += 1
+        self._wrote(at_ms)
 
     def add_many(self, spans: Sequence[Span], times: Sequence[int], hours_before: int | None = None) -> None:
         """Count each span at its event time (``times[i]`` for ``spans[i]``): the same state, versions and
@@ -254,9 +252,7 @@ class Timeline:
                 self._live(key).add_many(members, caps)
                 self._written.add(key)
             versions[key] = versions.get(key, 0) + count
-            self._touch(start, count)
-            if start < self._hot_from:
-                self.settled_writes += count
+            self._wrote(start, count)
 
     def hours_before(self, now_ms: int) -> int:
         """The start of the hour before which ``compact(now_ms)`` keeps no minute bucket (the fine cutoff)."""
@@ -368,9 +364,7 @@ class Timeline:
         """Versions and generation for ``count`` spans of the bucket ``start`` counted in the state at ``key``."""
         versions = self._versions
         versions[key] = versions.get(key, 0) + count
-        self._touch(start, count)
-        if start < self._hot_from:
-            self.settled_writes += count
+        self._wrote(start, count)
 
     def replace_bucket(self, start_ms: int, state: BucketState | msgspec.Raw | None) -> None:
         """Set a minute bucket to ``state`` whole (None: drop it), for a copy of state kept elsewhere. A frozen
@@ -552,6 +546,12 @@ class Timeline:
     def oldest_allowed_ms(self, now_ms: int) -> int:
         """Start of the oldest bucket still kept: spans before it are outside retention."""
         return self.tiers(now_ms).horizon_ms
+
+    def _wrote(self, at_ms: int, count: int = 1) -> None:
+        """``_touch`` for ``count`` spans written at ``at_ms``, counted in ``settled_writes`` when it is settled."""
+        self._touch(at_ms, count)
+        if at_ms < self._hot_from:
+            self.settled_writes += count
 
     def _touch(self, at_ms: int, changes: int = 1) -> None:
         self.generation += changes
