@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from tokentrace.core.aggregate import to_nanos
-from tokentrace.core.buckets import OVERFLOW, Caps
+from tokentrace.core.buckets import OVERFLOW, BucketState, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
@@ -238,6 +238,93 @@ def test_query_parts_sum_to_query(
     assert again.total() == timeline.query(start, end, groupby, where)
     again.install()
     assert timeline.query_parts(start, end, groupby, where).total() == timeline.query(start, end, groupby, where)
+
+
+@settings(max_examples=80, deadline=None)
+@given(
+    st.lists(st.lists(st.tuples(span_strategy, st.integers(0, 3 * HOUR_MS)), max_size=12), min_size=1, max_size=5),
+    st.sampled_from([10_000, MINUTE_MS, 5 * MINUTE_MS]),
+    st.sampled_from([MINUTE_MS, 5 * MINUTE_MS, HOUR_MS, 90 * MINUTE_MS, 6 * HOUR_MS]),
+    st.sampled_from([None, "model", "workflow"]),
+    st.integers(0, 3 * MINUTE_MS),
+    st.integers(0, HOUR_MS),
+    st.sampled_from([None, HOUR_MS, DAY_MS]),
+)
+def test_window_memos_follow_every_write(
+    rounds: list[list[tuple[Span, int]]],
+    bucket_ms: int,
+    window_ms: int,
+    groupby: str | None,
+    step_ms: int,
+    past_the_hour: int,
+    compact_fine_ms: int | None,
+) -> None:
+    """Rounds of writes (late ones into any bucket of the last 3 hours), each followed by the query ``/metrics``
+    makes twice (parts summed, then installed: the second reads what the first memoised) at a now that moves on,
+    across an hour too, compacting (minutes folded into hours) or not: every answer equals a fresh timeline's over
+    the same spans (no memo of it stale) and a recount."""
+    config = TimelineSettings(bucket_ms=bucket_ms, fine_retention_ms=compact_fine_ms or DAY_MS)
+    timeline = Timeline(config)
+    written: list[tuple[Span, int]] = []
+    now = NOW - NOW % HOUR_MS + past_the_hour
+    for spans in rounds:
+        for span, age in spans:
+            timeline.add(span, now - age)
+            written.append((span, now - age))
+        if compact_fine_ms is not None:
+            timeline.compact(now)
+        start, end = timeline.window_start(now, window_ms), timeline.window_end(now)
+        recount = Timeline(config)
+        for span, at in written:
+            recount.add(span, at)
+        if compact_fine_ms is not None:
+            recount.compact(now)
+        expected = recount.query(start, end, groupby)
+        assert sum(a.count for a in expected.values()) == sum(1 for _, at in written if start <= at < end)
+        for _ in range(2):
+            parts = timeline.query_parts(start, end, groupby)
+            assert parts.total() == expected
+            parts.install()
+        assert timeline.query(start, end, groupby) == expected
+        now += step_ms
+
+
+def test_a_window_memo_sees_its_newest_hour_replaced() -> None:
+    """A replica's copy replaces the hour the memoised part of a window ends in (``replace_hour``: a compacted hour
+    counts where it starts): the next answer counts it."""
+    now = NOW - NOW % HOUR_MS + 40 * MINUTE_MS
+    timeline = Timeline()
+    timeline.add(Span(model="m", prompt_tokens=1), now - 30 * MINUTE_MS)
+    start, end = timeline.window_start(now, 90 * MINUTE_MS), timeline.window_end(now)
+    parts = timeline.query_parts(start, end)
+    assert total(parts.total()).count == 1
+    parts.install()
+    hour = BucketState()
+    for _ in range(3):
+        hour.add(Span(model="m", prompt_tokens=1), Caps())
+    timeline.replace_hour(now - now % HOUR_MS, hour)
+    assert total(timeline.query_parts(start, end).total()).count == 4
+    assert total(timeline.query(start, end)).count == 4
+
+
+@given(timed_spans, st.sampled_from([MINUTE_MS, HOUR_MS, DAY_MS, 30 * DAY_MS]), st.sampled_from([None, "model"]))
+@settings(max_examples=30, deadline=None)
+def test_an_unchanged_window_is_summed_once(spans: list[tuple[Span, int]], window_ms: int, groupby: str | None) -> None:
+    """Asked again with nothing written, a window is its memo and the projections of its recent buckets, nothing
+    left to decode or project: ``/metrics?window=1h`` over a restored month decoded and projected its 60 frozen
+    minutes on every request (35 ms)."""
+    timeline = Timeline(TimelineSettings(fine_retention_ms=30 * DAY_MS))
+    for span, age in spans:
+        timeline.add(span, NOW - age)
+    timeline.restore(timeline.snapshot())  # frozen buckets, as a restart loads them
+    start, end = timeline.window_start(NOW, window_ms), timeline.window_end(NOW)
+    first = timeline.query_parts(start, end, groupby)
+    expected = first.total()
+    first.install()
+    again = timeline.query_parts(start, end, groupby)
+    assert again.window is None and not again.builds
+    assert all(isinstance(part, dict) for part in again.parts)
+    assert again.total() == expected
 
 
 _KEY_POOL = tuple(f"k{i}" for i in range(6))

@@ -131,7 +131,9 @@ _QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
 #: Version-key kinds of stored buckets (day and hour blocks are keyed by their sizes).
 _COARSE = -1
 _FINE = -2
-#: Settled-window results kept (the oldest is dropped first); windows slide once a bucket.
+#: A query merges its buckets of the last this many ms one by one (late spans still reach them); the rest is memoised.
+_RECENT_MS = 3 * 60_000
+#: Window results kept (the oldest is dropped first); windows slide once a bucket.
 _WINDOW_MEMO_SIZE = 256
 #: ... and at most this many groups in all of them (a groupby over thousands of series is big).
 _WINDOW_MEMO_GROUPS = 4096
@@ -172,7 +174,7 @@ class Timeline:
         self._memo_bytes = 0
         #: Single buckets' projections (live), keyed by the bucket's version key.
         self._bucket_memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
-        self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int], Projection]] = {}
+        self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int, int], Projection]] = {}
         self._window_groups = 0
         #: Version keys of the buckets written since the last ``compact`` (those stay live through it).
         self._written: set[tuple[int, int]] = set()
@@ -585,22 +587,40 @@ class Timeline:
         """Aggregates of the spans counted in ``[start_ms, end_ms)``, grouped and filtered."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
         out: Projection = {}
-        # Nothing older than the retention is stored: a longer window must not walk empty centuries.
-        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
-        cut = end_ms - end_ms % HOUR_MS
-        if cut - start_ms >= 2 * HOUR_MS:
-            # Everything before the current hour rarely changes: merge it once, reuse it while no write lands
-            # in it, and merge only the current hour's buckets per query.
-            _merge_projection(out, self._settled(start_ms, cut, spec))
-            start_ms = cut
-        self._collect(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS))
+        start_ms, recent = self._split(start_ms, end_ms)
+        if recent > start_ms:
+            _merge_projection(out, self._settled(start_ms, recent, spec))
+        self._collect(recent, end_ms, spec, out, (DAY_MS, HOUR_MS))
         return out
 
-    def _settled(self, start: int, cut: int, spec: _QuerySpec) -> Projection:
+    def _split(self, start_ms: int, end_ms: int) -> tuple[int, int]:
+        """A query's start (nothing older than the retention is stored: a longer window must not walk empty
+        centuries) and where its recent buckets begin: the last ``_RECENT_MS`` of it, which late spans still
+        reach. What comes before rarely changes: its sum is memoised while no write lands in it (``_range_stamp``),
+        and only the recent buckets are merged per query."""
+        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
+        bucket_ms = self.settings.bucket_ms
+        recent = end_ms - max(_RECENT_MS, bucket_ms)
+        recent -= recent % bucket_ms
+        return start_ms, max(start_ms, recent)
+
+    def _range_stamp(self, start: int, stop: int) -> tuple[int, int, int]:
+        """Changes whenever a bucket counted in ``[start, stop)`` is written, replaced, folded or retired: versions
+        only grow, so their sum moves with any of them; whole hours by their hour's version, the hour ``stop`` cuts
+        bucket by bucket (the current minute's writes bump its hour, not the minutes before)."""
         versions = self._versions
+        tail = max(start, stop - stop % HOUR_MS)
         first_hour = start - start % HOUR_MS
-        # Versions only grow, so their sum changes whenever any hour of the range is written or retired.
-        stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
+        hours = sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, tail, HOUR_MS))
+        bucket_ms = self.settings.bucket_ms
+        first = tail + (-tail) % bucket_ms
+        buckets = sum(versions.get((_FINE, s), 0) for s in range(first, stop, bucket_ms))
+        if tail < stop and tail % HOUR_MS == 0:  # a compacted hour counts where it starts
+            buckets += versions.get((_COARSE, tail), 0)
+        return self._compactions, hours, buckets
+
+    def _settled(self, start: int, cut: int, spec: _QuerySpec) -> Projection:
+        stamp = self._range_stamp(start, cut)
         key = (start, cut, spec)
         cached = self._window_memo.get(key)
         if cached is not None and cached[0] == stamp:
@@ -610,7 +630,9 @@ class Timeline:
         self._remember_window(key, stamp, projection)
         return projection
 
-    def _remember_window(self, key: tuple[int, int, _QuerySpec], stamp: tuple[int, int], result: Projection) -> None:
+    def _remember_window(
+        self, key: tuple[int, int, _QuerySpec], stamp: tuple[int, int, int], result: Projection
+    ) -> None:
         memo = self._window_memo
         old = memo.pop(key, None)
         if old is not None:
@@ -717,34 +739,28 @@ class Timeline:
         self, start_ms: int, end_ms: int, groupby: str | None = None, where: Mapping[str, str] | None = None
     ) -> LifetimeParts:
         """``query`` as parts to be summed in another thread (``LifetimeParts.total``), as ``lifetime_parts``:
-        the settled window (everything before the current hour) whole when its memo is fresh, else as a build
-        of it from its days, hours and buckets; then the current hour's buckets."""
+        the window before its recent buckets whole when its memo is fresh, else as a build of it from its days,
+        hours and buckets (whose projections ``LifetimeParts.install`` memoises too); then the recent buckets."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
         out = LifetimeParts([], [], self)
-        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
-        cut = end_ms - end_ms % HOUR_MS
-        if cut - start_ms >= 2 * HOUR_MS:
-            first_hour = start_ms - start_ms % HOUR_MS
-            versions = self._versions
-            stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
-            key = (start_ms, cut, spec)
+        start_ms, recent = self._split(start_ms, end_ms)
+        if recent > start_ms:
+            key = (start_ms, recent, spec)
+            stamp = self._range_stamp(start_ms, recent)
             cached = self._window_memo.get(key)
             if cached is not None and cached[0] == stamp:
                 out.parts.append(cached[1])
             else:
                 inner = LifetimeParts([], [], self)
-                self._parts(start_ms, cut, spec, inner, (DAY_MS, HOUR_MS), cut)
+                self._parts(start_ms, recent, spec, inner, (DAY_MS, HOUR_MS), recent - recent % HOUR_MS)
                 out.window = _WindowBuild(key, stamp, inner)
-            start_ms = cut
-        self._parts(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS), None)
+        self._parts(recent, end_ms, spec, out, (DAY_MS, HOUR_MS), None)
         return out
 
     def install_window(self, window: _WindowBuild) -> None:
-        """Memoise a settled window ``query_parts`` built, unless its hours were written since."""
-        start, cut, _ = window.key
-        first_hour = start - start % HOUR_MS
-        versions = self._versions
-        stamp = (self._compactions, sum(versions.get((HOUR_MS, h), 0) for h in range(first_hour, cut, HOUR_MS)))
+        """Memoise a window ``query_parts`` built, unless it was written since."""
+        start, stop, _ = window.key
+        stamp = self._range_stamp(start, stop)
         if window.result is None or stamp != window.stamp:
             return
         self._remember_window(window.key, stamp, window.result)
@@ -812,14 +828,16 @@ class Timeline:
         """A bucket's projection as a part to sum in another thread: its memo when fresh, else a ``FrozenPart`` of
         its bytes (a settled bucket's own; what the projection reads of a live one, encoded now, ~20x cheaper
         than projecting it here), projected where the parts are summed, one at a time."""
+        version = self._versions.get(key, 0)
         cached = self._bucket_memo.get((key[0], key[1], spec))
-        if cached is not None and cached[0] == self._versions.get(key, 0):
+        if cached is not None and cached[0] == version:
             return cached[1]
         if key in self._pending:
             state = self._stored(key) or BucketState()
-        if isinstance(state, BucketState):
-            return FrozenPart(frozen.freeze_for(state, spec[0], dict(spec[1])), spec[0], spec[1])
-        return FrozenPart(state, spec[0], spec[1])
+        raw = frozen.freeze_for(state, spec[0], dict(spec[1])) if isinstance(state, BucketState) else state
+        if key[1] >= self._hot_from:  # memoised by ``install`` once projected, as ``_bucket_projection`` does
+            return BucketPart(raw, spec[0], spec[1], key, version)
+        return FrozenPart(raw, spec[0], spec[1])
 
     def _bucket_projection(self, key: tuple[int, int], state: _Stored, spec: _QuerySpec) -> Projection:
         """One stored bucket's projection, memoised until that bucket is written again."""
@@ -835,13 +853,24 @@ class Timeline:
             projection = state.project(spec[0], dict(spec[1]))
         else:
             projection = frozen.project(state, spec[0], dict(spec[1]))
-        if cached is not None:
-            del memo[memo_key]
-        if key[1] >= self._hot_from:  # older buckets are read through their hour's memo, not one by one
+        self._remember_bucket(memo_key, version, projection)
+        return projection
+
+    def _remember_bucket(self, memo_key: tuple[int, int, _QuerySpec], version: int, projection: Projection) -> None:
+        memo = self._bucket_memo
+        memo.pop(memo_key, None)
+        if memo_key[1] >= self._hot_from:  # older buckets are read through their hour's memo, not one by one
             if len(memo) >= _BUCKET_MEMO_SIZE:
                 del memo[next(iter(memo))]
             memo[memo_key] = (version, projection)
-        return projection
+
+    def install_buckets(self, parts: Iterable[Part]) -> None:
+        """Memoise the projections of the hot buckets among ``parts`` made where they were summed, unless written
+        since: the current hour's buckets are projected once per version, not once per query."""
+        versions = self._versions
+        for part in parts:
+            if type(part) is BucketPart and part.result is not None and versions.get(part.key, 0) == part.version:
+                self._remember_bucket((part.key[0], part.key[1], (part.groupby, part.where)), part.version, part.result)
 
     def attribute_keys(self, start_ms: int, end_ms: int) -> set[str]:
         """Attribute keys grouped in any bucket counted in ``[start_ms, end_ms)`` (what ``groupby`` can name)."""
@@ -1089,8 +1118,25 @@ class FrozenMemo:
         return frozen.thaw_projection(self.raw)
 
 
+@dataclass
+class BucketPart:
+    """A hot bucket's ``FrozenPart`` whose projection, once made (in any thread), ``LifetimeParts.install`` memoises
+    for the bucket's ``version`` (``result`` is only ever read there, after the sum)."""
+
+    raw: msgspec.Raw
+    groupby: str | None
+    where: tuple[tuple[str, str], ...]
+    key: tuple[int, int]
+    version: int
+    result: Projection | None = None
+
+    def project(self) -> Projection:
+        result = self.result = frozen.project(self.raw, self.groupby, dict(self.where))
+        return result
+
+
 #: One of the projections ``LifetimeParts`` sums.
-Part = Projection | FrozenPart | FrozenMemo
+Part = Projection | FrozenPart | FrozenMemo | BucketPart
 
 
 def _projection(part: Part) -> Projection:
@@ -1110,10 +1156,10 @@ class _Build:
 
 @dataclass
 class _WindowBuild:
-    """A stale settled window (``query``'s memo of everything before the current hour), built from ``parts``."""
+    """A stale window memo (``query``'s of everything before the recent buckets), built from ``parts``."""
 
     key: tuple[int, int, _QuerySpec]
-    stamp: tuple[int, int]
+    stamp: tuple[int, int, int]
     parts: LifetimeParts
     result: Projection | None = None
 
@@ -1148,8 +1194,10 @@ class LifetimeParts:
         return out
 
     def install(self) -> None:
-        """Memoise the settled blocks and window ``total`` summed (on the timeline's thread, after ``total``)."""
+        """Memoise the settled blocks, window and hot buckets ``total`` summed (on the timeline's thread, after
+        ``total``)."""
         self.timeline.install(self.builds)
+        self.timeline.install_buckets(self.parts)
         if self.window is not None:
             self.window.parts.install()
             self.timeline.install_window(self.window)
