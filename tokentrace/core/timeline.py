@@ -6,8 +6,10 @@ per-series lifetime total, so counters exported to Prometheus never go down. Mem
 O(buckets x groups), never O(spans).
 
 A window query ``[start, end)`` is answered from memoised day and hour projections for the blocks it
-fully covers and from single buckets at its edges; a write into a block invalidates its memo. Query
-results are independent of how the window is split, because merging is exact.
+fully covers and from single buckets at its edges; a write into a block invalidates its memo. The window's sum
+but for its last ``_RECENT_MS`` is memoised too, stamped by the versions it covers; its recent buckets' projections
+are memoised each until the bucket is written. Query results are independent of how the window is split, because
+merging is exact.
 
 Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
 tokentrace/core/frozen.py); writes into it wait and are applied in bulk; day and hour memos are frozen too.
