@@ -6,9 +6,9 @@ per-series lifetime total, so counters exported to Prometheus never go down. Mem
 O(buckets x groups), never O(spans).
 
 A window query ``[start, end)`` is answered from memoised day and hour projections for the blocks it
-fully covers and from single buckets at its edges; a write into a block invalidates its memo. The window's sum
-but for its last ``_RECENT_MS`` is memoised too, stamped by the versions it covers; its recent buckets' projections
-are memoised each until the bucket is written. Query results are independent of how the window is split, because
+fully covers and from single buckets at its edges; a write into a block invalidates its memo. ``query_parts``
+(the server's windows, asked again and again) memoises a window's sum but for its last ``_RECENT_MS`` too,
+stamped by the versions it covers, and its recent buckets' projections, each until the bucket is written. Query results are independent of how the window is split, because
 merging is exact.
 
 Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
@@ -133,7 +133,8 @@ _QuerySpec = tuple[str | None, tuple[tuple[str, str], ...]]
 #: Version-key kinds of stored buckets (day and hour blocks are keyed by their sizes).
 _COARSE = -1
 _FINE = -2
-#: A query merges its buckets of the last this many ms one by one (late spans still reach them); the rest is memoised.
+#: ``query_parts`` merges a window's buckets of its last this many ms one by one (late spans still reach them), and
+#: memoises the rest.
 _RECENT_MS = 3 * 60_000
 #: Window results kept (the oldest is dropped first); windows slide once a bucket.
 _WINDOW_MEMO_SIZE = 256
@@ -589,17 +590,22 @@ class Timeline:
         """Aggregates of the spans counted in ``[start_ms, end_ms)``, grouped and filtered."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
         out: Projection = {}
-        start_ms, recent = self._split(start_ms, end_ms)
-        if recent > start_ms:
-            _merge_projection(out, self._settled(start_ms, recent, spec))
-        self._collect(recent, end_ms, spec, out, (DAY_MS, HOUR_MS))
+        # Nothing older than the retention is stored: a longer window must not walk empty centuries.
+        start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
+        cut = end_ms - end_ms % HOUR_MS
+        if cut - start_ms >= 2 * HOUR_MS:
+            # Everything before the current hour rarely changes: merge it once, reuse it while no write lands in
+            # it, and merge only the current hour's buckets per query. Not every window: ``/metrics/series`` asks
+            # for hundreds of short ones, each once (``query_parts``, for windows asked again, memoises more).
+            _merge_projection(out, self._settled(start_ms, cut, spec))
+            start_ms = cut
+        self._collect(start_ms, end_ms, spec, out, (DAY_MS, HOUR_MS))
         return out
 
     def _split(self, start_ms: int, end_ms: int) -> tuple[int, int]:
-        """A query's start (nothing older than the retention is stored: a longer window must not walk empty
-        centuries) and where its recent buckets begin: the last ``_RECENT_MS`` of it, which late spans still
-        reach. What comes before rarely changes: its sum is memoised while no write lands in it (``_range_stamp``),
-        and only the recent buckets are merged per query."""
+        """A window's start (bounded as ``query`` bounds it) and where its recent buckets begin: the last
+        ``_RECENT_MS`` of it, which late spans still reach. What comes before rarely changes: ``query_parts``
+        memoises its sum while no write lands in it (``_range_stamp``) and merges only the recent buckets."""
         start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
         bucket_ms = self.settings.bucket_ms
         recent = end_ms - max(_RECENT_MS, bucket_ms)
