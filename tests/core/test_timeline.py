@@ -280,7 +280,8 @@ def test_window_memos_follow_every_write(
         if compact_fine_ms is not None:
             recount.compact(now)
         expected = recount.query(start, end, groupby)
-        assert sum(a.count for a in expected.values()) == sum(1 for _, at in written if start <= at < end)
+        if compact_fine_ms is None:  # else a folded hour counts where it starts, wholly in or out of the window
+            assert sum(a.count for a in expected.values()) == sum(1 for _, at in written if start <= at < end)
         for _ in range(2):
             parts = timeline.query_parts(start, end, groupby)
             assert parts.total() == expected
