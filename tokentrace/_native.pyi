@@ -70,6 +70,21 @@ def decode_batch(
     sep: str,
     live: bool = False,
 ) -> WireBatch | None: ...
+def compile_spans(
+    spans: list[Any],
+    oldest_ms: int,
+    latest_ms: int,
+    bucket_ms: int,
+    horizon_ms: int,
+    priced: bool,
+    max_tokens: int,
+    max_cost: float,
+    max_latency: float,
+    max_score: float,
+    sep: str,
+    *,
+    live: bool = False,
+) -> tuple[bytes, WireBatch] | None: ...
 def register_span(sample: object) -> bool: ...
 def span_field(span: object, name: str) -> Any: ...
 def check_span(span: object, max_tokens: int, max_cost: float, max_latency: float, max_score: float) -> bool: ...

@@ -243,7 +243,16 @@ class EmbeddedStore:
             raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
 
     def _encode(self, spans: list[Span]) -> tuple[bytes, WireBatch | None]:
-        """The batch's log record payload and compiled form: any thread (the spans are the request's own)."""
+        """The batch's log record payload and compiled form: any thread (the spans are the request's own).
+        Both in one compiled pass over the spans when it takes them (``native.compile_spans``: the payload byte
+        for byte ``encode_wire``'s, the batch ``_compile``'s of it), else one after the other."""
+        compiled = native.compile_spans
+        if compiled is not None and spans:
+            both = compiled(
+                spans, _LOWEST, _HIGHEST, self.settings.bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP, live=True
+            )
+            if both is not None:
+                return both
         wire = encode_wire(spans)
         return wire, self._compile(wire)
 

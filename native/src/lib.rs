@@ -38,5 +38,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(untrack::untrack_state, m)?)?;
     m.add_class::<wire::WireBatch>()?;
     m.add_function(wrap_pyfunction!(wire::decode_batch, m)?)?;
+    m.add_function(wrap_pyfunction!(wire::compile_spans, m)?)?;
     Ok(())
 }

@@ -80,6 +80,51 @@ pub fn field<'py>(span: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyRe
     span.getattr(name)
 }
 
+/// Where the registered class keeps its fields, when they are exactly `names` in that order: for reading all
+/// of a span's fields at once (`SpanSlots::read`).
+pub struct SpanSlots<const N: usize> {
+    class: *mut ffi::PyTypeObject,
+    words: [usize; N],
+}
+
+pub fn span_slots<const N: usize>(py: Python<'_>, names: &[&str; N]) -> Option<SpanSlots<N>> {
+    let layout = LAYOUT.get(py)?.as_ref()?;
+    if layout.words.len() != N {
+        return None;
+    }
+    let mut words = [0; N];
+    for (at, ((name, word), expected)) in layout.words.iter().zip(names).enumerate() {
+        if name.bind(py).to_str().ok()? != *expected {
+            return None;
+        }
+        words[at] = *word;
+    }
+    Some(SpanSlots { class: layout.class.as_ptr() as *mut ffi::PyTypeObject, words })
+}
+
+impl<const N: usize> SpanSlots<N> {
+    /// Each field of `span`, borrowed from its slot, when `span` is exactly of the registered class and none is
+    /// unset; else None. The references are the instance's own: valid while `span` lives and no field is set.
+    pub fn read<'a, 'py>(&self, span: &'a Bound<'py, PyAny>) -> Option<[Borrowed<'a, 'py, PyAny>; N]> {
+        // SAFETY: `span` is a live object (borrowed for the call); reading its type pointer is what Py_TYPE does.
+        if unsafe { ffi::Py_TYPE(span.as_ptr()) } != self.class {
+            return None;
+        }
+        let mut out = [None; N];
+        for (field, &word) in out.iter_mut().zip(&self.words) {
+            // SAFETY: an instance of the class the layout was found on: `word` is one of its field slots, holding
+            // a strong reference owned by the instance or NULL (unset), read with the GIL held.
+            let slot = unsafe { *(span.as_ptr() as *const *mut ffi::PyObject).add(word) };
+            if slot.is_null() {
+                return None;
+            }
+            // SAFETY: a non-NULL slot is a valid object the instance keeps alive while `span` lives unchanged.
+            *field = Some(unsafe { Borrowed::from_ptr(span.py(), slot) });
+        }
+        Some(out.map(|field| field.expect("every field read")))
+    }
+}
+
 /// `field` for the tests: ``span.<name>`` as the compiled code reads it.
 #[pyfunction]
 pub fn span_field<'py>(span: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {

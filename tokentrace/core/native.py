@@ -27,6 +27,7 @@ __all__ = [
     "add_to_traces",
     "canonical_ms",
     "check_span",
+    "compile_spans",
     "decode_batch",
     "prepare_spans",
     "register_span",
@@ -68,6 +69,8 @@ prepare_spans: (
     | None
 ) = None
 decode_batch: Callable[..., _WireBatch | None] | None = None
+#: ``encode_wire`` and ``decode_batch`` of it in one pass over the spans' slots (native/src/wire.rs).
+compile_spans: Callable[..., tuple[bytes, _WireBatch] | None] | None = None
 untracked_zeros: Callable[[int], list[int]] | None = None
 untrack_state: Callable[[object], int] | None = None
 
@@ -88,6 +91,7 @@ if not DISABLED:
         trace_index_commands = _native.trace_index_commands
         route_spans = _native.route_spans
         decode_batch = _native.decode_batch
+        compile_spans = _native.compile_spans
         prepare_spans = _native.prepare_spans
         add_to_traces = _native.add_to_traces
         untracked_zeros = _native.untracked_zeros
