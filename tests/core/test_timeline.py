@@ -4,11 +4,13 @@ from __future__ import annotations
 
 import math
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tokentrace.core import timeline as timeline_module
 from tokentrace.core.aggregate import to_nanos
-from tokentrace.core.buckets import OVERFLOW, BucketState, Caps
+from tokentrace.core.buckets import OVERFLOW, SERIES, BucketState, Caps
 from tokentrace.core.sketch import RELATIVE_ACCURACY
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import DAY_MS, HOUR_MS, MINUTE_MS, Timeline, TimelineSettings, total
@@ -288,6 +290,26 @@ def test_window_memos_follow_every_write(
             parts.install()
         assert timeline.query(start, end, groupby) == expected
         now += step_ms
+
+
+def test_bucket_memos_are_bounded_by_groups_and_the_lifetime_keeps_none(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Recent buckets' projections are kept up to ``_BUCKET_MEMO_GROUPS`` groups in all (a bucket by caller can
+    hold thousands), the answers unchanged; the lifetime's parts (a scrape by series) memoise none."""
+    monkeypatch.setattr(timeline_module, "_BUCKET_MEMO_GROUPS", 10)
+    timeline = Timeline()
+    for minute in range(5):
+        for model in range(6):
+            timeline.add(Span(model=f"m{model}", prompt_tokens=1), NOW - minute * MINUTE_MS)
+    lifetime = timeline.lifetime_parts(SERIES)
+    assert sum(a.count for a in lifetime.total().values()) == 30
+    lifetime.install()
+    assert timeline.cache_stats().bucket_memos == 0
+    start, end = timeline.window_start(NOW, 10 * MINUTE_MS), timeline.window_end(NOW)
+    for _ in range(2):
+        parts = timeline.query_parts(start, end, "model")
+        assert {model: a.count for model, a in parts.total().items()} == {f"m{m}": 5 for m in range(6)}
+        parts.install()
+        assert timeline.cache_stats().bucket_memos == 1  # 6 groups each: a second would pass 10
 
 
 def test_a_window_memo_sees_its_newest_hour_replaced() -> None:

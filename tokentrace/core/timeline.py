@@ -8,8 +8,8 @@ O(buckets x groups), never O(spans).
 A window query ``[start, end)`` is answered from memoised day and hour projections for the blocks it
 fully covers and from single buckets at its edges; a write into a block invalidates its memo. ``query_parts``
 (the server's windows, asked again and again) memoises a window's sum but for its last ``_RECENT_MS`` too,
-stamped by the versions it covers, and its recent buckets' projections, each until the bucket is written. Query results are independent of how the window is split, because
-merging is exact.
+stamped by the versions it covers, and its recent buckets' projections, each until the bucket is written.
+Query results are independent of how the window is split, because merging is exact.
 
 Memory: a bucket no write has reached for a maintenance interval is kept frozen (its encoded bytes,
 tokentrace/core/frozen.py); writes into it wait and are applied in bulk; day and hour memos are frozen too.
@@ -22,7 +22,7 @@ attribute or not, finds them instead of decoding every bucket.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, cast
@@ -144,6 +144,8 @@ _WINDOW_MEMO_GROUPS = 4096
 _BLOCK_MEMO_BYTES = 48 * 2**20
 #: Projections of buckets in the hot hours kept live (what the current hour's queries merge); oldest dropped first.
 _BUCKET_MEMO_SIZE = 1024
+#: ... and at most this many groups in all of them (a bucket by series or by caller can hold thousands).
+_BUCKET_MEMO_GROUPS = 20_000
 #: Spans waiting for their frozen buckets (a back-fill) before the fullest buckets take theirs at once; the store's
 #: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. A bucket's pass reads and
 #: writes its bytes whole, whatever it applies (~0.2 ms for an hour of a 10M-span month): the more wait, the cheaper
@@ -177,6 +179,7 @@ class Timeline:
         self._memo_bytes = 0
         #: Single buckets' projections (live), keyed by the bucket's version key.
         self._bucket_memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
+        self._bucket_groups = 0
         self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int, int], Projection]] = {}
         self._window_groups = 0
         #: Version keys of the buckets written since the last ``compact`` (those stay live through it).
@@ -424,8 +427,7 @@ class Timeline:
                 self._touch(hour)
             self._written.add((_COARSE, hour))
             self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
-        for memo_key in [k for k in self._bucket_memo if k[0] == _FINE and k[1] < moving]:
-            del self._bucket_memo[memo_key]
+        self._forget_buckets(lambda k: k[0] == _FINE and k[1] < moving)
         for table, is_hour in ((self._fine, False), (self._coarse, True)):
             for start in sorted(s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE):
                 self._retired.merge(_thawed(table.pop(start)), settings.caps)
@@ -435,8 +437,7 @@ class Timeline:
             del self._versions[key]
         for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
             self._memo_bytes -= len(self._memo.pop(memo_key)[1])
-        for memo_key in [k for k in self._bucket_memo if k[1] < horizon - DAY_MS]:
-            del self._bucket_memo[memo_key]
+        self._forget_buckets(lambda k: k[1] < horizon - DAY_MS)
         for hour in [h for h in self._hour_keys if h < horizon - DAY_MS]:
             del self._hour_keys[hour]  # its version is gone: a new one could start from the same count
         self._freeze_settled()
@@ -454,8 +455,7 @@ class Timeline:
         """
         self._hot_from = max(self._hot_from, now_ms - now_ms % HOUR_MS - HOUR_MS)
         hot_from = self._hot_from
-        for memo_key in [k for k in self._bucket_memo if k[1] < hot_from]:
-            del self._bucket_memo[memo_key]
+        self._forget_buckets(lambda k: k[1] < hot_from)
         self._freeze_settled()
 
     def _freeze_settled(self) -> None:
@@ -750,7 +750,7 @@ class Timeline:
         the window before its recent buckets whole when its memo is fresh, else as a build of it from its days,
         hours and buckets (whose projections ``LifetimeParts.install`` memoises too); then the recent buckets."""
         spec: _QuerySpec = (groupby, tuple(sorted((where or {}).items())))
-        out = LifetimeParts([], [], self)
+        out = LifetimeParts([], [], self, buckets=True)
         start_ms, recent = self._split(start_ms, end_ms)
         if recent > start_ms:
             key = (start_ms, recent, spec)
@@ -759,7 +759,7 @@ class Timeline:
             if cached is not None and cached[0] == stamp:
                 out.parts.append(cached[1])
             else:
-                inner = LifetimeParts([], [], self)
+                inner = LifetimeParts([], [], self, buckets=True)
                 self._parts(start_ms, recent, spec, inner, (DAY_MS, HOUR_MS), recent - recent % HOUR_MS)
                 out.window = _WindowBuild(key, stamp, inner)
         self._parts(recent, end_ms, spec, out, (DAY_MS, HOUR_MS), None)
@@ -866,11 +866,20 @@ class Timeline:
 
     def _remember_bucket(self, memo_key: tuple[int, int, _QuerySpec], version: int, projection: Projection) -> None:
         memo = self._bucket_memo
-        memo.pop(memo_key, None)
-        if memo_key[1] >= self._hot_from:  # older buckets are read through their hour's memo, not one by one
-            if len(memo) >= _BUCKET_MEMO_SIZE:
-                del memo[next(iter(memo))]
-            memo[memo_key] = (version, projection)
+        old = memo.pop(memo_key, None)
+        if old is not None:
+            self._bucket_groups -= len(old[1])
+        if memo_key[1] < self._hot_from:  # older buckets are read through their hour's memo, not one by one
+            return
+        while memo and (len(memo) >= _BUCKET_MEMO_SIZE or self._bucket_groups + len(projection) > _BUCKET_MEMO_GROUPS):
+            self._bucket_groups -= len(memo.pop(next(iter(memo)))[1])
+        memo[memo_key] = (version, projection)
+        self._bucket_groups += len(projection)
+
+    def _forget_buckets(self, which: Callable[[tuple[int, int, _QuerySpec]], bool]) -> None:
+        memo = self._bucket_memo
+        for memo_key in [k for k in memo if which(k)]:
+            self._bucket_groups -= len(memo.pop(memo_key)[1])
 
     def install_buckets(self, parts: Iterable[Part]) -> None:
         """Memoise the projections of the hot buckets among ``parts`` made where they were summed, unless written
@@ -1037,6 +1046,7 @@ class Timeline:
         self._memo_bytes = 0
         self._hour_keys.clear()
         self._bucket_memo.clear()
+        self._bucket_groups = 0
         self._window_memo.clear()
         self._window_groups = 0
         self._written.clear()
@@ -1164,7 +1174,7 @@ class _Build:
 
 @dataclass
 class _WindowBuild:
-    """A stale window memo (``query``'s of everything before the recent buckets), built from ``parts``."""
+    """A stale window memo (``query_parts``'s of everything before the recent buckets), built from ``parts``."""
 
     key: tuple[int, int, _QuerySpec]
     stamp: tuple[int, int, int]
@@ -1181,6 +1191,9 @@ class LifetimeParts:
     builds: list[_Build]
     timeline: Timeline
     window: _WindowBuild | None = None
+    #: Whether ``install`` memoises the hot buckets' projections made in ``total`` (a window's, asked again and
+    #: again; not the lifetime's by series, thousands of groups a bucket, which a scrape reads once a bucket).
+    buckets: bool = False
 
     def total(self) -> Projection:
         """The projection: a new one, sharing nothing with the timeline."""
@@ -1205,7 +1218,8 @@ class LifetimeParts:
         """Memoise the settled blocks, window and hot buckets ``total`` summed (on the timeline's thread, after
         ``total``)."""
         self.timeline.install(self.builds)
-        self.timeline.install_buckets(self.parts)
+        if self.buckets:
+            self.timeline.install_buckets(self.parts)
         if self.window is not None:
             self.window.parts.install()
             self.timeline.install_window(self.window)
