@@ -151,6 +151,38 @@ pub struct Limits<'a> {
     pub live: bool,
 }
 
+impl<'a> Limits<'a> {
+    /// The limits in the order `decode_batch` and `compile_spans` take them.
+    #[allow(clippy::too_many_arguments)]
+    fn new(
+        oldest_ms: i64,
+        latest_ms: i64,
+        bucket_ms: i64,
+        horizon_ms: i64,
+        priced: bool,
+        max_tokens: i64,
+        max_cost: f64,
+        max_latency: f64,
+        max_score: f64,
+        sep: &'a str,
+        live: bool,
+    ) -> Self {
+        Limits {
+            max_tokens,
+            max_cost,
+            max_latency,
+            max_score,
+            oldest_ms,
+            latest_ms,
+            bucket_ms,
+            horizon_ms,
+            priced,
+            sep,
+            live,
+        }
+    }
+}
+
 /// The fields of one span as read (before any check).
 #[derive(Default)]
 struct Fields<'a> {
@@ -579,21 +611,27 @@ impl WireBatch {
         &self.json[span.json.0..span.json.1]
     }
 
+    /// A batch of no span yet, with room for `spans` spans, `text` bytes of their texts and `json` of their lines.
+    fn empty(spans: usize, text: usize, json: usize) -> WireBatch {
+        WireBatch {
+            spans: Vec::with_capacity(spans),
+            text: String::with_capacity(text),
+            attributes: Vec::new(),
+            strings: Vec::new(),
+            series: Vec::new(),
+            json: Vec::with_capacity(json),
+            by_bucket: OnceLock::new(),
+        }
+    }
+
     fn decode(payload: &[u8], limits: &Limits<'_>) -> Option<WireBatch> {
         if limits.bucket_ms <= 0 || !payload.starts_with(PREFIX) {
             return None;
         }
         let mut reader = Reader { buf: payload, pos: PREFIX.len() };
         let count = reader.array_len()?;
-        let mut batch = WireBatch {
-            spans: Vec::with_capacity(count.min(payload.len())),
-            text: String::with_capacity(payload.len()),
-            attributes: Vec::new(),
-            strings: Vec::new(),
-            series: Vec::new(),
-            json: Vec::with_capacity(if limits.live { 0 } else { payload.len() * 2 }),
-            by_bucket: OnceLock::new(),
-        };
+        let mut batch =
+            WireBatch::empty(count.min(payload.len()), payload.len(), if limits.live { 0 } else { payload.len() * 2 });
         let mut interner = Interner::default();
         for _ in 0..count {
             let fields = read_span(&mut reader)?;
@@ -686,19 +724,19 @@ pub fn decode_batch(
     sep: &str,
     live: bool,
 ) -> Option<WireBatch> {
-    let limits = Limits {
-        max_tokens,
-        max_cost,
-        max_latency,
-        max_score,
+    let limits = Limits::new(
         oldest_ms,
         latest_ms,
         bucket_ms,
         horizon_ms,
         priced,
+        max_tokens,
+        max_cost,
+        max_latency,
+        max_score,
         sep,
         live,
-    };
+    );
     let bytes = payload.as_bytes();
     // Reading the message takes no Python object: other threads (Faust's consumer) run meanwhile.
     py.detach(|| WireBatch::decode(bytes, &limits))
@@ -796,19 +834,19 @@ pub fn compile_spans<'py>(
 ) -> Option<(Bound<'py, PyBytes>, WireBatch)> {
     use crate::msgpack::{write_array_len, write_map_len, write_str};
     use pyo3::types::PyDict;
-    let limits = Limits {
-        max_tokens,
-        max_cost,
-        max_latency,
-        max_score,
+    let limits = Limits::new(
         oldest_ms,
         latest_ms,
         bucket_ms,
         horizon_ms,
         priced,
+        max_tokens,
+        max_cost,
+        max_latency,
+        max_score,
         sep,
         live,
-    };
+    );
     let slots = crate::slots::span_slots(py, &FIELDS)?;
     let count = spans.len();
     if bucket_ms <= 0 || count == 0 {
@@ -825,15 +863,7 @@ pub fn compile_spans<'py>(
     let mut out: Vec<u8> = Vec::with_capacity(count * 512 + 16);
     out.extend_from_slice(BATCH_PREFIX);
     write_array_len(&mut out, count);
-    let mut batch = WireBatch {
-        spans: Vec::with_capacity(count),
-        text: String::with_capacity(count * 256),
-        attributes: Vec::new(),
-        strings: Vec::new(),
-        series: Vec::new(),
-        json: Vec::with_capacity(if live { 0 } else { count * 768 }),
-        by_bucket: OnceLock::new(),
-    };
+    let mut batch = WireBatch::empty(count, count * 256, if live { 0 } else { count * 768 });
     let mut interner = Interner::default();
     for (done, span) in spans.iter().enumerate() {
         let objs = slots.read(&span)?;
