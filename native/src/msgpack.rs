@@ -13,6 +13,25 @@ pub enum Value<'a> {
     Str(&'a str),
 }
 
+impl<'a> Value<'a> {
+    /// The text of a string, else None.
+    pub fn text(self) -> Option<&'a str> {
+        match self {
+            Value::Str(text) => Some(text),
+            _ => None,
+        }
+    }
+
+    /// The text of a string, None for nil, else not a value of an optional string (None).
+    pub fn optional_text(self) -> Option<Option<&'a str>> {
+        match self {
+            Value::Nil => Some(None),
+            Value::Str(text) => Some(Some(text)),
+            _ => None,
+        }
+    }
+}
+
 pub struct Reader<'a> {
     pub buf: &'a [u8],
     pub pos: usize,
@@ -99,18 +118,11 @@ impl<'a> Reader<'a> {
     }
 
     pub fn str(&mut self) -> Option<&'a str> {
-        match self.value()? {
-            Value::Str(text) => Some(text),
-            _ => None,
-        }
+        self.value()?.text()
     }
 
     pub fn optional_str(&mut self) -> Option<Option<&'a str>> {
-        match self.value()? {
-            Value::Nil => Some(None),
-            Value::Str(text) => Some(Some(text)),
-            _ => None,
-        }
+        self.value()?.optional_text()
     }
 }
 

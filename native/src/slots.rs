@@ -59,6 +59,15 @@ fn locate(py: Python<'_>, sample: &Bound<'_, PyAny>) -> PyResult<Option<Layout>>
     Ok(Some(Layout { class: class.unbind(), words: found }))
 }
 
+/// The field slot `word` of `span`: a strong reference owned by the instance, or NULL (unset).
+///
+/// # Safety
+/// `span` is an instance of the class the layout was found on and `word` one of that layout's words; the GIL is
+/// held.
+unsafe fn slot(span: &Bound<'_, PyAny>, word: usize) -> *mut ffi::PyObject {
+    *(span.as_ptr() as *const *mut ffi::PyObject).add(word)
+}
+
 /// `span.<name>`: read from its slot when `span` is of the registered class, else by `getattr`. `name` must be
 /// interned (`intern!`) for the slot to be found.
 pub fn field<'py>(span: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyResult<Bound<'py, PyAny>> {
@@ -67,9 +76,8 @@ pub fn field<'py>(span: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyRe
         // SAFETY: `span` is a live object (borrowed for the call); reading its type pointer is what Py_TYPE does.
         if unsafe { ffi::Py_TYPE(span.as_ptr()) } == layout.class.as_ptr() as *mut ffi::PyTypeObject {
             if let Some(&(_, word)) = layout.words.iter().find(|(known, _)| known.as_ptr() == name.as_ptr()) {
-                // SAFETY: an instance of the class the layout was found on: `word` is one of its field slots,
-                // holding a strong reference owned by the instance or NULL (unset), read with the GIL held.
-                let slot = unsafe { *(span.as_ptr() as *const *mut ffi::PyObject).add(word) };
+                // SAFETY: an instance of the class the layout was found on, `word` one of its field slots.
+                let slot = unsafe { slot(span, word) };
                 if !slot.is_null() {
                     // SAFETY: a non-NULL slot is a valid object; the new reference is our own.
                     return Ok(unsafe { Bound::from_borrowed_ptr(py, slot) });
@@ -112,9 +120,8 @@ impl<const N: usize> SpanSlots<N> {
         }
         let mut out = [None; N];
         for (field, &word) in out.iter_mut().zip(&self.words) {
-            // SAFETY: an instance of the class the layout was found on: `word` is one of its field slots, holding
-            // a strong reference owned by the instance or NULL (unset), read with the GIL held.
-            let slot = unsafe { *(span.as_ptr() as *const *mut ffi::PyObject).add(word) };
+            // SAFETY: an instance of the class the layout was found on, `word` one of its field slots.
+            let slot = unsafe { slot(span, word) };
             if slot.is_null() {
                 return None;
             }

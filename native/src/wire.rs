@@ -780,21 +780,6 @@ fn live_str<'a>(obj: Borrowed<'a, '_, PyAny>) -> Option<&'a str> {
     Some(unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(data as *const u8, size as usize)) })
 }
 
-fn live_text(value: Value<'_>) -> Option<&str> {
-    match value {
-        Value::Str(text) => Some(text),
-        _ => None,
-    }
-}
-
-fn live_optional(value: Value<'_>) -> Option<Option<&str>> {
-    match value {
-        Value::Nil => Some(None),
-        Value::Str(text) => Some(Some(text)),
-        _ => None,
-    }
-}
-
 /// `value` as msgspec's MessagePack encoder writes it.
 fn write_value(out: &mut Vec<u8>, value: Value<'_>) -> Option<()> {
     use crate::msgpack::{write_float, write_int, write_str};
@@ -891,7 +876,7 @@ pub fn compile_spans<'py>(
         while unsafe { ffi::PyDict_Next(attributes.as_ptr(), &mut pos, &mut key, &mut item) } != 0 {
             // SAFETY: valid objects the dict keeps alive (see above).
             let (name, value) = unsafe { (Borrowed::from_ptr(py, key), Borrowed::from_ptr(py, item)) };
-            let name = live_text(live_value(name)?)?;
+            let name = live_value(name)?.text()?;
             let value = live_value(value)?;
             if matches!(value, Value::Nil) {
                 return None; // as `read_span`: the Python code decides
@@ -901,22 +886,22 @@ pub fn compile_spans<'py>(
             pairs.push((name, value));
         }
         let fields = Fields {
-            trace_id: Some(live_text(values[0])?),
-            span_id: Some(live_text(values[1])?),
-            parent_span_id: live_optional(values[2])?,
-            name: Some(live_text(values[3])?),
-            model: Some(live_text(values[4])?),
-            provider: Some(live_text(values[5])?),
+            trace_id: Some(values[0].text()?),
+            span_id: Some(values[1].text()?),
+            parent_span_id: values[2].optional_text()?,
+            name: Some(values[3].text()?),
+            model: Some(values[4].text()?),
+            provider: Some(values[5].text()?),
             prompt: Some(values[6]),
             comp: Some(values[7]),
             total: Some(values[8]),
             cost: Some(values[9]),
             latency: Some(values[10]),
-            status: Some(live_text(values[11])?),
-            error: live_optional(values[12])?,
-            caller: Some(live_text(values[13])?),
-            started_at: live_optional(values[14])?,
-            ended_at: live_optional(values[15])?,
+            status: Some(values[11].text()?),
+            error: values[12].optional_text()?,
+            caller: Some(values[13].text()?),
+            started_at: values[14].optional_text()?,
+            ended_at: values[15].optional_text()?,
             attributes: pairs,
         };
         accept(&fields, &limits, &mut batch, &mut interner)?;

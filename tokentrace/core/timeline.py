@@ -22,7 +22,7 @@ attribute or not, finds them instead of decoding every bucket.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from operator import itemgetter
 from typing import TYPE_CHECKING, cast
@@ -33,6 +33,7 @@ from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
 from tokentrace.core.deferred import DeferredWrites
+from tokentrace.core.projection_memo import ProjectionMemo
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
 
@@ -178,10 +179,13 @@ class Timeline:
         self._memo: dict[tuple[int, int, _QuerySpec], tuple[int, msgspec.Raw]] = {}
         self._memo_bytes = 0
         #: Single buckets' projections (live), keyed by the bucket's version key.
-        self._bucket_memo: dict[tuple[int, int, _QuerySpec], tuple[int, Projection]] = {}
-        self._bucket_groups = 0
-        self._window_memo: dict[tuple[int, int, _QuerySpec], tuple[tuple[int, int, int], Projection]] = {}
-        self._window_groups = 0
+        self._bucket_memo: ProjectionMemo[tuple[int, int, _QuerySpec], int] = ProjectionMemo(
+            _BUCKET_MEMO_SIZE, _BUCKET_MEMO_GROUPS
+        )
+        #: Windows' sums before their recent buckets, keyed by (start, stop, spec), at their ``_range_stamp``.
+        self._window_memo: ProjectionMemo[tuple[int, int, _QuerySpec], tuple[int, int, int]] = ProjectionMemo(
+            _WINDOW_MEMO_SIZE, _WINDOW_MEMO_GROUPS
+        )
         #: Version keys of the buckets written since the last ``compact`` (those stay live through it).
         self._written: set[tuple[int, int]] = set()
         #: Buckets from here on are the hot ones: never frozen, thawed by a write (``compact`` moves it on).
@@ -427,7 +431,7 @@ class Timeline:
                 self._touch(hour)
             self._written.add((_COARSE, hour))
             self._versions[(_COARSE, hour)] = self._versions.get((_COARSE, hour), 0) + 1
-        self._forget_buckets(lambda k: k[0] == _FINE and k[1] < moving)
+        self._bucket_memo.forget(lambda k: k[0] == _FINE and k[1] < moving)
         for table, is_hour in ((self._fine, False), (self._coarse, True)):
             for start in sorted(s for s in table if tiers.fate(s, is_hour=is_hour) is Fate.RETIRE):
                 self._retired.merge(_thawed(table.pop(start)), settings.caps)
@@ -437,7 +441,7 @@ class Timeline:
             del self._versions[key]
         for memo_key in [k for k in self._memo if k[1] < horizon - DAY_MS]:
             self._memo_bytes -= len(self._memo.pop(memo_key)[1])
-        self._forget_buckets(lambda k: k[1] < horizon - DAY_MS)
+        self._bucket_memo.forget(lambda k: k[1] < horizon - DAY_MS)
         for hour in [h for h in self._hour_keys if h < horizon - DAY_MS]:
             del self._hour_keys[hour]  # its version is gone: a new one could start from the same count
         self._freeze_settled()
@@ -455,7 +459,7 @@ class Timeline:
         """
         self._hot_from = max(self._hot_from, now_ms - now_ms % HOUR_MS - HOUR_MS)
         hot_from = self._hot_from
-        self._forget_buckets(lambda k: k[1] < hot_from)
+        self._bucket_memo.forget(lambda k: k[1] < hot_from)
         self._freeze_settled()
 
     def _freeze_settled(self) -> None:
@@ -630,25 +634,13 @@ class Timeline:
     def _settled(self, start: int, cut: int, spec: _QuerySpec) -> Projection:
         stamp = self._range_stamp(start, cut)
         key = (start, cut, spec)
-        cached = self._window_memo.get(key)
-        if cached is not None and cached[0] == stamp:
-            return cached[1]
+        cached = self._window_memo.get(key, stamp)
+        if cached is not None:
+            return cached
         projection: Projection = {}
         self._collect(start, cut, spec, projection, (DAY_MS, HOUR_MS))
-        self._remember_window(key, stamp, projection)
+        self._window_memo.put(key, stamp, projection)
         return projection
-
-    def _remember_window(
-        self, key: tuple[int, int, _QuerySpec], stamp: tuple[int, int, int], result: Projection
-    ) -> None:
-        memo = self._window_memo
-        old = memo.pop(key, None)
-        if old is not None:
-            self._window_groups -= len(old[1])
-        while memo and (len(memo) >= _WINDOW_MEMO_SIZE or self._window_groups + len(result) > _WINDOW_MEMO_GROUPS):
-            self._window_groups -= len(memo.pop(next(iter(memo)))[1])
-        memo[key] = (stamp, result)
-        self._window_groups += len(result)
 
     def lifetime(self, groupby: str | None = None) -> Projection:
         """Everything ever counted, including retired buckets (for monotonic counters)."""
@@ -755,9 +747,9 @@ class Timeline:
         if recent > start_ms:
             key = (start_ms, recent, spec)
             stamp = self._range_stamp(start_ms, recent)
-            cached = self._window_memo.get(key)
-            if cached is not None and cached[0] == stamp:
-                out.parts.append(cached[1])
+            cached = self._window_memo.get(key, stamp)
+            if cached is not None:
+                out.parts.append(cached)
             else:
                 inner = LifetimeParts([], [], self, buckets=True)
                 self._parts(start_ms, recent, spec, inner, (DAY_MS, HOUR_MS), recent - recent % HOUR_MS)
@@ -771,7 +763,7 @@ class Timeline:
         stamp = self._range_stamp(start, stop)
         if window.result is None or stamp != window.stamp:
             return
-        self._remember_window(window.key, stamp, window.result)
+        self._window_memo.put(window.key, stamp, window.result)
 
     def install(self, builds: Iterable[_Build]) -> None:
         """Memoise the blocks ``builds`` summed, unless written since they were listed."""
@@ -837,9 +829,9 @@ class Timeline:
         its bytes (a settled bucket's own; what the projection reads of a live one, encoded now, ~20x cheaper
         than projecting it here), projected where the parts are summed, one at a time."""
         version = self._versions.get(key, 0)
-        cached = self._bucket_memo.get((key[0], key[1], spec))
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        cached = self._bucket_memo.get((key[0], key[1], spec), version)
+        if cached is not None:
+            return cached
         if key in self._pending:
             state = self._stored(key) or BucketState()
         raw = frozen.freeze_for(state, spec[0], dict(spec[1])) if isinstance(state, BucketState) else state
@@ -851,10 +843,9 @@ class Timeline:
         """One stored bucket's projection, memoised until that bucket is written again."""
         version = self._versions.get(key, 0)
         memo_key = (key[0], key[1], spec)
-        memo = self._bucket_memo
-        cached = memo.get(memo_key)
-        if cached is not None and cached[0] == version:
-            return cached[1]
+        cached = self._bucket_memo.get(memo_key, version)
+        if cached is not None:
+            return cached
         if key in self._pending:
             state = self._stored(key) or BucketState()
         if isinstance(state, BucketState):
@@ -865,21 +856,10 @@ class Timeline:
         return projection
 
     def _remember_bucket(self, memo_key: tuple[int, int, _QuerySpec], version: int, projection: Projection) -> None:
-        memo = self._bucket_memo
-        old = memo.pop(memo_key, None)
-        if old is not None:
-            self._bucket_groups -= len(old[1])
         if memo_key[1] < self._hot_from:  # older buckets are read through their hour's memo, not one by one
-            return
-        while memo and (len(memo) >= _BUCKET_MEMO_SIZE or self._bucket_groups + len(projection) > _BUCKET_MEMO_GROUPS):
-            self._bucket_groups -= len(memo.pop(next(iter(memo)))[1])
-        memo[memo_key] = (version, projection)
-        self._bucket_groups += len(projection)
-
-    def _forget_buckets(self, which: Callable[[tuple[int, int, _QuerySpec]], bool]) -> None:
-        memo = self._bucket_memo
-        for memo_key in [k for k in memo if which(k)]:
-            self._bucket_groups -= len(memo.pop(memo_key)[1])
+            self._bucket_memo.pop(memo_key)
+        else:
+            self._bucket_memo.put(memo_key, version, projection)
 
     def install_buckets(self, parts: Iterable[Part]) -> None:
         """Memoise the projections of the hot buckets among ``parts`` made where they were summed, unless written
@@ -1046,9 +1026,7 @@ class Timeline:
         self._memo_bytes = 0
         self._hour_keys.clear()
         self._bucket_memo.clear()
-        self._bucket_groups = 0
         self._window_memo.clear()
-        self._window_groups = 0
         self._written.clear()
         self._pending.clear()
         self._pending_spans = 0
@@ -1092,7 +1070,7 @@ class Timeline:
             bucket_memos=len(self._bucket_memo),
             pending_spans=self._pending_spans,
             window_memos=len(self._window_memo),
-            window_memo_groups=self._window_groups,
+            window_memo_groups=self._window_memo.groups,
         )
 
 
