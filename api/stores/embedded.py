@@ -248,9 +248,7 @@ class EmbeddedStore:
         for byte ``encode_wire``'s, the batch ``_compile``'s of it), else one after the other."""
         compiled = native.compile_spans
         if compiled is not None and spans:
-            both = compiled(
-                spans, _LOWEST, _HIGHEST, self.settings.bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP, live=True
-            )
+            both = compiled(spans, *self._bounds(), live=True)
             if both is not None:
                 return both
         wire = encode_wire(spans)
@@ -266,8 +264,12 @@ class EmbeddedStore:
         decode = native.decode_batch
         if decode is None:
             return None
-        bucket_ms = self.settings.bucket_ms
-        return decode(wire, _LOWEST, _HIGHEST, bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP, live=True)
+        return decode(wire, *self._bounds(), live=True)
+
+    def _bounds(self) -> tuple[int | float | bool | str, ...]:
+        """What ``_compile`` and ``_encode`` hand the compiled code after the batch: no time bound, no horizon,
+        no price required (the spans were checked, stamped and priced before), the buckets and span limits."""
+        return (_LOWEST, _HIGHEST, self.settings.bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP)
 
     def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0, batch: WireBatch | None = None) -> None:
         """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
