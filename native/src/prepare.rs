@@ -8,11 +8,15 @@
 //! fills it) and their prices (as the pricer sets them), so the Python code then decides the same, error
 //! message included.
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyList, PyString};
+use pyo3::types::{PyDict, PyFloat, PyList, PyString};
+use rustc_hash::FxHashMap;
 
-use crate::span_check::{canonical, stamp};
+use crate::msgpack::Value;
+use crate::slots::at;
+use crate::span_check::{canonical, format, stamped};
 
 /// The caps of `core.limits`, in characters (code points, as Python's `len`).
 #[derive(FromPyObject)]
@@ -27,124 +31,127 @@ pub struct TextCaps {
     attributes_chars: usize,
 }
 
-/// The length of an exact `str` in code points; `None` for anything else.
-fn chars(obj: &Bound<'_, PyAny>) -> Option<usize> {
-    if !obj.is_exact_instance_of::<PyString>() {
+/// Whether `obj` is an exact `str` of at most `cap` characters; `None` when the Python code should look.
+fn within(obj: Borrowed<'_, '_, PyAny>, cap: usize) -> Option<()> {
+    (crate::slots::chars(obj)? <= cap).then_some(())
+}
+
+/// Whether a span (its `fields`) is within every cap (`text_limit_error` returns None) and, when `cache_keys`
+/// are given (it is to be priced), carries none of them as an attribute; `None` when the Python code should look.
+fn usual_text(fields: &[Borrowed<'_, '_, PyAny>; 17], caps: &TextCaps, cache_keys: &[String]) -> Option<()> {
+    for index in [at::MODEL, at::PROVIDER, at::CALLER] {
+        within(fields[index], caps.label)?;
+    }
+    within(fields[at::TRACE_ID], caps.id)?;
+    within(fields[at::SPAN_ID], caps.id)?;
+    if !fields[at::PARENT_SPAN_ID].is_none() {
+        within(fields[at::PARENT_SPAN_ID], caps.id)?;
+    }
+    within(fields[at::NAME], caps.name)?;
+    if !fields[at::ERROR].is_none() {
+        within(fields[at::ERROR], caps.error)?;
+    }
+    let attributes = fields[at::ATTRIBUTES];
+    if !attributes.is_exact_instance_of::<PyDict>() {
         return None;
     }
-    obj.len().ok()
-}
-
-fn within(obj: &Bound<'_, PyAny>, cap: usize) -> Option<()> {
-    (chars(obj)? <= cap).then_some(())
-}
-
-/// Whether `span` is within every cap (`text_limit_error` returns None) and carries no cached-token attribute
-/// when it is to be priced; `None` when the Python code should look.
-fn usual_text(
-    py: Python<'_>,
-    span: &Bound<'_, PyAny>,
-    caps: &TextCaps,
-    cache_keys: &[Bound<'_, PyString>],
-) -> Option<()> {
-    for name in [intern!(py, "model"), intern!(py, "provider"), intern!(py, "caller")] {
-        within(&crate::slots::field(span, name).ok()?, caps.label)?;
-    }
-    for name in [intern!(py, "trace_id"), intern!(py, "span_id")] {
-        within(&crate::slots::field(span, name).ok()?, caps.id)?;
-    }
-    let parent = crate::slots::field(span, intern!(py, "parent_span_id")).ok()?;
-    if !parent.is_none() {
-        within(&parent, caps.id)?;
-    }
-    within(&crate::slots::field(span, intern!(py, "name")).ok()?, caps.name)?;
-    let error = crate::slots::field(span, intern!(py, "error")).ok()?;
-    if !error.is_none() {
-        within(&error, caps.error)?;
-    }
-    let attributes = crate::slots::field(span, intern!(py, "attributes")).ok()?;
-    let attributes = attributes.cast::<PyDict>().ok()?;
-    if attributes.len() > caps.attributes {
+    // SAFETY: an exact dict, with the GIL held.
+    let len = usize::try_from(unsafe { ffi::PyDict_Size(attributes.as_ptr()) }).ok()?;
+    if len > caps.attributes {
         return None;
     }
     let mut total = 0;
-    for (key, value) in attributes.iter() {
-        let length = chars(&key)?;
+    let (mut pos, mut key, mut item): (ffi::Py_ssize_t, *mut ffi::PyObject, *mut ffi::PyObject) =
+        (0, std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: iterating an exact dict with the GIL held, running no Python code meanwhile, so it cannot change;
+    // the key and value are borrowed from it.
+    while unsafe { ffi::PyDict_Next(attributes.as_ptr(), &mut pos, &mut key, &mut item) } != 0 {
+        // SAFETY: valid objects the dict keeps alive (see above).
+        let (key, item) =
+            unsafe { (Borrowed::from_ptr(attributes.py(), key), Borrowed::from_ptr(attributes.py(), item)) };
+        let length = crate::slots::chars(key)?;
         if length > caps.attribute_key {
             return None;
         }
         total += length;
-        if value.is_exact_instance_of::<PyString>() {
-            let length = value.len().ok()?;
+        if item.is_exact_instance_of::<PyString>() {
+            let length = crate::slots::chars(item)?;
             if length > caps.attribute_value {
                 return None;
             }
             total += length;
         }
-    }
-    if total > caps.attributes_chars {
-        return None;
-    }
-    if !attributes.is_empty() {
-        for key in cache_keys {
-            if attributes.contains(key).ok()? {
+        for cached in cache_keys {
+            if length == cached.len() && crate::slots::text(key)? == cached {
                 return None;
             }
         }
     }
-    Some(())
-}
-
-/// Whether the pricer is to price `span` (`_prepare`: no `cost_usd`, some token split known).
-fn to_price(py: Python<'_>, span: &Bound<'_, PyAny>) -> Option<bool> {
-    if !crate::slots::field(span, intern!(py, "cost_usd")).ok()?.is_none() {
-        return Some(false);
-    }
-    let known = |name| crate::slots::field(span, name).ok().map(|value: Bound<'_, PyAny>| !value.is_none());
-    Some(known(intern!(py, "prompt_tokens"))? || known(intern!(py, "comp_tokens"))?)
+    (total <= caps.attributes_chars).then_some(())
 }
 
 /// A token count as `int(span.x or 0)` reads it (`Span.__post_init__` made it a whole int or `None`).
-fn count(obj: &Bound<'_, PyAny>) -> Option<i64> {
-    if obj.is_none() {
-        return Some(0);
+fn count(value: Value<'_>) -> Option<i64> {
+    match value {
+        Value::Nil => Some(0),
+        Value::Int(count) if (0..=1 << 53).contains(&count) => Some(count),
+        _ => None,
     }
-    if !obj.is_exact_instance_of::<PyInt>() {
-        return None;
-    }
-    obj.extract::<i64>().ok().filter(|value| (0..=1 << 53).contains(value))
 }
 
 /// One region's linear rates: `(per_call, input, output, cache_read, cache_write)` (`Rates`' fields).
 type Linear = (f64, f64, f64, f64, f64);
 
-/// `span`'s price from its model's rates in `rates` (`{model: {provider or None: rates or None}}`), where the
-/// rates are linear (`Linear`) or tiered by input tokens (`(starts, regions)`: region `i` prices calls whose
-/// prompt tokens lie in `(starts[i-1], starts[i]]`, as `_Tiered` picks it with `bisect_left`), as
-/// `PriceTable.cost` computes it for uncached tokens: `round(per_call + prompt * input + comp * output)` to
-/// `1 / scale` USD. `None` when the model has no such rates here (the pricer prices it).
-fn table_price(py: Python<'_>, span: &Bound<'_, PyAny>, rates: &Bound<'_, PyDict>, scale: f64) -> Option<f64> {
-    let by_provider = rates.get_item(crate::slots::field(span, intern!(py, "model")).ok()?).ok()??;
-    let by_provider = by_provider.cast::<PyDict>().ok()?;
-    let provider = crate::slots::field(span, intern!(py, "provider")).ok()?;
-    let entry = if provider.is_truthy().ok()? {
-        by_provider.get_item(provider).ok()??
-    } else {
-        by_provider.get_item(py.None()).ok()??
-    };
-    if entry.is_none() {
-        return None;
-    }
-    let prompt = count(&crate::slots::field(span, intern!(py, "prompt_tokens")).ok()?)?;
-    let comp = count(&crate::slots::field(span, intern!(py, "comp_tokens")).ok()?)? as f64;
-    let (per_call, input, output, _, _) = match entry.extract::<Linear>() {
-        Ok(linear) => linear,
-        Err(_) => {
-            let (starts, regions): (Vec<i64>, Vec<Linear>) = entry.extract().ok()?;
-            *regions.get(starts.partition_point(|start| *start < prompt))?
+/// A model's rates as `rates` holds them: linear, or tiered by input tokens (`(starts, regions)`: region `i`
+/// prices calls whose prompt tokens lie in `(starts[i-1], starts[i]]`, as `_Tiered` picks it with
+/// `bisect_left`).
+enum Entry {
+    Linear(Linear),
+    Tiered(Vec<i64>, Vec<Linear>),
+}
+
+/// The entries of `rates` (`{model: {provider or None: rates or None}}`) a batch has looked up so far, by model
+/// and provider (`""`: looked up as None, as `provider or None` does); `None`: none there (the pricer prices).
+#[derive(Default)]
+struct Prices {
+    seen: FxHashMap<String, FxHashMap<String, Option<Entry>>>,
+}
+
+impl Prices {
+    fn entry(&mut self, rates: &Bound<'_, PyDict>, model: &str, provider: &str) -> Option<&Entry> {
+        let known = self.seen.get(model).is_some_and(|by_provider| by_provider.contains_key(provider));
+        if !known {
+            let found = Self::look_up(rates, model, provider);
+            self.seen.entry(model.to_owned()).or_default().insert(provider.to_owned(), found);
         }
+        self.seen.get(model)?.get(provider)?.as_ref()
+    }
+
+    fn look_up(rates: &Bound<'_, PyDict>, model: &str, provider: &str) -> Option<Entry> {
+        let by_provider = rates.get_item(model).ok()??;
+        let by_provider = by_provider.cast::<PyDict>().ok()?;
+        let entry =
+            if provider.is_empty() { by_provider.get_item(rates.py().None()) } else { by_provider.get_item(provider) };
+        let entry = entry.ok()??;
+        if entry.is_none() {
+            return None;
+        }
+        if let Ok(linear) = entry.extract::<Linear>() {
+            return Some(Entry::Linear(linear));
+        }
+        let (starts, regions): (Vec<i64>, Vec<Linear>) = entry.extract().ok()?;
+        Some(Entry::Tiered(starts, regions))
+    }
+}
+
+/// A span's price from its model's rates (`entry`), as `PriceTable.cost` computes it for uncached tokens:
+/// `round(per_call + prompt * input + comp * output)` to `1 / scale` USD; `None` when it is out of range.
+fn table_price(entry: &Entry, prompt: i64, comp: i64, scale: f64) -> Option<f64> {
+    let (per_call, input, output, _, _) = match entry {
+        Entry::Linear(linear) => *linear,
+        Entry::Tiered(starts, regions) => *regions.get(starts.partition_point(|start| *start < prompt))?,
     };
-    let usd = per_call + prompt as f64 * input + comp * output;
+    let usd = per_call + prompt as f64 * input + comp as f64 * output;
     let scaled = usd * scale + 0.5;
     if !scaled.is_finite() || !(0.0..9.0e18).contains(&scaled) {
         return None;
@@ -166,29 +173,45 @@ pub fn prepare_spans(
     rates: Option<&Bound<'_, PyDict>>,
     scale: f64,
     caps: TextCaps,
-    cache_keys: Vec<Bound<'_, PyString>>,
+    cache_keys: Vec<String>,
 ) -> Option<(Vec<i64>, Vec<usize>)> {
     let spans = spans.cast::<PyList>().ok()?;
+    let layout = crate::slots::span_layout(py)?;
     let mut starts = Vec::with_capacity(spans.len());
     let mut pricing = Vec::new();
+    let mut prices = Prices::default();
     for (index, span) in spans.iter().enumerate() {
-        let price = rates.is_some() && to_price(py, &span)?;
-        usual_text(py, &span, &caps, if price { &cache_keys } else { &[] })?;
-        let start = stamp(py, &span)?;
-        if start < oldest_ms || start > latest_ms {
+        let fields = layout.read(&span)?;
+        let field = |index: usize| crate::slots::value(fields[index]);
+        let (prompt, comp) = (field(at::PROMPT_TOKENS)?, field(at::COMP_TOKENS)?);
+        let price = rates.is_some()
+            && matches!(field(at::COST_USD)?, Value::Nil)
+            && !(matches!(prompt, Value::Nil) && matches!(comp, Value::Nil));
+        usual_text(&fields, &caps, if price { &cache_keys } else { &[] })?;
+        let (start, filled) = stamped(field(at::STARTED_AT)?, field(at::ENDED_AT)?, field(at::LATENCY_MS)?)?;
+        let ended = match filled {
+            Some(ended) => ended,
+            None => canonical(field(at::ENDED_AT)?.text()?)?,
+        };
+        if start < oldest_ms || start > latest_ms || ended > latest_ms {
             return None;
         }
-        let ended = crate::slots::field(&span, intern!(py, "ended_at")).ok()?;
-        let ended = canonical(ended.cast::<PyString>().ok()?.to_str().ok()?)?;
-        if ended > latest_ms {
-            return None;
+        let usd = match (price, rates) {
+            (true, Some(rates)) => {
+                let (model, provider) = (field(at::MODEL)?.text()?, field(at::PROVIDER)?.text()?);
+                let entry = prices.entry(rates, model, provider);
+                Some(entry.and_then(|entry| table_price(entry, count(prompt)?, count(comp)?, scale)))
+            }
+            _ => None,
+        };
+        if let Some(ended) = filled {
+            span.setattr(intern!(py, "ended_at"), format(ended)).ok()?;
         }
         starts.push(start);
-        if let (true, Some(rates)) = (price, rates) {
-            match table_price(py, &span, rates, scale) {
-                Some(usd) => span.setattr(intern!(py, "cost_usd"), PyFloat::new(py, usd)).ok()?,
-                None => pricing.push(index),
-            }
+        match usd {
+            Some(Some(usd)) => span.setattr(intern!(py, "cost_usd"), PyFloat::new(py, usd)).ok()?,
+            Some(None) => pricing.push(index),
+            None => {}
         }
     }
     Some((starts, pricing))

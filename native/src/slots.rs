@@ -17,6 +17,8 @@ use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::{PyString, PyTuple, PyType};
 
+use crate::msgpack::Value;
+
 struct Layout {
     class: Py<PyType>,
     /// Each field's interned name (compared by address: `intern!` hands out the interned object) and the
@@ -88,10 +90,52 @@ pub fn field<'py>(span: &Bound<'py, PyAny>, name: &Bound<'py, PyString>) -> PyRe
     span.getattr(name)
 }
 
+/// `Span`'s fields in `__struct_fields__` order (tokentrace/core/span.py): what `span_layout` reads.
+pub const SPAN_FIELDS: [&str; 17] = [
+    "trace_id",
+    "span_id",
+    "parent_span_id",
+    "name",
+    "model",
+    "provider",
+    "prompt_tokens",
+    "comp_tokens",
+    "total_tokens",
+    "cost_usd",
+    "latency_ms",
+    "status",
+    "error",
+    "caller",
+    "started_at",
+    "ended_at",
+    "attributes",
+];
+
+/// Indices into `SPAN_FIELDS` (and into what `SpanSlots::read` returns).
+pub mod at {
+    pub const TRACE_ID: usize = 0;
+    pub const SPAN_ID: usize = 1;
+    pub const PARENT_SPAN_ID: usize = 2;
+    pub const NAME: usize = 3;
+    pub const MODEL: usize = 4;
+    pub const PROVIDER: usize = 5;
+    pub const PROMPT_TOKENS: usize = 6;
+    pub const COMP_TOKENS: usize = 7;
+    pub const TOTAL_TOKENS: usize = 8;
+    pub const COST_USD: usize = 9;
+    pub const LATENCY_MS: usize = 10;
+    pub const ERROR: usize = 12;
+    pub const CALLER: usize = 13;
+    pub const STARTED_AT: usize = 14;
+    pub const ENDED_AT: usize = 15;
+    pub const ATTRIBUTES: usize = 16;
+}
+
 /// Where the registered class keeps its fields, when they are exactly `names` in that order: for reading all
 /// of a span's fields at once (`SpanSlots::read`).
 pub struct SpanSlots<const N: usize> {
-    class: *mut ffi::PyTypeObject,
+    /// The address of the registered class (kept alive by `LAYOUT`), compared with an instance's type.
+    class: usize,
     words: [usize; N],
 }
 
@@ -107,7 +151,16 @@ pub fn span_slots<const N: usize>(py: Python<'_>, names: &[&str; N]) -> Option<S
         }
         words[at] = *word;
     }
-    Some(SpanSlots { class: layout.class.as_ptr() as *mut ffi::PyTypeObject, words })
+    Some(SpanSlots { class: layout.class.as_ptr() as usize, words })
+}
+
+static SPAN_LAYOUT: PyOnceLock<Option<SpanSlots<17>>> = PyOnceLock::new();
+
+/// `span_slots` of `SPAN_FIELDS`, found once `register_span` has run (None before: the first span, made at
+/// import to register the layout, is checked in Python).
+pub fn span_layout(py: Python<'_>) -> Option<&SpanSlots<17>> {
+    LAYOUT.get(py)?;
+    SPAN_LAYOUT.get_or_init(py, || span_slots(py, &SPAN_FIELDS)).as_ref()
 }
 
 impl<const N: usize> SpanSlots<N> {
@@ -115,7 +168,7 @@ impl<const N: usize> SpanSlots<N> {
     /// unset; else None. The references are the instance's own: valid while `span` lives and no field is set.
     pub fn read<'a, 'py>(&self, span: &'a Bound<'py, PyAny>) -> Option<[Borrowed<'a, 'py, PyAny>; N]> {
         // SAFETY: `span` is a live object (borrowed for the call); reading its type pointer is what Py_TYPE does.
-        if unsafe { ffi::Py_TYPE(span.as_ptr()) } != self.class {
+        if unsafe { ffi::Py_TYPE(span.as_ptr()) } as usize != self.class {
             return None;
         }
         let mut out = [None; N];
@@ -130,6 +183,51 @@ impl<const N: usize> SpanSlots<N> {
         }
         Some(out.map(|field| field.expect("every field read")))
     }
+}
+
+/// A field's value as the MessagePack encoding of the span holds it: `None` for what this code leaves to
+/// msgspec (a subclass of a builtin, an int beyond 64 bits, a container).
+pub fn value<'a>(obj: Borrowed<'a, '_, PyAny>) -> Option<Value<'a>> {
+    use pyo3::types::{PyBool, PyFloat, PyInt};
+    if obj.is_none() {
+        Some(Value::Nil)
+    } else if obj.is_exact_instance_of::<PyString>() {
+        text(obj).map(Value::Str)
+    } else if obj.is_exact_instance_of::<PyInt>() {
+        obj.extract::<i64>().ok().map(Value::Int)
+    } else if obj.is_exact_instance_of::<PyFloat>() {
+        // SAFETY: checked to be exactly a float just above.
+        Some(Value::Float(unsafe { obj.cast_unchecked::<PyFloat>() }.value()))
+    } else if obj.is_exact_instance_of::<PyBool>() {
+        Some(Value::Bool(obj.is(&*PyBool::new(obj.py(), true))))
+    } else {
+        None
+    }
+}
+
+/// The UTF-8 of an exact `str`, borrowed from it (CPython keeps it with the string); None for a string with a
+/// lone surrogate (no UTF-8: msgspec refuses to encode it).
+pub fn text<'a>(obj: Borrowed<'a, '_, PyAny>) -> Option<&'a str> {
+    let mut size: ffi::Py_ssize_t = 0;
+    // SAFETY: `obj` is an exact str, alive for 'a; the UTF-8 buffer CPython returns lives as long as it does.
+    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
+    if data.is_null() {
+        // SAFETY: the failed call set an exception, which is cleared (declined, not raised) with the GIL held.
+        unsafe { ffi::PyErr_Clear() };
+        return None;
+    }
+    // SAFETY: `size` bytes of valid UTF-8 at `data`, alive for 'a (see above).
+    Some(unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(data as *const u8, size as usize)) })
+}
+
+/// The length of an exact `str` in code points (Python's `len`), read without encoding it; None for anything
+/// else.
+pub fn chars(obj: Borrowed<'_, '_, PyAny>) -> Option<usize> {
+    if !obj.is_exact_instance_of::<PyString>() {
+        return None;
+    }
+    // SAFETY: an exact str, with the GIL held; its length is stored, not computed.
+    usize::try_from(unsafe { ffi::PyUnicode_GetLength(obj.as_ptr()) }).ok()
 }
 
 /// `field` for the tests: ``span.<name>`` as the compiled code reads it.

@@ -7,9 +7,13 @@
 //! returns `False` before a field is touched, and `__post_init__` runs its Python checks, which phrase every
 //! error. The bounds are passed in by the Python side so they are written down once.
 
+use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyFloat, PyInt, PyString};
+use pyo3::types::{PyDict, PyInt, PyString};
+
+use crate::msgpack::Value;
+use crate::slots::at;
 
 /// 9999-12-31T23:59:59.999Z, the last instant a timestamp may name.
 pub const LAST_MS: i64 = 253_402_300_799_999;
@@ -41,26 +45,47 @@ fn days_from_civil(year: i64, month: i64, day: i64) -> i64 {
 }
 
 /// Epoch milliseconds of a valid timestamp in the normalised form, from 1970 on; `None` otherwise.
+///
+/// The spans of a batch mostly share their hour: the last hour read (`YYYY-MM-DDTHH`, checked and converted
+/// by `hour_ms`) is kept, so a timestamp in it only has its minutes, seconds and milliseconds read.
 pub fn canonical(text: &str) -> Option<i64> {
+    thread_local! {
+        static LAST_HOUR: std::cell::Cell<([u8; 13], i64)> = const { std::cell::Cell::new(([0; 13], -1)) };
+    }
     let b = text.as_bytes();
-    if b.len() != 24 || b[4] != b'-' || b[7] != b'-' || b[10] != b'T' || b[13] != b':' || b[16] != b':' {
+    if b.len() != 24 || b[13] != b':' || b[16] != b':' || b[19] != b'.' || b[23] != b'Z' {
         return None;
     }
-    if b[19] != b'.' || b[23] != b'Z' {
+    let (minute, second, millis) = (digits(&b[14..16])?, digits(&b[17..19])?, digits(&b[20..23])?);
+    if minute > 59 || second > 59 {
         return None;
     }
-    let (year, month, day) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?);
-    let (hour, minute, second) = (digits(&b[11..13])?, digits(&b[14..16])?, digits(&b[17..19])?);
-    let millis = digits(&b[20..23])?;
-    if year < 1970 || !(1..=12).contains(&month) || hour > 23 || minute > 59 || second > 59 {
+    let prefix: [u8; 13] = b[..13].try_into().ok()?;
+    let (last, last_ms) = LAST_HOUR.get();
+    let hour = if last_ms >= 0 && last == prefix {
+        last_ms
+    } else {
+        let hour = hour_ms(&prefix)?;
+        LAST_HOUR.set((prefix, hour));
+        hour
+    };
+    Some(hour + minute * 60_000 + second * 1000 + millis)
+}
+
+/// Epoch milliseconds of a valid `YYYY-MM-DDTHH` from 1970 on; `None` otherwise.
+fn hour_ms(b: &[u8; 13]) -> Option<i64> {
+    if b[4] != b'-' || b[7] != b'-' || b[10] != b'T' {
+        return None;
+    }
+    let (year, month, day, hour) = (digits(&b[0..4])?, digits(&b[5..7])?, digits(&b[8..10])?, digits(&b[11..13])?);
+    if year < 1970 || !(1..=12).contains(&month) || hour > 23 {
         return None;
     }
     let month_days = [31, if is_leap(year) { 29 } else { 28 }, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31];
     if day < 1 || day > month_days[(month - 1) as usize] {
         return None;
     }
-    let seconds = days_from_civil(year, month, day) * 86_400 + hour * 3600 + minute * 60 + second;
-    Some(seconds * 1000 + millis)
+    Some((days_from_civil(year, month, day) * 24 + hour) * 3_600_000)
 }
 
 /// The epoch milliseconds of a normalised timestamp (``YYYY-MM-DDTHH:MM:SS.mmmZ``, 1970 on), or ``None``
@@ -117,32 +142,29 @@ pub fn format_into(millis: i64, out: &mut [u8; 24]) {
 /// nothing changed, for any other span (``stamp`` then runs in Python).
 #[pyfunction]
 pub fn stamp(py: Python<'_>, span: &Bound<'_, PyAny>) -> Option<i64> {
-    let started = crate::slots::field(span, intern!(py, "started_at")).ok()?;
-    let start = canonical(started.cast::<PyString>().ok()?.to_str().ok()?)?;
-    let ended = crate::slots::field(span, intern!(py, "ended_at")).ok()?;
-    if ended.is_none() {
-        let latency = crate::slots::field(span, intern!(py, "latency_ms")).ok()?;
-        let rounded = if latency.is_none() {
-            0
-        } else if latency.is_exact_instance_of::<PyFloat>() {
-            let value = latency.cast::<PyFloat>().ok()?.value();
-            if !(0.0..=1e15).contains(&value) {
-                return None;
-            }
-            value.round_ties_even() as i64
-        } else if latency.is_exact_instance_of::<PyInt>() {
-            let value: i64 = latency.extract().ok()?;
-            if !(0..=1_000_000_000_000_000).contains(&value) {
-                return None;
-            }
-            value
-        } else {
-            return None;
-        };
-        let text = format((start + rounded).min(LAST_MS));
-        span.setattr(intern!(py, "ended_at"), text).ok()?;
+    let fields = crate::slots::span_layout(py)?.read(span)?;
+    let field = |index| crate::slots::value(fields[index]);
+    let (start, ended) = stamped(field(at::STARTED_AT)?, field(at::ENDED_AT)?, field(at::LATENCY_MS)?)?;
+    if let Some(ended) = ended {
+        span.setattr(intern!(py, "ended_at"), format(ended)).ok()?;
     }
     Some(start)
+}
+
+/// `stamp` on a span's `started_at`, `ended_at` and `latency_ms`: the start's epoch ms and, when `ended_at` is
+/// to be filled, the epoch ms it names.
+pub fn stamped(started: Value<'_>, ended: Value<'_>, latency: Value<'_>) -> Option<(i64, Option<i64>)> {
+    let start = canonical(started.text()?)?;
+    if !matches!(ended, Value::Nil) {
+        return Some((start, None));
+    }
+    let rounded = match latency {
+        Value::Nil => 0,
+        Value::Float(value) if (0.0..=1e15).contains(&value) => value.round_ties_even() as i64,
+        Value::Int(value) if (0..=1_000_000_000_000_000).contains(&value) => value,
+        _ => return None,
+    };
+    Some((start, Some((start + rounded).min(LAST_MS))))
 }
 
 pub fn printable_ascii(text: &str) -> bool {
@@ -150,80 +172,72 @@ pub fn printable_ascii(text: &str) -> bool {
 }
 
 /// `None` or an int token count in bounds; `Err` for anything else.
-fn token_count(obj: &Bound<'_, PyAny>, max_tokens: i64) -> Result<Option<i64>, ()> {
-    if obj.is_none() {
-        return Ok(None);
-    }
-    if !obj.is_exact_instance_of::<PyInt>() {
-        return Err(());
-    }
-    let value: i64 = obj.extract().map_err(|_| ())?;
-    if (0..=max_tokens).contains(&value) {
-        Ok(Some(value))
-    } else {
-        Err(())
+fn token_count(value: Value<'_>, max_tokens: i64) -> Result<Option<i64>, ()> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Int(count) if (0..=max_tokens).contains(&count) => Ok(Some(count)),
+        _ => Err(()),
     }
 }
 
 /// `None`, or an int or float in `0..=high` (as `__post_init__` bounds costs and latencies).
-fn bounded(obj: &Bound<'_, PyAny>, high: f64) -> Result<bool, ()> {
-    if obj.is_none() {
+fn bounded(value: Value<'_>, high: f64) -> Result<bool, ()> {
+    if matches!(value, Value::Nil) {
         return Ok(false);
     }
-    if (0.0..=high).contains(&exact_number(obj)?) {
+    if (0.0..=high).contains(&number(value)?) {
         Ok(true)
     } else {
         Err(())
     }
 }
 
-/// The value of an exact `float`, or of an exact `int` a float holds exactly; `Err` for anything else
-/// (bool, subclasses, larger ints).
-fn exact_number(obj: &Bound<'_, PyAny>) -> Result<f64, ()> {
-    if obj.is_exact_instance_of::<PyFloat>() {
-        return Ok(obj.cast::<PyFloat>().map_err(|_| ())?.value());
-    }
-    if !obj.is_exact_instance_of::<PyInt>() {
-        return Err(());
-    }
-    let int: i64 = obj.extract().map_err(|_| ())?;
-    if int.unsigned_abs() > 1 << 53 {
-        return Err(());
-    }
-    Ok(int as f64)
-}
-
-fn timestamp(obj: &Bound<'_, PyAny>) -> Result<Option<i64>, ()> {
-    if obj.is_none() {
-        return Ok(None);
-    }
-    let text = obj.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?;
-    match canonical(text) {
-        Some(millis) if millis <= LAST_MS => Ok(Some(millis)),
+/// A float, or an int a float holds exactly; `Err` for anything else (bool, larger ints).
+fn number(value: Value<'_>) -> Result<f64, ()> {
+    match value {
+        Value::Float(number) => Ok(number),
+        Value::Int(int) if int.unsigned_abs() <= 1 << 53 => Ok(int as f64),
         _ => Err(()),
     }
 }
 
-fn attributes_ok(attributes: &Bound<'_, PyDict>, score_key: &Bound<'_, PyString>, max_score: f64) -> Result<(), ()> {
-    for (_, value) in attributes.iter() {
-        if value.is_exact_instance_of::<PyInt>() {
-            // MessagePack integers: -2**63 ..= 2**64 - 1
-            let fits = value.extract::<i64>().is_ok() || value.extract::<u64>().is_ok();
-            if !fits {
+fn timestamp(value: Value<'_>) -> Result<Option<i64>, ()> {
+    match value {
+        Value::Nil => Ok(None),
+        Value::Str(text) => match canonical(text) {
+            Some(millis) if millis <= LAST_MS => Ok(Some(millis)),
+            _ => Err(()),
+        },
+        _ => Err(()),
+    }
+}
+
+/// Every int attribute fits MessagePack (`-2**63 ..= 2**64 - 1`), every key is an exact `str`, and
+/// `eval.score`, when present and not None, is a number within `max_score`.
+fn attributes_ok(attributes: Borrowed<'_, '_, PyDict>, max_score: f64) -> Result<(), ()> {
+    let py = attributes.py();
+    let (mut pos, mut key, mut item): (ffi::Py_ssize_t, *mut ffi::PyObject, *mut ffi::PyObject) =
+        (0, std::ptr::null_mut(), std::ptr::null_mut());
+    // SAFETY: iterating a dict with the GIL held, running no Python code meanwhile (`extract` of an exact int
+    // runs none), so it cannot change; the key and value are borrowed from it.
+    while unsafe { ffi::PyDict_Next(attributes.as_ptr(), &mut pos, &mut key, &mut item) } != 0 {
+        // SAFETY: valid objects the dict keeps alive (see above).
+        let (key, value) = unsafe { (Borrowed::from_ptr(py, key), Borrowed::from_ptr(py, item)) };
+        if value.is_exact_instance_of::<PyInt>() && value.extract::<i64>().is_err() && value.extract::<u64>().is_err() {
+            return Err(());
+        }
+        if crate::slots::chars(key).ok_or(())? == EVAL_SCORE.len() && crate::slots::text(key).ok_or(())? == EVAL_SCORE {
+            let score = crate::slots::value(value).ok_or(())?;
+            if !matches!(score, Value::Nil) && !(-max_score..=max_score).contains(&number(score)?) {
                 return Err(());
             }
         }
     }
-    if let Some(score) = attributes.get_item(score_key).map_err(|_| ())? {
-        if score.is_none() {
-            return Ok(());
-        }
-        if !(-max_score..=max_score).contains(&exact_number(&score)?) {
-            return Err(());
-        }
-    }
     Ok(())
 }
+
+/// The attribute holding a span's quality score (`EVAL_SCORE` of tokentrace/core/span.py).
+const EVAL_SCORE: &str = "eval.score";
 
 /// `Span.__post_init__`'s usual case: ``True`` when ``span`` passed every check (and had ``total_tokens``
 /// and ``latency_ms`` derived where absent), ``False``, with nothing changed, for the Python checks to decide.
@@ -238,32 +252,29 @@ pub fn check_span<'py>(
     max_score: f64,
 ) -> bool {
     let run = || -> Result<bool, ()> {
-        let get = |name: &Bound<'py, PyString>| crate::slots::field(span, name).map_err(|_| ());
-        for name in [intern!(py, "trace_id"), intern!(py, "span_id")] {
-            if get(name)?.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?.is_empty() {
-                return Err(()); // __post_init__ generates the id
-            }
+        let fields = crate::slots::span_layout(py).ok_or(())?.read(span).ok_or(())?;
+        let field = |index: usize| crate::slots::value(fields[index]).ok_or(());
+        let text = |index: usize| field(index)?.text().ok_or(());
+        if text(at::TRACE_ID)?.is_empty() || text(at::SPAN_ID)?.is_empty() {
+            return Err(()); // __post_init__ generates the id
         }
-        for name in [intern!(py, "model"), intern!(py, "provider"), intern!(py, "caller")] {
-            let value = get(name)?;
-            let text = value.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?;
-            if !printable_ascii(text) {
-                return Err(());
-            }
-        }
-        if get(intern!(py, "model"))?.cast::<PyString>().map_err(|_| ())?.to_str().map_err(|_| ())?.is_empty() {
+        let model = text(at::MODEL)?;
+        if model.is_empty() || !printable_ascii(model) {
             return Err(());
         }
-        let prompt = token_count(&get(intern!(py, "prompt_tokens"))?, max_tokens)?;
-        let comp = token_count(&get(intern!(py, "comp_tokens"))?, max_tokens)?;
-        let total = token_count(&get(intern!(py, "total_tokens"))?, max_tokens)?;
+        if !printable_ascii(text(at::PROVIDER)?) || !printable_ascii(text(at::CALLER)?) {
+            return Err(());
+        }
+        let prompt = token_count(field(at::PROMPT_TOKENS)?, max_tokens)?;
+        let comp = token_count(field(at::COMP_TOKENS)?, max_tokens)?;
+        let total = token_count(field(at::TOTAL_TOKENS)?, max_tokens)?;
         if prompt.is_none() && comp.is_none() && total.is_none() {
             return Err(());
         }
-        bounded(&get(intern!(py, "cost_usd"))?, max_cost)?;
-        let has_latency = bounded(&get(intern!(py, "latency_ms"))?, max_latency)?;
-        let started = timestamp(&get(intern!(py, "started_at"))?)?;
-        let ended = timestamp(&get(intern!(py, "ended_at"))?)?;
+        bounded(field(at::COST_USD)?, max_cost)?;
+        let has_latency = bounded(field(at::LATENCY_MS)?, max_latency)?;
+        let started = timestamp(field(at::STARTED_AT)?)?;
+        let ended = timestamp(field(at::ENDED_AT)?)?;
         let mut derived_latency = None;
         if let (Some(started), Some(ended)) = (started, ended) {
             if ended < started {
@@ -276,11 +287,7 @@ pub fn check_span<'py>(
                 derived_latency = Some(ended - started);
             }
         }
-        let attributes = get(intern!(py, "attributes"))?;
-        let attributes = attributes.cast::<PyDict>().map_err(|_| ())?;
-        if !attributes.is_empty() {
-            attributes_ok(attributes, intern!(py, "eval.score"), max_score)?;
-        }
+        attributes_ok(fields[at::ATTRIBUTES].cast::<PyDict>().map_err(|_| ())?, max_score)?;
         // Every check passed: derive what __post_init__ derives.
         if total.is_none() {
             let sum = prompt.unwrap_or(0) + comp.unwrap_or(0);
@@ -308,6 +315,12 @@ mod tests {
         assert_eq!(canonical("2024-01-01T24:00:00.000Z"), None);
         assert_eq!(canonical("2024-01-01 00:00:00.000Z"), None);
         assert_eq!(canonical("1969-12-31T23:59:59.999Z"), None);
+        // The kept hour is only used for text in that hour.
+        assert_eq!(canonical("2024-02-29T23:00:00.000Z"), Some(1_709_247_600_000));
+        assert_eq!(canonical("2024-02-29T23:60:00.000Z"), None);
+        assert_eq!(canonical("2024-02-29T23:00:00,000Z"), None);
+        assert_eq!(canonical("2024-02-29T22:59:59.999Z"), Some(1_709_247_599_999));
+        assert_eq!(canonical("2023-02-29T23:00:00.000Z"), None);
     }
 
     #[test]

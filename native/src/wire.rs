@@ -21,6 +21,7 @@ use rustc_hash::FxHashMap;
 
 use crate::aggregate::Number;
 use crate::msgpack::{Reader, Value};
+use crate::slots::SPAN_FIELDS;
 use crate::span_check::{canonical, format_into, printable_ascii, LAST_MS};
 
 /// How `encode_wire` starts every message, then the key of its span array.
@@ -205,32 +206,12 @@ struct Fields<'a> {
     attributes: Vec<(&'a str, Value<'a>)>,
 }
 
-const FIELDS: [&str; 17] = [
-    "trace_id",
-    "span_id",
-    "parent_span_id",
-    "name",
-    "model",
-    "provider",
-    "prompt_tokens",
-    "comp_tokens",
-    "total_tokens",
-    "cost_usd",
-    "latency_ms",
-    "status",
-    "error",
-    "caller",
-    "started_at",
-    "ended_at",
-    "attributes",
-];
-
 fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
     let mut fields = Fields::default();
     let mut seen = 0u32;
     for _ in 0..reader.map_len()? {
         let key = reader.str()?;
-        let index = FIELDS.iter().position(|name| *name == key)?; // unknown: msgspec ignores it, Python decides
+        let index = SPAN_FIELDS.iter().position(|name| *name == key)?; // unknown: msgspec ignores it, Python decides
         if seen & (1 << index) != 0 {
             return None;
         }
@@ -745,41 +726,6 @@ pub fn decode_batch(
 /// The prefix of `encode_wire`'s message: `{"v": 1, "spans": ` (the array's header follows).
 const BATCH_PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
 
-/// One field of a live span as `read_span` would have read it from its encoding: `None` for what this code
-/// leaves to msgspec (a subclass of a builtin, an int beyond 64 bits, a container).
-fn live_value<'a>(obj: Borrowed<'a, '_, PyAny>) -> Option<Value<'a>> {
-    use pyo3::types::{PyBool, PyFloat, PyInt, PyString};
-    if obj.is_none() {
-        Some(Value::Nil)
-    } else if obj.is_exact_instance_of::<PyString>() {
-        live_str(obj).map(Value::Str)
-    } else if obj.is_exact_instance_of::<PyInt>() {
-        obj.extract::<i64>().ok().map(Value::Int)
-    } else if obj.is_exact_instance_of::<PyFloat>() {
-        // SAFETY: checked to be exactly a float just above.
-        Some(Value::Float(unsafe { obj.cast_unchecked::<PyFloat>() }.value()))
-    } else if obj.is_exact_instance_of::<PyBool>() {
-        Some(Value::Bool(obj.is(&*pyo3::types::PyBool::new(obj.py(), true))))
-    } else {
-        None
-    }
-}
-
-/// The UTF-8 of an exact `str`, borrowed from it (CPython keeps it with the string); None for a string with a
-/// lone surrogate (no UTF-8: msgspec refuses to encode it).
-fn live_str<'a>(obj: Borrowed<'a, '_, PyAny>) -> Option<&'a str> {
-    let mut size: ffi::Py_ssize_t = 0;
-    // SAFETY: `obj` is an exact str, alive for 'a; the UTF-8 buffer CPython returns lives as long as it does.
-    let data = unsafe { ffi::PyUnicode_AsUTF8AndSize(obj.as_ptr(), &mut size) };
-    if data.is_null() {
-        // SAFETY: the failed call set an exception, which is cleared (declined, not raised) with the GIL held.
-        unsafe { ffi::PyErr_Clear() };
-        return None;
-    }
-    // SAFETY: `size` bytes of valid UTF-8 at `data`, alive for 'a (see above).
-    Some(unsafe { std::str::from_utf8_unchecked(std::slice::from_raw_parts(data as *const u8, size as usize)) })
-}
-
 /// `value` as msgspec's MessagePack encoder writes it.
 fn write_value(out: &mut Vec<u8>, value: Value<'_>) -> Option<()> {
     use crate::msgpack::{write_float, write_int, write_str};
@@ -832,12 +778,12 @@ pub fn compile_spans<'py>(
         sep,
         live,
     );
-    let slots = crate::slots::span_slots(py, &FIELDS)?;
+    let slots = crate::slots::span_layout(py)?;
     let count = spans.len();
     if bucket_ms <= 0 || count == 0 {
         return None;
     }
-    let keys: Vec<Vec<u8>> = FIELDS
+    let keys: Vec<Vec<u8>> = SPAN_FIELDS
         .iter()
         .map(|name| {
             let mut key = Vec::new();
@@ -859,7 +805,7 @@ pub fn compile_spans<'py>(
         let mut values = [Value::Nil; 16];
         write_map_len(&mut out, 17);
         for (at, obj) in objs[..16].iter().enumerate() {
-            let value = live_value(*obj)?;
+            let value = crate::slots::value(*obj)?;
             out.extend_from_slice(&keys[at]);
             write_value(&mut out, value)?;
             values[at] = value;
@@ -876,8 +822,8 @@ pub fn compile_spans<'py>(
         while unsafe { ffi::PyDict_Next(attributes.as_ptr(), &mut pos, &mut key, &mut item) } != 0 {
             // SAFETY: valid objects the dict keeps alive (see above).
             let (name, value) = unsafe { (Borrowed::from_ptr(py, key), Borrowed::from_ptr(py, item)) };
-            let name = live_value(name)?.text()?;
-            let value = live_value(value)?;
+            let name = crate::slots::value(name)?.text()?;
+            let value = crate::slots::value(value)?;
             if matches!(value, Value::Nil) {
                 return None; // as `read_span`: the Python code decides
             }

@@ -105,6 +105,25 @@ def test_canonical_ms_refuses_what_python_refuses(digits: list[str], separator: 
     assert native_result == python_result
 
 
+hours = st.sampled_from(["2024-02-29T23", "2023-02-28T00", "2023-02-29T12", "1970-01-01T00", "2024-13-01T05"])
+
+
+@given(st.lists(st.tuples(hours, st.lists(digit_or_not, min_size=7, max_size=7)), min_size=1, max_size=30))
+def test_canonical_ms_reads_runs_of_one_hour_as_python_does(texts: list[tuple[str, list[str]]]) -> None:
+    """The compiled reader keeps the last hour it read (a batch's spans mostly share theirs): timestamps in a few
+    hours, valid and not (Feb 29 of 2023, month 13, minute 60, non-ASCII digits), one after the other."""
+    assert native.canonical_ms is not None
+    for hour, digits in texts:
+        d = "".join(digits)
+        text = f"{hour}:{d[0:2]}:{d[2:4]}.{d[4:7]}Z"
+        with python_path():
+            try:
+                expected: int | None = timefmt.parse_rfc3339_ms(text)
+            except ValueError:
+                expected = None
+        assert native.canonical_ms(text) == expected, text
+
+
 def test_canonical_ms_edges() -> None:
     assert native.canonical_ms is not None
     read = native.canonical_ms

@@ -49,6 +49,8 @@ _LAST_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z
 _CONTROL = re.compile(r"[\x00-\x1f\x7f]")
 #: The usual case of ``Span.__post_init__`` compiled (tokentrace/core/native.py), or None.
 _check_span = native.check_span
+#: The float bounds as ``_check_span`` takes them: an int passed for a float is converted on every call.
+_COST_BOUND, _LATENCY_BOUND, _SCORE_BOUND = float(MAX_COST_USD), float(MAX_LATENCY_MS), float(MAX_SCORE)
 #: ``Span.stamp`` for a span with a normalised ``started_at``, compiled, or None.
 _stamp = native.stamp
 
@@ -125,7 +127,7 @@ class Span(msgspec.Struct, kw_only=True, gc=False):
         # ASCII names, normalised timestamps) or declines having changed nothing; then each check below takes
         # a fast branch for the usual value and the original checking code (and its message) for the rest.
         check = _check_span
-        if check is not None and check(self, MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE):
+        if check is not None and check(self, MAX_TOKENS, _COST_BOUND, _LATENCY_BOUND, _SCORE_BOUND):
             return
         model, provider, caller = self.model, self.provider, self.caller
         if not model:
