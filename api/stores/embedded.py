@@ -110,7 +110,8 @@ class _SnapshotOut(msgspec.Struct):
     wal_seq: int
     span_total: int
     timeline: TimelineSnapshot
-    spans: list[Span]
+    #: The trace index's spans, each its MessagePack as the index keeps it (``_Snapshot`` reads them as spans).
+    spans: list[msgspec.Raw | Span]
     idempotency_keys: dict[str, int]
 
 
@@ -226,12 +227,13 @@ class EmbeddedStore:
             if key in self.idempotency_keys:
                 return
         at_ms = now_ms()
+        compiled = None if batch is None else (batch, wire)
         if self.data_dir is None:  # memory-only: nothing to make durable
-            self._apply(spans, key, at_ms, batch)
+            self._apply(spans, key, at_ms, compiled)
             return
         assert self._wal is not None, "store not opened"
         try:
-            durable = self._wal.write(wire_record(wire, key, at_ms), partial(self._apply, spans, key, at_ms, batch))
+            durable = self._wal.write(wire_record(wire, key, at_ms), partial(self._apply, spans, key, at_ms, compiled))
         except OSError as exc:
             raise StoreUnavailable(self._wal.failure or f"cannot write the log: {exc}") from exc
         if key is not None:  # settled with the write itself, even if this request is cancelled meanwhile
@@ -271,13 +273,21 @@ class EmbeddedStore:
         no price required (the spans were checked, stamped and priced before), the buckets and span limits."""
         return (_LOWEST, _HIGHEST, self.settings.bucket_ms, _LOWEST, False, *_SPAN_BOUNDS, SEP)
 
-    def _apply(self, spans: list[Span], key: str | None = None, at_ms: int = 0, batch: WireBatch | None = None) -> None:
-        """Count durable ``spans``; ``batch``, their compiled form, does it in a few compiled calls."""
+    def _apply(
+        self,
+        spans: list[Span],
+        key: str | None = None,
+        at_ms: int = 0,
+        compiled: tuple[WireBatch, bytes] | None = None,
+    ) -> None:
+        """Count durable ``spans``; ``compiled``, their compiled form and the message it was made from (or read
+        from), does it in a few compiled calls."""
         timeline = self.timeline
         hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
-        if batch is not None:
+        if compiled is not None:
+            batch, wire = compiled
             timeline.add_batch(batch, hours_before)
-            self.traces.add_batch(spans, batch)
+            self.traces.add_batch(spans, batch, wire)
         else:  # no compiled form
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces
@@ -478,7 +488,7 @@ class EmbeddedStore:
                     seq,
                     self.span_total,
                     timeline,
-                    list(self.traces.spans()),
+                    [msgspec.Raw(kept) if isinstance(kept, bytes) else kept for kept in self.traces.spans()],
                     dict(self.idempotency_keys),
                 )
             )

@@ -1,11 +1,12 @@
 //! `TraceIndex.add_batch` (tokentrace/core/traces.py) for a compiled batch: each trace of the batch, in order of
-//! first appearance, found in the index (or made by `Trace(trace_id)` and put at its end), takes its spans in
-//! order and its totals (`Trace.add` for each span: earliest start, latest end, cost in nanos, priced spans,
-//! tokens, worst status), as the Python loop over `WireBatch.traces()` does. Evictions stay with the caller.
+//! first appearance, found in the index (or made by `IndexedTrace(trace_id)` and put at its end), takes its spans
+//! in order, each as its own MessagePack (a slice of the batch's message), its totals (`IndexedTrace.add` for
+//! each span: earliest start, latest end, cost in nanos, priced spans, tokens, worst status) and its name (its
+//! first root span's), as `IndexedTrace.add` does span by span. Evictions stay with the caller.
 
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyList, PyString};
+use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::int_object;
@@ -24,9 +25,9 @@ fn rank(status: &str) -> Option<u8> {
 
 const STATUS: [&str; 3] = ["ok", "timeout", "error"];
 
-/// `StoredTrace.__struct_fields__`, in the order a new trace is made with (`make(*fields)`).
-const TRACE_FIELDS: [&str; 8] =
-    ["trace_id", "spans", "started_ms", "ended_ms", "cost_nanos", "priced", "total_tokens", "status"];
+/// `IndexedTrace.__struct_fields__`, in the order a new trace is made with (`make(*fields)`).
+const TRACE_FIELDS: [&str; 10] =
+    ["trace_id", "spans", "started_ms", "ended_ms", "cost_nanos", "priced", "total_tokens", "status", "name", "rooted"];
 
 /// `target.name += delta` in Python ints (nothing for 0).
 fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -> PyResult<()> {
@@ -37,21 +38,26 @@ fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -
     target.setattr(name, current.add(int_object(target.py(), delta)?)?)
 }
 
-/// Add the spans of `batch` (`spans`: the same spans as objects, in order) to the index `table` (an ordered
+/// Add the spans of `batch` (read from or written to the message `payload`) to the index `table` (an ordered
 /// dict by trace id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span
-/// list untracked by the cycle collector as `StoredTrace`'s own default is).
+/// list untracked by the cycle collector as `IndexedTrace`'s own default is).
 #[pyfunction]
 pub fn add_to_traces(
     py: Python<'_>,
     table: &Bound<'_, PyAny>,
     make: &Bound<'_, PyAny>,
-    spans: &Bound<'_, PyList>,
+    payload: &Bound<'_, PyBytes>,
     batch: &Bound<'_, WireBatch>,
 ) -> PyResult<()> {
     let batch = batch.get();
-    if spans.len() != batch.spans.len() {
-        return Err(pyo3::exceptions::PyValueError::new_err("the spans are not the batch's"));
+    let payload = payload.as_bytes();
+    if batch.spans.iter().any(|span| span.encoded.0 >= span.encoded.1 || span.encoded.1 > payload.len()) {
+        return Err(pyo3::exceptions::PyValueError::new_err("the payload is not the batch's"));
     }
+    let encoded = |at: usize| {
+        let (from, to) = batch.spans[at].encoded;
+        PyBytes::new(py, &payload[from..to])
+    };
     let fields: Vec<String> = make.getattr(intern!(py, "__struct_fields__"))?.extract()?;
     if fields != TRACE_FIELDS {
         return Err(pyo3::exceptions::PyTypeError::new_err(format!(
@@ -82,9 +88,11 @@ pub fn add_to_traces(
     let lookup = table.cast::<PyDict>()?; // an OrderedDict: read as a dict, written through its own __setitem__
     for (id, members, start, end, cost, priced, tokens, worst) in groups {
         let key = PyString::new(py, id);
+        let root = members.iter().copied().find(|&at| batch.spans[at].root);
         let Some(trace) = lookup.get_item(&key)? else {
-            let list = PyList::new(py, members.iter().map(|&at| spans.get_item(at)).collect::<PyResult<Vec<_>>>()?)?;
+            let list = PyList::new(py, members.iter().map(|&at| encoded(at)))?;
             crate::untrack::untrack(&list);
+            let name = batch.text(batch.spans[root.unwrap_or(members[0])].name);
             let fields = (
                 &key,
                 list,
@@ -94,14 +102,23 @@ pub fn add_to_traces(
                 int_object(py, priced)?,
                 int_object(py, tokens)?,
                 STATUS[usize::from(worst)],
+                name,
+                root.is_some(),
             );
             table.set_item(&key, make.call1(fields)?)?;
             continue;
         };
         let list = trace.getattr(intern!(py, "spans"))?;
         let list = list.cast::<PyList>()?;
-        for at in members {
-            list.append(spans.get_item(at)?)?;
+        for &at in &members {
+            list.append(encoded(at))?;
+        }
+        if let Some(root) = root {
+            let rooted = intern!(py, "rooted");
+            if !trace.getattr(rooted)?.is_truthy()? {
+                trace.setattr(intern!(py, "name"), batch.text(batch.spans[root].name))?;
+                trace.setattr(rooted, true)?;
+            }
         }
         let started = intern!(py, "started_ms");
         if start < trace.getattr(started)?.extract::<i64>()? {

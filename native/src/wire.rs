@@ -105,6 +105,11 @@ pub struct WireSpan {
     pub attributes: (usize, usize),
     /// The span's JSON line in `WireBatch.json` (without its newline).
     pub json: (usize, usize),
+    /// The span's own MessagePack in the message it was read from or written to, as `(start, end)`.
+    pub encoded: (usize, usize),
+    /// Its `name`, and whether it is a root (no `parent_span_id`): what names its trace.
+    pub name: Text,
+    pub root: bool,
 }
 
 /// Buckets grouped by a longer span (`WireBatch.grouped`): its start, the buckets' starts, their spans, their
@@ -543,6 +548,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
 
     let arena = &mut batch.text;
     let (trace_id, span_id) = (push_text(arena, &[trace_id]), push_text(arena, &[span_id]));
+    let name = push_text(arena, &[fields.name.unwrap_or("")]);
     let series = interner.series(batch, &[model, limits.sep, provider, limits.sep, caller]);
     batch.spans.push(WireSpan {
         trace_id,
@@ -560,6 +566,9 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         series,
         attributes,
         json,
+        encoded: (0, 0),
+        name,
+        root: fields.parent_span_id.is_none(),
     });
     Some(())
 }
@@ -615,8 +624,10 @@ impl WireBatch {
             WireBatch::empty(count.min(payload.len()), payload.len(), if limits.live { 0 } else { payload.len() * 2 });
         let mut interner = Interner::default();
         for _ in 0..count {
+            let from = reader.pos;
             let fields = read_span(&mut reader)?;
             accept(&fields, limits, &mut batch, &mut interner)?;
+            batch.spans.last_mut()?.encoded = (from, reader.pos);
         }
         (reader.pos == payload.len()).then_some(batch)
     }
@@ -803,6 +814,7 @@ pub fn compile_spans<'py>(
             return None;
         }
         let mut values = [Value::Nil; 16];
+        let from = out.len();
         write_map_len(&mut out, 17);
         for (at, obj) in objs[..16].iter().enumerate() {
             let value = crate::slots::value(*obj)?;
@@ -851,6 +863,7 @@ pub fn compile_spans<'py>(
             attributes: pairs,
         };
         accept(&fields, &limits, &mut batch, &mut interner)?;
+        batch.spans.last_mut()?.encoded = (from, out.len());
         if done == 0 {
             out.reserve((out.len() - BATCH_PREFIX.len()) * count + count * 16);
         }

@@ -60,7 +60,7 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
-add_to_traces: Callable[[object, object, list[Any], _WireBatch], None] | None = None
+add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
 prepare_spans: (
     Callable[
         [object, int, int, dict[str, dict[str | None, Any]] | None, float, object, list[str]],

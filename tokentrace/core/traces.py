@@ -2,6 +2,11 @@
 
 Bounded two ways: at most ``max_spans`` spans (whole traces are evicted, oldest first, so a trace is
 never shown half), and traces that ended more than ``retention_ms`` ago are dropped.
+
+The index keeps each span as its MessagePack (``IndexedTrace``: the bytes the write-ahead log holds for it,
+sliced from the batch's message), decoded when a trace is read. As objects, the 100,000 spans of a full index
+were some twenty Python objects each, freed cold when their trace was evicted: 1.1-1.8 µs of every span
+ingested (in-process, current and back-filled), and ~1.5 KiB of memory each.
 """
 
 from __future__ import annotations
@@ -9,21 +14,34 @@ from __future__ import annotations
 from collections import OrderedDict
 from collections.abc import Callable, Iterator, Mapping
 from functools import partial
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
 from tokentrace.core import native
 from tokentrace.core.aggregate import from_nanos, to_nanos
-from tokentrace.core.span import Span
+from tokentrace.core.span import AttributeValue, Span
 from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
 
 if TYPE_CHECKING:
     from tokentrace._native import WireBatch
 
-__all__ = ["StoredTrace", "TraceFilter", "TraceIndex"]
+__all__ = ["IndexedTrace", "StoredTrace", "TraceFilter", "TraceIndex"]
 
 _STATUS_RANK = {"ok": 0, "timeout": 1, "error": 2}
+
+
+class SpanLabels(Protocol):
+    """What ``TraceFilter.matches_span`` reads of a span."""
+
+    @property
+    def model(self) -> str: ...
+    @property
+    def caller(self) -> str: ...
+    @property
+    def status(self) -> str: ...
+    @property
+    def attributes(self) -> dict[str, AttributeValue]: ...
 
 
 class TraceFilter(msgspec.Struct, frozen=True):
@@ -36,7 +54,12 @@ class TraceFilter(msgspec.Struct, frozen=True):
     since_ms: int | None = None
     until_ms: int | None = None
 
-    def matches_span(self, span: Span) -> bool:
+    @property
+    def filters_spans(self) -> bool:
+        """Whether any filter is on spans (not only on the trace's start)."""
+        return bool(self.attributes) or self.model is not None or self.caller is not None or self.status is not None
+
+    def matches_span(self, span: SpanLabels) -> bool:
         if self.model is not None and span.model != self.model:
             return False
         if self.caller is not None and span.caller != self.caller:
@@ -102,21 +125,136 @@ class StoredTrace(msgspec.Struct, gc=False):
 
     def summary(self) -> dict[str, Any]:
         """The trace without its spans, as ``GET /traces`` lists it."""
-        return {
-            "trace_id": self.trace_id,
-            "name": self.name,
-            "started_at": format_ms(self.started_ms) if self.spans else None,
-            "ended_at": format_ms(self.ended_ms) if self.ended_ms else None,
-            "total_cost_usd": round(from_nanos(self.cost_nanos), 9) if self.priced else None,
-            "total_tokens": self.total_tokens,
-            "span_count": len(self.spans),
-            "status": self.status,
-        }
+        return _summary(self.trace_id, self.name, len(self.spans), self)
 
     def body(self) -> dict[str, Any]:
         """The trace with its spans in start order, as ``GET /traces/{id}`` returns it."""
         spans = sorted(self.spans, key=lambda s: s.started_at or "")
         return {**self.summary(), "spans": spans}
+
+
+class _Labels(msgspec.Struct, gc=False):
+    """The fields of a stored span that ``TraceFilter`` reads, decoded without the rest (nor ``__post_init__``)."""
+
+    model: str = ""
+    caller: str = ""
+    status: str = "ok"
+    attributes: dict[str, AttributeValue] = {}
+
+
+class _Start(msgspec.Struct, gc=False):
+    """A stored span's ``started_at`` alone (``recent_spans`` orders by it)."""
+
+    started_at: str | None = None
+
+
+_span_decoder = msgspec.msgpack.Decoder(Span)
+_labels_decoder = msgspec.msgpack.Decoder(_Labels)
+_start_decoder = msgspec.msgpack.Decoder(_Start)
+_span_encoder = msgspec.msgpack.Encoder()
+#: A new trace's encoded spans: ``[]``, untracked by the cycle collector where the compiled module is.
+_encoded_list: Callable[[], list[bytes | Span]] = _span_list  # type: ignore[assignment]
+
+
+class IndexedTrace(msgspec.Struct, gc=False):
+    """One trace as ``TraceIndex`` keeps it: its spans encoded (MessagePack, as the write-ahead log holds each),
+    its totals as ``StoredTrace`` keeps them, and its name (its first root span's, else its first span's).
+    ``stored()`` decodes it; ``summary()`` needs no decoding.
+
+    A span without ``latency_ms`` is kept as it is: stamped, it has both timestamps, from which its decoded copy
+    would derive a latency it was not given (``GET /traces/{id}`` shows none). The compiled batches never hold
+    one (``native.compile_spans`` leaves such a batch to ``add``)."""
+
+    trace_id: str
+    spans: list[bytes | Span] = msgspec.field(default_factory=_encoded_list)
+    started_ms: int = 2**62
+    ended_ms: int = 0
+    cost_nanos: int = 0
+    priced: int = 0
+    total_tokens: int = 0
+    status: str = "ok"
+    name: str = ""
+    rooted: bool = False
+
+    def add(self, span: Span) -> None:
+        """Add ``span`` (as ``StoredTrace.add``), encoded as the log encodes it."""
+        if not self.rooted and (span.parent_span_id is None or not self.spans):
+            self.name = span.name
+            self.rooted = span.parent_span_id is None
+        self.spans.append(span if span.latency_ms is None else _span_encoder.encode(span))
+        if span.started_at is not None:
+            self.started_ms = min(self.started_ms, parse_rfc3339_ms(span.started_at))
+        if span.ended_at is not None:
+            self.ended_ms = max(self.ended_ms, parse_rfc3339_ms(span.ended_at))
+        if span.cost_usd is not None:
+            self.cost_nanos += to_nanos(span.cost_usd)
+            self.priced += 1
+        self.total_tokens += int(span.total_tokens or 0)
+        if _STATUS_RANK[span.status] > _STATUS_RANK[self.status]:
+            self.status = span.status
+
+    def decoded(self) -> list[Span]:
+        """The trace's spans, in the order they were added."""
+        return [_decoded(kept) for kept in self.spans]
+
+    def stored(self) -> StoredTrace:
+        """The trace with its spans decoded."""
+        return StoredTrace(
+            self.trace_id,
+            self.decoded(),
+            self.started_ms,
+            self.ended_ms,
+            self.cost_nanos,
+            self.priced,
+            self.total_tokens,
+            self.status,
+        )
+
+    def summary(self) -> dict[str, Any]:
+        """``StoredTrace.summary`` of the trace, read from what it keeps."""
+        return _summary(self.trace_id, self.name, len(self.spans), self)
+
+    def body(self) -> dict[str, Any]:
+        """``StoredTrace.body`` of the trace."""
+        return self.stored().body()
+
+    def matches(self, where: TraceFilter) -> bool:
+        """Whether one of the trace's spans matches ``where``'s span filters."""
+        return any(where.matches_span(_labels(kept)) for kept in self.spans)
+
+
+def _decoded(kept: bytes | Span) -> Span:
+    return _span_decoder.decode(kept) if isinstance(kept, bytes) else kept
+
+
+def _labels(kept: bytes | Span) -> SpanLabels:
+    return _labels_decoder.decode(kept) if isinstance(kept, bytes) else kept
+
+
+def _started_at(kept: bytes | Span) -> str:
+    return (_start_decoder.decode(kept) if isinstance(kept, bytes) else kept).started_at or ""
+
+
+class _Totals(Protocol):
+    started_ms: int
+    ended_ms: int
+    cost_nanos: int
+    priced: int
+    total_tokens: int
+    status: str
+
+
+def _summary(trace_id: str, name: str, span_count: int, totals: _Totals) -> dict[str, Any]:
+    return {
+        "trace_id": trace_id,
+        "name": name,
+        "started_at": format_ms(totals.started_ms) if span_count else None,
+        "ended_at": format_ms(totals.ended_ms) if totals.ended_ms else None,
+        "total_cost_usd": round(from_nanos(totals.cost_nanos), 9) if totals.priced else None,
+        "total_tokens": totals.total_tokens,
+        "span_count": span_count,
+        "status": totals.status,
+    }
 
 
 class TraceIndex:
@@ -125,22 +263,23 @@ class TraceIndex:
     def __init__(self, max_spans: int, retention_ms: int) -> None:
         self.max_spans = max_spans
         self.retention_ms = retention_ms
-        self._traces: OrderedDict[str, StoredTrace] = OrderedDict()
+        self._traces: OrderedDict[str, IndexedTrace] = OrderedDict()
         self.span_count = 0
         self.evicted_traces = 0
 
     def add(self, span: Span) -> None:
         trace = self._traces.get(span.trace_id)
         if trace is None:
-            trace = self._traces[span.trace_id] = StoredTrace(span.trace_id)
+            trace = self._traces[span.trace_id] = IndexedTrace(span.trace_id)
         trace.add(span)
         self.span_count += 1
         if self.span_count > self.max_spans:
             self._evict_excess()
 
-    def add_batch(self, spans: list[Span], batch: WireBatch) -> None:
-        """``add`` of each of ``spans`` in order, given their compiled batch (``native.decode_batch``, the same
-        spans): the same traces, totals and order, with one compiled step per trace, not per span
+    def add_batch(self, spans: list[Span], batch: WireBatch, payload: bytes) -> None:
+        """``add`` of each of ``spans`` in order, given their compiled batch and the message it was read from or
+        written to (``native.decode_batch``, ``native.compile_spans``: the same spans): the same traces, totals,
+        order and encoded spans (sliced from ``payload``), with one compiled step per trace, not per span
         (``native.add_to_traces``).
 
         When the spans push the index over ``max_spans``, ``add`` would evict the oldest traces holding the
@@ -158,7 +297,7 @@ class TraceIndex:
             for span in spans:
                 self.add(span)
             return
-        compiled(self._traces, StoredTrace, spans, batch)
+        compiled(self._traces, IndexedTrace, payload, batch)
         traces, freed = evicted
         popitem = self._traces.popitem
         for _ in range(traces):
@@ -205,18 +344,19 @@ class TraceIndex:
                 break
             self._evict_oldest()
 
-    def get(self, trace_id: str) -> StoredTrace | None:
+    def get(self, trace_id: str) -> IndexedTrace | None:
         return self._traces.get(trace_id)
 
     def __len__(self) -> int:
         return len(self._traces)
 
-    def spans(self) -> Iterator[Span]:
-        """Every span kept, oldest trace first (for snapshots)."""
+    def spans(self) -> Iterator[bytes | Span]:
+        """Every span kept, encoded (MessagePack, as the log holds it) or as it is (``IndexedTrace``), oldest
+        trace first (for snapshots)."""
         for trace in self._traces.values():
             yield from trace.spans
 
-    def search(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[StoredTrace]]:
+    def search(self, where: TraceFilter, limit: int, offset: int) -> tuple[int, list[IndexedTrace]]:
         """Matching traces, newest start first: (total matches, the requested page)."""
         matched = [t for t in self._traces.values() if _trace_matches(t, where)]
         matched.sort(key=lambda t: t.started_ms, reverse=True)
@@ -224,17 +364,21 @@ class TraceIndex:
 
     def recent_spans(self, limit: int) -> list[Span]:
         """The newest spans by start time (``GET /traces/recent``, the MIST-era answer)."""
-        spans = [s for t in self._traces.values() for s in t.spans]
-        spans.sort(key=lambda s: s.started_at or "", reverse=True)
-        return spans[:limit]
+        spans = [(_started_at(s), s) for t in self._traces.values() for s in t.spans]
+        spans.sort(key=_first, reverse=True)
+        return [_decoded(kept) for _, kept in spans[:limit]]
 
 
-def _trace_matches(trace: StoredTrace, where: TraceFilter) -> bool:
+def _first(pair: tuple[str, bytes | Span]) -> str:
+    return pair[0]
+
+
+def _trace_matches(trace: IndexedTrace, where: TraceFilter) -> bool:
     if where.since_ms is not None and trace.started_ms < where.since_ms:
         return False
     if where.until_ms is not None and trace.started_ms >= where.until_ms:
         return False
-    return any(where.matches_span(span) for span in trace.spans)
+    return not where.filters_spans or trace.matches(where)
 
 
 def attribute_filters(query: Mapping[str, str]) -> tuple[tuple[str, str], ...]:

@@ -79,7 +79,18 @@ def _store(max_spans: int, cap: Caps) -> EmbeddedStore:
 def _traces(store: EmbeddedStore) -> list[Any]:
     index = store.traces
     return [
-        (t.trace_id, encode_wire(t.spans), t.started_ms, t.ended_ms, t.cost_nanos, t.priced, t.total_tokens, t.status)
+        (
+            t.trace_id,
+            t.spans,
+            t.started_ms,
+            t.ended_ms,
+            t.cost_nanos,
+            t.priced,
+            t.total_tokens,
+            t.status,
+            t.name,
+            t.rooted,
+        )
         for t in index._traces.values()
     ] + [index.span_count, index.evicted_traces]
 
@@ -91,10 +102,11 @@ def test_the_compiled_apply_keeps_what_the_python_apply_keeps(
 ) -> None:
     compiled, reference = _store(max_spans, cap), _store(max_spans, cap)
     for batch in batches:
-        compiled_batch = compiled._compile(encode_wire(batch))
+        wire = encode_wire(batch)
+        compiled_batch = compiled._compile(wire)
         # Taken unless a span has no latency (in memory it has none; a decoded copy would derive one).
         assert (compiled_batch is None) == any(span.latency_ms is None for span in batch)
-        compiled._apply(list(batch), None, NOW, compiled_batch)
+        compiled._apply(list(batch), None, NOW, None if compiled_batch is None else (compiled_batch, wire))
         with python_path():
             reference._apply(list(batch), None, NOW)
         assert _traces(compiled) == _traces(reference)
@@ -124,7 +136,9 @@ def test_a_back_fill_into_settled_hours_keeps_what_the_python_apply_keeps(
     for store in (compiled, reference):
         store.timeline.compact(NOW)
     for batch in batches:
-        compiled._apply(list(batch), None, NOW, compiled._compile(encode_wire(batch)))
+        wire = encode_wire(batch)
+        compiled_batch = compiled._compile(wire)
+        compiled._apply(list(batch), None, NOW, None if compiled_batch is None else (compiled_batch, wire))
         with python_path():
             reference._apply(list(batch), None, NOW)
         assert _traces(compiled) == _traces(reference)

@@ -113,10 +113,11 @@ async def test_a_data_dir_of_the_previous_format_still_loads(tmp_path: Path) -> 
     data = tmp_path / "old"
     (data / "wal").mkdir(parents=True)
     timeline, traces = Timeline(TimelineSettings()), TraceIndex(100, 86_400_000)
-    for span in spans("in-snapshot", 4):
+    in_snapshot = spans("in-snapshot", 4)
+    for span in in_snapshot:
         timeline.add(span, span_time_ms(span))
         traces.add(span)
-    old = _V1Snapshot(1, 3, 4, timeline.snapshot(), list(traces.spans()))
+    old = _V1Snapshot(1, 3, 4, timeline.snapshot(), in_snapshot)
     (data / "snapshot-000000000003.bin").write_bytes(msgspec.msgpack.encode(old))
     records = b""
     for payload in (encode_wire(spans("in-log-1", 2)), encode_wire(spans("in-log-2", 3))):

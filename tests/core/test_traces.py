@@ -1,0 +1,96 @@
+"""The trace index keeps spans encoded (``IndexedTrace``); what it answers must be what the same spans kept as
+objects answer (``StoredTrace``, the reference): summaries and names, bodies, filtered searches, recent spans,
+whether the spans came one by one (``TraceIndex.add``) or as a compiled batch (``TraceIndex.add_batch``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from tests.api.stores.test_embedded_compiled import NOW, spans
+from tests.core.test_native import REQUIRED
+from tokentrace.core import native
+from tokentrace.core.buckets import SEP
+from tokentrace.core.codec import encode_wire
+from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
+from tokentrace.core.timeline import MINUTE_MS
+from tokentrace.core.traces import StoredTrace, TraceFilter, TraceIndex
+
+pytestmark = [] if REQUIRED else [pytest.mark.skipif(native.decode_batch is None, reason="compiled module not built")]
+
+DAY_MS = 86_400_000
+_json = msgspec.json.encode
+
+filters = st.builds(
+    TraceFilter,
+    attributes=st.sampled_from([(), (("workflow", "x"),), (("flag", "true"),), (("route", "1"),)]),
+    model=st.sampled_from([None, "gpt-4o", "claude"]),
+    caller=st.sampled_from([None, "", "bot"]),
+    status=st.sampled_from([None, "ok", "error", "timeout"]),
+    since_ms=st.sampled_from([None, NOW - 2 * MINUTE_MS]),
+    until_ms=st.sampled_from([None, NOW - MINUTE_MS]),
+)
+
+
+def _compiled(batch: list[Span]) -> tuple[Any, bytes] | None:
+    """The batch as ``POST /spans`` compiles it (live: a span without latency leaves it to ``add``)."""
+    assert native.decode_batch is not None
+    wire = encode_wire(batch)
+    bounds = (-(2**63), 2**63 - 1, MINUTE_MS, -(2**63), False, MAX_TOKENS, MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE)
+    compiled = native.decode_batch(wire, *bounds, SEP, live=True)
+    return None if compiled is None else (compiled, wire)
+
+
+def _matches(trace: StoredTrace, where: TraceFilter) -> bool:
+    if where.since_ms is not None and trace.started_ms < where.since_ms:
+        return False
+    if where.until_ms is not None and trace.started_ms >= where.until_ms:
+        return False
+    return any(where.matches_span(span) for span in trace.spans)
+
+
+@given(st.lists(st.lists(spans(), min_size=1, max_size=12), max_size=5), filters, st.integers(1, 20))
+@settings(max_examples=300, deadline=None)
+def test_the_index_answers_as_its_spans_kept_as_objects_would(
+    batches: list[list[Span]], where: TraceFilter, limit: int
+) -> None:
+    by_span, by_batch = TraceIndex(10_000, DAY_MS), TraceIndex(10_000, DAY_MS)
+    reference: dict[str, StoredTrace] = {}
+    for batch in batches:
+        for span in batch:
+            reference.setdefault(span.trace_id, StoredTrace(span.trace_id)).add(span)
+            by_span.add(span)
+        compiled = _compiled(batch)
+        if compiled is None:
+            for span in batch:
+                by_batch.add(span)
+        else:
+            by_batch.add_batch(batch, *compiled)
+    expected = sorted((t for t in reference.values() if _matches(t, where)), key=lambda t: t.started_ms, reverse=True)
+    newest = sorted((s for t in reference.values() for s in t.spans), key=lambda s: s.started_at or "", reverse=True)
+    for index in (by_span, by_batch):
+        assert list(index._traces) == list(reference)
+        for trace_id, trace in reference.items():
+            kept = index.get(trace_id)
+            assert kept is not None
+            assert kept.summary() == trace.summary()
+            assert _json(kept.body()) == _json(trace.body())
+        total, page = index.search(where, limit, 0)
+        assert (total, [t.summary() for t in page]) == (len(expected), [t.summary() for t in expected[:limit]])
+        assert _json(index.recent_spans(limit)) == _json(newest[:limit])
+
+
+def test_a_span_without_latency_reads_back_without_one() -> None:
+    """Stamped, a span given neither latency nor end has both timestamps; decoded, it would derive latency 0."""
+    index = TraceIndex(100, DAY_MS)
+    span = Span(trace_id="t", span_id="s", model="m", prompt_tokens=1)
+    span.stamp(NOW)
+    index.add(span)
+    trace = index.get("t")
+    assert trace is not None
+    assert [s.latency_ms for s in trace.decoded()] == [None]
+    assert msgspec.msgpack.decode(msgspec.msgpack.encode(span), type=Span).latency_ms == 0
