@@ -10,7 +10,8 @@ use pyo3::types::{PyBytes, PyDict, PyList, PyString};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::int_object;
-use crate::wire::WireBatch;
+use crate::msgpack::{Reader, Value};
+use crate::wire::{read_span, WireBatch};
 
 /// `Trace.add`'s rank of a status (`ok` 0, `timeout` 1, `error` 2) from the batch's code (`ok` 0, `error` 1,
 /// `timeout` 2); `None` for text that is no status.
@@ -139,4 +140,103 @@ pub fn add_to_traces(
         }
     }
     Ok(())
+}
+
+/// A kept span's attribute as `TraceFilter` compares it (`_text`: a bool `true`/`false`, an int in decimal, a
+/// string itself) is `want`; `None` for a float (Python's `str` of it decides).
+fn attribute_is(value: Value<'_>, want: &str) -> Option<bool> {
+    let mut digits = itoa::Buffer::new();
+    Some(match value {
+        Value::Str(text) => text == want,
+        Value::Bool(flag) => want == if flag { "true" } else { "false" },
+        Value::Int(int) => digits.format(int) == want,
+        Value::Big(int) => digits.format(int) == want,
+        Value::Float(_) | Value::Nil => return None,
+    })
+}
+
+/// `IndexedTrace.matches`: whether one of `spans` (each its MessagePack) matches every filter given, as
+/// `TraceFilter.matches_span` decides it; `None` when one is not such bytes or holds what the Python code
+/// should compare (a float attribute filtered on, a field read_span leaves to msgspec).
+#[pyfunction]
+#[pyo3(signature = (spans, model, caller, status, attributes))]
+pub fn match_spans(
+    spans: &Bound<'_, PyList>,
+    model: Option<&str>,
+    caller: Option<&str>,
+    status: Option<&str>,
+    attributes: Vec<(String, String)>,
+) -> Option<bool> {
+    for kept in spans.iter() {
+        let kept = kept.cast_into::<PyBytes>().ok()?;
+        let bytes = kept.as_bytes();
+        let mut reader = Reader { buf: bytes, pos: 0 };
+        let fields = read_span(&mut reader)?;
+        if reader.pos != bytes.len() {
+            return None;
+        }
+        let span_model = fields.model?; // a span without one is not msgspec's
+        if model.is_some_and(|model| span_model != model)
+            || caller.is_some_and(|caller| fields.caller.unwrap_or("") != caller)
+            || status.is_some_and(|status| fields.status.unwrap_or("ok") != status)
+        {
+            continue;
+        }
+        let mut all = true;
+        for (name, want) in &attributes {
+            match fields.attributes.iter().find(|(key, _)| key == name) {
+                Some(&(_, value)) if attribute_is(value, want)? => {}
+                _ => {
+                    all = false;
+                    break;
+                }
+            }
+        }
+        if all {
+            return Some(true);
+        }
+    }
+    Some(false)
+}
+
+/// A kept span's `started_at` read from its MessagePack (`""` when None); `None` when it is not there before a
+/// container (the fields are written in `Span` order, `started_at` before `attributes`).
+fn started_at(bytes: &[u8]) -> Option<&str> {
+    let mut reader = Reader { buf: bytes, pos: 0 };
+    for _ in 0..reader.map_len()? {
+        let key = reader.str()?;
+        let value = reader.value()?;
+        if key == "started_at" {
+            return match value {
+                Value::Str(text) => Some(text),
+                Value::Nil => Some(""),
+                _ => None,
+            };
+        }
+    }
+    None
+}
+
+/// `TraceIndex.recent_spans`: of the spans of `lists` (each trace's kept spans, in index order), the `limit`
+/// with the latest `started_at` (None as `""`), latest first and, among equal ones, in index order (Python's
+/// stable sort); `None` when one is not bytes whose `started_at` this reads.
+#[pyfunction]
+pub fn newest_spans<'py>(lists: Vec<Bound<'py, PyList>>, limit: usize) -> Option<Vec<Bound<'py, PyBytes>>> {
+    let mut kept: Vec<Bound<'py, PyBytes>> = Vec::new();
+    for list in &lists {
+        for item in list.iter() {
+            kept.push(item.cast_into::<PyBytes>().ok()?);
+        }
+    }
+    let mut order: Vec<(&str, usize)> = Vec::with_capacity(kept.len());
+    for (at, bytes) in kept.iter().enumerate() {
+        order.push((started_at(bytes.as_bytes())?, at));
+    }
+    let newest_first = |a: &(&str, usize), b: &(&str, usize)| b.0.cmp(a.0).then(a.1.cmp(&b.1));
+    if limit < order.len() {
+        order.select_nth_unstable_by(limit, newest_first); // the first `limit` are the newest, in no order
+        order.truncate(limit);
+    }
+    order.sort_unstable_by(newest_first);
+    Some(order.iter().map(|&(_, at)| kept[at].clone()).collect())
 }

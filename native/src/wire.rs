@@ -191,27 +191,27 @@ impl<'a> Limits<'a> {
 
 /// The fields of one span as read (before any check).
 #[derive(Default)]
-struct Fields<'a> {
-    trace_id: Option<&'a str>,
-    span_id: Option<&'a str>,
-    parent_span_id: Option<&'a str>,
-    name: Option<&'a str>,
-    model: Option<&'a str>,
-    provider: Option<&'a str>,
-    prompt: Option<Value<'a>>,
-    comp: Option<Value<'a>>,
-    total: Option<Value<'a>>,
-    cost: Option<Value<'a>>,
-    latency: Option<Value<'a>>,
-    status: Option<&'a str>,
-    error: Option<&'a str>,
-    caller: Option<&'a str>,
-    started_at: Option<&'a str>,
-    ended_at: Option<&'a str>,
-    attributes: Vec<(&'a str, Value<'a>)>,
+pub(crate) struct Fields<'a> {
+    pub(crate) trace_id: Option<&'a str>,
+    pub(crate) span_id: Option<&'a str>,
+    pub(crate) parent_span_id: Option<&'a str>,
+    pub(crate) name: Option<&'a str>,
+    pub(crate) model: Option<&'a str>,
+    pub(crate) provider: Option<&'a str>,
+    pub(crate) prompt: Option<Value<'a>>,
+    pub(crate) comp: Option<Value<'a>>,
+    pub(crate) total: Option<Value<'a>>,
+    pub(crate) cost: Option<Value<'a>>,
+    pub(crate) latency: Option<Value<'a>>,
+    pub(crate) status: Option<&'a str>,
+    pub(crate) error: Option<&'a str>,
+    pub(crate) caller: Option<&'a str>,
+    pub(crate) started_at: Option<&'a str>,
+    pub(crate) ended_at: Option<&'a str>,
+    pub(crate) attributes: Vec<(&'a str, Value<'a>)>,
 }
 
-fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
+pub(crate) fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
     let mut fields = Fields::default();
     let mut seen = 0u32;
     for _ in 0..reader.map_len()? {

@@ -94,3 +94,24 @@ def test_a_span_without_latency_reads_back_without_one() -> None:
     assert trace is not None
     assert [s.latency_ms for s in trace.decoded()] == [None]
     assert msgspec.msgpack.decode(msgspec.msgpack.encode(span), type=Span).latency_ms == 0
+
+
+def test_the_compiled_reads_take_spans_kept_encoded() -> None:
+    """``match_spans`` and ``newest_spans`` answer for encoded spans (the hypothesis test above holds their
+    answers to the reference) and decline a span kept as an object."""
+    assert native.match_spans is not None and native.newest_spans is not None
+    index = TraceIndex(100, DAY_MS)
+    for n in range(6):
+        span = Span(trace_id=f"t{n % 2}", span_id=f"s{n}", model="m", prompt_tokens=1, latency_ms=5.0)
+        span.stamp(NOW - n * 1000)
+        index.add(span)
+    kept = [t.spans for t in index._traces.values()]
+    newest = native.newest_spans(kept, 3)
+    assert newest is not None
+    assert [s.span_id for s in index.recent_spans(3)] == ["s0", "s1", "s2"]
+    assert native.match_spans(kept[0], "m", None, "ok", [("x", "1")]) is False
+    assert native.match_spans(kept[0], "m", None, "ok", []) is True
+    bare = Span(trace_id="t0", span_id="bare", model="m", prompt_tokens=1)
+    bare.stamp(NOW)
+    index.add(bare)
+    assert native.newest_spans([t.spans for t in index._traces.values()], 3) is None

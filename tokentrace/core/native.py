@@ -9,7 +9,7 @@ mirrors. Each native function is checked against that Python code on generated i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -29,6 +29,8 @@ __all__ = [
     "check_span",
     "compile_spans",
     "decode_batch",
+    "match_spans",
+    "newest_spans",
     "prepare_spans",
     "register_span",
     "route_spans",
@@ -61,6 +63,9 @@ route_spans: (
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
+match_spans: (
+    Callable[[list[Any], str | None, str | None, str | None, Sequence[tuple[str, str]]], bool | None] | None
+) = None
 prepare_spans: (
     Callable[
         [object, int, int, dict[str, dict[str | None, Any]] | None, float, object, list[str]],
@@ -94,6 +99,8 @@ if not DISABLED:
         compile_spans = _native.compile_spans
         prepare_spans = _native.prepare_spans
         add_to_traces = _native.add_to_traces
+        match_spans = _native.match_spans
+        newest_spans = _native.newest_spans
         untracked_zeros = _native.untracked_zeros
         untrack_state = _native.untrack_state
 
