@@ -25,7 +25,9 @@ PRICES = {
 #: The same prices worked out by hand for the fake server's usage (the oracle's own check).
 OPENAI_COST = (1200 - 1024) * 2.5e-6 + 1024 * 1.25e-6 + 300 * 10e-6  # 0.00472
 ANTHROPIC_COST = 100 * 3e-6 + 3000 * 0.3e-6 + 2000 * 3.75e-6 + 50 * 15e-6  # 0.00945
-CLIENT_TIMEOUT_S = 0.3
+#: Every client's timeout: long enough for a normal answer on a loaded 2-core machine (0.3 s timed one out), short
+#: of the fake server's slow answer (``SLOW_S``), which the timeout tests wait for.
+CLIENT_TIMEOUT_S = 0.8
 
 VOLATILE = ("trace_id", "span_id", "latency_ms", "started_at", "ended_at")
 
