@@ -24,8 +24,6 @@ fn rank(status: &str) -> Option<u8> {
     }
 }
 
-const STATUS: [&str; 3] = ["ok", "timeout", "error"];
-
 /// `IndexedTrace.__struct_fields__`, in the order a new trace is made with (`make(*fields)`).
 const TRACE_FIELDS: [&str; 10] =
     ["trace_id", "spans", "started_ms", "ended_ms", "cost_nanos", "priced", "total_tokens", "status", "name", "rooted"];
@@ -65,18 +63,22 @@ pub fn add_to_traces(
             "{make}: fields {fields:?}, add_to_traces makes {TRACE_FIELDS:?}"
         )));
     }
-    // (id, members, start, end, cost, priced, tokens, rank) per trace, in order of first appearance.
-    type Group<'a> = (&'a str, Vec<usize>, i64, i64, i128, i128, i128, u8);
+    // (id, spans, start, end, cost, priced, tokens, rank) per trace, in order of first appearance; each trace's
+    // spans are then listed together in `members` (in order), from `offsets[trace]` on: two allocations a
+    // batch, not one a trace (a back-fill's spans are a trace each).
+    type Group<'a> = (&'a str, usize, i64, i64, i128, i128, i128, u8);
     let mut groups: Vec<Group<'_>> = Vec::new();
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
-    for (at, span) in batch.spans.iter().enumerate() {
+    let mut slots: Vec<usize> = Vec::with_capacity(batch.spans.len());
+    for span in &batch.spans {
         let id = batch.text(span.trace_id);
         let slot = *index.entry(id).or_insert_with(|| {
-            groups.push((id, Vec::new(), i64::MAX, 0, 0, 0, 0, 0));
+            groups.push((id, 0, i64::MAX, 0, 0, 0, 0, 0));
             groups.len() - 1
         });
+        slots.push(slot);
         let group = &mut groups[slot];
-        group.1.push(at);
+        group.1 += 1;
         group.2 = group.2.min(span.start);
         group.3 = group.3.max(span.end);
         if let Some(cost) = span.cost_nanos {
@@ -86,14 +88,34 @@ pub fn add_to_traces(
         group.6 += i128::from(span.total);
         group.7 = group.7.max([0, 2, 1][usize::from(span.status)]);
     }
+    let mut offsets: Vec<usize> = Vec::with_capacity(groups.len() + 1);
+    let mut next = 0;
+    for group in &groups {
+        offsets.push(next);
+        next += group.1;
+    }
+    offsets.push(next);
+    let mut members = vec![0; batch.spans.len()];
+    let mut filled = offsets.clone();
+    for (at, &slot) in slots.iter().enumerate() {
+        members[filled[slot]] = at;
+        filled[slot] += 1;
+    }
+    let statuses = [intern!(py, "ok"), intern!(py, "timeout"), intern!(py, "error")];
+    let mut names: FxHashMap<&str, Bound<'_, PyString>> = FxHashMap::default();
+    let mut name_of = |at: usize| {
+        let text = batch.text(batch.spans[at].name);
+        names.entry(text).or_insert_with(|| PyString::new(py, text)).clone()
+    };
     let lookup = table.cast::<PyDict>()?; // an OrderedDict: read as a dict, written through its own __setitem__
-    for (id, members, start, end, cost, priced, tokens, worst) in groups {
+    for (slot, (id, _, start, end, cost, priced, tokens, worst)) in groups.into_iter().enumerate() {
+        let members = &members[offsets[slot]..offsets[slot + 1]];
         let key = PyString::new(py, id);
         let root = members.iter().copied().find(|&at| batch.spans[at].root);
         let Some(trace) = lookup.get_item(&key)? else {
             let list = PyList::new(py, members.iter().map(|&at| encoded(at)))?;
             crate::untrack::untrack(&list);
-            let name = batch.text(batch.spans[root.unwrap_or(members[0])].name);
+            let name = name_of(root.unwrap_or(members[0]));
             let fields = (
                 &key,
                 list,
@@ -102,7 +124,7 @@ pub fn add_to_traces(
                 int_object(py, cost)?,
                 int_object(py, priced)?,
                 int_object(py, tokens)?,
-                STATUS[usize::from(worst)],
+                statuses[usize::from(worst)],
                 name,
                 root.is_some(),
             );
@@ -111,13 +133,13 @@ pub fn add_to_traces(
         };
         let list = trace.getattr(intern!(py, "spans"))?;
         let list = list.cast::<PyList>()?;
-        for &at in &members {
+        for &at in members {
             list.append(encoded(at))?;
         }
         if let Some(root) = root {
             let rooted = intern!(py, "rooted");
             if !trace.getattr(rooted)?.is_truthy()? {
-                trace.setattr(intern!(py, "name"), batch.text(batch.spans[root].name))?;
+                trace.setattr(intern!(py, "name"), name_of(root))?;
                 trace.setattr(rooted, true)?;
             }
         }
@@ -136,7 +158,7 @@ pub fn add_to_traces(
         let current = trace.getattr(status)?;
         let current = rank(current.cast::<PyString>()?.to_str()?).unwrap_or(0);
         if worst > current {
-            trace.setattr(status, STATUS[usize::from(worst)])?;
+            trace.setattr(status, statuses[usize::from(worst)])?;
         }
     }
     Ok(())
