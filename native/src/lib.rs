@@ -28,6 +28,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(slots::register_span, m)?)?;
     m.add_function(wrap_pyfunction!(slots::span_field, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;
+    m.add_function(wrap_pyfunction!(span_check::compiled_post_init, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::canonical_ms, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::stamp, m)?)?;
     m.add_function(wrap_pyfunction!(trace_index::trace_index_commands, m)?)?;

@@ -10,7 +10,7 @@
 use pyo3::ffi;
 use pyo3::intern;
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyInt, PyString};
+use pyo3::types::{PyCFunction, PyDict, PyInt, PyString};
 
 use crate::msgpack::Value;
 use crate::slots::at;
@@ -299,6 +299,32 @@ pub fn check_span<'py>(
         Ok(true)
     };
     run().unwrap_or(false)
+}
+
+/// `Span.__post_init__` as one compiled call, without a Python frame for the usual span: `check_span` with these
+/// bounds while `globals["_check_span"]` is set (the tests' Python path unsets it), then, unless it passed,
+/// `checked(span)`: the Python checks, which phrase every error.
+#[pyfunction]
+pub fn compiled_post_init<'py>(
+    py: Python<'py>,
+    checked: Bound<'py, PyAny>,
+    globals: Bound<'py, PyDict>,
+    max_tokens: i64,
+    max_cost: f64,
+    max_latency: f64,
+    max_score: f64,
+) -> PyResult<Bound<'py, PyCFunction>> {
+    let (checked, globals) = (checked.unbind(), globals.unbind());
+    let post_init = move |args: &Bound<'_, pyo3::types::PyTuple>, _: Option<&Bound<'_, PyDict>>| -> PyResult<()> {
+        let py = args.py();
+        let span = args.get_item(0)?;
+        let enabled = globals.bind(py).get_item(intern!(py, "_check_span"))?.is_some_and(|check| !check.is_none());
+        if !(enabled && check_span(py, &span, max_tokens, max_cost, max_latency, max_score)) {
+            checked.call1(py, (span,))?;
+        }
+        Ok(())
+    };
+    PyCFunction::new_closure(py, Some(c"__post_init__"), None, post_init)
 }
 
 #[cfg(test)]

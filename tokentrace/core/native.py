@@ -28,6 +28,7 @@ __all__ = [
     "canonical_ms",
     "check_span",
     "compile_spans",
+    "compiled_post_init",
     "decode_batch",
     "match_spans",
     "newest_spans",
@@ -48,6 +49,9 @@ AggregateKernel: type[_AggregateKernel] | None = None
 BucketKernel: type[_BucketKernel] | None = None
 Backlog: type[_Backlog] | None = None
 check_span: Callable[[object, int, float, float, float], bool] | None = None
+compiled_post_init: (
+    Callable[[Callable[[Any], None], dict[str, Any], int, float, float, float], Callable[[Any], None]] | None
+) = None
 #: Where the spans' class keeps its fields, found on a sample span (native/src/slots.rs); whether found.
 register_span: Callable[[object], bool] | None = None
 #: ``getattr(span, name)`` as the compiled code reads it (from the field's slot), for the tests.
@@ -89,6 +93,7 @@ if not DISABLED:
         BucketKernel = _native.BucketKernel
         Backlog = _native.Backlog
         check_span = _native.check_span
+        compiled_post_init = _native.compiled_post_init
         register_span = _native.register_span
         span_field = _native.span_field
         canonical_ms = _native.canonical_ms

@@ -89,6 +89,66 @@ def _timestamp(value: str, field: str) -> tuple[str, int]:
     return text, millis
 
 
+def _checked(span: Span) -> None:
+    """``Span.__post_init__``'s checks in Python (the reference), each taking a fast branch for the usual value
+    and the original checking code (and its message) for the rest."""
+    model, provider, caller = span.model, span.provider, span.caller
+    if not model:
+        raise ValueError("model must be a non-empty string")
+    if not (model.isprintable() and provider.isprintable() and caller.isprintable()):
+        _no_control_characters(model, provider, caller)  # control characters are never printable
+    prompt, comp, total = span.prompt_tokens, span.comp_tokens, span.total_tokens
+    if type(prompt) is not int or not 0 <= prompt <= MAX_TOKENS:
+        prompt = _whole_tokens(prompt, "prompt_tokens")
+    if type(comp) is not int or not 0 <= comp <= MAX_TOKENS:
+        comp = _whole_tokens(comp, "comp_tokens")
+    if type(total) is not int or not 0 <= total <= MAX_TOKENS:
+        total = _whole_tokens(total, "total_tokens")
+    if prompt is None and comp is None and total is None:
+        raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
+    if total is None:
+        total = (prompt or 0) + (comp or 0)
+    span.prompt_tokens, span.comp_tokens, span.total_tokens = prompt, comp, total
+    cost, latency = span.cost_usd, span.latency_ms
+    if cost is not None and not 0 <= cost <= MAX_COST_USD:
+        _bounded(cost, "cost_usd", MAX_COST_USD)
+    if latency is not None and not 0 <= latency <= MAX_LATENCY_MS:
+        _bounded(latency, "latency_ms", MAX_LATENCY_MS)
+    started = ended = None
+    if span.started_at is not None:
+        span.started_at, started = _timestamp(span.started_at, "started_at")
+    if span.ended_at is not None:
+        span.ended_at, ended = _timestamp(span.ended_at, "ended_at")
+    if started is not None and ended is not None:
+        if ended < started:
+            raise ValueError("ended_at is before started_at")
+        if latency is None:
+            span.latency_ms = ended - started
+            _bounded(span.latency_ms, "latency_ms", MAX_LATENCY_MS)
+    if span.attributes:
+        for key, value in span.attributes.items():
+            if type(value) is int and not _MIN_INT64 <= value <= _MAX_UINT64:
+                # The stores and the Kafka wire are MessagePack, whose integers are 64-bit.
+                raise ValueError(f"attributes.{key}: integer {value} is outside the 64-bit range")
+        score = span.attributes.get(EVAL_SCORE)
+        if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
+            raise ValueError(
+                f"attributes.{EVAL_SCORE} must be a number between -{MAX_SCORE} and {MAX_SCORE}, got {score!r}"
+            )
+    if not span.trace_id:
+        span.trace_id = new_id()
+    if not span.span_id:
+        span.span_id = new_id()
+
+
+#: ``Span.__post_init__`` as one compiled call (``_check_span``, then ``_checked`` unless it passed), or None.
+_compiled_post_init = (
+    None
+    if native.compiled_post_init is None or _check_span is None
+    else native.compiled_post_init(_checked, globals(), MAX_TOKENS, _COST_BOUND, _LATENCY_BOUND, _SCORE_BOUND)
+)
+
+
 class Span(msgspec.Struct, kw_only=True, gc=False):
     """A single inference call.
 
@@ -124,58 +184,15 @@ class Span(msgspec.Struct, kw_only=True, gc=False):
 
     def __post_init__(self) -> None:
         # The hot path of every decoded span. The compiled check passes the usual span (ids present, ints,
-        # ASCII names, normalised timestamps) or declines having changed nothing; then each check below takes
-        # a fast branch for the usual value and the original checking code (and its message) for the rest.
+        # ASCII names, normalised timestamps) or declines having changed nothing; then ``_checked`` decides.
+        # Where the compiled module is, the class uses ``_compiled_post_init`` instead: the same, one call.
         check = _check_span
         if check is not None and check(self, MAX_TOKENS, _COST_BOUND, _LATENCY_BOUND, _SCORE_BOUND):
             return
-        model, provider, caller = self.model, self.provider, self.caller
-        if not model:
-            raise ValueError("model must be a non-empty string")
-        if not (model.isprintable() and provider.isprintable() and caller.isprintable()):
-            _no_control_characters(model, provider, caller)  # control characters are never printable
-        prompt, comp, total = self.prompt_tokens, self.comp_tokens, self.total_tokens
-        if type(prompt) is not int or not 0 <= prompt <= MAX_TOKENS:
-            prompt = _whole_tokens(prompt, "prompt_tokens")
-        if type(comp) is not int or not 0 <= comp <= MAX_TOKENS:
-            comp = _whole_tokens(comp, "comp_tokens")
-        if type(total) is not int or not 0 <= total <= MAX_TOKENS:
-            total = _whole_tokens(total, "total_tokens")
-        if prompt is None and comp is None and total is None:
-            raise ValueError("at least one token count is required (prompt_tokens, comp_tokens or total_tokens)")
-        if total is None:
-            total = (prompt or 0) + (comp or 0)
-        self.prompt_tokens, self.comp_tokens, self.total_tokens = prompt, comp, total
-        cost, latency = self.cost_usd, self.latency_ms
-        if cost is not None and not 0 <= cost <= MAX_COST_USD:
-            _bounded(cost, "cost_usd", MAX_COST_USD)
-        if latency is not None and not 0 <= latency <= MAX_LATENCY_MS:
-            _bounded(latency, "latency_ms", MAX_LATENCY_MS)
-        started = ended = None
-        if self.started_at is not None:
-            self.started_at, started = _timestamp(self.started_at, "started_at")
-        if self.ended_at is not None:
-            self.ended_at, ended = _timestamp(self.ended_at, "ended_at")
-        if started is not None and ended is not None:
-            if ended < started:
-                raise ValueError("ended_at is before started_at")
-            if latency is None:
-                self.latency_ms = ended - started
-                _bounded(self.latency_ms, "latency_ms", MAX_LATENCY_MS)
-        if self.attributes:
-            for key, value in self.attributes.items():
-                if type(value) is int and not _MIN_INT64 <= value <= _MAX_UINT64:
-                    # The stores and the Kafka wire are MessagePack, whose integers are 64-bit.
-                    raise ValueError(f"attributes.{key}: integer {value} is outside the 64-bit range")
-            score = self.attributes.get(EVAL_SCORE)
-            if score is not None and (isinstance(score, (bool, str)) or not -MAX_SCORE <= score <= MAX_SCORE):
-                raise ValueError(
-                    f"attributes.{EVAL_SCORE} must be a number between -{MAX_SCORE} and {MAX_SCORE}, got {score!r}"
-                )
-        if not self.trace_id:
-            self.trace_id = new_id()
-        if not self.span_id:
-            self.span_id = new_id()
+        _checked(self)
+
+    if _compiled_post_init is not None:
+        __post_init__ = _compiled_post_init  # type: ignore[assignment,misc]
 
     @property
     def score(self) -> float | None:
