@@ -695,6 +695,12 @@ impl WireBatch {
         }
         Ok(ids)
     }
+
+    /// Whether one of `trace_ids` is a trace of the batch (the index must not evict a trace the batch adds to).
+    fn touches(&self, trace_ids: Vec<String>) -> bool {
+        let ids: rustc_hash::FxHashSet<&str> = self.spans.iter().map(|span| self.text(span.trace_id)).collect();
+        trace_ids.iter().any(|id| ids.contains(id.as_str()))
+    }
 }
 
 /// The message as a `WireBatch` when it is the usual message (see the module docstring); `None` otherwise.

@@ -298,7 +298,7 @@ class TraceIndex:
         compiled = native.add_to_traces
         evicted: tuple[int, int] | None = (0, 0)
         if excess > 0:
-            evicted = self._oldest(excess, batch.trace_ids()) if count <= self.max_spans else None
+            evicted = self._oldest(excess, batch) if count <= self.max_spans else None
         if compiled is None or evicted is None:
             for span in spans:
                 self.add(span)
@@ -311,16 +311,16 @@ class TraceIndex:
         self.span_count += count - freed
         self.evicted_traces += traces
 
-    def _oldest(self, excess: int, touched: set[str]) -> tuple[int, int] | None:
+    def _oldest(self, excess: int, batch: WireBatch) -> tuple[int, int] | None:
         """How many of the oldest traces hold ``excess`` spans, and their spans: ``(traces, spans)``; None when
-        one of them is in ``touched`` or all of them hold fewer."""
+        one of them is a trace of ``batch`` or all of them hold fewer."""
         freed = 0
+        oldest: list[str] = []
         for traces, trace in enumerate(self._traces.values(), 1):
-            if trace.trace_id in touched:
-                return None
+            oldest.append(trace.trace_id)
             freed += len(trace.spans)
             if freed >= excess:
-                return traces, freed
+                return None if batch.touches(oldest) else (traces, freed)
         return None
 
     def _evict_excess(self) -> None:
