@@ -105,16 +105,7 @@ class StoredTrace(msgspec.Struct, gc=False):
 
     def add(self, span: Span) -> None:
         self.spans.append(span)
-        if span.started_at is not None:
-            self.started_ms = min(self.started_ms, parse_rfc3339_ms(span.started_at))
-        if span.ended_at is not None:
-            self.ended_ms = max(self.ended_ms, parse_rfc3339_ms(span.ended_at))
-        if span.cost_usd is not None:
-            self.cost_nanos += to_nanos(span.cost_usd)
-            self.priced += 1
-        self.total_tokens += int(span.total_tokens or 0)
-        if _STATUS_RANK[span.status] > _STATUS_RANK[self.status]:
-            self.status = span.status
+        _count(self, span)
 
     @property
     def name(self) -> str:
@@ -182,16 +173,7 @@ class IndexedTrace(msgspec.Struct, gc=False):
             self.name = span.name
             self.rooted = span.parent_span_id is None
         self.spans.append(span if span.latency_ms is None else _span_encoder.encode(span))
-        if span.started_at is not None:
-            self.started_ms = min(self.started_ms, parse_rfc3339_ms(span.started_at))
-        if span.ended_at is not None:
-            self.ended_ms = max(self.ended_ms, parse_rfc3339_ms(span.ended_at))
-        if span.cost_usd is not None:
-            self.cost_nanos += to_nanos(span.cost_usd)
-            self.priced += 1
-        self.total_tokens += int(span.total_tokens or 0)
-        if _STATUS_RANK[span.status] > _STATUS_RANK[self.status]:
-            self.status = span.status
+        _count(self, span)
 
     def decoded(self) -> list[Span]:
         """The trace's spans, in the order they were added."""
@@ -248,6 +230,20 @@ class _Totals(Protocol):
     priced: int
     total_tokens: int
     status: str
+
+
+def _count(totals: _Totals, span: Span) -> None:
+    """Add ``span`` to a trace's totals: earliest start, latest end, cost, priced spans, tokens, worst status."""
+    if span.started_at is not None:
+        totals.started_ms = min(totals.started_ms, parse_rfc3339_ms(span.started_at))
+    if span.ended_at is not None:
+        totals.ended_ms = max(totals.ended_ms, parse_rfc3339_ms(span.ended_at))
+    if span.cost_usd is not None:
+        totals.cost_nanos += to_nanos(span.cost_usd)
+        totals.priced += 1
+    totals.total_tokens += int(span.total_tokens or 0)
+    if _STATUS_RANK[span.status] > _STATUS_RANK[totals.status]:
+        totals.status = span.status
 
 
 def _summary(trace_id: str, name: str, span_count: int, totals: _Totals) -> dict[str, Any]:
