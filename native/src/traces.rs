@@ -239,20 +239,36 @@ fn started_at(bytes: &[u8]) -> Option<&str> {
     None
 }
 
-/// `TraceIndex.recent_spans`: of the spans of `lists` (each trace's kept spans, in index order), the `limit`
-/// with the latest `started_at` (None as `""`), latest first and, among equal ones, in index order (Python's
-/// stable sort); `None` when one is not bytes whose `started_at` this reads.
+/// `TraceIndex.recent_spans`: of the spans of `lists` (each trace's kept spans, in index order: MessagePack, or a
+/// span kept as it is), the `limit` with the latest `started_at` (None as `""`), latest first and, among equal
+/// ones, in index order (Python's stable sort); `None` when one's `started_at` cannot be read here.
 #[pyfunction]
-pub fn newest_spans<'py>(lists: Vec<Bound<'py, PyList>>, limit: usize) -> Option<Vec<Bound<'py, PyBytes>>> {
-    let mut kept: Vec<Bound<'py, PyBytes>> = Vec::new();
+pub fn newest_spans<'py>(lists: Vec<Bound<'py, PyList>>, limit: usize) -> Option<Vec<Bound<'py, PyAny>>> {
+    let mut kept: Vec<Bound<'py, PyAny>> = Vec::new();
+    let mut objects: Vec<Bound<'py, PyAny>> = Vec::new(); // the `started_at` of spans kept as objects
     for list in &lists {
         for item in list.iter() {
-            kept.push(item.cast_into::<PyBytes>().ok()?);
+            if !item.is_instance_of::<PyBytes>() {
+                objects.push(item.getattr(intern!(item.py(), "started_at")).ok()?);
+            }
+            kept.push(item);
         }
     }
     let mut order: Vec<(&str, usize)> = Vec::with_capacity(kept.len());
-    for (at, bytes) in kept.iter().enumerate() {
-        order.push((started_at(bytes.as_bytes())?, at));
+    let mut next_object = objects.iter();
+    for (at, item) in kept.iter().enumerate() {
+        let started = match item.cast::<PyBytes>() {
+            Ok(bytes) => started_at(bytes.as_bytes())?,
+            Err(_) => {
+                let started = next_object.next()?;
+                if started.is_none() {
+                    ""
+                } else {
+                    started.cast::<PyString>().ok()?.to_str().ok()?
+                }
+            }
+        };
+        order.push((started, at));
     }
     let newest_first = |a: &(&str, usize), b: &(&str, usize)| b.0.cmp(a.0).then(a.1.cmp(&b.1));
     if limit < order.len() {

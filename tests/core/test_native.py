@@ -355,3 +355,12 @@ def test_the_python_path_passes_the_core_tests_on_its_own() -> None:
     )
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-2000:]
     assert " passed" in run.stdout and "skipped" not in run.stdout.splitlines()[-1], run.stdout[-500:]
+
+
+def test_every_compiled_name_is_there_without_the_module() -> None:
+    """Without the compiled module each name ``native`` exports is None (the Python code runs), never missing: a
+    caller's ``native.x is None`` check must not raise AttributeError on an install without Rust."""
+    env = {**os.environ, "TOKENTRACE_NATIVE": "0", "TOKENTRACE_REQUIRE_NATIVE": "0"}
+    code = "from tokentrace.core import native; print([n for n in native.__all__ if not hasattr(native, n)])"
+    run = subprocess.run([sys.executable, "-c", code], cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    assert run.returncode == 0 and run.stdout.strip() == "[]", run.stdout + run.stderr

@@ -98,7 +98,7 @@ def test_a_span_without_latency_reads_back_without_one() -> None:
 
 def test_the_compiled_reads_take_spans_kept_encoded() -> None:
     """``match_spans`` and ``newest_spans`` answer for encoded spans (the hypothesis test above holds their
-    answers to the reference) and decline a span kept as an object."""
+    answers to the reference); a span kept as an object, ``match_spans`` leaves to Python, ``newest_spans`` reads."""
     assert native.match_spans is not None and native.newest_spans is not None
     index = TraceIndex(100, DAY_MS)
     for n in range(6):
@@ -112,6 +112,10 @@ def test_the_compiled_reads_take_spans_kept_encoded() -> None:
     assert native.match_spans(kept[0], "m", None, "ok", [("x", "1")]) is False
     assert native.match_spans(kept[0], "m", None, "ok", []) is True
     bare = Span(trace_id="t0", span_id="bare", model="m", prompt_tokens=1)
-    bare.stamp(NOW)
+    bare.stamp(NOW + 1000)
     index.add(bare)
-    assert native.newest_spans([t.spans for t in index._traces.values()], 3) is None
+    kept = [t.spans for t in index._traces.values()]
+    assert native.match_spans(kept[0], "x", None, None, []) is None  # a span kept as an object: Python decides
+    newest = native.newest_spans(kept, 3)
+    assert newest is not None and newest[0] is bare
+    assert [s.span_id for s in index.recent_spans(3)] == ["bare", "s0", "s1"]

@@ -67,6 +67,7 @@ route_spans: (
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
+newest_spans: Callable[[list[list[Any]], int], list[Any] | None] | None = None
 match_spans: (
     Callable[[list[Any], str | None, str | None, str | None, Sequence[tuple[str, str]]], bool | None] | None
 ) = None

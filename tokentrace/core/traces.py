@@ -371,7 +371,7 @@ class TraceIndex:
         if compiled is not None and limit > 0:
             newest = compiled([t.spans for t in self._traces.values()], limit)
             if newest is not None:
-                return [_span_decoder.decode(encoded) for encoded in newest]
+                return [_decoded(kept) for kept in newest]
         spans = [(_started_at(s), s) for t in self._traces.values() for s in t.spans]
         spans.sort(key=_first, reverse=True)
         return [_decoded(kept) for _, kept in spans[:limit]]
