@@ -4,9 +4,10 @@ Bounded two ways: at most ``max_spans`` spans (whole traces are evicted, oldest 
 never shown half), and traces that ended more than ``retention_ms`` ago are dropped.
 
 The index keeps each span as its MessagePack (``IndexedTrace``: the bytes the write-ahead log holds for it,
-sliced from the batch's message), decoded when a trace is read. As objects, the 100,000 spans of a full index
-were some twenty Python objects each, freed cold when their trace was evicted: 1.1-1.8 µs of every span
-ingested (in-process, current and back-filled), and ~1.5 KiB of memory each.
+sliced from the batch's message), decoded when a trace is read; searches and recent spans read the bytes
+(``native.match_spans``, ``native.newest_spans``). As objects, the 100,000 spans of a full index were some twenty
+Python objects each: a server that took 200k spans held 227 MiB of RSS, 159 MiB with them encoded
+(bench/RESULTS.md), for ~0.4k more instructions a span (a bytes object each).
 """
 
 from __future__ import annotations
