@@ -613,6 +613,22 @@ impl Backlog {
         }
     }
 
+    /// Queue all the spans of ``batch`` in each of ``hours`` (spans of ``size`` ms, ``WireBatch.split_settled``'s)
+    /// for the bucket ``(kind, hour)``: ``add`` of each with the hour's minutes in order of first appearance.
+    fn add_whole(&mut self, batch: &Bound<'_, WireBatch>, kind: i64, size: i64, hours: Vec<i64>) {
+        let batch = batch.get();
+        let groups = batch.grouped(size);
+        let minutes: FxHashMap<i64, &[i64]> = groups.iter().map(|group| (group.0, group.1.as_slice())).collect();
+        for hour in hours {
+            let pending = self.pending.entry((kind, hour)).or_default();
+            for minute in minutes.get(&hour).copied().unwrap_or_default() {
+                for span in batch.spans_in(std::slice::from_ref(minute)) {
+                    pending.push(batch, span);
+                }
+            }
+        }
+    }
+
     /// Spans queued for the bucket ``(kind, start)``.
     fn queued(&self, kind: i64, start: i64) -> usize {
         self.pending.get(&(kind, start)).map_or(0, |pending| pending.rows.len())

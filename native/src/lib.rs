@@ -36,6 +36,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(prepare::prepare_spans, m)?)?;
     m.add_function(wrap_pyfunction!(traces::add_to_traces, m)?)?;
     m.add_function(wrap_pyfunction!(traces::match_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(traces::oldest_traces, m)?)?;
     m.add_function(wrap_pyfunction!(traces::newest_spans, m)?)?;
     m.add_function(wrap_pyfunction!(untrack::untracked_zeros, m)?)?;
     m.add_function(wrap_pyfunction!(untrack::untrack_state, m)?)?;

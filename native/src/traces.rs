@@ -7,7 +7,7 @@
 use pyo3::intern;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyList, PyString};
-use rustc_hash::FxHashMap;
+use rustc_hash::{FxHashMap, FxHashSet};
 
 use crate::aggregate::int_object;
 use crate::msgpack::{Reader, Value};
@@ -175,6 +175,33 @@ fn attribute_is(value: Value<'_>, want: &str) -> Option<bool> {
         Value::Big(int) => digits.format(int) == want,
         Value::Float(_) | Value::Nil => return None,
     })
+}
+
+/// `TraceIndex._oldest`: how many of the oldest traces of `table` (an ordered dict of `IndexedTrace`s, oldest
+/// first) hold `excess` spans, and their spans, `(traces, spans)`; `None` when one of them is a trace of `batch`
+/// (it would come back holding only the batch's spans) or all of them hold fewer.
+#[pyfunction]
+pub fn oldest_traces(
+    table: &Bound<'_, PyAny>,
+    excess: usize,
+    batch: &Bound<'_, WireBatch>,
+) -> PyResult<Option<(usize, usize)>> {
+    let py = table.py();
+    let batch = batch.get();
+    let added: FxHashSet<&str> = batch.spans.iter().map(|span| batch.text(span.trace_id)).collect();
+    let (mut traces, mut freed) = (0, 0);
+    for trace in table.call_method0(intern!(py, "values"))?.try_iter()? {
+        let trace = trace?;
+        if added.contains(trace.getattr(intern!(py, "trace_id"))?.cast::<PyString>()?.to_str()?) {
+            return Ok(None);
+        }
+        traces += 1;
+        freed += trace.getattr(intern!(py, "spans"))?.len()?;
+        if freed >= excess {
+            return Ok(Some((traces, freed)));
+        }
+    }
+    Ok(None)
 }
 
 /// `IndexedTrace.matches`: whether one of `spans` (each its MessagePack) matches every filter given, as

@@ -13,7 +13,7 @@
 
 use pyo3::ffi;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PySet};
+use pyo3::types::{PyBytes, PyDict, PySet, PyType};
 
 use std::sync::OnceLock;
 
@@ -29,6 +29,8 @@ const PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
 const EXACT_INT: u64 = 1 << 53;
 const NANO: f64 = 1_000_000_000.0;
 const SCORE_KEY: &str = "eval.score";
+/// Later than any bucket.
+const NEVER: i64 = 1 << 62;
 
 /// A number field as the span holds it.
 #[derive(Clone, Copy)]
@@ -573,6 +575,15 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     Some(())
 }
 
+/// The least int key of `buckets`, or later than any bucket when it has none.
+fn first_key(buckets: &Bound<'_, PyDict>) -> PyResult<i64> {
+    let mut first = NEVER;
+    for key in buckets.keys() {
+        first = first.min(key.extract::<i64>()?);
+    }
+    Ok(first)
+}
+
 impl WireBatch {
     pub fn text(&self, range: Text) -> &str {
         &self.text[range.0..range.1]
@@ -655,7 +666,7 @@ impl WireBatch {
 
     /// `buckets` grouped by the span of `size` ms each falls in, in order of first appearance: `(start of the
     /// span, its buckets' starts, their spans, their places in buckets, the spans of all)`.
-    fn grouped(&self, size: i64) -> Vec<Group> {
+    pub(crate) fn grouped(&self, size: i64) -> Vec<Group> {
         let mut groups: Vec<Group> = Vec::new();
         let mut index: FxHashMap<i64, usize> = FxHashMap::default();
         for (place, (bucket, count)) in self.buckets().into_iter().enumerate() {
@@ -671,6 +682,42 @@ impl WireBatch {
             group.4 += count;
         }
         groups
+    }
+
+    /// `grouped(size)` split for `Timeline.add_batch`: the groups starting before `hot_from` whose bucket in
+    /// `coarse` is frozen (its type exactly `frozen`) and that end by the first bucket of `fine` (all their spans
+    /// count in that settled bucket), as `(start, spans)`; and the other groups, as `grouped` gives them.
+    #[allow(clippy::type_complexity)]
+    fn split_settled(
+        &self,
+        size: i64,
+        hot_from: i64,
+        fine: &Bound<'_, PyDict>,
+        coarse: &Bound<'_, PyDict>,
+        frozen: &Bound<'_, PyType>,
+    ) -> PyResult<(Vec<(i64, usize)>, Vec<Group>)> {
+        let mut whole = Vec::new();
+        let mut others = Vec::new();
+        let mut fine_from: Option<i64> = None;
+        for group in self.grouped(size) {
+            let start = group.0;
+            if start < hot_from {
+                if let Some(stored) = coarse.get_item(start)? {
+                    if stored.get_type().is(frozen) {
+                        let first = match fine_from {
+                            Some(first) => first,
+                            None => *fine_from.insert(first_key(fine)?),
+                        };
+                        if start + size <= first {
+                            whole.push((start, group.4));
+                            continue;
+                        }
+                    }
+                }
+            }
+            others.push(group);
+        }
+        Ok((whole, others))
     }
 
     /// The stamped spans as msgspec's JSON, one per line (`encode_lines`).

@@ -5,6 +5,7 @@ whether the spans came one by one (``TraceIndex.add``) or as a compiled batch (`
 from __future__ import annotations
 
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -119,3 +120,32 @@ def test_the_compiled_reads_take_spans_kept_encoded() -> None:
     newest = native.newest_spans(kept, 3)
     assert newest is not None and newest[0] is bare
     assert [s.span_id for s in index.recent_spans(3)] == ["bare", "s0", "s1"]
+
+
+@given(
+    st.lists(st.lists(spans(), min_size=1, max_size=6), min_size=1, max_size=6),
+    st.lists(spans(), min_size=1, max_size=6),
+    st.integers(1, 40),
+)
+@settings(max_examples=200, deadline=None)
+def test_the_compiled_search_for_traces_to_evict_answers_as_python(
+    held: list[list[Span]], added: list[Span], excess: int
+) -> None:
+    """``native.oldest_traces`` (``TraceIndex._oldest``): how many of the oldest traces hold ``excess`` spans,
+    and none when the batch adds to one of them or the index holds fewer."""
+    index = TraceIndex(10_000, DAY_MS)
+    for batch in held:
+        for span in batch:
+            index.add(span)
+    compiled = _compiled(added)
+    if compiled is None:
+        return
+    answer = index._oldest(excess, compiled[0])
+    assert native.oldest_traces is not None
+    with mock.patch.object(native, "oldest_traces", None):
+        assert index._oldest(excess, compiled[0]) == answer
+    ids = list(index._traces)
+    if answer is not None:
+        evicted, freed = answer
+        assert sum(len(index._traces[i].spans) for i in ids[:evicted]) == freed >= excess
+        assert not {span.trace_id for span in added} & set(ids[:evicted])

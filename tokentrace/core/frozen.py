@@ -192,6 +192,11 @@ class Backlog:
         and the batch's minutes counting in it), queued minute by minute, as ``Timeline.add_many`` counts them."""
         self._rows.add(batch, plan)
 
+    def add_whole(self, batch: WireBatch, kind: int, size: int, hours: list[int]) -> None:
+        """``add`` of all the spans of ``batch`` in each of ``hours`` (spans of ``size`` ms) for the bucket
+        ``(kind, hour)``, the hour's minutes in order of first appearance."""
+        self._rows.add_whole(batch, kind, size, hours)
+
     def queued(self, key: tuple[int, int]) -> int:
         return self._rows.queued(*key)
 

@@ -32,6 +32,7 @@ __all__ = [
     "decode_batch",
     "match_spans",
     "newest_spans",
+    "oldest_traces",
     "prepare_spans",
     "register_span",
     "route_spans",
@@ -68,6 +69,8 @@ route_spans: (
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
 newest_spans: Callable[[list[list[Any]], int], list[Any] | None] | None = None
+#: ``TraceIndex._oldest`` in one pass over the index (native/src/traces.rs).
+oldest_traces: Callable[[object, int, _WireBatch], tuple[int, int] | None] | None = None
 match_spans: (
     Callable[[list[Any], str | None, str | None, str | None, Sequence[tuple[str, str]]], bool | None] | None
 ) = None
@@ -107,6 +110,7 @@ if not DISABLED:
         add_to_traces = _native.add_to_traces
         match_spans = _native.match_spans
         newest_spans = _native.newest_spans
+        oldest_traces = _native.oldest_traces
         untracked_zeros = _native.untracked_zeros
         untrack_state = _native.untrack_state
 

@@ -161,8 +161,6 @@ _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in
 _SERIES_SPEC: _QuerySpec = (SERIES, ())
 _Stored = BucketState | msgspec.Raw
 _EMPTY = frozen.EMPTY
-#: Later than any bucket.
-_NEVER = 2**62
 _third = itemgetter(2)
 
 
@@ -301,22 +299,13 @@ class Timeline:
         settled bucket is made frozen.
         """
         hot_from = self._hot_from
-        fine, coarse = self._fine, self._coarse
-        fine_from: int | None = None  # no minute bucket starts before it (found when first needed)
+        # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own.
+        whole, rest = batch.split_settled(HOUR_MS, hot_from, self._fine, self._coarse, msgspec.Raw)
         settled: dict[tuple[int, int], tuple[list[int], int]] = {}
         others: list[tuple[int, int, int]] = []
-        other_hours = 0
-        for hour, starts, counts, places, total in batch.grouped(HOUR_MS):
-            # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own.
-            if hour < hot_from and type(coarse.get(hour, BucketState)) is msgspec.Raw:
-                if fine_from is None:
-                    fine_from = min(fine, default=_NEVER)
-                if hour + HOUR_MS <= fine_from:
-                    settled[(_COARSE, hour)] = (starts, total)
-                    continue
+        for _, starts, counts, places, _ in rest:
             others.extend(zip(starts, counts, places, strict=True))
-            other_hours += 1
-        if other_hours > 1:
+        if len(rest) > 1:
             others.sort(key=_third)  # in order of first appearance, as ``add_many`` makes the buckets
         targets: list[tuple[BucketState, list[int]]] = []
         for start, count, _ in others:
@@ -335,20 +324,28 @@ class Timeline:
             self._written.add(key)
         if targets:
             BucketState.add_batch_to(targets, batch, self.settings.caps)
-        if settled:
-            self._queue(batch, settled)
+        if whole or settled:
+            self._queue(batch, whole, settled)
 
-    def _queue(self, batch: WireBatch, settled: dict[tuple[int, int], tuple[list[int], int]]) -> None:
-        """Queue a batch's spans for settled buckets in the backlog: ``settled`` maps a bucket's key to the batch's
-        minutes counting in it and their spans. Versions and generation as ``_counted`` of each minute (a key's
-        minutes share its hour and day)."""
+    def _queue(
+        self,
+        batch: WireBatch,
+        whole: list[tuple[int, int]],
+        settled: dict[tuple[int, int], tuple[list[int], int]],
+    ) -> None:
+        """Queue a batch's spans for settled buckets in the backlog: ``whole`` lists the hours whose spans all
+        count in their hour bucket, with their spans; ``settled`` maps a bucket's key to the batch's other minutes
+        counting in it and their spans. Versions and generation as ``_counted`` of each minute (a key's minutes
+        share its hour and day)."""
         backlog = self._backlog
         if backlog is None:
             backlog = self._backlog = frozen.Backlog(self.settings.caps)
         pending, versions = self._pending, self._versions
         days: dict[int, int] = {}
         added = 0
-        for key, (_, count) in settled.items():
+        counts = [((_COARSE, hour), count) for hour, count in whole]
+        counts.extend((key, count) for key, (_, count) in settled.items())
+        for key, count in counts:
             start = key[1]
             versions[key] = versions.get(key, 0) + count
             hour = (HOUR_MS, start - start % HOUR_MS)
@@ -369,7 +366,10 @@ class Timeline:
         self.generation += added
         self.settled_writes += added
         self._pending_spans += added
-        backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
+        if whole:
+            backlog.add_whole(batch, _COARSE, HOUR_MS, [hour for hour, _ in whole])
+        if settled:
+            backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
         self._bound_pending()
 
     def _counted(self, key: tuple[int, int], start: int, count: int) -> None:

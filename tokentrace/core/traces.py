@@ -310,7 +310,11 @@ class TraceIndex:
 
     def _oldest(self, excess: int, batch: WireBatch) -> tuple[int, int] | None:
         """How many of the oldest traces hold ``excess`` spans, and their spans: ``(traces, spans)``; None when
-        one of them is a trace of ``batch`` or all of them hold fewer."""
+        one of them is a trace of ``batch`` or all of them hold fewer. Compiled where it can be
+        (``native.oldest_traces``)."""
+        compiled = native.oldest_traces
+        if compiled is not None:
+            return compiled(self._traces, excess, batch)
         freed = 0
         oldest: list[str] = []
         for traces, trace in enumerate(self._traces.values(), 1):
