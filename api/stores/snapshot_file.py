@@ -8,7 +8,8 @@ recognised by their first byte, a msgpack map) are still read, unverified.
 from __future__ import annotations
 
 import struct
-import zlib
+
+from tokentrace.core.checksum import crc32
 
 __all__ = ["SNAPSHOT_MAGIC", "DamagedFile", "open_snapshot", "seal_snapshot"]
 
@@ -23,7 +24,7 @@ class DamagedFile(Exception):
 
 def seal_snapshot(payload: bytes) -> bytes:
     """The header to write before ``payload``."""
-    return SNAPSHOT_MAGIC + _HEADER.pack(len(payload), zlib.crc32(payload))
+    return SNAPSHOT_MAGIC + _HEADER.pack(len(payload), crc32(payload))
 
 
 def open_snapshot(raw: bytes) -> tuple[memoryview, bool]:
@@ -36,7 +37,7 @@ def open_snapshot(raw: bytes) -> tuple[memoryview, bool]:
         if len(raw) != start + length:
             raise DamagedFile(f"{len(raw)} bytes where its header says {start + length} (truncated or extended)")
         payload = memoryview(raw)[start:]
-        if zlib.crc32(payload) != crc:
+        if crc32(payload) != crc:
             raise DamagedFile("checksum mismatch: its content changed after it was written")
         return payload, True
     if raw and raw[0] in _LEGACY_FIRST_BYTES:

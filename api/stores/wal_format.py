@@ -15,8 +15,9 @@ an append leaves (that append was never acknowledged). Bytes skipped *between* i
 from __future__ import annotations
 
 import struct
-import zlib
 from dataclasses import dataclass, field
+
+from tokentrace.core.checksum import crc32
 
 __all__ = ["SEGMENT_MAGIC", "SegmentScan", "frame", "scan_segment"]
 
@@ -31,7 +32,7 @@ _LENGTH = struct.Struct("<I")
 def frame(payload: bytes) -> bytes:
     """The format-2 record header for ``payload`` (write it, then the payload)."""
     length = _LENGTH.pack(len(payload))
-    return _SYNC_BYTES + length + _LENGTH.pack(zlib.crc32(payload, zlib.crc32(length)))
+    return _SYNC_BYTES + length + _LENGTH.pack(crc32(payload, crc32(length)))
 
 
 @dataclass
@@ -66,7 +67,7 @@ def _v2_end(data: memoryview, pos: int) -> int:
     end = pos + _V2.size + length
     if sync != _SYNC or end > len(data):
         return -1
-    return end if zlib.crc32(data[pos + _V2.size : end], zlib.crc32(data[pos + 4 : pos + 8])) == crc else -1
+    return end if crc32(data[pos + _V2.size : end], crc32(data[pos + 4 : pos + 8])) == crc else -1
 
 
 def _v1_end(data: memoryview, pos: int) -> int:
@@ -77,7 +78,7 @@ def _v1_end(data: memoryview, pos: int) -> int:
     end = pos + _V1.size + length
     if length == 0 or end > len(data):
         return -1
-    return end if zlib.crc32(data[pos + _V1.size : end]) == crc else -1
+    return end if crc32(data[pos + _V1.size : end]) == crc else -1
 
 
 def _next_v2(data: memoryview, raw: bytes, start: int) -> int:

@@ -9,6 +9,7 @@ use pyo3::prelude::*;
 
 mod aggregate;
 mod bucket;
+mod checksum;
 mod frozen;
 mod msgpack;
 mod prepare;
@@ -25,6 +26,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<aggregate::AggregateKernel>()?;
     m.add_class::<bucket::BucketKernel>()?;
     m.add_class::<frozen::Backlog>()?;
+    m.add_function(wrap_pyfunction!(checksum::crc32, m)?)?;
     m.add_function(wrap_pyfunction!(slots::register_span, m)?)?;
     m.add_function(wrap_pyfunction!(slots::span_field, m)?)?;
     m.add_function(wrap_pyfunction!(span_check::check_span, m)?)?;

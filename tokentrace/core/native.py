@@ -29,6 +29,7 @@ __all__ = [
     "check_span",
     "compile_spans",
     "compiled_post_init",
+    "crc32",
     "decode_batch",
     "match_spans",
     "newest_spans",
@@ -69,6 +70,8 @@ route_spans: (
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
 add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
 newest_spans: Callable[[list[list[Any]], int], list[Any] | None] | None = None
+#: ``zlib.crc32`` by ``crc32fast`` (native/src/checksum.rs).
+crc32: Callable[[Any, int], int] | None = None
 #: ``TraceIndex._oldest`` in one pass over the index (native/src/traces.rs).
 oldest_traces: Callable[[object, int, _WireBatch], tuple[int, int] | None] | None = None
 match_spans: (
@@ -110,6 +113,7 @@ if not DISABLED:
         add_to_traces = _native.add_to_traces
         match_spans = _native.match_spans
         newest_spans = _native.newest_spans
+        crc32 = _native.crc32
         oldest_traces = _native.oldest_traces
         untracked_zeros = _native.untracked_zeros
         untrack_state = _native.untrack_state
