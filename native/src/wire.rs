@@ -578,7 +578,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
 /// The least int key of `buckets`, or later than any bucket when it has none.
 fn first_key(buckets: &Bound<'_, PyDict>) -> PyResult<i64> {
     let mut first = NEVER;
-    for key in buckets.keys() {
+    for (key, _) in buckets.iter() {
         first = first.min(key.extract::<i64>()?);
     }
     Ok(first)
