@@ -540,12 +540,19 @@ impl<'a> Bucket<'a> {
 }
 
 /// Spans waiting for one frozen bucket, their texts in one arena.
-#[derive(Default)]
 struct Pending {
     /// Each span's values, series key and grouped attributes (a range of `attributes`).
     rows: Vec<(Values, Text, (usize, usize))>,
     attributes: Vec<(Text, Text)>,
     arena: String,
+}
+
+/// Room for a few rows from the start: a back-fill adds a row or two to each of hundreds of buckets a batch, and
+/// growing each from nothing made most of its allocations.
+impl Default for Pending {
+    fn default() -> Self {
+        Pending { rows: Vec::with_capacity(8), attributes: Vec::with_capacity(8), arena: String::with_capacity(256) }
+    }
 }
 
 impl Pending {
@@ -617,11 +624,13 @@ impl Backlog {
     /// for the bucket ``(kind, hour)``: ``add`` of each with the hour's minutes in order of first appearance.
     fn add_whole(&mut self, batch: &Bound<'_, WireBatch>, kind: i64, size: i64, hours: Vec<i64>) {
         let batch = batch.get();
-        let groups = batch.grouped(size);
-        let minutes: FxHashMap<i64, &[i64]> = groups.iter().map(|group| (group.0, group.1.as_slice())).collect();
+        let grouping = batch.grouping(size);
+        let ranges: FxHashMap<i64, (usize, usize)> =
+            grouping.groups.iter().map(|&(start, from, to)| (start, (from, to))).collect();
         for hour in hours {
             let pending = self.pending.entry((kind, hour)).or_default();
-            for minute in minutes.get(&hour).copied().unwrap_or_default() {
+            let (from, to) = ranges.get(&hour).copied().unwrap_or_default();
+            for (minute, _, _) in &grouping.members[from..to] {
                 for span in batch.spans_in(std::slice::from_ref(minute)) {
                     pending.push(batch, span);
                 }

@@ -114,9 +114,16 @@ pub struct WireSpan {
     pub root: bool,
 }
 
-/// Buckets grouped by a longer span (`WireBatch.grouped`): its start, the buckets' starts, their spans, their
-/// places among the batch's buckets, and the spans of all.
+/// Buckets grouped by a longer span (`WireBatch.split_settled`): its start, the buckets' starts, their spans,
+/// their places among the batch's buckets, and the spans of all.
 type Group = (i64, Vec<i64>, Vec<usize>, Vec<usize>, usize);
+
+/// `WireBatch.grouping`: per group `(start, from, to)`, a range of `members`, which lists each bucket as
+/// `(start, spans, place among the batch's buckets)`.
+pub struct Grouping {
+    pub groups: Vec<(i64, usize, usize)>,
+    pub members: Vec<(i64, usize, usize)>,
+}
 
 /// The spans' indices sorted by bucket, and each bucket's range in them.
 type BucketIndex = (Vec<u32>, FxHashMap<i64, (usize, usize)>);
@@ -589,6 +596,38 @@ impl WireBatch {
         &self.text[range.0..range.1]
     }
 
+    /// The batch's buckets (`buckets`) grouped by the span of `size` ms each falls in, groups and their buckets
+    /// in order of first appearance, in two arrays (no allocation per group: a back-fill's batch spans hundreds).
+    pub(crate) fn grouping(&self, size: i64) -> Grouping {
+        let buckets = self.buckets();
+        let mut index: FxHashMap<i64, usize> = FxHashMap::default();
+        let mut sizes: Vec<(i64, usize)> = Vec::new();
+        let mut group_of = Vec::with_capacity(buckets.len());
+        for &(bucket, _) in &buckets {
+            let start = bucket - bucket.rem_euclid(size);
+            let at = *index.entry(start).or_insert_with(|| {
+                sizes.push((start, 0));
+                sizes.len() - 1
+            });
+            sizes[at].1 += 1;
+            group_of.push(at);
+        }
+        let mut groups = Vec::with_capacity(sizes.len());
+        let mut next = Vec::with_capacity(sizes.len());
+        let mut from = 0;
+        for (start, members) in sizes {
+            groups.push((start, from, from + members));
+            next.push(from);
+            from += members;
+        }
+        let mut members = vec![(0, 0, 0); buckets.len()];
+        for (place, ((bucket, spans), at)) in buckets.into_iter().zip(group_of).enumerate() {
+            members[next[at]] = (bucket, spans, place);
+            next[at] += 1;
+        }
+        Grouping { groups, members }
+    }
+
     /// The spans of the buckets starting at `starts`, in order: one lookup for a single bucket (a back-fill
     /// lists each minute apart, and a batch may hold hundreds of them).
     pub fn spans_in<'s>(&'s self, starts: &'s [i64]) -> Box<dyn Iterator<Item = &'s WireSpan> + 's> {
@@ -664,29 +703,11 @@ impl WireBatch {
         seen
     }
 
-    /// `buckets` grouped by the span of `size` ms each falls in, in order of first appearance: `(start of the
-    /// span, its buckets' starts, their spans, their places in buckets, the spans of all)`.
-    pub(crate) fn grouped(&self, size: i64) -> Vec<Group> {
-        let mut groups: Vec<Group> = Vec::new();
-        let mut index: FxHashMap<i64, usize> = FxHashMap::default();
-        for (place, (bucket, count)) in self.buckets().into_iter().enumerate() {
-            let start = bucket - bucket.rem_euclid(size);
-            let at = *index.entry(start).or_insert_with(|| {
-                groups.push((start, Vec::new(), Vec::new(), Vec::new(), 0));
-                groups.len() - 1
-            });
-            let group = &mut groups[at];
-            group.1.push(bucket);
-            group.2.push(count);
-            group.3.push(place);
-            group.4 += count;
-        }
-        groups
-    }
-
-    /// `grouped(size)` split for `Timeline.add_batch`: the groups starting before `hot_from` whose bucket in
-    /// `coarse` is frozen (its type exactly `frozen`) and that end by the first bucket of `fine` (all their spans
-    /// count in that settled bucket), as `(start, spans)`; and the other groups, as `grouped` gives them.
+    /// The batch's buckets grouped by the span of `size` ms each falls in (`grouping`), split for
+    /// `Timeline.add_batch`: the groups starting before `hot_from` whose bucket in `coarse` is frozen (its type
+    /// exactly `frozen`) and that end by the first bucket of `fine` (all their spans count in that settled bucket),
+    /// as `(start, spans)`; and the other groups as `(start, their buckets' starts, their spans, their places in
+    /// buckets, the spans of all)`.
     #[allow(clippy::type_complexity)]
     fn split_settled(
         &self,
@@ -696,11 +717,13 @@ impl WireBatch {
         coarse: &Bound<'_, PyDict>,
         frozen: &Bound<'_, PyType>,
     ) -> PyResult<(Vec<(i64, usize)>, Vec<Group>)> {
+        let grouping = self.grouping(size);
         let mut whole = Vec::new();
         let mut others = Vec::new();
         let mut fine_from: Option<i64> = None;
-        for group in self.grouped(size) {
-            let start = group.0;
+        for &(start, from, to) in &grouping.groups {
+            let members = &grouping.members[from..to];
+            let spans = members.iter().map(|member| member.1).sum();
             if start < hot_from {
                 if let Some(stored) = coarse.get_item(start)? {
                     if stored.get_type().is(frozen) {
@@ -709,13 +732,19 @@ impl WireBatch {
                             None => *fine_from.insert(first_key(fine)?),
                         };
                         if start + size <= first {
-                            whole.push((start, group.4));
+                            whole.push((start, spans));
                             continue;
                         }
                     }
                 }
             }
-            others.push(group);
+            others.push((
+                start,
+                members.iter().map(|member| member.0).collect(),
+                members.iter().map(|member| member.1).collect(),
+                members.iter().map(|member| member.2).collect(),
+                spans,
+            ));
         }
         Ok((whole, others))
     }
