@@ -2,7 +2,8 @@
 //! first appearance, found in the index (or made by `IndexedTrace(trace_id)` and put at its end), takes its spans
 //! in order, each as its own MessagePack (a slice of the batch's message), its totals (`IndexedTrace.add` for
 //! each span: earliest start, latest end, cost in nanos, priced spans, tokens, worst status) and its name (its
-//! first root span's), as `IndexedTrace.add` does span by span. Evictions stay with the caller.
+//! first root span's), as `IndexedTrace.add` does span by span. The new traces are returned for the caller's
+//! eviction queue; evictions stay with the caller.
 
 use pyo3::intern;
 use pyo3::prelude::*;
@@ -37,17 +38,18 @@ fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -
     target.setattr(name, current.add(int_object(target.py(), delta)?)?)
 }
 
-/// Add the spans of `batch` (read from or written to the message `payload`) to the index `table` (an ordered
-/// dict by trace id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span
-/// list untracked by the cycle collector as `IndexedTrace`'s own default is).
+/// Add the spans of `batch` (read from or written to the message `payload`) to the index `table` (a dict by trace
+/// id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span list untracked by
+/// the cycle collector as `IndexedTrace`'s own default is). Returns the new traces, in the order they were made
+/// (the caller queues them for eviction).
 #[pyfunction]
-pub fn add_to_traces(
-    py: Python<'_>,
-    table: &Bound<'_, PyAny>,
-    make: &Bound<'_, PyAny>,
-    payload: &Bound<'_, PyBytes>,
-    batch: &Bound<'_, WireBatch>,
-) -> PyResult<()> {
+pub fn add_to_traces<'py>(
+    py: Python<'py>,
+    table: &Bound<'py, PyDict>,
+    make: &Bound<'py, PyAny>,
+    payload: &Bound<'py, PyBytes>,
+    batch: &Bound<'py, WireBatch>,
+) -> PyResult<Bound<'py, PyList>> {
     let batch = batch.get();
     let payload = payload.as_bytes();
     if batch.spans.iter().any(|span| span.encoded.0 >= span.encoded.1 || span.encoded.1 > payload.len()) {
@@ -107,12 +109,12 @@ pub fn add_to_traces(
         let text = batch.text(batch.spans[at].name);
         names.entry(text).or_insert_with(|| PyString::new(py, text)).clone()
     };
-    let lookup = table.cast::<PyDict>()?; // an OrderedDict: read as a dict, written through its own __setitem__
+    let made = PyList::empty(py);
     for (slot, (id, _, start, end, cost, priced, tokens, worst)) in groups.into_iter().enumerate() {
         let members = &members[offsets[slot]..offsets[slot + 1]];
         let key = PyString::new(py, id);
         let root = members.iter().copied().find(|&at| batch.spans[at].root);
-        let Some(trace) = lookup.get_item(&key)? else {
+        let Some(trace) = table.get_item(&key)? else {
             let list = PyList::new(py, members.iter().map(|&at| encoded(at)))?;
             crate::untrack::untrack(&list);
             let name = name_of(root.unwrap_or(members[0]));
@@ -128,7 +130,9 @@ pub fn add_to_traces(
                 name,
                 root.is_some(),
             );
-            table.set_item(&key, make.call1(fields)?)?;
+            let trace = make.call1(fields)?;
+            table.set_item(&key, &trace)?;
+            made.append(trace)?;
             continue;
         };
         let list = trace.getattr(intern!(py, "spans"))?;
@@ -161,7 +165,7 @@ pub fn add_to_traces(
             trace.setattr(status, statuses[usize::from(worst)])?;
         }
     }
-    Ok(())
+    Ok(made)
 }
 
 /// A kept span's attribute as `TraceFilter` compares it (`_text`: a bool `true`/`false`, an int in decimal, a
@@ -177,20 +181,20 @@ fn attribute_is(value: Value<'_>, want: &str) -> Option<bool> {
     })
 }
 
-/// `TraceIndex._oldest`: how many of the oldest traces of `table` (an ordered dict of `IndexedTrace`s, oldest
-/// first) hold `excess` spans, and their spans, `(traces, spans)`; `None` when one of them is a trace of `batch`
-/// (it would come back holding only the batch's spans) or all of them hold fewer.
+/// `TraceIndex._oldest`: how many of the oldest traces of `order` (`IndexedTrace`s, oldest first) hold `excess`
+/// spans, and their spans, `(traces, spans)`; `None` when one of them is a trace of `batch` (it would come back
+/// holding only the batch's spans) or all of them hold fewer.
 #[pyfunction]
 pub fn oldest_traces(
-    table: &Bound<'_, PyAny>,
+    order: &Bound<'_, PyAny>,
     excess: usize,
     batch: &Bound<'_, WireBatch>,
 ) -> PyResult<Option<(usize, usize)>> {
-    let py = table.py();
+    let py = order.py();
     let batch = batch.get();
     let added: FxHashSet<&str> = batch.spans.iter().map(|span| batch.text(span.trace_id)).collect();
     let (mut traces, mut freed) = (0, 0);
-    for trace in table.call_method0(intern!(py, "values"))?.try_iter()? {
+    for trace in order.try_iter()? {
         let trace = trace?;
         if added.contains(trace.getattr(intern!(py, "trace_id"))?.cast::<PyString>()?.to_str()?) {
             return Ok(None);

@@ -75,6 +75,7 @@ def test_the_index_answers_as_its_spans_kept_as_objects_would(
     newest = sorted((s for t in reference.values() for s in t.spans), key=lambda s: s.started_at or "", reverse=True)
     for index in (by_span, by_batch):
         assert list(index._traces) == list(reference)
+        assert [t.trace_id for t in index._order] == list(reference)
         for trace_id, trace in reference.items():
             kept = index.get(trace_id)
             assert kept is not None

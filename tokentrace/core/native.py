@@ -9,7 +9,7 @@ mirrors. Each native function is checked against that Python code on generated i
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -68,12 +68,12 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
-add_to_traces: Callable[[object, object, bytes, _WireBatch], None] | None = None
+add_to_traces: Callable[[dict[str, Any], object, bytes, _WireBatch], list[Any]] | None = None
 newest_spans: Callable[[list[list[Any]], int], list[Any] | None] | None = None
 #: ``zlib.crc32`` by ``crc32fast`` (native/src/checksum.rs).
 crc32: Callable[[Any, int], int] | None = None
 #: ``TraceIndex._oldest`` in one pass over the index (native/src/traces.rs).
-oldest_traces: Callable[[object, int, _WireBatch], tuple[int, int] | None] | None = None
+oldest_traces: Callable[[Iterable[Any], int, _WireBatch], tuple[int, int] | None] | None = None
 match_spans: (
     Callable[[list[Any], str | None, str | None, str | None, Sequence[tuple[str, str]]], bool | None] | None
 ) = None

@@ -78,6 +78,7 @@ def _store(max_spans: int, cap: Caps) -> EmbeddedStore:
 
 def _traces(store: EmbeddedStore) -> list[Any]:
     index = store.traces
+    assert [t.trace_id for t in index._order] == list(index._traces), "the eviction queue is the index's order"
     return [
         (
             t.trace_id,
