@@ -333,16 +333,8 @@ class TraceIndex:
     def _evict_excess(self) -> None:
         """Evict the oldest traces until at most ``max_spans`` spans are kept (the newest trace stays, however
         many spans it holds)."""
-        table, order = self._traces, self._order
-        excess = self.span_count - self.max_spans
-        freed = evicted = 0
-        while freed < excess and len(table) > 1:
-            trace = order.popleft()
-            del table[trace.trace_id]
-            freed += len(trace.spans)
-            evicted += 1
-        self.span_count -= freed
-        self.evicted_traces += evicted
+        while self.span_count > self.max_spans and len(self._traces) > 1:
+            self._evict_oldest()
 
     def _evict_oldest(self) -> None:
         trace = self._order.popleft()
