@@ -89,6 +89,24 @@ def compile_spans(
     *,
     live: bool = False,
 ) -> tuple[bytes, WireBatch] | None: ...
+def compile_json(
+    body: bytes,
+    max_spans: int,
+    admitted: set[str],
+    arrival_ms: int,
+    oldest_ms: int,
+    latest_ms: int,
+    rates: dict[str, dict[str | None, Any]] | None,
+    scale: float,
+    caps: object,
+    cache_keys: list[str],
+    bucket_ms: int,
+    max_tokens: int,
+    max_cost: float,
+    max_latency: float,
+    max_score: float,
+    sep: str,
+) -> tuple[bytes, WireBatch] | None: ...
 def register_span(sample: object) -> bool: ...
 def span_field(span: object, name: str) -> Any: ...
 def check_span(span: object, max_tokens: int, max_cost: float, max_latency: float, max_score: float) -> bool: ...

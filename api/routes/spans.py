@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from typing import TYPE_CHECKING
 
 import msgspec
 from aiohttp import web
@@ -14,14 +15,19 @@ from tokentrace.api.responses import APIError, json_response
 from tokentrace.api.stores.base import StoreUnavailable
 from tokentrace.core.buckets import SERIES
 from tokentrace.core.codec import decode_json_spans
-from tokentrace.core.ingest import SpanRejected, prepare_batch
+from tokentrace.core.ingest import SpanRejected, compile_body, prepare_batch
 from tokentrace.core.span import Span
 from tokentrace.core.timefmt import now_ms, parse_duration
 
-__all__ = ["accept_spans", "batch_bounds", "routes"]
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
+
+__all__ = ["accept_spans", "batch_bounds", "compiled_body", "routes", "seed_labels"]
 
 log = logging.getLogger(__name__)
 routes = web.RouteTableDef()
+#: A larger body is compiled in a thread (a 1000-span batch of ~500 KB takes ~0.5 ms on the loop).
+_COMPILE_INLINE_BYTES = 1 << 20
 
 
 def batch_bounds(ctx: ServerContext) -> tuple[int, int, int]:
@@ -50,12 +56,7 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
         except SpanRejected as exc:
             ctx.rejected[exc.reason] += 1
             raise APIError(400, str(exc)) from None
-    if not ctx.labels_seeded:
-        # The keys of the lifetime parts, decoded in a thread (0.2-0.3 s on the loop at 10k series after a
-        # restart). Requests meanwhile seed too (a union): none admits a span before the stored series are in.
-        parts = await ctx.store.lifetime_parts(SERIES)
-        ctx.labels.seed(await asyncio.to_thread(parts.keys))
-        ctx.labels_seeded = True
+    await seed_labels(ctx)
     ctx.labels.admit(spans)
     try:
         await ctx.store.ingest(spans, idempotency_key(request))
@@ -63,6 +64,39 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
         ctx.rejected["unavailable"] += 1
         raise APIError(503, f"spans not accepted: {exc}") from None
     return len(spans)
+
+
+async def seed_labels(ctx: ServerContext) -> None:
+    """Admit the stored series to the label caps, once, before any span is admitted."""
+    if not ctx.labels_seeded:
+        # The keys of the lifetime parts, decoded in a thread (0.2-0.3 s on the loop at 10k series after a
+        # restart). Requests meanwhile seed too (a union): none admits a span before the stored series are in.
+        parts = await ctx.store.lifetime_parts(SERIES)
+        ctx.labels.seed(await asyncio.to_thread(parts.keys))
+        ctx.labels_seeded = True
+
+
+async def compiled_body(ctx: ServerContext, body: bytes) -> tuple[bytes, WireBatch] | None:
+    """The body's log record and compiled batch when the store takes them and the body is the usual one
+    (``compile_body``: what decoding, ``accept_spans`` and the store's encoding make of it, no ``Span`` object);
+    None to decode it."""
+    if not ctx.store.takes_compiled:
+        return None
+    await seed_labels(ctx)
+    arrival, oldest, skew_ms = batch_bounds(ctx)
+    compile_args = (
+        body,
+        ctx.config.http_server.max_batch_size,
+        ctx.labels.admitted_series,
+        arrival,
+        ctx.pricer,
+        oldest,
+        skew_ms,
+        ctx.store.settings.bucket_ms,
+    )
+    if len(body) > _COMPILE_INLINE_BYTES:
+        return await asyncio.to_thread(compile_body, *compile_args)
+    return compile_body(*compile_args)
 
 
 def idempotency_key(request: web.Request) -> str | None:
@@ -86,6 +120,15 @@ async def post_spans(request: web.Request) -> web.Response:
         raise
     if not body.strip():
         raise APIError(400, "empty request body: send a span object or an array of spans")
+    compiled = await compiled_body(ctx, body)
+    if compiled is not None:
+        wire, batch = compiled
+        try:
+            await ctx.store.ingest_compiled(wire, batch, idempotency_key(request))
+        except StoreUnavailable as exc:
+            ctx.rejected["unavailable"] += 1
+            raise APIError(503, f"spans not accepted: {exc}") from None
+        return json_response({"accepted": len(batch)}, status=202)
     try:
         spans = decode_json_spans(body)
     except msgspec.ValidationError as exc:

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import msgspec
 
@@ -10,6 +10,9 @@ from tokentrace.core.buckets import Projection
 from tokentrace.core.span import Span
 from tokentrace.core.timeline import LifetimeParts, Timeline, TimelineSettings
 from tokentrace.core.traces import TraceFilter
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = ["Store", "StoreHealth", "StoreUnavailable"]
 
@@ -49,6 +52,14 @@ class Store(Protocol):
 
         A batch whose ``idempotency_key`` was counted before (within the store's window) is not counted again.
         """
+
+    #: Whether ``ingest_compiled`` takes batches: the ``POST /spans`` handler then compiles a body straight to
+    #: its record and batch (``core.ingest.compile_body``) instead of decoding spans for ``ingest``.
+    takes_compiled: bool
+
+    async def ingest_compiled(self, wire: bytes, batch: WireBatch, idempotency_key: str | None = None) -> None:
+        """``ingest`` of the spans ``wire`` holds (``encode_wire``'s message) and ``batch`` compiles (only where
+        ``takes_compiled``)."""
 
     def oldest_allowed_ms(self, now_ms: int) -> int:
         """Spans that started before this are outside retention and are rejected."""

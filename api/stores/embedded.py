@@ -212,6 +212,9 @@ class EmbeddedStore:
             await self._wal.close()
 
     # ------------------------------------------------------------------ writes
+    #: ``ingest_compiled`` takes a ``POST /spans`` body compiled by ``compile_body``.
+    takes_compiled = True
+
     async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
         """Count ``spans`` once they are durable. A batch whose key was counted within the window is not
         counted again; a retry that arrives while its original is still being written waits for it."""
@@ -220,6 +223,18 @@ class EmbeddedStore:
             wire, batch = await asyncio.to_thread(self._encode, spans)
         else:
             wire, batch = self._encode(spans)
+        await self._commit(spans, wire, batch, idempotency_key)
+
+    async def ingest_compiled(self, wire: bytes, batch: WireBatch, idempotency_key: str | None = None) -> None:
+        """``ingest`` of the spans ``wire`` holds (their log record, ``encode_wire``'s) and ``batch`` compiles,
+        as ``compile_body`` makes them of a request body: no ``Span`` object."""
+        await self._commit(None, wire, batch, idempotency_key)
+
+    async def _commit(
+        self, spans: list[Span] | None, wire: bytes, batch: WireBatch | None, idempotency_key: str | None
+    ) -> None:
+        """Write the batch's record (``wire``) to the log and count it once durable; ``spans`` None: ``batch``
+        holds them all."""
         key = idempotency_key
         if key is not None:
             while (original := self._writing.get(key)) is not None and not original.done():
@@ -275,27 +290,30 @@ class EmbeddedStore:
 
     def _apply(
         self,
-        spans: list[Span],
+        spans: list[Span] | None,
         key: str | None = None,
         at_ms: int = 0,
         compiled: tuple[WireBatch, bytes] | None = None,
     ) -> None:
         """Count durable ``spans``; ``compiled``, their compiled form and the message it was made from (or read
-        from), does it in a few compiled calls."""
+        from), does it in a few compiled calls (``spans`` None: it holds them all)."""
         timeline = self.timeline
         hours_before = timeline.hours_before(at_ms) if at_ms else None  # replayed records: folded by compact
         if compiled is not None:
             batch, wire = compiled
             timeline.add_batch(batch, hours_before)
             self.traces.add_batch(spans, batch, wire)
+            count = len(batch)
         else:  # no compiled form
+            assert spans is not None, "a batch without spans is compiled"
+            count = len(spans)
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
             traces = self.traces
             for span in spans:
                 traces.add(span)
         if timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:
             self._warm_memos(backfill=True)
-        self.span_total += len(spans)
+        self.span_total += count
         if key is not None:
             keys = self.idempotency_keys
             keys[key] = at_ms

@@ -19,7 +19,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import redis.asyncio as aioredis
 from aiokafka import AIOKafkaProducer
@@ -35,6 +35,9 @@ from tokentrace.core.traces import TraceFilter
 from tokentrace.view.keys import DEFAULT_PREFIX, Keys
 from tokentrace.view.reader import ViewReader
 from tokentrace.view.schema import STATE_SCHEMA
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = ["LAG_GAUGE", "POISON_COUNTER", "RedisStore"]
 
@@ -143,6 +146,12 @@ class RedisStore:
         await self.view.close()
 
     # ------------------------------------------------------------------ writes
+    #: Spans go to Kafka as ``split_messages`` cuts them (by partition and size), decoded for that.
+    takes_compiled = False
+
+    async def ingest_compiled(self, wire: bytes, batch: WireBatch, idempotency_key: str | None = None) -> None:
+        raise NotImplementedError("the distributed store ingests decoded spans (takes_compiled is False)")
+
     async def ingest(self, spans: list[Span], idempotency_key: str | None = None) -> None:
         producer = self._producer
         if producer is None:

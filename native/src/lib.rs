@@ -11,6 +11,7 @@ mod aggregate;
 mod bucket;
 mod checksum;
 mod frozen;
+mod json_batch;
 mod msgpack;
 mod prepare;
 mod route;
@@ -45,5 +46,6 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<wire::WireBatch>()?;
     m.add_function(wrap_pyfunction!(wire::decode_batch, m)?)?;
     m.add_function(wrap_pyfunction!(wire::compile_spans, m)?)?;
+    m.add_function(wrap_pyfunction!(json_batch::compile_json, m)?)?;
     Ok(())
 }

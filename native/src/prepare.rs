@@ -21,14 +21,14 @@ use crate::span_check::{canonical, format, stamped};
 /// The caps of `core.limits`, in characters (code points, as Python's `len`).
 #[derive(FromPyObject)]
 pub struct TextCaps {
-    label: usize,
-    name: usize,
-    id: usize,
-    error: usize,
-    attributes: usize,
-    attribute_key: usize,
-    attribute_value: usize,
-    attributes_chars: usize,
+    pub(crate) label: usize,
+    pub(crate) name: usize,
+    pub(crate) id: usize,
+    pub(crate) error: usize,
+    pub(crate) attributes: usize,
+    pub(crate) attribute_key: usize,
+    pub(crate) attribute_value: usize,
+    pub(crate) attributes_chars: usize,
 }
 
 /// Whether `obj` is an exact `str` of at most `cap` characters; `None` when the Python code should look.
@@ -91,7 +91,7 @@ fn usual_text(fields: &[Borrowed<'_, '_, PyAny>; 17], caps: &TextCaps, cache_key
 }
 
 /// A token count as `int(span.x or 0)` reads it (`Span.__post_init__` made it a whole int or `None`).
-fn count(value: Value<'_>) -> Option<i64> {
+pub(crate) fn count(value: Value<'_>) -> Option<i64> {
     match value {
         Value::Nil => Some(0),
         Value::Int(count) if (0..=1 << 53).contains(&count) => Some(count),
@@ -105,7 +105,7 @@ type Linear = (f64, f64, f64, f64, f64);
 /// A model's rates as `rates` holds them: linear, or tiered by input tokens (`(starts, regions)`: region `i`
 /// prices calls whose prompt tokens lie in `(starts[i-1], starts[i]]`, as `_Tiered` picks it with
 /// `bisect_left`).
-enum Entry {
+pub(crate) enum Entry {
     Linear(Linear),
     Tiered(Vec<i64>, Vec<Linear>),
 }
@@ -113,12 +113,12 @@ enum Entry {
 /// The entries of `rates` (`{model: {provider or None: rates or None}}`) a batch has looked up so far, by model
 /// and provider (`""`: looked up as None, as `provider or None` does); `None`: none there (the pricer prices).
 #[derive(Default)]
-struct Prices {
+pub(crate) struct Prices {
     seen: FxHashMap<String, FxHashMap<String, Option<Entry>>>,
 }
 
 impl Prices {
-    fn entry(&mut self, rates: &Bound<'_, PyDict>, model: &str, provider: &str) -> Option<&Entry> {
+    pub(crate) fn entry(&mut self, rates: &Bound<'_, PyDict>, model: &str, provider: &str) -> Option<&Entry> {
         let known = self.seen.get(model).is_some_and(|by_provider| by_provider.contains_key(provider));
         if !known {
             let found = Self::look_up(rates, model, provider);
@@ -146,7 +146,7 @@ impl Prices {
 
 /// A span's price from its model's rates (`entry`), as `PriceTable.cost` computes it for uncached tokens:
 /// `round(per_call + prompt * input + comp * output)` to `1 / scale` USD; `None` when it is out of range.
-fn table_price(entry: &Entry, prompt: i64, comp: i64, scale: f64) -> Option<f64> {
+pub(crate) fn table_price(entry: &Entry, prompt: i64, comp: i64, scale: f64) -> Option<f64> {
     let (per_call, input, output, _, _) = match entry {
         Entry::Linear(linear) => *linear,
         Entry::Tiered(starts, regions) => *regions.get(starts.partition_point(|start| *start < prompt))?,

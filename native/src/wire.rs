@@ -169,7 +169,7 @@ pub struct Limits<'a> {
 impl<'a> Limits<'a> {
     /// The limits in the order `decode_batch` and `compile_spans` take them.
     #[allow(clippy::too_many_arguments)]
-    fn new(
+    pub(crate) fn new(
         oldest_ms: i64,
         latest_ms: i64,
         bucket_ms: i64,
@@ -350,7 +350,7 @@ fn push_text(arena: &mut String, parts: &[&str]) -> Text {
 
 /// The distinct texts of a batch being decoded, so that adding its spans looks each up once, not per span.
 #[derive(Default)]
-struct Interner {
+pub(crate) struct Interner {
     strings: FxHashMap<Box<str>, u32>,
     series: FxHashMap<Box<str>, u32>,
     buffer: String,
@@ -383,7 +383,12 @@ impl Interner {
 }
 
 /// Check, derive, stamp and route one span; `None` unless it is the usual, accepted span.
-fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, interner: &mut Interner) -> Option<()> {
+pub(crate) fn accept(
+    fields: &Fields<'_>,
+    limits: &Limits<'_>,
+    batch: &mut WireBatch,
+    interner: &mut Interner,
+) -> Option<()> {
     // Span.__post_init__'s compiled check (span_check::check_span), on the values as decoded.
     let (trace_id, span_id) = (fields.trace_id?, fields.span_id?);
     if trace_id.is_empty() || span_id.is_empty() {
@@ -458,9 +463,8 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
     let total = total.unwrap_or(prompt.unwrap_or(0) + comp.unwrap_or(0));
 
     // Span.stamp: fill ended_at from the start and the latency (Python's round).
-    let mut end = ended.unwrap_or(0);
-    let ended_text = match fields.ended_at {
-        Some(text) => text.to_owned(),
+    let end = match ended {
+        Some(ended) => ended,
         None => {
             let rounded = match latency {
                 None => 0,
@@ -468,11 +472,7 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
                 Some(Num::Int(value)) if (0..=1_000_000_000_000_000).contains(&value) => value,
                 Some(_) => return None,
             };
-            let mut text = [0u8; 24];
-            end = (start + rounded).min(LAST_MS);
-            format_into(end, &mut text);
-            // SAFETY: format_into writes ASCII digits and separators only.
-            unsafe { std::str::from_utf8_unchecked(&text) }.to_owned()
+            (start + rounded).min(LAST_MS)
         }
     };
 
@@ -539,7 +539,16 @@ fn accept(fields: &Fields<'_>, limits: &Limits<'_>, batch: &mut WireBatch, inter
         out.extend_from_slice(b",\"started_at\":");
         json_str(out, fields.started_at?);
         out.extend_from_slice(b",\"ended_at\":");
-        json_str(out, &ended_text);
+        let mut stamped = [0u8; 24];
+        let ended_text = match fields.ended_at {
+            Some(text) => text,
+            None => {
+                format_into(end, &mut stamped);
+                // SAFETY: format_into writes ASCII digits and separators only.
+                unsafe { std::str::from_utf8_unchecked(&stamped) }
+            }
+        };
+        json_str(out, ended_text);
         out.extend_from_slice(b",\"attributes\":{");
         for (at, &(name, value)) in fields.attributes.iter().enumerate() {
             if at > 0 {
@@ -652,7 +661,7 @@ impl WireBatch {
     }
 
     /// A batch of no span yet, with room for `spans` spans, `text` bytes of their texts and `json` of their lines.
-    fn empty(spans: usize, text: usize, json: usize) -> WireBatch {
+    pub(crate) fn empty(spans: usize, text: usize, json: usize) -> WireBatch {
         WireBatch {
             spans: Vec::with_capacity(spans),
             text: String::with_capacity(text),
@@ -817,10 +826,10 @@ pub fn decode_batch(
 }
 
 /// The prefix of `encode_wire`'s message: `{"v": 1, "spans": ` (the array's header follows).
-const BATCH_PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
+pub(crate) const BATCH_PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
 
 /// `value` as msgspec's MessagePack encoder writes it.
-fn write_value(out: &mut Vec<u8>, value: Value<'_>) -> Option<()> {
+pub(crate) fn write_value(out: &mut Vec<u8>, value: Value<'_>) -> Option<()> {
     use crate::msgpack::{write_float, write_int, write_str};
     match value {
         Value::Nil => out.push(0xc0),

@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import weakref
 from collections.abc import Sequence
-from typing import Any, NamedTuple, Protocol
+from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
 from tokentrace.core import limits, native
+from tokentrace.core.buckets import SEP
 from tokentrace.core.limits import text_limit_error
-from tokentrace.core.span import Span
+from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
 from tokentrace.core.timefmt import format_duration, format_ms, parse_rfc3339_ms
+
+if TYPE_CHECKING:
+    from tokentrace._native import WireBatch
 
 __all__ = [
     "CACHE_READ_ATTRIBUTE",
     "CACHE_WRITE_ATTRIBUTE",
     "Pricer",
     "SpanRejected",
+    "compile_body",
     "prepare_batch",
     "prepare_spans",
 ]
@@ -130,6 +135,49 @@ def prepare_batch(
     return [
         _prepare(index, span, arrival_ms, pricer, oldest_allowed_ms, max_future_ms) for index, span in enumerate(spans)
     ]
+
+
+def compile_body(
+    body: bytes,
+    max_spans: int,
+    admitted: set[str],
+    arrival_ms: int,
+    pricer: Pricer | None,
+    oldest_allowed_ms: int,
+    max_future_ms: int,
+    bucket_ms: int,
+) -> tuple[bytes, WireBatch] | None:
+    """A ``POST /spans`` body's log record and compiled batch, as ``compile_spans`` makes them (``live``) of the
+    spans ``decode_json_spans`` decodes of it once ``prepare_batch`` stamped and priced them, in one compiled
+    pass over its bytes (native/src/json_batch.rs): no ``Span`` object.
+
+    None unless the body is the usual one: at most ``max_spans`` spans in the SDKs' form, each accepted by
+    ``prepare_batch`` and priced from rates learnt before, none of a series outside ``admitted`` (the label
+    caps' series, which ``LabelCaps.admit`` leaves as they are). The caller then decodes and prepares the
+    spans in Python, which says what is wrong with a body it refuses.
+    """
+    compiled = native.compile_json
+    if compiled is None:
+        return None
+    rates = None if pricer is None else _linear_rates(pricer)
+    return compiled(
+        body,
+        max_spans,
+        admitted,
+        arrival_ms,
+        oldest_allowed_ms,
+        arrival_ms + max_future_ms,
+        rates,
+        _PRICE_SCALE,
+        _CAPS,
+        _CACHE_KEYS,
+        bucket_ms,
+        MAX_TOKENS,
+        float(MAX_COST_USD),
+        float(MAX_LATENCY_MS),
+        float(MAX_SCORE),
+        SEP,
+    )
 
 
 def prepare_spans(

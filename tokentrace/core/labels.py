@@ -62,6 +62,12 @@ class LabelCaps:
             for values, value in zip(self._values, parts, strict=True):
                 values.add(value)
 
+    @property
+    def admitted_series(self) -> set[str]:
+        """The series (``model SEP provider SEP caller``) whose spans ``admit`` leaves as they are: the set itself,
+        not a copy (read it, never change it)."""
+        return self._series
+
     def admit(self, spans: Sequence[Span]) -> None:
         """Fold, in place, every label value of ``spans`` beyond its cap into ``__overflow__``."""
         limits = (self.limits.max_models, self.limits.max_providers, self.limits.max_callers)

@@ -27,6 +27,7 @@ __all__ = [
     "add_to_traces",
     "canonical_ms",
     "check_span",
+    "compile_json",
     "compile_spans",
     "compiled_post_init",
     "crc32",
@@ -87,6 +88,9 @@ prepare_spans: (
 decode_batch: Callable[..., _WireBatch | None] | None = None
 #: ``encode_wire`` and ``decode_batch`` of it in one pass over the spans' slots (native/src/wire.rs).
 compile_spans: Callable[..., tuple[bytes, _WireBatch] | None] | None = None
+#: A ``POST /spans`` body to ``compile_spans``' result for its prepared spans, in one pass over its bytes
+#: (native/src/json_batch.rs).
+compile_json: Callable[..., tuple[bytes, _WireBatch] | None] | None = None
 untracked_zeros: Callable[[int], list[int]] | None = None
 untrack_state: Callable[[object], int] | None = None
 
@@ -109,6 +113,7 @@ if not DISABLED:
         route_spans = _native.route_spans
         decode_batch = _native.decode_batch
         compile_spans = _native.compile_spans
+        compile_json = _native.compile_json
         prepare_spans = _native.prepare_spans
         add_to_traces = _native.add_to_traces
         match_spans = _native.match_spans

@@ -21,6 +21,7 @@ import msgspec
 
 from tokentrace.core import native
 from tokentrace.core.aggregate import from_nanos, to_nanos
+from tokentrace.core.codec import decode_wire
 from tokentrace.core.span import AttributeValue, Span
 from tokentrace.core.timefmt import format_ms, parse_rfc3339_ms
 
@@ -285,25 +286,26 @@ class TraceIndex:
         if self.span_count > self.max_spans:
             self._evict_excess()
 
-    def add_batch(self, spans: list[Span], batch: WireBatch, payload: bytes) -> None:
+    def add_batch(self, spans: list[Span] | None, batch: WireBatch, payload: bytes) -> None:
         """``add`` of each of ``spans`` in order, given their compiled batch and the message it was read from or
-        written to (``native.decode_batch``, ``native.compile_spans``: the same spans): the same traces, totals,
-        order and encoded spans (sliced from ``payload``), with one compiled step per trace, not per span
-        (``native.add_to_traces``).
+        written to (``native.decode_batch``, ``native.compile_spans``, ``native.compile_json``: the same spans):
+        the same traces, totals, order and encoded spans (sliced from ``payload``), with one compiled step per
+        trace, not per span (``native.add_to_traces``). ``spans`` None: those ``payload`` holds (decoded only if
+        ``add`` must run).
 
         When the spans push the index over ``max_spans``, ``add`` would evict the oldest traces holding the
         excess as it went; they are found first, in one pass (``_oldest``). When one of them is a trace the
         spans add to (it would come back holding only its later spans), or the index's traces do not hold the
         excess, ``add`` runs span by span instead.
         """
-        count = len(spans)
+        count = len(batch)
         excess = self.span_count + count - self.max_spans
         compiled = native.add_to_traces
         evicted: tuple[int, int] | None = (0, 0)
         if excess > 0:
             evicted = self._oldest(excess, batch) if count <= self.max_spans else None
         if compiled is None or evicted is None:
-            for span in spans:
+            for span in decode_wire(payload) if spans is None else spans:
                 self.add(span)
             return
         self._order.extend(compiled(self._traces, IndexedTrace, payload, batch))
