@@ -3,7 +3,7 @@
 //! to the usual body, in one pass over its bytes. The Python code stays the reference.
 //!
 //! The usual body is a JSON array of span objects (or one span object) in the form the SDKs write: only the
-//! span's own fields, each once; strings without escapes; every span one that `compile_spans` takes once
+//! span's own fields, each once; every span one that `compile_spans` takes once
 //! prepared (both ids, ASCII printable labels, int token counts, normalised timestamps, a latency given or
 //! derived from them), within the text caps of `core.limits` and the batch's time bounds, priced from the
 //! linear or tiered rates `prepare_batch` learnt (when it has no cost and a pricer is set), and of a series
@@ -25,6 +25,8 @@ const HEADER_ROOM: usize = 5;
 /// A reader of the usual body (see the module docstring): `None` at anything else.
 struct Json<'a> {
     text: &'a str,
+    /// The strings with escapes, unescaped.
+    arena: &'a typed_arena::Arena<String>,
     pos: usize,
     /// Whether the body holds a byte below 0x20 (JSON whitespace or not) anywhere.
     controls: bool,
@@ -56,21 +58,82 @@ impl<'a> Json<'a> {
         (self.bytes().get(self.pos..end)? == word).then(|| self.pos = end)
     }
 
-    /// A string without escapes, borrowed from the body.
+    /// A string: borrowed from the body, or unescaped into the arena when it has an escape.
     fn string(&mut self) -> Option<&'a str> {
         self.eat(b'"')?;
         let start = self.pos;
         let content = &self.bytes()[start..];
         let end = memchr::memchr2(b'"', b'\\', content)?;
-        // An escape: msgspec reads it, Python decides. A raw control character: JSON refuses it (looked for
-        // only in a body that has one, which compact JSON has not).
-        if content[end] != b'"' || self.controls && content[..end].iter().any(|&byte| byte < 0x20) {
+        if content[end] == b'\\' {
+            return self.unescaped(start);
+        }
+        // A raw control character: JSON refuses it (looked for only in a body that has one; compact JSON has not).
+        if self.controls && content[..end].iter().any(|&byte| byte < 0x20) {
             return None;
         }
-        let at = start + end;
-        self.pos = at + 1;
+        self.pos = start + end + 1;
         // Both ends are next to a `"`, so on character boundaries of the (valid UTF-8) text.
-        self.text.get(start..at)
+        self.text.get(start..start + end)
+    }
+
+    /// The string from `start` (just after its `"`) with its escapes read as JSON reads them; `None` for an
+    /// invalid escape or one naming a lone surrogate (which UTF-8 cannot hold: Python decides).
+    fn unescaped(&mut self, start: usize) -> Option<&'a str> {
+        let bytes = self.bytes();
+        let mut text = String::new();
+        let mut at = start;
+        loop {
+            let run = at + memchr::memchr2(b'"', b'\\', &bytes[at..])?;
+            let plain = self.text.get(at..run)?;
+            if self.controls && plain.bytes().any(|byte| byte < 0x20) {
+                return None;
+            }
+            text.push_str(plain);
+            if bytes[run] == b'"' {
+                self.pos = run + 1;
+                return Some(self.arena.alloc(text).as_str());
+            }
+            let escape = *bytes.get(run + 1)?;
+            at = run + 2;
+            let unit = match escape {
+                b'"' => '"',
+                b'\\' => '\\',
+                b'/' => '/',
+                b'b' => '\u{8}',
+                b'f' => '\u{c}',
+                b'n' => '\n',
+                b'r' => '\r',
+                b't' => '\t',
+                b'u' => {
+                    let high = self.hex4(at)?;
+                    at += 4;
+                    if (0xd800..0xdc00).contains(&high) {
+                        if bytes.get(at..at + 2)? != b"\\u" {
+                            return None;
+                        }
+                        let low = self.hex4(at + 2)?;
+                        if !(0xdc00..0xe000).contains(&low) {
+                            return None;
+                        }
+                        at += 6;
+                        char::from_u32(0x10000 + ((high - 0xd800) << 10) + (low - 0xdc00))?
+                    } else {
+                        char::from_u32(high)? // a lone low surrogate is no char
+                    }
+                }
+                _ => return None,
+            };
+            text.push(unit);
+        }
+    }
+
+    /// Four hex digits at `at`, as a `\u` escape gives them.
+    fn hex4(&self, at: usize) -> Option<u32> {
+        let digits = self.text.get(at..at + 4)?;
+        if !digits.bytes().all(|byte| byte.is_ascii_hexdigit()) {
+            return None;
+        }
+        u32::from_str_radix(digits, 16).ok()
     }
 
     /// A number as msgspec reads it: an int (`Big` past `i64`) unless it has a fraction or an exponent.
@@ -452,7 +515,8 @@ pub fn compile_json<'py>(
     }
     let text = std::str::from_utf8(body.as_bytes()).ok()?;
     let controls = text.bytes().fold(false, |seen, byte| seen | (byte < 0x20));
-    let mut json = Json { text, pos: 0, controls };
+    let arena = typed_arena::Arena::new();
+    let mut json = Json { text, arena: &arena, pos: 0, controls };
     let bounds = Batch { arrival_ms, oldest_ms, latest_ms, rates, scale, caps, cache_keys };
     let limits = Limits::new(
         i64::MIN,

@@ -74,7 +74,7 @@ def _encodings(spans: list[dict[str, Any]]) -> st.SearchStrategy[bytes]:
     forms = [
         st.just(msgspec.json.encode(spans)),
         st.just(json.dumps(spans, indent=1, ensure_ascii=False).encode()),
-        st.just(json.dumps(spans).encode()),  # non-ASCII escaped: declined
+        st.just(json.dumps(spans).encode()),  # non-ASCII as \u escapes (surrogate pairs beyond the BMP)
     ]
     if len(spans) == 1:
         forms.append(st.just(msgspec.json.encode(spans[0])))
@@ -150,7 +150,7 @@ def test_a_compiled_body_is_what_the_python_path_stores(
 _USUAL_VARIATIONS: dict[str, st.SearchStrategy[Any]] = {
     "name": st.sampled_from(["", "call", "é\u2028\U0001f600"]),
     "parent_span_id": st.sampled_from([None, "s0"]),
-    "error": st.sampled_from([None, "rate limited", "ünïcode"]),
+    "error": st.sampled_from([None, "rate limited", "ünïcode", 'quoted "429"\n\tat line 1\\']),
     "status": st.sampled_from(["ok", "error", "timeout"]),
     "started_at": st.sampled_from([None, format_ms(NOW), format_ms(NOW - 29 * _DAY)]),
     "ended_at": st.sampled_from([None, format_ms(NOW + 1500)]),
@@ -161,7 +161,7 @@ _USUAL_VARIATIONS: dict[str, st.SearchStrategy[Any]] = {
     "attributes": st.dictionaries(
         st.sampled_from(["workflow", "route", "é", "eval.score"]),
         st.one_of(
-            st.text(st.characters(blacklist_categories=("Cs", "Cc"), blacklist_characters='"\\'), max_size=5),
+            st.text(st.characters(blacklist_categories=("Cs",)), max_size=5),
             st.integers(-(2**63), 2**64 - 1),
             st.floats(-MAX_SCORE, MAX_SCORE),
             st.booleans(),
@@ -184,7 +184,7 @@ def test_the_usual_body_is_compiled(variations: list[dict[str, Any]], compact: b
             span["attributes"] = {**span["attributes"], "eval.score": 0.5}
         if span.get("started_at") is None and span.get("ended_at") is not None:
             del span["ended_at"]  # a span without a start but with an end: started from its end, in Python
-    body = msgspec.json.encode(spans) if compact else json.dumps(spans, indent=2, ensure_ascii=False).encode()
+    body = msgspec.json.encode(spans) if compact else json.dumps(spans, indent=2).encode()
     admitted = {_series(span) for span in decode_json_spans(body)}
     got = _compile(body, _PRICER, NOW - 30 * _DAY, admitted)
     spans_ = _python(body, _PRICER, NOW - 30 * _DAY, admitted)
@@ -198,7 +198,7 @@ def test_what_the_python_path_decides_is_declined() -> None:
     admitted = {f"gpt-4o{SEP}openai{SEP}chat"}
     assert _compile(msgspec.json.encode([usual]), _PRICER, 0, admitted) is not None
     declined = {
-        "an escape": [{**usual, "name": 'say "hi"'}],
+        "a lone surrogate": [{**usual, "name": "\ud800"}],
         "an unknown field": [{**usual, "kind": "llm"}],
         "a series the caps have not seen": [{**usual, "caller": "new"}],
         "a model without learnt rates": [{**usual, "model": "m-unknown", "cost_usd": None}],
@@ -212,7 +212,7 @@ def test_what_the_python_path_decides_is_declined() -> None:
     }
     for reason, spans in declined.items():
         caps_admitted = admitted | ({f"m-unknown{SEP}openai{SEP}chat"} if "rates" in reason else set())
-        body = msgspec.json.encode(spans)
+        body = json.dumps(spans).encode()
         assert _compile(body, _PRICER, NOW - 5 * MINUTE, caps_admitted) is None, reason
     for body in (b"[" + msgspec.json.encode(usual), msgspec.json.encode([usual]) + b" x", b"\xff"):
         assert _compile(body, _PRICER, 0, admitted) is None
