@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from typing import TYPE_CHECKING
 
 import msgspec
@@ -58,12 +60,19 @@ async def accept_spans(request: web.Request, spans: list[Span], *, bounded: bool
             raise APIError(400, str(exc)) from None
     await seed_labels(ctx)
     ctx.labels.admit(spans)
-    try:
+    async with refused_when_unavailable(ctx):
         await ctx.store.ingest(spans, idempotency_key(request))
+    return len(spans)
+
+
+@contextlib.asynccontextmanager
+async def refused_when_unavailable(ctx: ServerContext) -> AsyncIterator[None]:
+    """A store that cannot take spans now answers 503 (counted), not 500."""
+    try:
+        yield
     except StoreUnavailable as exc:
         ctx.rejected["unavailable"] += 1
         raise APIError(503, f"spans not accepted: {exc}") from None
-    return len(spans)
 
 
 async def seed_labels(ctx: ServerContext) -> None:
@@ -123,11 +132,8 @@ async def post_spans(request: web.Request) -> web.Response:
     compiled = await compiled_body(ctx, body)
     if compiled is not None:
         wire, batch = compiled
-        try:
+        async with refused_when_unavailable(ctx):
             await ctx.store.ingest_compiled(wire, batch, idempotency_key(request))
-        except StoreUnavailable as exc:
-            ctx.rejected["unavailable"] += 1
-            raise APIError(503, f"spans not accepted: {exc}") from None
         return json_response({"accepted": len(batch)}, status=202)
     try:
         spans = decode_json_spans(body)

@@ -15,8 +15,8 @@ use pyo3::types::{PyBytes, PyDict, PySet, PyString};
 
 use crate::msgpack::{write_array_len, write_map_len, write_str, Value};
 use crate::prepare::{count, table_price, Prices, TextCaps};
-use crate::slots::SPAN_FIELDS;
-use crate::span_check::{canonical, format_into, LAST_MS};
+use crate::slots::{field_index, SPAN_FIELDS};
+use crate::span_check::{canonical, format_into, rounded_latency, LAST_MS};
 use crate::wire::{accept, write_value, Fields, Interner, Limits, WireBatch, BATCH_PREFIX};
 
 /// Room kept for the span array's header, written once the spans are counted (`0xdd` and a u32 at most).
@@ -279,31 +279,6 @@ impl<'a> Json<'a> {
     }
 }
 
-/// The index of a span field in `SPAN_FIELDS`, told apart by length and first letter before one comparison.
-fn field_index(key: &str) -> Option<usize> {
-    let index = match (key.len(), *key.as_bytes().first()?) {
-        (8, b't') => 0,
-        (7, b's') => 1,
-        (14, b'p') => 2,
-        (4, b'n') => 3,
-        (5, b'm') => 4,
-        (8, b'p') => 5,
-        (13, b'p') => 6,
-        (11, b'c') => 7,
-        (12, b't') => 8,
-        (8, b'c') => 9,
-        (10, b'l') => 10,
-        (6, b's') => 11,
-        (5, b'e') => 12,
-        (6, b'c') => 13,
-        (10, b's') => 14,
-        (8, b'e') => 15,
-        (10, b'a') => 16,
-        _ => return None,
-    };
-    (SPAN_FIELDS[index] == key).then_some(index)
-}
-
 /// Whether `text` has at most `cap` characters (code points, as Python's `len`).
 fn within(text: &str, cap: usize) -> bool {
     text.len() <= cap || text.chars().count() <= cap
@@ -337,15 +312,6 @@ fn usual_text(fields: &Fields<'_>, caps: &TextCaps, cache_keys: &[String]) -> bo
         }
     }
     total <= caps.attributes_chars
-}
-
-/// A latency as `round` reads it for `Span.stamp` (`span_check::stamped`).
-fn rounded(latency: Value<'_>) -> Option<i64> {
-    match latency {
-        Value::Float(value) if (0.0..=1e15).contains(&value) => Some(value.round_ties_even() as i64),
-        Value::Int(value) if (0..=1_000_000_000_000_000).contains(&value) => Some(value),
-        _ => None,
-    }
 }
 
 /// `given`, or the normalised timestamp of `millis` (written to `room`) when none was given.
@@ -411,7 +377,7 @@ fn add_span(
     }
     let ended = match ended {
         Some(ended) => ended,
-        None => (start + rounded(latency)?).min(LAST_MS),
+        None => (start + rounded_latency(latency)?).min(LAST_MS),
     };
     if start < bounds.oldest_ms || start > bounds.latest_ms || ended > bounds.latest_ms {
         return None; // rejected (too old, or in the future) in Python, which says why

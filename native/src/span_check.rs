@@ -158,13 +158,18 @@ pub fn stamped(started: Value<'_>, ended: Value<'_>, latency: Value<'_>) -> Opti
     if !matches!(ended, Value::Nil) {
         return Some((start, None));
     }
-    let rounded = match latency {
-        Value::Nil => 0,
-        Value::Float(value) if (0.0..=1e15).contains(&value) => value.round_ties_even() as i64,
-        Value::Int(value) if (0..=1_000_000_000_000_000).contains(&value) => value,
-        _ => return None,
-    };
+    let rounded = if matches!(latency, Value::Nil) { 0 } else { rounded_latency(latency)? };
     Some((start, Some((start + rounded).min(LAST_MS))))
+}
+
+/// A latency as Python's `round` reads it for `Span.stamp` (ties to even); `None` for anything but a number in
+/// `0..=1e15`.
+pub fn rounded_latency(latency: Value<'_>) -> Option<i64> {
+    match latency {
+        Value::Float(value) if (0.0..=1e15).contains(&value) => Some(value.round_ties_even() as i64),
+        Value::Int(value) if (0..=1_000_000_000_000_000).contains(&value) => Some(value),
+        _ => None,
+    }
 }
 
 pub fn printable_ascii(text: &str) -> bool {

@@ -21,8 +21,8 @@ use rustc_hash::FxHashMap;
 
 use crate::aggregate::Number;
 use crate::msgpack::{Reader, Value};
-use crate::slots::SPAN_FIELDS;
-use crate::span_check::{canonical, format_into, printable_ascii, LAST_MS};
+use crate::slots::{field_index, SPAN_FIELDS};
+use crate::span_check::{canonical, format_into, printable_ascii, rounded_latency, LAST_MS};
 
 /// How `encode_wire` starts every message, then the key of its span array.
 const PREFIX: &[u8] = b"\x82\xa1v\x01\xa5spans";
@@ -225,7 +225,7 @@ pub(crate) fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
     let mut seen = 0u32;
     for _ in 0..reader.map_len()? {
         let key = reader.str()?;
-        let index = SPAN_FIELDS.iter().position(|name| *name == key)?; // unknown: msgspec ignores it, Python decides
+        let index = field_index(key)?; // unknown: msgspec ignores it, Python decides
         if seen & (1 << index) != 0 {
             return None;
         }
@@ -468,9 +468,8 @@ pub(crate) fn accept(
         None => {
             let rounded = match latency {
                 None => 0,
-                Some(Num::Float(value)) if (0.0..=1e15).contains(&value) => value.round_ties_even() as i64,
-                Some(Num::Int(value)) if (0..=1_000_000_000_000_000).contains(&value) => value,
-                Some(_) => return None,
+                Some(Num::Float(value)) => rounded_latency(Value::Float(value))?,
+                Some(Num::Int(value)) => rounded_latency(Value::Int(value))?,
             };
             (start + rounded).min(LAST_MS)
         }
