@@ -15,9 +15,9 @@ use pyo3::types::{PyBytes, PyDict, PySet, PyString};
 
 use crate::msgpack::{write_array_len, write_map_len, write_str, Value};
 use crate::prepare::{count, table_price, Prices, TextCaps};
-use crate::slots::{field_index, SPAN_FIELDS};
+use crate::slots::SPAN_FIELDS;
 use crate::span_check::{canonical, format_into, rounded_latency, LAST_MS};
-use crate::wire::{accept, write_value, Fields, Interner, Limits, WireBatch, BATCH_PREFIX};
+use crate::wire::{accept, write_value, FieldSource, Fields, Interner, Limits, WireBatch, BATCH_PREFIX};
 
 /// Room kept for the span array's header, written once the spans are counted (`0xdd` and a u32 at most).
 const HEADER_ROOM: usize = 5;
@@ -196,10 +196,6 @@ impl<'a> Json<'a> {
         }
     }
 
-    fn optional_string(&mut self) -> Option<Option<&'a str>> {
-        self.scalar()?.optional_text()
-    }
-
     /// After an object's or array's member: whether another follows (`,`) or it ends (`close`).
     fn more(&mut self, close: u8) -> Option<bool> {
         match self.peek()? {
@@ -227,34 +223,25 @@ impl<'a> Json<'a> {
         loop {
             let key = self.string()?;
             self.eat(b':')?;
-            let index = field_index(key)?; // unknown: msgspec ignores it
-            if seen & (1 << index) != 0 {
-                return None;
-            }
-            seen |= 1 << index;
-            match index {
-                0 => fields.trace_id = Some(self.string()?),
-                1 => fields.span_id = Some(self.string()?),
-                2 => fields.parent_span_id = self.optional_string()?,
-                3 => fields.name = Some(self.string()?),
-                4 => fields.model = Some(self.string()?),
-                5 => fields.provider = Some(self.string()?),
-                6 => fields.prompt = Some(self.scalar()?),
-                7 => fields.comp = Some(self.scalar()?),
-                8 => fields.total = Some(self.scalar()?),
-                9 => fields.cost = Some(self.scalar()?),
-                10 => fields.latency = Some(self.scalar()?),
-                11 => fields.status = Some(self.string()?),
-                12 => fields.error = self.optional_string()?,
-                13 => fields.caller = Some(self.string()?),
-                14 => fields.started_at = self.optional_string()?,
-                15 => fields.ended_at = self.optional_string()?,
-                _ => fields.attributes = self.attributes()?,
-            }
+            fields.read_field(key, &mut seen, self)?;
             if !self.more(b'}')? {
                 return Some(fields);
             }
         }
+    }
+}
+
+impl<'a> FieldSource<'a> for Json<'a> {
+    fn text(&mut self) -> Option<&'a str> {
+        self.string()
+    }
+
+    fn optional_text(&mut self) -> Option<Option<&'a str>> {
+        self.scalar()?.optional_text()
+    }
+
+    fn scalar(&mut self) -> Option<Value<'a>> {
+        Json::scalar(self)
     }
 
     fn attributes(&mut self) -> Option<Vec<(&'a str, Value<'a>)>> {
@@ -267,11 +254,7 @@ impl<'a> Json<'a> {
         loop {
             let name = self.string()?;
             self.eat(b':')?;
-            let value = self.scalar()?;
-            if matches!(value, Value::Nil) || attributes.iter().any(|(seen, _)| *seen == name) {
-                return None; // not an attribute value, or a repeated key: Python decides
-            }
-            attributes.push((name, value));
+            Fields::push_attribute(&mut attributes, name, Json::scalar(self)?)?;
             if !self.more(b'}')? {
                 return Some(attributes);
             }

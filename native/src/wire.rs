@@ -220,47 +220,92 @@ pub(crate) struct Fields<'a> {
     pub(crate) attributes: Vec<(&'a str, Value<'a>)>,
 }
 
+/// Where a span's field values are read from, as its fields come (a message's MessagePack, a request's JSON).
+pub(crate) trait FieldSource<'a> {
+    fn text(&mut self) -> Option<&'a str>;
+    /// A string, or nil (None).
+    fn optional_text(&mut self) -> Option<Option<&'a str>>;
+    fn scalar(&mut self) -> Option<Value<'a>>;
+    /// The attribute map's pairs, each read with `Fields::push_attribute`.
+    fn attributes(&mut self) -> Option<Vec<(&'a str, Value<'a>)>>;
+}
+
+impl<'a> Fields<'a> {
+    /// Read the value of the field named `key` from `source` into its place; `None` for a field that is not the
+    /// span's or that came before (`seen`: a bit per field read). msgspec ignores an unknown field and keeps the
+    /// last of a repeated one: the Python code decides those.
+    pub(crate) fn read_field(&mut self, key: &str, seen: &mut u32, source: &mut impl FieldSource<'a>) -> Option<()> {
+        let index = field_index(key)?;
+        if *seen & (1 << index) != 0 {
+            return None;
+        }
+        *seen |= 1 << index;
+        match index {
+            0 => self.trace_id = Some(source.text()?),
+            1 => self.span_id = Some(source.text()?),
+            2 => self.parent_span_id = source.optional_text()?,
+            3 => self.name = Some(source.text()?),
+            4 => self.model = Some(source.text()?),
+            5 => self.provider = Some(source.text()?),
+            6 => self.prompt = Some(source.scalar()?),
+            7 => self.comp = Some(source.scalar()?),
+            8 => self.total = Some(source.scalar()?),
+            9 => self.cost = Some(source.scalar()?),
+            10 => self.latency = Some(source.scalar()?),
+            11 => self.status = Some(source.text()?),
+            12 => self.error = source.optional_text()?,
+            13 => self.caller = Some(source.text()?),
+            14 => self.started_at = source.optional_text()?,
+            15 => self.ended_at = source.optional_text()?,
+            _ => self.attributes = source.attributes()?,
+        }
+        Some(())
+    }
+
+    /// Add an attribute read from a span's map; `None` for nil (not an attribute value) or a repeated name.
+    pub(crate) fn push_attribute(
+        attributes: &mut Vec<(&'a str, Value<'a>)>,
+        name: &'a str,
+        value: Value<'a>,
+    ) -> Option<()> {
+        if matches!(value, Value::Nil) || attributes.iter().any(|(seen, _)| *seen == name) {
+            return None;
+        }
+        attributes.push((name, value));
+        Some(())
+    }
+}
+
+impl<'a> FieldSource<'a> for Reader<'a> {
+    fn text(&mut self) -> Option<&'a str> {
+        self.str()
+    }
+
+    fn optional_text(&mut self) -> Option<Option<&'a str>> {
+        self.optional_str()
+    }
+
+    fn scalar(&mut self) -> Option<Value<'a>> {
+        self.value()
+    }
+
+    fn attributes(&mut self) -> Option<Vec<(&'a str, Value<'a>)>> {
+        let n = self.map_len()?;
+        let mut attributes = Vec::with_capacity(n);
+        for _ in 0..n {
+            let name = self.str()?;
+            Fields::push_attribute(&mut attributes, name, self.value()?)?;
+        }
+        Some(attributes)
+    }
+}
+
 pub(crate) fn read_span<'a>(reader: &mut Reader<'a>) -> Option<Fields<'a>> {
     let mut fields = Fields::default();
     let mut seen = 0u32;
     for _ in 0..reader.map_len()? {
         let key = reader.str()?;
-        let index = field_index(key)?; // unknown: msgspec ignores it, Python decides
-        if seen & (1 << index) != 0 {
-            return None;
-        }
-        seen |= 1 << index;
-        match index {
-            0 => fields.trace_id = Some(reader.str()?),
-            1 => fields.span_id = Some(reader.str()?),
-            2 => fields.parent_span_id = reader.optional_str()?,
-            3 => fields.name = Some(reader.str()?),
-            4 => fields.model = Some(reader.str()?),
-            5 => fields.provider = Some(reader.str()?),
-            6 => fields.prompt = Some(reader.value()?),
-            7 => fields.comp = Some(reader.value()?),
-            8 => fields.total = Some(reader.value()?),
-            9 => fields.cost = Some(reader.value()?),
-            10 => fields.latency = Some(reader.value()?),
-            11 => fields.status = Some(reader.str()?),
-            12 => fields.error = reader.optional_str()?,
-            13 => fields.caller = Some(reader.str()?),
-            14 => fields.started_at = reader.optional_str()?,
-            15 => fields.ended_at = reader.optional_str()?,
-            _ => {
-                let n = reader.map_len()?;
-                let mut attributes = Vec::with_capacity(n);
-                for _ in 0..n {
-                    let name = reader.str()?;
-                    let value = reader.value()?;
-                    if matches!(value, Value::Nil) || attributes.iter().any(|(seen, _)| *seen == name) {
-                        return None;
-                    }
-                    attributes.push((name, value));
-                }
-                fields.attributes = attributes;
-            }
-        }
+        fields.read_field(key, &mut seen, reader)?;
     }
     Some(fields)
 }

@@ -20,9 +20,10 @@ from hypothesis import strategies as st
 
 from tests.core.test_batch_add import caps
 from tests.core.test_native import REQUIRED, span_fields
+from tests.core.test_native_compile_spans import counted
 from tests.core.test_native_wire import MINUTE, NOW, _usual, extras
 from tokentrace.core import native
-from tokentrace.core.buckets import SEP, BucketState, Caps
+from tokentrace.core.buckets import SEP, Caps
 from tokentrace.core.codec import decode_json_spans, encode_wire
 from tokentrace.core.ingest import SpanRejected, compile_body, prepare_batch
 from tokentrace.core.labels import LabelCaps
@@ -114,12 +115,7 @@ def _assert_as_python(got: Any, spans: list[Span], cap: Caps) -> None:
     assert batch.starts() == expected_batch.starts()
     assert batch.buckets() == expected_batch.buckets()
     assert batch.trace_ids() == expected_batch.trace_ids()
-    states = []
-    for compiled in (batch, expected_batch):
-        state = BucketState()
-        state.add_batches([(compiled, [start for start, _ in compiled.buckets()])], cap)
-        states.append(msgspec.msgpack.encode(state))
-    assert states[0] == states[1]
+    assert counted(batch, cap) == counted(expected_batch, cap)
 
 
 @given(
