@@ -10,7 +10,7 @@
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::PyBytes;
+use pyo3::types::{PyBytes, PyDict, PyTuple};
 use rustc_hash::FxHashMap;
 
 use crate::aggregate::{AggregateKernel, Number};
@@ -589,58 +589,140 @@ impl Pending {
     }
 }
 
-/// Back-filled spans waiting for their frozen buckets (``Timeline._defer``), kept as compact rows rather than
+/// Back-filled spans waiting for their frozen buckets (``Timeline._queue``), kept as compact rows rather than
 /// their batches: a bucket is counted in one pass over its rows, which sit together in memory (a batch's spans
 /// spread over hundreds of buckets; reading them back from the batches made most of the pass cache misses).
+///
+/// Queueing also counts the spans in the timeline's ``versions`` (a dict of change counts by key): the bucket's
+/// ``(kind, start)``, its hour's ``(hour_ms, hour)`` and its day's ``(day_ms, day)``, as ``Timeline._counted`` of
+/// each of its minutes does. A back-fill's batch reaches some 600 hours: that bookkeeping in Python cost as much
+/// as queueing the rows.
 #[pyclass(module = "tokentrace._native")]
 pub struct Backlog {
     kernel: Py<BucketKernel>,
     pending: FxHashMap<(i64, i64), Pending>,
+    /// Rows in `pending`, all buckets'.
+    rows: usize,
+    versions: Py<PyDict>,
+    hour_ms: i64,
+    day_ms: i64,
+}
+
+impl Backlog {
+    /// Count `spans` queued for each bucket in `versions` (buckets in the order queued; days after, in order of
+    /// first appearance).
+    fn count_versions(&self, py: Python<'_>, queued: &[((i64, i64), usize)]) -> PyResult<usize> {
+        let versions = self.versions.bind(py);
+        let bump = |first: i64, second: i64, count: usize| -> PyResult<()> {
+            let key = PyTuple::new(py, [first, second])?;
+            let now = match versions.get_item(&key)? {
+                Some(version) => version.extract::<i64>()?,
+                None => 0,
+            };
+            versions.set_item(key, now + count as i64)
+        };
+        let mut days: Vec<(i64, usize)> = Vec::new();
+        let mut added = 0;
+        for &((kind, start), count) in queued {
+            bump(kind, start, count)?;
+            bump(self.hour_ms, start - start.rem_euclid(self.hour_ms), count)?;
+            let day = start - start.rem_euclid(self.day_ms);
+            match days.iter_mut().find(|(seen, _)| *seen == day) {
+                Some(seen) => seen.1 += count,
+                None => days.push((day, count)),
+            }
+            added += count;
+        }
+        for (day, count) in days {
+            bump(self.day_ms, day, count)?;
+        }
+        Ok(added)
+    }
 }
 
 #[pymethods]
 impl Backlog {
     #[new]
-    fn new(kernel: Py<BucketKernel>) -> Self {
-        Backlog { kernel, pending: FxHashMap::default() }
+    fn new(kernel: Py<BucketKernel>, versions: Py<PyDict>, hour_ms: i64, day_ms: i64) -> PyResult<Self> {
+        if hour_ms <= 0 || day_ms <= 0 {
+            return Err(pyo3::exceptions::PyValueError::new_err("hour_ms and day_ms must be positive"));
+        }
+        Ok(Backlog { kernel, pending: FxHashMap::default(), rows: 0, versions, hour_ms, day_ms })
     }
 
     /// Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)``, the bucket's key
     /// and the batch's minutes that count in it, whose spans are queued minute by minute in that order (as
-    /// ``Timeline.add_many`` counts a batch).
-    fn add(&mut self, batch: &Bound<'_, WireBatch>, plan: Vec<(i64, i64, Vec<i64>)>) {
+    /// ``Timeline.add_many`` counts a batch). Returns how many were queued.
+    fn add(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, WireBatch>,
+        plan: Vec<(i64, i64, Vec<i64>)>,
+    ) -> PyResult<usize> {
         let batch = batch.get();
+        let mut queued = Vec::with_capacity(plan.len());
         for (kind, start, minutes) in plan {
             let pending = self.pending.entry((kind, start)).or_default();
+            let before = pending.rows.len();
             for minute in minutes {
                 for span in batch.spans_in(std::slice::from_ref(&minute)) {
                     pending.push(batch, span);
                 }
             }
+            queued.push(((kind, start), pending.rows.len() - before));
         }
+        let added = self.count_versions(py, &queued)?;
+        self.rows += added;
+        Ok(added)
     }
 
     /// Queue all the spans of ``batch`` in each of ``hours`` (spans of ``size`` ms, ``WireBatch.split_settled``'s)
     /// for the bucket ``(kind, hour)``: ``add`` of each with the hour's minutes in order of first appearance.
-    fn add_whole(&mut self, batch: &Bound<'_, WireBatch>, kind: i64, size: i64, hours: Vec<i64>) {
+    fn add_whole(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, WireBatch>,
+        kind: i64,
+        size: i64,
+        hours: Vec<i64>,
+    ) -> PyResult<usize> {
         let batch = batch.get();
         let grouping = batch.grouping(size);
         let ranges: FxHashMap<i64, (usize, usize)> =
             grouping.groups.iter().map(|&(start, from, to)| (start, (from, to))).collect();
+        let mut queued = Vec::with_capacity(hours.len());
         for hour in hours {
             let pending = self.pending.entry((kind, hour)).or_default();
+            let before = pending.rows.len();
             let (from, to) = ranges.get(&hour).copied().unwrap_or_default();
             for (minute, _, _) in &grouping.members[from..to] {
                 for span in batch.spans_in(std::slice::from_ref(minute)) {
                     pending.push(batch, span);
                 }
             }
+            queued.push(((kind, hour), pending.rows.len() - before));
         }
+        let added = self.count_versions(py, &queued)?;
+        self.rows += added;
+        Ok(added)
     }
 
     /// Spans queued for the bucket ``(kind, start)``.
     fn queued(&self, kind: i64, start: i64) -> usize {
         self.pending.get(&(kind, start)).map_or(0, |pending| pending.rows.len())
+    }
+
+    /// Spans queued, all buckets'.
+    fn __len__(&self) -> usize {
+        self.rows
+    }
+
+    /// ``(spans, kind, start)`` of each bucket with spans queued, the most first (then by key).
+    fn fullest(&self) -> Vec<(usize, i64, i64)> {
+        let mut buckets: Vec<(usize, i64, i64)> =
+            self.pending.iter().map(|(&(kind, start), pending)| (pending.rows.len(), kind, start)).collect();
+        buckets.sort_unstable_by(|a, b| b.0.cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        buckets
     }
 
     /// The frozen bucket ``raw`` (a ``BucketState`` as msgspec encodes it) with the spans queued for
@@ -681,17 +763,21 @@ impl Backlog {
         let Some(counted) = pending.count_into(bytes, &rules) else {
             return Ok(None);
         };
+        self.rows -= pending.rows.len();
         self.pending.remove(&(kind, start));
         Ok(Some(PyBytes::new(py, &counted)))
     }
 
     /// Drop what waits for ``(kind, start)`` (the bucket was replaced or retired whole).
     fn discard(&mut self, kind: i64, start: i64) {
-        self.pending.remove(&(kind, start));
+        if let Some(pending) = self.pending.remove(&(kind, start)) {
+            self.rows -= pending.rows.len();
+        }
     }
 
     /// Drop everything queued.
     fn clear(&mut self) {
         self.pending.clear();
+        self.rows = 0;
     }
 }

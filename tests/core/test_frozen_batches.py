@@ -14,6 +14,7 @@ from tokentrace.core.buckets import SEP, BucketState, Caps
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
 from tokentrace.core.timefmt import format_ms
+from tokentrace.core.timeline import DAY_MS, HOUR_MS
 
 pytestmark = pytest.mark.skipif(native.decode_batch is None, reason="batches exist only compiled")
 
@@ -94,7 +95,7 @@ def test_queued_batches_count_into_the_bytes_as_their_spans_count_into_the_bucke
     raw = frozen.freeze(state)
     batches = [compiled(batch) for batch in late]
     assume(all(batch is not None for batch in batches))
-    backlog = frozen.Backlog(caps)
+    backlog = frozen.Backlog(caps, {}, HOUR_MS, DAY_MS)
     for batch in batches:
         backlog.add(batch, [(*KEY, [start for start, _ in batch.buckets()])])  # type: ignore[attr-defined]
     assert backlog.queued(KEY) == sum(map(len, late))
@@ -106,7 +107,7 @@ def test_queued_batches_count_into_the_bytes_as_their_spans_count_into_the_bucke
 
 def test_a_bucket_made_frozen_by_a_back_fill_counts_what_reaches_it() -> None:
     batch = compiled([Span(model="m", latency_ms=12, prompt_tokens=10, started_at=format_ms(HOUR))])
-    backlog = frozen.Backlog(Caps())
+    backlog = frozen.Backlog(Caps(), {}, HOUR_MS, DAY_MS)
     backlog.add(batch, [(*KEY, [HOUR])])  # type: ignore[arg-type]
     state = frozen.thaw(backlog.count_into(KEY, frozen.EMPTY))
     (aggregate,) = state.series.values()
@@ -123,7 +124,7 @@ def test_a_bucket_an_older_build_wrote_is_rewritten_then_counted() -> None:
     fields["series"] = {key: value[:16] for key, value in fields["series"].items()}
     raw = msgspec.Raw(_encode(fields))
     batch = compiled([Span(model="m", prompt_tokens=10, latency_ms=5, started_at=format_ms(HOUR))])
-    backlog = frozen.Backlog(Caps())
+    backlog = frozen.Backlog(Caps(), {}, HOUR_MS, DAY_MS)
     backlog.add(batch, [(*KEY, [HOUR])])  # type: ignore[arg-type]
     (aggregate,) = frozen.thaw(backlog.count_into(KEY, raw)).series.values()
     assert (aggregate.count, aggregate.prompt_tokens) == (2, 20)
@@ -136,10 +137,35 @@ def test_a_sum_beyond_64_bits_raises_as_msgspec_would_and_keeps_the_spans_queued
     aggregate.prompt_tokens = 2**64 - 1
     raw = frozen.freeze(state)
     batch = compiled([Span(model="m", prompt_tokens=10, latency_ms=5, started_at=format_ms(HOUR))])
-    backlog = frozen.Backlog(Caps())
+    backlog = frozen.Backlog(Caps(), {}, HOUR_MS, DAY_MS)
     backlog.add(batch, [(*KEY, [HOUR])])  # type: ignore[arg-type]
     with pytest.raises(OverflowError):
         backlog.count_into(KEY, raw)
     assert backlog.queued(KEY) == 1
     backlog.discard(KEY)
     assert backlog.queued(KEY) == 0
+
+
+def test_queueing_counts_the_spans_in_the_versions_and_the_backlog_knows_what_waits_where() -> None:
+    """Each bucket's spans bump its key, its hour's and its day's versions (``Timeline._counted`` of each);
+    ``fullest`` lists the buckets the most first; a count or a discard takes a bucket's spans off the total."""
+    other = (-2, HOUR + 5 * MINUTE)
+    batch = compiled(
+        [
+            Span(model="m", latency_ms=5, prompt_tokens=3, started_at=format_ms(HOUR + minute * MINUTE + 7))
+            for minute in (0, 0, 5, 1, 5, 0)
+        ]
+    )
+    assert batch is not None
+    versions: dict[tuple[int, int], int] = {(HOUR_MS, HOUR): 4}
+    backlog = frozen.Backlog(Caps(), versions, HOUR_MS, DAY_MS)
+    plan = [(*KEY, [HOUR, HOUR + MINUTE]), (*other, [HOUR + 5 * MINUTE])]
+    assert backlog.add(batch, plan) == 6  # type: ignore[arg-type]
+    day = HOUR - HOUR % DAY_MS
+    assert versions == {(HOUR_MS, HOUR): 4 + 6, KEY: 4, other: 2, (DAY_MS, day): 6}
+    assert (len(backlog), backlog.queued(KEY), backlog.queued(other)) == (6, 4, 2)
+    assert backlog.fullest() == [(4, *KEY), (2, *other)]
+    backlog.count_into(KEY, frozen.EMPTY)
+    assert (len(backlog), backlog.fullest()) == (2, [(2, *other)])
+    backlog.discard(other)
+    assert (len(backlog), backlog.fullest()) == (0, [])

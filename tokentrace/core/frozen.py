@@ -181,21 +181,32 @@ class Backlog:
     compact rows, side by side for the pass, not as their batches. The compiled twin of queueing ``Span`` objects
     and ``add_many`` (``add_many`` here), which the tests hold it to."""
 
-    def __init__(self, caps: Caps) -> None:
+    def __init__(self, caps: Caps, versions: dict[tuple[int, int], int], hour_ms: int, day_ms: int) -> None:
+        """``versions``: change counts by key that queueing bumps for each bucket's spans, as the timeline's
+        writes do: the bucket's ``(kind, start)``, its hour's ``(hour_ms, hour)`` and its day's ``(day_ms, day)``."""
         if _BUCKET_KERNEL is None or native.Backlog is None:
             raise RuntimeError("compiled span batches need the compiled bucket kernel")
-        self._rows = native.Backlog(_BUCKET_KERNEL)
+        self._rows = native.Backlog(_BUCKET_KERNEL, versions, hour_ms, day_ms)
         self._caps = (caps.max_attribute_keys, caps.max_attribute_values, caps.max_series)
 
-    def add(self, batch: WireBatch, plan: list[tuple[int, int, list[int]]]) -> None:
+    def add(self, batch: WireBatch, plan: list[tuple[int, int, list[int]]]) -> int:
         """Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)`` (the bucket's key
-        and the batch's minutes counting in it), queued minute by minute, as ``Timeline.add_many`` counts them."""
-        self._rows.add(batch, plan)
+        and the batch's minutes counting in it), queued minute by minute, as ``Timeline.add_many`` counts them.
+        Returns how many were queued."""
+        return self._rows.add(batch, plan)
 
-    def add_whole(self, batch: WireBatch, kind: int, size: int, hours: list[int]) -> None:
+    def add_whole(self, batch: WireBatch, kind: int, size: int, hours: list[int]) -> int:
         """``add`` of all the spans of ``batch`` in each of ``hours`` (spans of ``size`` ms) for the bucket
         ``(kind, hour)``, the hour's minutes in order of first appearance."""
-        self._rows.add_whole(batch, kind, size, hours)
+        return self._rows.add_whole(batch, kind, size, hours)
+
+    def __len__(self) -> int:
+        """Spans queued, all buckets'."""
+        return len(self._rows)
+
+    def fullest(self) -> list[tuple[int, int, int]]:
+        """``(spans, kind, start)`` of each bucket with spans queued, the most first."""
+        return self._rows.fullest()
 
     def queued(self, key: tuple[int, int]) -> int:
         return self._rows.queued(*key)

@@ -32,7 +32,6 @@ import msgspec
 from tokentrace.core import frozen
 from tokentrace.core.aggregate import Aggregate
 from tokentrace.core.buckets import BUILTIN_DIMENSIONS, SERIES, BucketState, Caps, Projection
-from tokentrace.core.deferred import DeferredWrites
 from tokentrace.core.projection_memo import ProjectionMemo
 from tokentrace.core.span import Span
 from tokentrace.core.tiers import Fate, Tiers, hour_of, tiers_at
@@ -161,6 +160,7 @@ _PERSISTED_SPECS: tuple[_QuerySpec, ...] = ((None, ()), *((name, ()) for name in
 _SERIES_SPEC: _QuerySpec = (SERIES, ())
 _Stored = BucketState | msgspec.Raw
 _EMPTY = frozen.EMPTY
+_first = itemgetter(0)
 _third = itemgetter(2)
 
 
@@ -188,12 +188,15 @@ class Timeline:
         self._written: set[tuple[int, int]] = set()
         #: Buckets from here on are the hot ones: never frozen, thawed by a write (``compact`` moves it on).
         self._hot_from = 0
-        #: Writes into frozen buckets before ``_hot_from``, not applied yet (``_defer``), and their count of spans.
-        self._pending: dict[tuple[int, int], DeferredWrites] = {}
+        #: Writes into frozen buckets before ``_hot_from``, not applied yet (a back-fill; ``_stored`` applies them in
+        #: bulk): ``Span`` objects here (``_defer``), compiled batches' spans as rows in ``_backlog`` (``_queue``; made
+        #: on the first compiled batch). A bucket waits for one kind at a time: a write of the other kind has what
+        #: waits applied first, so that every bucket counts its spans in the order they came, as the caps require.
+        self._pending: dict[tuple[int, int], list[Span]] = {}
+        self._backlog: frozen.Backlog | None = None
+        #: Spans waiting, of both kinds; of them, ``Span`` objects.
         self._pending_spans = 0
         self._pending_objects = 0
-        #: The compiled spans of ``_pending`` (made on the first compiled batch).
-        self._backlog: frozen.Backlog | None = None
         self._compactions = 0
         #: Bumped whenever ``_retired`` changes; keys the memo of its projections.
         self._retired_version = 0
@@ -335,41 +338,23 @@ class Timeline:
     ) -> None:
         """Queue a batch's spans for settled buckets in the backlog: ``whole`` lists the hours whose spans all
         count in their hour bucket, with their spans; ``settled`` maps a bucket's key to the batch's other minutes
-        counting in it and their spans. Versions and generation as ``_counted`` of each minute (a key's minutes
-        share its hour and day)."""
+        counting in it and their spans. Versions (bumped by the backlog) and generation as ``_counted`` of each
+        minute (a key's minutes share its hour and day)."""
         backlog = self._backlog
         if backlog is None:
-            backlog = self._backlog = frozen.Backlog(self.settings.caps)
-        pending, versions = self._pending, self._versions
-        days: dict[int, int] = {}
+            backlog = self._backlog = frozen.Backlog(self.settings.caps, self._versions, HOUR_MS, DAY_MS)
+        if self._pending:  # spans queued as objects for some of these buckets: theirs first
+            for key in [*((_COARSE, hour) for hour, _ in whole), *settled]:
+                if key in self._pending:
+                    self._stored(key)
         added = 0
-        counts = [((_COARSE, hour), count) for hour, count in whole]
-        counts.extend((key, count) for key, (_, count) in settled.items())
-        for key, count in counts:
-            start = key[1]
-            versions[key] = versions.get(key, 0) + count
-            hour = (HOUR_MS, start - start % HOUR_MS)
-            versions[hour] = versions.get(hour, 0) + count
-            day = start - start % DAY_MS
-            days[day] = days.get(day, 0) + count
-            added += count
-            queued = pending.get(key)
-            if queued is None:
-                pending[key] = DeferredWrites(count)
-            elif queued.spans:
-                self._stored(key)  # spans queued before these: theirs first
-                pending[key] = DeferredWrites(count)
-            else:
-                queued.compiled += count
-        for day, count in days.items():
-            versions[(DAY_MS, day)] = versions.get((DAY_MS, day), 0) + count
+        if whole:
+            added += backlog.add_whole(batch, _COARSE, HOUR_MS, [hour for hour, _ in whole])
+        if settled:
+            added += backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
         self.generation += added
         self.settled_writes += added
         self._pending_spans += added
-        if whole:
-            backlog.add_whole(batch, _COARSE, HOUR_MS, [hour for hour, _ in whole])
-        if settled:
-            backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
         self._bound_pending()
 
     def _counted(self, key: tuple[int, int], start: int, count: int) -> None:
@@ -396,10 +381,13 @@ class Timeline:
     def _replace(self, table: dict[int, _Stored], kind: int, start: int, state: _Stored | None) -> None:
         dropped = self._pending.pop((kind, start), None)
         if dropped is not None:
-            self._pending_spans -= dropped.count
-            self._pending_objects -= len(dropped.spans)
-            if self._backlog is not None:
-                self._backlog.discard((kind, start))
+            self._pending_spans -= len(dropped)
+            self._pending_objects -= len(dropped)
+        queued = 0 if self._backlog is None else self._backlog.queued((kind, start))
+        if queued:
+            assert self._backlog is not None
+            self._backlog.discard((kind, start))
+            self._pending_spans -= queued
         if state is None:
             table.pop(start, None)
         else:
@@ -417,7 +405,7 @@ class Timeline:
         settings = self.settings
         tiers = self.tiers(now_ms)
         moving, horizon = tiers.fine_cutoff_ms, tiers.horizon_ms
-        for key in [k for k in self._pending if k[1] < horizon or (k[0] == _FINE and k[1] < moving)]:
+        for key in [k for k in self._fullest() if k[1] < horizon or (k[0] == _FINE and k[1] < moving)]:
             self._stored(key)  # what moves or retires takes its deferred writes along
         # Minutes past the fine cutoff fold into their hours (those past the horizon too: their hour retires).
         # In order of start: a capped merge keeps the series it meets first (``BucketState.merge``).
@@ -487,11 +475,11 @@ class Timeline:
         (``_stored``): when the bucket is read, by ``flush_pending`` (the store's background task, between
         requests), and by ``_bound_pending``."""
         queued = self._pending.get(key)
-        if queued is None or queued.compiled:
-            if queued is not None:
+        if queued is None:
+            if self._backlog is not None and self._backlog.queued(key):
                 self._stored(key)  # compiled spans queued before these: theirs first
-            queued = self._pending[key] = DeferredWrites()
-        queued.add_spans(spans)
+            queued = self._pending[key] = []
+        queued.extend(spans)
         self._pending_spans += len(spans)
         self._pending_objects += len(spans)
         self._bound_pending()
@@ -499,17 +487,33 @@ class Timeline:
     def _bound_pending(self) -> None:
         """Once more than ``_PENDING_SPANS`` spans (or ``_PENDING_OBJECTS`` of them as objects) wait, apply them,
         the buckets with the most first, down to half."""
-        pending = self._pending
         if self._pending_spans > _PENDING_SPANS:
-            for fullest in sorted(pending, key=lambda k: pending[k].count, reverse=True):
+            for fullest in self._fullest():
                 self._stored(fullest)
                 if self._pending_spans <= _PENDING_SPANS // 2:
                     break
         if self._pending_objects > _PENDING_OBJECTS:
-            for fullest in sorted(pending, key=lambda k: len(pending[k].spans), reverse=True):
+            pending = self._pending
+            for fullest in sorted(pending, key=lambda k: len(pending[k]), reverse=True):
                 self._stored(fullest)
                 if self._pending_objects <= _PENDING_OBJECTS // 2:
                     break
+
+    def _fullest(self) -> list[tuple[int, int]]:
+        """The keys of the buckets with writes waiting, those with the most first."""
+        waiting = [] if self._backlog is None else self._backlog.fullest()
+        if self._pending:
+            waiting.extend((len(spans), *key) for key, spans in self._pending.items())
+            waiting.sort(key=_first, reverse=True)
+        return [(kind, start) for _, kind, start in waiting]
+
+    def _waiting(self, key: tuple[int, int]) -> bool:
+        """Whether writes wait for the bucket at ``key``."""
+        if key in self._pending:
+            return True
+        return (
+            self._pending_spans > self._pending_objects and self._backlog is not None and self._backlog.queued(key) > 0
+        )
 
     @property
     def pending_spans(self) -> int:
@@ -520,7 +524,7 @@ class Timeline:
         """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: no limit),
         until at most ``keep`` spans wait; True once there."""
         deadline = None if budget_s is None else time.perf_counter() + budget_s
-        for key in sorted(self._pending, key=lambda k: self._pending[k].count, reverse=True):
+        for key in self._fullest():
             if self._pending_spans <= keep:
                 break
             self._stored(key)
@@ -531,22 +535,26 @@ class Timeline:
     def _stored(self, key: tuple[int, int]) -> _Stored | None:
         """The stored bucket at ``key`` with its deferred writes applied (a frozen one stays frozen)."""
         table = self._fine if key[0] == _FINE else self._coarse
-        deferred = self._pending.pop(key, None)
-        if deferred is not None:
-            self._pending_spans -= deferred.count
-            self._pending_objects -= len(deferred.spans)
+        backlog = self._backlog
+        queued = 0
+        if self._pending_spans > self._pending_objects and backlog is not None:
+            queued = backlog.queued(key)
+        if queued:
+            assert backlog is not None
             state = table[key[1]]
-            caps = self.settings.caps
-            if deferred.compiled:
-                assert self._backlog is not None
-                if isinstance(state, BucketState):  # thawed meanwhile: counted on its bytes all the same
-                    table[key[1]] = frozen.thaw(self._backlog.count_into(key, frozen.freeze(state)))
-                else:
-                    table[key[1]] = self._backlog.count_into(key, state)
-            elif isinstance(state, BucketState):
-                state.add_many(deferred.spans, caps)
+            if isinstance(state, BucketState):  # thawed meanwhile: counted on its bytes all the same
+                table[key[1]] = frozen.thaw(backlog.count_into(key, frozen.freeze(state)))
             else:
-                table[key[1]] = frozen.add_many(state, deferred.spans, caps)
+                table[key[1]] = backlog.count_into(key, state)
+            self._pending_spans -= queued
+        elif (spans := self._pending.pop(key, None)) is not None:
+            self._pending_spans -= len(spans)
+            self._pending_objects -= len(spans)
+            state = table[key[1]]
+            if isinstance(state, BucketState):
+                state.add_many(spans, self.settings.caps)
+            else:
+                table[key[1]] = frozen.add_many(state, spans, self.settings.caps)
         return table.get(key[1])
 
     def _flush_all(self) -> None:
@@ -668,7 +676,7 @@ class Timeline:
                 key = (kind, start)
                 version = versions.get(key, 0)
                 cached = memo.get(key)
-                if cached is None or cached[0] != version or key in self._pending:
+                if cached is None or cached[0] != version or self._waiting(key):
                     cached = memo[key] = (version, frozen.overflowed_series(cast(msgspec.Raw, state)))
                 total += cached[1]
         for key in [k for k in memo if (self._fine if k[0] == _FINE else self._coarse).get(k[1]) is None]:
@@ -832,7 +840,7 @@ class Timeline:
         cached = self._bucket_memo.get((key[0], key[1], spec), version)
         if cached is not None:
             return cached
-        if key in self._pending:
+        if self._waiting(key):
             state = self._stored(key) or BucketState()
         raw = frozen.freeze_for(state, spec[0], dict(spec[1])) if isinstance(state, BucketState) else state
         if key[1] >= self._hot_from:  # memoised by ``install`` once projected, as ``_bucket_projection`` does
@@ -846,7 +854,7 @@ class Timeline:
         cached = self._bucket_memo.get(memo_key, version)
         if cached is not None:
             return cached
-        if key in self._pending:
+        if self._waiting(key):
             state = self._stored(key) or BucketState()
         if isinstance(state, BucketState):
             projection = state.project(spec[0], dict(spec[1]))
@@ -874,7 +882,7 @@ class Timeline:
         start_ms = max(start_ms, end_ms - self.settings.retention_ms - 2 * DAY_MS)
         keys: set[str] = set()
         for key, state in list(self._states_between(start_ms, end_ms)):
-            if key in self._pending:
+            if self._waiting(key):
                 state = self._stored(key) or BucketState()
             keys.update(state.attributes if isinstance(state, BucketState) else frozen.attribute_keys(state))
         return keys
