@@ -169,3 +169,28 @@ def test_queueing_counts_the_spans_in_the_versions_and_the_backlog_knows_what_wa
     assert (len(backlog), backlog.fullest()) == (2, [(2, *other)])
     backlog.discard(other)
     assert (len(backlog), backlog.fullest()) == (0, [])
+
+
+def test_the_backlog_keeps_a_span_in_well_under_200_bytes_and_each_text_once() -> None:
+    """Rows of 72 bytes and text ids, not copies of the spans' texts (an hour's rows grow by doubling)."""
+    batch = compiled(
+        [
+            Span(
+                model="a-model-with-a-rather-long-name",
+                provider="provider",
+                caller=f"caller-{n % 3}",
+                latency_ms=5,
+                prompt_tokens=3,
+                attributes={"route": f"/a/long/route/{n % 4}", "eval.score": 0.5},
+                started_at=format_ms(HOUR + (n % 60) * MINUTE + 7),
+            )
+            for n in range(1000)
+        ]
+    )
+    assert batch is not None
+    backlog = frozen.Backlog(Caps(), {}, HOUR_MS, DAY_MS)
+    backlog.add_whole(batch, *KEY[:1], HOUR_MS, [HOUR])  # type: ignore[arg-type]
+    assert len(backlog) == 1000
+    assert backlog.memory() < 200 * 1000
+    backlog.clear()
+    assert backlog.memory() < 1000  # the texts go with the rows

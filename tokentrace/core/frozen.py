@@ -204,6 +204,11 @@ class Backlog:
         """Spans queued, all buckets'."""
         return len(self._rows)
 
+    def memory(self) -> int:
+        """Bytes the queued spans take, as allocated (rows of 72 bytes, 8 more for each grouped attribute, and
+        each text they name once)."""
+        return self._rows.memory()
+
     def fullest(self) -> list[tuple[int, int, int]]:
         """``(spans, kind, start)`` of each bucket with spans queued, the most first."""
         return self._rows.fullest()

@@ -125,6 +125,8 @@ class CacheStats(msgspec.Struct, frozen=True):
     block_memo_bytes: int
     bucket_memos: int
     pending_spans: int
+    #: Bytes the compiled spans among them take (``frozen.Backlog.memory``).
+    pending_bytes: int
     window_memos: int
     window_memo_groups: int
 
@@ -149,9 +151,11 @@ _BUCKET_MEMO_GROUPS = 20_000
 #: Spans waiting for their frozen buckets (a back-fill) before the fullest buckets take theirs at once; the store's
 #: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. A bucket's pass reads and
 #: writes its bytes whole, whatever it applies (~0.2 ms for an hour of a 10M-span month): the more wait, the cheaper
-#: a span. Compiled batches' spans wait as rows of ~150 bytes (``frozen.Backlog``: 45 MB at the bound).
-_PENDING_SPANS = 300_000
-FLUSH_FROM = 150_000
+#: a span. Compiled batches' spans wait as rows of 72 bytes and their attributes' text ids (``frozen.Backlog``:
+#: ~140 bytes a span allocated, ~220 of RSS, so ~130 MiB at the bound; 300k spans took ~140 MiB as rows holding
+#: their own texts).
+_PENDING_SPANS = 600_000
+FLUSH_FROM = 300_000
 #: ... of which at most this many as ``Span`` objects (a batch the compiled decoder left to Python; ~1 KB each).
 _PENDING_OBJECTS = 50_000
 #: Specs whose day and hour memos ``warm_memos`` computes ahead, for snapshots to carry: ungrouped and by each
@@ -1077,6 +1081,7 @@ class Timeline:
             block_memo_bytes=self._memo_bytes,
             bucket_memos=len(self._bucket_memo),
             pending_spans=self._pending_spans,
+            pending_bytes=0 if self._backlog is None else self._backlog.memory(),
             window_memos=len(self._window_memo),
             window_memo_groups=self._window_memo.groups,
         )
