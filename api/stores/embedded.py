@@ -302,15 +302,13 @@ class EmbeddedStore:
         if compiled is not None:
             batch, wire = compiled
             timeline.add_batch(batch, hours_before)
-            self.traces.add_batch(spans, batch, wire)
+            self.traces.add_batch(spans, batch, wire, at_ms)
             count = len(batch)
         else:  # no compiled form
             assert spans is not None, "a batch without spans is compiled"
             count = len(spans)
             timeline.add_many(spans, [span_time_ms(span) for span in spans], hours_before)
-            traces = self.traces
-            for span in spans:
-                traces.add(span)
+            self.traces.add_spans(spans, at_ms)
         if timeline.pending_spans > FLUSH_FROM and self._maintenance is not None:
             self._warm_memos(backfill=True)
         self.span_total += count

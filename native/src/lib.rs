@@ -38,6 +38,7 @@ fn _native(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(route::route_spans, m)?)?;
     m.add_function(wrap_pyfunction!(prepare::prepare_spans, m)?)?;
     m.add_function(wrap_pyfunction!(traces::add_to_traces, m)?)?;
+    m.add_function(wrap_pyfunction!(traces::traces_take, m)?)?;
     m.add_function(wrap_pyfunction!(traces::match_spans, m)?)?;
     m.add_function(wrap_pyfunction!(traces::oldest_traces, m)?)?;
     m.add_function(wrap_pyfunction!(traces::newest_spans, m)?)?;

@@ -38,37 +38,11 @@ fn add_int(target: &Bound<'_, PyAny>, name: &Bound<'_, PyString>, delta: i128) -
     target.setattr(name, current.add(int_object(target.py(), delta)?)?)
 }
 
-/// Add the spans of `batch` (read from or written to the message `payload`) to the index `table` (a dict by trace
-/// id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span list untracked by
-/// the cycle collector as `IndexedTrace`'s own default is). Returns the new traces, in the order they were made
-/// (the caller queues them for eviction).
-#[pyfunction]
-pub fn add_to_traces<'py>(
-    py: Python<'py>,
-    table: &Bound<'py, PyDict>,
-    make: &Bound<'py, PyAny>,
-    payload: &Bound<'py, PyBytes>,
-    batch: &Bound<'py, WireBatch>,
-) -> PyResult<Bound<'py, PyList>> {
-    let batch = batch.get();
-    let payload = payload.as_bytes();
-    if batch.spans.iter().any(|span| span.encoded.0 >= span.encoded.1 || span.encoded.1 > payload.len()) {
-        return Err(pyo3::exceptions::PyValueError::new_err("the payload is not the batch's"));
-    }
-    let encoded = |at: usize| {
-        let (from, to) = batch.spans[at].encoded;
-        PyBytes::new(py, &payload[from..to])
-    };
-    let fields: Vec<String> = make.getattr(intern!(py, "__struct_fields__"))?.extract()?;
-    if fields != TRACE_FIELDS {
-        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
-            "{make}: fields {fields:?}, add_to_traces makes {TRACE_FIELDS:?}"
-        )));
-    }
-    // (id, spans, start, end, cost, priced, tokens, rank) per trace, in order of first appearance; each trace's
-    // spans are then listed together in `members` (in order), from `offsets[trace]` on: two allocations a
-    // batch, not one a trace (a back-fill's spans are a trace each).
-    type Group<'a> = (&'a str, usize, i64, i64, i128, i128, i128, u8);
+/// A batch's traces, in order of first appearance: (id, spans, start, end, cost, priced, tokens, rank) each, and
+/// each span's trace (its place in the list).
+type Group<'a> = (&'a str, usize, i64, i64, i128, i128, i128, u8);
+
+fn trace_groups(batch: &WireBatch) -> (Vec<Group<'_>>, Vec<usize>) {
     let mut groups: Vec<Group<'_>> = Vec::new();
     let mut index: FxHashMap<&str, usize> = FxHashMap::default();
     let mut slots: Vec<usize> = Vec::with_capacity(batch.spans.len());
@@ -90,6 +64,66 @@ pub fn add_to_traces<'py>(
         group.6 += i128::from(span.total);
         group.7 = group.7.max([0, 2, 1][usize::from(span.status)]);
     }
+    (groups, slots)
+}
+
+/// Whether the index leaves out a trace of the batch: one it does not hold whose spans here all ended before
+/// `horizon` (`TraceIndex.expire`'s test: its latest end, or its start, before it).
+fn left_out(table: &Bound<'_, PyDict>, group: &Group<'_>, horizon: Option<i64>) -> PyResult<bool> {
+    match horizon {
+        Some(horizon) if group.3.max(group.2) < horizon => Ok(!table.contains(group.0)?),
+        _ => Ok(false),
+    }
+}
+
+/// How many spans of `batch` `add_to_traces` adds to `table` at `horizon` (`TraceIndex.add_batch`).
+#[pyfunction]
+pub fn traces_take(table: &Bound<'_, PyDict>, batch: &Bound<'_, WireBatch>, horizon: Option<i64>) -> PyResult<usize> {
+    let batch = batch.get();
+    if horizon.is_none_or(|horizon| batch.spans.iter().all(|span| span.end.max(span.start) >= horizon)) {
+        return Ok(batch.spans.len());
+    }
+    let mut taken = 0;
+    for group in &trace_groups(batch).0 {
+        if !left_out(table, group, horizon)? {
+            taken += group.1;
+        }
+    }
+    Ok(taken)
+}
+
+/// Add the spans of `batch` (read from or written to the message `payload`) to the index `table` (a dict by trace
+/// id; `make` makes a trace from its fields, `TRACE_FIELDS`: a new trace is made whole, its span list untracked by
+/// the cycle collector as `IndexedTrace`'s own default is), but for the traces it leaves out at `horizon`
+/// (`left_out`: a back-fill's traces older than the trace retention). Returns the new traces, in the order they
+/// were made (the caller queues them for eviction).
+#[pyfunction]
+pub fn add_to_traces<'py>(
+    py: Python<'py>,
+    table: &Bound<'py, PyDict>,
+    make: &Bound<'py, PyAny>,
+    payload: &Bound<'py, PyBytes>,
+    batch: &Bound<'py, WireBatch>,
+    horizon: Option<i64>,
+) -> PyResult<Bound<'py, PyList>> {
+    let batch = batch.get();
+    let payload = payload.as_bytes();
+    if batch.spans.iter().any(|span| span.encoded.0 >= span.encoded.1 || span.encoded.1 > payload.len()) {
+        return Err(pyo3::exceptions::PyValueError::new_err("the payload is not the batch's"));
+    }
+    let encoded = |at: usize| {
+        let (from, to) = batch.spans[at].encoded;
+        PyBytes::new(py, &payload[from..to])
+    };
+    let fields: Vec<String> = make.getattr(intern!(py, "__struct_fields__"))?.extract()?;
+    if fields != TRACE_FIELDS {
+        return Err(pyo3::exceptions::PyTypeError::new_err(format!(
+            "{make}: fields {fields:?}, add_to_traces makes {TRACE_FIELDS:?}"
+        )));
+    }
+    // Each trace's spans are listed together in `members` (in order), from `offsets[trace]` on: two allocations a
+    // batch, not one a trace (a back-fill's spans are a trace each).
+    let (groups, slots) = trace_groups(batch);
     let mut offsets: Vec<usize> = Vec::with_capacity(groups.len() + 1);
     let mut next = 0;
     for group in &groups {
@@ -110,7 +144,11 @@ pub fn add_to_traces<'py>(
         names.entry(text).or_insert_with(|| PyString::new(py, text)).clone()
     };
     let made = PyList::empty(py);
-    for (slot, (id, _, start, end, cost, priced, tokens, worst)) in groups.into_iter().enumerate() {
+    for (slot, group) in groups.iter().enumerate() {
+        if left_out(table, group, horizon)? {
+            continue;
+        }
+        let &(id, _, start, end, cost, priced, tokens, worst) = group;
         let members = &members[offsets[slot]..offsets[slot + 1]];
         let key = PyString::new(py, id);
         let root = members.iter().copied().find(|&at| batch.spans[at].root);

@@ -20,7 +20,7 @@ from tests.api.conftest import MakeClient
 from tests.core.test_native import REQUIRED
 from tokentrace.api.stores.embedded import EmbeddedStore
 from tokentrace.core import native
-from tokentrace.core.timefmt import format_ms, now_ms
+from tokentrace.core.timefmt import format_ms, now_ms, parse_rfc3339_ms
 
 pytestmark = [] if REQUIRED else [pytest.mark.skipif(native.compile_json is None, reason="compiled module not built")]
 
@@ -140,3 +140,25 @@ async def test_what_the_compiled_pass_declines_is_decided_in_python(make_client:
     assert response.status == 400 and "prompt_tokens" in (await response.json())["error"]
     total = await (await client.get("/metrics/total_spans?window=1h")).json()
     assert total["value"] == 10
+
+
+async def test_a_back_fill_indexes_only_the_traces_within_the_trace_retention(make_client: MakeClient) -> None:
+    """``storage.trace_retention`` (7d): a back-filled trace older than that is counted in the metrics but not
+    kept for /traces (404, as the spec says of a trace outside the retention window), compiled or not."""
+    rng = random.Random(10)
+    client = await make_client()
+    batches = [usual_batch(rng, 200, days=29) for _ in range(3)]
+    for body in batches:
+        assert (await client.post("/spans", json=body)).status == 202
+    total = await (await client.get("/metrics/total_spans?window=30d")).json()
+    assert total["value"] == 600
+    horizon = now_ms() - 7 * 86_400_000
+    found = {"kept": 0, "left out": 0}
+    for span in (span for body in batches for span in body):
+        started = parse_rfc3339_ms(span["started_at"])
+        if abs(started - horizon) < 60_000:
+            continue  # at the edge while the test runs
+        status = (await client.get(f"/traces/{span['trace_id']}")).status
+        assert status == (200 if started > horizon else 404)
+        found["kept" if status == 200 else "left out"] += 1
+    assert found["kept"] > 50 and found["left out"] > 300

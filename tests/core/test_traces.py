@@ -18,7 +18,7 @@ from tokentrace.core import native
 from tokentrace.core.buckets import SEP
 from tokentrace.core.codec import encode_wire
 from tokentrace.core.span import MAX_COST_USD, MAX_LATENCY_MS, MAX_SCORE, MAX_TOKENS, Span
-from tokentrace.core.timeline import MINUTE_MS
+from tokentrace.core.timeline import HOUR_MS, MINUTE_MS
 from tokentrace.core.traces import StoredTrace, TraceFilter, TraceIndex
 
 pytestmark = [] if REQUIRED else [pytest.mark.skipif(native.decode_batch is None, reason="compiled module not built")]
@@ -150,3 +150,58 @@ def test_the_compiled_search_for_traces_to_evict_answers_as_python(
         evicted, freed = answer
         assert sum(len(index._traces[i].spans) for i in ids[:evicted]) == freed >= excess
         assert not {span.trace_id for span in added} & set(ids[:evicted])
+
+
+def _held(index: TraceIndex) -> list[tuple[str, bytes, bytes]]:
+    return [(t.trace_id, _json(t.summary()), _json(t.body())) for t in index._order]
+
+
+@given(st.lists(st.lists(spans(), min_size=1, max_size=12), max_size=5), st.integers(1, 40))
+@settings(max_examples=300, deadline=None)
+def test_a_batch_leaves_out_the_traces_past_the_retention_compiled_or_not(
+    batches: list[list[Span]], max_spans: int
+) -> None:
+    """A trace the index does not hold whose spans in a batch all ended before the trace retention at the
+    batch's acceptance (a back-fill's) is left out, compiled or span by span, evictions included; a trace it
+    holds takes them all."""
+    retention = 10 * HOUR_MS  # the spans start 0, 3 or 50 hours before NOW
+    by_spans, by_batch = TraceIndex(max_spans, retention), TraceIndex(max_spans, retention)
+    unbounded = TraceIndex(10_000, retention)
+    reference: dict[str, StoredTrace] = {}
+    for batch in batches:
+        latest: dict[str, int] = {}
+        for span in batch:
+            trace = StoredTrace(span.trace_id)
+            trace.add(span)
+            latest[span.trace_id] = max(latest.get(span.trace_id, 0), trace.ended_ms, trace.started_ms)
+        for span in batch:
+            if span.trace_id in reference or latest[span.trace_id] >= NOW - retention:
+                reference.setdefault(span.trace_id, StoredTrace(span.trace_id)).add(span)
+        by_spans.add_spans(batch, NOW)
+        unbounded.add_spans(batch, NOW)
+        compiled = _compiled(batch)
+        if compiled is None:
+            by_batch.add_spans(batch, NOW)
+        else:
+            by_batch.add_batch(batch, *compiled, NOW)
+        assert _held(by_batch) == _held(by_spans)
+        assert (by_batch.span_count, by_batch.evicted_traces) == (by_spans.span_count, by_spans.evicted_traces)
+    assert [(t.trace_id, t.summary()) for t in unbounded._order] == [(t, r.summary()) for t, r in reference.items()]
+
+
+def test_a_back_filled_trace_past_the_retention_is_not_indexed_and_pushes_no_recent_one_out() -> None:
+    index = TraceIndex(2, DAY_MS)
+    recent = Span(trace_id="recent", span_id="1", model="m", prompt_tokens=1, latency_ms=5.0)
+    recent.stamp(NOW)
+    index.add_spans([recent], NOW)
+    old = [Span(trace_id=f"old{n}", span_id="1", model="m", prompt_tokens=1, latency_ms=5.0) for n in range(3)]
+    for span in old:
+        span.stamp(NOW - 2 * DAY_MS)
+    compiled = _compiled(old)
+    assert compiled is not None
+    index.add_batch(old, *compiled, NOW)
+    assert [t.trace_id for t in index._order] == ["recent"]
+    index.add_spans(old, NOW)
+    assert [t.trace_id for t in index._order] == ["recent"]
+    index.add_spans(old)  # no acceptance time: every span (what a snapshot restores)
+    assert [t.trace_id for t in index._order] == ["old1", "old2"]

@@ -41,6 +41,7 @@ __all__ = [
     "span_field",
     "stamp",
     "trace_index_commands",
+    "traces_take",
     "untrack_state",
     "untracked_zeros",
 ]
@@ -69,7 +70,8 @@ route_spans: (
     | None
 ) = None
 trace_index_commands: Callable[[object, bytes, bytes, bytes, int, int], list[tuple[bytes, int]] | None] | None = None
-add_to_traces: Callable[[dict[str, Any], object, bytes, _WireBatch], list[Any]] | None = None
+add_to_traces: Callable[[dict[str, Any], object, bytes, _WireBatch, int | None], list[Any]] | None = None
+traces_take: Callable[[dict[str, Any], _WireBatch, int | None], int] | None = None
 newest_spans: Callable[[list[list[Any]], int], list[Any] | None] | None = None
 #: ``zlib.crc32`` by ``crc32fast`` (native/src/checksum.rs).
 crc32: Callable[[Any, int], int] | None = None
@@ -116,6 +118,7 @@ if not DISABLED:
         compile_json = _native.compile_json
         prepare_spans = _native.prepare_spans
         add_to_traces = _native.add_to_traces
+        traces_take = _native.traces_take
         match_spans = _native.match_spans
         newest_spans = _native.newest_spans
         crc32 = _native.crc32

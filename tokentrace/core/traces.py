@@ -13,7 +13,7 @@ Python objects each: a server that took 200k spans held 227 MiB of RSS, 159 MiB 
 from __future__ import annotations
 
 from collections import deque
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from functools import partial
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -286,35 +286,65 @@ class TraceIndex:
         if self.span_count > self.max_spans:
             self._evict_excess()
 
-    def add_batch(self, spans: list[Span] | None, batch: WireBatch, payload: bytes) -> None:
-        """``add`` of each of ``spans`` in order, given their compiled batch and the message it was read from or
-        written to (``native.decode_batch``, ``native.compile_spans``, ``native.compile_json``: the same spans):
-        the same traces, totals, order and encoded spans (sliced from ``payload``), with one compiled step per
-        trace, not per span (``native.add_to_traces``). ``spans`` None: those ``payload`` holds (decoded only if
-        ``add`` must run).
+    def add_batch(self, spans: list[Span] | None, batch: WireBatch, payload: bytes, at_ms: int = 0) -> None:
+        """``add_spans`` of ``spans`` given their compiled batch and the message it was read from or written to
+        (``native.decode_batch``, ``native.compile_spans``, ``native.compile_json``: the same spans): the same
+        traces, totals, order and encoded spans (sliced from ``payload``), with one compiled step per trace, not
+        per span (``native.add_to_traces``). ``spans`` None: those ``payload`` holds (decoded only if ``add``
+        must run).
 
         When the spans push the index over ``max_spans``, ``add`` would evict the oldest traces holding the
         excess as it went; they are found first, in one pass (``_oldest``). When one of them is a trace the
         spans add to (it would come back holding only its later spans), or the index's traces do not hold the
         excess, ``add`` runs span by span instead.
         """
-        count = len(batch)
+        horizon = self._horizon(at_ms)
+        compiled, take = native.add_to_traces, native.traces_take
+        if compiled is None or take is None:
+            self.add_spans(decode_wire(payload) if spans is None else spans, at_ms)
+            return
+        count = take(self._traces, batch, horizon)
         excess = self.span_count + count - self.max_spans
-        compiled = native.add_to_traces
         evicted: tuple[int, int] | None = (0, 0)
         if excess > 0:
             evicted = self._oldest(excess, batch) if count <= self.max_spans else None
-        if compiled is None or evicted is None:
-            for span in decode_wire(payload) if spans is None else spans:
-                self.add(span)
+        if evicted is None:
+            self.add_spans(decode_wire(payload) if spans is None else spans, at_ms)
             return
-        self._order.extend(compiled(self._traces, IndexedTrace, payload, batch))
+        self._order.extend(compiled(self._traces, IndexedTrace, payload, batch, horizon))
         traces, freed = evicted
         table, oldest = self._traces, self._order.popleft
         for _ in range(traces):
             del table[oldest().trace_id]
         self.span_count += count - freed
         self.evicted_traces += traces
+
+    def add_spans(self, spans: Sequence[Span], at_ms: int = 0) -> None:
+        """``add`` of each of ``spans`` (a batch accepted at ``at_ms``) but those of the traces the index leaves
+        out: one it does not hold whose spans in the batch all ended before the trace retention at ``at_ms``
+        (``expire`` would drop it at once; a back-fill of a month would otherwise fill the index with traces
+        past the retention, pushing the recent ones out). ``at_ms`` 0: every span."""
+        horizon = self._horizon(at_ms)
+        if horizon is not None:
+            batch: dict[str, IndexedTrace] = {}
+            for span in spans:
+                totals = batch.get(span.trace_id)
+                if totals is None:
+                    totals = batch[span.trace_id] = IndexedTrace(span.trace_id)
+                _count(totals, span)
+            table = self._traces
+            kept = {
+                trace_id
+                for trace_id, totals in batch.items()
+                if max(totals.ended_ms, totals.started_ms) >= horizon or trace_id in table
+            }
+            spans = [span for span in spans if span.trace_id in kept]
+        for span in spans:
+            self.add(span)
+
+    def _horizon(self, at_ms: int) -> int | None:
+        """Where the trace retention stands at ``at_ms``; None for 0 (no bound)."""
+        return at_ms - self.retention_ms if at_ms else None
 
     def _oldest(self, excess: int, batch: WireBatch) -> tuple[int, int] | None:
         """How many of the oldest traces hold ``excess`` spans, and their spans: ``(traces, spans)``; None when

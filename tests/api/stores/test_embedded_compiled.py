@@ -73,7 +73,12 @@ def spans(draw: st.DrawFn) -> Span:
 
 
 def _store(max_spans: int, cap: Caps) -> EmbeddedStore:
-    return EmbeddedStore(None, EmbeddedSettings(timeline=TimelineSettings(caps=cap), max_spans=max_spans))
+    """A memory-only store whose trace index keeps the spans at ``NOW`` (a fixed time, months before the tests'
+    acceptance time, beyond the default trace retention)."""
+    settings = EmbeddedSettings(
+        timeline=TimelineSettings(caps=cap), max_spans=max_spans, trace_retention_ms=10 * 365 * 86_400_000
+    )
+    return EmbeddedStore(None, settings)
 
 
 def _traces(store: EmbeddedStore) -> list[Any]:
