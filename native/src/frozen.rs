@@ -919,12 +919,12 @@ impl Backlog {
         Ok(Some(PyBytes::new(py, &counted)))
     }
 
-    /// Drop what waits for ``(kind, start)`` (the bucket was replaced or retired whole).
-    fn discard(&mut self, kind: i64, start: i64) {
-        if let Some(pending) = self.pending.remove(&(kind, start)) {
-            self.rows -= pending.rows.len();
-        }
+    /// Drop what waits for ``(kind, start)`` (the bucket was replaced or retired whole); returns how many spans.
+    fn discard(&mut self, kind: i64, start: i64) -> usize {
+        let dropped = self.pending.remove(&(kind, start)).map_or(0, |pending| pending.rows.len());
+        self.rows -= dropped;
         self.forget_texts();
+        dropped
     }
 
     /// Drop everything queued.

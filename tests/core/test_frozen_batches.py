@@ -167,7 +167,7 @@ def test_queueing_counts_the_spans_in_the_versions_and_the_backlog_knows_what_wa
     assert backlog.fullest() == [(4, *KEY), (2, *other)]
     backlog.count_into(KEY, frozen.EMPTY)
     assert (len(backlog), backlog.fullest()) == (2, [(2, *other)])
-    backlog.discard(other)
+    assert backlog.discard(other) == 2
     assert (len(backlog), backlog.fullest()) == (0, [])
 
 

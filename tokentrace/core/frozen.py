@@ -227,8 +227,9 @@ class Backlog:
             raise OverflowError(f"bucket {key}: a sum no longer fits a 64-bit int")
         return msgspec.Raw(counted)
 
-    def discard(self, key: tuple[int, int]) -> None:
-        self._rows.discard(*key)
+    def discard(self, key: tuple[int, int]) -> int:
+        """Drop what waits for ``key``; returns how many spans."""
+        return self._rows.discard(*key)
 
     def clear(self) -> None:
         self._rows.clear()

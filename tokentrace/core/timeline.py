@@ -387,11 +387,8 @@ class Timeline:
         if dropped is not None:
             self._pending_spans -= len(dropped)
             self._pending_objects -= len(dropped)
-        queued = 0 if self._backlog is None else self._backlog.queued((kind, start))
-        if queued:
-            assert self._backlog is not None
-            self._backlog.discard((kind, start))
-            self._pending_spans -= queued
+        if self._backlog is not None:
+            self._pending_spans -= self._backlog.discard((kind, start))
         if state is None:
             table.pop(start, None)
         else:
@@ -480,7 +477,7 @@ class Timeline:
         requests), and by ``_bound_pending``."""
         queued = self._pending.get(key)
         if queued is None:
-            if self._backlog is not None and self._backlog.queued(key):
+            if self._queued(key):
                 self._stored(key)  # compiled spans queued before these: theirs first
             queued = self._pending[key] = []
         queued.extend(spans)
@@ -513,11 +510,13 @@ class Timeline:
 
     def _waiting(self, key: tuple[int, int]) -> bool:
         """Whether writes wait for the bucket at ``key``."""
-        if key in self._pending:
-            return True
-        return (
-            self._pending_spans > self._pending_objects and self._backlog is not None and self._backlog.queued(key) > 0
-        )
+        return key in self._pending or self._queued(key) > 0
+
+    def _queued(self, key: tuple[int, int]) -> int:
+        """Compiled spans waiting for the bucket at ``key`` (rows in the backlog; no call when none waits)."""
+        if self._backlog is None or self._pending_spans == self._pending_objects:
+            return 0
+        return self._backlog.queued(key)
 
     @property
     def pending_spans(self) -> int:
@@ -539,11 +538,9 @@ class Timeline:
     def _stored(self, key: tuple[int, int]) -> _Stored | None:
         """The stored bucket at ``key`` with its deferred writes applied (a frozen one stays frozen)."""
         table = self._fine if key[0] == _FINE else self._coarse
-        backlog = self._backlog
-        queued = 0
-        if self._pending_spans > self._pending_objects and backlog is not None:
-            queued = backlog.queued(key)
+        queued = self._queued(key)
         if queued:
+            backlog = self._backlog
             assert backlog is not None
             state = table[key[1]]
             if isinstance(state, BucketState):  # thawed meanwhile: counted on its bytes all the same

@@ -321,9 +321,9 @@ class TraceIndex:
 
     def add_spans(self, spans: Sequence[Span], at_ms: int = 0) -> None:
         """``add`` of each of ``spans`` (a batch accepted at ``at_ms``) but those of the traces the index leaves
-        out: one it does not hold whose spans in the batch all ended before the trace retention at ``at_ms``
-        (``expire`` would drop it at once; a back-fill of a month would otherwise fill the index with traces
-        past the retention, pushing the recent ones out). ``at_ms`` 0: every span."""
+        out: one it does not hold whose spans in the batch all ended before the trace retention at ``at_ms`` (a
+        back-fill's: ``expire`` drops traces from the oldest added on, so such traces would stay, past their
+        retention, and push the recent ones out of the index). ``at_ms`` 0: every span."""
         horizon = self._horizon(at_ms)
         if horizon is not None:
             batch: dict[str, IndexedTrace] = {}
