@@ -12,6 +12,7 @@ use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyDict, PyTuple};
 use rustc_hash::FxHashMap;
+use std::sync::Arc;
 
 use crate::aggregate::{AggregateKernel, Number};
 use crate::bucket::BucketKernel;
@@ -38,7 +39,7 @@ struct Values {
 }
 
 /// A span's `Values` as a backlog keeps it until its bucket's pass, with its series and grouped attributes as
-/// ids of the backlog's texts: 72 bytes, not the 112 of `Values` (an `Option<i128>` aligns it to 16 bytes), and
+/// ids of its bucket's texts: 72 bytes, not the 112 of `Values` (an `Option<i128>` aligns it to 16 bytes), and
 /// no copy of its texts. Exact: the cost as its two halves, the latency as its int's or its float's bits.
 #[derive(Clone, Copy)]
 struct Row {
@@ -573,103 +574,33 @@ impl<'a> Bucket<'a> {
     }
 }
 
-/// Spans waiting for one frozen bucket: their rows, and the (name, value) text ids of their grouped attributes.
+/// Spans waiting for one frozen bucket: their rows, the (name, value) text ids of their grouped attributes, and
+/// the texts (each once), which go with the rows when the bucket is counted: a back-fill whose attribute values
+/// never repeat (request ids) holds only the waiting spans' texts.
 struct Pending {
     rows: Vec<Row>,
     attributes: Vec<(u32, u32)>,
+    texts: Texts,
 }
 
 /// Room for a few rows from the start: a back-fill adds a row or two to each of hundreds of buckets a batch, and
 /// growing each from nothing made most of its allocations.
 impl Default for Pending {
     fn default() -> Self {
-        Pending { rows: Vec::with_capacity(8), attributes: Vec::with_capacity(8) }
+        Pending { rows: Vec::with_capacity(8), attributes: Vec::with_capacity(8), texts: Texts::default() }
     }
 }
 
 impl Pending {
-    /// The frozen bucket `raw` with every row counted, in order; `None` for a layout not recognised.
-    fn count_into(&self, texts: &Texts, raw: &[u8], rules: &Rules<'_>) -> Option<Vec<u8>> {
-        let mut bucket = Bucket::read(raw)?;
-        let mut attributes = Vec::new();
-        for row in &self.rows {
-            attributes.clear();
-            let from = row.from as usize;
-            let grouped = &self.attributes[from..from + row.count as usize];
-            attributes.extend(grouped.iter().map(|&(name, value)| (texts.get(name), texts.get(value))));
-            bucket.add(texts.get(row.series), &attributes, &row.values(), rules)?;
-        }
-        bucket.write()
-    }
-}
-
-/// The texts of a backlog's rows, each kept once (series keys, attribute names and values); emptied with it.
-#[derive(Default)]
-struct Texts {
-    all: Vec<Box<str>>,
-    ids: FxHashMap<Box<str>, u32>,
-    bytes: usize,
-}
-
-impl Texts {
-    fn id(&mut self, text: &str) -> u32 {
-        if let Some(&id) = self.ids.get(text) {
-            return id;
-        }
-        let id = self.all.len() as u32;
-        self.all.push(text.into());
-        self.ids.insert(text.into(), id);
-        self.bytes += 2 * text.len();
-        id
-    }
-
-    fn get(&self, id: u32) -> &str {
-        &self.all[id as usize]
-    }
-
-    fn clear(&mut self) {
-        self.all.clear();
-        self.ids.clear();
-        self.bytes = 0;
-    }
-}
-
-/// A batch's text ids in a backlog's `Texts`, found once a batch: its series and its strings (by index).
-struct BatchTexts {
-    series: Vec<u32>,
-    strings: Vec<u32>,
-}
-
-const UNSEEN: u32 = u32::MAX;
-
-impl BatchTexts {
-    fn new(batch: &WireBatch) -> Self {
-        BatchTexts { series: vec![UNSEEN; batch.series.len()], strings: vec![UNSEEN; batch.strings.len()] }
-    }
-
-    fn series(&mut self, texts: &mut Texts, batch: &WireBatch, at: u32) -> u32 {
-        let id = &mut self.series[at as usize];
-        if *id == UNSEEN {
-            *id = texts.id(batch.text(batch.series[at as usize]));
-        }
-        *id
-    }
-
-    fn string(&mut self, texts: &mut Texts, batch: &WireBatch, at: u32) -> u32 {
-        let id = &mut self.strings[at as usize];
-        if *id == UNSEEN {
-            *id = texts.id(batch.text(batch.strings[at as usize]));
-        }
-        *id
-    }
-
-    /// Queue `span` of `batch` in `pending`.
-    fn push(&mut self, texts: &mut Texts, pending: &mut Pending, batch: &WireBatch, span: &WireSpan) {
-        let from = pending.attributes.len();
+    /// Queue `span` of `batch`.
+    fn push(&mut self, batch: &WireBatch, span: &WireSpan) {
+        let texts = &mut self.texts;
+        let from = self.attributes.len();
         for &(name, grouping) in &batch.attributes[span.attributes.0..span.attributes.1] {
             if let Some(value) = grouping {
-                let pair = (self.string(texts, batch, name), self.string(texts, batch, value));
-                pending.attributes.push(pair);
+                let name = texts.id(batch.text(batch.strings[name as usize]));
+                let value = texts.id(batch.text(batch.strings[value as usize]));
+                self.attributes.push((name, value));
             }
         }
         let mut flags = 0;
@@ -684,7 +615,7 @@ impl BatchTexts {
         flag(span.latency.is_some_and(|latency| latency.int.is_some()), LATENCY_INT);
         flag(span.score.is_some(), HAS_SCORE);
         let cost = span.cost_nanos.unwrap_or(0) as u128;
-        pending.rows.push(Row {
+        self.rows.push(Row {
             cost: [cost as u64, (cost >> 64) as u64],
             prompt: span.prompt.unwrap_or(0),
             comp: span.comp,
@@ -695,12 +626,66 @@ impl BatchTexts {
                 None => 0,
             },
             score: span.score.unwrap_or(0.0),
-            series: self.series(texts, batch, span.series),
+            series: texts.id(batch.text(batch.series[span.series as usize])),
             from: from as u32,
-            count: (pending.attributes.len() - from) as u32,
+            count: (self.attributes.len() - from) as u32,
             status: span.status,
             flags,
         });
+    }
+
+    /// Bytes it takes, as allocated.
+    fn memory(&self) -> usize {
+        self.rows.capacity() * std::mem::size_of::<Row>()
+            + self.attributes.capacity() * std::mem::size_of::<(u32, u32)>()
+            + self.texts.memory()
+    }
+
+    /// The frozen bucket `raw` with every row counted, in order; `None` for a layout not recognised.
+    fn count_into(&self, raw: &[u8], rules: &Rules<'_>) -> Option<Vec<u8>> {
+        let texts = &self.texts;
+        let mut bucket = Bucket::read(raw)?;
+        let mut attributes = Vec::new();
+        for row in &self.rows {
+            attributes.clear();
+            let from = row.from as usize;
+            let grouped = &self.attributes[from..from + row.count as usize];
+            attributes.extend(grouped.iter().map(|&(name, value)| (texts.get(name), texts.get(value))));
+            bucket.add(texts.get(row.series), &attributes, &row.values(), rules)?;
+        }
+        bucket.write()
+    }
+}
+
+/// Texts of a bucket's rows, each kept once (series keys, attribute names and values), by id.
+#[derive(Default)]
+struct Texts {
+    all: Vec<Arc<str>>,
+    ids: FxHashMap<Arc<str>, u32>,
+    bytes: usize,
+}
+
+impl Texts {
+    fn id(&mut self, text: &str) -> u32 {
+        if let Some(&id) = self.ids.get(text) {
+            return id;
+        }
+        let id = self.all.len() as u32;
+        let kept: Arc<str> = Arc::from(text);
+        self.all.push(Arc::clone(&kept));
+        self.ids.insert(kept, id);
+        self.bytes += text.len() + 2 * std::mem::size_of::<usize>(); // with its counts
+        id
+    }
+
+    fn get(&self, id: u32) -> &str {
+        &self.all[id as usize]
+    }
+
+    fn memory(&self) -> usize {
+        self.bytes
+            + self.all.capacity() * std::mem::size_of::<Arc<str>>()
+            + self.ids.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
     }
 }
 
@@ -716,7 +701,6 @@ impl BatchTexts {
 pub struct Backlog {
     kernel: Py<BucketKernel>,
     pending: FxHashMap<(i64, i64), Pending>,
-    texts: Texts,
     /// Rows in `pending`, all buckets'.
     rows: usize,
     versions: Py<PyDict>,
@@ -725,13 +709,6 @@ pub struct Backlog {
 }
 
 impl Backlog {
-    /// Empty the texts once no row refers to them (they would otherwise pile up over a long back-fill's labels).
-    fn forget_texts(&mut self) {
-        if self.rows == 0 {
-            self.texts.clear();
-        }
-    }
-
     /// Count `spans` queued for each bucket in `versions` (buckets in the order queued; days after, in order of
     /// first appearance).
     fn count_versions(&self, py: Python<'_>, queued: &[((i64, i64), usize)]) -> PyResult<usize> {
@@ -770,15 +747,7 @@ impl Backlog {
         if hour_ms <= 0 || day_ms <= 0 {
             return Err(pyo3::exceptions::PyValueError::new_err("hour_ms and day_ms must be positive"));
         }
-        Ok(Backlog {
-            kernel,
-            pending: FxHashMap::default(),
-            texts: Texts::default(),
-            rows: 0,
-            versions,
-            hour_ms,
-            day_ms,
-        })
+        Ok(Backlog { kernel, pending: FxHashMap::default(), rows: 0, versions, hour_ms, day_ms })
     }
 
     /// Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)``, the bucket's key
@@ -791,14 +760,13 @@ impl Backlog {
         plan: Vec<(i64, i64, Vec<i64>)>,
     ) -> PyResult<usize> {
         let batch = batch.get();
-        let mut ids = BatchTexts::new(batch);
         let mut queued = Vec::with_capacity(plan.len());
         for (kind, start, minutes) in plan {
             let pending = self.pending.entry((kind, start)).or_default();
             let before = pending.rows.len();
             for minute in minutes {
                 for span in batch.spans_in(std::slice::from_ref(&minute)) {
-                    ids.push(&mut self.texts, pending, batch, span);
+                    pending.push(batch, span);
                 }
             }
             queued.push(((kind, start), pending.rows.len() - before));
@@ -822,7 +790,6 @@ impl Backlog {
         let grouping = batch.grouping(size);
         let ranges: FxHashMap<i64, (usize, usize)> =
             grouping.groups.iter().map(|&(start, from, to)| (start, (from, to))).collect();
-        let mut ids = BatchTexts::new(batch);
         let mut queued = Vec::with_capacity(hours.len());
         for hour in hours {
             let pending = self.pending.entry((kind, hour)).or_default();
@@ -830,7 +797,7 @@ impl Backlog {
             let (from, to) = ranges.get(&hour).copied().unwrap_or_default();
             for (minute, _, _) in &grouping.members[from..to] {
                 for span in batch.spans_in(std::slice::from_ref(minute)) {
-                    ids.push(&mut self.texts, pending, batch, span);
+                    pending.push(batch, span);
                 }
             }
             queued.push(((kind, hour), pending.rows.len() - before));
@@ -853,18 +820,7 @@ impl Backlog {
     /// Bytes the queued spans take (rows, their texts and the tables holding them), as allocated.
     fn memory(&self) -> usize {
         let tables = self.pending.capacity() * (std::mem::size_of::<((i64, i64), Pending)>() + 1);
-        let rows: usize = self
-            .pending
-            .values()
-            .map(|pending| {
-                pending.rows.capacity() * std::mem::size_of::<Row>()
-                    + pending.attributes.capacity() * std::mem::size_of::<(u32, u32)>()
-            })
-            .sum();
-        let texts = self.texts.bytes
-            + self.texts.all.capacity() * std::mem::size_of::<Box<str>>()
-            + self.texts.ids.capacity() * (std::mem::size_of::<(Box<str>, u32)>() + 1);
-        tables + rows + texts
+        tables + self.pending.values().map(Pending::memory).sum::<usize>()
     }
 
     /// ``(spans, kind, start)`` of each bucket with spans queued, the most first (then by key).
@@ -910,12 +866,11 @@ impl Backlog {
             max_attribute_values,
             max_series,
         };
-        let Some(counted) = pending.count_into(&self.texts, bytes, &rules) else {
+        let Some(counted) = pending.count_into(bytes, &rules) else {
             return Ok(None);
         };
         self.rows -= pending.rows.len();
         self.pending.remove(&(kind, start));
-        self.forget_texts();
         Ok(Some(PyBytes::new(py, &counted)))
     }
 
@@ -923,7 +878,6 @@ impl Backlog {
     fn discard(&mut self, kind: i64, start: i64) -> usize {
         let dropped = self.pending.remove(&(kind, start)).map_or(0, |pending| pending.rows.len());
         self.rows -= dropped;
-        self.forget_texts();
         dropped
     }
 
@@ -931,6 +885,5 @@ impl Backlog {
     fn clear(&mut self) {
         self.pending.clear();
         self.rows = 0;
-        self.forget_texts();
     }
 }

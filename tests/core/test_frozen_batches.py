@@ -194,3 +194,30 @@ def test_the_backlog_keeps_a_span_in_well_under_200_bytes_and_each_text_once() -
     assert backlog.memory() < 200 * 1000
     backlog.clear()
     assert backlog.memory() < 1000  # the texts go with the rows
+
+
+def test_texts_that_never_repeat_go_with_their_bucket_s_rows() -> None:
+    """A back-fill whose attribute values are all different (request ids): the backlog holds the waiting spans'
+    texts only, none of the buckets counted before (another bucket's span waits all along)."""
+    backlog = frozen.Backlog(Caps(), {}, HOUR_MS, DAY_MS)
+    waiting = compiled([Span(model="m", latency_ms=5, prompt_tokens=3, started_at=format_ms(HOUR + 7))])
+    assert waiting is not None
+    backlog.add(waiting, [(KEY[0], HOUR - HOUR_MS, [HOUR])])  # type: ignore[arg-type]
+    for round_ in range(3):
+        batch = compiled(
+            [
+                Span(
+                    model="m",
+                    latency_ms=5,
+                    prompt_tokens=3,
+                    attributes={"request": f"req-{round_}-{n:06d}-{'x' * 40}"},
+                    started_at=format_ms(HOUR + (n % 60) * MINUTE + 7),
+                )
+                for n in range(1000)
+            ]
+        )
+        assert batch is not None
+        backlog.add_whole(batch, *KEY[:1], HOUR_MS, [HOUR])  # type: ignore[arg-type]
+        assert backlog.memory() < 300 * 1000
+        backlog.count_into(KEY, frozen.EMPTY)
+        assert len(backlog) == 1 and backlog.memory() < 2000

@@ -206,7 +206,7 @@ class Backlog:
 
     def memory(self) -> int:
         """Bytes the queued spans take, as allocated (rows of 72 bytes, 8 more for each grouped attribute, and
-        each text they name once)."""
+        the texts they name, once a bucket)."""
         return self._rows.memory()
 
     def fullest(self) -> list[tuple[int, int, int]]:

@@ -151,9 +151,9 @@ _BUCKET_MEMO_GROUPS = 20_000
 #: Spans waiting for their frozen buckets (a back-fill) before the fullest buckets take theirs at once; the store's
 #: background task applies them from ``FLUSH_FROM`` on, and at each maintenance pass. A bucket's pass reads and
 #: writes its bytes whole, whatever it applies (~0.2 ms for an hour of a 10M-span month): the more wait, the cheaper
-#: a span. Compiled batches' spans wait as rows of 72 bytes and their attributes' text ids (``frozen.Backlog``:
-#: ~140 bytes a span allocated, ~220 of RSS, so ~130 MiB at the bound; 300k spans took ~140 MiB as rows holding
-#: their own texts).
+#: a span. Compiled batches' spans wait as rows of 72 bytes with ids of their bucket's texts (``frozen.Backlog``:
+#: ~180 bytes a span allocated, ~230 of RSS, so ~135 MiB at the bound; 300k spans took ~140 MiB as rows holding
+#: copies of their texts).
 _PENDING_SPANS = 600_000
 FLUSH_FROM = 300_000
 #: ... of which at most this many as ``Span`` objects (a batch the compiled decoder left to Python; ~1 KB each).
