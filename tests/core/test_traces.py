@@ -205,3 +205,23 @@ def test_a_back_filled_trace_past_the_retention_is_not_indexed_and_pushes_no_rec
     assert [t.trace_id for t in index._order] == ["recent"]
     index.add_spans(old)  # no acceptance time: every span (what a snapshot restores)
     assert [t.trace_id for t in index._order] == ["old1", "old2"]
+
+
+def test_a_batch_all_left_out_evicts_nothing_from_an_index_over_its_bound() -> None:
+    """The index is over ``max_spans`` while its newest trace alone holds more; a back-filled batch whose traces
+    are all left out adds nothing, so it evicts nothing either (found by the test above: the compiled path
+    evicted that trace for the spans it did not add)."""
+    by_spans, by_batch = TraceIndex(1, DAY_MS), TraceIndex(1, DAY_MS)
+    big = [Span(trace_id="big", span_id=str(n), model="m", prompt_tokens=1, latency_ms=5.0) for n in range(2)]
+    old = [Span(trace_id="old", span_id="1", model="m", prompt_tokens=1, latency_ms=5.0)]
+    for span in big:
+        span.stamp(NOW)
+    old[0].stamp(NOW - 2 * DAY_MS)
+    for index in (by_spans, by_batch):
+        index.add_spans(big, NOW)
+    by_spans.add_spans(old, NOW)
+    compiled = _compiled(old)
+    assert compiled is not None
+    by_batch.add_batch(old, *compiled, NOW)
+    for index in (by_spans, by_batch):
+        assert ([t.trace_id for t in index._order], index.span_count, index.evicted_traces) == (["big"], 2, 0)

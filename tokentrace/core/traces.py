@@ -304,6 +304,9 @@ class TraceIndex:
             self.add_spans(decode_wire(payload) if spans is None else spans, at_ms)
             return
         count = take(self._traces, batch, horizon)
+        if not count:
+            return  # all left out: ``add`` would not run, nor evict (the index is over ``max_spans`` when its
+            # newest trace alone holds more)
         excess = self.span_count + count - self.max_spans
         evicted: tuple[int, int] | None = (0, 0)
         if excess > 0:
