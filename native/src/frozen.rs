@@ -10,14 +10,14 @@
 
 use pyo3::buffer::PyBuffer;
 use pyo3::prelude::*;
-use pyo3::types::{PyBytes, PyDict, PyTuple};
+use pyo3::types::{PyBytes, PyDict, PyTuple, PyType};
 use rustc_hash::FxHashMap;
 use std::sync::Arc;
 
 use crate::aggregate::{AggregateKernel, Number};
 use crate::bucket::BucketKernel;
 use crate::msgpack::{write_array_len, write_float, write_int, write_map_len, write_str, Reader, Value};
-use crate::wire::{WireBatch, WireSpan};
+use crate::wire::{Group, Grouping, WireBatch, WireSpan};
 
 const NANO: f64 = 1_000_000_000.0;
 /// `BucketState`'s fields, in the order msgspec writes them.
@@ -574,32 +574,29 @@ impl<'a> Bucket<'a> {
     }
 }
 
-/// Spans waiting for one frozen bucket: their rows, the (name, value) text ids of their grouped attributes, and
-/// the texts (each once), which go with the rows when the bucket is counted: a back-fill whose attribute values
-/// never repeat (request ids) holds only the waiting spans' texts.
+/// Spans waiting for one frozen bucket: their rows and the (name, value) text ids of their grouped attributes
+/// (ids of the backlog's `Texts`).
 struct Pending {
     rows: Vec<Row>,
     attributes: Vec<(u32, u32)>,
-    texts: Texts,
 }
 
 /// Room for a few rows from the start: a back-fill adds a row or two to each of hundreds of buckets a batch, and
 /// growing each from nothing made most of its allocations.
 impl Default for Pending {
     fn default() -> Self {
-        Pending { rows: Vec::with_capacity(8), attributes: Vec::with_capacity(8), texts: Texts::default() }
+        Pending { rows: Vec::with_capacity(8), attributes: Vec::with_capacity(8) }
     }
 }
 
 impl Pending {
-    /// Queue `span` of `batch`.
-    fn push(&mut self, batch: &WireBatch, span: &WireSpan) {
-        let texts = &mut self.texts;
+    /// Queue `span` of `batch`, its texts held in `texts` through `ids`.
+    fn push(&mut self, batch: &WireBatch, span: &WireSpan, texts: &mut Texts, ids: &mut BatchIds) {
         let from = self.attributes.len();
         for &(name, grouping) in &batch.attributes[span.attributes.0..span.attributes.1] {
             if let Some(value) = grouping {
-                let name = texts.id(batch.text(batch.strings[name as usize]));
-                let value = texts.id(batch.text(batch.strings[value as usize]));
+                let name = ids.string(batch, texts, name);
+                let value = ids.string(batch, texts, value);
                 self.attributes.push((name, value));
             }
         }
@@ -626,7 +623,7 @@ impl Pending {
                 None => 0,
             },
             score: span.score.unwrap_or(0.0),
-            series: texts.id(batch.text(batch.series[span.series as usize])),
+            series: ids.series(batch, texts, span.series),
             from: from as u32,
             count: (self.attributes.len() - from) as u32,
             status: span.status,
@@ -634,16 +631,14 @@ impl Pending {
         });
     }
 
-    /// Bytes it takes, as allocated.
+    /// Bytes it takes, as allocated (its texts are the backlog's).
     fn memory(&self) -> usize {
         self.rows.capacity() * std::mem::size_of::<Row>()
             + self.attributes.capacity() * std::mem::size_of::<(u32, u32)>()
-            + self.texts.memory()
     }
 
     /// The frozen bucket `raw` with every row counted, in order; `None` for a layout not recognised.
-    fn count_into(&self, raw: &[u8], rules: &Rules<'_>) -> Option<Vec<u8>> {
-        let texts = &self.texts;
+    fn count_into(&self, raw: &[u8], rules: &Rules<'_>, texts: &Texts) -> Option<Vec<u8>> {
         let mut bucket = Bucket::read(raw)?;
         let mut attributes = Vec::new();
         for row in &self.rows {
@@ -655,37 +650,116 @@ impl Pending {
         }
         bucket.write()
     }
+
+    /// Give back the rows' uses of their texts (they are counted or dropped).
+    fn release(&self, texts: &mut Texts) {
+        for row in &self.rows {
+            texts.release(row.series);
+        }
+        for &(name, value) in &self.attributes {
+            texts.release(name);
+            texts.release(value);
+        }
+    }
 }
 
-/// Texts of a bucket's rows, each kept once (series keys, attribute names and values), by id.
+/// Not an id yet (`BatchIds`).
+const UNSEEN: u32 = u32::MAX;
+
+/// A batch's series and attribute texts as ids of the backlog's `Texts`, each looked up once a batch: a
+/// back-fill's batch spreads over hundreds of buckets, and a hash lookup a text a span made a cache miss or more.
+struct BatchIds {
+    series: Vec<u32>,
+    strings: Vec<u32>,
+}
+
+impl BatchIds {
+    fn new(batch: &WireBatch) -> Self {
+        BatchIds { series: vec![UNSEEN; batch.series.len()], strings: vec![UNSEEN; batch.strings.len()] }
+    }
+
+    /// The id of the batch's series `at`, held once more.
+    fn series(&mut self, batch: &WireBatch, texts: &mut Texts, at: u32) -> u32 {
+        Self::held(&mut self.series[at as usize], batch.text(batch.series[at as usize]), texts)
+    }
+
+    /// The id of the batch's attribute text `at`, held once more.
+    fn string(&mut self, batch: &WireBatch, texts: &mut Texts, at: u32) -> u32 {
+        Self::held(&mut self.strings[at as usize], batch.text(batch.strings[at as usize]), texts)
+    }
+
+    fn held(known: &mut u32, text: &str, texts: &mut Texts) -> u32 {
+        if *known == UNSEEN {
+            *known = texts.id(text);
+        }
+        texts.hold(*known);
+        *known
+    }
+}
+
+/// The texts of the waiting rows (series keys, attribute names and values), each kept once for the whole
+/// backlog with the number of uses the rows make of it, and dropped with its last use (a back-fill whose attribute
+/// values never repeat, request ids, holds only the waiting spans' texts). A freed id is given again.
 #[derive(Default)]
 struct Texts {
-    all: Vec<Arc<str>>,
+    /// By id: the text (`None`: a free id) and its uses.
+    all: Vec<(Option<Arc<str>>, u32)>,
     ids: FxHashMap<Arc<str>, u32>,
+    free: Vec<u32>,
     bytes: usize,
 }
 
 impl Texts {
+    /// The id of `text` (a new one has no use yet: `hold` it).
     fn id(&mut self, text: &str) -> u32 {
         if let Some(&id) = self.ids.get(text) {
             return id;
         }
-        let id = self.all.len() as u32;
         let kept: Arc<str> = Arc::from(text);
-        self.all.push(Arc::clone(&kept));
+        let id = match self.free.pop() {
+            Some(id) => {
+                self.all[id as usize] = (Some(Arc::clone(&kept)), 0);
+                id
+            }
+            None => {
+                self.all.push((Some(Arc::clone(&kept)), 0));
+                (self.all.len() - 1) as u32
+            }
+        };
         self.ids.insert(kept, id);
         self.bytes += text.len() + 2 * std::mem::size_of::<usize>(); // with its counts
         id
     }
 
+    fn hold(&mut self, id: u32) {
+        self.all[id as usize].1 += 1;
+    }
+
+    fn release(&mut self, id: u32) {
+        let slot = &mut self.all[id as usize];
+        slot.1 -= 1;
+        if slot.1 == 0 {
+            if let Some(text) = slot.0.take() {
+                self.ids.remove(&*text);
+                self.bytes -= text.len() + 2 * std::mem::size_of::<usize>();
+                self.free.push(id);
+            }
+        }
+    }
+
     fn get(&self, id: u32) -> &str {
-        &self.all[id as usize]
+        self.all[id as usize].0.as_deref().unwrap_or_default()
     }
 
     fn memory(&self) -> usize {
         self.bytes
-            + self.all.capacity() * std::mem::size_of::<Arc<str>>()
+            + self.all.capacity() * std::mem::size_of::<(Option<Arc<str>>, u32)>()
+            + self.free.capacity() * std::mem::size_of::<u32>()
             + self.ids.capacity() * (std::mem::size_of::<(Arc<str>, u32)>() + 1)
+    }
+
+    fn clear(&mut self) {
+        *self = Texts::default();
     }
 }
 
@@ -701,6 +775,7 @@ impl Texts {
 pub struct Backlog {
     kernel: Py<BucketKernel>,
     pending: FxHashMap<(i64, i64), Pending>,
+    texts: Texts,
     /// Rows in `pending`, all buckets'.
     rows: usize,
     versions: Py<PyDict>,
@@ -740,6 +815,35 @@ impl Backlog {
     }
 }
 
+impl Backlog {
+    /// Queue the spans of each of `groups` (`(start, from, to)`: members of `grouping`) for the bucket
+    /// `(kind, start)`, minute by minute in the order of the group's members; returns how many.
+    fn queue_groups(
+        &mut self,
+        py: Python<'_>,
+        batch: &WireBatch,
+        kind: i64,
+        grouping: &Grouping,
+        groups: impl Iterator<Item = (i64, usize, usize)>,
+    ) -> PyResult<usize> {
+        let mut ids = BatchIds::new(batch);
+        let mut queued = Vec::with_capacity(groups.size_hint().0);
+        for (start, from, to) in groups {
+            let pending = self.pending.entry((kind, start)).or_default();
+            let before = pending.rows.len();
+            for (minute, _, _) in &grouping.members[from..to] {
+                for span in batch.spans_in(std::slice::from_ref(minute)) {
+                    pending.push(batch, span, &mut self.texts, &mut ids);
+                }
+            }
+            queued.push(((kind, start), pending.rows.len() - before));
+        }
+        let added = self.count_versions(py, &queued)?;
+        self.rows += added;
+        Ok(added)
+    }
+}
+
 #[pymethods]
 impl Backlog {
     #[new]
@@ -747,7 +851,15 @@ impl Backlog {
         if hour_ms <= 0 || day_ms <= 0 {
             return Err(pyo3::exceptions::PyValueError::new_err("hour_ms and day_ms must be positive"));
         }
-        Ok(Backlog { kernel, pending: FxHashMap::default(), rows: 0, versions, hour_ms, day_ms })
+        Ok(Backlog {
+            kernel,
+            pending: FxHashMap::default(),
+            texts: Texts::default(),
+            rows: 0,
+            versions,
+            hour_ms,
+            day_ms,
+        })
     }
 
     /// Queue the spans of ``batch`` for buckets: ``plan`` lists ``(kind, start, minutes)``, the bucket's key
@@ -760,13 +872,14 @@ impl Backlog {
         plan: Vec<(i64, i64, Vec<i64>)>,
     ) -> PyResult<usize> {
         let batch = batch.get();
+        let mut ids = BatchIds::new(batch);
         let mut queued = Vec::with_capacity(plan.len());
         for (kind, start, minutes) in plan {
             let pending = self.pending.entry((kind, start)).or_default();
             let before = pending.rows.len();
             for minute in minutes {
                 for span in batch.spans_in(std::slice::from_ref(&minute)) {
-                    pending.push(batch, span);
+                    pending.push(batch, span, &mut self.texts, &mut ids);
                 }
             }
             queued.push(((kind, start), pending.rows.len() - before));
@@ -790,21 +903,31 @@ impl Backlog {
         let grouping = batch.grouping(size);
         let ranges: FxHashMap<i64, (usize, usize)> =
             grouping.groups.iter().map(|&(start, from, to)| (start, (from, to))).collect();
-        let mut queued = Vec::with_capacity(hours.len());
-        for hour in hours {
-            let pending = self.pending.entry((kind, hour)).or_default();
-            let before = pending.rows.len();
+        let groups = hours.into_iter().map(|hour| {
             let (from, to) = ranges.get(&hour).copied().unwrap_or_default();
-            for (minute, _, _) in &grouping.members[from..to] {
-                for span in batch.spans_in(std::slice::from_ref(minute)) {
-                    pending.push(batch, span);
-                }
-            }
-            queued.push(((kind, hour), pending.rows.len() - before));
-        }
-        let added = self.count_versions(py, &queued)?;
-        self.rows += added;
-        Ok(added)
+            (hour, from, to)
+        });
+        self.queue_groups(py, batch, kind, &grouping, groups)
+    }
+
+    /// ``WireBatch.split_settled`` and ``add_whole`` of the settled groups, in one call: returns how many spans
+    /// were queued and the other groups (no list of the settled ones in between, and the grouping made once).
+    #[allow(clippy::too_many_arguments)]
+    fn add_settled(
+        &mut self,
+        py: Python<'_>,
+        batch: &Bound<'_, WireBatch>,
+        kind: i64,
+        size: i64,
+        hot_from: i64,
+        fine: &Bound<'_, PyDict>,
+        coarse: &Bound<'_, PyDict>,
+        frozen: &Bound<'_, PyType>,
+    ) -> PyResult<(usize, Vec<Group>)> {
+        let batch = batch.get();
+        let (grouping, whole, others) = batch.settled(size, hot_from, fine, coarse, frozen)?;
+        let groups = whole.into_iter().map(|at| grouping.groups[at]);
+        Ok((self.queue_groups(py, batch, kind, &grouping, groups)?, others))
     }
 
     /// Spans queued for the bucket ``(kind, start)``.
@@ -820,7 +943,7 @@ impl Backlog {
     /// Bytes the queued spans take (rows, their texts and the tables holding them), as allocated.
     fn memory(&self) -> usize {
         let tables = self.pending.capacity() * (std::mem::size_of::<((i64, i64), Pending)>() + 1);
-        tables + self.pending.values().map(Pending::memory).sum::<usize>()
+        tables + self.pending.values().map(Pending::memory).sum::<usize>() + self.texts.memory()
     }
 
     /// ``(spans, kind, start)`` of each bucket with spans queued, the most first (then by key).
@@ -866,24 +989,30 @@ impl Backlog {
             max_attribute_values,
             max_series,
         };
-        let Some(counted) = pending.count_into(bytes, &rules) else {
+        let Some(counted) = pending.count_into(bytes, &rules, &self.texts) else {
             return Ok(None);
         };
-        self.rows -= pending.rows.len();
-        self.pending.remove(&(kind, start));
+        self.discard(kind, start);
         Ok(Some(PyBytes::new(py, &counted)))
     }
 
     /// Drop what waits for ``(kind, start)`` (the bucket was replaced or retired whole); returns how many spans.
     fn discard(&mut self, kind: i64, start: i64) -> usize {
-        let dropped = self.pending.remove(&(kind, start)).map_or(0, |pending| pending.rows.len());
-        self.rows -= dropped;
-        dropped
+        let Some(pending) = self.pending.remove(&(kind, start)) else {
+            return 0;
+        };
+        pending.release(&mut self.texts);
+        self.rows -= pending.rows.len();
+        if self.rows == 0 {
+            self.texts.clear(); // its tables too, at their largest until then
+        }
+        pending.rows.len()
     }
 
     /// Drop everything queued.
     fn clear(&mut self) {
         self.pending.clear();
+        self.texts.clear();
         self.rows = 0;
     }
 }

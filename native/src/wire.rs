@@ -116,7 +116,7 @@ pub struct WireSpan {
 
 /// Buckets grouped by a longer span (`WireBatch.split_settled`): its start, the buckets' starts, their spans,
 /// their places among the batch's buckets, and the spans of all.
-type Group = (i64, Vec<i64>, Vec<usize>, Vec<usize>, usize);
+pub(crate) type Group = (i64, Vec<i64>, Vec<usize>, Vec<usize>, usize);
 
 /// `WireBatch.grouping`: per group `(start, from, to)`, a range of `members`, which lists each bucket as
 /// `(start, spans, place among the batch's buckets)`.
@@ -645,6 +645,46 @@ fn first_key(buckets: &Bound<'_, PyDict>) -> PyResult<i64> {
 }
 
 impl WireBatch {
+    /// `split_settled`: the grouping, the places in its groups of the settled groups, and the other groups.
+    pub(crate) fn settled(
+        &self,
+        size: i64,
+        hot_from: i64,
+        fine: &Bound<'_, PyDict>,
+        coarse: &Bound<'_, PyDict>,
+        frozen: &Bound<'_, PyType>,
+    ) -> PyResult<(Grouping, Vec<usize>, Vec<Group>)> {
+        let grouping = self.grouping(size);
+        let mut whole = Vec::new();
+        let mut others = Vec::new();
+        let mut fine_from: Option<i64> = None;
+        for (at, &(start, from, to)) in grouping.groups.iter().enumerate() {
+            if start < hot_from {
+                if let Some(stored) = coarse.get_item(start)? {
+                    if stored.get_type().is(frozen) {
+                        let first = match fine_from {
+                            Some(first) => first,
+                            None => *fine_from.insert(first_key(fine)?),
+                        };
+                        if start + size <= first {
+                            whole.push(at);
+                            continue;
+                        }
+                    }
+                }
+            }
+            let members = &grouping.members[from..to];
+            others.push((
+                start,
+                members.iter().map(|member| member.0).collect(),
+                members.iter().map(|member| member.1).collect(),
+                members.iter().map(|member| member.2).collect(),
+                members.iter().map(|member| member.1).sum(),
+            ));
+        }
+        Ok((grouping, whole, others))
+    }
+
     pub fn text(&self, range: Text) -> &str {
         &self.text[range.0..range.1]
     }
@@ -770,35 +810,14 @@ impl WireBatch {
         coarse: &Bound<'_, PyDict>,
         frozen: &Bound<'_, PyType>,
     ) -> PyResult<(Vec<(i64, usize)>, Vec<Group>)> {
-        let grouping = self.grouping(size);
-        let mut whole = Vec::new();
-        let mut others = Vec::new();
-        let mut fine_from: Option<i64> = None;
-        for &(start, from, to) in &grouping.groups {
-            let members = &grouping.members[from..to];
-            let spans = members.iter().map(|member| member.1).sum();
-            if start < hot_from {
-                if let Some(stored) = coarse.get_item(start)? {
-                    if stored.get_type().is(frozen) {
-                        let first = match fine_from {
-                            Some(first) => first,
-                            None => *fine_from.insert(first_key(fine)?),
-                        };
-                        if start + size <= first {
-                            whole.push((start, spans));
-                            continue;
-                        }
-                    }
-                }
-            }
-            others.push((
-                start,
-                members.iter().map(|member| member.0).collect(),
-                members.iter().map(|member| member.1).collect(),
-                members.iter().map(|member| member.2).collect(),
-                spans,
-            ));
-        }
+        let (grouping, whole, others) = self.settled(size, hot_from, fine, coarse, frozen)?;
+        let whole = whole
+            .into_iter()
+            .map(|at| {
+                let (start, from, to) = grouping.groups[at];
+                (start, grouping.members[from..to].iter().map(|member| member.1).sum())
+            })
+            .collect();
         Ok((whole, others))
     }
 

@@ -200,13 +200,26 @@ class Backlog:
         ``(kind, hour)``, the hour's minutes in order of first appearance."""
         return self._rows.add_whole(batch, kind, size, hours)
 
+    def add_settled(
+        self,
+        batch: WireBatch,
+        kind: int,
+        size: int,
+        hot_from: int,
+        fine: dict[int, Any],
+        coarse: dict[int, Any],
+    ) -> tuple[int, list[tuple[int, list[int], list[int], list[int], int]]]:
+        """``batch.split_settled(size, hot_from, fine, coarse, msgspec.Raw)`` then ``add_whole`` of its settled
+        groups, in one compiled call: how many spans were queued, and the other groups."""
+        return self._rows.add_settled(batch, kind, size, hot_from, fine, coarse, msgspec.Raw)
+
     def __len__(self) -> int:
         """Spans queued, all buckets'."""
         return len(self._rows)
 
     def memory(self) -> int:
         """Bytes the queued spans take, as allocated (rows of 72 bytes, 8 more for each grouped attribute, and
-        the texts they name, once a bucket)."""
+        the texts they name, each once while a row uses it)."""
         return self._rows.memory()
 
     def fullest(self) -> list[tuple[int, int, int]]:

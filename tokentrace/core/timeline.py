@@ -193,9 +193,10 @@ class Timeline:
         #: Buckets from here on are the hot ones: never frozen, thawed by a write (``compact`` moves it on).
         self._hot_from = 0
         #: Writes into frozen buckets before ``_hot_from``, not applied yet (a back-fill; ``_stored`` applies them in
-        #: bulk): ``Span`` objects here (``_defer``), compiled batches' spans as rows in ``_backlog`` (``_queue``; made
-        #: on the first compiled batch). A bucket waits for one kind at a time: a write of the other kind has what
-        #: waits applied first, so that every bucket counts its spans in the order they came, as the caps require.
+        #: bulk): ``Span`` objects here (``_defer``), compiled batches' spans as rows in ``_backlog`` (``add_batch``,
+        #: ``_queue``; made on the first compiled batch). A bucket waits for one kind at a time: a write of the other
+        #: kind has what waits applied first, so that every bucket counts its spans in the order they came, as the
+        #: caps require.
         self._pending: dict[tuple[int, int], list[Span]] = {}
         self._backlog: frozen.Backlog | None = None
         #: Spans waiting, of both kinds; of them, ``Span`` objects.
@@ -306,8 +307,17 @@ class Timeline:
         settled bucket is made frozen.
         """
         hot_from = self._hot_from
-        # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own.
-        whole, rest = batch.split_settled(HOUR_MS, hot_from, self._fine, self._coarse, msgspec.Raw)
+        # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own: queued
+        # in the same compiled call, unless spans wait for settled buckets as objects (``_queue``: theirs first).
+        backlog = self._backlog
+        if backlog is None:
+            backlog = self._backlog = frozen.Backlog(self.settings.caps, self._versions, HOUR_MS, DAY_MS)
+        if self._pending:
+            whole, rest = batch.split_settled(HOUR_MS, hot_from, self._fine, self._coarse, msgspec.Raw)
+        else:
+            queued, rest = backlog.add_settled(batch, _COARSE, HOUR_MS, hot_from, self._fine, self._coarse)
+            whole = []
+            self._queued_now(queued)
         settled: dict[tuple[int, int], tuple[list[int], int]] = {}
         others: list[tuple[int, int, int]] = []
         for _, starts, counts, places, _ in rest:
@@ -345,8 +355,7 @@ class Timeline:
         counting in it and their spans. Versions (bumped by the backlog) and generation as ``_counted`` of each
         minute (a key's minutes share its hour and day)."""
         backlog = self._backlog
-        if backlog is None:
-            backlog = self._backlog = frozen.Backlog(self.settings.caps, self._versions, HOUR_MS, DAY_MS)
+        assert backlog is not None, "made by add_batch"
         if self._pending:  # spans queued as objects for some of these buckets: theirs first
             for key in [*((_COARSE, hour) for hour, _ in whole), *settled]:
                 if key in self._pending:
@@ -356,10 +365,16 @@ class Timeline:
             added += backlog.add_whole(batch, _COARSE, HOUR_MS, [hour for hour, _ in whole])
         if settled:
             added += backlog.add(batch, [(kind, start, starts) for (kind, start), (starts, _) in settled.items()])
-        self.generation += added
-        self.settled_writes += added
-        self._pending_spans += added
-        self._bound_pending()
+        self._queued_now(added)
+
+    def _queued_now(self, added: int) -> None:
+        """Generation and counts for ``added`` spans just queued in the backlog (their versions bumped there);
+        what waits kept under its bound."""
+        if added:
+            self.generation += added
+            self.settled_writes += added
+            self._pending_spans += added
+            self._bound_pending()
 
     def _counted(self, key: tuple[int, int], start: int, count: int) -> None:
         """Versions and generation for ``count`` spans of the bucket ``start`` counted in the state at ``key``."""
