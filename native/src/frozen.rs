@@ -779,18 +779,34 @@ pub struct Backlog {
     /// Rows in `pending`, all buckets'.
     rows: usize,
     versions: Py<PyDict>,
+    /// The key tuples of `versions` bumped lately, made once each: a back-fill bumps the same thousand or so for
+    /// each of its batches (at most `KEPT_KEYS`, some 2 MB; then made anew).
+    keys: FxHashMap<(i64, i64), Py<PyTuple>>,
     hour_ms: i64,
     day_ms: i64,
 }
 
+/// Key tuples a `Backlog` keeps: 30 days of hours and days and 2 of minutes are some 4,500.
+const KEPT_KEYS: usize = 16_384;
+
 impl Backlog {
     /// Count `spans` queued for each bucket in `versions` (buckets in the order queued; days after, in order of
     /// first appearance).
-    fn count_versions(&self, py: Python<'_>, queued: &[((i64, i64), usize)]) -> PyResult<usize> {
+    fn count_versions(&mut self, py: Python<'_>, queued: &[((i64, i64), usize)]) -> PyResult<usize> {
         let versions = self.versions.bind(py);
-        let bump = |first: i64, second: i64, count: usize| -> PyResult<()> {
-            let key = PyTuple::new(py, [first, second])?;
-            let now = match versions.get_item(&key)? {
+        let keys = &mut self.keys;
+        if keys.len() > KEPT_KEYS {
+            keys.clear();
+        }
+        let mut bump = |first: i64, second: i64, count: usize| -> PyResult<()> {
+            let key = match keys.entry((first, second)) {
+                std::collections::hash_map::Entry::Occupied(kept) => kept.into_mut(),
+                std::collections::hash_map::Entry::Vacant(new) => {
+                    new.insert(PyTuple::new(py, [first, second])?.unbind())
+                }
+            }
+            .bind(py);
+            let now = match versions.get_item(key)? {
                 Some(version) => version.extract::<i64>()?,
                 None => 0,
             };
@@ -857,6 +873,7 @@ impl Backlog {
             texts: Texts::default(),
             rows: 0,
             versions,
+            keys: FxHashMap::default(),
             hour_ms,
             day_ms,
         })
@@ -946,11 +963,23 @@ impl Backlog {
         tables + self.pending.values().map(Pending::memory).sum::<usize>() + self.texts.memory()
     }
 
-    /// ``(spans, kind, start)`` of each bucket with spans queued, the most first (then by key).
-    fn fullest(&self) -> Vec<(usize, i64, i64)> {
+    /// ``(spans, kind, start)`` of each bucket with spans queued, the most first (then by key); with ``holding``,
+    /// only the first buckets that hold that many spans between them (a pass applies those: the background task
+    /// asks at each of its slices).
+    #[pyo3(signature = (holding=None))]
+    fn fullest(&self, holding: Option<usize>) -> Vec<(usize, i64, i64)> {
         let mut buckets: Vec<(usize, i64, i64)> =
             self.pending.iter().map(|(&(kind, start), pending)| (pending.rows.len(), kind, start)).collect();
         buckets.sort_unstable_by(|a, b| b.0.cmp(&a.0).then((a.1, a.2).cmp(&(b.1, b.2))));
+        if let Some(holding) = holding {
+            let mut held = 0;
+            let first = buckets.iter().take_while(|bucket| {
+                let more = held < holding;
+                held += bucket.0;
+                more
+            });
+            buckets.truncate(first.count());
+        }
         buckets
     }
 

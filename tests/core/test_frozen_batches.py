@@ -165,6 +165,12 @@ def test_queueing_counts_the_spans_in_the_versions_and_the_backlog_knows_what_wa
     assert versions == {(HOUR_MS, HOUR): 4 + 6, KEY: 4, other: 2, (DAY_MS, day): 6}
     assert (len(backlog), backlog.queued(KEY), backlog.queued(other)) == (6, 4, 2)
     assert backlog.fullest() == [(4, *KEY), (2, *other)]
+    assert [backlog.fullest(n) for n in (0, 1, 4, 5, 7)] == [
+        [],
+        [(4, *KEY)],
+        [(4, *KEY)],
+        *[[(4, *KEY), (2, *other)]] * 2,
+    ]
     backlog.count_into(KEY, frozen.EMPTY)
     assert (len(backlog), backlog.fullest()) == (2, [(2, *other)])
     assert backlog.discard(other) == 2

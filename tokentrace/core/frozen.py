@@ -222,9 +222,10 @@ class Backlog:
         the texts they name, each once while a row uses it)."""
         return self._rows.memory()
 
-    def fullest(self) -> list[tuple[int, int, int]]:
-        """``(spans, kind, start)`` of each bucket with spans queued, the most first."""
-        return self._rows.fullest()
+    def fullest(self, holding: int | None = None) -> list[tuple[int, int, int]]:
+        """``(spans, kind, start)`` of each bucket with spans queued, the most first; with ``holding``, only the
+        first buckets holding that many spans between them."""
+        return self._rows.fullest(holding)
 
     def queued(self, key: tuple[int, int]) -> int:
         return self._rows.queued(*key)

@@ -504,7 +504,7 @@ class Timeline:
         """Once more than ``_PENDING_SPANS`` spans (or ``_PENDING_OBJECTS`` of them as objects) wait, apply them,
         the buckets with the most first, down to half."""
         if self._pending_spans > _PENDING_SPANS:
-            for fullest in self._fullest():
+            for fullest in self._fullest(self._pending_spans - _PENDING_SPANS // 2):
                 self._stored(fullest)
                 if self._pending_spans <= _PENDING_SPANS // 2:
                     break
@@ -515,9 +515,11 @@ class Timeline:
                 if self._pending_objects <= _PENDING_OBJECTS // 2:
                     break
 
-    def _fullest(self) -> list[tuple[int, int]]:
-        """The keys of the buckets with writes waiting, those with the most first."""
-        waiting = [] if self._backlog is None else self._backlog.fullest()
+    def _fullest(self, holding: int | None = None) -> list[tuple[int, int]]:
+        """The keys of the buckets with writes waiting, those with the most first; with ``holding``, at least the
+        first buckets holding that many writes between them (all when some wait as objects)."""
+        backlog, some = self._backlog, None if self._pending or holding is None else max(holding, 0)
+        waiting = [] if backlog is None else backlog.fullest(some)
         if self._pending:
             waiting.extend((len(spans), *key) for key, spans in self._pending.items())
             waiting.sort(key=_first, reverse=True)
@@ -542,7 +544,7 @@ class Timeline:
         """Apply deferred writes, the buckets with the most first, for ``budget_s`` at most (None: no limit),
         until at most ``keep`` spans wait; True once there."""
         deadline = None if budget_s is None else time.perf_counter() + budget_s
-        for key in self._fullest():
+        for key in self._fullest(self._pending_spans - keep):
             if self._pending_spans <= keep:
                 break
             self._stored(key)
