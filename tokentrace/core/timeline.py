@@ -308,11 +308,10 @@ class Timeline:
         """
         hot_from = self._hot_from
         # A settled hour stored frozen takes all its minutes at once, unless one has a bucket of its own: queued
-        # in the same compiled call, unless spans wait for settled buckets as objects (``_queue``: theirs first).
+        # in the same compiled call once the backlog exists, unless spans wait for settled buckets as objects
+        # (``_queue``: theirs first).
         backlog = self._backlog
-        if backlog is None:
-            backlog = self._backlog = frozen.Backlog(self.settings.caps, self._versions, HOUR_MS, DAY_MS)
-        if self._pending:
+        if backlog is None or self._pending:
             whole, rest = batch.split_settled(HOUR_MS, hot_from, self._fine, self._coarse, msgspec.Raw)
         else:
             queued, rest = backlog.add_settled(batch, _COARSE, HOUR_MS, hot_from, self._fine, self._coarse)
@@ -355,7 +354,8 @@ class Timeline:
         counting in it and their spans. Versions (bumped by the backlog) and generation as ``_counted`` of each
         minute (a key's minutes share its hour and day)."""
         backlog = self._backlog
-        assert backlog is not None, "made by add_batch"
+        if backlog is None:
+            backlog = self._backlog = frozen.Backlog(self.settings.caps, self._versions, HOUR_MS, DAY_MS)
         if self._pending:  # spans queued as objects for some of these buckets: theirs first
             for key in [*((_COARSE, hour) for hour, _ in whole), *settled]:
                 if key in self._pending:
