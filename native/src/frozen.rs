@@ -790,8 +790,8 @@ pub struct Backlog {
 const KEPT_KEYS: usize = 16_384;
 
 impl Backlog {
-    /// Count `spans` queued for each bucket in `versions` (buckets in the order queued; days after, in order of
-    /// first appearance).
+    /// Count the spans just queued for each bucket in `versions` (buckets in the order queued; days after, in
+    /// order of first appearance) and in `rows`; returns how many.
     fn count_versions(&mut self, py: Python<'_>, queued: &[((i64, i64), usize)]) -> PyResult<usize> {
         let versions = self.versions.bind(py);
         let keys = &mut self.keys;
@@ -827,6 +827,7 @@ impl Backlog {
         for (day, count) in days {
             bump(self.day_ms, day, count)?;
         }
+        self.rows += added;
         Ok(added)
     }
 }
@@ -845,18 +846,28 @@ impl Backlog {
         let mut ids = BatchIds::new(batch);
         let mut queued = Vec::with_capacity(groups.size_hint().0);
         for (start, from, to) in groups {
-            let pending = self.pending.entry((kind, start)).or_default();
-            let before = pending.rows.len();
-            for (minute, _, _) in &grouping.members[from..to] {
-                for span in batch.spans_in(std::slice::from_ref(minute)) {
-                    pending.push(batch, span, &mut self.texts, &mut ids);
-                }
-            }
-            queued.push(((kind, start), pending.rows.len() - before));
+            let minutes = grouping.members[from..to].iter().map(|member| &member.0);
+            queued.push(self.queue_bucket(batch, &mut ids, (kind, start), minutes));
         }
-        let added = self.count_versions(py, &queued)?;
-        self.rows += added;
-        Ok(added)
+        self.count_versions(py, &queued)
+    }
+
+    /// Queue the spans of `batch` in each of `minutes`, in that order, for the bucket `key`: the key and how many.
+    fn queue_bucket<'m>(
+        &mut self,
+        batch: &WireBatch,
+        ids: &mut BatchIds,
+        key: (i64, i64),
+        minutes: impl Iterator<Item = &'m i64>,
+    ) -> ((i64, i64), usize) {
+        let pending = self.pending.entry(key).or_default();
+        let before = pending.rows.len();
+        for minute in minutes {
+            for span in batch.spans_in(std::slice::from_ref(minute)) {
+                pending.push(batch, span, &mut self.texts, ids);
+            }
+        }
+        (key, pending.rows.len() - before)
     }
 }
 
@@ -892,18 +903,9 @@ impl Backlog {
         let mut ids = BatchIds::new(batch);
         let mut queued = Vec::with_capacity(plan.len());
         for (kind, start, minutes) in plan {
-            let pending = self.pending.entry((kind, start)).or_default();
-            let before = pending.rows.len();
-            for minute in minutes {
-                for span in batch.spans_in(std::slice::from_ref(&minute)) {
-                    pending.push(batch, span, &mut self.texts, &mut ids);
-                }
-            }
-            queued.push(((kind, start), pending.rows.len() - before));
+            queued.push(self.queue_bucket(batch, &mut ids, (kind, start), minutes.iter()));
         }
-        let added = self.count_versions(py, &queued)?;
-        self.rows += added;
-        Ok(added)
+        self.count_versions(py, &queued)
     }
 
     /// Queue all the spans of ``batch`` in each of ``hours`` (spans of ``size`` ms, ``WireBatch.split_settled``'s)
